@@ -1,0 +1,2 @@
+/* daemon/config.c -- placeholder, being written. */
+typedef int config_placeholder;

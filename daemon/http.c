@@ -1,0 +1,2 @@
+/* daemon/http.c -- placeholder, being written. */
+typedef int http_placeholder;

@@ -1,0 +1,2 @@
+/* daemon/log.c -- placeholder, being written. */
+typedef int log_placeholder;

@@ -1,0 +1,2 @@
+/* daemon/metrics.c -- placeholder, being written. */
+typedef int metrics_placeholder;

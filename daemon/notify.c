@@ -1,0 +1,2 @@
+/* daemon/notify.c -- placeholder, being written. */
+typedef int notify_placeholder;

@@ -1,0 +1,2 @@
+/* daemon/server.c -- placeholder, being written. */
+typedef int server_placeholder;

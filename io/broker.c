@@ -1,0 +1,2 @@
+/* io/broker.c -- placeholder, being written. */
+typedef int broker_placeholder;

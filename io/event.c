@@ -1,0 +1,2 @@
+/* io/event.c -- placeholder, being written. */
+typedef int event_placeholder;

@@ -1,0 +1,2 @@
+/* online/model.c -- placeholder, being written. */
+typedef int model_placeholder;

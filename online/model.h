@@ -1,0 +1,135 @@
+/* model.h -- the online NMF model: V (items x users) ~= W H, W, H >= 0.
+ *
+ * The whole API of online/: plain C on flat arrays, no I/O. Ids are byte
+ * strings of 1..MODEL_ID_MAX bytes; users and items get dense indices
+ * (uint32) on first sight. Times are event times in milliseconds since the
+ * Unix epoch. Functions returning int give 0 or a negative errno.
+ *
+ * The equations, the papers and the choices (unit L2 columns of W, the
+ * recency weighting of A and B) are described at the top of model.c.
+ */
+#ifndef NMFD_ONLINE_MODEL_H
+#define NMFD_ONLINE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MODEL_ID_MAX 256
+#define MODEL_K_MAX 256
+
+struct model_params {
+    uint32_t k;               /* rank, 1..MODEL_K_MAX (default 16) */
+    int64_t half_life_ms;     /* profile, A and B decay; 0 = none */
+    double alpha_h;           /* regularisation of h (scikit-learn NMF) */
+    double alpha_w;           /* regularisation of W */
+    double l1_ratio;          /* 0 = pure L2, 1 = pure L1 */
+    uint32_t profile_max;     /* items kept per user profile (default 512) */
+    uint64_t refresh_events;  /* W refresh after this many folds */
+    int64_t ttl_ms;           /* forget users/items unseen this long; 0 */
+    uint64_t seed;            /* initial W */
+    uint64_t warmup_events;   /* batch HALS on the first N events; 0 = off */
+    uint32_t nnls_sweeps;     /* max coordinate-descent sweeps per solve */
+    double nnls_tol;          /* stop a solve when max |dh| <= tol*max h */
+    uint32_t hals_sweeps;     /* HALS sweeps over W per refresh */
+};
+
+/* Defaults of DESIGN.md section 6. */
+void model_params_default(struct model_params *p);
+/* NULL when p is usable, else a static lowercase message. */
+const char *model_params_check(const struct model_params *p);
+
+struct model;
+
+struct model *model_new(const struct model_params *p);
+void model_free(struct model *m);
+void model_destroy(struct model **m);
+const struct model_params *model_params(const struct model *m);
+
+/* Folds one event: decay u's profile to ts, add weight to item, re-solve
+ * h_u, replace u's contribution in A and B. May refresh W itself when
+ * refresh_events or warmup_events is reached.
+ *   -EINVAL       empty id, weight negative/NaN/Inf
+ *   -ENAMETOOLONG id over MODEL_ID_MAX bytes
+ *   -ENOMEM       growth failed (model unchanged)
+ * On error nothing is folded. */
+int model_fold(struct model *m, const char *user, size_t user_len,
+               const char *item, size_t item_len, double weight, int64_t ts);
+
+/* W refresh by HALS on A and B, column normalisation, dead column
+ * resampling, then G = W^T W. Callers run it on their own clock too. */
+void model_refresh(struct model *m);
+
+/* Idle convergence: re-solves up to max_users users whose h is stale
+ * against the current W; when none is stale and A, B moved since the last
+ * refresh, refreshes W. Returns how many users it re-solved (0 and no
+ * refresh done means converged). */
+size_t model_refine(struct model *m, size_t max_users);
+
+/* Forgets users and items unseen since now - ttl (event time), removing
+ * their contributions from A and B. Returns how many were forgotten. */
+size_t model_expire(struct model *m, int64_t now);
+
+/* Epochs: every user records the epoch in which its h last changed. */
+uint64_t model_epoch(const struct model *m);
+void model_epoch_set(struct model *m, uint64_t epoch);
+
+struct model_stats {
+    uint64_t events;     /* events folded since the model began */
+    double weight_sum;   /* undecayed sum of folded weights */
+    uint64_t users;      /* live users */
+    uint64_t items;      /* live items */
+    uint64_t refreshes;  /* W refreshes so far */
+    double loss;         /* sum_u ||v_u - W h_u||^2 (recency weighted) */
+    double norm;         /* sum_u ||v_u||^2, same weighting */
+    double rel_loss;     /* loss / norm, 0 when norm is 0 */
+    int64_t now;         /* latest event time seen */
+    uint64_t stale;      /* users not re-solved since the last refresh */
+};
+void model_stats(const struct model *m, struct model_stats *st);
+
+/* Users by dense index, 0 <= idx < model_user_slots(m). A forgotten slot
+ * returns -ENOENT. Pointers stay valid until the next mutating call. */
+struct model_user_view {
+    const char *id;
+    size_t id_len;
+    const float *h;       /* k values */
+    uint32_t segment;     /* argmax_j h[j] */
+    float share;          /* h[segment] / sum(h); 0 if h == 0 */
+    int64_t ts;           /* last event time */
+    uint64_t changed;     /* epoch of the last change of h */
+    uint32_t nprofile;    /* profile entries */
+};
+uint32_t model_user_slots(const struct model *m);
+int model_user_get(const struct model *m, uint32_t idx,
+                   struct model_user_view *v);
+/* Index of a user id or -ENOENT. */
+int64_t model_user_find(const struct model *m, const char *id, size_t len);
+/* Profile entries of a user (item index, value at time ts). */
+int model_user_profile(const struct model *m, uint32_t idx,
+                       const uint32_t **items, const float **values,
+                       uint32_t *n);
+
+/* Items by dense index; a forgotten slot returns NULL. */
+uint32_t model_item_slots(const struct model *m);
+const char *model_item_id(const struct model *m, uint32_t idx, size_t *len);
+
+/* W, row-major model_item_slots x k floats (forgotten rows are zero). */
+const float *model_W(const struct model *m);
+/* A, k x k doubles, in the current time frame. */
+void model_A(const struct model *m, double *out);
+
+/* The n strongest items of topic j, strongest first; returns how many. */
+uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
+                         uint32_t *items, float *weights);
+/* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
+void model_segment_sizes(const struct model *m, uint64_t *sizes,
+                         double *mass);
+
+/* The complete state, for checkpoints: no I/O, the writer is the
+ * caller's. model_load refuses anything inconsistent (returns NULL and
+ * sets *err to a static message) and never returns half a model. */
+typedef int (*model_write_fn)(void *ctx, const void *buf, size_t len);
+int model_save(const struct model *m, model_write_fn write, void *ctx);
+struct model *model_load(const void *buf, size_t len, const char **err);
+
+#endif

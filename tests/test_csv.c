@@ -1,0 +1,2 @@
+/* test_csv.c -- placeholder, being written. */
+#include <criterion/criterion.h>

@@ -1,0 +1,2 @@
+/* test_metrics.c -- placeholder, being written. */
+#include <criterion/criterion.h>

@@ -1,0 +1,2 @@
+/* test_model.c -- placeholder, being written. */
+#include <criterion/criterion.h>

@@ -1,0 +1,2 @@
+/* test_nnls.c -- placeholder, being written. */
+#include <criterion/criterion.h>

@@ -1,0 +1,2 @@
+/* test_records.c -- placeholder, being written. */
+#include <criterion/criterion.h>
