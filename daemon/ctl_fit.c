@@ -1,13 +1,676 @@
-/* ctl_fit.c -- placeholder, being written. */
+/* ctl_fit.c -- nmfctl fit and nmfctl eval: the daemon's model run offline
+ * on a CSV file, and the exact loss of a snapshot on a CSV file.
+ *
+ * fit folds the events in file order through model_fold, the very call
+ * the daemon makes per event, with the model keys parsed by the daemon's
+ * own config table (config_set), refreshes W on the event-time clock the
+ * way the daemon does on its wall clock, then runs the daemon's idle
+ * refinement (model_refine with model.refine_users a slice) until it
+ * reports convergence or a bound is hit, and writes the dense snapshot
+ * atomically. Nothing in it reads a clock that could change the result:
+ * the snapshot's ts is the last event time and the refinement bound is a
+ * count of rounds, so the same file and keys give the same bytes.
+ *
+ * eval reads a snapshot and a CSV and computes the relative loss exactly
+ * and sparsely (formula above ctl_eval_loss). It never builds a dense
+ * matrix and never changes the snapshot.
+ *
+ * Both own their model, reader and maps; neither touches Kafka.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "csv.h"
 #include "ctl.h"
-int ctl_fit_main(int argc, char **argv)
+#include "model.h"
+#include "records.h"
+
+#define FIT_REJECTS_SHOWN 20 /* rejected lines printed, the rest counted */
+
+static const char ts_rule[] =
+    "The CSV has a header naming its columns: user and item are required,\n"
+    "weight (default 1, a finite number >= 0), ts and type are optional.\n"
+    "ts is an integer: values below 1e11 are seconds (multiplied by 1000),\n"
+    "larger ones milliseconds since the Unix epoch; an empty ts repeats the\n"
+    "previous row's time (0 before the first). Quoted fields (\"a,b\", \"\"\n"
+    "for a quote) and CRLF are accepted. A malformed row is reported with\n"
+    "its line number and skipped.\n";
+
+static const char fit_usage[] =
+    "usage: nmfctl fit --events FILE.csv [--set model.key=value]...\n"
+    "                  [--refine-rounds N] --out SNAPSHOT\n"
+    "\n"
+    "Folds the events in file order through the daemon's model (the same\n"
+    "code path, the same model.* keys and values as nmfd --set), refreshes\n"
+    "W every model.refresh_events events and every model.refresh_interval\n"
+    "of event time, then refines while idle the way the daemon does after\n"
+    "a stream goes quiet (model.refine_users users a step) until the model\n"
+    "converges or N rounds (W refreshes) are done, and writes the dense\n"
+    "snapshot to SNAPSHOT atomically. The result depends only on the file\n"
+    "and the keys: its ts is the last event time, not the clock.\n"
+    "Prints one summary line: key=value pairs.\n"
+    "\n"
+    "  --events FILE.csv   events, '-' for stdin\n"
+    "  --set model.K=V     a model key as in nmfd.conf (repeatable)\n"
+    "  --refine-rounds N   bound on refinement rounds (default 500; 0 = "
+    "none)\n"
+    "  --out SNAPSHOT      the snapshot file (msgpack, docs/"
+    "snapshot-format.md)\n"
+    "\n";
+
+static const char eval_usage[] =
+    "usage: nmfctl eval --snapshot FILE --events FILE.csv\n"
+    "\n"
+    "Relative loss ||V - W H||^2 / ||V||^2 of a dense snapshot on the CSV's\n"
+    "summed matrix: V[i,u] is the sum of the weights of user u on item i\n"
+    "(no decay). Ids are matched as strings; a CSV user or item missing\n"
+    "from the snapshot counts with zero factors, snapshot ids absent from\n"
+    "the CSV are outside the matrix. Computed exactly and sparsely in\n"
+    "double precision. Prints one line of key=value pairs.\n"
+    "\n";
+
+static double ctl_now(void)
 {
-    fprintf(stderr, "nmfctl fit: not built yet\n");
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int ctl_bad(const char *cmd, const char *msg, const char *arg)
+{
+    fprintf(stderr, "nmfctl %s: %s%s%s\nTry 'nmfctl %s --help'.\n", cmd, msg,
+            arg ? ": " : "", arg ? arg : "", cmd);
     return 2;
 }
+
+/* ---- fit ---------------------------------------------------------- */
+
+struct fit_opts {
+    const char *events;
+    const char *out;
+    char **sets;
+    size_t nsets;
+    uint64_t refine_rounds;
+};
+
+/* A rejected row: printed for the first few, counted always. */
+static void fit_reject(uint64_t *rejected, const char *msg)
+{
+    if (++*rejected <= FIT_REJECTS_SHOWN)
+        fprintf(stderr, "nmfctl fit: rejected %s\n", msg);
+    else if (*rejected == FIT_REJECTS_SHOWN + 1)
+        fprintf(stderr, "nmfctl fit: more rejected rows, counting only\n");
+}
+
+static int fit_run(const struct fit_opts *o, struct config *cfg)
+{
+    const struct model_params *p = &cfg->model.params;
+    struct model *m = NULL;
+    struct csv_reader *r = NULL;
+    struct csv_row row;
+    struct model_stats st;
+    char err[CONFIG_ERR_MAX];
+    uint64_t rejected = 0, folded = 0, rounds = 0;
+    int64_t last_refresh_ts = INT64_MIN;
+    bool converged = false;
+    double t0 = ctl_now(), t1, t2;
+    int rc = 1, n;
+
+    m = model_new(p);
+    if (!m) {
+        const char *why = model_params_check(p);
+        fprintf(stderr, "nmfctl fit: cannot create the model: %s\n",
+                why ? why : "out of memory");
+        return why ? 2 : 1;
+    }
+    r = csv_open(o->events, err, sizeof(err));
+    if (!r) {
+        fprintf(stderr, "nmfctl fit: %s\n", err);
+        goto out;
+    }
+    while ((n = csv_next(r, &row)) != 0) {
+        if (n == -EINVAL) {
+            fit_reject(&rejected, csv_error(r));
+            continue;
+        }
+        if (n < 0) {
+            fprintf(stderr, "nmfctl fit: %s\n", csv_error(r));
+            goto out;
+        }
+        n = model_fold(m, row.user, row.user_len, row.item, row.item_len,
+                       row.weight, row.ts);
+        if (n == -EINVAL || n == -ENAMETOOLONG) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s:%" PRIu64 ": %s", o->events,
+                     row.line,
+                     n == -EINVAL ? "the model refused the event"
+                                  : "id too long for the model");
+            fit_reject(&rejected, msg);
+            continue;
+        }
+        if (n < 0) {
+            fprintf(stderr, "nmfctl fit: %s:%" PRIu64 ": %s\n", o->events,
+                    row.line, strerror(-n));
+            goto out;
+        }
+        folded++;
+        /* The daemon also refreshes W every refresh_interval on its
+         * clock; offline the clock is the events' own time. */
+        if (cfg->model.refresh_interval_ms > 0) {
+            if (last_refresh_ts == INT64_MIN)
+                last_refresh_ts = row.ts;
+            else if (row.ts - last_refresh_ts >=
+                     (int64_t)cfg->model.refresh_interval_ms) {
+                model_refresh(m);
+                last_refresh_ts = row.ts;
+            }
+        }
+    }
+    t1 = ctl_now();
+
+    /* Idle refinement: model_refine re-solves stale users a slice at a
+     * time and refreshes W once none is stale; one round is one refresh
+     * of W. It returns 0 only when nothing is stale and nothing moved. */
+    if (cfg->model.refine_users > 0 && folded > 0) {
+        uint64_t base;
+        model_stats(m, &st);
+        base = st.refreshes;
+        while (rounds < o->refine_rounds) {
+            if (model_refine(m, cfg->model.refine_users) == 0) {
+                model_stats(m, &st);
+                if (st.refreshes == base + rounds) {
+                    converged = true;
+                    break;
+                }
+            }
+            model_stats(m, &st);
+            rounds = st.refreshes - base;
+        }
+    }
+    t2 = ctl_now();
+
+    model_stats(m, &st);
+    struct records_epoch ep = {
+        .epoch = 1,
+        .ts = st.now,
+        .refresh_interval_ms = (int64_t)cfg->model.refresh_interval_ms,
+    };
+    n = records_snapshot_save(m, &ep, o->out);
+    if (n < 0) {
+        fprintf(stderr, "nmfctl fit: writing %s: %s\n", o->out, strerror(-n));
+        goto out;
+    }
+    printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
+           " items=%" PRIu64 " k=%u loss=%.9g refine_rounds=%" PRIu64
+           " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
+           "seconds=%.3f out=%s\n",
+           folded, rejected, st.users, st.items, p->k, st.rel_loss, rounds,
+           converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0, o->out);
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    csv_close(r);
+    model_free(m);
+    return rc;
+}
+
+int ctl_fit_main(int argc, char **argv)
+{
+    enum { O_EVENTS = 1, O_SET, O_ROUNDS, O_OUT, O_HELP };
+    static const struct option longopts[] = {
+        {"events", required_argument, NULL, O_EVENTS},
+        {"set", required_argument, NULL, O_SET},
+        {"refine-rounds", required_argument, NULL, O_ROUNDS},
+        {"out", required_argument, NULL, O_OUT},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct fit_opts o = {.refine_rounds = 500};
+    struct config *cfg = NULL;
+    char err[CONFIG_ERR_MAX];
+    int c, rc = 2;
+
+    o.sets = calloc((size_t)argc + 1, sizeof(*o.sets));
+    if (!o.sets) {
+        fprintf(stderr, "nmfctl fit: out of memory\n");
+        return 1;
+    }
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        const char *a = optarg;
+        switch (c) {
+        case O_EVENTS:
+            o.events = a;
+            break;
+        case O_SET:
+            if (strncmp(a, "model.", 6) != 0) {
+                rc = ctl_bad("fit", "--set takes model.* keys only", a);
+                goto out;
+            }
+            o.sets[o.nsets++] = optarg;
+            break;
+        case O_ROUNDS: {
+            char *end;
+            errno = 0;
+            if (!*a || *a == '-' ||
+                (o.refine_rounds = strtoull(a, &end, 10), *end || errno)) {
+                rc = ctl_bad("fit", "--refine-rounds wants a whole number", a);
+                goto out;
+            }
+            break;
+        }
+        case O_OUT:
+            o.out = a;
+            break;
+        case O_HELP:
+            fputs(fit_usage, stdout);
+            fputs(ts_rule, stdout);
+            rc = 0;
+            goto out;
+        case ':':
+            rc = ctl_bad("fit", "missing value for", argv[optind - 1]);
+            goto out;
+        default:
+            rc = ctl_bad("fit", "unknown option", argv[optind - 1]);
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        rc = ctl_bad("fit", "unexpected argument", argv[optind]);
+        goto out;
+    }
+    if (!o.events || !*o.events) {
+        rc = ctl_bad("fit", "--events FILE.csv is required", NULL);
+        goto out;
+    }
+    if (!o.out || !*o.out) {
+        rc = ctl_bad("fit", "--out SNAPSHOT is required", NULL);
+        goto out;
+    }
+    cfg = config_new();
+    if (!cfg) {
+        fprintf(stderr, "nmfctl fit: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    if (config_load(cfg, NULL, o.sets, o.nsets, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nmfctl fit: %s\n", err);
+        rc = 2;
+        goto out;
+    }
+    rc = fit_run(&o, cfg);
+out:
+    config_free(cfg);
+    free(o.sets);
+    return rc;
+}
+
+/* ---- eval --------------------------------------------------------- */
+
+/* Interned ids: open addressing on a power-of-two table of indices into
+ * an array of (pointer, length); the strings live in the snapshot or in
+ * an arena of 1 MiB blocks. */
+struct idmap {
+    uint32_t *slot; /* index + 1, 0 = empty */
+    size_t mask;
+    const char **id;
+    size_t *len;
+    uint32_t n, cap;
+    char **blocks;
+    size_t nblocks, block_used;
+};
+
+#define IDMAP_BLOCK (1u << 20)
+
+static uint64_t idmap_hash(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h ^ (h >> 29);
+}
+
+static void idmap_free(struct idmap *m)
+{
+    for (size_t i = 0; i < m->nblocks; i++)
+        free(m->blocks[i]);
+    free(m->blocks);
+    free(m->slot);
+    free(m->id);
+    free(m->len);
+    memset(m, 0, sizeof(*m));
+}
+
+static int idmap_grow(struct idmap *m)
+{
+    size_t nsize = m->mask ? (m->mask + 1) * 2 : 1024;
+    uint32_t *ns = calloc(nsize, sizeof(*ns));
+    if (!ns)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < m->n; i++) {
+        size_t h = idmap_hash(m->id[i], m->len[i]) & (nsize - 1);
+        while (ns[h])
+            h = (h + 1) & (nsize - 1);
+        ns[h] = i + 1;
+    }
+    free(m->slot);
+    m->slot = ns;
+    m->mask = nsize - 1;
+    return 0;
+}
+
+/* Finds id; when absent and add is set, inserts it (copying it unless
+ * keep is set: the caller guarantees the bytes outlive the map). Returns
+ * the index, -ENOENT when absent and not added, or -ENOMEM. */
+static int64_t idmap_get(struct idmap *m, const char *id, size_t len, bool add,
+                         bool keep)
+{
+    size_t h;
+
+    if (m->mask) {
+        for (h = idmap_hash(id, len) & m->mask; m->slot[h];
+             h = (h + 1) & m->mask) {
+            uint32_t i = m->slot[h] - 1;
+            if (m->len[i] == len && !memcmp(m->id[i], id, len))
+                return i;
+        }
+    }
+    if (!add)
+        return -ENOENT;
+    if (((size_t)m->n + 1) * 2 > m->mask && idmap_grow(m) < 0)
+        return -ENOMEM;
+    if (m->n == m->cap) {
+        uint32_t ncap = m->cap ? m->cap * 2 : 1024;
+        const char **nid = realloc(m->id, ncap * sizeof(*nid));
+        if (!nid)
+            return -ENOMEM;
+        m->id = nid;
+        size_t *nlen = realloc(m->len, ncap * sizeof(*nlen));
+        if (!nlen)
+            return -ENOMEM;
+        m->len = nlen;
+        m->cap = ncap;
+    }
+    if (!keep) {
+        if (m->nblocks == 0 || m->block_used + len + 1 > IDMAP_BLOCK) {
+            char **nb = realloc(m->blocks, (m->nblocks + 1) * sizeof(*nb));
+            if (!nb)
+                return -ENOMEM;
+            m->blocks = nb;
+            if (!(nb[m->nblocks] = malloc(IDMAP_BLOCK)))
+                return -ENOMEM;
+            m->nblocks++;
+            m->block_used = 0;
+        }
+        char *copy = m->blocks[m->nblocks - 1] + m->block_used;
+        memcpy(copy, id, len);
+        copy[len] = '\0';
+        m->block_used += len + 1;
+        id = copy;
+    }
+    for (h = idmap_hash(id, len) & m->mask; m->slot[h]; h = (h + 1) & m->mask)
+        ;
+    m->slot[h] = m->n + 1;
+    m->id[m->n] = id;
+    m->len[m->n] = len;
+    return m->n++;
+}
+
+struct eval_cell {
+    uint32_t item, user;
+    double v;
+};
+
+static int eval_cell_cmp(const void *a, const void *b)
+{
+    const struct eval_cell *x = a, *y = b;
+    if (x->item != y->item)
+        return x->item < y->item ? -1 : 1;
+    if (x->user != y->user)
+        return x->user < y->user ? -1 : 1;
+    return 0;
+}
+
+struct eval_result {
+    double norm;  /* ||V||^2 */
+    double cross; /* sum V_iu (W H)_iu over the nonzeros of V */
+    double trace; /* trace((W^T W)(H H^T)) over the CSV's rows */
+    double loss;  /* ||V - W H||^2 */
+};
+
+/* The loss over the matrix whose rows are the CSV's items and whose
+ * columns are the CSV's users, with P = W H (zero factors for ids the
+ * snapshot lacks):
+ *
+ *   ||V - P||^2 = ||V||^2 - 2 sum_{(i,u): V_iu != 0} V_iu P_iu
+ *                 + trace((W^T W)(H H^T))
+ *
+ * since ||P||^2 = trace(H^T W^T W H) = trace((W^T W)(H H^T)); the Gram
+ * matrices take only the snapshot rows of ids present in the CSV, so the
+ * cost is O(nnz k + (M + U) k^2). cells are summed, sorted and unique. */
+static void ctl_eval_loss(const struct records_snapshot *s,
+                          const struct eval_cell *cells, size_t ncells,
+                          const uint8_t *item_in, const uint8_t *user_in,
+                          struct eval_result *res)
+{
+    uint32_t k = s->k;
+    double *gw = calloc((size_t)k * k, sizeof(double));
+    double *gh = calloc((size_t)k * k, sizeof(double));
+
+    memset(res, 0, sizeof(*res));
+    for (size_t c = 0; c < ncells; c++) {
+        const struct eval_cell *e = &cells[c];
+        double p = 0;
+        res->norm += e->v * e->v;
+        if (e->item < s->nitems && e->user < s->nusers) {
+            const float *w = s->W + (size_t)e->item * k;
+            const float *h = s->H + (size_t)e->user * k;
+            for (uint32_t j = 0; j < k; j++)
+                p += (double)w[j] * h[j];
+        }
+        res->cross += e->v * p;
+    }
+    if (gw && gh) {
+        for (uint32_t i = 0; i < s->nitems; i++) {
+            const float *w = s->W + (size_t)i * k;
+            if (!item_in[i])
+                continue;
+            for (uint32_t a = 0; a < k; a++)
+                for (uint32_t b = 0; b < k; b++)
+                    gw[a * k + b] += (double)w[a] * w[b];
+        }
+        for (uint32_t u = 0; u < s->nusers; u++) {
+            const float *h = s->H + (size_t)u * k;
+            if (!user_in[u])
+                continue;
+            for (uint32_t a = 0; a < k; a++)
+                for (uint32_t b = 0; b < k; b++)
+                    gh[a * k + b] += (double)h[a] * h[b];
+        }
+        for (size_t x = 0; x < (size_t)k * k; x++)
+            res->trace += gw[x] * gh[x];
+    }
+    res->loss = res->norm - 2 * res->cross + res->trace;
+    free(gw);
+    free(gh);
+}
+
 int ctl_eval_main(int argc, char **argv)
 {
-    fprintf(stderr, "nmfctl eval: not built yet\n");
-    return 2;
+    enum { O_SNAPSHOT = 1, O_EVENTS, O_HELP };
+    static const struct option longopts[] = {
+        {"snapshot", required_argument, NULL, O_SNAPSHOT},
+        {"events", required_argument, NULL, O_EVENTS},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *snap_path = NULL, *events = NULL;
+    struct records_snapshot *s = NULL;
+    struct csv_reader *r = NULL;
+    struct idmap users = {0}, items = {0};
+    struct eval_cell *cells = NULL;
+    uint8_t *user_in = NULL, *item_in = NULL;
+    size_t ncells = 0, cap = 0;
+    uint64_t nevents = 0, rejected = 0;
+    char err[512];
+    const char *serr = NULL;
+    int c, rc = 2, n;
+    double t0 = ctl_now();
+
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_SNAPSHOT:
+            snap_path = optarg;
+            break;
+        case O_EVENTS:
+            events = optarg;
+            break;
+        case O_HELP:
+            fputs(eval_usage, stdout);
+            fputs(ts_rule, stdout);
+            return 0;
+        case ':':
+            return ctl_bad("eval", "missing value for", argv[optind - 1]);
+        default:
+            return ctl_bad("eval", "unknown option", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return ctl_bad("eval", "unexpected argument", argv[optind]);
+    if (!snap_path || !*snap_path)
+        return ctl_bad("eval", "--snapshot FILE is required", NULL);
+    if (!events || !*events)
+        return ctl_bad("eval", "--events FILE.csv is required", NULL);
+
+    rc = 1;
+    s = records_snapshot_load(snap_path, &serr);
+    if (!s) {
+        fprintf(stderr, "nmfctl eval: %s: %s\n", snap_path, serr);
+        goto out;
+    }
+    /* Snapshot ids take the first indices, so an index below nusers
+     * (nitems) has factors. */
+    for (uint32_t u = 0; u < s->nusers; u++) {
+        int64_t x = idmap_get(&users, s->users[u], s->user_lens[u], true, true);
+        if (x == -ENOMEM)
+            goto nomem;
+        if (x != u) {
+            fprintf(stderr, "nmfctl eval: %s: user '%s' appears twice\n",
+                    snap_path, s->users[u]);
+            goto out;
+        }
+    }
+    for (uint32_t i = 0; i < s->nitems; i++) {
+        int64_t x = idmap_get(&items, s->items[i], s->item_lens[i], true, true);
+        if (x == -ENOMEM)
+            goto nomem;
+        if (x != i) {
+            fprintf(stderr, "nmfctl eval: %s: item '%s' appears twice\n",
+                    snap_path, s->items[i]);
+            goto out;
+        }
+    }
+    r = csv_open(events, err, sizeof(err));
+    if (!r) {
+        fprintf(stderr, "nmfctl eval: %s\n", err);
+        goto out;
+    }
+    struct csv_row row;
+    while ((n = csv_next(r, &row)) != 0) {
+        if (n == -EINVAL) {
+            if (++rejected <= FIT_REJECTS_SHOWN)
+                fprintf(stderr, "nmfctl eval: rejected %s\n", csv_error(r));
+            continue;
+        }
+        if (n < 0) {
+            fprintf(stderr, "nmfctl eval: %s\n", csv_error(r));
+            goto out;
+        }
+        int64_t u = idmap_get(&users, row.user, row.user_len, true, false);
+        int64_t i = idmap_get(&items, row.item, row.item_len, true, false);
+        if (u < 0 || i < 0)
+            goto nomem;
+        if (ncells == cap) {
+            size_t ncap = cap ? cap * 2 : 1 << 16;
+            struct eval_cell *nc = realloc(cells, ncap * sizeof(*nc));
+            if (!nc)
+                goto nomem;
+            cells = nc;
+            cap = ncap;
+        }
+        cells[ncells++] =
+            (struct eval_cell){(uint32_t)i, (uint32_t)u, row.weight};
+        nevents++;
+    }
+    /* Sum the weights of each (item, user): sort, then merge runs. */
+    if (ncells)
+        qsort(cells, ncells, sizeof(*cells), eval_cell_cmp);
+    size_t nnz = 0;
+    for (size_t x = 0; x < ncells; x++) {
+        if (nnz > 0 && cells[nnz - 1].item == cells[x].item &&
+            cells[nnz - 1].user == cells[x].user)
+            cells[nnz - 1].v += cells[x].v;
+        else
+            cells[nnz++] = cells[x];
+    }
+    user_in = calloc(s->nusers + 1, 1);
+    item_in = calloc(s->nitems + 1, 1);
+    if (!user_in || !item_in)
+        goto nomem;
+    for (size_t x = 0; x < nnz; x++) {
+        if (cells[x].user < s->nusers)
+            user_in[cells[x].user] = 1;
+        if (cells[x].item < s->nitems)
+            item_in[cells[x].item] = 1;
+    }
+    uint64_t users_missing = 0, items_missing = 0, users_matched = 0,
+             items_matched = 0;
+    for (uint32_t u = 0; u < s->nusers; u++)
+        users_matched += user_in[u];
+    for (uint32_t i = 0; i < s->nitems; i++)
+        items_matched += item_in[i];
+    users_missing = users.n - s->nusers;
+    items_missing = items.n - s->nitems;
+
+    struct eval_result res;
+    ctl_eval_loss(s, cells, nnz, item_in, user_in, &res);
+    double rel = res.norm > 0 ? res.loss / res.norm : 0;
+    printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
+           " items=%" PRIu64 " nnz=%zu k=%u users_missing=%" PRIu64
+           " items_missing=%" PRIu64 " norm=%.17g loss_abs=%.17g "
+           "loss=%.12g seconds=%.3f\n",
+           nevents, rejected, users_matched + users_missing,
+           items_matched + items_missing, nnz, s->k, users_missing,
+           items_missing, res.norm, res.loss, rel, ctl_now() - t0);
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "nmfctl eval: stdout: %s\n", strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+nomem:
+    fprintf(stderr, "nmfctl eval: out of memory\n");
+    rc = 1;
+out:
+    csv_close(r);
+    records_snapshot_free(s);
+    idmap_free(&users);
+    idmap_free(&items);
+    free(cells);
+    free(user_in);
+    free(item_in);
+    return rc;
 }
