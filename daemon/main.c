@@ -1,7 +1,152 @@
-/* main.c -- nmfd: placeholder, being written. */
+/* main.c -- nmfd's command line: reads the configuration, answers
+ * --check-config, --dump-config, --version and --help, and hands the rest
+ * to the server. Bad usage or configuration exits 2 before anything runs,
+ * with the message that names the file, the line and the key. */
+#include <getopt.h>
 #include <stdio.h>
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "nmfd_build.h"
+#include "server.h"
+
+static void usage(FILE *out)
 {
-    fprintf(stderr, "nmfd: not built yet\n");
-    return 1;
+    fprintf(out,
+            "usage: nmfd [--config FILE] [--set key=value]... "
+            "[--embedded-broker]\n"
+            "            [--check-config] [--dump-config] [--version] "
+            "[--help]\n"
+            "\n"
+            "  -c, --config FILE      INI configuration (default %s;\n"
+            "                         a missing default file means all "
+            "defaults)\n"
+            "  -s, --set KEY=VALUE    override section.key (repeatable)\n"
+            "      --embedded-broker  host a Kafka-protocol broker in this "
+            "process\n"
+            "                         and consume from it (prints its "
+            "address)\n"
+            "      --embedded-partitions N\n"
+            "                         partitions of its input topics "
+            "(default 4)\n"
+            "      --ignore-checkpoint\n"
+            "                         start a fresh model even if "
+            "checkpoint.dir holds one\n"
+            "      --check-config     validate the configuration and exit\n"
+            "      --dump-config      print the effective configuration "
+            "(secrets masked)\n"
+            "  -V, --version          print the version\n"
+            "  -h, --help             this text\n"
+            "\n"
+            "exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or "
+            "config\n",
+            config_default_path());
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_EMBEDDED = 256, OPT_PARTS, OPT_CHECK, OPT_DUMP, OPT_IGNORE };
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"set", required_argument, NULL, 's'},
+        {"embedded-broker", no_argument, NULL, OPT_EMBEDDED},
+        {"embedded-partitions", required_argument, NULL, OPT_PARTS},
+        {"ignore-checkpoint", no_argument, NULL, OPT_IGNORE},
+        {"check-config", no_argument, NULL, OPT_CHECK},
+        {"dump-config", no_argument, NULL, OPT_DUMP},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct server_opts o = {0};
+    char **sets = calloc((size_t)argc + 1, sizeof(*sets));
+    const char *path = NULL;
+    bool check = false, dump = false;
+    char err[CONFIG_ERR_MAX];
+    struct config *cfg;
+    int opt, code;
+
+    if (!sets)
+        return 1;
+    while ((opt = getopt_long(argc, argv, "c:s:Vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 's':
+            sets[o.nsets++] = optarg;
+            break;
+        case OPT_EMBEDDED:
+            o.embedded_broker = true;
+            break;
+        case OPT_PARTS:
+            o.embedded_partitions = atoi(optarg);
+            if (o.embedded_partitions < 1 || o.embedded_partitions > 10000) {
+                fprintf(stderr, "nmfd: --embedded-partitions: 1..10000\n");
+                free(sets);
+                return 2;
+            }
+            break;
+        case OPT_IGNORE:
+            o.ignore_checkpoint = true;
+            break;
+        case OPT_CHECK:
+            check = true;
+            break;
+        case OPT_DUMP:
+            dump = true;
+            break;
+        case 'V':
+            printf("nmfd %s\n", NMFD_VERSION);
+            free(sets);
+            return 0;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return 0;
+        default:
+            usage(stderr);
+            free(sets);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nmfd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        free(sets);
+        return 2;
+    }
+
+    /* The default file is optional: a fresh install runs on defaults. */
+    if (!path && access(config_default_path(), F_OK) == 0)
+        path = config_default_path();
+    cfg = config_new();
+    if (!cfg) {
+        free(sets);
+        return 1;
+    }
+    if (config_load(cfg, path, sets, o.nsets, err, sizeof(err))) {
+        fprintf(stderr, "nmfd: %s\n", err);
+        config_free(cfg);
+        free(sets);
+        return 2;
+    }
+    if (check || dump) {
+        if (dump)
+            config_dump(cfg, stdout);
+        else
+            printf("nmfd: configuration OK%s%s\n", path ? ": " : "",
+                   path ? path : " (defaults)");
+        config_free(cfg);
+        free(sets);
+        return 0;
+    }
+    o.config_path = path;
+    o.sets = sets;
+    code = server_run(&o, cfg);
+    free(sets);
+    return code;
 }
