@@ -1,0 +1,151 @@
+"""Test harness for nmfd's integration tests: starts real processes (the
+standalone broker, nmfd, the producer) on 127.0.0.1, waits for them with
+bounded loops, and stops everything it started, whatever happens."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
+DATA = os.environ.get("NMFD_DATA", os.path.join(os.getcwd(), "..", "shared", "data"))
+SANITIZED = os.environ.get("NMFD_SANITIZED") == "1"
+
+# Group timing the mock coordinator needs (KAFKA-MOCK.md), and low-latency
+# fetches.
+KAFKA_TEST_SETS = [
+    "kafka.session.timeout.ms=6000",
+    "kafka.heartbeat.interval.ms=1000",
+    "kafka.fetch.wait.max.ms=10",
+    "kafka.fetch.error.backoff.ms=10",
+]
+
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    fail("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+class Procs:
+    """Every process started through it is killed at exit."""
+
+    def __init__(self):
+        self.procs = []
+        self.tmp = tempfile.mkdtemp(prefix="nmfd-it.")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        return False
+
+    def start(self, args, name, **kw):
+        out = open(os.path.join(self.tmp, name + ".out"), "wb")
+        err = open(os.path.join(self.tmp, name + ".log"), "wb")
+        p = subprocess.Popen(args, stdout=out, stderr=err, **kw)
+        p.name = name
+        self.procs.append(p)
+        return p
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.tmp, name + ".log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def broker(self, partitions=4, topics="nmf.events"):
+        bf = os.path.join(self.tmp, "bootstrap")
+        self.start([os.path.join(BIN, "nmfctl"), "broker", "--partitions",
+                    str(partitions), "--topics", topics, "--bootstrap-file", bf],
+                   "broker")
+        return wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
+                        20, "the broker's bootstrap file")
+
+    def nmfd(self, brokers, sets=(), name="nmfd", state=None, extra=()):
+        state = state or os.path.join(self.tmp, name + "-state")
+        os.makedirs(state, exist_ok=True)
+        args = [os.path.join(BIN, "nmfd"), "--set", "kafka.bootstrap.servers=" + brokers,
+                "--set", "checkpoint.dir=" + state, "--set", "http.listen=127.0.0.1:0"]
+        for s in KAFKA_TEST_SETS + list(sets):
+            args += ["--set", s]
+        p = self.start(args + list(extra), name)
+        p.state = state
+        p.port = wait_for(lambda: self._port(name, p), 30, "nmfd's HTTP port")
+        return p
+
+    def _port(self, name, p):
+        if p.poll() is not None:
+            fail("%s exited with %d:\n%s" % (name, p.returncode, self.log(name)))
+        m = re.search(r"http on .*\(port (\d+)\)", self.log(name))
+        return int(m.group(1)) if m else None
+
+    def produce(self, brokers, csv_path, topic="nmf.events", fmt="msgpack", extra=()):
+        r = subprocess.run([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
+                            "--topic", topic, "--format", fmt] + list(extra) + [csv_path],
+                           capture_output=True, timeout=300)
+        check(r.returncode == 0, "nmfctl produce failed: %s" % r.stderr.decode())
+        return r
+
+
+def http_get(port, path, timeout=5):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path),
+                                    timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def metrics(port):
+    """Prometheus text -> {(name, labels): value}."""
+    status, body = http_get(port, "/metrics")
+    check(status == 200, "/metrics answered %d" % status)
+    out = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$', line)
+        check(m is not None, "bad metrics line: %r" % line)
+        out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric(port, name, labels=""):
+    return metrics(port).get((name, labels))
+
+
+def stop(p, timeout=60):
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        fail("%s did not stop within %d s of SIGTERM" % (p.name, timeout))
+
+
+def folded_all(port, n):
+    v = metric(port, "nmfd_events_folded_total")
+    return v is not None and v >= n
