@@ -10,5 +10,6 @@ int ctl_dump_main(int argc, char **argv);
 int ctl_gen_main(int argc, char **argv);
 int ctl_fit_main(int argc, char **argv);
 int ctl_eval_main(int argc, char **argv);
+int ctl_inspect_main(int argc, char **argv);
 
 #endif

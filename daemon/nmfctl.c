@@ -27,6 +27,7 @@ static const struct {
     {"fit", ctl_fit_main,
      "--events FILE.csv [--set model.key=value]... --out SNAPSHOT"},
     {"eval", ctl_eval_main, "--snapshot FILE --events FILE.csv"},
+    {"inspect", ctl_inspect_main, "--checkpoint DIR [--profiles]"},
 };
 
 static void usage(FILE *out)
