@@ -6,6 +6,7 @@
  * crash tests use it to compare V with an uninterrupted run. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
