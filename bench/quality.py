@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+"""Quality benchmark: nmfd's streaming fit against scikit-learn's NMF.
+
+For every events CSV in the data directory (user,item,weight,ts; the
+*_items.csv name files are skipped) at rank k (default 16):
+
+  nmfd       nmfctl fit (one pass in file order through the daemon's
+             model, then its idle refinement), scored by nmfctl eval
+  nmfd-pass  the same single pass without refinement (--refine-rounds 0)
+  NMF        sklearn NMF(solver='cd'), run to convergence: the batch
+             reference
+  MB-1pass   sklearn MiniBatchNMF, one epoch (max_iter=1) over the users
+             in order of first appearance
+  partial    sklearn MiniBatchNMF.partial_fit fed the users in order of
+             first appearance in the stream, batch_size users a call,
+             one pass
+
+The matrix is X = users x items with the weights of each (user, item)
+summed, as nmfctl eval builds it. Every loss is the relative Frobenius
+loss ||X - W H||^2 / ||X||^2 computed by the same sparse formula
+
+    ||X||^2 - 2 sum_{(u,i) in nnz(X)} X_ui (W H)_ui + trace((W^T W)(H H^T))
+
+For the scikit-learn streaming models the user factors are a final
+transform(X) with transform_max_iter=500, i.e. they get a full re-solve
+of every user against their final components, which only helps them.
+nmfd's loss is taken from nmfctl eval and recomputed here from the
+snapshot; the two must agree.
+
+Run with Debian's /usr/bin/python3 (numpy, scipy, scikit-learn, msgpack).
+"""
+
+import argparse
+import csv
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import msgpack
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import NMF, MiniBatchNMF
+from sklearn.exceptions import ConvergenceWarning
+
+
+def ts_ms(raw):
+    """The CSV ts rule: below 1e11 seconds, else milliseconds."""
+    v = int(raw)
+    return v * 1000 if v < 100000000000 else v
+
+
+def read_events(path):
+    """Users in first-appearance order, items, and X (users x items,
+    summed weights, CSR float64). Rows nmfctl would reject are skipped
+    the same way (empty ids, bad weights)."""
+    users, items = {}, {}
+    rows, cols, vals = [], [], []
+    events = 0
+    with open(path, newline="", encoding="utf-8") as f:
+        rd = csv.reader(f)
+        header = [h.strip().lower() for h in next(rd)]
+        cu, ci = header.index("user"), header.index("item")
+        cw = header.index("weight") if "weight" in header else None
+        for rec in rd:
+            if not rec or len(rec) != len(header):
+                continue
+            u, i = rec[cu], rec[ci]
+            if not u or not i:
+                continue
+            w = 1.0
+            if cw is not None and rec[cw].strip():
+                try:
+                    w = float(rec[cw])
+                except ValueError:
+                    continue
+                if not np.isfinite(w) or w < 0:
+                    continue
+            rows.append(users.setdefault(u, len(users)))
+            cols.append(items.setdefault(i, len(items)))
+            vals.append(w)
+            events += 1
+    X = sp.csr_matrix(
+        (np.asarray(vals, dtype=np.float64), (rows, cols)),
+        shape=(len(users), len(items)),
+    )
+    X.sum_duplicates()
+    return list(users), list(items), X, events
+
+
+def sparse_loss(X, W, H):
+    """(||X - W H||^2, ||X||^2) by the sparse formula, float64."""
+    W = np.asarray(W, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    coo = X.tocoo()
+    norm = float(coo.data @ coo.data)
+    pred = np.einsum("ij,ij->i", W[coo.row], H[:, coo.col].T)
+    cross = float(coo.data @ pred)
+    trace = float(np.sum((W.T @ W) * (H @ H.T)))
+    return norm - 2.0 * cross + trace, norm
+
+
+def kv(line):
+    out = {}
+    for tok in line.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            out[k] = v
+    return out
+
+
+def run_nmfd(nmfctl, path, k, rounds, snap, extra_sets):
+    cmd = [nmfctl, "fit", "--events", path, "--set", "model.k=%d" % k,
+           "--out", snap]
+    for s in extra_sets:
+        cmd += ["--set", s]
+    if rounds is not None:
+        cmd += ["--refine-rounds", str(rounds)]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.monotonic() - t0
+    if p.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd),
+                                                   p.returncode, p.stderr))
+    fit = kv(p.stdout.strip().splitlines()[-1])
+    p = subprocess.run([nmfctl, "eval", "--snapshot", snap, "--events",
+                        path], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("eval failed (%d): %s" % (p.returncode, p.stderr))
+    ev = kv(p.stdout.strip().splitlines()[-1])
+    return fit, ev, secs
+
+
+def snapshot_factors(snap, users, items):
+    """W (users x k) and H (k x items) in scikit-learn's orientation from
+    a dense snapshot; ids the snapshot lacks get zero factors."""
+    with open(snap, "rb") as f:
+        doc = msgpack.unpackb(f.read(), raw=False)
+    k = doc["k"]
+    su, si = doc["users"], doc["items"]
+    Wm = np.frombuffer(doc["W"], "<f4").reshape(len(si), k)
+    Hm = np.frombuffer(doc["H"], "<f4").reshape(len(su), k)
+    uidx = {u: j for j, u in enumerate(su)}
+    iidx = {i: j for j, i in enumerate(si)}
+    W = np.zeros((len(users), k))
+    H = np.zeros((k, len(items)))
+    for r, u in enumerate(users):
+        j = uidx.get(u)
+        if j is not None:
+            W[r] = Hm[j]
+    for c, i in enumerate(items):
+        j = iidx.get(i)
+        if j is not None:
+            H[:, c] = Wm[j]
+    return W, H
+
+
+def run_nmf(X, k, max_iter, tol):
+    t0 = time.monotonic()
+    m = NMF(n_components=k, solver="cd", max_iter=max_iter, tol=tol,
+            random_state=0)
+    W = m.fit_transform(X)
+    secs = time.monotonic() - t0
+    return sparse_loss(X, W, m.components_), secs, m.n_iter_
+
+
+def mb_model(k, batch, seed):
+    return MiniBatchNMF(n_components=k, batch_size=batch, max_iter=1,
+                        transform_max_iter=500, random_state=seed)
+
+
+def run_mb_pass(X, k, batch):
+    t0 = time.monotonic()
+    m = mb_model(k, batch, 0)
+    m.fit(X)
+    W = m.transform(X)
+    secs = time.monotonic() - t0
+    return sparse_loss(X, W, m.components_), secs
+
+
+def run_partial(X, k, batch):
+    """partial_fit over the users in first-appearance order (X's row
+    order), batch users a call, one pass. The first call initialises
+    from its own batch only, as a stream would."""
+    t0 = time.monotonic()
+    m = mb_model(k, batch, 0)
+    n = X.shape[0]
+    for s in range(0, n, batch):
+        m.partial_fit(X[s:s + batch])
+    W = m.transform(X)
+    secs = time.monotonic() - t0
+    return sparse_loss(X, W, m.components_), secs
+
+
+def fmt_loss(rel):
+    return "%.4f" % rel if rel >= 1e-4 else "%.2e" % rel
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(here)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nmfctl", required=True, help="path of nmfctl")
+    ap.add_argument("--data", default=os.path.join(repo, "..", "shared",
+                                                   "data"))
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1024,
+                    help="MiniBatchNMF batch size in users (default 1024)")
+    ap.add_argument("--nmf-max-iter", type=int, default=5000)
+    ap.add_argument("--nmf-tol", type=float, default=1e-8)
+    ap.add_argument("--refine-rounds", type=int, default=None,
+                    help="passed to nmfctl fit (default: its own)")
+    ap.add_argument("--set", action="append", default=[],
+                    help="extra model.key=value for nmfctl fit")
+    ap.add_argument("--only", action="append", default=[],
+                    help="dataset name (file stem) to run; repeatable")
+    ap.add_argument("--target", type=float, default=1.02,
+                    help="nmfd / NMF loss ratio to meet (default 1.02)")
+    args = ap.parse_args()
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    paths = sorted(p for p in glob.glob(os.path.join(args.data, "*.csv"))
+                   if not p.endswith("_items.csv"))
+    if args.only:
+        paths = [p for p in paths
+                 if os.path.basename(p)[:-4] in args.only]
+    if not paths:
+        print("quality: no events CSV in %s" % args.data, file=sys.stderr)
+        return 2
+
+    head = ("| dataset | users | items | events | nnz | nmfd | nmfd-pass "
+            "| NMF | nmfd/NMF | MB-1pass | partial | ||X||^2 | nmfd abs "
+            "| NMF abs | s nmfd | s NMF | s MB | s partial | rounds |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    misses = []
+    tmp = tempfile.mkdtemp(prefix="nmfd-quality-")
+    for path in paths:
+        name = os.path.basename(path)[:-4]
+        users, items, X, events = read_events(path)
+        snap = os.path.join(tmp, name + ".snap")
+        fit, ev, s_nmfd = run_nmfd(args.nmfctl, path, args.k,
+                                   args.refine_rounds, snap, args.set)
+        W, H = snapshot_factors(snap, users, items)
+        (l_py, norm) = sparse_loss(X, W, H)
+        rel_nmfd = float(ev["loss"])
+        if abs(l_py / norm - rel_nmfd) > 1e-6 * max(1.0, rel_nmfd):
+            raise RuntimeError("%s: nmfctl eval says %g, numpy %g" %
+                               (name, rel_nmfd, l_py / norm))
+        snap0 = os.path.join(tmp, name + ".pass.snap")
+        _, ev0, _ = run_nmfd(args.nmfctl, path, args.k, 0, snap0, args.set)
+        (l_nmf, _), s_nmf, nmf_iter = run_nmf(X, args.k, args.nmf_max_iter,
+                                              args.nmf_tol)
+        (l_mb, _), s_mb = run_mb_pass(X, args.k, args.batch)
+        (l_pf, _), s_pf = run_partial(X, args.k, args.batch)
+        rel_nmf, rel_mb, rel_pf = l_nmf / norm, l_mb / norm, l_pf / norm
+        tiny = 1e-9
+        if rel_nmf > tiny:
+            ratio = "%.4f" % (rel_nmfd / rel_nmf)
+            ok = rel_nmfd <= args.target * rel_nmf
+        else:
+            ratio = "n/a (NMF ~0)"
+            ok = rel_nmfd <= tiny
+        ok = ok and rel_nmfd < rel_mb and rel_nmfd < rel_pf
+        if not ok:
+            misses.append(name)
+        print("| %s | %d | %d | %d | %d | %s | %s | %s | %s%s | %s | %s "
+              "| %.6g | %.4g | %.4g | %.2f | %.2f | %.2f | %.2f | %s%s |" % (
+                  name, X.shape[0], X.shape[1], events, X.nnz,
+                  fmt_loss(rel_nmfd), fmt_loss(float(ev0["loss"])),
+                  fmt_loss(rel_nmf), ratio, "" if ok else " MISS",
+                  fmt_loss(rel_mb), fmt_loss(rel_pf), norm, l_py, l_nmf,
+                  s_nmfd, s_nmf, s_mb, s_pf, fit.get("refine_rounds", "?"),
+                  "" if fit.get("converged") == "yes" else "*"),
+              flush=True)
+    for f in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, f))
+    os.rmdir(tmp)
+    print()
+    print("k=%d; NMF: solver=cd max_iter=%d tol=%g; MiniBatchNMF: "
+          "batch_size=%d, transform_max_iter=500; rounds: nmfd refinement "
+          "rounds (* = stopped by the bound, not converged)" % (
+              args.k, args.nmf_max_iter, args.nmf_tol, args.batch))
+    if misses:
+        print("target missed (nmfd <= %.2f x NMF and below both streaming "
+              "peers): %s" % (args.target, ", ".join(misses)))
+        return 1
+    print("target met on every dataset")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

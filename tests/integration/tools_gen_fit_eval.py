@@ -1,0 +1,422 @@
+#!/usr/bin/python3
+"""Integration tests of nmfctl gen, fit and eval: real processes, small
+sizes, every run bounded by a timeout.
+
+Needs Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack) and the
+environment meson sets: NMFD_BIN (the directory holding nmfctl) and
+NMFD_DATA (the shared data sets, optional).
+"""
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import msgpack
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+NMFCTL = os.path.join(os.environ.get("NMFD_BIN", "build/daemon"), "nmfctl")
+DATA = os.environ.get("NMFD_DATA", "")
+TIMEOUT = 120
+
+
+def run(*args, stdin=None, check=None):
+    p = subprocess.run([NMFCTL] + list(args), input=stdin,
+                       capture_output=True, timeout=TIMEOUT)
+    if check is not None and p.returncode != check:
+        raise AssertionError("nmfctl %s: exit %d, wanted %d\nstderr: %s" % (
+            " ".join(args), p.returncode, check,
+            p.stderr.decode(errors="replace")))
+    return p
+
+
+def kv(out):
+    line = out.decode().strip().splitlines()[-1]
+    return dict(t.split("=", 1) for t in line.split() if "=" in t)
+
+
+def load_snapshot(path):
+    with open(path, "rb") as f:
+        doc = msgpack.unpackb(f.read(), raw=False)
+    k = doc["k"]
+    W = np.frombuffer(doc["W"], "<f4").reshape(len(doc["items"]), k)
+    H = np.frombuffer(doc["H"], "<f4").reshape(len(doc["users"]), k)
+    return doc, W, H
+
+
+def read_events(text):
+    rd = csv.DictReader(io.StringIO(text))
+    return [(r["user"], r["item"], float(r["weight"] or 1), r["ts"])
+            for r in rd]
+
+
+def dense_loss(events, doc, W, H):
+    """||V - W H||^2 / ||V||^2 on the CSV's items x users, dense, numpy."""
+    users = sorted({e[0] for e in events})
+    items = sorted({e[1] for e in events})
+    ui = {u: j for j, u in enumerate(users)}
+    ii = {i: j for j, i in enumerate(items)}
+    V = np.zeros((len(items), len(users)))
+    for u, i, w, _ in events:
+        V[ii[i], ui[u]] += w
+    k = doc["k"]
+    Wd = np.zeros((len(items), k))
+    Hd = np.zeros((k, len(users)))
+    for j, i in enumerate(doc["items"]):
+        if i in ii:
+            Wd[ii[i]] = W[j]
+    for j, u in enumerate(doc["users"]):
+        if u in ui:
+            Hd[:, ui[u]] = H[j]
+    R = V - Wd @ Hd
+    return float((R * R).sum() / (V * V).sum())
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="nmfd-tools-")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def write(self, name, text):
+        p = self.path(name)
+        with open(p, "w") as f:
+            f.write(text)
+        return p
+
+    def gen(self, *args):
+        return run("gen", *args, check=0).stdout
+
+
+class Gen(Base):
+    ARGS = ("--users", "300", "--items", "60", "--k", "4", "--events",
+            "5000")
+
+    def test_format_and_determinism(self):
+        a = self.gen(*self.ARGS, "--seed", "7")
+        b = self.gen(*self.ARGS, "--seed", "7")
+        c = self.gen(*self.ARGS, "--seed", "8")
+        self.assertEqual(a, b)
+        self.assertNotEqual(a, c)
+        lines = a.decode().splitlines()
+        self.assertEqual(lines[0], "user,item,weight,ts")
+        self.assertEqual(len(lines), 5001)
+        ts = [int(l.split(",")[3]) for l in lines[1:]]
+        self.assertTrue(all(x < y for x, y in zip(ts, ts[1:])))
+        self.assertGreaterEqual(ts[0], 10 ** 11, "ts in milliseconds")
+        users = {l.split(",")[0] for l in lines[1:]}
+        items = {l.split(",")[1] for l in lines[1:]}
+        self.assertLessEqual(len(items), 60)
+        self.assertLessEqual(len(users), 300)
+        self.assertTrue(all(l.split(",")[2] == "1" for l in lines[1:]))
+
+    def test_truth_and_bundles(self):
+        truth = self.path("truth.csv")
+        out = self.gen(*self.ARGS, "--truth", truth, "--noise", "0")
+        seg = {r["user"]: int(r["segment"])
+               for r in csv.DictReader(open(truth))}
+        ev = read_events(out.decode())
+        self.assertEqual(set(seg), {e[0] for e in ev})
+        self.assertEqual(set(seg.values()), {0, 1, 2, 3})
+        # Without noise every item belongs to exactly one segment.
+        owner = {}
+        for u, i, _, _ in ev:
+            self.assertEqual(owner.setdefault(i, seg[u]), seg[u])
+
+    def test_drift(self):
+        truth = self.path("truth.csv")
+        out = self.gen("--users", "2000", "--items", "40", "--k", "4",
+                       "--events", "4000", "--drift", "1000", "--truth",
+                       truth, "--noise", "0")
+        rows = list(csv.DictReader(open(truth)))
+        moved = [r for r in rows if r["segment"] != r["after"]]
+        self.assertTrue(0.12 < len(moved) / len(rows) < 0.28)
+        ev = read_events(out.decode())
+        switch = int(moved[0]["switch_ts"])
+        self.assertEqual(switch, int(ev[1000][3]))
+        for r in rows:
+            if r["segment"] == r["after"]:
+                self.assertEqual(r["switch_ts"], "")
+        # Before the drift the stream equals the stream without drift.
+        plain = self.gen("--users", "2000", "--items", "40", "--k", "4",
+                         "--events", "4000", "--noise", "0")
+        self.assertEqual(out.splitlines()[:1001], plain.splitlines()[:1001])
+        self.assertNotEqual(out, plain)
+
+    def test_bad_usage(self):
+        cases = [
+            (), ("--users", "10"),
+            ("--users", "10", "--items", "10", "--k", "2"),
+            ("--users", "0", "--items", "10", "--k", "2", "--events", "1"),
+            ("--users", "x", "--items", "10", "--k", "2", "--events", "1"),
+            ("--users", "10", "--items", "3", "--k", "4", "--events", "1"),
+            ("--users", "10", "--items", "10", "--k", "2", "--events", "-1"),
+            ("--users", "10", "--items", "10", "--k", "2", "--events", "5",
+             "--drift", "6"),
+            ("--users", "10", "--items", "10", "--k", "2", "--events", "5",
+             "--noise", "2"),
+            ("--users", "10", "--items", "10", "--k", "2", "--events", "5",
+             "--bogus"),
+            ("--users", "10", "--items", "10", "--k", "2", "--events", "5",
+             "extra"),
+            ("--users",),
+        ]
+        for args in cases:
+            p = run("gen", *args)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertIn(b"nmfctl gen: ", p.stderr, args)
+            self.assertEqual(p.stdout, b"", args)
+
+    def test_help(self):
+        p = run("gen", "--help", check=0)
+        self.assertIn(b"--drift", p.stdout)
+
+    def test_truth_unwritable(self):
+        p = run("gen", *self.ARGS, "--truth", "/nonexistent/dir/t.csv")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"/nonexistent/dir/t.csv", p.stderr)
+
+
+class FitEval(Base):
+    def fit(self, events, out, *extra, check=0):
+        p = run("fit", "--events", events, "--out", out, *extra,
+                check=check)
+        return p
+
+    def test_recovers_planted_segments(self):
+        truth = self.path("truth.csv")
+        ev = self.write("ev.csv", self.gen(
+            "--users", "1500", "--items", "240", "--k", "6", "--events",
+            "60000", "--seed", "3", "--truth", truth).decode())
+        snap = self.path("s.snap")
+        st = kv(self.fit(ev, snap, "--set", "model.k=6").stdout)
+        self.assertEqual(int(st["events"]), 60000)
+        self.assertEqual(int(st["rejected"]), 0)
+        doc, W, H = load_snapshot(snap)
+        seg = {r["user"]: int(r["segment"])
+               for r in csv.DictReader(open(truth))}
+        counts = {}
+        for u, _, _, _ in read_events(open(ev).read()):
+            counts[u] = counts.get(u, 0) + 1
+        # Users with a handful of events: one noise event among two can
+        # legitimately mislead, so score those with enough evidence.
+        pred, want = [], []
+        for j, u in enumerate(doc["users"]):
+            if counts[u] >= 5:
+                pred.append(int(np.argmax(H[j])))
+                want.append(seg[u])
+        self.assertGreater(len(pred), 500)
+        ari = adjusted_rand_score(want, pred)
+        self.assertGreaterEqual(ari, 0.95, "ARI %.4f" % ari)
+        # And overall, with every user.
+        allp = [int(np.argmax(H[j])) for j in range(len(doc["users"]))]
+        allw = [seg[u] for u in doc["users"]]
+        self.assertGreaterEqual(adjusted_rand_score(allw, allp), 0.8)
+        ev_st = kv(run("eval", "--snapshot", snap, "--events", ev,
+                       check=0).stdout)
+        self.assertLess(float(ev_st["loss"]), 0.9)
+
+    def test_deterministic_and_ts(self):
+        ev = self.write("ev.csv", self.gen(
+            "--users", "400", "--items", "80", "--k", "4", "--events",
+            "8000").decode())
+        a, b = self.path("a.snap"), self.path("b.snap")
+        self.fit(ev, a, "--set", "model.k=4")
+        self.fit(ev, b, "--set", "model.k=4")
+        self.assertEqual(open(a, "rb").read(), open(b, "rb").read())
+        doc, _, _ = load_snapshot(a)
+        last_ts = int(open(ev).read().splitlines()[-1].split(",")[3])
+        self.assertEqual(doc["ts"], last_ts)
+        self.assertEqual(doc["k"], 4)
+        self.assertEqual(doc["events"], 8000)
+        # stdin gives the same model.
+        c = self.path("c.snap")
+        p = subprocess.run([NMFCTL, "fit", "--events", "-", "--out", c,
+                            "--set", "model.k=4"], stdin=open(ev, "rb"),
+                           capture_output=True, timeout=TIMEOUT)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(open(a, "rb").read(), open(c, "rb").read())
+
+    def test_eval_matches_numpy(self):
+        text = self.gen("--users", "200", "--items", "50", "--k", "3",
+                        "--events", "3000", "--seed", "5").decode()
+        ev = self.write("ev.csv", text)
+        snap = self.path("s.snap")
+        self.fit(ev, snap, "--set", "model.k=3")
+        st = kv(run("eval", "--snapshot", snap, "--events", ev,
+                    check=0).stdout)
+        doc, W, H = load_snapshot(snap)
+        want = dense_loss(read_events(text), doc, W, H)
+        self.assertAlmostEqual(float(st["loss"]), want, delta=1e-9 + 1e-7 *
+                               want)
+        self.assertEqual(int(st["events"]), 3000)
+        self.assertEqual(int(st["users_missing"]), 0)
+        # Repeated pairs are summed, new users and items count with zero
+        # factors, weights are honoured.
+        extra = ("newuser,i0,2,1\nnewuser,newitem,1.5,2\nu0,newitem,3,3\n"
+                 "u0,i1,2.5,4\n")
+        ev2 = self.write("ev2.csv", text + extra)
+        st = kv(run("eval", "--snapshot", snap, "--events", ev2,
+                    check=0).stdout)
+        want = dense_loss(read_events(text + extra), doc, W, H)
+        self.assertAlmostEqual(float(st["loss"]), want, delta=1e-9 + 1e-7 *
+                               want)
+        self.assertEqual(int(st["users_missing"]), 1)
+        self.assertEqual(int(st["items_missing"]), 1)
+
+    def test_perfect_fit_near_zero(self):
+        # Two users, two disjoint items: rank 2 fits exactly.
+        ev = self.write("ev.csv", "user,item,weight,ts\na,x,2,1\nb,y,3,2\n"
+                        "a,x,1,3\n")
+        snap = self.path("s.snap")
+        self.fit(ev, snap, "--set", "model.k=2", "--set",
+                 "model.warmup_events=0")
+        st = kv(run("eval", "--snapshot", snap, "--events", ev,
+                    check=0).stdout)
+        self.assertLess(abs(float(st["loss"])), 1e-6)
+
+    def test_rejected_rows(self):
+        ev = self.write("ev.csv", "user,item,weight,ts\n"
+                        "a,x,1,1\n"
+                        ",x,1,2\n"
+                        "b,x,abc,3\n"
+                        "b,y,-1,4\n"
+                        "b,y,1\n"
+                        "c,z,1,zz\n"
+                        "d,w,1,5\n")
+        snap = self.path("s.snap")
+        p = self.fit(ev, snap, "--set", "model.k=2")
+        st = kv(p.stdout)
+        self.assertEqual(int(st["events"]), 2)
+        self.assertEqual(int(st["rejected"]), 5)
+        err = p.stderr.decode()
+        for line in (3, 4, 5, 6, 7):
+            self.assertIn("%s:%d: " % (ev, line), err)
+        doc, _, _ = load_snapshot(snap)
+        self.assertEqual(sorted(doc["users"]), ["a", "d"])
+        st = kv(run("eval", "--snapshot", snap, "--events", ev,
+                    check=0).stdout)
+        self.assertEqual(int(st["rejected"]), 5)
+        self.assertEqual(int(st["events"]), 2)
+
+    def test_set_keys_like_the_daemon(self):
+        ev = self.write("ev.csv", self.gen(
+            "--users", "100", "--items", "30", "--k", "3", "--events",
+            "1000").decode())
+        snap = self.path("s.snap")
+        self.fit(ev, snap, "--set", "model.k=5", "--set",
+                 "model.half_life=1h", "--set", "model.seed=9")
+        doc, W, H = load_snapshot(snap)
+        self.assertEqual(doc["k"], 5)
+        self.assertEqual(W.shape[1], 5)
+
+    def test_refine_rounds_bound(self):
+        ev = self.write("ev.csv", self.gen(
+            "--users", "300", "--items", "60", "--k", "4", "--events",
+            "5000").decode())
+        snap = self.path("s.snap")
+        st = kv(self.fit(ev, snap, "--set", "model.k=4", "--refine-rounds",
+                         "0").stdout)
+        self.assertEqual(int(st["refine_rounds"]), 0)
+        st1 = kv(self.fit(ev, snap, "--set", "model.k=4", "--refine-rounds",
+                          "3").stdout)
+        self.assertLessEqual(int(st1["refine_rounds"]), 3)
+        st2 = kv(self.fit(ev, snap, "--set", "model.k=4").stdout)
+        e0 = float(kv(run("eval", "--snapshot", snap, "--events", ev,
+                          check=0).stdout)["loss"])
+        self.assertGreater(e0, 0)
+        self.assertLessEqual(float(st2["loss"]), float(st["loss"]) + 1e-6)
+
+    def test_fit_bad_usage(self):
+        ev = self.write("ev.csv", "user,item,weight,ts\na,x,1,1\n")
+        out = self.path("s.snap")
+        cases = [
+            (),
+            ("--events", ev),
+            ("--out", out),
+            ("--events", ev, "--out", out, "--bogus"),
+            ("--events", ev, "--out", out, "extra"),
+            ("--events", ev, "--out", out, "--set", "kafka.x=1"),
+            ("--events", ev, "--out", out, "--set", "snapshot.interval=1s"),
+            ("--events", ev, "--out", out, "--set", "model.k=abc"),
+            ("--events", ev, "--out", out, "--set", "model.k=0"),
+            ("--events", ev, "--out", out, "--set", "model.nokey=1"),
+            ("--events", ev, "--out", out, "--set", "model.k"),
+            ("--events", ev, "--out", out, "--refine-rounds", "x"),
+            ("--events", ev, "--out", out, "--refine-rounds", "-1"),
+            ("--events", ev, "--out"),
+        ]
+        for args in cases:
+            p = run("fit", *args)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertIn(b"nmfctl fit: ", p.stderr, args)
+            self.assertFalse(os.path.exists(out), args)
+
+    def test_fit_runtime_failures(self):
+        out = self.path("s.snap")
+        p = run("fit", "--events", self.path("missing.csv"), "--out", out)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"missing.csv", p.stderr)
+        noheader = self.write("nh.csv", "a,x,1,1\n")
+        p = run("fit", "--events", noheader, "--out", out)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"nh.csv:1: ", p.stderr)
+        ev = self.write("ev.csv", "user,item,weight,ts\na,x,1,1\n")
+        p = run("fit", "--events", ev, "--out", "/nonexistent/dir/s.snap")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"/nonexistent/dir/s.snap", p.stderr)
+
+    def test_eval_bad_usage_and_failures(self):
+        ev = self.write("ev.csv", "user,item,weight,ts\na,x,1,1\n")
+        snap = self.path("s.snap")
+        self.fit(ev, snap, "--set", "model.k=2")
+        for args in [(), ("--snapshot", snap), ("--events", ev),
+                     ("--snapshot", snap, "--events", ev, "--bogus"),
+                     ("--snapshot", snap, "--events", ev, "x"),
+                     ("--snapshot",)]:
+            p = run("eval", *args)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertIn(b"nmfctl eval: ", p.stderr, args)
+        bad = self.write("bad.snap", "not msgpack at all")
+        p = run("eval", "--snapshot", bad, "--events", ev)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"bad.snap", p.stderr)
+        p = run("eval", "--snapshot", self.path("none.snap"), "--events", ev)
+        self.assertEqual(p.returncode, 1)
+        p = run("eval", "--snapshot", snap, "--events", self.path("no.csv"))
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"no.csv", p.stderr)
+
+    def test_help(self):
+        for cmd in ("fit", "eval"):
+            p = run(cmd, "--help", check=0)
+            self.assertIn(b"below 1e11 are seconds", p.stdout)
+
+    @unittest.skipUnless(DATA and os.path.exists(
+        os.path.join(DATA, "bayesm_scotch.csv")), "no shared data")
+    def test_shared_data_set(self):
+        ev = os.path.join(DATA, "bayesm_scotch.csv")
+        snap = self.path("s.snap")
+        st = kv(self.fit(ev, snap).stdout)
+        self.assertEqual(int(st["events"]), 5085)
+        self.assertEqual(int(st["users"]), 2218)
+        self.assertEqual(int(st["items"]), 21)
+        e = kv(run("eval", "--snapshot", snap, "--events", ev,
+                   check=0).stdout)
+        self.assertLess(float(e["loss"]), 0.2)
+
+
+if __name__ == "__main__":
+    if not os.access(NMFCTL, os.X_OK):
+        print("no nmfctl at %s" % NMFCTL, file=sys.stderr)
+        sys.exit(1)
+    unittest.main(verbosity=2)
