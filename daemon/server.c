@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -852,8 +853,10 @@ static void on_ckpt_timer(uv_timer_t *t)
     pid = fork();
     if (pid == 0) {
         /* The child holds the loop's memory as it was at fork(): the model
-         * and the offsets agree exactly. It touches nothing but them. */
+         * and the offsets agree exactly. It touches nothing but them, and
+         * dies with its parent rather than outlive it. */
         char err[512];
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int rc = checkpoint_write(s->cfg->checkpoint.dir, &meta, o, n, s->model,
                                   err, sizeof(err));
         if (rc) {
@@ -1164,6 +1167,13 @@ static double gauge_stale(void *ctx)
     return (double)st.stale;
 }
 
+static double gauge_model_events(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.events;
+}
+
 static double gauge_epoch(void *ctx)
 {
     return (double)((struct server *)ctx)->epoch;
@@ -1285,6 +1295,10 @@ static void server_metrics_init(struct server *s)
                      gauge_stale, s);
     metrics_gauge_fn(m, "nmfd_epoch", "Last published epoch.", NULL,
                      gauge_epoch, s);
+    metrics_gauge_fn(m, "nmfd_model_events",
+                     "Events the model holds, since it began (restarts "
+                     "included).",
+                     NULL, gauge_model_events, s);
     metrics_gauge_fn(m, "nmfd_consumer_lag_total",
                      "Messages behind, all partitions (-1: unknown).", NULL,
                      gauge_lag, s);
