@@ -18,6 +18,7 @@
  */
 #include "server.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -801,6 +802,25 @@ static int ensure_dir(const char *dir)
     return 0;
 }
 
+/* Temp files of checkpoint writers that died with a crashed daemon. */
+static void remove_stale_temps(const char *dir)
+{
+    char path[4096];
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (!d)
+        return;
+    while ((e = readdir(d)))
+        if (!strncmp(e->d_name, "." CHECKPOINT_FILE ".", 11) &&
+            strstr(e->d_name, ".tmp")) {
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+            if (!unlink(path))
+                log_info("removed %s, left by an interrupted checkpoint",
+                         path);
+        }
+    closedir(d);
+}
+
 static int server_checkpoint_now(struct server *s)
 {
     struct checkpoint_meta meta = {s->epoch, s->rejected, s->consumed,
@@ -1525,6 +1545,7 @@ static int server_start(struct server *s)
         log_err("checkpoint.dir %s: %s", c->checkpoint.dir, strerror(-rc));
         return rc;
     }
+    remove_stale_temps(c->checkpoint.dir);
     if (s->opts->embedded_broker) {
         size_t len = strlen(c->input.topics) + 256;
         char *topics = malloc(len);
