@@ -429,8 +429,13 @@ static enum event_reason mp_event(struct event_decoder *d,
         const msgpack_object *k = &o->via.map.ptr[i].key;
         if (k->type != MSGPACK_OBJECT_STR)
             continue;
+        if (k->via.str.size == 0)
+            continue;
         for (int j = 0; j < F_COUNT; j++) {
+            /* Length and first byte before memcmp: most keys are short
+             * and the call would cost more than the compare. */
             if (k->via.str.size != d->field[j].len ||
+                k->via.str.ptr[0] != d->field[j].s[0] ||
                 memcmp(k->via.str.ptr, d->field[j].s, d->field[j].len) != 0)
                 continue;
             if (seen & 1u << j)
