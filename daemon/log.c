@@ -112,8 +112,8 @@ static void write_all(int fd, const char *buf, size_t len)
 void log_vmsg(int level, const char *fmt, va_list ap)
 {
     char line[LOG_LINE_MAX];
-    size_t off, max = sizeof(line) - 1; /* room for the '\n' */
-    int saved = errno;                  /* callers may log and then use it */
+    size_t off, max = sizeof(line); /* the NUL's place takes the '\n' */
+    int saved = errno;              /* callers may log and then use it */
 
     if (!log_enabled(level))
         return;
@@ -139,7 +139,7 @@ void log_vmsg(int level, const char *fmt, va_list ap)
     if (n < 0)
         n = 0;
     off += (size_t)n;
-    if (off >= max) {
+    if (off >= max) { /* truncated: end with "..." */
         off = max - 1;
         memcpy(line + off - 3, "...", 3);
     }
