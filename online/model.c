@@ -1,2 +1,1204 @@
-/* online/model.c -- placeholder, being written. */
-typedef int model_placeholder;
+/* online/model.c -- the online non-negative matrix factorisation.
+ *
+ * This subsystem folds engagement events into V ~= W H and keeps W, every
+ * user's h, the profiles and the sufficient statistics consistent. It owns
+ * all model state (ids, profiles, W, H, A, B, G, counters, the random
+ * generator) and is the only code that changes it; model_state.c
+ * serialises it. It must never do I/O, read a clock, log, or allocate per
+ * event (memory grows by doubling when users or items arrive).
+ *
+ * Objective. V is items x users, v_u the sparse, time-decayed profile of
+ * user u; W (items x k) and H (k x users) are non-negative. We minimise
+ *     sum_u c_u [ 1/2 ||v_u - W h_u||^2
+ *                 + alpha_h (l1 |h_u|_1 + (1 - l1)/2 |h_u|^2) ]
+ *     + alpha_w (l1 |W|_1 + (1 - l1)/2 |W|_F^2)
+ * where c_u = 2^(-(T - t_u) / half_life) is the recency weight of user u
+ * (t_u its latest event, T the latest event overall; c_u = 1 without
+ * decay), the penalties being scikit-learn's NMF elastic net.
+ *
+ * Updates. (1) Per event: the profile is decayed lazily by
+ * 2^(-(ts - t_u)/half_life), the weight added, and h_u re-solved by
+ * coordinate-descent NNLS on G = W^T W and W^T v_u, warm-started from the
+ * decayed old h_u (nnls.c). (2) The statistics of Mairal, Bach, Ponce &
+ * Sapiro ("Online learning for matrix factorization and sparse coding",
+ * JMLR 2010), A = sum_u c_u h_u h_u^T and B = sum_u c_u v_u h_u^T, are kept
+ * exact for the current data by replacing u's old contribution with the
+ * new one (not by accumulating the history, as in the paper's Algorithm 1:
+ * each user counts once, with its current h). (3) W is refreshed by HALS
+ * on A and B (Cichocki & Phan 2009; Gillis 2014; hals.c), every
+ * refresh_events folds and on the caller's clock. (4) Between events,
+ * model_refine re-solves users whose h predates the current W, then
+ * refreshes W again: with half_life = 0 this is exact alternating NNLS on
+ * the full data (block coordinate descent, the loss never increases).
+ *
+ * Choices. Columns of W have unit L2 norm, restored after each refresh as
+ * a reparametrisation (w_j /= n_j, h_u[j] *= n_j, A and B scaled alike),
+ * so W H and the statistics do not move and h values are comparable
+ * across topics. A dead column (no mass in A) is resampled from the
+ * normalised profile of a heavy user drawn with the model's generator.
+ * A and B live in a scaled time frame: a contribution made at time t is
+ * stored with weight 2^((t - T0)/half_life), and the true statistics are
+ * the stored ones times 2^(-(T - T0)/half_life), so time passing costs
+ * nothing; T0 moves forward every MODEL_FRAME_SPAN half-lives. B also
+ * carries a per-column scale (bcol) so that normalising W costs O(k^2),
+ * not a pass over B. The loss of a solved user is at hand:
+ * ||v - W h||^2 = v^T v - 2 h^T (W^T v) + h^T G h; its recency-weighted
+ * sum over users divided by sum_u c_u ||v_u||^2 is the relative loss.
+ * Everything is a deterministic function of the calls and the seed.
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hals.h"
+#include "model_impl.h"
+#include "nnls.h"
+
+/* One event as seen by a user's solve. */
+struct model_ev {
+    uint32_t item;
+    int64_t pos; /* index of the item in the profile, -1 if absent */
+    double f;    /* decay factor of the profile */
+    float w;     /* weight, decayed to the user's time if older */
+    int64_t t;   /* the user's new time */
+};
+
+void model_params_default(struct model_params *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->k = 16;
+    p->half_life_ms = 0;
+    p->alpha_h = 0;
+    p->alpha_w = 0;
+    p->l1_ratio = 0;
+    p->profile_max = 512;
+    p->refresh_events = 200000;
+    p->ttl_ms = 0;
+    p->seed = 1;
+    p->warmup_events = 10000;
+    p->nnls_sweeps = 50;
+    p->nnls_tol = 1e-4;
+    p->hals_sweeps = 2;
+    p->refine_tol = 1e-5;
+}
+
+const char *model_params_check(const struct model_params *p)
+{
+    if (!p)
+        return "no parameters";
+    if (p->k < 1 || p->k > MODEL_K_MAX)
+        return "k must be 1..256";
+    if (p->half_life_ms < 0)
+        return "half_life must be >= 0";
+    if (!isfinite(p->alpha_h) || p->alpha_h < 0)
+        return "alpha_h must be finite and >= 0";
+    if (!isfinite(p->alpha_w) || p->alpha_w < 0)
+        return "alpha_w must be finite and >= 0";
+    if (!(p->l1_ratio >= 0 && p->l1_ratio <= 1))
+        return "l1_ratio must be in [0, 1]";
+    if (p->profile_max < 1 || p->profile_max > MODEL_PROFILE_MAX)
+        return "profile_max must be 1..65535";
+    if (p->ttl_ms < 0)
+        return "ttl must be >= 0";
+    if (p->nnls_sweeps < 1 || p->nnls_sweeps > 100000)
+        return "nnls_sweeps must be 1..100000";
+    if (!isfinite(p->nnls_tol) || p->nnls_tol < 0)
+        return "nnls_tol must be finite and >= 0";
+    if (p->hals_sweeps < 1 || p->hals_sweeps > 1000)
+        return "hals_sweeps must be 1..1000";
+    if (!isfinite(p->refine_tol) || p->refine_tol < 0)
+        return "refine_tol must be finite and >= 0";
+    return NULL;
+}
+
+struct model *model__alloc(const struct model_params *p)
+{
+    struct model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->p = *p;
+    m->k = p->k;
+    size_t kk = (size_t)p->k * p->k;
+    m->uids = ids_new(p->seed);
+    m->iids = ids_new(~p->seed);
+    m->A = calloc(kk, sizeof(double));
+    m->G = calloc(kk, sizeof(double));
+    m->S = calloc(kk, sizeof(double));
+    m->bcol = calloc(p->k, sizeof(double));
+    if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol) {
+        model_free(m);
+        return NULL;
+    }
+    for (uint32_t j = 0; j < m->k; j++)
+        m->bcol[j] = 1;
+    rng_seed(&m->rng, p->seed);
+    m->refine_prev = -1;
+    return m;
+}
+
+struct model *model_new(const struct model_params *p)
+{
+    if (model_params_check(p))
+        return NULL;
+    return model__alloc(p);
+}
+
+void model_free(struct model *m)
+{
+    if (!m)
+        return;
+    ids_free(m->uids);
+    ids_free(m->iids);
+    free(m->u);
+    free(m->H);
+    free(m->W);
+    free(m->B);
+    free(m->item_t);
+    free(m->A);
+    free(m->G);
+    free(m->S);
+    free(m->bcol);
+    pool_free(&m->pool);
+    free(m);
+}
+
+void model_destroy(struct model **m)
+{
+    model_free(*m);
+    *m = NULL;
+}
+
+const struct model_params *model_params(const struct model *m)
+{
+    return &m->p;
+}
+
+static uint32_t model_grow_cap(uint32_t cap, uint32_t need)
+{
+    uint64_t c = cap ? cap : 1024;
+    while (c < need)
+        c *= 2;
+    return c > 0xfffffff0u ? 0xfffffff0u : (uint32_t)c;
+}
+
+int model__users_grow(struct model *m, uint32_t need)
+{
+    if (need <= m->ucap)
+        return 0;
+    uint32_t cap = model_grow_cap(m->ucap, need);
+    if (cap < need)
+        return -ENOMEM;
+    struct model_user *u = realloc(m->u, (size_t)cap * sizeof(*u));
+    if (!u)
+        return -ENOMEM;
+    m->u = u;
+    float *H = realloc(m->H, (size_t)cap * m->k * sizeof(*H));
+    if (!H)
+        return -ENOMEM;
+    m->H = H;
+    m->ucap = cap;
+    return 0;
+}
+
+int model__items_grow(struct model *m, uint32_t need)
+{
+    if (need <= m->icap)
+        return 0;
+    uint32_t cap = model_grow_cap(m->icap, need);
+    if (cap < need)
+        return -ENOMEM;
+    float *W = realloc(m->W, (size_t)cap * m->k * sizeof(*W));
+    if (!W)
+        return -ENOMEM;
+    m->W = W;
+    double *B = realloc(m->B, (size_t)cap * m->k * sizeof(*B));
+    if (!B)
+        return -ENOMEM;
+    m->B = B;
+    int64_t *t = realloc(m->item_t, (size_t)cap * sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    m->item_t = t;
+    m->icap = cap;
+    return 0;
+}
+
+/* Weight of a contribution made at time t in the stored frame. */
+static inline double model_frame_weight(const struct model *m, int64_t t)
+{
+    if (m->p.half_life_ms <= 0)
+        return 1.0;
+    return exp2((double)(t - m->T0) / (double)m->p.half_life_ms);
+}
+
+/* Stored statistics times this are the true ones at time T. */
+static double model_scale(const struct model *m)
+{
+    if (m->p.half_life_ms <= 0)
+        return 1.0;
+    return exp2(-(double)(m->T - m->T0) / (double)m->p.half_life_ms);
+}
+
+static double model_rel_loss(const struct model *m)
+{
+    if (!(m->norm_s > 0))
+        return 0;
+    return m->loss_s > 0 ? m->loss_s / m->norm_s : 0;
+}
+
+/* Moves the frame origin to t0: stored A, B and loss sums are multiplied
+ * by 2^(-(t0 - T0)/half_life). B's share goes into its column scales,
+ * folded into B itself only when they leave a safe exponent range. */
+static void model_frame_move(struct model *m, int64_t t0)
+{
+    const uint32_t k = m->k;
+    double r = exp2(-(double)(t0 - m->T0) / (double)m->p.half_life_ms);
+    for (size_t i = 0; i < (size_t)k * k; i++)
+        m->A[i] *= r;
+    int fold = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        m->bcol[j] *= r;
+        if (!(m->bcol[j] > 0x1p-256 && m->bcol[j] < 0x1p256))
+            fold = 1;
+    }
+    m->loss_s *= r;
+    m->norm_s *= r;
+    m->T0 = t0;
+    if (!fold)
+        return;
+    size_t M = ids_slots(m->iids);
+    for (size_t i = 0; i < M; i++) {
+        double *restrict bi = m->B + i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            double x = bi[j] * m->bcol[j];
+            bi[j] = fabs(x) < 0x1p-900 ? 0 : x;
+        }
+    }
+    for (uint32_t j = 0; j < k; j++)
+        m->bcol[j] = 1;
+}
+
+/* The value an entry of the profile takes after the event. */
+static inline float model_entry_value(float vo, float ff, int64_t q,
+                                      const struct model_ev *ev, int64_t evict,
+                                      int dropped)
+{
+    if (q == evict)
+        return ev->w;
+    if (dropped)
+        return 0;
+    float v = vo * ff;
+    if (ev && q == ev->pos)
+        v += ev->w;
+    return v >= FLT_MIN ? v : 0;
+}
+
+/* Moves a profile into the next size class (reserved by the caller). */
+static void model_profile_move(struct model *m, struct model_user *us)
+{
+    uint32_t c = us->slab == POOL_NONE ? 0 : us->cls + 1u;
+    uint32_t s = pool_alloc(&m->pool, c);
+    if (us->slab != POOL_NONE) {
+        memcpy(pool_items(&m->pool, c, s),
+               pool_items(&m->pool, us->cls, us->slab),
+               us->n * sizeof(uint32_t));
+        memcpy(pool_vals(&m->pool, c, s),
+               pool_vals(&m->pool, us->cls, us->slab), us->n * sizeof(float));
+        pool_release(&m->pool, us->cls, us->slab);
+    }
+    us->slab = s;
+    us->cls = (uint8_t)c;
+}
+
+/*
+ * One user's step: apply the event ev (if any) and drop the items marked
+ * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
+ * user's contribution to the statistics, exactly:
+ *     A += c_new h_new h_new^T - c_old h_old h_old^T
+ *     B[i] += c_new v_new[i] h_new - c_old v_old[i] h_old  (profile items)
+ *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
+ * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
+ * (float) h, so the sums are those of the stored model. Two passes over
+ * the profile: W^T v, then B and the new values. Needs any profile growth
+ * reserved beforehand; cannot fail.
+ */
+static void model_user_solve(struct model *m, uint32_t u,
+                             const struct model_ev *ev, const uint8_t *drop)
+{
+    const uint32_t k = m->k;
+    struct model_user *us = &m->u[u];
+    float *restrict hu = m->H + (size_t)u * k;
+    double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX];
+    double an[MODEL_K_MAX], ao[MODEL_K_MAX], cn[MODEL_K_MAX], co[MODEL_K_MAX];
+    float hf[MODEL_K_MAX];
+    const double f = ev ? ev->f : 1.0;
+    const float ff = (float)f;
+    const int64_t t_new = ev ? ev->t : us->t;
+    int64_t evict = -1;
+    int add = 0;
+
+    if (ev && ev->pos < 0 && ev->w >= FLT_MIN) {
+        if (us->n < m->p.profile_max) {
+            add = 1;
+            if (us->slab == POOL_NONE || us->n == (1u << us->cls))
+                model_profile_move(m, us);
+        } else {
+            /* Full: the weakest entry after decay makes room, unless the
+             * new one is weaker still (ties keep the older entry). */
+            const float *va = pool_vals(&m->pool, us->cls, us->slab);
+            float minv = INFINITY;
+            for (uint32_t q = 0; q < us->n; q++) {
+                float v = va[q] * ff;
+                if (v < minv) {
+                    minv = v;
+                    evict = q;
+                }
+            }
+            if (!(ev->w > minv))
+                evict = -1;
+        }
+    }
+
+    const uint32_t n = us->n;
+    uint32_t *it = n ? pool_items(&m->pool, us->cls, us->slab) : NULL;
+    float *va = n ? pool_vals(&m->pool, us->cls, us->slab) : NULL;
+    const float *restrict W = m->W;
+
+    /* Pass 1: b = W^T v_new and v_new^T v_new. */
+    double vtv = 0;
+    for (uint32_t j = 0; j < k; j++)
+        b[j] = 0;
+    for (uint32_t q = 0; q < n; q++) {
+        uint32_t io = it[q];
+        float v = model_entry_value(va[q], ff, q, ev, evict,
+                                    drop && q != evict && drop[io]);
+        if (v == 0)
+            continue;
+        const float *restrict wi = W + (size_t)(q == evict ? ev->item : io) * k;
+        double vd = v;
+        vtv += vd * vd;
+        for (uint32_t j = 0; j < k; j++)
+            b[j] += vd * wi[j];
+    }
+    if (add) {
+        const float *restrict wi = W + (size_t)ev->item * k;
+        double vd = ev->w;
+        vtv += vd * vd;
+        for (uint32_t j = 0; j < k; j++)
+            b[j] += vd * wi[j];
+    }
+
+    /* The solve, warm-started from the old h decayed like the profile. */
+    if (vtv > 0) {
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = (double)hu[j] * f;
+        double a1 = m->p.alpha_h * m->p.l1_ratio;
+        double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
+        nnls_solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+    } else {
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = 0;
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        float x = (float)h[j];
+        hf[j] = x >= FLT_MIN ? x : 0;
+    }
+
+    /* The loss of the stored h: v^T v - 2 h^T b + h^T G h. */
+    double hb = 0, hgh = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        double hj = hf[j];
+        if (hj == 0)
+            continue;
+        hb += hj * b[j];
+        const double *restrict gj = m->G + (size_t)j * k;
+        double s = 0;
+        for (uint32_t l = 0; l < k; l++)
+            s += gj[l] * (double)hf[l];
+        hgh += hj * s;
+    }
+    double loss = vtv - 2 * hb + hgh;
+    if (!(loss > 0))
+        loss = 0;
+
+    /* Pass 2: replace the contribution to B and store the new values. */
+    double s_old = model_frame_weight(m, us->t);
+    double s_new = model_frame_weight(m, t_new);
+    for (uint32_t j = 0; j < k; j++) {
+        ao[j] = s_old * (double)hu[j];
+        an[j] = s_new * (double)hf[j];
+        co[j] = ao[j] / m->bcol[j];
+        cn[j] = an[j] / m->bcol[j];
+    }
+    double *restrict B = m->B;
+    uint32_t out = 0;
+    for (uint32_t q = 0; q < n; q++) {
+        uint32_t io = it[q];
+        float vo = va[q];
+        float v = model_entry_value(vo, ff, q, ev, evict,
+                                    drop && q != evict && drop[io]);
+        double vd = v, vod = vo;
+        double *restrict bo = B + (size_t)io * k;
+        if (q != evict) {
+            for (uint32_t j = 0; j < k; j++)
+                bo[j] += vd * cn[j] - vod * co[j];
+        } else {
+            double *restrict bn = B + (size_t)ev->item * k;
+            for (uint32_t j = 0; j < k; j++)
+                bo[j] -= vod * co[j];
+            for (uint32_t j = 0; j < k; j++)
+                bn[j] += vd * cn[j];
+            io = ev->item;
+        }
+        if (v != 0) {
+            it[out] = io;
+            va[out] = v;
+            out++;
+        }
+    }
+    if (add) {
+        double *restrict bn = B + (size_t)ev->item * k;
+        double vd = ev->w;
+        for (uint32_t j = 0; j < k; j++)
+            bn[j] += vd * cn[j];
+        it = pool_items(&m->pool, us->cls, us->slab);
+        va = pool_vals(&m->pool, us->cls, us->slab);
+        it[out] = ev->item;
+        va[out] = ev->w;
+        out++;
+    }
+    us->n = (uint16_t)out;
+    if (!out && us->slab != POOL_NONE) {
+        pool_release(&m->pool, us->cls, us->slab);
+        us->slab = POOL_NONE;
+        us->cls = 0;
+    }
+
+    double *restrict A = m->A;
+    for (uint32_t j = 0; j < k; j++) {
+        double *restrict aj = A + (size_t)j * k;
+        double anj = an[j], aoj = ao[j];
+        for (uint32_t l = 0; l < k; l++)
+            aj[l] += anj * (double)hf[l] - aoj * (double)hu[l];
+    }
+    m->loss_s += s_new * loss - s_old * us->loss;
+    m->norm_s += s_new * vtv - s_old * us->vnorm;
+    us->loss = loss;
+    us->vnorm = vtv;
+    us->t = t_new;
+    if (memcmp(hu, hf, k * sizeof(float))) {
+        memcpy(hu, hf, k * sizeof(float));
+        us->changed = m->epoch;
+    }
+    if (us->solved != (uint32_t)m->refreshes) {
+        us->solved = (uint32_t)m->refreshes;
+        if (m->stale)
+            m->stale--;
+    }
+    m->dirty = 1;
+}
+
+/* Forgets a user: subtracts its contribution and frees its slot. */
+static void model_user_remove(struct model *m, uint32_t u)
+{
+    const uint32_t k = m->k;
+    struct model_user *us = &m->u[u];
+    float *hu = m->H + (size_t)u * k;
+    double ao[MODEL_K_MAX], co[MODEL_K_MAX];
+    double s_old = model_frame_weight(m, us->t);
+    for (uint32_t j = 0; j < k; j++) {
+        ao[j] = s_old * (double)hu[j];
+        co[j] = ao[j] / m->bcol[j];
+    }
+    if (us->n) {
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            double *bo = m->B + (size_t)it[q] * k;
+            double vod = va[q];
+            for (uint32_t j = 0; j < k; j++)
+                bo[j] -= vod * co[j];
+        }
+    }
+    if (us->slab != POOL_NONE)
+        pool_release(&m->pool, us->cls, us->slab);
+    for (uint32_t j = 0; j < k; j++)
+        for (uint32_t l = 0; l < k; l++)
+            m->A[(size_t)j * k + l] -= ao[j] * (double)hu[l];
+    m->loss_s -= s_old * us->loss;
+    m->norm_s -= s_old * us->vnorm;
+    if (us->solved != (uint32_t)m->refreshes && m->stale)
+        m->stale--;
+    memset(us, 0, sizeof(*us));
+    us->slab = POOL_NONE;
+    memset(hu, 0, k * sizeof(float));
+    ids_remove(m->uids, u);
+    m->dirty = 1;
+}
+
+static uint32_t model_user_add(struct model *m, const char *id, size_t len,
+                               int64_t ts)
+{
+    uint32_t u = ids_insert(m->uids, id, len);
+    struct model_user *us = &m->u[u];
+    memset(us, 0, sizeof(*us));
+    us->t = ts;
+    us->changed = m->epoch;
+    us->solved = (uint32_t)m->refreshes;
+    us->slab = POOL_NONE;
+    us->live = 1;
+    memset(m->H + (size_t)u * m->k, 0, m->k * sizeof(float));
+    return u;
+}
+
+/* A new item's row of W is random non-negative, of the magnitude of an
+ * entry of a unit column spread over the live items, so that users of
+ * brand-new items get a non-zero h and the item enters the next refresh;
+ * G follows the new row exactly. */
+static uint32_t model_item_add(struct model *m, const char *id, size_t len,
+                               int64_t ts)
+{
+    const uint32_t k = m->k;
+    uint32_t i = ids_insert(m->iids, id, len);
+    float *wi = m->W + (size_t)i * k;
+    double *bi = m->B + (size_t)i * k;
+    double scale = 1.0 / sqrt((double)ids_live(m->iids));
+    for (uint32_t j = 0; j < k; j++) {
+        wi[j] = (float)(rng_uniform(&m->rng) * scale);
+        bi[j] = 0;
+    }
+    for (uint32_t j = 0; j < k; j++)
+        for (uint32_t l = 0; l < k; l++)
+            m->G[(size_t)j * k + l] += (double)wi[j] * wi[l];
+    m->item_t[i] = ts;
+    return i;
+}
+
+/* Rebuilds A, B and the loss sums from the users, exactly (in the sense
+ * of one rounding per term): sum_u c_u h h^T, sum_u c_u v h^T. */
+static void model_rebuild(struct model *m)
+{
+    const uint32_t k = m->k;
+    memset(m->A, 0, (size_t)k * k * sizeof(double));
+    if (ids_slots(m->iids))
+        memset(m->B, 0, (size_t)ids_slots(m->iids) * k * sizeof(double));
+    for (uint32_t j = 0; j < k; j++)
+        m->bcol[j] = 1;
+    m->loss_s = 0;
+    m->norm_s = 0;
+    uint32_t U = ids_slots(m->uids);
+    double an[MODEL_K_MAX];
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!us->live)
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        double s = model_frame_weight(m, us->t);
+        for (uint32_t j = 0; j < k; j++)
+            an[j] = s * (double)hu[j];
+        if (us->n) {
+            const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+            const float *va = pool_vals(&m->pool, us->cls, us->slab);
+            for (uint32_t q = 0; q < us->n; q++) {
+                double *bi = m->B + (size_t)it[q] * k;
+                double v = va[q];
+                for (uint32_t j = 0; j < k; j++)
+                    bi[j] += v * an[j];
+            }
+        }
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                m->A[(size_t)j * k + l] += an[j] * (double)hu[l];
+        m->loss_s += s * us->loss;
+        m->norm_s += s * us->vnorm;
+    }
+}
+
+/* Picks a heavy user (largest c_u ||v_u||^2 among a few drawn with the
+ * model's generator) and sets column j of W to its normalised profile.
+ * Returns 0 when no user has a profile. */
+static int model_resample(struct model *m, uint32_t j)
+{
+    const uint32_t k = m->k;
+    uint32_t U = ids_slots(m->uids);
+    if (!ids_live(m->uids))
+        return 0;
+    int64_t best = -1;
+    double bw = 0;
+    for (int t = 0; t < 64; t++) {
+        uint32_t u = (uint32_t)rng_below(&m->rng, U);
+        const struct model_user *us = &m->u[u];
+        if (!us->live || !us->n)
+            continue;
+        double w = model_frame_weight(m, us->t) * us->vnorm;
+        if (best < 0 || w > bw) {
+            bw = w;
+            best = u;
+        }
+    }
+    if (best < 0) {
+        uint32_t start = (uint32_t)rng_below(&m->rng, U);
+        for (uint32_t c = 0; c < U && best < 0; c++) {
+            uint32_t u = (start + c) % U;
+            if (m->u[u].live && m->u[u].n)
+                best = u;
+        }
+    }
+    if (best < 0)
+        return 0;
+    const struct model_user *us = &m->u[best];
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double nv = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        nv += (double)va[q] * va[q];
+    nv = sqrt(nv);
+    size_t M = ids_slots(m->iids);
+    for (size_t i = 0; i < M; i++)
+        m->W[i * k + j] = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        m->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+    return 1;
+}
+
+/*
+ * W refresh: HALS sweeps on the true A and B (hals.c), then each column
+ * normalised to unit L2 norm as a reparametrisation: with n_j the norm of
+ * column j, w_j /= n_j while h_u[j] *= n_j for every user, A's row and
+ * column j *= n_j and B's column j *= n_j, so W H, A and B describe the
+ * same model. HALS is invariant to a common scale of A and B except for
+ * alpha_w, which is divided by the frame scale. A dead column (A_jj below
+ * 1e-12 of the largest, or a zero column) is resampled from a heavy user
+ * and its h entries, A row/column and B column set to zero. G = W^T W is
+ * recomputed at the end and every user becomes stale.
+ */
+void model_refresh(struct model *m)
+{
+    const uint32_t k = m->k;
+    const size_t M = ids_slots(m->iids);
+    double *S = m->S;
+    uint8_t skip[MODEL_K_MAX];
+    double colsq[MODEL_K_MAX], mult[MODEL_K_MAX];
+    double maxdiag = 0;
+
+    for (uint32_t j = 0; j < k; j++)
+        for (uint32_t l = 0; l < k; l++)
+            S[(size_t)j * k + l] =
+                0.5 * (m->A[(size_t)j * k + l] + m->A[(size_t)l * k + j]);
+    for (uint32_t j = 0; j < k; j++)
+        if (S[(size_t)j * k + j] > maxdiag)
+            maxdiag = S[(size_t)j * k + j];
+    int any = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        skip[j] = !(maxdiag > 0 && S[(size_t)j * k + j] > 1e-12 * maxdiag);
+        any |= !skip[j];
+        colsq[j] = 0;
+        mult[j] = 1;
+    }
+    if (M && any) {
+        double scale = model_scale(m);
+        double a1 = m->p.alpha_w * m->p.l1_ratio / scale;
+        double a2 = m->p.alpha_w * (1 - m->p.l1_ratio) / scale;
+        hals_update(k, M, m->W, m->B, m->bcol, S, skip, a1, a2,
+                    m->p.hals_sweeps, colsq);
+    }
+    int rescale = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        if (!skip[j]) {
+            double nj = sqrt(colsq[j]);
+            if (nj > 0 && isfinite(nj)) {
+                mult[j] = nj;
+                rescale |= nj != 1;
+                continue;
+            }
+        }
+        /* Dead: resample when a profile exists, else leave it be. */
+        if (M && model_resample(m, j)) {
+            mult[j] = 0;
+            rescale = 1;
+        }
+    }
+    if (rescale) {
+        double inv[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            inv[j] = mult[j] > 0 ? 1.0 / mult[j] : 1.0;
+        for (size_t i = 0; i < M; i++) {
+            float *restrict wi = m->W + i * k;
+            for (uint32_t j = 0; j < k; j++)
+                wi[j] = (float)((double)wi[j] * inv[j]);
+        }
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                m->A[(size_t)j * k + l] *= mult[j] * mult[l];
+        for (uint32_t j = 0; j < k; j++) {
+            if (mult[j] > 0) {
+                m->bcol[j] *= mult[j];
+                continue;
+            }
+            for (size_t i = 0; i < M; i++)
+                m->B[i * k + j] = 0;
+            m->bcol[j] = 1;
+        }
+        uint32_t U = ids_slots(m->uids);
+        for (uint32_t u = 0; u < U; u++) {
+            if (!m->u[u].live)
+                continue;
+            float *restrict hu = m->H + (size_t)u * k;
+            int changed = 0;
+            for (uint32_t j = 0; j < k; j++) {
+                float x = (float)((double)hu[j] * mult[j]);
+                if (!(x >= FLT_MIN))
+                    x = 0;
+                changed |= x != hu[j];
+                hu[j] = x;
+            }
+            if (changed)
+                m->u[u].changed = m->epoch;
+        }
+    }
+    memset(m->G, 0, (size_t)k * k * sizeof(double));
+    hals_gram(k, M, m->W, m->G);
+    m->refreshes++;
+    m->stale = ids_live(m->uids);
+    m->since_refresh = 0;
+    m->dirty = 0;
+}
+
+static void model_solve_all(struct model *m)
+{
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++)
+        if (m->u[u].live)
+            model_user_solve(m, u, NULL, NULL);
+}
+
+/* Warm-up: batch alternating NNLS on the profiles seen so far (solve every
+ * h, refresh W) until the relative loss improves by less than 1e-4 or 30
+ * rounds, then A and B rebuilt exactly. */
+static void model_warmup(struct model *m)
+{
+    double prev = -1;
+    for (int r = 0; r < 30; r++) {
+        model_solve_all(m);
+        double rel = model_rel_loss(m);
+        if (r == 29 || (prev >= 0 && prev - rel <= 1e-4 * prev))
+            break;
+        prev = rel;
+        model_refresh(m);
+    }
+    model_rebuild(m);
+    m->warm_done = 1;
+}
+
+int model_fold(struct model *m, const char *user, size_t user_len,
+               const char *item, size_t item_len, double weight, int64_t ts)
+{
+    if (!user || !item || !user_len || !item_len)
+        return -EINVAL;
+    if (user_len > MODEL_ID_MAX || item_len > MODEL_ID_MAX)
+        return -ENAMETOOLONG;
+    if (!(weight >= 0) || !isfinite(weight))
+        return -EINVAL;
+    if (weight > MODEL_WEIGHT_MAX || ts < 0 || ts > MODEL_TS_MAX)
+        return -ERANGE;
+
+    /* Reserve every growth first: a failure leaves the model unchanged. */
+    int64_t ui = ids_find(m->uids, user, user_len);
+    int64_t ii = ids_find(m->iids, item, item_len);
+    int64_t pos = -1;
+    int rc;
+    if (ii < 0) {
+        if ((rc = ids_reserve(m->iids, item_len)) ||
+            (rc = model__items_grow(m, ids_slots(m->iids) + 1)))
+            return rc;
+    }
+    if (ui < 0) {
+        if ((rc = ids_reserve(m->uids, user_len)) ||
+            (rc = model__users_grow(m, ids_slots(m->uids) + 1)) ||
+            (rc = pool_reserve(&m->pool, 0)))
+            return rc;
+    } else {
+        const struct model_user *us = &m->u[ui];
+        if (ii >= 0 && us->n) {
+            const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+            for (uint32_t q = 0; q < us->n; q++) {
+                if (it[q] == (uint32_t)ii) {
+                    pos = q;
+                    break;
+                }
+            }
+        }
+        if (pos < 0 && us->n < m->p.profile_max &&
+            (us->slab == POOL_NONE || us->n == (1u << us->cls))) {
+            uint32_t c = us->slab == POOL_NONE ? 0 : us->cls + 1u;
+            if ((rc = pool_reserve(&m->pool, c)))
+                return rc;
+        }
+    }
+
+    const int64_t hl = m->p.half_life_ms;
+    if (!m->has_time) {
+        m->T = m->T0 = ts;
+        m->has_time = 1;
+    }
+    if (ts > m->T) {
+        m->T = ts;
+        if (hl > 0 && (double)(ts - m->T0) > MODEL_FRAME_SPAN * (double)hl)
+            model_frame_move(m, ts);
+    }
+    if (ii < 0)
+        ii = model_item_add(m, item, item_len, ts);
+    else if (ts > m->item_t[ii])
+        m->item_t[ii] = ts;
+    if (ui < 0)
+        ui = model_user_add(m, user, user_len, ts);
+
+    const struct model_user *us = &m->u[ui];
+    struct model_ev ev = {.item = (uint32_t)ii, .pos = pos, .f = 1, .t = us->t};
+    double w = weight;
+    if (ts > us->t) {
+        ev.t = ts;
+        if (hl > 0)
+            ev.f = exp2(-(double)(ts - us->t) / (double)hl);
+    } else if (ts < us->t && hl > 0) {
+        w = weight * exp2(-(double)(us->t - ts) / (double)hl);
+    }
+    ev.w = (float)w;
+    if (!(ev.w >= FLT_MIN))
+        ev.w = 0;
+    model_user_solve(m, (uint32_t)ui, &ev, NULL);
+    m->events++;
+    m->weight_sum += weight;
+    m->since_refresh++;
+
+    if (m->p.warmup_events && !m->warm_done && m->events >= m->p.warmup_events)
+        model_warmup(m);
+    else if (m->p.refresh_events && m->since_refresh >= m->p.refresh_events)
+        model_refresh(m);
+    return 0;
+}
+
+size_t model_refine(struct model *m, size_t max_users)
+{
+    size_t done = 0;
+    uint32_t U = ids_slots(m->uids);
+    if (m->stale) {
+        for (uint32_t seen = 0; seen < U && done < max_users && m->stale;
+             seen++) {
+            uint32_t u = m->cursor < U ? m->cursor : 0;
+            m->cursor = u + 1 < U ? u + 1 : 0;
+            const struct model_user *us = &m->u[u];
+            if (!us->live || us->solved == (uint32_t)m->refreshes)
+                continue;
+            model_user_solve(m, u, NULL, NULL);
+            done++;
+        }
+        return done;
+    }
+    if (!m->dirty)
+        return 0;
+    /* Every h is solved against the current W: refresh W, unless the
+     * last such round (with no event since) no longer helped. */
+    double rel = model_rel_loss(m);
+    if (m->refine_prev >= 0 && m->events == m->refine_events &&
+        m->refine_prev - rel <= m->p.refine_tol * m->refine_prev) {
+        m->dirty = 0;
+        return 0;
+    }
+    m->refine_prev = rel;
+    m->refine_events = m->events;
+    model_refresh(m);
+    return 0;
+}
+
+size_t model_expire(struct model *m, int64_t now)
+{
+    if (m->p.ttl_ms <= 0)
+        return 0;
+    const uint32_t k = m->k;
+    const int64_t cut = now - m->p.ttl_ms;
+    const uint32_t M = ids_slots(m->iids), U = ids_slots(m->uids);
+    size_t gone = 0;
+    uint8_t *drop = NULL;
+    uint32_t nitems = 0;
+    for (uint32_t i = 0; i < M; i++)
+        if (ids_get(m->iids, i, NULL) && m->item_t[i] < cut)
+            nitems++;
+    if (nitems)
+        drop = calloc(M, 1);
+    if (drop) {
+        /* Zero the rows first so the re-solves see the W to come. */
+        for (uint32_t i = 0; i < M; i++) {
+            if (!ids_get(m->iids, i, NULL) || m->item_t[i] >= cut)
+                continue;
+            drop[i] = 1;
+            memset(m->W + (size_t)i * k, 0, k * sizeof(float));
+        }
+        memset(m->G, 0, (size_t)k * k * sizeof(double));
+        hals_gram(k, M, m->W, m->G);
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!us->live)
+            continue;
+        if (us->t < cut) {
+            model_user_remove(m, u);
+            gone++;
+            continue;
+        }
+        if (!drop || !us->n)
+            continue;
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            if (drop[it[q]]) {
+                model_user_solve(m, u, NULL, drop);
+                break;
+            }
+        }
+    }
+    if (drop) {
+        for (uint32_t i = 0; i < M; i++) {
+            if (!drop[i])
+                continue;
+            memset(m->B + (size_t)i * k, 0, k * sizeof(double));
+            m->item_t[i] = 0;
+            ids_remove(m->iids, i);
+            gone++;
+        }
+        free(drop);
+        m->dirty = 1;
+    }
+    return gone;
+}
+
+uint64_t model_epoch(const struct model *m)
+{
+    return m->epoch;
+}
+
+void model_epoch_set(struct model *m, uint64_t epoch)
+{
+    m->epoch = epoch;
+}
+
+void model_stats(const struct model *m, struct model_stats *st)
+{
+    double scale = model_scale(m);
+    memset(st, 0, sizeof(*st));
+    st->events = m->events;
+    st->weight_sum = m->weight_sum;
+    st->users = ids_live(m->uids);
+    st->items = ids_live(m->iids);
+    st->refreshes = m->refreshes;
+    st->loss = m->loss_s > 0 ? m->loss_s * scale : 0;
+    st->norm = m->norm_s > 0 ? m->norm_s * scale : 0;
+    st->rel_loss = model_rel_loss(m);
+    st->now = m->has_time ? m->T : 0;
+    st->stale = m->stale;
+}
+
+uint32_t model_user_slots(const struct model *m)
+{
+    return ids_slots(m->uids);
+}
+
+int model_user_get(const struct model *m, uint32_t idx,
+                   struct model_user_view *v)
+{
+    if (idx >= ids_slots(m->uids) || !m->u[idx].live)
+        return -ENOENT;
+    const struct model_user *us = &m->u[idx];
+    const float *h = m->H + (size_t)idx * m->k;
+    v->id = ids_get(m->uids, idx, &v->id_len);
+    v->h = h;
+    uint32_t seg = 0;
+    double sum = 0;
+    for (uint32_t j = 0; j < m->k; j++) {
+        sum += h[j];
+        if (h[j] > h[seg])
+            seg = j;
+    }
+    v->segment = seg;
+    v->share = sum > 0 ? (float)(h[seg] / sum) : 0;
+    v->ts = us->t;
+    v->changed = us->changed;
+    v->nprofile = us->n;
+    return 0;
+}
+
+int64_t model_user_find(const struct model *m, const char *id, size_t len)
+{
+    if (!id || !len || len > MODEL_ID_MAX)
+        return -ENOENT;
+    return ids_find(m->uids, id, len);
+}
+
+int model_user_profile(const struct model *m, uint32_t idx,
+                       const uint32_t **items, const float **values,
+                       uint32_t *n)
+{
+    if (idx >= ids_slots(m->uids) || !m->u[idx].live)
+        return -ENOENT;
+    const struct model_user *us = &m->u[idx];
+    *n = us->n;
+    *items = us->n ? pool_items(&m->pool, us->cls, us->slab) : NULL;
+    *values = us->n ? pool_vals(&m->pool, us->cls, us->slab) : NULL;
+    return 0;
+}
+
+uint32_t model_item_slots(const struct model *m)
+{
+    return ids_slots(m->iids);
+}
+
+const char *model_item_id(const struct model *m, uint32_t idx, size_t *len)
+{
+    return ids_get(m->iids, idx, len);
+}
+
+const float *model_W(const struct model *m)
+{
+    return m->W;
+}
+
+void model_A(const struct model *m, double *out)
+{
+    double scale = model_scale(m);
+    for (size_t i = 0; i < (size_t)m->k * m->k; i++)
+        out[i] = m->A[i] * scale;
+}
+
+void model_B(const struct model *m, double *out)
+{
+    const uint32_t k = m->k;
+    double scale = model_scale(m);
+    double c[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++)
+        c[j] = m->bcol[j] * scale;
+    size_t M = ids_slots(m->iids);
+    for (size_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            out[i * k + j] = m->B[i * k + j] * c[j];
+}
+
+/* Is (wa, ia) stronger than (wb, ib)? Larger weight, then lower index. */
+static inline int model_top_before(float wa, uint32_t ia, float wb, uint32_t ib)
+{
+    return wa > wb || (wa == wb && ia < ib);
+}
+
+static void model_top_sift(uint32_t *items, float *w, uint32_t n, uint32_t i)
+{
+    /* A min-heap on strength: the root is the weakest kept. */
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, s = i;
+        if (l < n && model_top_before(w[s], items[s], w[l], items[l]))
+            s = l;
+        if (r < n && model_top_before(w[s], items[s], w[r], items[r]))
+            s = r;
+        if (s == i)
+            return;
+        float tw = w[i];
+        uint32_t ti = items[i];
+        w[i] = w[s];
+        items[i] = items[s];
+        w[s] = tw;
+        items[s] = ti;
+        i = s;
+    }
+}
+
+/* The n largest entries of column j by a bounded min-heap held in the
+ * caller's arrays (O(M log n), no full sort), then heap-sorted. */
+uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
+                         uint32_t *items, float *weights)
+{
+    if (j >= m->k || !n)
+        return 0;
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    uint32_t cnt = 0;
+    for (uint32_t i = 0; i < M; i++) {
+        float w = m->W[(size_t)i * k + j];
+        if (!(w > 0))
+            continue;
+        if (cnt < n) {
+            /* Sift up. */
+            uint32_t c = cnt++;
+            items[c] = i;
+            weights[c] = w;
+            while (c > 0) {
+                uint32_t p = (c - 1) / 2;
+                if (!model_top_before(weights[p], items[p], weights[c],
+                                      items[c]))
+                    break;
+                float tw = weights[p];
+                uint32_t ti = items[p];
+                weights[p] = weights[c];
+                items[p] = items[c];
+                weights[c] = tw;
+                items[c] = ti;
+                c = p;
+            }
+        } else if (model_top_before(w, i, weights[0], items[0])) {
+            weights[0] = w;
+            items[0] = i;
+            model_top_sift(items, weights, cnt, 0);
+        }
+    }
+    /* Heap sort: repeatedly move the weakest to the end. */
+    for (uint32_t e = cnt; e > 1; e--) {
+        float tw = weights[0];
+        uint32_t ti = items[0];
+        weights[0] = weights[e - 1];
+        items[0] = items[e - 1];
+        weights[e - 1] = tw;
+        items[e - 1] = ti;
+        model_top_sift(items, weights, e - 1, 0);
+    }
+    return cnt;
+}
+
+void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    for (uint32_t j = 0; j < k; j++) {
+        if (sizes)
+            sizes[j] = 0;
+        if (mass)
+            mass[j] = 0;
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        if (!m->u[u].live)
+            continue;
+        const float *h = m->H + (size_t)u * k;
+        uint32_t seg = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            if (mass)
+                mass[j] += h[j];
+            if (h[j] > h[seg])
+                seg = j;
+        }
+        if (sizes)
+            sizes[seg]++;
+    }
+}
+
+void model_memory(const struct model *m, struct model_memory *mm)
+{
+    const uint32_t k = m->k;
+    memset(mm, 0, sizeof(*mm));
+    mm->users =
+        (size_t)m->ucap * (sizeof(struct model_user) + k * sizeof(float)) +
+        ids_bytes(m->uids);
+    mm->items = (size_t)m->icap *
+                    (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
+                ids_bytes(m->iids);
+    mm->profiles = pool_bytes(&m->pool);
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++)
+        mm->profile_entries += m->u[u].n;
+    mm->total = sizeof(*m) + 4 * (size_t)k * k * sizeof(double) + mm->users +
+                mm->items + mm->profiles;
+}

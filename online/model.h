@@ -15,22 +15,30 @@
 #include <stdint.h>
 
 #define MODEL_ID_MAX 256
-#define MODEL_K_MAX 256
+#define MODEL_K_MAX  256
+/* Accepted event times are 0..MODEL_TS_MAX ms (about 285,000 years) and
+ * weights 0..MODEL_WEIGHT_MAX; anything else is -ERANGE. */
+#define MODEL_TS_MAX      ((int64_t)1 << 53)
+#define MODEL_WEIGHT_MAX  1e12
+#define MODEL_PROFILE_MAX 65535
 
 struct model_params {
-    uint32_t k;               /* rank, 1..MODEL_K_MAX (default 16) */
-    int64_t half_life_ms;     /* profile, A and B decay; 0 = none */
-    double alpha_h;           /* regularisation of h (scikit-learn NMF) */
-    double alpha_w;           /* regularisation of W */
-    double l1_ratio;          /* 0 = pure L2, 1 = pure L1 */
-    uint32_t profile_max;     /* items kept per user profile (default 512) */
-    uint64_t refresh_events;  /* W refresh after this many folds */
-    int64_t ttl_ms;           /* forget users/items unseen this long; 0 */
-    uint64_t seed;            /* initial W */
-    uint64_t warmup_events;   /* batch HALS on the first N events; 0 = off */
-    uint32_t nnls_sweeps;     /* max coordinate-descent sweeps per solve */
-    double nnls_tol;          /* stop a solve when max |dh| <= tol*max h */
-    uint32_t hals_sweeps;     /* HALS sweeps over W per refresh */
+    uint32_t k;              /* rank, 1..MODEL_K_MAX (default 16) */
+    int64_t half_life_ms;    /* profile, A and B decay; 0 = none */
+    double alpha_h;          /* regularisation of h (scikit-learn NMF) */
+    double alpha_w;          /* regularisation of W */
+    double l1_ratio;         /* 0 = pure L2, 1 = pure L1 */
+    uint32_t profile_max;    /* items kept per user profile (default 512) */
+    uint64_t refresh_events; /* W refresh after this many folds */
+    int64_t ttl_ms;          /* forget users/items unseen this long; 0 */
+    uint64_t seed;           /* initial W */
+    uint64_t warmup_events;  /* batch HALS on the first N events; 0 = off */
+    uint32_t nnls_sweeps;    /* max coordinate-descent sweeps per solve */
+    double nnls_tol;         /* stop a solve when max |dh| <= tol*max h */
+    uint32_t hals_sweeps;    /* HALS sweeps over W per refresh */
+    double refine_tol;       /* model_refine stops refreshing when a round
+                                improves the relative loss by less than
+                                this fraction */
 };
 
 /* Defaults of DESIGN.md section 6. */
@@ -48,8 +56,9 @@ const struct model_params *model_params(const struct model *m);
 /* Folds one event: decay u's profile to ts, add weight to item, re-solve
  * h_u, replace u's contribution in A and B. May refresh W itself when
  * refresh_events or warmup_events is reached.
- *   -EINVAL       empty id, weight negative/NaN/Inf
+ *   -EINVAL       NULL or empty id, weight negative/NaN/Inf
  *   -ENAMETOOLONG id over MODEL_ID_MAX bytes
+ *   -ERANGE       ts outside 0..MODEL_TS_MAX, weight over MODEL_WEIGHT_MAX
  *   -ENOMEM       growth failed (model unchanged)
  * On error nothing is folded. */
 int model_fold(struct model *m, const char *user, size_t user_len,
@@ -74,16 +83,16 @@ uint64_t model_epoch(const struct model *m);
 void model_epoch_set(struct model *m, uint64_t epoch);
 
 struct model_stats {
-    uint64_t events;     /* events folded since the model began */
-    double weight_sum;   /* undecayed sum of folded weights */
-    uint64_t users;      /* live users */
-    uint64_t items;      /* live items */
-    uint64_t refreshes;  /* W refreshes so far */
-    double loss;         /* sum_u ||v_u - W h_u||^2 (recency weighted) */
-    double norm;         /* sum_u ||v_u||^2, same weighting */
-    double rel_loss;     /* loss / norm, 0 when norm is 0 */
-    int64_t now;         /* latest event time seen */
-    uint64_t stale;      /* users not re-solved since the last refresh */
+    uint64_t events;    /* events folded since the model began */
+    double weight_sum;  /* undecayed sum of folded weights */
+    uint64_t users;     /* live users */
+    uint64_t items;     /* live items */
+    uint64_t refreshes; /* W refreshes so far */
+    double loss;        /* sum_u ||v_u - W h_u||^2 (recency weighted) */
+    double norm;        /* sum_u ||v_u||^2, same weighting */
+    double rel_loss;    /* loss / norm, 0 when norm is 0 */
+    int64_t now;        /* latest event time seen */
+    uint64_t stale;     /* users not re-solved since the last refresh */
 };
 void model_stats(const struct model *m, struct model_stats *st);
 
@@ -92,12 +101,12 @@ void model_stats(const struct model *m, struct model_stats *st);
 struct model_user_view {
     const char *id;
     size_t id_len;
-    const float *h;       /* k values */
-    uint32_t segment;     /* argmax_j h[j] */
-    float share;          /* h[segment] / sum(h); 0 if h == 0 */
-    int64_t ts;           /* last event time */
-    uint64_t changed;     /* epoch of the last change of h */
-    uint32_t nprofile;    /* profile entries */
+    const float *h;    /* k values */
+    uint32_t segment;  /* argmax_j h[j] */
+    float share;       /* h[segment] / sum(h); 0 if h == 0 */
+    int64_t ts;        /* last event time */
+    uint64_t changed;  /* epoch of the last change of h */
+    uint32_t nprofile; /* profile entries */
 };
 uint32_t model_user_slots(const struct model *m);
 int model_user_get(const struct model *m, uint32_t idx,
@@ -117,13 +126,24 @@ const char *model_item_id(const struct model *m, uint32_t idx, size_t *len);
 const float *model_W(const struct model *m);
 /* A, k x k doubles, in the current time frame. */
 void model_A(const struct model *m, double *out);
+/* B, model_item_slots x k doubles, in the current time frame. */
+void model_B(const struct model *m, double *out);
+
+/* Memory held, in bytes, by part. */
+struct model_memory {
+    size_t users;             /* per-user state, h and user ids */
+    size_t items;             /* W, B, per-item state and item ids */
+    size_t profiles;          /* profile pools */
+    uint64_t profile_entries; /* profile entries in use */
+    size_t total;
+};
+void model_memory(const struct model *m, struct model_memory *mm);
 
 /* The n strongest items of topic j, strongest first; returns how many. */
 uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
                          uint32_t *items, float *weights);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
-void model_segment_sizes(const struct model *m, uint64_t *sizes,
-                         double *mass);
+void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 
 /* The complete state, for checkpoints: no I/O, the writer is the
  * caller's. model_load refuses anything inconsistent (returns NULL and

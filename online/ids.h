@@ -1,0 +1,42 @@
+/* ids.h -- interning of byte-string ids into dense uint32 indices. */
+#ifndef NMFD_ONLINE_IDS_H
+#define NMFD_ONLINE_IDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDS_LEN_MAX 256
+
+struct ids;
+
+struct ids *ids_new(uint64_t seed);
+void ids_free(struct ids *t);
+
+/* Index of an id, or -ENOENT. */
+int64_t ids_find(const struct ids *t, const char *s, size_t len);
+/* Makes room so that the next ids_insert of an id of len bytes cannot
+ * fail; 0 or -ENOMEM (nothing changed). */
+int ids_reserve(struct ids *t, size_t len);
+/* Inserts an id that is not present; needs a successful ids_reserve.
+ * Reuses the most recently freed index first, else appends. */
+uint32_t ids_insert(struct ids *t, const char *s, size_t len);
+/* Forgets a live index; the index goes to the free list. */
+void ids_remove(struct ids *t, uint32_t idx);
+/* The bytes of a live index (not NUL-terminated), NULL for a free one. */
+const char *ids_get(const struct ids *t, uint32_t idx, size_t *len);
+
+uint32_t ids_slots(const struct ids *t); /* indices handed out so far */
+uint32_t ids_live(const struct ids *t);  /* live ids */
+/* The free list, most recently freed last (the next to be reused). */
+const uint32_t *ids_free_list(const struct ids *t, uint32_t *n);
+size_t ids_bytes(const struct ids *t); /* memory held */
+
+/* Restoring a saved table: ids_load_slots once on an empty table, then
+ * ids_load_put for each live index (-EEXIST on a duplicate id, -EINVAL on
+ * a bad index or length), then ids_load_free with the saved free list
+ * (-EINVAL unless it lists every free index exactly once). */
+int ids_load_slots(struct ids *t, uint32_t nslots);
+int ids_load_put(struct ids *t, uint32_t idx, const char *s, size_t len);
+int ids_load_free(struct ids *t, const uint32_t *list, uint32_t n);
+
+#endif

@@ -1,0 +1,63 @@
+/* model_impl.h -- the model's state, shared by model.c and model_state.c
+ * only. Not part of the API: everyone else goes through model.h. */
+#ifndef NMFD_ONLINE_MODEL_IMPL_H
+#define NMFD_ONLINE_MODEL_IMPL_H
+
+#include "ids.h"
+#include "model.h"
+#include "pool.h"
+#include "rng.h"
+
+/* Renormalise the time frame of A, B and the loss sums when the newest
+ * event is this many half-lives past the frame origin. */
+#define MODEL_FRAME_SPAN 64.0
+
+struct model_user {
+    int64_t t;        /* latest event time; the profile is valued at t */
+    uint64_t changed; /* epoch of the last bitwise change of h */
+    double loss;      /* ||v - W h||^2 at the last solve, valued at t */
+    double vnorm;     /* ||v||^2, valued at t */
+    uint32_t solved;  /* refresh count at the last solve */
+    uint32_t slab;    /* profile slab in class cls, POOL_NONE if none */
+    uint16_t n;       /* profile entries */
+    uint8_t cls;
+    uint8_t live;
+};
+
+struct model {
+    struct model_params p;
+    uint32_t k;
+    struct ids *uids, *iids;
+    struct model_user *u; /* ucap users */
+    float *H;             /* ucap x k */
+    uint32_t ucap;
+    float *W;        /* icap x k, row-major */
+    double *B;       /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
+    int64_t *item_t; /* latest event time per item */
+    uint32_t icap;
+    double *A;    /* k x k, true A = A * scale */
+    double *G;    /* k x k, W^T W */
+    double *bcol; /* k */
+    double *S;    /* k x k scratch of model_refresh */
+    struct pool pool;
+    struct rng rng;
+    /* Time: scale = 2^(-(T - T0) / half_life) turns the stored A, B and
+     * loss sums into the true ones; a contribution made at time t is
+     * added with weight 2^((t - T0) / half_life). */
+    int64_t T, T0;
+    uint8_t has_time, warm_done, dirty;
+    double loss_s, norm_s;
+    uint64_t events;
+    double weight_sum;
+    uint64_t refreshes, epoch, since_refresh, stale;
+    uint64_t refine_events; /* events at the last refine-made refresh */
+    double refine_prev;     /* relative loss then, -1 if none */
+    uint32_t cursor;        /* next user the refine pass looks at */
+};
+
+int model__users_grow(struct model *m, uint32_t need);
+int model__items_grow(struct model *m, uint32_t need);
+/* Creates the empty model for params p (validated by the caller). */
+struct model *model__alloc(const struct model_params *p);
+
+#endif

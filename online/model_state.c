@@ -1,0 +1,624 @@
+/* online/model_state.c -- the model's complete state as bytes.
+ *
+ * model_save streams everything that determines the model's future
+ * behaviour (parameters, ids, W, B, A, G, profiles, h, per-user times,
+ * losses and epochs, counters, generator state) through the caller's
+ * writer, in a fixed little-endian layout with a magic, a version, explicit
+ * lengths and a trailing 64-bit checksum. model_load checks the checksum,
+ * then every length, index and number (finite, non-negative where the
+ * model keeps them so, ids unique, profiles referring to live items once),
+ * and builds a fresh model that behaves bit for bit like the saved one, or
+ * returns NULL with a static message. It must never do I/O itself, never
+ * trust a length before checking it against the bytes left, and never
+ * return a partly built model.
+ *
+ * Layout (all little-endian):
+ *   "NMFDMODL" u32 version u32 k
+ *   params, scalars, RNG state, A (k*k f64), G (k*k f64), bcol (k f64)
+ *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
+ *          i64 last time], nfree u32 free list, W (slots*k f32),
+ *          B (slots*k f64)
+ *   users: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
+ *          i64 t, u64 changed, f64 loss, f64 vnorm, u32 solved, u32 n,
+ *          k f32 h, n u32 items, n f32 values], nfree u32 free list
+ *   u64 checksum of everything before it
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_impl.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "model_state.c writes its arrays in native order: little-endian only"
+#endif
+
+#define STATE_MAGIC   "NMFDMODL"
+#define STATE_VERSION 1u
+#define STATE_BUF     65536
+
+/* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
+ * corruption, not tampering. */
+struct state_hash {
+    uint64_t v[4];
+    uint8_t tail[32];
+    size_t nt;
+    uint64_t total;
+};
+
+#define SH_P1 0x9e3779b185ebca87ull
+#define SH_P2 0xc2b2ae3d27d4eb4full
+#define SH_P3 0x165667b19e3779f9ull
+
+static inline uint64_t sh_rotl(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+static inline uint64_t sh_round(uint64_t acc, uint64_t in)
+{
+    acc += in * SH_P2;
+    acc = sh_rotl(acc, 31);
+    return acc * SH_P1;
+}
+
+static void sh_init(struct state_hash *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->v[0] = SH_P1 + SH_P2;
+    h->v[1] = SH_P2;
+    h->v[2] = 0;
+    h->v[3] = -SH_P1;
+}
+
+static void sh_block(struct state_hash *h, const uint8_t *p)
+{
+    for (int i = 0; i < 4; i++) {
+        uint64_t x;
+        memcpy(&x, p + 8 * i, 8);
+        h->v[i] = sh_round(h->v[i], x);
+    }
+}
+
+static void sh_update(struct state_hash *h, const uint8_t *p, size_t n)
+{
+    h->total += n;
+    if (h->nt) {
+        size_t c = 32 - h->nt < n ? 32 - h->nt : n;
+        memcpy(h->tail + h->nt, p, c);
+        h->nt += c;
+        p += c;
+        n -= c;
+        if (h->nt < 32)
+            return;
+        sh_block(h, h->tail);
+        h->nt = 0;
+    }
+    for (; n >= 32; p += 32, n -= 32)
+        sh_block(h, p);
+    memcpy(h->tail, p, n);
+    h->nt = n;
+}
+
+static uint64_t sh_final(const struct state_hash *h)
+{
+    uint64_t a = sh_rotl(h->v[0], 1) + sh_rotl(h->v[1], 7) +
+                 sh_rotl(h->v[2], 12) + sh_rotl(h->v[3], 18);
+    a ^= h->total * SH_P3;
+    for (size_t i = 0; i < h->nt; i++)
+        a = sh_rotl(a ^ (h->tail[i] * SH_P3), 11) * SH_P1;
+    a ^= a >> 33;
+    a *= SH_P2;
+    a ^= a >> 29;
+    a *= SH_P3;
+    return a ^ (a >> 32);
+}
+
+struct state_writer {
+    model_write_fn fn;
+    void *ctx;
+    uint8_t *buf;
+    size_t n;
+    int err;
+    struct state_hash h;
+};
+
+static void sw_flush(struct state_writer *w)
+{
+    if (!w->n || w->err)
+        return;
+    sh_update(&w->h, w->buf, w->n);
+    int rc = w->fn(w->ctx, w->buf, w->n);
+    if (rc)
+        w->err = rc < 0 ? rc : -EIO;
+    w->n = 0;
+}
+
+static void sw_put(struct state_writer *w, const void *p, size_t len)
+{
+    const uint8_t *s = p;
+    while (len && !w->err) {
+        size_t c = STATE_BUF - w->n < len ? STATE_BUF - w->n : len;
+        memcpy(w->buf + w->n, s, c);
+        w->n += c;
+        s += c;
+        len -= c;
+        if (w->n == STATE_BUF)
+            sw_flush(w);
+    }
+}
+
+#define SW(w, x) sw_put((w), &(x), sizeof(x))
+
+static void sw_u8(struct state_writer *w, uint8_t x)
+{
+    SW(w, x);
+}
+static void sw_u16(struct state_writer *w, uint16_t x)
+{
+    SW(w, x);
+}
+static void sw_u32(struct state_writer *w, uint32_t x)
+{
+    SW(w, x);
+}
+static void sw_u64(struct state_writer *w, uint64_t x)
+{
+    SW(w, x);
+}
+static void sw_i64(struct state_writer *w, int64_t x)
+{
+    SW(w, x);
+}
+static void sw_f64(struct state_writer *w, double x)
+{
+    SW(w, x);
+}
+
+static void sw_params(struct state_writer *w, const struct model_params *p)
+{
+    sw_u32(w, p->k);
+    sw_i64(w, p->half_life_ms);
+    sw_f64(w, p->alpha_h);
+    sw_f64(w, p->alpha_w);
+    sw_f64(w, p->l1_ratio);
+    sw_u32(w, p->profile_max);
+    sw_u64(w, p->refresh_events);
+    sw_i64(w, p->ttl_ms);
+    sw_u64(w, p->seed);
+    sw_u64(w, p->warmup_events);
+    sw_u32(w, p->nnls_sweeps);
+    sw_f64(w, p->nnls_tol);
+    sw_u32(w, p->hals_sweeps);
+    sw_f64(w, p->refine_tol);
+}
+
+int model_save(const struct model *m, model_write_fn write, void *ctx)
+{
+    const uint32_t k = m->k;
+    struct state_writer w = {.fn = write, .ctx = ctx};
+    w.buf = malloc(STATE_BUF);
+    if (!w.buf)
+        return -ENOMEM;
+    sh_init(&w.h);
+
+    sw_put(&w, STATE_MAGIC, 8);
+    sw_u32(&w, STATE_VERSION);
+    sw_u32(&w, k);
+    sw_params(&w, &m->p);
+    sw_i64(&w, m->T);
+    sw_i64(&w, m->T0);
+    sw_u8(&w, m->has_time);
+    sw_u8(&w, m->warm_done);
+    sw_u8(&w, m->dirty);
+    sw_u8(&w, 0);
+    sw_u32(&w, m->cursor);
+    sw_f64(&w, m->loss_s);
+    sw_f64(&w, m->norm_s);
+    sw_u64(&w, m->events);
+    sw_f64(&w, m->weight_sum);
+    sw_u64(&w, m->refreshes);
+    sw_u64(&w, m->epoch);
+    sw_u64(&w, m->since_refresh);
+    sw_u64(&w, m->stale);
+    sw_u64(&w, m->refine_events);
+    sw_f64(&w, m->refine_prev);
+    for (int i = 0; i < 4; i++)
+        sw_u64(&w, m->rng.s[i]);
+    sw_put(&w, m->A, (size_t)k * k * sizeof(double));
+    sw_put(&w, m->G, (size_t)k * k * sizeof(double));
+    sw_put(&w, m->bcol, (size_t)k * sizeof(double));
+
+    uint32_t M = ids_slots(m->iids), nfree;
+    const uint32_t *fl = ids_free_list(m->iids, &nfree);
+    sw_u32(&w, M);
+    sw_u32(&w, nfree);
+    for (uint32_t i = 0; i < M; i++) {
+        size_t len = 0;
+        const char *id = ids_get(m->iids, i, &len);
+        sw_u16(&w, (uint16_t)(id ? len : 0));
+        if (!id)
+            continue;
+        sw_put(&w, id, len);
+        sw_i64(&w, m->item_t[i]);
+    }
+    sw_put(&w, fl, (size_t)nfree * sizeof(uint32_t));
+    sw_put(&w, m->W, (size_t)M * k * sizeof(float));
+    sw_put(&w, m->B, (size_t)M * k * sizeof(double));
+
+    uint32_t U = ids_slots(m->uids);
+    fl = ids_free_list(m->uids, &nfree);
+    sw_u32(&w, U);
+    sw_u32(&w, nfree);
+    for (uint32_t u = 0; u < U; u++) {
+        size_t len = 0;
+        const char *id = ids_get(m->uids, u, &len);
+        sw_u16(&w, (uint16_t)(id ? len : 0));
+        if (!id)
+            continue;
+        const struct model_user *us = &m->u[u];
+        sw_put(&w, id, len);
+        sw_i64(&w, us->t);
+        sw_u64(&w, us->changed);
+        sw_f64(&w, us->loss);
+        sw_f64(&w, us->vnorm);
+        sw_u32(&w, us->solved);
+        sw_u32(&w, us->n);
+        sw_put(&w, m->H + (size_t)u * k, k * sizeof(float));
+        if (us->n) {
+            sw_put(&w, pool_items(&m->pool, us->cls, us->slab),
+                   us->n * sizeof(uint32_t));
+            sw_put(&w, pool_vals(&m->pool, us->cls, us->slab),
+                   us->n * sizeof(float));
+        }
+    }
+    sw_put(&w, fl, (size_t)nfree * sizeof(uint32_t));
+    sw_flush(&w);
+    if (!w.err) {
+        uint64_t sum = sh_final(&w.h);
+        int rc = write(ctx, &sum, sizeof(sum));
+        if (rc)
+            w.err = rc < 0 ? rc : -EIO;
+    }
+    free(w.buf);
+    return w.err;
+}
+
+struct state_reader {
+    const uint8_t *p;
+    size_t n, off;
+    int bad;
+};
+
+static int sr_get(struct state_reader *r, void *out, size_t len)
+{
+    if (r->bad || len > r->n - r->off) {
+        r->bad = 1;
+        memset(out, 0, len);
+        return -1;
+    }
+    memcpy(out, r->p + r->off, len);
+    r->off += len;
+    return 0;
+}
+
+/* Whether len more bytes are there (for sizes before allocating). */
+static int sr_has(const struct state_reader *r, uint64_t len)
+{
+    return !r->bad && len <= r->n - r->off;
+}
+
+#define SR(r, x) sr_get((r), &(x), sizeof(x))
+
+static void sr_params(struct state_reader *r, struct model_params *p)
+{
+    memset(p, 0, sizeof(*p));
+    SR(r, p->k);
+    SR(r, p->half_life_ms);
+    SR(r, p->alpha_h);
+    SR(r, p->alpha_w);
+    SR(r, p->l1_ratio);
+    SR(r, p->profile_max);
+    SR(r, p->refresh_events);
+    SR(r, p->ttl_ms);
+    SR(r, p->seed);
+    SR(r, p->warmup_events);
+    SR(r, p->nnls_sweeps);
+    SR(r, p->nnls_tol);
+    SR(r, p->hals_sweeps);
+    SR(r, p->refine_tol);
+}
+
+static int state_finite(const double *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+static int state_time_ok(int64_t t)
+{
+    return t >= 0 && t <= MODEL_TS_MAX;
+}
+
+/* Reads the slot count and free-list length of an id table and sizes the
+ * model for it. Returns a message or NULL. */
+static const char *state_ids(struct state_reader *r, struct model *m,
+                             struct ids *t, int items, uint32_t *nslots,
+                             uint32_t *nfreep)
+{
+    uint32_t n = 0, nfree = 0;
+    SR(r, n);
+    SR(r, nfree);
+    /* Every slot takes at least 2 bytes, every free index 4. */
+    if (!sr_has(r, 2ull * n + 4ull * nfree) || nfree > n)
+        return "truncated or inconsistent id table";
+    int rc = items ? model__items_grow(m, n) : model__users_grow(m, n);
+    if (rc || ids_load_slots(t, n))
+        return "out of memory";
+    *nslots = n;
+    *nfreep = nfree;
+    return NULL;
+}
+
+static const char *state_free_list(struct state_reader *r, struct ids *t,
+                                   uint32_t nfree)
+{
+    if (!sr_has(r, 4ull * nfree))
+        return "truncated";
+    uint32_t *fl = malloc(nfree ? 4ull * nfree : 1);
+    if (!fl)
+        return "out of memory";
+    sr_get(r, fl, 4ull * nfree);
+    int rc = ids_load_free(t, fl, nfree);
+    free(fl);
+    return rc ? "bad free list" : NULL;
+}
+
+static const char *state_load(struct state_reader *r, struct model **out)
+{
+    char magic[8];
+    uint32_t version = 0, k = 0;
+    struct model_params p;
+    sr_get(r, magic, 8);
+    if (r->bad || memcmp(magic, STATE_MAGIC, 8))
+        return "not a model state";
+    SR(r, version);
+    if (version != STATE_VERSION)
+        return "unsupported model state version";
+    SR(r, k);
+    sr_params(r, &p);
+    if (r->bad)
+        return "truncated";
+    if (model_params_check(&p) || p.k != k)
+        return "bad model parameters";
+    struct model *m = model__alloc(&p);
+    if (!m)
+        return "out of memory";
+    *out = m;
+
+    uint8_t pad = 0;
+    SR(r, m->T);
+    SR(r, m->T0);
+    SR(r, m->has_time);
+    SR(r, m->warm_done);
+    SR(r, m->dirty);
+    SR(r, pad);
+    SR(r, m->cursor);
+    SR(r, m->loss_s);
+    SR(r, m->norm_s);
+    SR(r, m->events);
+    SR(r, m->weight_sum);
+    SR(r, m->refreshes);
+    SR(r, m->epoch);
+    SR(r, m->since_refresh);
+    SR(r, m->stale);
+    SR(r, m->refine_events);
+    SR(r, m->refine_prev);
+    for (int i = 0; i < 4; i++)
+        SR(r, m->rng.s[i]);
+    size_t kk = (size_t)k * k;
+    sr_get(r, m->A, kk * sizeof(double));
+    sr_get(r, m->G, kk * sizeof(double));
+    sr_get(r, m->bcol, k * sizeof(double));
+    if (r->bad)
+        return "truncated";
+    if (m->has_time > 1 || m->warm_done > 1 || m->dirty > 1 || pad)
+        return "bad flags";
+    if (!m->has_time && (m->T || m->T0 || m->events))
+        return "bad times";
+    if (!state_time_ok(m->T) || !state_time_ok(m->T0) || m->T0 > m->T)
+        return "bad times";
+    if (p.half_life_ms > 0 &&
+        (double)(m->T - m->T0) > MODEL_FRAME_SPAN * (double)p.half_life_ms)
+        return "bad time frame";
+    if (!isfinite(m->loss_s) || !isfinite(m->norm_s) ||
+        !isfinite(m->weight_sum) || !(m->weight_sum >= 0) ||
+        !isfinite(m->refine_prev) || m->refine_prev < -1)
+        return "bad totals";
+    if (!(m->rng.s[0] | m->rng.s[1] | m->rng.s[2] | m->rng.s[3]))
+        return "bad generator state";
+    if (!state_finite(m->A, kk) || !state_finite(m->G, kk))
+        return "bad statistics";
+    for (uint32_t j = 0; j < k; j++)
+        if (!(m->bcol[j] > 0) || !isfinite(m->bcol[j]))
+            return "bad statistics";
+
+    /* Items. */
+    uint32_t M = 0, nfree = 0;
+    const char *err = state_ids(r, m, m->iids, 1, &M, &nfree);
+    if (err)
+        return err;
+    for (uint32_t i = 0; i < M; i++) {
+        uint16_t len = 0;
+        char id[MODEL_ID_MAX];
+        SR(r, len);
+        m->item_t[i] = 0;
+        if (!len)
+            continue;
+        if (len > MODEL_ID_MAX)
+            return "bad item id";
+        sr_get(r, id, len);
+        SR(r, m->item_t[i]);
+        if (r->bad)
+            return "truncated";
+        if (!state_time_ok(m->item_t[i]))
+            return "bad item time";
+        int rc = ids_load_put(m->iids, i, id, len);
+        if (rc == -EEXIST)
+            return "duplicate item id";
+        if (rc)
+            return "out of memory";
+    }
+    if ((err = state_free_list(r, m->iids, nfree)))
+        return err;
+    if (!sr_has(r, (uint64_t)M * k * (sizeof(float) + sizeof(double))))
+        return "truncated";
+    sr_get(r, m->W, (size_t)M * k * sizeof(float));
+    sr_get(r, m->B, (size_t)M * k * sizeof(double));
+    for (uint32_t i = 0; i < M; i++) {
+        int live = ids_get(m->iids, i, NULL) != NULL;
+        for (uint32_t j = 0; j < k; j++) {
+            float w = m->W[(size_t)i * k + j];
+            double b = m->B[(size_t)i * k + j];
+            if (!(w >= 0) || !isfinite(w) || !isfinite(b))
+                return "bad W or B";
+            if (!live && (w != 0 || b != 0))
+                return "forgotten item with a W or B row";
+        }
+    }
+
+    /* Users. */
+    uint32_t U = 0;
+    if ((err = state_ids(r, m, m->uids, 0, &U, &nfree)))
+        return err;
+    uint32_t *stamp = M ? calloc(M, sizeof(uint32_t)) : NULL;
+    if (M && !stamp)
+        return "out of memory";
+    uint64_t stale = 0;
+    err = NULL;
+    for (uint32_t u = 0; u < U && !err; u++) {
+        uint16_t len = 0;
+        char id[MODEL_ID_MAX];
+        struct model_user *us = &m->u[u];
+        float *h = m->H + (size_t)u * k;
+        memset(us, 0, sizeof(*us));
+        us->slab = POOL_NONE;
+        memset(h, 0, k * sizeof(float));
+        SR(r, len);
+        if (!len)
+            continue;
+        uint32_t n = 0;
+        if (len > MODEL_ID_MAX) {
+            err = "bad user id";
+            break;
+        }
+        sr_get(r, id, len);
+        SR(r, us->t);
+        SR(r, us->changed);
+        SR(r, us->loss);
+        SR(r, us->vnorm);
+        SR(r, us->solved);
+        SR(r, n);
+        sr_get(r, h, k * sizeof(float));
+        if (r->bad) {
+            err = "truncated";
+            break;
+        }
+        if (!state_time_ok(us->t) || us->t > m->T) {
+            err = "bad user time";
+            break;
+        }
+        if (!isfinite(us->loss) || !(us->loss >= 0) || !isfinite(us->vnorm) ||
+            !(us->vnorm >= 0)) {
+            err = "bad user loss";
+            break;
+        }
+        for (uint32_t j = 0; j < k; j++)
+            if (!(h[j] >= 0) || !isfinite(h[j]))
+                err = "bad h";
+        if (err)
+            break;
+        if (n > p.profile_max || !sr_has(r, 8ull * n)) {
+            err = "bad profile";
+            break;
+        }
+        if (n) {
+            uint32_t c = pool_class_for(n);
+            if (pool_reserve(&m->pool, c)) {
+                err = "out of memory";
+                break;
+            }
+            us->slab = pool_alloc(&m->pool, c);
+            us->cls = (uint8_t)c;
+            uint32_t *it = pool_items(&m->pool, c, us->slab);
+            float *va = pool_vals(&m->pool, c, us->slab);
+            sr_get(r, it, 4ull * n);
+            sr_get(r, va, 4ull * n);
+            us->n = (uint16_t)n;
+            for (uint32_t q = 0; q < n && !err; q++) {
+                if (it[q] >= M || !ids_get(m->iids, it[q], NULL) ||
+                    stamp[it[q]] == u + 1)
+                    err = "bad profile item";
+                else if (!(va[q] >= FLT_MIN) || !isfinite(va[q]))
+                    err = "bad profile value";
+                else
+                    stamp[it[q]] = u + 1;
+            }
+            if (err)
+                break;
+        }
+        us->live = 1;
+        if (us->solved != (uint32_t)m->refreshes)
+            stale++;
+        int rc = ids_load_put(m->uids, u, id, len);
+        if (rc)
+            err = rc == -EEXIST ? "duplicate user id" : "out of memory";
+    }
+    free(stamp);
+    if (err)
+        return err;
+    if ((err = state_free_list(r, m->uids, nfree)))
+        return err;
+    if (stale != m->stale)
+        return "bad stale count";
+    if (m->cursor > U)
+        return "bad cursor";
+    if (r->off != r->n)
+        return "trailing bytes";
+    return NULL;
+}
+
+struct model *model_load(const void *buf, size_t len, const char **err)
+{
+    const char *e = NULL;
+    struct model *m = NULL;
+    if (!buf || len < 8 + 8) {
+        e = "truncated";
+        goto out;
+    }
+    struct state_hash h;
+    uint64_t sum;
+    sh_init(&h);
+    sh_update(&h, buf, len - 8);
+    memcpy(&sum, (const uint8_t *)buf + len - 8, 8);
+    if (sh_final(&h) != sum) {
+        e = len >= 8 && !memcmp(buf, STATE_MAGIC, 8)
+                ? "checksum mismatch (corrupt or truncated)"
+                : "not a model state";
+        goto out;
+    }
+    struct state_reader r = {.p = buf, .n = len - 8};
+    e = state_load(&r, &m);
+out:
+    if (e) {
+        model_free(m);
+        m = NULL;
+    }
+    if (err)
+        *err = e;
+    return m;
+}
