@@ -40,6 +40,10 @@
 
 #define MASK "********"
 
+#ifndef MODEL_PROFILE_MAX
+#define MODEL_PROFILE_MAX 1000000
+#endif
+
 enum config_type {
     CT_BOOL,         /* bool */
     CT_U32,          /* uint32_t, imin..imax */
@@ -180,7 +184,7 @@ static const struct config_key config_table[] = {
           "Regularisation of the topic factors W (scikit-learn alpha_W)."),
     K_DBL("model", "l1_ratio", "0", 0, 1, false, model.params.l1_ratio,
           "Share of L1 in the regularisation: 0 = L2, 1 = L1."),
-    K_INT(CT_U32, "model", "profile_max", "512", 1, 1000000, false,
+    K_INT(CT_U32, "model", "profile_max", "512", 1, MODEL_PROFILE_MAX, false,
           model.params.profile_max,
           "Items kept per user profile; the weakest is evicted."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
@@ -196,13 +200,16 @@ static const struct config_key config_table[] = {
     K_INT(CT_U64, "model", "warmup_events", "10000", 0, NOMAX, false,
           model.params.warmup_events,
           "Initialise W by batch HALS on the first N events; 0 = random W."),
-    K_INT(CT_U32, "model", "nnls_sweeps", NULL, 1, 10000, false,
+    K_INT(CT_U32, "model", "nnls_sweeps", NULL, 1, 100000, false,
           model.params.nnls_sweeps,
           "Maximum coordinate-descent sweeps per user solve."),
     K_DBL("model", "nnls_tol", NULL, 0, 1, false, model.params.nnls_tol,
           "A user solve stops when max |dh| <= nnls_tol * max h."),
-    K_INT(CT_U32, "model", "hals_sweeps", NULL, 1, 10000, false,
+    K_INT(CT_U32, "model", "hals_sweeps", NULL, 1, 1000, false,
           model.params.hals_sweeps, "HALS sweeps over W per refresh."),
+    K_DBL("model", "refine_tol", NULL, 0, 1, false, model.params.refine_tol,
+          "The idle pass stops refreshing W once a round improves the "
+          "relative loss by less than this fraction."),
     K_INT(CT_U32, "model", "refine_users", "2000", 0, 100000000, true,
           model.refine_users,
           "Stale users re-solved per idle tick; 0 = no background pass."),
