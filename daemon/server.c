@@ -1336,6 +1336,16 @@ static void server_metrics_init(struct server *s)
 /* ---- start -----------------------------------------------------------------
  */
 
+/* Whether the operator set a [kafka] key (file or --set). */
+static bool kafka_key_set(const struct server *s, const char *key)
+{
+    char name[256];
+    const char *origin;
+    snprintf(name, sizeof(name), "kafka.%s", key);
+    origin = config_origin(s->cfg, name);
+    return origin && strcmp(origin, "default");
+}
+
 static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
                            bool consumer)
 {
@@ -1364,15 +1374,21 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
                 {"queued.min.messages", "1000000"},
             };
             for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
-                if (!config_origin(s->cfg, tuning[i][0]) ||
-                    !strcmp(config_origin(s->cfg, tuning[i][0]), "default"))
+                if (!kafka_key_set(s, tuning[i][0]))
                     rd_kafka_conf_set(conf, tuning[i][0], tuning[i][1], err,
                                       sizeof(err));
         }
     }
-    if (consumer)
+    if (consumer) {
+        /* A new group reads its topics from the start: events produced
+         * before the first start are events too. The checkpoint's offsets
+         * win over this whenever there is one. */
+        if (!kafka_key_set(s, "auto.offset.reset"))
+            rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err,
+                              sizeof(err));
         rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", err,
                           sizeof(err));
+    }
     return 0;
 }
 
