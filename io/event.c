@@ -20,8 +20,9 @@
  * - ts may be an integral float (JavaScript producers send 1.7e12).
  * - With a type weight table, an event without a type is missing_type:
  *   the table lists the types the operator accepts.
- * - Weights above FLT_MAX (after the type weight) are nonfinite_weight:
- *   the model keeps profiles in float32, where they would be Inf.
+ * - Weights above MODEL_WEIGHT_MAX (after the type weight) are
+ *   weight_too_large: the model refuses them (it keeps float32 profiles);
+ *   an overflow to Inf by the type weight is nonfinite_weight.
  * - Ids must be valid UTF-8 without NUL: they are published as msgpack
  *   strings and served in JSON. JSON integer ids are limited by jansson
  *   to 2^63 - 1; larger ones make jansson refuse the message
@@ -43,7 +44,11 @@
 #include <msgpack.h>
 
 #include "event.h"
+#include "model.h"
 #include "mpscan.h"
+
+/* What the decoder lets through, the model must take. */
+_Static_assert(EVENT_ID_MAX == MODEL_ID_MAX, "id limits differ");
 
 #define EVENT_DEFAULT_MAX_EVENTS 10000u
 #define EVENT_DEFAULT_MAX_BYTES  (1u << 20)
@@ -51,6 +56,7 @@
 #define EVENT_ZONE_MIN           (64u << 10)
 /* 9999-12-31T23:59:59.999Z in ms. */
 #define EVENT_TS_MAX INT64_C(253402300799999)
+_Static_assert(EVENT_TS_MAX <= MODEL_TS_MAX, "ts limits differ");
 
 static const char *const reason_names[EVENT_REASON_COUNT] = {
     [EVENT_OK] = "ok",
@@ -75,6 +81,7 @@ static const char *const reason_names[EVENT_REASON_COUNT] = {
     [EVENT_BAD_TYPE] = "bad_type",
     [EVENT_UNKNOWN_TYPE] = "unknown_type",
     [EVENT_MISSING_TYPE] = "missing_type",
+    [EVENT_WEIGHT_TOO_LARGE] = "weight_too_large",
 };
 
 const char *event_reason_name(enum event_reason r)
@@ -378,8 +385,10 @@ static enum event_reason event_judge(struct event_decoder *d,
             return EVENT_UNKNOWN_TYPE;
         ev->weight *= d->type_weight[i];
     }
-    if (!(ev->weight <= FLT_MAX))
+    if (isinf(ev->weight))
         return EVENT_NONFINITE_WEIGHT;
+    if (ev->weight > MODEL_WEIGHT_MAX)
+        return EVENT_WEIGHT_TOO_LARGE;
     return EVENT_OK;
 }
 

@@ -46,12 +46,13 @@ enum event_reason {
     EVENT_ID_TOO_LONG,      /* id_too_long: over EVENT_ID_MAX bytes */
     EVENT_BAD_WEIGHT,       /* bad_weight: weight not a number */
     EVENT_NEGATIVE_WEIGHT,  /* negative_weight */
-    EVENT_NONFINITE_WEIGHT, /* nonfinite_weight: NaN, Inf, or overflowing
-                               once multiplied by the type weight */
+    EVENT_NONFINITE_WEIGHT, /* nonfinite_weight: NaN or Inf */
     EVENT_BAD_TS,           /* bad_ts: not an integral ms, < 0, > 9999 */
     EVENT_BAD_TYPE,         /* bad_type: type not a string (table set) */
     EVENT_UNKNOWN_TYPE,     /* unknown_type: type not in the table */
     EVENT_MISSING_TYPE,     /* missing_type: no type while a table is set */
+    EVENT_WEIGHT_TOO_LARGE, /* weight_too_large: over MODEL_WEIGHT_MAX
+                               (1e12) once multiplied by the type weight */
     EVENT_REASON_COUNT
 };
 

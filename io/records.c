@@ -280,7 +280,7 @@ static int pk_f32_body(msgpack_packer *pk, const float *v, size_t n)
 static int pk_model(msgpack_packer *pk, const struct model_params *p,
                     int64_t refresh_interval_ms)
 {
-    if (msgpack_pack_map(pk, 13 + (refresh_interval_ms > 0)) < 0 ||
+    if (msgpack_pack_map(pk, 14 + (refresh_interval_ms > 0)) < 0 ||
         pk_kv_u64(pk, "k", p->k) < 0 ||
         pk_kv_i64(pk, "half_life", p->half_life_ms) < 0 ||
         pk_kv_f64(pk, "alpha_h", p->alpha_h) < 0 ||
@@ -293,7 +293,8 @@ static int pk_model(msgpack_packer *pk, const struct model_params *p,
         pk_kv_u64(pk, "warmup_events", p->warmup_events) < 0 ||
         pk_kv_u64(pk, "nnls_sweeps", p->nnls_sweeps) < 0 ||
         pk_kv_f64(pk, "nnls_tol", p->nnls_tol) < 0 ||
-        pk_kv_u64(pk, "hals_sweeps", p->hals_sweeps) < 0)
+        pk_kv_u64(pk, "hals_sweeps", p->hals_sweeps) < 0 ||
+        pk_kv_f64(pk, "refine_tol", p->refine_tol) < 0)
         return -1;
     if (refresh_interval_ms > 0 &&
         pk_kv_i64(pk, "refresh_interval", refresh_interval_ms) < 0)
@@ -824,6 +825,7 @@ static int params_read(const msgpack_object *mo, struct model_params *p,
     RD_U("nnls_sweeps", nnls_sweeps);
     RD_D("nnls_tol", nnls_tol);
     RD_U("hals_sweeps", hals_sweeps);
+    RD_D("refine_tol", refine_tol);
 #undef RD_U
 #undef RD_I
 #undef RD_D

@@ -367,8 +367,8 @@ Test(event, uint_ids_equal_string_ids)
 Test(event, weights_int_float32_zero_and_negative_zero)
 {
     struct event_decoder *d = dec(EVENT_FORMAT_MSGPACK);
-    struct fval ws[] = {U(3), F32(0.25), F(0.0), F(-0.0), F(FLT_MAX)};
-    double want[] = {3.0, 0.25, 0.0, 0.0, FLT_MAX};
+    struct fval ws[] = {U(3), F32(0.25), F(0.0), F(-0.0), U(1000000000000)};
+    double want[] = {3.0, 0.25, 0.0, 0.0, 1e12};
 
     for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++) {
         struct mp *m = mp_new();
@@ -746,9 +746,13 @@ Test(event, bad_weights)
     mp_expect(d, S("u"), S("i"), F(-INFINITY), NONE, NONE,
               EVENT_NONFINITE_WEIGHT);
     mp_expect(d, S("u"), S("i"), F32(NAN), NONE, NONE, EVENT_NONFINITE_WEIGHT);
-    /* Finite as a double, Inf as the model's float32. */
-    mp_expect(d, S("u"), S("i"), F(1e39), NONE, NONE, EVENT_NONFINITE_WEIGHT);
-    mp_expect(d, S("u"), S("i"), U(UINT64_MAX), NONE, NONE, EVENT_OK);
+    /* Over what the model takes (MODEL_WEIGHT_MAX). */
+    mp_expect(d, S("u"), S("i"), F(1e12), NONE, NONE, EVENT_OK);
+    mp_expect(d, S("u"), S("i"), F(1.000001e12), NONE, NONE,
+              EVENT_WEIGHT_TOO_LARGE);
+    mp_expect(d, S("u"), S("i"), F(1e39), NONE, NONE, EVENT_WEIGHT_TOO_LARGE);
+    mp_expect(d, S("u"), S("i"), U(UINT64_MAX), NONE, NONE,
+              EVENT_WEIGHT_TOO_LARGE);
     event_decoder_free(d);
 
     d = dec(EVENT_FORMAT_JSON);
@@ -759,7 +763,7 @@ Test(event, bad_weights)
     expect_reject_json(d, "{\"user\":\"u\",\"item\":\"i\",\"weight\":-0.1}",
                        EVENT_NEGATIVE_WEIGHT);
     expect_reject_json(d, "{\"user\":\"u\",\"item\":\"i\",\"weight\":1e300}",
-                       EVENT_NONFINITE_WEIGHT);
+                       EVENT_WEIGHT_TOO_LARGE);
     event_decoder_free(d);
 }
 
@@ -849,8 +853,10 @@ Test(event, type_weight_table)
     mp_expect(d, S("u"), S("i"), NONE, NONE, NONE, EVENT_MISSING_TYPE);
     mp_expect(d, S("u"), S("i"), NONE, NONE, NIL, EVENT_MISSING_TYPE);
     mp_expect(d, S("u"), S("i"), NONE, NONE, U(1), EVENT_BAD_TYPE);
-    /* 1e38 * 5 overflows float32. */
-    mp_expect(d, S("u"), S("i"), F(1e38), NONE, S("buy"),
+    /* 3e11 * 5 is over the model's limit; 1e308 * 5 overflows. */
+    mp_expect(d, S("u"), S("i"), F(3e11), NONE, S("buy"),
+              EVENT_WEIGHT_TOO_LARGE);
+    mp_expect(d, S("u"), S("i"), F(1e308), NONE, S("buy"),
               EVENT_NONFINITE_WEIGHT);
     cr_assert_eq(run_json(d,
                           "{\"user\":\"u\",\"item\":\"i\",\"weight\":2,"
