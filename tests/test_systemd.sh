@@ -8,7 +8,8 @@
 set -eu
 
 unit=$1
-nmfd=$2
+# ExecStart needs an absolute path; meson may hand us a relative one.
+nmfd=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 max_exposure=2.0
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
