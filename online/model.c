@@ -760,6 +760,10 @@ void model_refresh(struct model *m)
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, m->G);
+    if (rescale && ++m->reparams >= MODEL_REBUILD_EVERY) {
+        model_rebuild(m);
+        m->reparams = 0;
+    }
     m->refreshes++;
     m->stale = ids_live(m->uids);
     m->since_refresh = 0;
@@ -774,12 +778,105 @@ static void model_solve_all(struct model *m)
             model_user_solve(m, u, NULL, NULL);
 }
 
-/* Warm-up: batch alternating NNLS on the profiles seen so far (solve every
- * h, refresh W) until the relative loss improves by less than 1e-4 or 30
- * rounds, then A and B rebuilt exactly. */
+/*
+ * Seeding of W for the warm-up, k-means++ style (Arthur & Vassilvitskii,
+ * SODA 2007) on the users' normalised profiles with cosine distance:
+ * column j is the normalised profile of a user drawn with probability
+ * proportional to d_u^2 sqrt(c_u |v_u|^2), d_u being its distance
+ * 1 - cos(v_u, w_l) to the closest column already chosen, plus a small
+ * random floor so that no item row starts at zero. Starting alternating
+ * NNLS from distinct, data-shaped columns avoids most of the merged/split
+ * topic local minima that a uniform random start falls into. Skipped (W
+ * stays random) when there are fewer users with a profile than k or no
+ * memory for the work arrays.
+ */
+static void model_seed_columns(struct model *m)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    const size_t M = ids_slots(m->iids);
+    uint32_t have = 0;
+    for (uint32_t u = 0; u < U; u++)
+        have += m->u[u].live && m->u[u].n;
+    if (have < k || !M)
+        return;
+    double *d = malloc((size_t)U * sizeof(double));
+    double *x = calloc(M, sizeof(double));
+    if (!d || !x)
+        goto out;
+    for (uint32_t u = 0; u < U; u++)
+        d[u] = 1;
+    double floor = 1e-3 / sqrt((double)M);
+    for (uint32_t j = 0; j < k; j++) {
+        double total = 0;
+        for (uint32_t u = 0; u < U; u++) {
+            const struct model_user *us = &m->u[u];
+            if (us->live && us->n)
+                total += d[u] * d[u] *
+                         sqrt(model_frame_weight(m, us->t) * us->vnorm);
+        }
+        double r = rng_uniform(&m->rng) * total, acc = 0;
+        int64_t pick = -1;
+        for (uint32_t u = 0; u < U; u++) {
+            const struct model_user *us = &m->u[u];
+            if (!us->live || !us->n)
+                continue;
+            double w =
+                d[u] * d[u] * sqrt(model_frame_weight(m, us->t) * us->vnorm);
+            if (w <= 0)
+                continue;
+            pick = u;
+            acc += w;
+            if (acc > r)
+                break;
+        }
+        if (pick < 0)
+            break;
+        const struct model_user *ps = &m->u[pick];
+        const uint32_t *pit = pool_items(&m->pool, ps->cls, ps->slab);
+        const float *pva = pool_vals(&m->pool, ps->cls, ps->slab);
+        double nv = sqrt(ps->vnorm);
+        for (uint32_t q = 0; q < ps->n; q++)
+            x[pit[q]] = pva[q] / nv;
+        double sq = 0;
+        for (size_t i = 0; i < M; i++) {
+            double w = ids_get(m->iids, (uint32_t)i, NULL)
+                           ? x[i] + floor * rng_uniform(&m->rng)
+                           : 0;
+            m->W[i * k + j] = (float)w;
+            sq += w * w;
+        }
+        for (size_t i = 0; i < M; i++)
+            m->W[i * k + j] = (float)(m->W[i * k + j] / sqrt(sq));
+        for (uint32_t u = 0; u < U; u++) {
+            const struct model_user *us = &m->u[u];
+            if (!us->live || !us->n)
+                continue;
+            const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+            const float *va = pool_vals(&m->pool, us->cls, us->slab);
+            double dot = 0;
+            for (uint32_t q = 0; q < us->n; q++)
+                dot += va[q] * x[it[q]];
+            double dist = 1 - dot / sqrt(us->vnorm);
+            if (dist < d[u])
+                d[u] = dist > 0 ? dist : 0;
+        }
+        for (uint32_t q = 0; q < ps->n; q++)
+            x[pit[q]] = 0;
+    }
+    memset(m->G, 0, (size_t)k * k * sizeof(double));
+    hals_gram(k, M, m->W, m->G);
+out:
+    free(d);
+    free(x);
+}
+
+/* Warm-up: W seeded from the profiles seen so far, then batch alternating
+ * NNLS on them (solve every h, refresh W) until the relative loss improves
+ * by less than 1e-4 or 30 rounds, then A and B rebuilt exactly. */
 static void model_warmup(struct model *m)
 {
     double prev = -1;
+    model_seed_columns(m);
     for (int r = 0; r < 30; r++) {
         model_solve_all(m);
         double rel = model_rel_loss(m);
@@ -970,6 +1067,10 @@ size_t model_expire(struct model *m, int64_t now)
         free(drop);
         m->dirty = 1;
     }
+    /* With nobody left the statistics are exactly zero, not the rounding
+     * residue of the subtractions. */
+    if (gone && !ids_live(m->uids))
+        model_rebuild(m);
     return gone;
 }
 

@@ -11,6 +11,10 @@
 /* Renormalise the time frame of A, B and the loss sums when the newest
  * event is this many half-lives past the frame origin. */
 #define MODEL_FRAME_SPAN 64.0
+/* Rebuild A and B from the users after this many refreshes that rescaled
+ * h: each rounds h to float once (relative 6e-8), so the drift of the
+ * incrementally kept statistics stays below about 1e-6. */
+#define MODEL_REBUILD_EVERY 64
 
 struct model_user {
     int64_t t;        /* latest event time; the profile is valued at t */
@@ -53,10 +57,13 @@ struct model {
     uint64_t refine_events; /* events at the last refine-made refresh */
     double refine_prev;     /* relative loss then, -1 if none */
     uint32_t cursor;        /* next user the refine pass looks at */
+    uint32_t reparams;      /* rescaling refreshes since the last rebuild */
 };
 
 int model__users_grow(struct model *m, uint32_t need);
 int model__items_grow(struct model *m, uint32_t need);
+/* The checksum model_save appends to a state of len bytes. */
+uint64_t model__state_checksum(const void *buf, size_t len);
 /* Creates the empty model for params p (validated by the caller). */
 struct model *model__alloc(const struct model_params *p);
 

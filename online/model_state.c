@@ -116,6 +116,14 @@ static uint64_t sh_final(const struct state_hash *h)
     return a ^ (a >> 32);
 }
 
+uint64_t model__state_checksum(const void *buf, size_t len)
+{
+    struct state_hash h;
+    sh_init(&h);
+    sh_update(&h, buf, len);
+    return sh_final(&h);
+}
+
 struct state_writer {
     model_write_fn fn;
     void *ctx;
@@ -215,6 +223,7 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_u8(&w, m->dirty);
     sw_u8(&w, 0);
     sw_u32(&w, m->cursor);
+    sw_u32(&w, m->reparams);
     sw_f64(&w, m->loss_s);
     sw_f64(&w, m->norm_s);
     sw_u64(&w, m->events);
@@ -408,6 +417,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     SR(r, m->dirty);
     SR(r, pad);
     SR(r, m->cursor);
+    SR(r, m->reparams);
     SR(r, m->loss_s);
     SR(r, m->norm_s);
     SR(r, m->events);
@@ -585,7 +595,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return err;
     if (stale != m->stale)
         return "bad stale count";
-    if (m->cursor > U)
+    if (m->cursor > U || m->reparams >= MODEL_REBUILD_EVERY)
         return "bad cursor";
     if (r->off != r->n)
         return "trailing bytes";

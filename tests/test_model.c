@@ -1,2 +1,1144 @@
-/* test_model.c -- placeholder, being written. */
+/* test_model.c -- the online NMF model: recovery of planted segments,
+ * exactness of the statistics and the loss, decay, eviction, expiry,
+ * refused input, determinism and the saved state. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "model_impl.h"
+
+/* ---- helpers ---------------------------------------------------------- */
+
+struct trng {
+    uint64_t s;
+};
+
+static uint64_t trng_next(struct trng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double trng_unif(struct trng *r)
+{
+    return (double)(trng_next(r) >> 11) * 0x1.0p-53;
+}
+
+static uint32_t trng_below(struct trng *r, uint32_t n)
+{
+    return (uint32_t)(trng_unif(r) * n);
+}
+
+static int fold(struct model *m, uint32_t u, uint32_t i, double w, int64_t ts)
+{
+    char us[32], is[32];
+    int ul = snprintf(us, sizeof(us), "user-%u", u);
+    int il = snprintf(is, sizeof(is), "item-%u", i);
+    return model_fold(m, us, (size_t)ul, is, (size_t)il, w, ts);
+}
+
+/* A planted stream: K segments, each with its own bundle of items, users
+ * of segment u % K, Zipf(1) user activity, a fraction noise of events on
+ * random items. */
+struct planted {
+    uint32_t users, items, K;
+    double noise;
+    double *cdf;
+    struct trng r;
+};
+
+static void planted_init(struct planted *p, uint32_t users, uint32_t items,
+                         uint32_t K, double noise, uint64_t seed)
+{
+    p->users = users;
+    p->items = items;
+    p->K = K;
+    p->noise = noise;
+    p->r.s = seed;
+    p->cdf = malloc(users * sizeof(double));
+    double s = 0;
+    for (uint32_t u = 0; u < users; u++)
+        p->cdf[u] = (s += 1.0 / (u + 1));
+    for (uint32_t u = 0; u < users; u++)
+        p->cdf[u] /= s;
+}
+
+static void planted_event(struct planted *p, uint32_t *u, uint32_t *i)
+{
+    double x = trng_unif(&p->r);
+    uint32_t lo = 0, hi = p->users - 1;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (p->cdf[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* Scatter ranks over ids so segments are not ordered by activity. */
+    *u = (uint32_t)((lo * 2654435761u) % p->users);
+    uint32_t per = p->items / p->K;
+    if (trng_unif(&p->r) < p->noise)
+        *i = trng_below(&p->r, p->items);
+    else
+        *i = (*u % p->K) * per + trng_below(&p->r, per);
+}
+
+static void planted_free(struct planted *p)
+{
+    free(p->cdf);
+}
+
+static struct model *model_with(uint32_t k, int64_t half_life, uint64_t warmup,
+                                uint64_t refresh)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = k;
+    p.half_life_ms = half_life;
+    p.warmup_events = warmup;
+    p.refresh_events = refresh;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    return m;
+}
+
+static void refine_converge(struct model *m, int max_rounds)
+{
+    for (int r = 0; r < max_rounds; r++) {
+        struct model_stats st;
+        model_stats(m, &st);
+        uint64_t f0 = st.refreshes;
+        size_t n = model_refine(m, SIZE_MAX);
+        model_stats(m, &st);
+        if (!n && st.refreshes == f0)
+            return;
+    }
+}
+
+static double user_weight(const struct model *m, int64_t ts)
+{
+    struct model_stats st;
+    model_stats(m, &st);
+    int64_t hl = model_params(m)->half_life_ms;
+    return hl > 0 ? exp2(-(double)(st.now - ts) / (double)hl) : 1.0;
+}
+
+/* A and B recomputed from scratch: sum_u c_u h h^T, sum_u c_u v h^T. */
+static void recompute(const struct model *m, double *A, double *B)
+{
+    uint32_t k = model_params(m)->k, M = model_item_slots(m);
+    memset(A, 0, (size_t)k * k * sizeof(double));
+    memset(B, 0, (size_t)M * k * sizeof(double));
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        double c = user_weight(m, v.ts);
+        const uint32_t *it;
+        const float *va;
+        uint32_t n;
+        cr_assert_eq(model_user_profile(m, u, &it, &va, &n), 0);
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                A[j * k + l] += c * v.h[j] * v.h[l];
+        for (uint32_t q = 0; q < n; q++)
+            for (uint32_t j = 0; j < k; j++)
+                B[(size_t)it[q] * k + j] += c * va[q] * v.h[j];
+    }
+}
+
+static double max_abs(const double *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(x[i]) > m)
+            m = fabs(x[i]);
+    return m;
+}
+
+/* A refresh rescales h (stored as float) by the column norms: each such
+ * rounding moves the incrementally kept A and B by ~6e-8 relative to a
+ * recomputation from the stored h, and the model rebuilds them every
+ * MODEL_REBUILD_EVERY rescaling refreshes, bounding the drift below 1e-6.
+ * Folds, refines and expiry alone keep them to ~1e-15. */
+#define STATS_RTOL 1e-6
+
+static void assert_stats_exact(const struct model *m, double rtol)
+{
+    uint32_t k = model_params(m)->k, M = model_item_slots(m);
+    double *A = malloc(k * k * sizeof(double));
+    double *Ar = malloc(k * k * sizeof(double));
+    double *B = malloc((M ? M : 1) * k * sizeof(double));
+    double *Br = malloc((M ? M : 1) * k * sizeof(double));
+    model_A(m, A);
+    model_B(m, B);
+    recompute(m, Ar, Br);
+    double sa = max_abs(Ar, k * k), sb = max_abs(Br, (size_t)M * k);
+    for (size_t i = 0; i < (size_t)k * k; i++)
+        cr_assert(fabs(A[i] - Ar[i]) <= rtol * sa, "A[%zu] %.17g vs %.17g", i,
+                  A[i], Ar[i]);
+    for (size_t i = 0; i < (size_t)M * k; i++)
+        cr_assert(fabs(B[i] - Br[i]) <= rtol * sb, "B[%zu] %.17g vs %.17g", i,
+                  B[i], Br[i]);
+    free(A);
+    free(Ar);
+    free(B);
+    free(Br);
+}
+
+/* sum_u c_u ||v_u - W h_u||^2 over every item row, and sum_u c_u |v_u|^2. */
+static void direct_loss(const struct model *m, double *loss, double *norm)
+{
+    uint32_t k = model_params(m)->k, M = model_item_slots(m);
+    const float *W = model_W(m);
+    double *v = calloc(M ? M : 1, sizeof(double));
+    *loss = *norm = 0;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view uv;
+        if (model_user_get(m, u, &uv))
+            continue;
+        double c = user_weight(m, uv.ts);
+        const uint32_t *it;
+        const float *va;
+        uint32_t n;
+        model_user_profile(m, u, &it, &va, &n);
+        for (uint32_t q = 0; q < n; q++) {
+            v[it[q]] = va[q];
+            *norm += c * (double)va[q] * va[q];
+        }
+        double l = 0;
+        for (uint32_t i = 0; i < M; i++) {
+            double p = 0;
+            for (uint32_t j = 0; j < k; j++)
+                p += (double)W[(size_t)i * k + j] * uv.h[j];
+            double r = v[i] - p;
+            l += r * r;
+        }
+        *loss += c * l;
+        for (uint32_t q = 0; q < n; q++)
+            v[it[q]] = 0;
+    }
+    free(v);
+}
+
+/* Adjusted Rand index of two labelings with values < K. */
+static double ari(const uint32_t *a, const uint32_t *b, size_t n, uint32_t K)
+{
+    double *t = calloc((size_t)K * K, sizeof(double));
+    double *ra = calloc(K, sizeof(double)), *rb = calloc(K, sizeof(double));
+    for (size_t x = 0; x < n; x++) {
+        t[a[x] * K + b[x]]++;
+        ra[a[x]]++;
+        rb[b[x]]++;
+    }
+    double sij = 0, sa = 0, sb = 0;
+    for (uint32_t i = 0; i < K * K; i++)
+        sij += t[i] * (t[i] - 1) / 2;
+    for (uint32_t i = 0; i < K; i++) {
+        sa += ra[i] * (ra[i] - 1) / 2;
+        sb += rb[i] * (rb[i] - 1) / 2;
+    }
+    double tot = (double)n * (n - 1) / 2, exp = sa * sb / tot;
+    free(t);
+    free(ra);
+    free(rb);
+    return (sij - exp) / (0.5 * (sa + sb) - exp);
+}
+
+struct buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+
+static int buf_write(void *ctx, const void *data, size_t len)
+{
+    struct buf *b = ctx;
+    if (b->n + len > b->cap) {
+        b->cap = (b->n + len) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, data, len);
+    b->n += len;
+    return 0;
+}
+
+static struct buf save(const struct model *m)
+{
+    struct buf b = {0};
+    cr_assert_eq(model_save(m, buf_write, &b), 0);
+    return b;
+}
+
+static int bufs_equal(const struct buf *a, const struct buf *b)
+{
+    return a->n == b->n && !memcmp(a->p, b->p, a->n);
+}
+
+/* ---- parameters and refused input ------------------------------------ */
+
+Test(model, params_defaults_and_checks)
+{
+    struct model_params p;
+    model_params_default(&p);
+    cr_assert_null(model_params_check(&p));
+    cr_assert_eq(p.k, 16);
+    cr_assert_eq(p.profile_max, 512);
+    cr_assert_eq(p.refresh_events, 200000);
+    cr_assert_eq(p.warmup_events, 10000);
+    cr_assert_eq(p.seed, 1);
+    struct model_params q;
+#define BAD(field, value)                                                      \
+    do {                                                                       \
+        q = p;                                                                 \
+        q.field = value;                                                       \
+        cr_assert_not_null(model_params_check(&q), #field);                    \
+        cr_assert_null(model_new(&q), #field);                                 \
+    } while (0)
+    BAD(k, 0);
+    BAD(k, MODEL_K_MAX + 1);
+    BAD(half_life_ms, -1);
+    BAD(alpha_h, -0.1);
+    BAD(alpha_h, NAN);
+    BAD(alpha_w, INFINITY);
+    BAD(l1_ratio, 1.5);
+    BAD(l1_ratio, NAN);
+    BAD(profile_max, 0);
+    BAD(profile_max, MODEL_PROFILE_MAX + 1);
+    BAD(ttl_ms, -5);
+    BAD(nnls_sweeps, 0);
+    BAD(nnls_tol, -1);
+    BAD(hals_sweeps, 0);
+    BAD(refine_tol, NAN);
+#undef BAD
+    cr_assert_not_null(model_params_check(NULL));
+}
+
+Test(model, refused_input_changes_nothing)
+{
+    struct model *m = model_with(4, 1000, 0, 0);
+    cr_assert_eq(fold(m, 1, 1, 1.0, 100), 0);
+    struct buf before = save(m);
+    char big[MODEL_ID_MAX + 1];
+    memset(big, 'x', sizeof(big));
+    cr_assert_eq(model_fold(m, "", 0, "i", 1, 1, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "", 0, 1, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, NULL, 1, "i", 1, 1, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, NULL, 1, 1, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, big, sizeof(big), "i", 1, 1, 100),
+                 -ENAMETOOLONG);
+    cr_assert_eq(model_fold(m, "u", 1, big, sizeof(big), 1, 100),
+                 -ENAMETOOLONG);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, -1, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, -0.0 - 1e-300, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, NAN, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, INFINITY, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, -INFINITY, 100), -EINVAL);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, 2e12, 100), -ERANGE);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, 1, -1), -ERANGE);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, 1, MODEL_TS_MAX + 1), -ERANGE);
+    cr_assert_eq(model_fold(m, "u", 1, "i", 1, 1, INT64_MIN), -ERANGE);
+    struct buf after = save(m);
+    cr_assert(bufs_equal(&before, &after), "a refused event changed state");
+    /* The limits themselves are accepted. */
+    cr_assert_eq(model_fold(m, big, MODEL_ID_MAX, "i", 1, 0, 0), 0);
+    cr_assert_eq(model_fold(m, "u", 1, big, MODEL_ID_MAX, MODEL_WEIGHT_MAX,
+                            MODEL_TS_MAX),
+                 0);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.events, 3);
+    cr_assert_eq(st.users, 3);
+    cr_assert(isfinite(st.rel_loss));
+    cr_assert_eq(model_user_find(m, "", 0), -ENOENT);
+    cr_assert_eq(model_user_find(m, big, sizeof(big)), -ENOENT);
+    free(before.p);
+    free(after.p);
+    model_free(m);
+}
+
+/* ---- recovery --------------------------------------------------------- */
+
+Test(model, planted_segments_recovered)
+{
+    const uint32_t K = 5, U = 1500, I = 250;
+    struct model *m = model_with(K, 0, 5000, 20000);
+    struct planted p;
+    planted_init(&p, U, I, K, 0.01, 42);
+    for (int e = 0; e < 60000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, 1000 + e), 0);
+    }
+    refine_converge(m, 300);
+    uint32_t *truth = malloc(U * sizeof(uint32_t));
+    uint32_t *got = malloc(U * sizeof(uint32_t));
+    size_t n = 0;
+    for (uint32_t x = 0; x < model_user_slots(m); x++) {
+        struct model_user_view v;
+        if (model_user_get(m, x, &v))
+            continue;
+        truth[n] = (uint32_t)atoi(v.id + 5) % K;
+        got[n] = v.segment;
+        n++;
+    }
+    double a = ari(truth, got, n, K);
+    cr_assert_geq(a, 0.95, "ARI %.4f over %zu users", a, n);
+    /* Every topic's strongest items come from one bundle. */
+    for (uint32_t j = 0; j < K; j++) {
+        uint32_t items[10];
+        float w[10];
+        uint32_t c = model_topic_top(m, j, 10, items, w);
+        cr_assert_eq(c, 10);
+        size_t len;
+        const char *id0 = model_item_id(m, items[0], &len);
+        uint32_t b0 = (uint32_t)atoi(id0 + 5) / (I / K);
+        for (uint32_t q = 1; q < c; q++) {
+            const char *id = model_item_id(m, items[q], &len);
+            cr_assert_eq((uint32_t)atoi(id + 5) / (I / K), b0);
+            cr_assert_geq(w[q - 1], w[q]);
+        }
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_lt(st.rel_loss, 0.9);
+    free(truth);
+    free(got);
+    planted_free(&p);
+    model_free(m);
+}
+
+/* ---- exactness of A, B and the loss ---------------------------------- */
+
+static void stream_mixed(struct model *m, int events, uint64_t seed,
+                         int out_of_order)
+{
+    struct planted p;
+    planted_init(&p, 400, 120, 4, 0.05, seed);
+    int64_t ts = 1000;
+    for (int e = 0; e < events; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        ts += 1 + (int64_t)trng_below(&p.r, 20);
+        int64_t t = ts;
+        if (out_of_order && trng_unif(&p.r) < 0.2)
+            t -= (int64_t)trng_below(&p.r, 3000);
+        double w = 0.5 + trng_unif(&p.r) * 2;
+        cr_assert_eq(fold(m, u, i, w, t < 0 ? 0 : t), 0);
+    }
+    planted_free(&p);
+}
+
+Test(model, statistics_exact_without_decay)
+{
+    struct model *m = model_with(6, 0, 1000, 2500);
+    stream_mixed(m, 8000, 5, 0);
+    assert_stats_exact(m, STATS_RTOL);
+    model_refresh(m);
+    assert_stats_exact(m, STATS_RTOL);
+    model_refine(m, 150);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
+Test(model, statistics_exact_with_decay_and_out_of_order)
+{
+    struct model *m = model_with(6, 5000, 1000, 2500);
+    stream_mixed(m, 8000, 6, 1);
+    assert_stats_exact(m, STATS_RTOL);
+    model_refresh(m);
+    model_refine(m, 200);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
+Test(model, statistics_exact_across_frame_moves)
+{
+    /* 8000 events spread over about 400 half-lives: the frame origin
+     * moves several times; old users' weight underflows harmlessly. */
+    struct model *m = model_with(4, 200, 500, 1500);
+    stream_mixed(m, 8000, 7, 1);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_gt(st.now, 64 * 200 * 4);
+    assert_stats_exact(m, STATS_RTOL);
+    cr_assert(isfinite(st.loss) && isfinite(st.norm));
+    model_free(m);
+}
+
+Test(model, reported_loss_equals_direct_computation)
+{
+    int64_t hls[2] = {0, 4000};
+    for (int c = 0; c < 2; c++) {
+        struct model *m = model_with(5, hls[c], 1000, 3000);
+        stream_mixed(m, 6000, 8 + c, c);
+        refine_converge(m, 200);
+        struct model_stats st;
+        model_stats(m, &st);
+        cr_assert_eq(st.stale, 0);
+        double loss, norm;
+        direct_loss(m, &loss, &norm);
+        cr_assert_float_eq(st.norm, norm, 1e-9 * norm);
+        cr_assert_float_eq(st.loss, loss, 1e-7 * norm, "loss %g vs %g", st.loss,
+                           loss);
+        cr_assert_float_eq(st.rel_loss, loss / norm, 1e-7);
+        model_free(m);
+    }
+}
+
+Test(model, loss_never_increases_across_refine_rounds)
+{
+    struct model *m = model_with(5, 0, 0, 0);
+    stream_mixed(m, 6000, 9, 0);
+    double prev_direct = INFINITY, prev_rel = INFINITY;
+    model_refresh(m);
+    for (int round = 0; round < 25; round++) {
+        /* Every h against the current W: the stored loss is exact. */
+        cr_assert_gt(model_refine(m, SIZE_MAX), 0);
+        struct model_stats st;
+        model_stats(m, &st);
+        cr_assert_eq(st.stale, 0);
+        cr_assert_leq(st.rel_loss, prev_rel * (1 + 1e-9),
+                      "round %d: %.12g after %.12g", round, st.rel_loss,
+                      prev_rel);
+        prev_rel = st.rel_loss;
+        /* The HALS sweeps of a refresh lower the loss of the same H. */
+        double before, after, norm;
+        direct_loss(m, &before, &norm);
+        cr_assert_leq(before, prev_direct * (1 + 1e-9));
+        model_refresh(m);
+        direct_loss(m, &after, &norm);
+        cr_assert_leq(after, before * (1 + 1e-9), "refresh raised the loss");
+        prev_direct = after;
+    }
+    model_free(m);
+}
+
+/* The per-event solves satisfy the KKT conditions of their NNLS problem
+ * (checked on a model asked to solve to high precision). */
+Test(model, each_solve_meets_kkt)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 5;
+    p.warmup_events = 500;
+    p.refresh_events = 1500;
+    p.nnls_sweeps = 100000;
+    p.nnls_tol = 1e-13;
+    p.alpha_h = 0.05;
+    p.l1_ratio = 0.3;
+    struct model *m = model_new(&p);
+    stream_mixed(m, 4000, 10, 0);
+    /* Re-solve every user against the current W, then check each. */
+    model_refresh(m);
+    cr_assert_gt(model_refine(m, SIZE_MAX), 0);
+    uint32_t k = p.k, M = model_item_slots(m);
+    const float *W = model_W(m);
+    double G[25] = {0};
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                G[j * k + l] += (double)W[i * k + j] * W[i * k + l];
+    double a1 = p.alpha_h * p.l1_ratio, a2 = p.alpha_h * (1 - p.l1_ratio);
+    int checked = 0;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        const uint32_t *it;
+        const float *va;
+        uint32_t n;
+        model_user_profile(m, u, &it, &va, &n);
+        double b[5] = {0}, vtv = 0;
+        for (uint32_t q = 0; q < n; q++) {
+            vtv += (double)va[q] * va[q];
+            for (uint32_t j = 0; j < k; j++)
+                b[j] += (double)va[q] * W[(size_t)it[q] * k + j];
+        }
+        double eps = 1e-5 * (1 + sqrt(vtv));
+        for (uint32_t j = 0; j < k; j++) {
+            double g = -b[j] + a1 + a2 * v.h[j];
+            for (uint32_t l = 0; l < k; l++)
+                g += G[j * k + l] * v.h[l];
+            cr_assert_geq(v.h[j], 0);
+            if (v.h[j] > 0)
+                cr_assert_leq(fabs(g), eps, "user %u grad %g h %g", u, g,
+                              v.h[j]);
+            else
+                cr_assert_geq(g, -eps, "user %u grad %g at 0", u, g);
+        }
+        checked++;
+    }
+    cr_assert_gt(checked, 300);
+    model_free(m);
+}
+
+/* ---- decay, out-of-order, eviction ---------------------------------- */
+
+static float profile_value(const struct model *m, const char *user,
+                           const char *item)
+{
+    int64_t u = model_user_find(m, user, strlen(user));
+    cr_assert_geq(u, 0);
+    const uint32_t *it;
+    const float *va;
+    uint32_t n;
+    model_user_profile(m, (uint32_t)u, &it, &va, &n);
+    for (uint32_t q = 0; q < n; q++) {
+        size_t len;
+        const char *id = model_item_id(m, it[q], &len);
+        if (len == strlen(item) && !memcmp(id, item, len))
+            return va[q];
+    }
+    return -1;
+}
+
+Test(model, decay_matches_closed_form)
+{
+    const int64_t hl = 1000;
+    struct model *m = model_with(3, hl, 0, 0);
+    cr_assert_eq(model_fold(m, "u", 1, "a", 1, 4.0, 10000), 0);
+    cr_assert_eq(model_fold(m, "u", 1, "b", 1, 2.0, 11000), 0);
+    /* Out of order: 1.5 half-lives before the user's time. */
+    cr_assert_eq(model_fold(m, "u", 1, "c", 1, 8.0, 9500), 0);
+    cr_assert_eq(model_fold(m, "u", 1, "a", 1, 1.0, 12500), 0);
+    double d = exp2(-1.5);
+    cr_assert_float_eq(profile_value(m, "u", "a"), 4.0 * exp2(-2.5) + 1.0,
+                       1e-5);
+    cr_assert_float_eq(profile_value(m, "u", "b"), 2.0 * d, 1e-5);
+    cr_assert_float_eq(profile_value(m, "u", "c"), 8.0 * exp2(-1.5) * d, 1e-5);
+    struct model_user_view v;
+    cr_assert_eq(model_user_get(m, 0, &v), 0);
+    cr_assert_eq(v.ts, 12500);
+    cr_assert_eq(v.nprofile, 3);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.now, 12500);
+    cr_assert_float_eq(st.weight_sum, 15.0, 1e-12);
+    /* An event older than the user's time, not the model's. */
+    cr_assert_eq(model_fold(m, "w", 1, "a", 1, 2.0, 11500), 0);
+    cr_assert_float_eq(profile_value(m, "w", "a"), 2.0, 1e-6);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
+Test(model, no_decay_sums_weights)
+{
+    struct model *m = model_with(2, 0, 0, 0);
+    model_fold(m, "u", 1, "a", 1, 1.5, 100);
+    model_fold(m, "u", 1, "a", 1, 2.0, 5);
+    model_fold(m, "u", 1, "a", 1, 0.25, 1000000);
+    cr_assert_float_eq(profile_value(m, "u", "a"), 3.75, 1e-6);
+    model_free(m);
+}
+
+Test(model, full_profile_evicts_the_weakest)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 2;
+    p.profile_max = 3;
+    p.warmup_events = 0;
+    struct model *m = model_new(&p);
+    model_fold(m, "u", 1, "a", 1, 5, 0);
+    model_fold(m, "u", 1, "b", 1, 1, 0);
+    model_fold(m, "u", 1, "c", 1, 3, 0);
+    model_fold(m, "u", 1, "d", 1, 2, 0); /* evicts b (1) */
+    cr_assert_float_eq(profile_value(m, "u", "b"), -1, 0);
+    cr_assert_float_eq(profile_value(m, "u", "d"), 2, 1e-6);
+    model_fold(m, "u", 1, "e", 1, 0.5, 0); /* weaker than all: ignored */
+    cr_assert_float_eq(profile_value(m, "u", "e"), -1, 0);
+    struct model_user_view v;
+    model_user_get(m, 0, &v);
+    cr_assert_eq(v.nprofile, 3);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
+Test(model, profiles_grow_through_size_classes)
+{
+    struct model *m = model_with(3, 0, 0, 0);
+    for (uint32_t i = 0; i < 300; i++)
+        cr_assert_eq(fold(m, 7, i, 1.0 + i, 10), 0);
+    for (uint32_t i = 0; i < 40; i++)
+        cr_assert_eq(fold(m, 8 + i, i, 1.0, 10), 0);
+    int64_t u = model_user_find(m, "user-7", 6);
+    const uint32_t *it;
+    const float *va;
+    uint32_t n;
+    model_user_profile(m, (uint32_t)u, &it, &va, &n);
+    cr_assert_eq(n, 300);
+    for (uint32_t q = 0; q < n; q++)
+        cr_assert_float_eq(va[q], 1.0 + it[q], 1e-6);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
+/* ---- new items, expiry --------------------------------------------- */
+
+Test(model, new_items_mid_stream_join_their_topic)
+{
+    const uint32_t K = 3;
+    struct model *m = model_with(K, 0, 3000, 10000);
+    struct planted p;
+    planted_init(&p, 600, 90, K, 0.0, 77);
+    for (int e = 0; e < 20000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        fold(m, u, i, 1.0, e);
+    }
+    /* Segment 1 adopts 10 brand-new items. */
+    for (int e = 0; e < 8000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        if (u % K == 1 && trng_unif(&p.r) < 0.5)
+            i = 1000 + trng_below(&p.r, 10);
+        fold(m, u, i, 1.0, 20000 + e);
+    }
+    refine_converge(m, 200);
+    /* The topic of segment 1's users holds the new items. */
+    int64_t u1 = model_user_find(m, "user-1", 6);
+    struct model_user_view v;
+    model_user_get(m, (uint32_t)u1, &v);
+    uint32_t j = v.segment, k = K;
+    const float *W = model_W(m);
+    for (uint32_t x = 0; x < 10; x++) {
+        char id[32];
+        snprintf(id, sizeof(id), "item-%u", 1000 + x);
+        int found = 0;
+        for (uint32_t i = 0; i < model_item_slots(m); i++) {
+            size_t len;
+            const char *s = model_item_id(m, i, &len);
+            if (!s || len != strlen(id) || memcmp(s, id, len))
+                continue;
+            found = 1;
+            for (uint32_t l = 0; l < k; l++)
+                if (l != j)
+                    cr_assert_gt(W[i * k + j], W[i * k + l]);
+        }
+        cr_assert(found);
+    }
+    planted_free(&p);
+    model_free(m);
+}
+
+Test(model, expiry_forgets_users_and_items_exactly)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 4;
+    p.ttl_ms = 5000;
+    p.warmup_events = 500;
+    p.refresh_events = 2000;
+    p.half_life_ms = 20000;
+    struct model *m = model_new(&p);
+    stream_mixed(m, 3000, 21, 0);
+    /* Items 200..209 and users 900..919 only early, then stale. */
+    for (uint32_t x = 0; x < 20; x++)
+        cr_assert_eq(fold(m, 900 + x, 200 + x % 10, 1.0, 1000), 0);
+    for (uint32_t x = 0; x < 20; x++)
+        cr_assert_eq(fold(m, x, 200 + x % 10, 1.0, 1000), 0);
+    struct model_stats st0;
+    model_stats(m, &st0);
+    size_t gone = model_expire(m, st0.now);
+    cr_assert_geq(gone, 30);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_leq(st.items + 10, st0.items, "items %lu -> %lu",
+                  (unsigned long)st0.items, (unsigned long)st.items);
+    for (uint32_t x = 0; x < 20; x++) {
+        char id[32];
+        int n = snprintf(id, sizeof(id), "user-%u", 900 + x);
+        cr_assert_eq(model_user_find(m, id, (size_t)n), -ENOENT);
+    }
+    /* No profile mentions a forgotten item; forgotten rows are zero. */
+    const float *W = model_W(m);
+    for (uint32_t i = 0; i < model_item_slots(m); i++) {
+        if (model_item_id(m, i, NULL))
+            continue;
+        for (uint32_t j = 0; j < p.k; j++)
+            cr_assert(W[i * p.k + j] == 0);
+    }
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        const uint32_t *it;
+        const float *va;
+        uint32_t n;
+        if (model_user_profile(m, u, &it, &va, &n))
+            continue;
+        for (uint32_t q = 0; q < n; q++)
+            cr_assert_not_null(model_item_id(m, it[q], NULL));
+    }
+    assert_stats_exact(m, STATS_RTOL);
+    /* Freed slots are reused. */
+    uint32_t slots = model_item_slots(m), uslots = model_user_slots(m);
+    cr_assert_eq(fold(m, 5000, 5000, 1.0, st.now), 0);
+    cr_assert_eq(model_item_slots(m), slots);
+    cr_assert_eq(model_user_slots(m), uslots);
+    assert_stats_exact(m, STATS_RTOL);
+    /* Everything expires eventually. */
+    model_expire(m, st.now + 100000);
+    model_stats(m, &st);
+    cr_assert_eq(st.users, 0);
+    cr_assert_eq(st.items, 0);
+    cr_assert_float_eq(st.norm, 0, 1e-9);
+    double A[16];
+    model_A(m, A);
+    cr_assert_leq(max_abs(A, 16), 1e-9);
+    model_free(m);
+}
+
+Test(model, expiry_off_keeps_everything)
+{
+    struct model *m = model_with(3, 0, 0, 0);
+    fold(m, 1, 1, 1, 0);
+    cr_assert_eq(model_expire(m, MODEL_TS_MAX), 0);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.users, 1);
+    model_free(m);
+}
+
+/* ---- refresh details ------------------------------------------------ */
+
+Test(model, refresh_keeps_unit_columns_and_no_dead_column)
+{
+    /* Rank 2 data, k = 6: surplus columns die and are resampled. */
+    struct model *m = model_with(6, 0, 1000, 2000);
+    struct planted p;
+    planted_init(&p, 300, 40, 2, 0.0, 3);
+    for (int e = 0; e < 10000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        fold(m, u, i, 1.0, e);
+    }
+    model_refresh(m);
+    uint32_t k = 6, M = model_item_slots(m);
+    const float *W = model_W(m);
+    for (uint32_t j = 0; j < k; j++) {
+        double s = 0;
+        for (uint32_t i = 0; i < M; i++) {
+            cr_assert(isfinite(W[i * k + j]) && W[i * k + j] >= 0);
+            s += (double)W[i * k + j] * W[i * k + j];
+        }
+        cr_assert_float_eq(s, 1.0, 1e-5, "column %u norm^2 %g", j, s);
+    }
+    assert_stats_exact(m, STATS_RTOL);
+    refine_converge(m, 100);
+    assert_stats_exact(m, STATS_RTOL);
+    planted_free(&p);
+    model_free(m);
+}
+
+Test(model, segment_sizes_and_mass_match_users)
+{
+    struct model *m = model_with(4, 0, 500, 2000);
+    stream_mixed(m, 3000, 31, 0);
+    uint64_t sizes[4], n = 0;
+    double mass[4], ref[4] = {0};
+    uint64_t cnt[4] = {0};
+    model_segment_sizes(m, sizes, mass);
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        cnt[v.segment]++;
+        double s = 0;
+        for (uint32_t j = 0; j < 4; j++) {
+            ref[j] += v.h[j];
+            s += v.h[j];
+            cr_assert_leq(v.h[j], v.h[v.segment]);
+        }
+        if (s > 0)
+            cr_assert_float_eq(v.share, v.h[v.segment] / s, 1e-6);
+        n++;
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(n, st.users);
+    for (uint32_t j = 0; j < 4; j++) {
+        cr_assert_eq(sizes[j], cnt[j]);
+        cr_assert_float_eq(mass[j], ref[j], 1e-9 * (1 + ref[j]));
+    }
+    model_free(m);
+}
+
+Test(model, topic_top_is_a_partial_sort)
+{
+    struct model *m = model_with(3, 0, 500, 1000);
+    stream_mixed(m, 3000, 41, 0);
+    uint32_t k = 3, M = model_item_slots(m);
+    const float *W = model_W(m);
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t items[50];
+        float w[50];
+        uint32_t n = model_topic_top(m, j, 50, items, w);
+        uint32_t pos = 0;
+        for (uint32_t i = 0; i < M; i++)
+            pos += W[i * k + j] > 0;
+        cr_assert_eq(n, pos < 50 ? pos : 50);
+        for (uint32_t q = 0; q < n; q++) {
+            cr_assert(w[q] == W[items[q] * k + j]);
+            if (q)
+                cr_assert_geq(w[q - 1], w[q]);
+            /* Nothing outside the list is stronger than its last. */
+        }
+        for (uint32_t i = 0; i < M; i++) {
+            int in = 0;
+            for (uint32_t q = 0; q < n; q++)
+                in |= items[q] == i;
+            if (!in)
+                cr_assert_leq(W[i * k + j], w[n - 1]);
+        }
+    }
+    uint32_t it[1];
+    float w[1];
+    cr_assert_eq(model_topic_top(m, k, 1, it, w), 0);
+    cr_assert_eq(model_topic_top(m, 0, 0, it, w), 0);
+    model_free(m);
+}
+
+Test(model, epochs_track_changes_of_h)
+{
+    struct model *m = model_with(3, 0, 0, 0);
+    model_epoch_set(m, 7);
+    cr_assert_eq(model_epoch(m), 7);
+    fold(m, 1, 1, 1, 0);
+    fold(m, 2, 2, 1, 0);
+    model_epoch_set(m, 8);
+    fold(m, 1, 3, 1, 0);
+    struct model_user_view v1, v2;
+    model_user_get(m, (uint32_t)model_user_find(m, "user-1", 6), &v1);
+    model_user_get(m, (uint32_t)model_user_find(m, "user-2", 6), &v2);
+    cr_assert_eq(v1.changed, 8);
+    cr_assert_eq(v2.changed, 7);
+    cr_assert_eq(model_user_get(m, 99, &v1), -ENOENT);
+    cr_assert_null(model_item_id(m, 99, NULL));
+    model_free(m);
+}
+
+Test(model, warmup_runs_once_and_leaves_exact_statistics)
+{
+    struct model *m = model_with(4, 0, 2000, 0);
+    stream_mixed(m, 1999, 51, 0);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, 0);
+    stream_mixed(m, 1, 52, 0);
+    model_stats(m, &st);
+    cr_assert_gt(st.refreshes, 0);
+    cr_assert_eq(st.stale, 0);
+    assert_stats_exact(m, 1e-12);
+    uint64_t r = st.refreshes;
+    stream_mixed(m, 3000, 53, 0);
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, r);
+    model_free(m);
+}
+
+/* ---- determinism and saved state ------------------------------------ */
+
+Test(model, same_events_same_bits)
+{
+    struct model *a = model_with(5, 3000, 800, 1500);
+    struct model *b = model_with(5, 3000, 800, 1500);
+    stream_mixed(a, 5000, 61, 1);
+    stream_mixed(b, 5000, 61, 1);
+    model_refine(a, 100);
+    model_refine(b, 100);
+    struct buf sa = save(a), sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb));
+    free(sa.p);
+    free(sb.p);
+    model_free(a);
+    model_free(b);
+}
+
+Test(model, save_load_round_trip_behaves_identically)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 5;
+    p.half_life_ms = 3000;
+    p.ttl_ms = 4000;
+    p.warmup_events = 800;
+    p.refresh_events = 1500;
+    struct model *a = model_new(&p);
+    stream_mixed(a, 4000, 71, 1);
+    struct model_stats st;
+    model_stats(a, &st);
+    model_expire(a, st.now - 2000);
+    model_refine(a, 77);
+    struct buf s1 = save(a);
+    const char *err = "unset";
+    struct model *b = model_load(s1.p, s1.n, &err);
+    cr_assert_not_null(b, "load: %s", err);
+    cr_assert_null(err);
+    struct buf s2 = save(b);
+    cr_assert(bufs_equal(&s1, &s2), "save(load(save(m))) differs");
+    /* Both go on identically: events, refines, refreshes, expiry. */
+    stream_mixed(a, 3000, 72, 1);
+    stream_mixed(b, 3000, 72, 1);
+    model_refine(a, 500);
+    model_refine(b, 500);
+    model_stats(a, &st);
+    model_expire(a, st.now);
+    model_expire(b, st.now);
+    model_refresh(a);
+    model_refresh(b);
+    struct buf t1 = save(a), t2 = save(b);
+    cr_assert(bufs_equal(&t1, &t2), "diverged after load");
+    struct model_stats sa, sb;
+    model_stats(a, &sa);
+    model_stats(b, &sb);
+    cr_assert(sa.rel_loss == sb.rel_loss && sa.events == sb.events);
+    free(s1.p);
+    free(s2.p);
+    free(t1.p);
+    free(t2.p);
+    model_free(a);
+    model_free(b);
+}
+
+static struct buf small_state(void)
+{
+    struct model *m = model_with(3, 2000, 300, 600);
+    stream_mixed(m, 900, 81, 1);
+    struct buf b = save(m);
+    model_free(m);
+    return b;
+}
+
+Test(model, load_refuses_truncation_and_flipped_bytes)
+{
+    struct buf s = small_state();
+    const char *err = NULL;
+    for (size_t cut = 0; cut < s.n; cut += (cut < 512 ? 1 : 37)) {
+        struct model *m = model_load(s.p, cut, &err);
+        cr_assert_null(m, "accepted a state cut at %zu of %zu", cut, s.n);
+        cr_assert_not_null(err);
+    }
+    uint8_t *c = malloc(s.n);
+    for (size_t off = 0; off < s.n; off += (off < 512 ? 1 : 29)) {
+        for (int bit = 0; bit < 8; bit += 3) {
+            memcpy(c, s.p, s.n);
+            c[off] ^= (uint8_t)(1u << bit);
+            struct model *m = model_load(c, s.n, &err);
+            cr_assert_null(m, "accepted a flip at %zu", off);
+            cr_assert_not_null(err);
+        }
+    }
+    cr_assert_null(model_load(NULL, 0, &err));
+    cr_assert_null(model_load("hello world, not a model", 24, &err));
+    cr_assert_str_eq(err, "not a model state");
+    free(c);
+    free(s.p);
+}
+
+/* A state with a valid checksum but inconsistent content is refused by
+ * the structural checks. */
+static const char *load_patched(const struct buf *s, size_t off,
+                                const void *bytes, size_t n)
+{
+    uint8_t *c = malloc(s->n);
+    memcpy(c, s->p, s->n);
+    memcpy(c + off, bytes, n);
+    uint64_t sum = model__state_checksum(c, s->n - 8);
+    memcpy(c + s->n - 8, &sum, 8);
+    const char *err = NULL;
+    struct model *m = model_load(c, s->n, &err);
+    free(c);
+    if (m) {
+        model_free(m);
+        return NULL;
+    }
+    return err;
+}
+
+Test(model, load_checks_structure_behind_the_checksum)
+{
+    struct buf s = small_state();
+    /* Sanity: re-checksummed unchanged state loads. */
+    uint32_t v = 1;
+    cr_assert_null(load_patched(&s, 8, &v, 4));
+    v = 2;
+    cr_assert_str_eq(load_patched(&s, 8, &v, 4),
+                     "unsupported model state version");
+    v = 4;
+    cr_assert_str_eq(load_patched(&s, 12, &v, 4), "bad model parameters");
+    v = 0;
+    cr_assert_str_eq(load_patched(&s, 16, &v, 4), "bad model parameters");
+    /* Every 4-byte word replaced by patterns: never a crash, and whatever
+     * loads must save back to itself. */
+    uint32_t pats[5] = {0xffffffffu, 0x7fc00000u /* NaN */,
+                        0xff800000u /* -inf */, 0x80000001u, 0x00010000u};
+    int refused = 0;
+    for (size_t off = 0; off + 4 <= s.n - 8; off += 4) {
+        for (int q = 0; q < 5; q++) {
+            uint8_t *c = malloc(s.n);
+            memcpy(c, s.p, s.n);
+            memcpy(c + off, &pats[q], 4);
+            uint64_t sum = model__state_checksum(c, s.n - 8);
+            memcpy(c + s.n - 8, &sum, 8);
+            const char *err = NULL;
+            struct model *m = model_load(c, s.n, &err);
+            if (!m) {
+                refused++;
+                cr_assert_not_null(err);
+            } else {
+                struct buf r = save(m);
+                cr_assert_eq(r.n, s.n);
+                cr_assert(!memcmp(r.p, c, s.n),
+                          "accepted state at %zu "
+                          "does not round-trip",
+                          off);
+                free(r.p);
+                model_free(m);
+            }
+            free(c);
+        }
+    }
+    cr_assert_gt(refused, 100);
+    free(s.p);
+}
+
+struct failing {
+    size_t left;
+};
+
+static int failing_write(void *ctx, const void *buf, size_t len)
+{
+    struct failing *f = ctx;
+    if (len > f->left)
+        return -ENOSPC;
+    f->left -= len;
+    return 0;
+}
+
+Test(model, save_reports_writer_errors)
+{
+    struct model *m = model_with(3, 0, 0, 0);
+    stream_mixed(m, 500, 91, 0);
+    struct failing f = {.left = 100};
+    cr_assert_eq(model_save(m, failing_write, &f), -ENOSPC);
+    model_free(m);
+}
+
+Test(model, memory_accounting)
+{
+    struct model *m = model_with(16, 0, 0, 0);
+    stream_mixed(m, 2000, 92, 0);
+    struct model_memory mm;
+    model_memory(m, &mm);
+    cr_assert_gt(mm.users, 0);
+    cr_assert_gt(mm.items, 0);
+    cr_assert_gt(mm.profiles, 0);
+    cr_assert_gt(mm.profile_entries, 0);
+    cr_assert_geq(mm.total, mm.users + mm.items + mm.profiles);
+    model_free(m);
+}
