@@ -1118,27 +1118,35 @@ static void json_bin(FILE *f, const char *p, uint32_t n, unsigned flags,
         json_base64(f, (const unsigned char *)p, n);
 }
 
-/* A map key must be a JSON string: non-string keys are rendered as JSON
- * and that text is the key. */
-static void json_key(FILE *f, const msgpack_object *k, unsigned flags)
+/* A map key must be a JSON string: a scalar key becomes its text, a
+ * container or bin key a placeholder. (Rendering containers and escaping
+ * the text would double its size at every nesting level.) */
+static void json_key(FILE *f, const msgpack_object *k)
 {
-    char *text = NULL;
-    size_t n = 0;
-    FILE *mem;
-
-    if (k->type == MSGPACK_OBJECT_STR) {
+    switch (k->type) {
+    case MSGPACK_OBJECT_STR:
         json_str(f, k->via.str.ptr, k->via.str.size);
         return;
-    }
-    mem = open_memstream(&text, &n);
-    if (mem == NULL) {
-        fputs("\"?\"", f);
+    case MSGPACK_OBJECT_NIL:
+    case MSGPACK_OBJECT_BOOLEAN:
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        fputc('"', f);
+        json_value(f, k, 0, false);
+        fputc('"', f);
+        return;
+    case MSGPACK_OBJECT_ARRAY:
+        fputs("\"<array>\"", f);
+        return;
+    case MSGPACK_OBJECT_MAP:
+        fputs("\"<map>\"", f);
+        return;
+    default:
+        fputs("\"<bin>\"", f);
         return;
     }
-    json_value(mem, k, flags, false);
-    fclose(mem);
-    json_str(f, text, n);
-    free(text);
 }
 
 static void json_value(FILE *f, const msgpack_object *o, unsigned flags,
@@ -1190,7 +1198,7 @@ static void json_value(FILE *f, const msgpack_object *o, unsigned flags,
             const msgpack_object *v = &o->via.map.ptr[i].val;
             if (i)
                 fputc(',', f);
-            json_key(f, k, flags);
+            json_key(f, k);
             fputc(':', f);
             /* The snapshot's factor matrices read as numbers. */
             if (top && v->type == MSGPACK_OBJECT_BIN &&

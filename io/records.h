@@ -134,9 +134,10 @@ void records_snapshot_destroy(struct records_snapshot **s);
 /* Writes each msgpack value in buf (one or several, back to back) as one
  * line of JSON. Floats: shortest text that reads back to the same float32
  * or float64; NaN and Inf as null. Non-UTF-8 strings get U+FFFD for the
- * bad bytes. Returns 0, -EBADMSG with *err set (not msgpack, truncated,
- * too deep), -EIO (write to out failed) or -ENOMEM. Values before the
- * bad one are written. */
+ * bad bytes. A map key that is not a string becomes its text ("7") or,
+ * for a container or bin, "<map>", "<array>", "<bin>". Returns 0, -EBADMSG with
+ * *err set (not msgpack, truncated, too deep), -EIO (write to out failed) or
+ * -ENOMEM. Values before the bad one are written. */
 int records_dump_json(FILE *out, const void *buf, size_t len, unsigned flags,
                       const char **err);
 

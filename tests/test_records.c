@@ -1053,6 +1053,34 @@ Test(records, dump_values_and_edge_cases)
     msgpack_sbuffer_destroy(&sb);
 }
 
+Test(records, dump_container_keys_stay_small)
+{
+    /* {{{...}: 1}: 1}: a key that is a map, 30 deep. */
+    char buf[64];
+    const char *err;
+    int rc, n = 0;
+
+    for (int i = 0; i < 30; i++)
+        buf[n++] = (char)0x81;
+    buf[n++] = (char)0xc0;
+    for (int i = 0; i < 30; i++)
+        buf[n++] = (char)0x01;
+    char *out = dump(buf, (size_t)n, 0, &rc, &err);
+    cr_assert_eq(rc, 0);
+    cr_assert_str_eq(out, "{\"<map>\":1}\n");
+    free(out);
+    out = dump("\x81\x92\x01\x02\x03", 5, 0, &rc, &err);
+    cr_assert_str_eq(out, "{\"<array>\":3}\n");
+    free(out);
+    out = dump("\x81\xc4\x01\x00\xc3", 5, 0, &rc, &err);
+    cr_assert_str_eq(out, "{\"<bin>\":true}\n");
+    free(out);
+    out = dump("\x82\xc0\x01\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00\x02", 13, 0,
+               &rc, &err);
+    cr_assert_str_eq(out, "{\"null\":1,\"1.5\":2}\n");
+    free(out);
+}
+
 Test(records, dump_refuses_nesting_beyond_32)
 {
     char deep[40];

@@ -1,0 +1,10 @@
+/* fuzz_event_msgpack.c -- libFuzzer target: the event decoder on msgpack
+ * values (mpscan, msgpack-c, field checks, the fold behind them). */
+#include "fuzz_event.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    return fuzz_event_one(EVENT_FORMAT_MSGPACK, data, size);
+}
