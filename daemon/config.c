@@ -213,9 +213,6 @@ static const struct config_key config_table[] = {
     K_INT(CT_U32, "model", "refine_users", "2000", 0, 100000000, true,
           model.refine_users,
           "Stale users re-solved per idle tick; 0 = no background pass."),
-    K_INT(CT_DURATION, "model", "refine_interval", "50ms", 1, 1 * HOUR, true,
-          model.refine_interval_ms,
-          "Period of the background re-solve while the input is idle."),
 
     /* [snapshot] */
     K_INT(CT_DURATION, "snapshot", "interval", "5s", 100, 1 * DAY, true,

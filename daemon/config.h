@@ -63,9 +63,7 @@ struct config {
     struct {
         struct model_params params;   /* handed to model_new as is */
         uint64_t refresh_interval_ms; /* W refresh by the clock */
-        uint32_t refine_users;        /* users re-solved per idle tick;
-                                         reloadable */
-        uint64_t refine_interval_ms;  /* idle tick period; reloadable */
+        uint32_t refine_users; /* users re-solved per idle pass; reloadable */
     } model;
 
     struct {

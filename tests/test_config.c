@@ -138,7 +138,6 @@ Test(config, defaults_are_design_section_6)
     cr_assert_eq(c->model.params.hals_sweeps, p.hals_sweeps);
     cr_assert_float_eq(c->model.params.refine_tol, p.refine_tol, 1e-300);
     cr_assert_eq(c->model.refine_users, 2000);
-    cr_assert_eq(c->model.refine_interval_ms, 50);
 
     cr_assert_eq(c->snapshot.interval_ms, 5000);
     cr_assert_eq(c->snapshot.full_every, 60);
