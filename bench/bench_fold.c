@@ -1,0 +1,196 @@
+/* bench_fold.c -- throughput and latency of model_fold on a planted stream.
+ *
+ * Generates in memory a stream with k planted segments (each segment its
+ * own bundle of items, Zipf-popular within the bundle, 2% of events on
+ * random items), users with Zipf activity, then folds it into fresh models
+ * and prints folds/s, ns/event (median and p99 over batches timed with
+ * clock_gettime), the W refresh time, and memory per user and per profile
+ * entry. Generation is not timed.
+ *
+ *   bench_fold [users items k events [runs [zipf_s]]]
+ *   defaults:   100000 10000 16 1000000 3 0.8
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+
+#define BATCH 256
+
+static uint64_t rs = 0x1234567;
+
+static double unif(void)
+{
+    uint64_t z = (rs += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+static double *zipf_cdf(uint32_t n, double s)
+{
+    double *c = malloc(n * sizeof(double)), t = 0;
+    for (uint32_t i = 0; i < n; i++)
+        c[i] = (t += pow(i + 1.0, -s));
+    for (uint32_t i = 0; i < n; i++)
+        c[i] /= t;
+    return c;
+}
+
+static uint32_t zipf_draw(const double *c, uint32_t n)
+{
+    double x = unif();
+    uint32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (c[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *x, int n)
+{
+    qsort(x, n, sizeof(double), cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+/* Ids as fixed-width strings in one block: "u0000042". */
+static char *make_ids(char prefix, uint32_t n, int width)
+{
+    char *s = malloc((size_t)n * width + 1);
+    for (uint32_t i = 0; i < n; i++) {
+        char tmp[32];
+        if (width > 24)
+            width = 24;
+        snprintf(tmp, sizeof(tmp), "%c%0*u", prefix, width - 1, i);
+        memcpy(s + (size_t)i * width, tmp, width);
+    }
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    uint32_t users = argc > 1 ? (uint32_t)atol(argv[1]) : 100000;
+    uint32_t items = argc > 2 ? (uint32_t)atol(argv[2]) : 10000;
+    uint32_t k = argc > 3 ? (uint32_t)atol(argv[3]) : 16;
+    uint64_t events = argc > 4 ? (uint64_t)atoll(argv[4]) : 1000000;
+    int runs = argc > 5 ? atoi(argv[5]) : 3;
+    double zs = argc > 6 ? atof(argv[6]) : 0.8;
+    if (!users || !items || !k || k > MODEL_K_MAX || items < k || !events ||
+        runs < 1 || runs > 20) {
+        fprintf(stderr, "usage: bench_fold [users items k events [runs "
+                        "[zipf_s]]]\n");
+        return 2;
+    }
+
+    /* The stream. */
+    uint32_t per = items / k;
+    double *ucdf = zipf_cdf(users, zs), *icdf = zipf_cdf(per, 1.0);
+    uint32_t *eu = malloc(events * sizeof(uint32_t));
+    uint32_t *ei = malloc(events * sizeof(uint32_t));
+    for (uint64_t e = 0; e < events; e++) {
+        uint32_t r = zipf_draw(ucdf, users);
+        uint32_t u = (uint32_t)(((uint64_t)r * 2654435761u) % users);
+        uint32_t i;
+        if (unif() < 0.02)
+            i = (uint32_t)(unif() * items);
+        else
+            i = (u % k) * per + zipf_draw(icdf, per);
+        eu[e] = u;
+        ei[e] = i;
+    }
+    int uw = 1 + (int)ceil(log10(users + 1.0)) + 1,
+        iw = 1 + (int)ceil(log10(items + 1.0)) + 1;
+    char *uid = make_ids('u', users, uw), *iid = make_ids('i', items, iw);
+
+    uint64_t nb = (events + BATCH - 1) / BATCH;
+    double *lat = malloc(nb * sizeof(double));
+    double rate[20], med[20], p99[20], refresh[20], bpu[20], bpe[20], prof[20];
+    struct model_stats st;
+    for (int run = 0; run < runs; run++) {
+        struct model_params p;
+        model_params_default(&p);
+        p.k = k;
+        struct model *m = model_new(&p);
+        double t0 = now_ns();
+        for (uint64_t b = 0; b < nb; b++) {
+            uint64_t e0 = b * BATCH, e1 = e0 + BATCH;
+            if (e1 > events)
+                e1 = events;
+            double a = now_ns();
+            for (uint64_t e = e0; e < e1; e++) {
+                int rc = model_fold(m, uid + (size_t)eu[e] * uw, uw,
+                                    iid + (size_t)ei[e] * iw, iw, 1.0,
+                                    1700000000000 + (int64_t)e);
+                if (rc) {
+                    fprintf(stderr, "fold: %d\n", rc);
+                    return 1;
+                }
+            }
+            lat[b] = (now_ns() - a) / (double)(e1 - e0);
+        }
+        double total = now_ns() - t0;
+        rate[run] = events / (total * 1e-9);
+        qsort(lat, nb, sizeof(double), cmp_double);
+        med[run] = lat[nb / 2];
+        p99[run] = lat[(size_t)(nb * 0.99)];
+        double rt[5];
+        for (int r = 0; r < 5; r++) {
+            double a = now_ns();
+            model_refresh(m);
+            rt[r] = (now_ns() - a) * 1e-6;
+        }
+        refresh[run] = median(rt, 5);
+        struct model_memory mm;
+        model_memory(m, &mm);
+        model_stats(m, &st);
+        bpu[run] = (double)mm.users / st.users;
+        bpe[run] = (double)mm.profiles / mm.profile_entries;
+        prof[run] = (double)mm.profile_entries / st.users;
+        printf("run %d: %.0f folds/s, median %.0f ns/event, p99 %.0f ns, "
+               "refresh %.1f ms, rel loss %.4f, %lu users, %lu items, "
+               "%lu refreshes\n",
+               run, rate[run], med[run], p99[run], refresh[run], st.rel_loss,
+               (unsigned long)st.users, (unsigned long)st.items,
+               (unsigned long)st.refreshes);
+        fflush(stdout);
+        model_free(m);
+    }
+    printf("users %u items %u k %u events %lu zipf %.2f runs %d\n", users,
+           items, k, (unsigned long)events, zs, runs);
+    printf("median: %.2f M folds/s, %.0f ns/event median, %.0f ns p99 "
+           "(batches of %d), refresh %.1f ms, %.1f bytes/user, "
+           "%.2f bytes/profile entry, %.1f entries/user\n",
+           median(rate, runs) * 1e-6, median(med, runs), median(p99, runs),
+           BATCH, median(refresh, runs), median(bpu, runs), median(bpe, runs),
+           median(prof, runs));
+    free(ucdf);
+    free(icdf);
+    free(eu);
+    free(ei);
+    free(uid);
+    free(iid);
+    free(lat);
+    return 0;
+}
