@@ -39,11 +39,15 @@
 #define HTTP_CONN_MAX         128   /* MHD_OPTION_CONNECTION_LIMIT */
 #define HTTP_SSE_MAX          64    /* /events clients at once */
 #define HTTP_SSE_QUEUE        64    /* events queued per client */
+#define HTTP_SSE_REPLAY       48    /* recent events a new client receives */
 #define HTTP_TIMEOUT_S        30    /* idle or stuck connection */
 #define HTTP_MEMORY_LIMIT     32768 /* per connection: request + headers */
 #define HTTP_SSE_KEEPALIVE_MS 15000
-#define HTTP_TIMER_MAX_MS     60000
-#define HTTP_SSE_BLOCK        4096
+
+/* A new client's queue holds the retry hint and the whole replay. */
+_Static_assert(HTTP_SSE_REPLAY + 1 <= HTTP_SSE_QUEUE, "replay fits a queue");
+#define HTTP_TIMER_MAX_MS 60000
+#define HTTP_SSE_BLOCK    4096
 
 /* One formatted SSE frame shared by every client queue that holds it. */
 struct sse_msg {
@@ -81,9 +85,10 @@ struct http {
 
     struct sse_client *clients;
     unsigned nclients;
-    struct sse_msg *latest; /* replayed to each new client */
-    struct sse_msg *hello;  /* retry hint, first frame of every stream */
-    struct sse_msg *ping;   /* keep-alive comment */
+    struct sse_msg *recent[HTTP_SSE_REPLAY]; /* ring, replayed on connect */
+    size_t recent_head, recent_n;
+    struct sse_msg *hello; /* retry hint, first frame of every stream */
+    struct sse_msg *ping;  /* keep-alive comment */
 
     struct metrics *m;
     struct metric *m_sse_clients;
@@ -287,7 +292,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         return;
     }
     if (log_ratelimit_ok(&h->log_rl, uv_now(h->loop), NULL))
-        log_info("http: %s", line);
+        log_debug("http: %s", line);
 }
 
 /* Keeps the path as sent: this file decodes it itself, strictly, so a bad
@@ -546,8 +551,9 @@ static enum MHD_Result sse_open(struct http *h, struct MHD_Connection *c,
     cl->h = h;
     cl->conn = c;
     cl->q[cl->n++] = sse_msg_ref(h->hello);
-    if (h->latest)
-        cl->q[cl->n++] = sse_msg_ref(h->latest);
+    for (size_t i = 0; i < h->recent_n; i++)
+        cl->q[cl->n++] =
+            sse_msg_ref(h->recent[(h->recent_head + i) % HTTP_SSE_REPLAY]);
     r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, HTTP_SSE_BLOCK,
                                           sse_read, cl, sse_free);
     /* Linked first: from here on sse_free (run when MHD drops r) unlinks. */
@@ -565,6 +571,29 @@ static enum MHD_Result sse_open(struct http *h, struct MHD_Connection *c,
     return http_queue(h, c, MHD_HTTP_OK, "text/event-stream", r);
 }
 
+/* Keeps the last HTTP_SSE_REPLAY events, so that a page opened now draws
+ * recent history at once instead of one point per epoch from now on. */
+static void recent_push(struct http *h, struct sse_msg *m)
+{
+    if (h->recent_n == HTTP_SSE_REPLAY) {
+        sse_msg_unref(h->recent[h->recent_head]);
+        h->recent_head = (h->recent_head + 1) % HTTP_SSE_REPLAY;
+        h->recent_n--;
+    }
+    h->recent[(h->recent_head + h->recent_n) % HTTP_SSE_REPLAY] =
+        sse_msg_ref(m);
+    h->recent_n++;
+}
+
+static void recent_clear(struct http *h)
+{
+    while (h->recent_n) {
+        sse_msg_unref(h->recent[h->recent_head]);
+        h->recent_head = (h->recent_head + 1) % HTTP_SSE_REPLAY;
+        h->recent_n--;
+    }
+}
+
 void http_sse_broadcast(struct http *h, const char *event, const char *json)
 {
     struct sse_client *cl;
@@ -576,8 +605,7 @@ void http_sse_broadcast(struct http *h, const char *event, const char *json)
     m = sse_msg_event(event, json);
     if (!m)
         return;
-    sse_msg_unref(h->latest);
-    h->latest = sse_msg_ref(m);
+    recent_push(h, m);
     for (cl = h->clients; cl; cl = cl->next)
         sse_push(cl, m);
     sse_msg_unref(m);
@@ -977,8 +1005,8 @@ void http_close(struct http *h, void (*closed)(void *arg), void *arg)
     }
     MHD_stop_daemon(h->d);
     h->d = NULL;
-    sse_msg_unref(h->latest);
+    recent_clear(h);
     sse_msg_unref(h->hello);
     sse_msg_unref(h->ping);
-    h->latest = h->hello = h->ping = NULL;
+    h->hello = h->ping = NULL;
 }

@@ -51,10 +51,11 @@ int http_port(const struct http *h);
  * nmfd_http_sse_dropped_total in m; m must outlive h. */
 int http_metrics_register(struct http *h, struct metrics *m);
 
-/* Sends "event: <event>\ndata: <json>\n\n" to every /events client and
- * keeps it as the latest, which a new client receives on connect. json
- * must be one line. A client whose queue is full loses its oldest
- * events (counted in nmfd_http_sse_dropped_total). */
+/* Sends "event: <event>\ndata: <json>\n\n" to every /events client (a
+ * json with newlines becomes several data lines). The last 48 events are
+ * kept and replayed, oldest first, to a client on connect, so it gets the
+ * latest at once and some history. A client whose queue (64 events) is
+ * full loses its oldest events (nmfd_http_sse_dropped_total). */
 void http_sse_broadcast(struct http *h, const char *event, const char *json);
 
 /* Stops accepting, drops every connection, stops MHD and closes the uv

@@ -1,0 +1,1074 @@
+/* test_http.c -- the HTTP endpoint on a real libuv loop on 127.0.0.1 with
+ * an ephemeral port. The loop (and so every provider callback) runs on its
+ * own thread; the test body is a plain-socket client on the main thread,
+ * and reaches the loop's state only through on_loop(), which runs a
+ * function on the loop thread and waits for it. Every test ends by closing
+ * http, joining the loop and asserting uv_loop_close() == 0. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <jansson.h>
+
+#include "http.h"
+#include "metrics.h"
+
+/* ---- the fixture: loop thread, fake provider ----------------------------- */
+
+struct fx {
+    uv_loop_t loop;
+    uv_async_t async;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct call *pending;
+
+    struct http *h;
+    struct metrics *m;
+    int port;
+    int closed_calls;
+
+    /* Provider state, touched only on the loop thread. */
+    int healthy;
+    int ready;
+    unsigned char *snap;
+    size_t snap_len;
+    int snap_acquired;
+    int snap_released;
+    char last_id[512];
+    int user_calls;
+};
+
+struct call {
+    void (*fn)(struct fx *, void *);
+    void *arg;
+    bool done;
+};
+
+static int p_metrics(void *ctx, char **text, size_t *len)
+{
+    struct fx *fx = ctx;
+
+    return metrics_render(fx->m, text, len);
+}
+
+static int p_health(void *ctx)
+{
+    return ((struct fx *)ctx)->healthy ? 0 : -EIO;
+}
+
+static int p_ready(void *ctx, const char **why)
+{
+    struct fx *fx = ctx;
+
+    if (fx->ready)
+        return 0;
+    *why = "loading checkpoint";
+    return -EAGAIN;
+}
+
+static void snap_release(void *ctx2)
+{
+    ((struct fx *)ctx2)->snap_released++;
+}
+
+static int p_snapshot(void *ctx, const void **buf, size_t *len,
+                      void (**release)(void *), void **ctx2)
+{
+    struct fx *fx = ctx;
+
+    if (!fx->snap)
+        return -EAGAIN;
+    fx->snap_acquired++;
+    *buf = fx->snap;
+    *len = fx->snap_len;
+    *release = snap_release;
+    *ctx2 = fx;
+    return 0;
+}
+
+static int p_user(void *ctx, const char *id, char **json)
+{
+    struct fx *fx = ctx;
+    json_t *doc;
+
+    fx->user_calls++;
+    snprintf(fx->last_id, sizeof(fx->last_id), "%s", id);
+    if (!strcmp(id, "missing"))
+        return -ENOENT;
+    if (!strcmp(id, "boom"))
+        return -EIO;
+    doc = json_pack("{s:s s:i}", "user", id, "segment", 2);
+    *json = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    return 0;
+}
+
+static int p_topics(void *ctx, char **json)
+{
+    *json = strdup("{\"k\":2,\"topics\":[{\"topic\":0},{\"topic\":1}]}");
+    return *json ? 0 : -ENOMEM;
+}
+
+static const struct http_provider provider = {
+    p_metrics, p_health, p_ready, p_snapshot, p_user, p_topics,
+};
+
+static void on_async(uv_async_t *a)
+{
+    struct fx *fx = a->data;
+    struct call *c;
+
+    pthread_mutex_lock(&fx->mu);
+    c = fx->pending;
+    fx->pending = NULL;
+    pthread_mutex_unlock(&fx->mu);
+    if (!c)
+        return;
+    c->fn(fx, c->arg);
+    pthread_mutex_lock(&fx->mu);
+    c->done = true;
+    pthread_cond_broadcast(&fx->cv);
+    pthread_mutex_unlock(&fx->mu);
+}
+
+/* Runs fn(fx, arg) on the loop thread and waits for it. */
+static void on_loop(struct fx *fx, void (*fn)(struct fx *, void *), void *arg)
+{
+    struct call c = {fn, arg, false};
+
+    pthread_mutex_lock(&fx->mu);
+    fx->pending = &c;
+    pthread_mutex_unlock(&fx->mu);
+    uv_async_send(&fx->async);
+    pthread_mutex_lock(&fx->mu);
+    while (!c.done)
+        pthread_cond_wait(&fx->cv, &fx->mu);
+    pthread_mutex_unlock(&fx->mu);
+}
+
+static void *loop_main(void *arg)
+{
+    struct fx *fx = arg;
+
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static struct fx *fx_start(void)
+{
+    struct fx *fx = calloc(1, sizeof(*fx));
+    char err[256];
+    int rc;
+
+    cr_assert_not_null(fx);
+    fx->healthy = fx->ready = 1;
+    pthread_mutex_init(&fx->mu, NULL);
+    pthread_cond_init(&fx->cv, NULL);
+    cr_assert_eq(uv_loop_init(&fx->loop), 0);
+    fx->m = metrics_new();
+    rc = http_start(&fx->h, &fx->loop, "127.0.0.1:0", &provider, fx, err,
+                    sizeof(err));
+    cr_assert_eq(rc, 0, "http_start: %d %s", rc, err);
+    cr_assert_eq(http_metrics_register(fx->h, fx->m), 0);
+    fx->port = http_port(fx->h);
+    cr_assert_gt(fx->port, 0);
+    cr_assert_eq(uv_async_init(&fx->loop, &fx->async, on_async), 0);
+    fx->async.data = fx;
+    cr_assert_eq(pthread_create(&fx->thread, NULL, loop_main, fx), 0);
+    return fx;
+}
+
+static void on_http_closed(void *arg)
+{
+    ((struct fx *)arg)->closed_calls++;
+}
+
+static void do_close(struct fx *fx, void *arg)
+{
+    http_close(fx->h, on_http_closed, fx);
+    fx->h = NULL;
+    uv_close((uv_handle_t *)&fx->async, NULL);
+}
+
+/* Closes http from the loop, joins it, asserts a clean loop. */
+static void fx_stop(struct fx *fx)
+{
+    /* on_loop cannot wait here: the async handle closes in the call. */
+    struct call c = {do_close, NULL, false};
+
+    pthread_mutex_lock(&fx->mu);
+    fx->pending = &c;
+    pthread_mutex_unlock(&fx->mu);
+    uv_async_send(&fx->async);
+    cr_assert_eq(pthread_join(fx->thread, NULL), 0);
+    cr_assert_eq(fx->closed_calls, 1, "closed callback runs once");
+    cr_assert_eq(uv_loop_close(&fx->loop), 0, "every handle closed");
+}
+
+static void fx_free(struct fx *fx)
+{
+    metrics_free(fx->m);
+    free(fx->snap);
+    pthread_mutex_destroy(&fx->mu);
+    pthread_cond_destroy(&fx->cv);
+    free(fx);
+}
+
+/* ---- a small HTTP/1.1 client ------------------------------------------- */
+
+struct resp {
+    int status;
+    char head[8192]; /* status line and headers, lower-cased names */
+    char *body;
+    size_t len;
+    bool chunked;
+};
+
+static int conn_open(int port)
+{
+    struct sockaddr_in a = {0};
+    struct timeval tv = {10, 0};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    cr_assert_geq(fd, 0);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0,
+                 "connect: %s", strerror(errno));
+    return fd;
+}
+
+static void send_all(int fd, const char *s, size_t n)
+{
+    if (n == 0)
+        n = strlen(s);
+    while (n) {
+        ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+
+        cr_assert_gt(k, 0, "send: %s", strerror(errno));
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+/* Buffered reads of one connection. */
+struct rd {
+    int fd;
+    char buf[65536];
+    size_t off, len;
+    bool eof;
+};
+
+static int rd_fill(struct rd *r)
+{
+    ssize_t k;
+
+    if (r->off == r->len)
+        r->off = r->len = 0;
+    if (r->len == sizeof(r->buf)) {
+        memmove(r->buf, r->buf + r->off, r->len - r->off);
+        r->len -= r->off;
+        r->off = 0;
+    }
+    k = recv(r->fd, r->buf + r->len, sizeof(r->buf) - r->len, 0);
+    if (k <= 0) {
+        r->eof = true;
+        return -1;
+    }
+    r->len += (size_t)k;
+    return 0;
+}
+
+/* One line without its CRLF; -1 at EOF. */
+static int rd_line(struct rd *r, char *out, size_t size)
+{
+    size_t n = 0;
+
+    for (;;) {
+        while (r->off < r->len) {
+            char c = r->buf[r->off++];
+
+            if (c == '\n') {
+                if (n && out[n - 1] == '\r')
+                    n--;
+                out[n] = '\0';
+                return (int)n;
+            }
+            if (n + 1 < size)
+                out[n++] = c;
+        }
+        if (rd_fill(r))
+            return -1;
+    }
+}
+
+static int rd_bytes(struct rd *r, char *out, size_t n)
+{
+    while (n) {
+        size_t k;
+
+        if (r->off == r->len && rd_fill(r))
+            return -1;
+        k = r->len - r->off < n ? r->len - r->off : n;
+        memcpy(out, r->buf + r->off, k);
+        r->off += k;
+        out += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static const char *header(const struct resp *p, const char *name)
+{
+    static char val[1024];
+    char key[128];
+    const char *s;
+
+    snprintf(key, sizeof(key), "\n%s:", name);
+    s = strcasestr(p->head, key);
+    if (!s)
+        return NULL;
+    s += strlen(key);
+    while (*s == ' ')
+        s++;
+    snprintf(val, sizeof(val), "%.*s", (int)strcspn(s, "\r\n"), s);
+    return val;
+}
+
+/* Reads status line and headers; the body too unless stream (SSE) or
+ * no_body (HEAD). Returns 0, or -1 if the server closed first. */
+static int read_resp(struct rd *r, struct resp *p, bool no_body, bool stream)
+{
+    char line[8192];
+    const char *cl, *te;
+    size_t hn = 0;
+    int n;
+
+    free(p->body);
+    memset(p, 0, sizeof(*p));
+    if (rd_line(r, line, sizeof(line)) < 0)
+        return -1;
+    cr_assert_eq(sscanf(line, "HTTP/1.%*d %d", &p->status), 1, "status: %s",
+                 line);
+    hn = (size_t)snprintf(p->head, sizeof(p->head), "%s\n", line);
+    while ((n = rd_line(r, line, sizeof(line))) > 0)
+        hn +=
+            (size_t)snprintf(p->head + hn, sizeof(p->head) - hn, "%s\n", line);
+    cr_assert_eq(n, 0, "headers end with an empty line");
+    te = header(p, "transfer-encoding");
+    p->chunked = te && strstr(te, "chunked");
+    if (no_body || stream)
+        return 0;
+    cl = header(p, "content-length");
+    if (cl) {
+        p->len = strtoul(cl, NULL, 10);
+        p->body = malloc(p->len + 1);
+        cr_assert_eq(rd_bytes(r, p->body, p->len), 0, "body");
+    } else if (p->chunked) {
+        for (;;) {
+            size_t k;
+
+            cr_assert_geq(rd_line(r, line, sizeof(line)), 0);
+            k = strtoul(line, NULL, 16);
+            if (k == 0) {
+                rd_line(r, line, sizeof(line));
+                break;
+            }
+            p->body = realloc(p->body, p->len + k + 1);
+            cr_assert_eq(rd_bytes(r, p->body + p->len, k), 0);
+            p->len += k;
+            rd_line(r, line, sizeof(line));
+        }
+    } else {
+        while (!rd_fill(r))
+            ;
+        p->len = r->len - r->off;
+        p->body = malloc(p->len + 1);
+        memcpy(p->body, r->buf + r->off, p->len);
+        r->off = r->len;
+    }
+    if (!p->body)
+        p->body = malloc(1);
+    p->body[p->len] = '\0';
+    return 0;
+}
+
+static int request(struct rd *r, const char *method, const char *path,
+                   const char *extra, struct resp *p)
+{
+    char req[16384];
+    int n;
+
+    n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n",
+                 method, path, extra ? extra : "");
+    cr_assert_lt((size_t)n, sizeof(req));
+    send_all(r->fd, req, (size_t)n);
+    return read_resp(r, p, !strcmp(method, "HEAD"), false);
+}
+
+/* One request on a fresh connection. */
+static void get1(struct fx *fx, const char *path, struct resp *p)
+{
+    struct rd r = {.fd = conn_open(fx->port)};
+
+    cr_assert_eq(request(&r, "GET", path, NULL, p), 0, "GET %s", path);
+    close(r.fd);
+}
+
+/* True when the server has closed the connection (EOF within 5 s). */
+static bool peer_closed(struct rd *r)
+{
+    struct pollfd pfd = {r->fd, POLLIN, 0};
+    char c;
+
+    if (r->off < r->len)
+        return false;
+    if (poll(&pfd, 1, 5000) <= 0)
+        return false;
+    return recv(r->fd, &c, 1, MSG_PEEK) == 0;
+}
+
+/* ---- loop-side helpers -------------------------------------------------- */
+
+static void set_ready(struct fx *fx, void *arg)
+{
+    fx->ready = *(int *)arg;
+}
+
+static void set_snapshot(struct fx *fx, void *arg)
+{
+    size_t n = *(size_t *)arg;
+
+    fx->snap = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        fx->snap[i] = (unsigned char)((i * 2654435761u) >> 13);
+    fx->snap_len = n;
+}
+
+struct counts {
+    int acquired, released;
+};
+
+static void get_counts(struct fx *fx, void *arg)
+{
+    struct counts *c = arg;
+
+    c->acquired = fx->snap_acquired;
+    c->released = fx->snap_released;
+}
+
+static void get_last_id(struct fx *fx, void *arg)
+{
+    snprintf(arg, 512, "%s", fx->last_id);
+}
+
+struct bcast {
+    const char *event, *json;
+};
+
+static void do_broadcast(struct fx *fx, void *arg)
+{
+    struct bcast *b = arg;
+
+    http_sse_broadcast(fx->h, b->event, b->json);
+}
+
+static void broadcast(struct fx *fx, const char *event, const char *json)
+{
+    struct bcast b = {event, json};
+
+    on_loop(fx, do_broadcast, &b);
+}
+
+static void get_metric(struct fx *fx, void *arg)
+{
+    double *v = arg;
+
+    *v = metric_value(
+        metrics_counter(fx->m, "nmfd_http_sse_dropped_total", "", NULL));
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static struct resp P;
+
+Test(http, every_route_answers, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+
+    get1(fx, "/", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(header(&P, "content-type"), "text/html; charset=utf-8");
+    cr_assert_not_null(strcasestr(P.body, "<html"), "the dashboard");
+    cr_assert_not_null(header(&P, "content-security-policy"));
+
+    get1(fx, "/healthz", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(P.body, "ok\n");
+
+    get1(fx, "/readyz", &P);
+    cr_assert_eq(P.status, 200);
+
+    get1(fx, "/topics", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(header(&P, "content-type"), "application/json");
+    cr_assert_not_null(strstr(P.body, "\"topics\""));
+
+    get1(fx, "/users/alice", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(P.body, "{\"user\":\"alice\",\"segment\":2}");
+
+    get1(fx, "/metrics?ignored=1", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(header(&P, "content-type"),
+                     "text/plain; version=0.0.4; charset=utf-8");
+    /* The earlier requests were counted by status code. */
+    cr_assert_not_null(strstr(P.body, "nmfd_http_requests_total{code=\"200\"} "
+                                      "5\n"),
+                       "%s", P.body);
+    cr_assert_not_null(strstr(P.body, "nmfd_http_sse_clients 0\n"));
+
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, keep_alive_reuses_one_connection, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+    struct rd r = {.fd = conn_open(fx->port)};
+    static const char *paths[] = {"/healthz", "/topics",  "/users/bob",
+                                  "/nope",    "/metrics", "/users/%zz",
+                                  "/"};
+
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+            cr_assert_eq(request(&r, "GET", paths[i], NULL, &P), 0,
+                         "request %zu of round %d on the same socket", i,
+                         round);
+            cr_assert_null(header(&P, "connection"), "no Connection: close");
+        }
+        /* HEAD and an error response keep the connection too. */
+        cr_assert_eq(request(&r, "HEAD", "/topics", NULL, &P), 0);
+        cr_assert_eq(P.status, 200);
+        cr_assert_eq(request(&r, "DELETE", "/topics", NULL, &P), 0);
+        cr_assert_eq(P.status, 405);
+    }
+    /* Pipelined: two requests in one write, two answers in order. */
+    send_all(r.fd,
+             "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+             "GET /users/carol HTTP/1.1\r\nHost: x\r\n\r\n",
+             0);
+    cr_assert_eq(read_resp(&r, &P, false, false), 0);
+    cr_assert_str_eq(P.body, "ok\n");
+    cr_assert_eq(read_resp(&r, &P, false, false), 0);
+    cr_assert_str_eq(P.body, "{\"user\":\"carol\",\"segment\":2}");
+    close(r.fd);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, bad_requests_get_4xx_and_the_server_goes_on, .timeout = 60)
+{
+    struct fx *fx = fx_start();
+    struct rd r = {.fd = conn_open(fx->port)};
+    char path[4096], id[512];
+
+    cr_assert_eq(request(&r, "GET", "/nope", NULL, &P), 0);
+    cr_assert_eq(P.status, 404);
+    cr_assert_eq(request(&r, "GET", "/topics/", NULL, &P), 0);
+    cr_assert_eq(P.status, 404);
+    cr_assert_eq(request(&r, "POST", "/metrics", NULL, &P), 0);
+    cr_assert_eq(P.status, 405);
+    cr_assert_str_eq(header(&P, "allow"), "GET, HEAD");
+    cr_assert_eq(request(&r, "PUT", "/", NULL, &P), 0);
+    cr_assert_eq(P.status, 405);
+
+    /* User ids: strict percent-decoding, at most 256 bytes. */
+    cr_assert_eq(request(&r, "GET", "/users/%zz", NULL, &P), 0);
+    cr_assert_eq(P.status, 400);
+    cr_assert_eq(request(&r, "GET", "/users/ab%4", NULL, &P), 0);
+    cr_assert_eq(P.status, 400);
+    cr_assert_eq(request(&r, "GET", "/users/a%00b", NULL, &P), 0);
+    cr_assert_eq(P.status, 400);
+    cr_assert_eq(request(&r, "GET", "/users/", NULL, &P), 0);
+    cr_assert_eq(P.status, 400);
+    memset(id, 'x', 257);
+    id[257] = '\0';
+    snprintf(path, sizeof(path), "/users/%s", id);
+    cr_assert_eq(request(&r, "GET", path, NULL, &P), 0);
+    cr_assert_eq(P.status, 400, "257-byte id");
+    id[256] = '\0';
+    snprintf(path, sizeof(path), "/users/%s", id);
+    cr_assert_eq(request(&r, "GET", path, NULL, &P), 0);
+    cr_assert_eq(P.status, 200, "256-byte id");
+    /* 256 bytes after decoding, 768 on the wire. */
+    for (int i = 0; i < 256; i++)
+        memcpy(path + 7 + 3 * i, "%41", 3);
+    path[7 + 768] = '\0';
+    cr_assert_eq(request(&r, "GET", path, NULL, &P), 0);
+    cr_assert_eq(P.status, 200, "256 encoded bytes");
+    cr_assert_eq(request(&r, "GET", "/users/missing", NULL, &P), 0);
+    cr_assert_eq(P.status, 404);
+    cr_assert_eq(request(&r, "GET", "/users/boom", NULL, &P), 0);
+    cr_assert_eq(P.status, 500);
+    /* Still the same connection after all of these. */
+    cr_assert_eq(request(&r, "GET", "/healthz", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+
+    /* A path longer than the limit. */
+    memset(path, 'a', 3000);
+    path[0] = '/';
+    path[3000] = '\0';
+    cr_assert_eq(request(&r, "GET", path, NULL, &P), 0);
+    cr_assert_eq(P.status, 414);
+    close(r.fd);
+
+    /* A request body is refused and that connection closed. */
+    r = (struct rd){.fd = conn_open(fx->port)};
+    cr_assert_eq(request(&r, "GET", "/healthz", "Content-Length: 5\r\n", &P),
+                 0);
+    cr_assert_eq(P.status, 413);
+    close(r.fd);
+    r = (struct rd){.fd = conn_open(fx->port)};
+    send_all(r.fd,
+             "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+             "hello",
+             0);
+    cr_assert_eq(read_resp(&r, &P, false, false), 0);
+    cr_assert_eq(P.status, 405);
+    cr_assert(peer_closed(&r), "connection with an unread body is closed");
+    close(r.fd);
+
+    /* Garbage, an oversized header block, a half request then hang-up. */
+    r = (struct rd){.fd = conn_open(fx->port)};
+    send_all(r.fd, "HELLO\r\n\r\n", 0);
+    if (read_resp(&r, &P, false, false) == 0)
+        cr_assert_geq(P.status, 400);
+    close(r.fd);
+    {
+        size_t n = 100000;
+        char *big = malloc(n + 64);
+
+        memcpy(big, "GET / HTTP/1.1\r\nX-Big: ", 23);
+        memset(big + 23, 'b', n - 23);
+        memcpy(big + n, "\r\n\r\n", 4);
+        r = (struct rd){.fd = conn_open(fx->port)};
+        /* The server may close before reading it all. */
+        (void)!send(r.fd, big, n + 4, MSG_NOSIGNAL);
+        if (read_resp(&r, &P, false, false) == 0)
+            cr_assert_geq(P.status, 400);
+        close(r.fd);
+        free(big);
+    }
+    r = (struct rd){.fd = conn_open(fx->port)};
+    send_all(r.fd, "GET /metr", 0);
+    close(r.fd);
+
+    get1(fx, "/users/a%2Fb%20c%C3%A9+d", &P);
+    cr_assert_eq(P.status, 200);
+    on_loop(fx, get_last_id, id);
+    cr_assert_str_eq(id, "a/b c\xc3\xa9+d", "percent-decoded id");
+
+    get1(fx, "/metrics", &P);
+    cr_assert_eq(P.status, 200, "the server went on");
+    cr_assert_not_null(strstr(P.body, "code=\"400\"} 5\n"), "%s", P.body);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, readyz_and_healthz_report_failures, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+    int no = 0;
+
+    on_loop(fx, set_ready, &no);
+    get1(fx, "/readyz", &P);
+    cr_assert_eq(P.status, 503);
+    cr_assert_str_eq(P.body, "not ready: loading checkpoint\n");
+    get1(fx, "/healthz", &P);
+    cr_assert_eq(P.status, 200, "alive while not ready");
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, snapshot_is_served_as_is_and_released, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+    struct rd r = {.fd = conn_open(fx->port)};
+    size_t n = 3 * 1024 * 1024 + 17;
+    struct counts c;
+
+    cr_assert_eq(request(&r, "GET", "/snapshot", NULL, &P), 0);
+    cr_assert_eq(P.status, 503, "none yet");
+    on_loop(fx, set_snapshot, &n);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(request(&r, "GET", "/snapshot", NULL, &P), 0);
+        cr_assert_eq(P.status, 200);
+        cr_assert_str_eq(header(&P, "content-type"), "application/msgpack");
+        cr_assert_eq(P.len, n);
+        cr_assert_eq(memcmp(P.body, fx->snap, n), 0, "bytes identical");
+    }
+    cr_assert_eq(request(&r, "HEAD", "/snapshot", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+    cr_assert_eq(strtoul(header(&P, "content-length"), NULL, 10), n);
+    /* The response after the last one proves the last one is finished. */
+    cr_assert_eq(request(&r, "GET", "/healthz", NULL, &P), 0);
+    on_loop(fx, get_counts, &c);
+    cr_assert_eq(c.acquired, 4);
+    cr_assert_eq(c.released, 4, "release once per response");
+
+    /* A client that leaves in the middle of the download. */
+    send_all(r.fd, "GET /snapshot HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    cr_assert_eq(rd_fill(&r), 0);
+    close(r.fd);
+    for (int i = 0; i < 500; i++) {
+        on_loop(fx, get_counts, &c);
+        if (c.released == 5)
+            break;
+        usleep(10000);
+    }
+    cr_assert_eq(c.acquired, 5);
+    cr_assert_eq(c.released, 5, "released when the client hangs up");
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, snapshot_in_flight_is_released_at_close, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+    struct rd r = {.fd = conn_open(fx->port)};
+    size_t n = 16 * 1024 * 1024;
+    int small = 4096;
+
+    /* A client that asks and never reads keeps the response alive. */
+    setsockopt(r.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    on_loop(fx, set_snapshot, &n);
+    send_all(r.fd, "GET /snapshot HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    usleep(200000);
+    fx_stop(fx);
+    cr_assert_eq(fx->snap_acquired, 1);
+    cr_assert_eq(fx->snap_released, 1, "released by http_close");
+    close(r.fd);
+    fx_free(fx);
+}
+
+/* Reads decoded SSE bytes (through the chunked framing) until needle. */
+struct sse {
+    struct rd r;
+    char text[1 << 16];
+    size_t n;
+    size_t chunk_left;
+};
+
+static bool sse_wait(struct sse *s, const char *needle)
+{
+    char line[64];
+
+    while (!strstr(s->text, needle)) {
+        size_t k;
+
+        if (s->chunk_left == 0) {
+            if (rd_line(&s->r, line, sizeof(line)) < 0)
+                return false;
+            if (!line[0] && rd_line(&s->r, line, sizeof(line)) < 0)
+                return false;
+            s->chunk_left = strtoul(line, NULL, 16);
+            if (s->chunk_left == 0)
+                return false; /* end of stream */
+        }
+        k = s->chunk_left;
+        if (k > sizeof(s->text) - 1 - s->n) {
+            /* Keep the tail only. */
+            memmove(s->text, s->text + s->n / 2, s->n - s->n / 2);
+            s->n -= s->n / 2;
+            if (k > sizeof(s->text) - 1 - s->n)
+                k = sizeof(s->text) - 1 - s->n;
+        }
+        if (rd_bytes(&s->r, s->text + s->n, k))
+            return false;
+        s->n += k;
+        s->chunk_left -= k;
+        s->text[s->n] = '\0';
+    }
+    return true;
+}
+
+static struct sse *sse_connect(struct fx *fx)
+{
+    struct sse *s = calloc(1, sizeof(*s));
+
+    s->r.fd = conn_open(fx->port);
+    send_all(s->r.fd, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    cr_assert_eq(read_resp(&s->r, &P, false, true), 0);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(header(&P, "content-type"), "text/event-stream");
+    cr_assert(P.chunked);
+    return s;
+}
+
+Test(http, sse_receives_broadcasts, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+    struct sse *a, *b;
+    double v;
+
+    a = sse_connect(fx);
+    cr_assert(sse_wait(a, "retry: 2000\n\n"));
+    broadcast(fx, "epoch", "{\"epoch\":1}");
+    cr_assert(sse_wait(a, "event: epoch\ndata: {\"epoch\":1}\n\n"));
+
+    /* A late client gets the latest event at once. */
+    b = sse_connect(fx);
+    cr_assert(sse_wait(b, "event: epoch\ndata: {\"epoch\":1}\n\n"));
+
+    /* Several events in a row, and a payload with newlines. */
+    broadcast(fx, "epoch", "{\"epoch\":2}");
+    broadcast(fx, "epoch", "{\"epoch\":3,\n\"x\":1}");
+    cr_assert(sse_wait(a, "data: {\"epoch\":2}\n\n"));
+    cr_assert(sse_wait(a, "event: epoch\ndata: {\"epoch\":3,\ndata: "
+                          "\"x\":1}\n\n"));
+    cr_assert(sse_wait(b, "data: \"x\":1}\n\n"));
+    /* A bad event name is ignored. */
+    broadcast(fx, "ep\noch", "{}");
+
+    /* Other requests still work while streams are open. */
+    get1(fx, "/metrics", &P);
+    cr_assert_not_null(strstr(P.body, "nmfd_http_sse_clients 2\n"));
+    on_loop(fx, get_metric, &v);
+    cr_assert_float_eq(v, 0, 1e-9);
+
+    /* A client that leaves is forgotten on the next write. */
+    close(b->r.fd);
+    broadcast(fx, "epoch", "{\"epoch\":61}");
+    cr_assert(sse_wait(a, "data: {\"epoch\":61}\n\n"));
+    for (int i = 0; i < 100; i++) {
+        get1(fx, "/metrics", &P);
+        if (strstr(P.body, "nmfd_http_sse_clients 1\n"))
+            break;
+        broadcast(fx, "epoch", "{\"epoch\":5}");
+        usleep(20000);
+    }
+    cr_assert_not_null(strstr(P.body, "nmfd_http_sse_clients 1\n"));
+
+    /* Recent history is replayed, oldest first, ending with the latest. */
+    for (int i = 62; i <= 120; i++) {
+        char j[32];
+
+        snprintf(j, sizeof(j), "{\"epoch\":%d}", i);
+        broadcast(fx, "epoch", j);
+    }
+    {
+        struct sse *c = sse_connect(fx);
+        const char *pfirst, *plast;
+
+        cr_assert(sse_wait(c, "data: {\"epoch\":120}\n\n"));
+        cr_assert_null(strstr(c->text, "{\"epoch\":72}"), "only the last 48");
+        pfirst = strstr(c->text, "data: {\"epoch\":73}\n\n");
+        plast = strstr(c->text, "data: {\"epoch\":120}\n\n");
+        cr_assert(pfirst && plast && pfirst < plast, "in order");
+        close(c->r.fd);
+        free(c);
+    }
+    cr_assert(sse_wait(a, "data: {\"epoch\":120}\n\n"));
+    /* Closing ends the open stream cleanly. */
+    fx_stop(fx);
+    cr_assert_not(sse_wait(a, "never sent"), "stream ended");
+    close(a->r.fd);
+    free(a);
+    free(b);
+    fx_free(fx);
+}
+
+Test(http, slow_sse_client_loses_oldest_events, .timeout = 60)
+{
+    struct fx *fx = fx_start();
+    struct sse *slow, *fast;
+    char *big = malloc(70000);
+    int small = 4096;
+    double dropped = 0;
+
+    slow = sse_connect(fx);
+    setsockopt(slow->r.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    fast = sse_connect(fx);
+    memset(big, 'z', 69990);
+    for (int i = 0; i < 400; i++) {
+        int n = snprintf(big, 32, "{\"i\":%d,\"pad\":\"", i);
+
+        big[n] = 'z';
+        strcpy(big + 69990, "\"}");
+        broadcast(fx, "epoch", big);
+        if (i % 50 == 49) {
+            char want[32];
+
+            snprintf(want, sizeof(want), "{\"i\":%d,", i);
+            cr_assert(sse_wait(fast, want), "the fast client keeps up");
+        }
+    }
+    on_loop(fx, get_metric, &dropped);
+    cr_assert_gt(dropped, 0, "the slow client's queue overflowed");
+    get1(fx, "/healthz", &P);
+    cr_assert_eq(P.status, 200);
+    fx_stop(fx);
+    close(slow->r.fd);
+    close(fast->r.fd);
+    free(slow);
+    free(fast);
+    free(big);
+    fx_free(fx);
+}
+
+Test(http, sse_client_limit, .timeout = 60)
+{
+    struct fx *fx = fx_start();
+    struct sse *s[64];
+
+    for (int i = 0; i < 64; i++)
+        s[i] = sse_connect(fx);
+    get1(fx, "/events", &P);
+    cr_assert_eq(P.status, 503);
+    get1(fx, "/healthz", &P);
+    cr_assert_eq(P.status, 200);
+    for (int i = 0; i < 64; i++) {
+        close(s[i]->r.fd);
+        free(s[i]);
+    }
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, connection_limit_then_recovery, .timeout = 60)
+{
+    struct fx *fx = fx_start();
+    int fds[160];
+
+    for (int i = 0; i < 160; i++)
+        fds[i] = conn_open(fx->port);
+    usleep(200000);
+    for (int i = 0; i < 160; i++)
+        close(fds[i]);
+    for (int i = 0; i < 50; i++) {
+        struct rd r = {.fd = conn_open(fx->port)};
+
+        if (request(&r, "GET", "/healthz", NULL, &P) == 0 && P.status == 200) {
+            close(r.fd);
+            break;
+        }
+        close(r.fd);
+        usleep(100000);
+    }
+    cr_assert_eq(P.status, 200);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, close_with_no_traffic)
+{
+    struct fx *fx = fx_start();
+
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, start_errors)
+{
+    uv_loop_t loop;
+    struct http *h = NULL, *h2 = NULL;
+    char err[256];
+    int rc;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    rc = http_start(&h, &loop, "127.0.0.1", &provider, NULL, err, sizeof(err));
+    cr_assert_eq(rc, -EINVAL);
+    cr_assert_not_null(strstr(err, "missing port"), "%s", err);
+    cr_assert_null(h);
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:99999", &provider, NULL, err,
+                            sizeof(err)),
+                 -EINVAL);
+    cr_assert_not_null(strstr(err, "out of range"), "%s", err);
+    cr_assert_eq(
+        http_start(&h, &loop, "::1:9464", &provider, NULL, err, sizeof(err)),
+        -EINVAL);
+    cr_assert_eq(http_start(&h, &loop, "", &provider, NULL, err, sizeof(err)),
+                 -EINVAL);
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:80x", &provider, NULL, err,
+                            sizeof(err)),
+                 -EINVAL);
+    rc = http_start(&h, &loop, "no-such-host.invalid:9464", &provider, NULL,
+                    err, sizeof(err));
+    cr_assert_lt(rc, 0);
+    cr_assert_not_null(strstr(err, "no-such-host.invalid"), "%s", err);
+    rc = http_start(&h, &loop, "192.0.2.1:9464", &provider, NULL, err,
+                    sizeof(err));
+    cr_assert_eq(rc, -EADDRNOTAVAIL, "foreign address: %d %s", rc, err);
+
+    /* A busy port. */
+    cr_assert_eq(
+        http_start(&h, &loop, "127.0.0.1:0", &provider, NULL, err, sizeof(err)),
+        0, "%s", err);
+    char busy[64];
+
+    snprintf(busy, sizeof(busy), "127.0.0.1:%d", http_port(h));
+    rc = http_start(&h2, &loop, busy, &provider, NULL, err, sizeof(err));
+    cr_assert_eq(rc, -EADDRINUSE, "%d %s", rc, err);
+    cr_assert_not_null(strstr(err, busy), "%s", err);
+    cr_assert_null(h2);
+    http_close(h, NULL, NULL);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+
+    cr_assert_null(http_listen_check(""));
+    cr_assert_null(http_listen_check("127.0.0.1:9464"));
+    cr_assert_null(http_listen_check("[::1]:9464"));
+    cr_assert_null(http_listen_check(":9464"));
+    cr_assert_null(http_listen_check("localhost:0"));
+    cr_assert_str_eq(http_listen_check("::1:9464"),
+                     "ipv6 address needs brackets: [addr]:port");
+    cr_assert_str_eq(http_listen_check("[::1:9464"),
+                     "missing ']' after ipv6 address");
+    cr_assert_str_eq(http_listen_check("[::1]"), "missing port after ']'");
+    cr_assert_str_eq(http_listen_check("host:"), "missing port (host:port)");
+    cr_assert_str_eq(http_listen_check("host:-1"), "port is not a number");
+}
+
+static void listen_and_close(const char *listen)
+{
+    uv_loop_t loop;
+    struct http *h = NULL;
+    char err[256];
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(
+        http_start(&h, &loop, listen, &provider, NULL, err, sizeof(err)), 0,
+        "%s: %s", listen, err);
+    cr_assert_gt(http_port(h), 0);
+    http_close(h, NULL, NULL);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+Test(http, listen_forms)
+{
+    int fd6 = socket(AF_INET6, SOCK_STREAM, 0);
+
+    listen_and_close(":0");
+    listen_and_close("localhost:0");
+    if (fd6 >= 0) {
+        close(fd6);
+        listen_and_close("[::1]:0");
+    }
+}
