@@ -337,7 +337,8 @@ static void server_on_message(void *ctx, const rd_kafka_message_t *msg)
         metric_add(s->m.folded, (double)fc.folded);
         s->folded_since_refresh += fc.folded;
         s->rate_events += fc.folded;
-        if (!uv_is_active((uv_handle_t *)&s->refine))
+        if (s->cfg->model.refine_users &&
+            !uv_is_active((uv_handle_t *)&s->refine))
             uv_idle_start(&s->refine, on_refine);
     }
     if (fc.first != EVENT_OK && s->dlq && s->cfg->input.dead_letter_topic[0]) {
@@ -815,8 +816,7 @@ static void remove_stale_temps(const char *dir)
             strstr(e->d_name, ".tmp")) {
             snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
             if (!unlink(path))
-                log_info("removed %s, left by an interrupted checkpoint",
-                         path);
+                log_info("removed %s, left by an interrupted checkpoint", path);
         }
     closedir(d);
 }
@@ -1018,10 +1018,12 @@ static void on_sighup(uv_signal_t *h, int sig)
 
     if (!fresh)
         return;
+    notify_reloading();
     if (config_load(fresh, s->opts->config_path, s->opts->sets, s->opts->nsets,
                     err, sizeof(err))) {
         log_err("reload refused, running config unchanged: %s", err);
         config_free(fresh);
+        notify_ready();
         return;
     }
     config_reload(s->cfg, fresh, changed, sizeof(changed), restart,
@@ -1036,6 +1038,7 @@ static void on_sighup(uv_signal_t *h, int sig)
                changed[0] ? changed : "(nothing changed)");
     if (restart[0])
         log_warn("changed keys that need a restart: %s", restart);
+    notify_ready();
 }
 
 /* ---- HTTP views ---------------------------------------------------------- */
@@ -1777,18 +1780,22 @@ int server_run(const struct server_opts *o, struct config *cfg)
         uint64_t wd = 0;
         uv_timer_start(&s->t_epoch, on_epoch_timer, cfg->snapshot.interval_ms,
                        cfg->snapshot.interval_ms);
-        uv_timer_start(&s->t_refresh, on_refresh_timer,
-                       cfg->model.refresh_interval_ms,
-                       cfg->model.refresh_interval_ms);
+        if (cfg->model.refresh_interval_ms) /* 0: by event count only */
+            uv_timer_start(&s->t_refresh, on_refresh_timer,
+                           cfg->model.refresh_interval_ms,
+                           cfg->model.refresh_interval_ms);
         uv_timer_start(&s->t_ckpt, on_ckpt_timer, cfg->checkpoint.interval_ms,
                        cfg->checkpoint.interval_ms);
         uv_timer_start(&s->t_status, on_status_timer, SERVER_STATUS_MS,
                        SERVER_STATUS_MS);
         uv_timer_start(&s->t_expire, on_expire_timer, SERVER_EXPIRE_MS,
                        SERVER_EXPIRE_MS);
-        if (notify_watchdog_usec(&wd) < 0)
-            log_warn("WATCHDOG_USEC is malformed; watchdog off");
-        else if (wd)
+        if (notify_watchdog_usec(&wd) < 0) {
+            /* systemd asked for a watchdog we cannot understand: running
+             * without one would get us killed at its deadline anyway. */
+            log_err("WATCHDOG_USEC/WATCHDOG_PID malformed; refusing to run");
+            server_stop(s, 1);
+        } else if (wd)
             uv_timer_start(&s->t_watchdog, on_watchdog_timer, wd / 2000,
                            wd / 2000);
     }

@@ -397,7 +397,7 @@ int checkpoint_read(const char *dir, struct checkpoint_meta *meta,
     }
     rc = checkpoint_parse(buf, got, meta, offs, noffs, m, err, errlen);
     if (rc && err && errlen) {
-        char tmp[512];
+        char tmp[sizeof(path) + 1024];
         snprintf(tmp, sizeof(tmp), "%s: %s", path, err);
         snprintf(err, errlen, "%s", tmp);
     }
