@@ -1,2 +1,435 @@
-/* io/broker.c -- placeholder, being written. */
-typedef int broker_placeholder;
+/* broker.c -- a Kafka-protocol broker hosted in this process.
+ *
+ * librdkafka's mock cluster needs a client handle to live on; this module
+ * owns a dedicated, otherwise idle producer handle for it, so that the
+ * cluster outlives any consumer or producer that talks to it and can be
+ * torn down last. It creates topics explicitly (the mock has no Admin API)
+ * and turns one-line fault commands into the mock's fault-injection calls.
+ * It never talks to the cluster as a client and holds no message data
+ * itself; the data lives in the mock and dies with broker_free(). All the
+ * mock's work runs on librdkafka's own threads, so nothing here needs a
+ * loop. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "broker.h"
+
+#define BROKER_MAX            16
+#define BROKER_PARTITIONS_MAX 10000
+#define BROKER_TOPIC_NAME_MAX 249
+
+struct broker {
+    rd_kafka_t *rk;
+    rd_kafka_mock_cluster_t *mc;
+    int nbrokers;
+    char *bootstraps;
+};
+
+static void broker__errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void broker__errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Kafka's own rule for topic names: 1..249 of [a-zA-Z0-9._-], not "." or
+ * "..". */
+static int broker__topic_name_ok(const char *name, size_t len)
+{
+    if (len == 0 || len > BROKER_TOPIC_NAME_MAX)
+        return 0;
+    if ((len == 1 && name[0] == '.') ||
+        (len == 2 && name[0] == '.' && name[1] == '.'))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!isalnum(c) && c != '.' && c != '_' && c != '-')
+            return 0;
+    }
+    return 1;
+}
+
+static int broker__topic_create(struct broker *b, const char *name, size_t len,
+                                int partitions, char *err, size_t errlen)
+{
+    char topic[BROKER_TOPIC_NAME_MAX + 1];
+    rd_kafka_resp_err_t rerr;
+
+    if (!broker__topic_name_ok(name, len)) {
+        broker__errf(err, errlen, "bad topic name '%.*s'",
+                     (int)(len > 64 ? 64 : len), name);
+        return -EINVAL;
+    }
+    if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX) {
+        broker__errf(err, errlen, "partitions must be 1..%d, not %d",
+                     BROKER_PARTITIONS_MAX, partitions);
+        return -EINVAL;
+    }
+    memcpy(topic, name, len);
+    topic[len] = '\0';
+    rerr = rd_kafka_mock_topic_create(b->mc, topic, partitions, 1);
+    if (rerr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+        broker__errf(err, errlen, "topic '%s' exists", topic);
+        return -EEXIST;
+    }
+    if (rerr) {
+        broker__errf(err, errlen, "topic '%s': %s", topic,
+                     rd_kafka_err2str(rerr));
+        return -EIO;
+    }
+    return 0;
+}
+
+struct broker *broker_new(int nbrokers, const char *topics, int partitions,
+                          char *err, size_t errlen)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = NULL;
+    struct broker *b;
+
+    if (nbrokers < 1 || nbrokers > BROKER_MAX) {
+        broker__errf(err, errlen, "brokers must be 1..%d, not %d", BROKER_MAX,
+                     nbrokers);
+        return NULL;
+    }
+    if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX) {
+        broker__errf(err, errlen, "partitions must be 1..%d, not %d",
+                     BROKER_PARTITIONS_MAX, partitions);
+        return NULL;
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b) {
+        broker__errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    b->nbrokers = nbrokers;
+
+    /* The host handle never connects anywhere: no bootstrap servers, and
+     * its log kept to errors so an idle handle stays quiet. */
+    conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) ||
+        rd_kafka_conf_set(conf, "client.id", "nmfd-broker", errstr,
+                          sizeof(errstr))) {
+        broker__errf(err, errlen, "%s", errstr);
+        goto fail;
+    }
+    b->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+    if (!b->rk) {
+        broker__errf(err, errlen, "%s", errstr);
+        goto fail;
+    }
+    conf = NULL;
+    b->mc = rd_kafka_mock_cluster_new(b->rk, nbrokers);
+    if (!b->mc) {
+        broker__errf(err, errlen, "mock cluster could not start");
+        goto fail;
+    }
+    b->bootstraps = strdup(rd_kafka_mock_cluster_bootstraps(b->mc));
+    if (!b->bootstraps) {
+        broker__errf(err, errlen, "out of memory");
+        goto fail;
+    }
+
+    for (const char *p = topics; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+
+        /* Blanks around names are tolerated, empty entries are not. */
+        while (len && isspace((unsigned char)*p))
+            p++, len--;
+        while (len && isspace((unsigned char)p[len - 1]))
+            len--;
+        if (broker__topic_create(b, p, len, partitions, err, errlen) < 0)
+            goto fail;
+        if (!comma)
+            break;
+        p = comma + 1;
+        if (!*p) {
+            broker__errf(err, errlen, "empty topic name in '%s'", topics);
+            goto fail;
+        }
+    }
+    return b;
+
+fail:
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    broker_free(b);
+    return NULL;
+}
+
+void broker_free(struct broker *b)
+{
+    if (!b)
+        return;
+    if (b->mc)
+        rd_kafka_mock_cluster_destroy(b->mc);
+    if (b->rk)
+        rd_kafka_destroy(b->rk);
+    free(b->bootstraps);
+    free(b);
+}
+
+void broker_destroy(struct broker **b)
+{
+    broker_free(*b);
+    *b = NULL;
+}
+
+const char *broker_bootstraps(const struct broker *b)
+{
+    return b->bootstraps;
+}
+
+int broker_count(const struct broker *b)
+{
+    return b->nbrokers;
+}
+
+int broker_topic_create(struct broker *b, const char *name, int partitions)
+{
+    if (!name)
+        return -EINVAL;
+    return broker__topic_create(b, name, strlen(name), partitions, NULL, 0);
+}
+
+/* Kafka protocol request names, indexed by ApiKey (KIP-4 numbering). */
+static const char *const broker_api_names[] = {
+    "Produce",
+    "Fetch",
+    "ListOffsets",
+    "Metadata",
+    "LeaderAndIsr",
+    "StopReplica",
+    "UpdateMetadata",
+    "ControlledShutdown",
+    "OffsetCommit",
+    "OffsetFetch",
+    "FindCoordinator",
+    "JoinGroup",
+    "Heartbeat",
+    "LeaveGroup",
+    "SyncGroup",
+    "DescribeGroups",
+    "ListGroups",
+    "SaslHandshake",
+    "ApiVersions",
+    "CreateTopics",
+    "DeleteTopics",
+    "DeleteRecords",
+    "InitProducerId",
+    "OffsetForLeaderEpoch",
+    "AddPartitionsToTxn",
+    "AddOffsetsToTxn",
+    "EndTxn",
+    "WriteTxnMarkers",
+    "TxnOffsetCommit",
+    "DescribeAcls",
+    "CreateAcls",
+    "DeleteAcls",
+    "DescribeConfigs",
+    "AlterConfigs",
+    "AlterReplicaLogDirs",
+    "DescribeLogDirs",
+    "SaslAuthenticate",
+    "CreatePartitions",
+};
+#define BROKER_API_COUNT                                                       \
+    (int)(sizeof(broker_api_names) / sizeof(broker_api_names[0]))
+
+/* Parses a decimal integer that must fill the whole token. */
+static int broker__parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    long v;
+
+    if (!*s)
+        return -EINVAL;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* "Produce", "ProduceRequest" (any case) or a number 0..BROKER_API_COUNT-1. */
+static int broker__parse_api(const char *s, int16_t *key)
+{
+    long v;
+
+    if (broker__parse_long(s, 0, BROKER_API_COUNT - 1, &v) == 0) {
+        *key = (int16_t)v;
+        return 0;
+    }
+    for (int i = 0; i < BROKER_API_COUNT; i++) {
+        size_t n = strlen(broker_api_names[i]);
+        if (!strncasecmp(s, broker_api_names[i], n) &&
+            (!s[n] || !strcasecmp(s + n, "Request"))) {
+            *key = (int16_t)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* An error name from librdkafka's table ("NOT_LEADER_FOR_PARTITION",
+ * "_TRANSPORT", optionally prefixed "RD_KAFKA_RESP_ERR_", any case) or a
+ * code that the table knows. */
+static int broker__parse_err(const char *s, rd_kafka_resp_err_t *code)
+{
+    const struct rd_kafka_err_desc *descs;
+    size_t n;
+    long v;
+    int numeric;
+
+    if (!strncasecmp(s, "RD_KAFKA_RESP_ERR_", 18))
+        s += 18;
+    numeric = broker__parse_long(s, -200, 1000, &v) == 0;
+    rd_kafka_get_err_descs(&descs, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (!descs[i].name)
+            continue;
+        if (numeric ? descs[i].code == (int)v : !strcasecmp(s, descs[i].name)) {
+            if (descs[i].code == RD_KAFKA_RESP_ERR_NO_ERROR)
+                return -EINVAL;
+            *code = descs[i].code;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+#define BROKER_ARGS_MAX 5
+
+int broker_fault(struct broker *b, const char *cmd, char *err, size_t errlen)
+{
+    char line[512];
+    char *argv[BROKER_ARGS_MAX + 1];
+    int argc = 0;
+    char *save = NULL;
+    long id = -1, v = 0;
+    rd_kafka_resp_err_t rerr = RD_KAFKA_RESP_ERR_NO_ERROR;
+    size_t len;
+
+    if (!cmd) {
+        broker__errf(err, errlen, "empty command");
+        return -EINVAL;
+    }
+    len = strlen(cmd);
+    if (len >= sizeof(line)) {
+        broker__errf(err, errlen, "command too long");
+        return -EINVAL;
+    }
+    memcpy(line, cmd, len + 1);
+    for (char *tok = strtok_r(line, " \t\r\n", &save); tok;
+         tok = strtok_r(NULL, " \t\r\n", &save)) {
+        if (argc == BROKER_ARGS_MAX) {
+            broker__errf(err, errlen, "too many arguments");
+            return -EINVAL;
+        }
+        argv[argc++] = tok;
+    }
+    if (argc == 0) {
+        broker__errf(err, errlen, "empty command");
+        return -EINVAL;
+    }
+
+    if (!strcmp(argv[0], "down") || !strcmp(argv[0], "up") ||
+        !strcmp(argv[0], "rtt")) {
+        int want = !strcmp(argv[0], "rtt") ? 3 : 2;
+
+        if (argc != want) {
+            broker__errf(err, errlen, "usage: %s",
+                         want == 3 ? "rtt <broker_id> <ms>"
+                                   : "down|up <broker_id>");
+            return -EINVAL;
+        }
+        if (broker__parse_long(argv[1], -1, 1L << 30, &id) < 0) {
+            broker__errf(err, errlen, "bad broker id '%s'", argv[1]);
+            return -EINVAL;
+        }
+        if (id != -1 && (id < 1 || id > b->nbrokers)) {
+            broker__errf(err, errlen, "no broker %ld (ids are 1..%d, -1 all)",
+                         id, b->nbrokers);
+            return -ENOENT;
+        }
+        if (want == 3 && broker__parse_long(argv[2], 0, 3600 * 1000, &v) < 0) {
+            broker__errf(err, errlen, "bad rtt '%s' (0..3600000 ms)", argv[2]);
+            return -EINVAL;
+        }
+        if (!strcmp(argv[0], "down"))
+            rerr = rd_kafka_mock_broker_set_down(b->mc, (int32_t)id);
+        else if (!strcmp(argv[0], "up"))
+            rerr = rd_kafka_mock_broker_set_up(b->mc, (int32_t)id);
+        else
+            rerr = rd_kafka_mock_broker_set_rtt(b->mc, (int32_t)id, (int)v);
+    } else if (!strcmp(argv[0], "error")) {
+        int16_t api;
+        rd_kafka_resp_err_t code;
+        rd_kafka_resp_err_t *codes;
+
+        if (argc != 4) {
+            broker__errf(err, errlen, "usage: error <Api> <count> <Error>");
+            return -EINVAL;
+        }
+        if (broker__parse_api(argv[1], &api) < 0) {
+            broker__errf(err, errlen, "unknown api '%s'", argv[1]);
+            return -EINVAL;
+        }
+        if (broker__parse_long(argv[2], 1, 100000, &v) < 0) {
+            broker__errf(err, errlen, "bad count '%s' (1..100000)", argv[2]);
+            return -EINVAL;
+        }
+        if (broker__parse_err(argv[3], &code) < 0) {
+            broker__errf(err, errlen, "unknown error '%s'", argv[3]);
+            return -EINVAL;
+        }
+        codes = malloc((size_t)v * sizeof(*codes));
+        if (!codes) {
+            broker__errf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        for (long i = 0; i < v; i++)
+            codes[i] = code;
+        rd_kafka_mock_push_request_errors_array(b->mc, api, (size_t)v, codes);
+        free(codes);
+    } else if (!strcmp(argv[0], "topic")) {
+        if (argc != 3) {
+            broker__errf(err, errlen, "usage: topic <name> <partitions>");
+            return -EINVAL;
+        }
+        if (broker__parse_long(argv[2], 1, BROKER_PARTITIONS_MAX, &v) < 0) {
+            broker__errf(err, errlen, "bad partition count '%s' (1..%d)",
+                         argv[2], BROKER_PARTITIONS_MAX);
+            return -EINVAL;
+        }
+        return broker__topic_create(b, argv[1], strlen(argv[1]), (int)v, err,
+                                    errlen);
+    } else {
+        broker__errf(err, errlen,
+                     "unknown command '%s' (down, up, rtt, error, topic)",
+                     argv[0]);
+        return -EINVAL;
+    }
+    if (rerr) {
+        broker__errf(err, errlen, "%s: %s", argv[0], rd_kafka_err2str(rerr));
+        return -EIO;
+    }
+    return 0;
+}
