@@ -80,11 +80,11 @@ static char *make_ids(char prefix, uint32_t n, int width)
 {
     char *s = malloc((size_t)n * width + 1);
     for (uint32_t i = 0; i < n; i++) {
-        char tmp[32];
-        if (width > 24)
-            width = 24;
-        snprintf(tmp, sizeof(tmp), "%c%0*u", prefix, width - 1, i);
-        memcpy(s + (size_t)i * width, tmp, width);
+        char *d = s + (size_t)i * width;
+        uint32_t x = i;
+        d[0] = prefix;
+        for (int c = width - 1; c > 0; c--, x /= 10)
+            d[c] = (char)('0' + x % 10);
     }
     return s;
 }

@@ -8,6 +8,7 @@
  */
 #include "hals.h"
 #include "model.h"
+#include "simd.h"
 
 /*
  * Objective (Mairal, Bach, Ponce & Sapiro, JMLR 2010, eq. 9, with the
@@ -22,6 +23,7 @@
  * streaming W and B once. r = w_i A is kept incrementally: O(k^2) per row
  * and sweep.
  */
+ONLINE_KERNEL
 void hals_update(uint32_t k, size_t rows, float *restrict W,
                  const double *restrict B, const double *restrict bscale,
                  const double *restrict A, const uint8_t *restrict skip,
@@ -72,6 +74,7 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
 }
 
 /* G += W^T W, one outer product per row, accumulated in double. */
+ONLINE_KERNEL
 void hals_gram(uint32_t k, size_t rows, const float *restrict W,
                double *restrict G)
 {

@@ -1,13 +1,14 @@
 /* online/ids.c -- interning of byte-string ids into dense indices.
  *
  * Users and items arrive as byte strings of 1..IDS_LEN_MAX bytes; the model
- * works on dense uint32 indices. This table owns the bytes (one growing
- * arena), one packed entry per index (arena offset and length) and an
- * open-addressing hash table with linear probing whose slots hold a 32-bit
- * hash tag and the index; the tag also gives the home slot, so growing the
- * table never rehashes strings and deletion shifts entries back (no
+ * works on dense uint32 indices. This table owns the bytes, in one growing
+ * arena of records (uint32 index, then the bytes), one entry per index
+ * (record offset and length) for the reverse lookup, and an open-addressing
+ * hash table with linear probing whose 64-bit slots hold the record offset,
+ * the length and a 15-bit hash tag: a lookup costs one probe sequence and
+ * one visit to the record, and deletion shifts entries back (no
  * tombstones). Indices are handed out in order of first sight, freed ones
- * reused last-freed-first, so the indices never depend on hash values or
+ * reused last-freed-first, so they never depend on hash values or
  * addresses. It must never allocate except in ids_reserve and the load
  * functions, and never invalidate an index that is still live.
  */
@@ -19,16 +20,21 @@
 
 #define IDS_LEN_BITS  9
 #define IDS_LEN_MASK  ((1ull << IDS_LEN_BITS) - 1)
+#define IDS_TAG_BITS  15
+#define IDS_TAG_MASK  ((1ull << IDS_TAG_BITS) - 1)
+#define IDS_OFF_SHIFT (IDS_LEN_BITS + IDS_TAG_BITS)
+#define IDS_OFF_MAX   (1ull << (64 - IDS_OFF_SHIFT))
+#define IDS_HDR       4 /* the record's uint32 index */
 #define IDS_SLOTS_MAX 0xfffffff0u
 
 struct ids {
     uint64_t seed;
     char *arena;
     size_t arena_len, arena_cap, arena_dead;
-    uint64_t *ent; /* per index: offset << 9 | len, 0 = free */
+    uint64_t *ent; /* per index: record offset << 9 | len, 0 = free */
     uint32_t *freel;
     uint32_t nslots, slots_cap, nfree, live;
-    uint64_t *tab; /* tag << 32 | (index + 1), 0 = empty */
+    uint64_t *tab; /* offset << 24 | len << 15 | tag, 0 = empty */
     size_t tab_cap;
 };
 
@@ -39,8 +45,8 @@ static uint64_t ids_mix(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* A word-at-a-time multiplicative hash; only its tag is kept. */
-static uint32_t ids_tag(uint64_t seed, const char *s, size_t n)
+/* A word-at-a-time multiplicative hash. */
+static uint64_t ids_hash(uint64_t seed, const char *s, size_t n)
 {
     uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ull);
     while (n >= 8) {
@@ -54,8 +60,36 @@ static uint32_t ids_tag(uint64_t seed, const char *s, size_t n)
     uint64_t x = 0;
     for (size_t i = 0; i < n; i++)
         x |= (uint64_t)(unsigned char)s[i] << (8 * i);
-    h = ids_mix(h ^ x);
-    return (uint32_t)(h >> 32);
+    return ids_mix(h ^ x);
+}
+
+/* Byte equality of two strings of n >= 1 bytes, a word at a time. */
+static inline int ids_eq(const char *a, const char *b, size_t n)
+{
+    if (n >= 8) {
+        uint64_t x, y;
+        for (size_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, b + i, 8);
+            if (x != y)
+                return 0;
+        }
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, b + n - 8, 8);
+        return x == y;
+    }
+    if (n >= 4) {
+        uint32_t x, y, z, w;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        memcpy(&z, a + n - 4, 4);
+        memcpy(&w, b + n - 4, 4);
+        return x == y && z == w;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
 }
 
 struct ids *ids_new(uint64_t seed)
@@ -77,39 +111,51 @@ void ids_free(struct ids *t)
     free(t);
 }
 
-static inline size_t ids_len_of(uint64_t e)
+static inline uint64_t ids_slot_of(uint64_t off, size_t len, uint64_t hash)
 {
-    return (size_t)(e & IDS_LEN_MASK);
+    return (off << IDS_OFF_SHIFT) | ((uint64_t)len << IDS_TAG_BITS) |
+           (hash >> (64 - IDS_TAG_BITS));
 }
 
-static inline const char *ids_bytes_of(const struct ids *t, uint64_t e)
+static inline uint32_t ids_rec_idx(const struct ids *t, uint64_t off)
 {
-    return t->arena + (e >> IDS_LEN_BITS);
+    uint32_t idx;
+    memcpy(&idx, t->arena + off, 4);
+    return idx;
 }
 
 int64_t ids_find(const struct ids *t, const char *s, size_t len)
 {
     if (!t->tab_cap)
         return -ENOENT;
-    uint32_t tag = ids_tag(t->seed, s, len);
+    uint64_t h = ids_hash(t->seed, s, len);
+    uint64_t want =
+        ((uint64_t)len << IDS_TAG_BITS) | (h >> (64 - IDS_TAG_BITS));
+    const uint64_t lowmask = (1ull << IDS_OFF_SHIFT) - 1;
     size_t mask = t->tab_cap - 1;
-    for (size_t pos = tag & mask;; pos = (pos + 1) & mask) {
+    for (size_t pos = h & mask;; pos = (pos + 1) & mask) {
         uint64_t e = t->tab[pos];
         if (!e)
             return -ENOENT;
-        if ((uint32_t)(e >> 32) != tag)
+        if ((e & lowmask) != want)
             continue;
-        uint32_t idx = (uint32_t)e - 1;
-        uint64_t en = t->ent[idx];
-        if (ids_len_of(en) == len && !memcmp(ids_bytes_of(t, en), s, len))
-            return idx;
+        uint64_t off = e >> IDS_OFF_SHIFT;
+        if (ids_eq(t->arena + off + IDS_HDR, s, len))
+            return ids_rec_idx(t, off);
     }
 }
 
-static void ids_tab_put(uint64_t *tab, size_t cap, uint64_t e)
+/* Home slot of a table entry: the hash of its record's bytes. */
+static size_t ids_home(const struct ids *t, uint64_t e, size_t mask)
 {
-    size_t mask = cap - 1;
-    size_t pos = (uint32_t)(e >> 32) & mask;
+    uint64_t off = e >> IDS_OFF_SHIFT;
+    size_t len = (size_t)((e >> IDS_TAG_BITS) & IDS_LEN_MASK);
+    return ids_hash(t->seed, t->arena + off + IDS_HDR, len) & mask;
+}
+
+static void ids_tab_put(uint64_t *tab, size_t mask, size_t home, uint64_t e)
+{
+    size_t pos = home;
     while (tab[pos])
         pos = (pos + 1) & mask;
     tab[pos] = e;
@@ -122,7 +168,8 @@ static int ids_tab_grow(struct ids *t, size_t cap)
         return -ENOMEM;
     for (size_t i = 0; i < t->tab_cap; i++)
         if (t->tab[i])
-            ids_tab_put(tab, cap, t->tab[i]);
+            ids_tab_put(tab, cap - 1, ids_home(t, t->tab[i], cap - 1),
+                        t->tab[i]);
     free(t->tab);
     t->tab = tab;
     t->tab_cap = cap;
@@ -147,11 +194,12 @@ int ids_reserve(struct ids *t, size_t len)
 {
     if (len < 1 || len > IDS_LEN_MAX)
         return -EINVAL;
-    if (t->arena_len + len > t->arena_cap) {
+    size_t need = t->arena_len + IDS_HDR + len;
+    if (need > t->arena_cap) {
         size_t cap = t->arena_cap ? t->arena_cap : 4096;
-        while (cap < t->arena_len + len)
+        while (cap < need)
             cap *= 2;
-        if (cap >> (64 - IDS_LEN_BITS))
+        if (cap >= IDS_OFF_MAX)
             return -ENOMEM;
         char *a = realloc(t->arena, cap);
         if (!a)
@@ -179,43 +227,57 @@ int ids_reserve(struct ids *t, size_t len)
     return 0;
 }
 
-static void ids_place(struct ids *t, uint32_t idx, const char *s, size_t len,
-                      uint32_t tag)
+static void ids_place(struct ids *t, uint32_t idx, const char *s, size_t len)
 {
-    memcpy(t->arena + t->arena_len, s, len);
-    t->ent[idx] = ((uint64_t)t->arena_len << IDS_LEN_BITS) | len;
-    t->arena_len += len;
-    ids_tab_put(t->tab, t->tab_cap, ((uint64_t)tag << 32) | (idx + 1ull));
+    uint64_t off = t->arena_len;
+    memcpy(t->arena + off, &idx, 4);
+    memcpy(t->arena + off + IDS_HDR, s, len);
+    t->arena_len += IDS_HDR + len;
+    t->ent[idx] = (off << IDS_LEN_BITS) | len;
+    uint64_t h = ids_hash(t->seed, s, len);
+    size_t mask = t->tab_cap - 1;
+    ids_tab_put(t->tab, mask, h & mask, ids_slot_of(off, len, h));
     t->live++;
 }
 
 uint32_t ids_insert(struct ids *t, const char *s, size_t len)
 {
     uint32_t idx = t->nfree ? t->freel[--t->nfree] : t->nslots++;
-    ids_place(t, idx, s, len, ids_tag(t->seed, s, len));
+    ids_place(t, idx, s, len);
     return idx;
 }
 
-/* Rewrites the arena with only the live ids, in index order, once most of
- * it is dead; skipped silently when memory is short. */
+/* Rewrites the arena with only the live records, in index order, and the
+ * table with it, once most of the arena is dead; skipped when memory is
+ * short (nothing changes then). */
 static void ids_compact(struct ids *t)
 {
     size_t need = t->arena_len - t->arena_dead;
     char *a = malloc(need ? need : 1);
-    if (!a)
+    uint64_t *tab = calloc(t->tab_cap, sizeof(*tab));
+    if (!a || !tab) {
+        free(a);
+        free(tab);
         return;
-    size_t off = 0;
+    }
+    size_t off = 0, mask = t->tab_cap - 1;
     for (uint32_t i = 0; i < t->nslots; i++) {
         uint64_t e = t->ent[i];
         if (!e)
             continue;
-        size_t len = ids_len_of(e);
-        memcpy(a + off, ids_bytes_of(t, e), len);
+        size_t len = (size_t)(e & IDS_LEN_MASK);
+        const char *s = t->arena + (e >> IDS_LEN_BITS) + IDS_HDR;
+        memcpy(a + off, &i, 4);
+        memcpy(a + off + IDS_HDR, s, len);
+        uint64_t h = ids_hash(t->seed, s, len);
+        ids_tab_put(tab, mask, h & mask, ids_slot_of(off, len, h));
         t->ent[i] = ((uint64_t)off << IDS_LEN_BITS) | len;
-        off += len;
+        off += IDS_HDR + len;
     }
     free(t->arena);
+    free(t->tab);
     t->arena = a;
+    t->tab = tab;
     t->arena_len = off;
     t->arena_cap = need ? need : 1;
     t->arena_dead = 0;
@@ -226,11 +288,11 @@ void ids_remove(struct ids *t, uint32_t idx)
     uint64_t en = t->ent[idx];
     if (!en)
         return;
-    size_t len = ids_len_of(en);
-    uint32_t tag = ids_tag(t->seed, ids_bytes_of(t, en), len);
+    size_t len = (size_t)(en & IDS_LEN_MASK);
+    uint64_t off = en >> IDS_LEN_BITS;
     size_t mask = t->tab_cap - 1;
-    size_t i = tag & mask;
-    while ((uint32_t)t->tab[i] != idx + 1)
+    size_t i = ids_hash(t->seed, t->arena + off + IDS_HDR, len) & mask;
+    while ((t->tab[i] >> IDS_OFF_SHIFT) != off)
         i = (i + 1) & mask;
     /* Backward-shift deletion keeps every probe chain unbroken. */
     for (size_t j = i;;) {
@@ -238,7 +300,7 @@ void ids_remove(struct ids *t, uint32_t idx)
         uint64_t e = t->tab[j];
         if (!e)
             break;
-        size_t home = (uint32_t)(e >> 32) & mask;
+        size_t home = ids_home(t, e, mask);
         int stays = (j > i) ? (home > i && home <= j) : (home > i || home <= j);
         if (!stays) {
             t->tab[i] = e;
@@ -249,7 +311,7 @@ void ids_remove(struct ids *t, uint32_t idx)
     t->ent[idx] = 0;
     t->freel[t->nfree++] = idx;
     t->live--;
-    t->arena_dead += len;
+    t->arena_dead += IDS_HDR + len;
     if (t->arena_dead > 65536 && 2 * t->arena_dead > t->arena_len)
         ids_compact(t);
 }
@@ -259,8 +321,8 @@ const char *ids_get(const struct ids *t, uint32_t idx, size_t *len)
     if (idx >= t->nslots || !t->ent[idx])
         return NULL;
     if (len)
-        *len = ids_len_of(t->ent[idx]);
-    return ids_bytes_of(t, t->ent[idx]);
+        *len = (size_t)(t->ent[idx] & IDS_LEN_MASK);
+    return t->arena + (t->ent[idx] >> IDS_LEN_BITS) + IDS_HDR;
 }
 
 uint32_t ids_slots(const struct ids *t)
@@ -310,7 +372,7 @@ int ids_load_put(struct ids *t, uint32_t idx, const char *s, size_t len)
     int rc = ids_reserve(t, len);
     if (rc)
         return rc;
-    ids_place(t, idx, s, len, ids_tag(t->seed, s, len));
+    ids_place(t, idx, s, len);
     return 0;
 }
 

@@ -55,6 +55,7 @@
 #include "hals.h"
 #include "model_impl.h"
 #include "nnls.h"
+#include "simd.h"
 
 /* One event as seen by a user's solve. */
 struct model_ev {
@@ -160,6 +161,9 @@ void model_free(struct model *m)
     free(m->G);
     free(m->S);
     free(m->bcol);
+    free(m->bc);
+    free(m->bc_gen);
+    free(m->bc_free);
     pool_free(&m->pool);
     free(m);
 }
@@ -280,21 +284,6 @@ static void model_frame_move(struct model *m, int64_t t0)
         m->bcol[j] = 1;
 }
 
-/* The value an entry of the profile takes after the event. */
-static inline float model_entry_value(float vo, float ff, int64_t q,
-                                      const struct model_ev *ev, int64_t evict,
-                                      int dropped)
-{
-    if (q == evict)
-        return ev->w;
-    if (dropped)
-        return 0;
-    float v = vo * ff;
-    if (ev && q == ev->pos)
-        v += ev->w;
-    return v >= FLT_MIN ? v : 0;
-}
-
 /* Moves a profile into the next size class (reserved by the caller). */
 static void model_profile_move(struct model *m, struct model_user *us)
 {
@@ -312,18 +301,118 @@ static void model_profile_move(struct model *m, struct model_user *us)
     us->cls = (uint8_t)c;
 }
 
+int model__bcache_reserve(struct model *m)
+{
+    if (m->bc_nfree || m->bc_n < m->bc_cap)
+        return 0;
+    size_t cap = m->bc_cap ? 2 * (size_t)m->bc_cap : 256;
+    if (cap > 0xffffff00u)
+        return -ENOMEM;
+    double *bc = realloc(m->bc, cap * m->k * sizeof(double));
+    if (!bc)
+        return -ENOMEM;
+    m->bc = bc;
+    uint64_t *gen = realloc(m->bc_gen, cap * sizeof(uint64_t));
+    if (!gen)
+        return -ENOMEM;
+    m->bc_gen = gen;
+    uint32_t *fl = realloc(m->bc_free, cap * sizeof(uint32_t));
+    if (!fl)
+        return -ENOMEM;
+    m->bc_free = fl;
+    m->bc_cap = (uint32_t)cap;
+    return 0;
+}
+
+uint32_t model__bcache_take(struct model *m)
+{
+    uint32_t s = m->bc_nfree ? m->bc_free[--m->bc_nfree] : m->bc_n++;
+    m->bc_gen[s] = m->wgen - 1; /* not valid yet */
+    return s;
+}
+
+/* Subtracts (sign -1) or adds (sign +1) the user's contribution
+ * c_u v_u h_u^T to the stored B: one pass over the profile. */
+ONLINE_KERNEL
+static void model_b_apply(struct model *m, uint32_t u, double sign)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    if (!us->n)
+        return;
+    const float *restrict hu = m->H + (size_t)u * k;
+    double c[MODEL_K_MAX];
+    double s = sign * model_frame_weight(m, us->t);
+    int any = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        c[j] = s * (double)hu[j] / m->bcol[j];
+        any |= hu[j] != 0;
+    }
+    if (!any)
+        return;
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double *restrict B = m->B;
+    for (uint32_t q = 0; q < us->n; q++) {
+        double *restrict bi = B + (size_t)it[q] * k;
+        double v = va[q];
+        for (uint32_t j = 0; j < k; j++)
+            bi[j] += v * c[j];
+    }
+}
+
+/* Brings every pending user's contribution into the stored B, in user
+ * index order, so that B is exact before HALS reads it. */
+static void model_b_sync(struct model *m)
+{
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if ((us->flags & (MODEL_U_LIVE | MODEL_U_INB)) != MODEL_U_LIVE)
+            continue;
+        model_b_apply(m, u, 1);
+        us->flags |= MODEL_U_INB;
+    }
+}
+
+/* b = W^T v over the profile. */
+ONLINE_KERNEL
+static void model_wtv(const struct model *m, const struct model_user *us,
+                      double *restrict b)
+{
+    const uint32_t k = m->k;
+    for (uint32_t j = 0; j < k; j++)
+        b[j] = 0;
+    if (!us->n)
+        return;
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    const float *restrict W = m->W;
+    for (uint32_t q = 0; q < us->n; q++) {
+        const float *restrict wi = W + (size_t)it[q] * k;
+        double v = va[q];
+        for (uint32_t j = 0; j < k; j++)
+            b[j] += v * wi[j];
+    }
+}
+
 /*
  * One user's step: apply the event ev (if any) and drop the items marked
  * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
- * user's contribution to the statistics, exactly:
+ * user's contribution to the statistics:
  *     A += c_new h_new h_new^T - c_old h_old h_old^T
- *     B[i] += c_new v_new[i] h_new - c_old v_old[i] h_old  (profile items)
  *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
  * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
- * (float) h, so the sums are those of the stored model. Two passes over
- * the profile: W^T v, then B and the new values. Needs any profile growth
- * reserved beforehand; cannot fail.
+ * (float) h, so the sums are those of the stored model. B's share,
+ * c_u v_u h_u^T, is replaced lazily: subtracted here (one pass over the
+ * old profile) if it is in B, and added back with the then-current h and
+ * profile by model_b_sync before the next HALS; a user changing many
+ * times between refreshes pays the pass once. b = W^T v comes from the
+ * user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)), else from
+ * one pass over the profile. Needs any growth reserved beforehand;
+ * cannot fail.
  */
+ONLINE_KERNEL
 static void model_user_solve(struct model *m, uint32_t u,
                              const struct model_ev *ev, const uint8_t *drop)
 {
@@ -331,15 +420,21 @@ static void model_user_solve(struct model *m, uint32_t u,
     struct model_user *us = &m->u[u];
     float *restrict hu = m->H + (size_t)u * k;
     double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX];
-    double an[MODEL_K_MAX], ao[MODEL_K_MAX], cn[MODEL_K_MAX], co[MODEL_K_MAX];
+    double an[MODEL_K_MAX], ao[MODEL_K_MAX];
     float hf[MODEL_K_MAX];
     const double f = ev ? ev->f : 1.0;
     const float ff = (float)f;
     const int64_t t_new = ev ? ev->t : us->t;
+    const int64_t pos = ev ? ev->pos : -1;
     int64_t evict = -1;
     int add = 0;
 
-    if (ev && ev->pos < 0 && ev->w >= FLT_MIN) {
+    if (us->flags & MODEL_U_INB) {
+        model_b_apply(m, u, -1);
+        us->flags &= (uint8_t)~MODEL_U_INB;
+    }
+
+    if (ev && pos < 0 && ev->w >= FLT_MIN) {
         if (us->n < m->p.profile_max) {
             add = 1;
             if (us->slab == POOL_NONE || us->n == (1u << us->cls))
@@ -361,33 +456,106 @@ static void model_user_solve(struct model *m, uint32_t u,
         }
     }
 
+    /* The profile, updated in place; v^T v alongside. */
     const uint32_t n = us->n;
-    uint32_t *it = n ? pool_items(&m->pool, us->cls, us->slab) : NULL;
-    float *va = n ? pool_vals(&m->pool, us->cls, us->slab) : NULL;
-    const float *restrict W = m->W;
-
-    /* Pass 1: b = W^T v_new and v_new^T v_new. */
-    double vtv = 0;
-    for (uint32_t j = 0; j < k; j++)
-        b[j] = 0;
-    for (uint32_t q = 0; q < n; q++) {
-        uint32_t io = it[q];
-        float v = model_entry_value(va[q], ff, q, ev, evict,
-                                    drop && q != evict && drop[io]);
-        if (v == 0)
-            continue;
-        const float *restrict wi = W + (size_t)(q == evict ? ev->item : io) * k;
-        double vd = v;
-        vtv += vd * vd;
-        for (uint32_t j = 0; j < k; j++)
-            b[j] += vd * wi[j];
+    uint32_t *it =
+        us->slab != POOL_NONE ? pool_items(&m->pool, us->cls, us->slab) : NULL;
+    float *va =
+        us->slab != POOL_NONE ? pool_vals(&m->pool, us->cls, us->slab) : NULL;
+    float ve = 0; /* the evicted entry, decayed */
+    uint32_t ie = 0;
+    uint32_t out = n;
+    double vtv = us->vnorm;
+    int moved = 0; /* some entry changed beyond f v + event */
+    if (ff != 1.0f || drop) {
+        vtv = 0;
+        out = 0;
+        for (uint32_t q = 0; q < n; q++) {
+            uint32_t io = it[q];
+            float v;
+            if (q == evict) {
+                ve = va[q] * ff;
+                ie = io;
+                v = ev->w;
+                io = ev->item;
+            } else if (drop && drop[io]) {
+                v = 0;
+                moved = 1;
+            } else {
+                v = va[q] * ff;
+                if (q == pos)
+                    v += ev->w;
+                if (!(v >= FLT_MIN)) {
+                    v = 0;
+                    moved = 1;
+                }
+            }
+            if (v != 0) {
+                it[out] = io;
+                va[out] = v;
+                out++;
+                vtv += (double)v * v;
+            }
+        }
+    } else if (pos >= 0) {
+        float vo = va[pos], v = vo + ev->w;
+        vtv += (double)v * v - (double)vo * vo;
+        va[pos] = v;
+    } else if (evict >= 0) {
+        ve = va[evict];
+        ie = it[evict];
+        vtv += (double)ev->w * ev->w - (double)ve * ve;
+        it[evict] = ev->item;
+        va[evict] = ev->w;
     }
     if (add) {
-        const float *restrict wi = W + (size_t)ev->item * k;
-        double vd = ev->w;
-        vtv += vd * vd;
+        it = pool_items(&m->pool, us->cls, us->slab);
+        va = pool_vals(&m->pool, us->cls, us->slab);
+        it[out] = ev->item;
+        va[out] = ev->w;
+        out++;
+        vtv += (double)ev->w * ev->w;
+    }
+    us->n = (uint16_t)out;
+    if (!out) {
+        vtv = 0;
+        if (us->slab != POOL_NONE) {
+            pool_release(&m->pool, us->cls, us->slab);
+            us->slab = POOL_NONE;
+            us->cls = 0;
+        }
+    } else if (!(vtv > 0)) {
+        vtv = 0;
+    }
+
+    /* b = W^T v: from the cache when it is valid, else one pass. */
+    double *bc = NULL;
+    if (us->bslot == POOL_NONE && out >= MODEL_BCACHE_MIN &&
+        (m->bc_nfree || m->bc_n < m->bc_cap))
+        us->bslot = model__bcache_take(m);
+    if (us->bslot != POOL_NONE)
+        bc = m->bc + (size_t)us->bslot * k;
+    if (bc && m->bc_gen[us->bslot] == m->wgen && !moved) {
         for (uint32_t j = 0; j < k; j++)
-            b[j] += vd * wi[j];
+            b[j] = f * bc[j];
+        if (ev && (pos >= 0 || add || evict >= 0)) {
+            const float *restrict wi = m->W + (size_t)ev->item * k;
+            double w = ev->w;
+            for (uint32_t j = 0; j < k; j++)
+                b[j] += w * wi[j];
+        }
+        if (evict >= 0) {
+            const float *restrict we = m->W + (size_t)ie * k;
+            double v = ve;
+            for (uint32_t j = 0; j < k; j++)
+                b[j] -= v * we[j];
+        }
+    } else {
+        model_wtv(m, us, b);
+    }
+    if (bc) {
+        memcpy(bc, b, k * sizeof(double));
+        m->bc_gen[us->bslot] = m->wgen;
     }
 
     /* The solve, warm-started from the old h decayed like the profile. */
@@ -423,63 +591,18 @@ static void model_user_solve(struct model *m, uint32_t u,
     if (!(loss > 0))
         loss = 0;
 
-    /* Pass 2: replace the contribution to B and store the new values. */
     double s_old = model_frame_weight(m, us->t);
     double s_new = model_frame_weight(m, t_new);
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * (double)hu[j];
         an[j] = s_new * (double)hf[j];
-        co[j] = ao[j] / m->bcol[j];
-        cn[j] = an[j] / m->bcol[j];
     }
-    double *restrict B = m->B;
-    uint32_t out = 0;
-    for (uint32_t q = 0; q < n; q++) {
-        uint32_t io = it[q];
-        float vo = va[q];
-        float v = model_entry_value(vo, ff, q, ev, evict,
-                                    drop && q != evict && drop[io]);
-        double vd = v, vod = vo;
-        double *restrict bo = B + (size_t)io * k;
-        if (q != evict) {
-            for (uint32_t j = 0; j < k; j++)
-                bo[j] += vd * cn[j] - vod * co[j];
-        } else {
-            double *restrict bn = B + (size_t)ev->item * k;
-            for (uint32_t j = 0; j < k; j++)
-                bo[j] -= vod * co[j];
-            for (uint32_t j = 0; j < k; j++)
-                bn[j] += vd * cn[j];
-            io = ev->item;
-        }
-        if (v != 0) {
-            it[out] = io;
-            va[out] = v;
-            out++;
-        }
-    }
-    if (add) {
-        double *restrict bn = B + (size_t)ev->item * k;
-        double vd = ev->w;
-        for (uint32_t j = 0; j < k; j++)
-            bn[j] += vd * cn[j];
-        it = pool_items(&m->pool, us->cls, us->slab);
-        va = pool_vals(&m->pool, us->cls, us->slab);
-        it[out] = ev->item;
-        va[out] = ev->w;
-        out++;
-    }
-    us->n = (uint16_t)out;
-    if (!out && us->slab != POOL_NONE) {
-        pool_release(&m->pool, us->cls, us->slab);
-        us->slab = POOL_NONE;
-        us->cls = 0;
-    }
-
     double *restrict A = m->A;
     for (uint32_t j = 0; j < k; j++) {
         double *restrict aj = A + (size_t)j * k;
         double anj = an[j], aoj = ao[j];
+        if (anj == 0 && aoj == 0)
+            continue;
         for (uint32_t l = 0; l < k; l++)
             aj[l] += anj * (double)hf[l] - aoj * (double)hu[l];
     }
@@ -506,33 +629,23 @@ static void model_user_remove(struct model *m, uint32_t u)
     const uint32_t k = m->k;
     struct model_user *us = &m->u[u];
     float *hu = m->H + (size_t)u * k;
-    double ao[MODEL_K_MAX], co[MODEL_K_MAX];
+    if (us->flags & MODEL_U_INB)
+        model_b_apply(m, u, -1);
     double s_old = model_frame_weight(m, us->t);
-    for (uint32_t j = 0; j < k; j++) {
-        ao[j] = s_old * (double)hu[j];
-        co[j] = ao[j] / m->bcol[j];
-    }
-    if (us->n) {
-        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-        const float *va = pool_vals(&m->pool, us->cls, us->slab);
-        for (uint32_t q = 0; q < us->n; q++) {
-            double *bo = m->B + (size_t)it[q] * k;
-            double vod = va[q];
-            for (uint32_t j = 0; j < k; j++)
-                bo[j] -= vod * co[j];
-        }
-    }
     if (us->slab != POOL_NONE)
         pool_release(&m->pool, us->cls, us->slab);
+    if (us->bslot != POOL_NONE)
+        m->bc_free[m->bc_nfree++] = us->bslot;
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
-            m->A[(size_t)j * k + l] -= ao[j] * (double)hu[l];
+            m->A[(size_t)j * k + l] -= s_old * (double)hu[j] * hu[l];
     m->loss_s -= s_old * us->loss;
     m->norm_s -= s_old * us->vnorm;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
         m->stale--;
     memset(us, 0, sizeof(*us));
     us->slab = POOL_NONE;
+    us->bslot = POOL_NONE;
     memset(hu, 0, k * sizeof(float));
     ids_remove(m->uids, u);
     m->dirty = 1;
@@ -548,7 +661,8 @@ static uint32_t model_user_add(struct model *m, const char *id, size_t len,
     us->changed = m->epoch;
     us->solved = (uint32_t)m->refreshes;
     us->slab = POOL_NONE;
-    us->live = 1;
+    us->bslot = POOL_NONE;
+    us->flags = MODEL_U_LIVE;
     memset(m->H + (size_t)u * m->k, 0, m->k * sizeof(float));
     return u;
 }
@@ -592,7 +706,7 @@ static void model_rebuild(struct model *m)
     double an[MODEL_K_MAX];
     for (uint32_t u = 0; u < U; u++) {
         struct model_user *us = &m->u[u];
-        if (!us->live)
+        if (!(us->flags & MODEL_U_LIVE))
             continue;
         const float *hu = m->H + (size_t)u * k;
         double s = model_frame_weight(m, us->t);
@@ -613,6 +727,7 @@ static void model_rebuild(struct model *m)
                 m->A[(size_t)j * k + l] += an[j] * (double)hu[l];
         m->loss_s += s * us->loss;
         m->norm_s += s * us->vnorm;
+        us->flags |= MODEL_U_INB;
     }
 }
 
@@ -630,7 +745,7 @@ static int model_resample(struct model *m, uint32_t j)
     for (int t = 0; t < 64; t++) {
         uint32_t u = (uint32_t)rng_below(&m->rng, U);
         const struct model_user *us = &m->u[u];
-        if (!us->live || !us->n)
+        if (!(us->flags & MODEL_U_LIVE) || !us->n)
             continue;
         double w = model_frame_weight(m, us->t) * us->vnorm;
         if (best < 0 || w > bw) {
@@ -642,7 +757,7 @@ static int model_resample(struct model *m, uint32_t j)
         uint32_t start = (uint32_t)rng_below(&m->rng, U);
         for (uint32_t c = 0; c < U && best < 0; c++) {
             uint32_t u = (start + c) % U;
-            if (m->u[u].live && m->u[u].n)
+            if ((m->u[u].flags & MODEL_U_LIVE) && m->u[u].n)
                 best = u;
         }
     }
@@ -683,6 +798,8 @@ void model_refresh(struct model *m)
     double colsq[MODEL_K_MAX], mult[MODEL_K_MAX];
     double maxdiag = 0;
 
+    model_b_sync(m);
+    m->wgen++;
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
             S[(size_t)j * k + l] =
@@ -743,7 +860,7 @@ void model_refresh(struct model *m)
         }
         uint32_t U = ids_slots(m->uids);
         for (uint32_t u = 0; u < U; u++) {
-            if (!m->u[u].live)
+            if (!(m->u[u].flags & MODEL_U_LIVE))
                 continue;
             float *restrict hu = m->H + (size_t)u * k;
             int changed = 0;
@@ -774,7 +891,7 @@ static void model_solve_all(struct model *m)
 {
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++)
-        if (m->u[u].live)
+        if (m->u[u].flags & MODEL_U_LIVE)
             model_user_solve(m, u, NULL, NULL);
 }
 
@@ -796,7 +913,7 @@ static void model_seed_columns(struct model *m)
     const size_t M = ids_slots(m->iids);
     uint32_t have = 0;
     for (uint32_t u = 0; u < U; u++)
-        have += m->u[u].live && m->u[u].n;
+        have += (m->u[u].flags & MODEL_U_LIVE) && m->u[u].n;
     if (have < k || !M)
         return;
     double *d = malloc((size_t)U * sizeof(double));
@@ -810,7 +927,7 @@ static void model_seed_columns(struct model *m)
         double total = 0;
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
-            if (us->live && us->n)
+            if ((us->flags & MODEL_U_LIVE) && us->n)
                 total += d[u] * d[u] *
                          sqrt(model_frame_weight(m, us->t) * us->vnorm);
         }
@@ -818,7 +935,7 @@ static void model_seed_columns(struct model *m)
         int64_t pick = -1;
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
-            if (!us->live || !us->n)
+            if (!(us->flags & MODEL_U_LIVE) || !us->n)
                 continue;
             double w =
                 d[u] * d[u] * sqrt(model_frame_weight(m, us->t) * us->vnorm);
@@ -849,7 +966,7 @@ static void model_seed_columns(struct model *m)
             m->W[i * k + j] = (float)(m->W[i * k + j] / sqrt(sq));
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
-            if (!us->live || !us->n)
+            if (!(us->flags & MODEL_U_LIVE) || !us->n)
                 continue;
             const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
@@ -865,6 +982,7 @@ static void model_seed_columns(struct model *m)
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, m->G);
+    m->wgen++;
 out:
     free(d);
     free(x);
@@ -887,6 +1005,25 @@ static void model_warmup(struct model *m)
     }
     model_rebuild(m);
     m->warm_done = 1;
+}
+
+/* Position of item x in a profile, -1 if absent: blocks of 16 compared
+ * without branches (vectorised), then the exact position. */
+ONLINE_KERNEL
+static int64_t model_find(const uint32_t *restrict it, uint32_t n, uint32_t x)
+{
+    uint32_t q = 0;
+    for (; q + 16 <= n; q += 16) {
+        int hit = 0;
+        for (uint32_t r = 0; r < 16; r++)
+            hit |= it[q + r] == x;
+        if (hit)
+            break;
+    }
+    for (; q < n; q++)
+        if (it[q] == x)
+            return q;
+    return -1;
 }
 
 int model_fold(struct model *m, const char *user, size_t user_len,
@@ -918,21 +1055,18 @@ int model_fold(struct model *m, const char *user, size_t user_len,
             return rc;
     } else {
         const struct model_user *us = &m->u[ui];
-        if (ii >= 0 && us->n) {
-            const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-            for (uint32_t q = 0; q < us->n; q++) {
-                if (it[q] == (uint32_t)ii) {
-                    pos = q;
-                    break;
-                }
-            }
-        }
+        if (ii >= 0 && us->n)
+            pos = model_find(pool_items(&m->pool, us->cls, us->slab), us->n,
+                             (uint32_t)ii);
         if (pos < 0 && us->n < m->p.profile_max &&
             (us->slab == POOL_NONE || us->n == (1u << us->cls))) {
             uint32_t c = us->slab == POOL_NONE ? 0 : us->cls + 1u;
             if ((rc = pool_reserve(&m->pool, c)))
                 return rc;
         }
+        if (us->bslot == POOL_NONE && us->n + 1u >= MODEL_BCACHE_MIN &&
+            (rc = model__bcache_reserve(m)))
+            return rc;
     }
 
     const int64_t hl = m->p.half_life_ms;
@@ -987,7 +1121,8 @@ size_t model_refine(struct model *m, size_t max_users)
             uint32_t u = m->cursor < U ? m->cursor : 0;
             m->cursor = u + 1 < U ? u + 1 : 0;
             const struct model_user *us = &m->u[u];
-            if (!us->live || us->solved == (uint32_t)m->refreshes)
+            if (!(us->flags & MODEL_U_LIVE) ||
+                us->solved == (uint32_t)m->refreshes)
                 continue;
             model_user_solve(m, u, NULL, NULL);
             done++;
@@ -1035,10 +1170,11 @@ size_t model_expire(struct model *m, int64_t now)
         }
         memset(m->G, 0, (size_t)k * k * sizeof(double));
         hals_gram(k, M, m->W, m->G);
+        m->wgen++;
     }
     for (uint32_t u = 0; u < U; u++) {
         struct model_user *us = &m->u[u];
-        if (!us->live)
+        if (!(us->flags & MODEL_U_LIVE))
             continue;
         if (us->t < cut) {
             model_user_remove(m, u);
@@ -1108,7 +1244,7 @@ uint32_t model_user_slots(const struct model *m)
 int model_user_get(const struct model *m, uint32_t idx,
                    struct model_user_view *v)
 {
-    if (idx >= ids_slots(m->uids) || !m->u[idx].live)
+    if (idx >= ids_slots(m->uids) || !(m->u[idx].flags & MODEL_U_LIVE))
         return -ENOENT;
     const struct model_user *us = &m->u[idx];
     const float *h = m->H + (size_t)idx * m->k;
@@ -1140,7 +1276,7 @@ int model_user_profile(const struct model *m, uint32_t idx,
                        const uint32_t **items, const float **values,
                        uint32_t *n)
 {
-    if (idx >= ids_slots(m->uids) || !m->u[idx].live)
+    if (idx >= ids_slots(m->uids) || !(m->u[idx].flags & MODEL_U_LIVE))
         return -ENOENT;
     const struct model_user *us = &m->u[idx];
     *n = us->n;
@@ -1182,6 +1318,21 @@ void model_B(const struct model *m, double *out)
     for (size_t i = 0; i < M; i++)
         for (uint32_t j = 0; j < k; j++)
             out[i * k + j] = m->B[i * k + j] * c[j];
+    /* Users whose share is not in the stored B yet. */
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++) {
+        const struct model_user *us = &m->u[u];
+        if ((us->flags & (MODEL_U_LIVE | MODEL_U_INB)) != MODEL_U_LIVE ||
+            !us->n)
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        double s = model_frame_weight(m, us->t) * scale;
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++)
+            for (uint32_t j = 0; j < k; j++)
+                out[(size_t)it[q] * k + j] += s * va[q] * (double)hu[j];
+    }
 }
 
 /* Is (wa, ia) stronger than (wb, ib)? Larger weight, then lower index. */
@@ -1271,7 +1422,7 @@ void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)
             mass[j] = 0;
     }
     for (uint32_t u = 0; u < U; u++) {
-        if (!m->u[u].live)
+        if (!(m->u[u].flags & MODEL_U_LIVE))
             continue;
         const float *h = m->H + (size_t)u * k;
         uint32_t seg = 0;
@@ -1296,6 +1447,7 @@ void model_memory(const struct model *m, struct model_memory *mm)
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
                 ids_bytes(m->iids);
+    mm->users += (size_t)m->bc_cap * (k * sizeof(double) + 12);
     mm->profiles = pool_bytes(&m->pool);
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++)

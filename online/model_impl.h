@@ -23,10 +23,18 @@ struct model_user {
     double vnorm;     /* ||v||^2, valued at t */
     uint32_t solved;  /* refresh count at the last solve */
     uint32_t slab;    /* profile slab in class cls, POOL_NONE if none */
+    uint32_t bslot;   /* cached W^T v slot, POOL_NONE if none */
     uint16_t n;       /* profile entries */
     uint8_t cls;
-    uint8_t live;
+    uint8_t flags; /* MODEL_U_* */
 };
+
+#define MODEL_U_LIVE 1u
+#define MODEL_U_INB  2u /* the user's contribution is in the stored B */
+
+/* Users with at least this many profile entries keep b = W^T v between
+ * events (k doubles), updated in O(k) per event while W is unchanged. */
+#define MODEL_BCACHE_MIN 32
 
 struct model {
     struct model_params p;
@@ -43,6 +51,13 @@ struct model {
     double *G;    /* k x k, W^T W */
     double *bcol; /* k */
     double *S;    /* k x k scratch of model_refresh */
+    /* Cached b = W^T v of heavy users: slot s holds k doubles, valid
+     * while bc_gen[s] == wgen (bumped whenever W changes under them). */
+    double *bc;
+    uint64_t *bc_gen;
+    uint32_t *bc_free;
+    uint32_t bc_n, bc_cap, bc_nfree;
+    uint64_t wgen;
     struct pool pool;
     struct rng rng;
     /* Time: scale = 2^(-(T - T0) / half_life) turns the stored A, B and
@@ -61,6 +76,9 @@ struct model {
 };
 
 int model__users_grow(struct model *m, uint32_t need);
+/* Ensures a cache slot can be taken without allocating: 0 or -ENOMEM. */
+int model__bcache_reserve(struct model *m);
+uint32_t model__bcache_take(struct model *m);
 int model__items_grow(struct model *m, uint32_t need);
 /* The checksum model_save appends to a state of len bytes. */
 uint64_t model__state_checksum(const void *buf, size_t len);

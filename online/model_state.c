@@ -224,6 +224,7 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_u8(&w, 0);
     sw_u32(&w, m->cursor);
     sw_u32(&w, m->reparams);
+    sw_u64(&w, m->wgen);
     sw_f64(&w, m->loss_s);
     sw_f64(&w, m->norm_s);
     sw_u64(&w, m->events);
@@ -275,6 +276,12 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_f64(&w, us->vnorm);
         sw_u32(&w, us->solved);
         sw_u32(&w, us->n);
+        sw_u8(&w, us->flags & MODEL_U_INB);
+        sw_u8(&w, us->bslot != POOL_NONE);
+        if (us->bslot != POOL_NONE) {
+            sw_u64(&w, m->bc_gen[us->bslot]);
+            sw_put(&w, m->bc + (size_t)us->bslot * k, k * sizeof(double));
+        }
         sw_put(&w, m->H + (size_t)u * k, k * sizeof(float));
         if (us->n) {
             sw_put(&w, pool_items(&m->pool, us->cls, us->slab),
@@ -418,6 +425,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     SR(r, pad);
     SR(r, m->cursor);
     SR(r, m->reparams);
+    SR(r, m->wgen);
     SR(r, m->loss_s);
     SR(r, m->norm_s);
     SR(r, m->events);
@@ -517,11 +525,13 @@ static const char *state_load(struct state_reader *r, struct model **out)
         float *h = m->H + (size_t)u * k;
         memset(us, 0, sizeof(*us));
         us->slab = POOL_NONE;
+        us->bslot = POOL_NONE;
         memset(h, 0, k * sizeof(float));
         SR(r, len);
         if (!len)
             continue;
         uint32_t n = 0;
+        uint8_t flags = 0, cached = 0;
         if (len > MODEL_ID_MAX) {
             err = "bad user id";
             break;
@@ -533,6 +543,27 @@ static const char *state_load(struct state_reader *r, struct model **out)
         SR(r, us->vnorm);
         SR(r, us->solved);
         SR(r, n);
+        SR(r, flags);
+        SR(r, cached);
+        if (flags & ~MODEL_U_INB || cached > 1) {
+            err = "bad user flags";
+            break;
+        }
+        us->flags = (uint8_t)(MODEL_U_LIVE | flags);
+        if (cached) {
+            if (model__bcache_reserve(m)) {
+                err = "out of memory";
+                break;
+            }
+            us->bslot = model__bcache_take(m);
+            double *bc = m->bc + (size_t)us->bslot * k;
+            SR(r, m->bc_gen[us->bslot]);
+            sr_get(r, bc, k * sizeof(double));
+            if (!state_finite(bc, k)) {
+                err = "bad cached product";
+                break;
+            }
+        }
         sr_get(r, h, k * sizeof(float));
         if (r->bad) {
             err = "truncated";
@@ -581,7 +612,6 @@ static const char *state_load(struct state_reader *r, struct model **out)
             if (err)
                 break;
         }
-        us->live = 1;
         if (us->solved != (uint32_t)m->refreshes)
             stale++;
         int rc = ids_load_put(m->uids, u, id, len);

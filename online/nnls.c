@@ -9,6 +9,9 @@
 
 #include "nnls.h"
 
+#define NNLS_K_MAX 256
+#include "simd.h"
+
 /*
  * Objective: min_{h >= 0} 1/2 ||v - W h||^2 + l1 sum(h) + l2/2 ||h||^2,
  * written with G = W^T W and b = W^T v as
@@ -24,6 +27,7 @@
  * the same warm-started solve). Each step cannot increase f.
  * Stopping: max_j |h_j' - h_j| <= tol * max_j h_j after a sweep.
  */
+ONLINE_KERNEL
 uint32_t nnls_solve(uint32_t k, const double *restrict G,
                     const double *restrict b, double l1, double l2,
                     uint32_t max_sweeps, double tol, double *restrict h,
@@ -39,20 +43,23 @@ uint32_t nnls_solve(uint32_t k, const double *restrict G,
         for (uint32_t j = 0; j < k; j++)
             gh[j] += gl[j] * hl;
     }
+    /* Inverse curvatures once per solve: no division in the sweeps. */
+    double inv[NNLS_K_MAX], c[NNLS_K_MAX];
+    for (uint32_t j = 0; j < k; j++) {
+        double hjj = G[(size_t)j * k + j] + l2;
+        inv[j] = hjj > 0 ? 1.0 / hjj : 0;
+        c[j] = l1 - b[j];
+    }
     uint32_t sweep = 0;
     while (sweep < max_sweeps) {
         double maxd = 0, maxh = 0;
         for (uint32_t j = 0; j < k; j++) {
             const double *restrict gj = G + (size_t)j * k;
-            double hjj = gj[j] + l2;
             double hj = h[j];
-            double nj = 0;
-            if (hjj > 0) {
-                double g = gh[j] - b[j] + l1 + l2 * hj;
-                nj = hj - g / hjj;
-                if (!(nj > 0))
-                    nj = 0;
-            }
+            /* With no curvature (a zero column of W) h_j is 0. */
+            double nj = hj - (gh[j] + c[j] + l2 * hj) * inv[j];
+            if (!(nj > 0) || inv[j] == 0)
+                nj = 0;
             double d = nj - hj;
             if (d != 0) {
                 h[j] = nj;

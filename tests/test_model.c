@@ -122,6 +122,15 @@ static void refine_converge(struct model *m, int max_rounds)
     }
 }
 
+/* The number in an id "user-N" / "item-N" (ids are not NUL-terminated). */
+static uint32_t id_num(const char *id, size_t len)
+{
+    uint32_t x = 0;
+    for (size_t i = 5; i < len; i++)
+        x = x * 10 + (uint32_t)(id[i] - '0');
+    return x;
+}
+
 static double user_weight(const struct model *m, int64_t ts)
 {
     struct model_stats st;
@@ -384,7 +393,7 @@ Test(model, planted_segments_recovered)
         struct model_user_view v;
         if (model_user_get(m, x, &v))
             continue;
-        truth[n] = (uint32_t)atoi(v.id + 5) % K;
+        truth[n] = id_num(v.id, v.id_len) % K;
         got[n] = v.segment;
         n++;
     }
@@ -398,10 +407,10 @@ Test(model, planted_segments_recovered)
         cr_assert_eq(c, 10);
         size_t len;
         const char *id0 = model_item_id(m, items[0], &len);
-        uint32_t b0 = (uint32_t)atoi(id0 + 5) / (I / K);
+        uint32_t b0 = id_num(id0, len) / (I / K);
         for (uint32_t q = 1; q < c; q++) {
             const char *id = model_item_id(m, items[q], &len);
-            cr_assert_eq((uint32_t)atoi(id + 5) / (I / K), b0);
+            cr_assert_eq(id_num(id, len) / (I / K), b0);
             cr_assert_geq(w[q - 1], w[q]);
         }
     }
