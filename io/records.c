@@ -86,7 +86,12 @@ static int enc_append(void *ctx, const char *buf, size_t len)
         e->data = p;
         e->cap = cap;
     }
-    memcpy(e->data + e->len, buf, len);
+    /* The packer writes a byte or a few at a time: skip the call. */
+    if (len <= 16) {
+        for (size_t i = 0; i < len; i++)
+            e->data[e->len + i] = buf[i];
+    } else
+        memcpy(e->data + e->len, buf, len);
     e->len += len;
     return 0;
 }

@@ -584,17 +584,19 @@ static struct mp *mp_nested(int extra)
 
 static char *json_nested(int extra)
 {
-    size_t cap = 64 + 8 * (size_t)extra;
-    char *s = malloc(cap), *p = s;
+    size_t cap = 64 + 8 * (size_t)extra, n = 0;
+    char *s = malloc(cap);
+
     cr_assert_not_null(s);
-    p += sprintf(p, "{\"user\":\"u\",\"item\":\"i\",\"x\":");
+    n += (size_t)snprintf(s + n, cap - n,
+                          "{\"user\":\"u\",\"item\":\"i\",\"x\":");
     for (int i = 0; i < extra; i++)
-        p += sprintf(p, "{\"x\":");
-    p += sprintf(p, "null");
+        n += (size_t)snprintf(s + n, cap - n, "{\"x\":");
+    n += (size_t)snprintf(s + n, cap - n, "null");
     for (int i = 0; i < extra; i++)
-        *p++ = '}';
-    *p++ = '}';
-    *p = '\0';
+        s[n++] = '}';
+    s[n++] = '}';
+    s[n] = '\0';
     return s;
 }
 
