@@ -591,13 +591,16 @@ static void publish_done(void *ctx, int status)
         server_shutdown_step(s);
 }
 
-static int publish_record(struct server *s, const char *topic, const char *key,
-                          size_t klen)
+/* partition -1: by key. The topic records and the manifests go to
+ * partition 0 whatever the topic's partition count: a reader then sees the
+ * epochs in order, and each epoch's topics before its manifest. */
+static int publish_record(struct server *s, const char *topic,
+                          int32_t partition, const char *key, size_t klen)
 {
     size_t len;
     const void *data = records_enc_data(s->enc, &len);
-    int rc =
-        kafka_out_produce(s->out, topic, -1, key, klen, data, len, NULL, 0);
+    int rc = kafka_out_produce(s->out, topic, partition, key, klen, data, len,
+                               NULL, 0);
     if (!rc)
         metric_inc(s->m.records);
     return rc;
@@ -625,7 +628,7 @@ static void publish_finish(struct server *s)
                                   c->snapshot.top_items, sizes[j], mass[j]);
         if (!rc) {
             klen = records_topic_key(key, j);
-            rc = publish_record(s, c->snapshot.topic_topics, key, klen);
+            rc = publish_record(s, c->snapshot.topic_topics, 0, key, klen);
         }
         if (rc)
             goto fail;
@@ -635,7 +638,7 @@ static void publish_finish(struct server *s)
     rc = records_manifest_encode(s->enc, s->model, &mf);
     if (!rc) {
         klen = records_manifest_key(key, s->pub_epoch);
-        rc = publish_record(s, c->snapshot.topic_manifest, key, klen);
+        rc = publish_record(s, c->snapshot.topic_manifest, 0, key, klen);
     }
     if (rc)
         goto fail;
@@ -676,7 +679,7 @@ static void publish_tick(uv_idle_t *h)
         }
         int rc = records_segment_encode(s->enc, s->pub_epoch, k, &u);
         if (!rc)
-            rc = publish_record(s, s->cfg->snapshot.topic_segments, u.id,
+            rc = publish_record(s, s->cfg->snapshot.topic_segments, -1, u.id,
                                 u.id_len);
         if (rc == -ENOBUFS)
             return; /* the producer queue is full: next tick */

@@ -63,7 +63,6 @@ def main():
         brokers = ps.broker(partitions=4, topics="nmf.events")
         snapfile = os.path.join(ps.tmp, "snapshot.msgpack")
         d = ps.nmfd(brokers, sets=["model.k=%d" % K, "snapshot.interval=1s",
-                                   "model.warmup_events=5000",
                                    "snapshot.file=" + snapfile])
         wait_for(lambda: http_get(d.port, "/readyz")[0] == 200, 30, "/readyz 200")
         ps.produce(brokers, events)
@@ -137,7 +136,7 @@ def main():
         # --- the same events through nmfctl fit ---
         out = os.path.join(ps.tmp, "fit.msgpack")
         r = subprocess.run([os.path.join(BIN, "nmfctl"), "fit", "--events", events,
-                            "--set", "model.k=%d" % K, "--set", "model.warmup_events=5000",
+                            "--set", "model.k=%d" % K,
                             "--out", out], capture_output=True, timeout=300)
         check(r.returncode == 0, "nmfctl fit failed: %s" % r.stderr.decode())
         with open(out, "rb") as f:
