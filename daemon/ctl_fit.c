@@ -146,12 +146,13 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         }
         n = model_fold(m, row.user, row.user_len, row.item, row.item_len,
                        row.weight, row.ts);
-        if (n == -EINVAL || n == -ENAMETOOLONG) {
+        if (n == -EINVAL || n == -ENAMETOOLONG || n == -ERANGE) {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s:%" PRIu64 ": %s", o->events,
                      row.line,
-                     n == -EINVAL ? "the model refused the event"
-                                  : "id too long for the model");
+                     n == -EINVAL         ? "the model refused the event"
+                     : n == -ENAMETOOLONG ? "id too long for the model"
+                                          : "ts or weight out of range");
             fit_reject(&rejected, msg);
             continue;
         }
@@ -178,6 +179,7 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     /* Idle refinement: model_refine re-solves stale users a slice at a
      * time and refreshes W once none is stale; one round is one refresh
      * of W. It returns 0 only when nothing is stale and nothing moved. */
+    converged = folded == 0; /* nothing to refine */
     if (cfg->model.refine_users > 0 && folded > 0) {
         uint64_t base;
         model_stats(m, &st);

@@ -35,6 +35,16 @@ def run(*args, stdin=None, check=None):
     return p
 
 
+def slurp(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def truth_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def kv(out):
     line = out.decode().strip().splitlines()[-1]
     return dict(t.split("=", 1) for t in line.split() if "=" in t)
@@ -123,7 +133,7 @@ class Gen(Base):
         truth = self.path("truth.csv")
         out = self.gen(*self.ARGS, "--truth", truth, "--noise", "0")
         seg = {r["user"]: int(r["segment"])
-               for r in csv.DictReader(open(truth))}
+               for r in truth_rows(truth)}
         ev = read_events(out.decode())
         self.assertEqual(set(seg), {e[0] for e in ev})
         self.assertEqual(set(seg.values()), {0, 1, 2, 3})
@@ -137,7 +147,7 @@ class Gen(Base):
         out = self.gen("--users", "2000", "--items", "40", "--k", "4",
                        "--events", "4000", "--drift", "1000", "--truth",
                        truth, "--noise", "0")
-        rows = list(csv.DictReader(open(truth)))
+        rows = truth_rows(truth)
         moved = [r for r in rows if r["segment"] != r["after"]]
         self.assertTrue(0.12 < len(moved) / len(rows) < 0.28)
         ev = read_events(out.decode())
@@ -203,9 +213,9 @@ class FitEval(Base):
         self.assertEqual(int(st["rejected"]), 0)
         doc, W, H = load_snapshot(snap)
         seg = {r["user"]: int(r["segment"])
-               for r in csv.DictReader(open(truth))}
+               for r in truth_rows(truth)}
         counts = {}
-        for u, _, _, _ in read_events(open(ev).read()):
+        for u, _, _, _ in read_events(slurp(ev)):
             counts[u] = counts.get(u, 0) + 1
         # Users with a handful of events: one noise event among two can
         # legitimately mislead, so score those with enough evidence.
@@ -216,6 +226,8 @@ class FitEval(Base):
                 want.append(seg[u])
         self.assertGreater(len(pred), 500)
         ari = adjusted_rand_score(want, pred)
+        print("ARI %.4f over %d users with >= 5 events" % (ari, len(pred)),
+              file=sys.stderr)
         self.assertGreaterEqual(ari, 0.95, "ARI %.4f" % ari)
         # And overall, with every user.
         allp = [int(np.argmax(H[j])) for j in range(len(doc["users"]))]
@@ -232,19 +244,20 @@ class FitEval(Base):
         a, b = self.path("a.snap"), self.path("b.snap")
         self.fit(ev, a, "--set", "model.k=4")
         self.fit(ev, b, "--set", "model.k=4")
-        self.assertEqual(open(a, "rb").read(), open(b, "rb").read())
+        self.assertEqual(slurp(a, "rb"), slurp(b, "rb"))
         doc, _, _ = load_snapshot(a)
-        last_ts = int(open(ev).read().splitlines()[-1].split(",")[3])
+        last_ts = int(slurp(ev).splitlines()[-1].split(",")[3])
         self.assertEqual(doc["ts"], last_ts)
         self.assertEqual(doc["k"], 4)
         self.assertEqual(doc["events"], 8000)
         # stdin gives the same model.
         c = self.path("c.snap")
-        p = subprocess.run([NMFCTL, "fit", "--events", "-", "--out", c,
-                            "--set", "model.k=4"], stdin=open(ev, "rb"),
-                           capture_output=True, timeout=TIMEOUT)
+        with open(ev, "rb") as f:
+            p = subprocess.run([NMFCTL, "fit", "--events", "-", "--out", c,
+                                "--set", "model.k=4"], stdin=f,
+                               capture_output=True, timeout=TIMEOUT)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(open(a, "rb").read(), open(c, "rb").read())
+        self.assertEqual(slurp(a, "rb"), slurp(c, "rb"))
 
     def test_eval_matches_numpy(self):
         text = self.gen("--users", "200", "--items", "50", "--k", "3",
