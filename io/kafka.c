@@ -1323,6 +1323,7 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
     char errstr[512], buf[64];
     size_t len;
     int events = RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR;
+    rd_kafka_conf_res_t cres;
 
     out = calloc(1, sizeof(*out));
     if (!out) {
@@ -1337,10 +1338,13 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
 
     if (kafka__conf_set(conf, "enable.idempotence", "true", err, errlen))
         goto fail;
-    /* Java-compatible key placement, unless the operator chose one. */
+    /* Java-compatible key placement, unless the operator chose one. The
+     * partitioner is a topic property: until some topic property was set,
+     * the global conf has no topic conf and reports it unknown. */
     len = sizeof(buf);
-    if (rd_kafka_conf_get(conf, "partitioner", buf, &len) == RD_KAFKA_CONF_OK &&
-        !strcmp(buf, "consistent_random") &&
+    cres = rd_kafka_conf_get(conf, "partitioner", buf, &len);
+    if ((cres == RD_KAFKA_CONF_UNKNOWN ||
+         (cres == RD_KAFKA_CONF_OK && !strcmp(buf, "consistent_random"))) &&
         kafka__conf_set(conf, "partitioner", "murmur2_random", err, errlen))
         goto fail;
     if (out->cbs.on_log) {
