@@ -149,3 +149,93 @@ def stop(p, timeout=60):
 def folded_all(port, n):
     v = metric(port, "nmfd_events_folded_total")
     return v is not None and v >= n
+
+
+# ---- fault control, topic reading, checkpoint inspection -------------------
+
+def broker_with_control(ps, partitions=4, topics="nmf.events", name="broker"):
+    """Starts `nmfctl broker --control FIFO`; returns (bootstrap, fifo)."""
+    bf = os.path.join(ps.tmp, name + ".bootstrap")
+    fifo = os.path.join(ps.tmp, name + ".control")
+    ps.start([os.path.join(BIN, "nmfctl"), "broker", "--partitions", str(partitions),
+              "--topics", topics, "--bootstrap-file", bf, "--control", fifo], name)
+    brokers = wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
+                       20, "the broker's bootstrap file")
+    wait_for(lambda: os.path.exists(fifo), 10, "the broker's control FIFO")
+    return brokers, fifo
+
+
+def broker_fault(ps, fifo, cmd, name="broker", timeout=10):
+    """Sends one fault command (io/broker.h) and waits for the broker's
+    answer on its stderr; fails the test unless it is "ok"."""
+    def answers():
+        return [line for line in ps.log(name).splitlines()
+                if line == "ok" or line.startswith("error:")]
+    before = len(answers())
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, (cmd + "\n").encode())
+    finally:
+        os.close(fd)
+    got = wait_for(lambda: answers()[before:], timeout, "the answer to '%s'" % cmd)
+    check(got[0] == "ok", "broker refused '%s': %s" % (cmd, got[0]))
+
+
+def read_topic_all(brokers, topic, timeout=30, isolation="read_uncommitted"):
+    """Every message of every partition of topic, from the beginning to the
+    end as of the call: a list of confluent_kafka Message objects."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "harness-reader",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": isolation, "fetch.wait.max.ms": 10,
+                  "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        check(topic in md.topics and not md.topics[topic].error,
+              "topic %s not found" % topic)
+        parts = sorted(md.topics[topic].partitions)
+        ends = {}
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi > lo:
+                ends[p] = hi
+        out = []
+        if not ends:
+            return out
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.time() + timeout
+        done = set()
+        while len(done) < len(ends):
+            check(time.time() < deadline, "reading %s timed out (%d of %d partitions)"
+                  % (topic, len(done), len(ends)))
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    if m.partition() in ends and m.offset() >= ends[m.partition()]:
+                        done.add(m.partition())
+                    continue
+                fail("reading %s: %s" % (topic, m.error()))
+            out.append(m)
+            if m.offset() + 1 >= ends.get(m.partition(), 0):
+                done.add(m.partition())
+        return out
+    finally:
+        c.close()
+
+
+def inspect_checkpoint(state):
+    """`nmfctl inspect --checkpoint DIR` as {key: value-string}; offsets
+    under "offsets" as a list of lines."""
+    r = subprocess.run([os.path.join(BIN, "nmfctl"), "inspect", "--checkpoint", state],
+                       capture_output=True, timeout=120)
+    check(r.returncode == 0, "nmfctl inspect: %s" % r.stderr.decode())
+    info = {"offsets": []}
+    for line in r.stdout.decode().splitlines():
+        if line.startswith("offset"):
+            info["offsets"].append(line)
+        elif " " in line:
+            k, v = line.split(" ", 1)
+            info[k] = v
+    return info
