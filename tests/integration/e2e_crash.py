@@ -8,7 +8,8 @@ run holds with no decay): no event lost, none counted twice. The manifest
 counters must agree too.
 
 In the suite: --events 150000 --kills 6. The full run of the issue:
-    tests/integration/e2e_crash.py --events 1000000 --kills 20
+    tests/integration/e2e_crash.py --events 1000000 --kills 20 --seconds 40
+(--partitions 16 keeps each partition well under the mock's retention)
 """
 import argparse
 import collections
@@ -40,6 +41,8 @@ def main():
     ap.add_argument("--events", type=int, default=150000)
     ap.add_argument("--kills", type=int, default=6)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=15,
+                    help="how long the stream takes to produce")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     a = ap.parse_args()
     rnd = random.Random(a.seed)
@@ -61,28 +64,38 @@ def main():
                 wsum += float(row["weight"])
 
         brokers = ps.broker(partitions=a.partitions, topics="nmf.events")
-        # Everything is produced first: the partitions are sized so the
-        # mock's ~5 MiB retention keeps every event (checked below).
-        ps.produce(brokers, events)
+        state = os.path.join(ps.tmp, "state")
+        sets = ["checkpoint.interval=1s", "snapshot.interval=500ms",
+                "model.k=8", "model.profile_max=4096",
+                "kafka.session.timeout.ms=4000",
+                "kafka.max.poll.interval.ms=10000"]
+        # The stream is produced while nmfd folds it and is killed, over
+        # about --seconds; the partitions are sized so the mock's ~5 MiB
+        # retention keeps every event (checked below).
+        producer = ps.start([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
+                             "--topic", "nmf.events", "--rate",
+                             str(max(1000, a.events // a.seconds)), events], "produce")
+        mid = last = 0
+        for kill in range(a.kills):
+            d = ps.nmfd(brokers, sets=sets, state=state, name="nmfd%d" % kill)
+            # Kill at a random moment once it folds again (a restart first
+            # waits for the group to settle).
+            wait_for(lambda: last < (metric(d.port, "nmfd_model_events") or 0)
+                     or last == a.events, 60, "folding to resume")
+            time.sleep(rnd.uniform(0.0, 1.5))
+            held = int(metric(d.port, "nmfd_model_events"))
+            d.send_signal(signal.SIGKILL)
+            d.wait()
+            mid += held < a.events
+            last = held
+            print("kill %d: the model held %d of %d events" % (kill + 1, held, a.events))
+            sys.stdout.flush()
+        check(producer.wait(300) == 0, "nmfctl produce failed: " + ps.log("produce"))
+        check(mid >= a.kills // 2, "only %d kills hit mid-stream" % mid)
         wm = watermarks(brokers, "nmf.events", a.partitions)
         check(all(lo == 0 for lo, _ in wm), "retention evicted events: %r" % wm)
         check(sum(hi for _, hi in wm) == a.events, "produced %d of %d"
               % (sum(hi for _, hi in wm), a.events))
-
-        state = os.path.join(ps.tmp, "state")
-        sets = ["checkpoint.interval=300ms", "snapshot.interval=500ms",
-                "model.k=8", "kafka.session.timeout.ms=4000",
-                "kafka.max.poll.interval.ms=10000"]
-        for kill in range(a.kills):
-            d = ps.nmfd(brokers, sets=sets, state=state, name="nmfd%d" % kill)
-            wait_for(lambda: (metric(d.port, "nmfd_messages_consumed_total") or 0) > 0
-                     or metric(d.port, "nmfd_model_events") == a.events,
-                     60, "consumption to start")
-            time.sleep(rnd.uniform(0.0, 1.5))
-            d.send_signal(signal.SIGKILL)
-            d.wait()
-            print("kill %d: done" % (kill + 1))
-            sys.stdout.flush()
 
         d = ps.nmfd(brokers, sets=sets, state=state, name="final")
         wait_for(lambda: metric(d.port, "nmfd_model_events") == a.events, 300,
