@@ -404,13 +404,15 @@ static void model_wtv(const struct model *m, const struct model_user *us,
  *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
  * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
  * (float) h, so the sums are those of the stored model. B's share,
- * c_u v_u h_u^T, is replaced lazily: subtracted here (one pass over the
- * old profile) if it is in B, and added back with the then-current h and
- * profile by model_b_sync before the next HALS; a user changing many
- * times between refreshes pays the pass once. b = W^T v comes from the
- * user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)), else from
- * one pass over the profile. Needs any growth reserved beforehand;
- * cannot fail.
+ * c_u v_u h_u^T, is replaced eagerly for light users (fewer than
+ * MODEL_BCACHE_MIN entries: subtract the old, add the new) and lazily for
+ * heavy ones: subtracted here (one pass over the old profile) if it is in
+ * B, and added back with the then-current h and profile by model_b_sync
+ * before the next HALS, so a heavy user changing many times between
+ * refreshes pays the pass twice per refresh, not per event. b = W^T v comes
+ * from the user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)), else
+ * from one pass over the profile. Needs any growth reserved beforehand; cannot
+ * fail.
  */
 ONLINE_KERNEL
 static void model_user_solve(struct model *m, uint32_t u,
@@ -429,7 +431,20 @@ static void model_user_solve(struct model *m, uint32_t u,
     int64_t evict = -1;
     int add = 0;
 
-    if (us->flags & MODEL_U_INB) {
+    /* Light users replace their share of B eagerly (one pass, from a copy
+     * of the old profile); heavy ones leave B until the next sync. */
+    uint32_t old_it[MODEL_BCACHE_MIN];
+    float old_va[MODEL_BCACHE_MIN];
+    uint32_t old_n = 0;
+    const int eager =
+        (us->flags & MODEL_U_INB) && us->n < MODEL_BCACHE_MIN && !drop;
+    if (eager && us->n) {
+        old_n = us->n;
+        memcpy(old_it, pool_items(&m->pool, us->cls, us->slab),
+               old_n * sizeof(uint32_t));
+        memcpy(old_va, pool_vals(&m->pool, us->cls, us->slab),
+               old_n * sizeof(float));
+    } else if (!eager && (us->flags & MODEL_U_INB)) {
         model_b_apply(m, u, -1);
         us->flags &= (uint8_t)~MODEL_U_INB;
     }
@@ -596,6 +611,26 @@ static void model_user_solve(struct model *m, uint32_t u,
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * (double)hu[j];
         an[j] = s_new * (double)hf[j];
+    }
+    if (eager) {
+        double co[MODEL_K_MAX], cn[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++) {
+            co[j] = ao[j] / m->bcol[j];
+            cn[j] = an[j] / m->bcol[j];
+        }
+        double *restrict B = m->B;
+        for (uint32_t q = 0; q < old_n; q++) {
+            double *restrict bi = B + (size_t)old_it[q] * k;
+            double v = old_va[q];
+            for (uint32_t j = 0; j < k; j++)
+                bi[j] -= v * co[j];
+        }
+        for (uint32_t q = 0; q < out; q++) {
+            double *restrict bi = B + (size_t)it[q] * k;
+            double v = va[q];
+            for (uint32_t j = 0; j < k; j++)
+                bi[j] += v * cn[j];
+        }
     }
     double *restrict A = m->A;
     for (uint32_t j = 0; j < k; j++) {

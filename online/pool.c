@@ -1,7 +1,8 @@
 /* online/pool.c -- size-class pools for the users' sparse profiles.
  *
  * A profile of n entries (uint32 item, float value) lives in a slab of
- * class c, holding 2^c entries, inside one flat pair of arrays per class,
+ * class c, holding 2^c items then 2^c values, inside one flat array per
+ * class,
  * so that a user costs a slab index and no allocation of its own. Pools
  * grow by doubling in pool_reserve, which is the only place that
  * allocates; a slab that a user outgrows goes back to its class's free
@@ -16,8 +17,7 @@
 void pool_free(struct pool *p)
 {
     for (int c = 0; c < POOL_CLASSES; c++) {
-        free(p->c[c].items);
-        free(p->c[c].vals);
+        free(p->c[c].words);
         free(p->c[c].freel);
     }
 }
@@ -33,15 +33,11 @@ int pool_reserve(struct pool *p, uint32_t c)
     size_t cap = pc->cap ? 2 * (size_t)pc->cap : (c < 6 ? 1024 : 16);
     if (cap > 0xffffff00u)
         return -ENOMEM;
-    size_t n = cap << c;
-    uint32_t *items = realloc(pc->items, n * sizeof(*items));
-    if (!items)
+    size_t n = cap << (c + 1);
+    uint32_t *words = realloc(pc->words, n * sizeof(*words));
+    if (!words)
         return -ENOMEM;
-    pc->items = items;
-    float *vals = realloc(pc->vals, n * sizeof(*vals));
-    if (!vals)
-        return -ENOMEM;
-    pc->vals = vals;
+    pc->words = words;
     uint32_t *fl = realloc(pc->freel, cap * sizeof(*fl));
     if (!fl)
         return -ENOMEM;
@@ -66,7 +62,7 @@ size_t pool_bytes(const struct pool *p)
 {
     size_t b = 0;
     for (int c = 0; c < POOL_CLASSES; c++)
-        b += ((size_t)p->c[c].cap << c) * (sizeof(uint32_t) + sizeof(float)) +
+        b += ((size_t)p->c[c].cap << (c + 1)) * sizeof(uint32_t) +
              (size_t)p->c[c].cap * sizeof(uint32_t);
     return b;
 }

@@ -9,8 +9,9 @@
 #define POOL_NONE    0xffffffffu
 
 struct pool_class {
-    uint32_t *items; /* nslabs_cap << class entries */
-    float *vals;
+    /* Slab s of class c: 2^c item indices, then 2^c values (as float
+     * bits), contiguous, so a small profile is one cache line. */
+    uint32_t *words;
     uint32_t *freel; /* free slabs, most recently freed last */
     uint32_t nslabs, cap, nfree;
 };
@@ -31,12 +32,13 @@ static inline uint32_t pool_class_for(uint32_t n)
 static inline uint32_t *pool_items(const struct pool *p, uint32_t c,
                                    uint32_t slab)
 {
-    return p->c[c].items + ((size_t)slab << c);
+    return p->c[c].words + ((size_t)slab << (c + 1));
 }
 
 static inline float *pool_vals(const struct pool *p, uint32_t c, uint32_t slab)
 {
-    return p->c[c].vals + ((size_t)slab << c);
+    return (float *)(void *)(p->c[c].words + ((size_t)slab << (c + 1)) +
+                             ((size_t)1 << c));
 }
 
 void pool_free(struct pool *p);
