@@ -8,8 +8,11 @@
  * batches timed with clock_gettime), the W refresh time, and memory per
  * user and per profile entry. Generation is not timed.
  *
- *   bench_fold [users items k events [runs [zipf_s]]]
- *   defaults:   100000 10000 16 1000000 3 0.8
+ * Mode "single" calls model_fold per event, "batch" hands each timed batch
+ * to model_fold_batch (same results, with look-ahead prefetching).
+ *
+ *   bench_fold [users items k events [runs [zipf_s [single|batch]]]]
+ *   defaults:   100000 10000 16 1000000 3 0.8 batch
  */
 #include <math.h>
 #include <stdint.h>
@@ -105,6 +108,7 @@ int main(int argc, char **argv)
     uint64_t events = argc > 4 ? (uint64_t)atoll(argv[4]) : 1000000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
     double zs = argc > 6 ? atof(argv[6]) : 0.8;
+    int batch = argc > 7 ? strcmp(argv[7], "single") != 0 : 1;
     if (!users || !items || !k || k > MODEL_K_MAX || items < k || !events ||
         runs < 1 || runs > 20) {
         fprintf(stderr, "usage: bench_fold [users items k events [runs "
@@ -160,13 +164,28 @@ int main(int argc, char **argv)
             if (e1 > events)
                 e1 = events;
             double a = now_ns();
-            for (uint64_t e = e0; e < e1; e++) {
-                const char *ev = evs + e * evw;
-                int rc = model_fold(m, ev, uw, ev + uw, iw, 1.0,
-                                    1700000000000 + (int64_t)e);
-                if (rc) {
-                    fprintf(stderr, "fold: %d\n", rc);
+            if (batch) {
+                struct model_event mev[BATCH];
+                int rcs[BATCH];
+                for (uint64_t e = e0; e < e1; e++) {
+                    const char *ev = evs + e * evw;
+                    mev[e - e0] = (struct model_event){
+                        ev,         (size_t)uw, ev + uw,
+                        (size_t)iw, 1.0,        1700000000000 + (int64_t)e};
+                }
+                if (model_fold_batch(m, mev, e1 - e0, rcs) != e1 - e0) {
+                    fprintf(stderr, "fold: %d\n", rcs[0]);
                     return 1;
+                }
+            } else {
+                for (uint64_t e = e0; e < e1; e++) {
+                    const char *ev = evs + e * evw;
+                    int rc = model_fold(m, ev, uw, ev + uw, iw, 1.0,
+                                        1700000000000 + (int64_t)e);
+                    if (rc) {
+                        fprintf(stderr, "fold: %d\n", rc);
+                        return 1;
+                    }
                 }
             }
             lat[b] = (now_ns() - a) / (double)(e1 - e0);
@@ -200,8 +219,9 @@ int main(int argc, char **argv)
         fflush(stdout);
         model_free(m);
     }
-    printf("users %u items %u k %u events %lu zipf %.2f runs %d\n", users,
-           items, k, (unsigned long)events, zs, runs);
+    printf("users %u items %u k %u events %lu zipf %.2f runs %d mode %s\n",
+           users, items, k, (unsigned long)events, zs, runs,
+           batch ? "batch" : "single");
     printf("median: %.2f M folds/s (%.2f M per CPU second), %.0f ns/event "
            "median, %.0f ns p99 "
            "(batches of %d), refresh %.1f ms, %.1f bytes/user, "

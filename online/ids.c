@@ -124,11 +124,16 @@ static inline uint32_t ids_rec_idx(const struct ids *t, uint64_t off)
     return idx;
 }
 
-int64_t ids_find(const struct ids *t, const char *s, size_t len)
+uint64_t ids_hash_id(const struct ids *t, const char *s, size_t len)
+{
+    return ids_hash(t->seed, s, len);
+}
+
+int64_t ids_find_hash(const struct ids *t, const char *s, size_t len,
+                      uint64_t h)
 {
     if (!t->tab_cap)
         return -ENOENT;
-    uint64_t h = ids_hash(t->seed, s, len);
     uint64_t want =
         ((uint64_t)len << IDS_TAG_BITS) | (h >> (64 - IDS_TAG_BITS));
     const uint64_t lowmask = (1ull << IDS_OFF_SHIFT) - 1;
@@ -143,6 +148,26 @@ int64_t ids_find(const struct ids *t, const char *s, size_t len)
         if (ids_eq(t->arena + off + IDS_HDR, s, len))
             return ids_rec_idx(t, off);
     }
+}
+
+int64_t ids_find(const struct ids *t, const char *s, size_t len)
+{
+    return ids_find_hash(t, s, len, ids_hash(t->seed, s, len));
+}
+
+void ids_prefetch_slot(const struct ids *t, uint64_t h)
+{
+    if (t->tab_cap)
+        __builtin_prefetch(&t->tab[h & (t->tab_cap - 1)]);
+}
+
+void ids_prefetch_record(const struct ids *t, uint64_t h)
+{
+    if (!t->tab_cap)
+        return;
+    uint64_t e = t->tab[h & (t->tab_cap - 1)];
+    if (e)
+        __builtin_prefetch(t->arena + (e >> IDS_OFF_SHIFT));
 }
 
 /* Home slot of a table entry: the hash of its record's bytes. */

@@ -1061,8 +1061,10 @@ static int64_t model_find(const uint32_t *restrict it, uint32_t n, uint32_t x)
     return -1;
 }
 
-int model_fold(struct model *m, const char *user, size_t user_len,
-               const char *item, size_t item_len, double weight, int64_t ts)
+/* The API's refusals, before anything is looked at. */
+static int model_event_check(const char *user, size_t user_len,
+                             const char *item, size_t item_len, double weight,
+                             int64_t ts)
 {
     if (!user || !item || !user_len || !item_len)
         return -EINVAL;
@@ -1072,10 +1074,18 @@ int model_fold(struct model *m, const char *user, size_t user_len,
         return -EINVAL;
     if (weight > MODEL_WEIGHT_MAX || ts < 0 || ts > MODEL_TS_MAX)
         return -ERANGE;
+    return 0;
+}
 
+/* model_fold of a checked event whose id hashes are known. */
+static int model_fold_checked(struct model *m, const char *user,
+                              size_t user_len, uint64_t uh, const char *item,
+                              size_t item_len, uint64_t ih, double weight,
+                              int64_t ts)
+{
     /* Reserve every growth first: a failure leaves the model unchanged. */
-    int64_t ui = ids_find(m->uids, user, user_len);
-    int64_t ii = ids_find(m->iids, item, item_len);
+    int64_t ui = ids_find_hash(m->uids, user, user_len, uh);
+    int64_t ii = ids_find_hash(m->iids, item, item_len, ih);
     int64_t pos = -1;
     int rc;
     if (ii < 0) {
@@ -1144,6 +1154,106 @@ int model_fold(struct model *m, const char *user, size_t user_len,
     else if (m->p.refresh_events && m->since_refresh >= m->p.refresh_events)
         model_refresh(m);
     return 0;
+}
+
+int model_fold(struct model *m, const char *user, size_t user_len,
+               const char *item, size_t item_len, double weight, int64_t ts)
+{
+    int rc = model_event_check(user, user_len, item, item_len, weight, ts);
+    if (rc)
+        return rc;
+    return model_fold_checked(
+        m, user, user_len, ids_hash_id(m->uids, user, user_len), item, item_len,
+        ids_hash_id(m->iids, item, item_len), weight, ts);
+}
+
+/* Look-ahead distances (events) of the batch pipeline's stages. */
+#define MODEL_PF_D    4
+#define MODEL_PF_RING 16
+
+struct model_pf {
+    uint64_t uh, ih;
+    int ok;
+    int64_t ui;
+};
+
+/*
+ * The batch fold is the plain sequence of folds plus memory hints for
+ * events ahead: at distance 3D their id hashes and table slots, at 2D the
+ * records the slots point to, at D the user's state, h row and profile
+ * and the item's W row, whose lookups are by then cache hits. Hints never
+ * change the model, so the result is exactly that of model_fold in turn
+ * (an id created in between is simply looked up again).
+ */
+size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
+                        int *rc)
+{
+    struct model_pf pf[MODEL_PF_RING];
+    size_t done = 0;
+    const size_t d = MODEL_PF_D;
+    for (size_t e = 0; e < n + 3 * d; e++) {
+        size_t a = e;
+        if (a < n) {
+            struct model_pf *p = &pf[a % MODEL_PF_RING];
+            const struct model_event *x = &ev[a];
+            p->ok = !model_event_check(x->user, x->user_len, x->item,
+                                       x->item_len, x->weight, x->ts);
+            if (p->ok) {
+                p->uh = ids_hash_id(m->uids, x->user, x->user_len);
+                p->ih = ids_hash_id(m->iids, x->item, x->item_len);
+                ids_prefetch_slot(m->uids, p->uh);
+                ids_prefetch_slot(m->iids, p->ih);
+            }
+        }
+        if (e >= d && e - d < n) {
+            const struct model_pf *p = &pf[(e - d) % MODEL_PF_RING];
+            if (p->ok) {
+                ids_prefetch_record(m->uids, p->uh);
+                ids_prefetch_record(m->iids, p->ih);
+            }
+        }
+        if (e >= 2 * d && e - 2 * d < n) {
+            struct model_pf *p = &pf[(e - 2 * d) % MODEL_PF_RING];
+            const struct model_event *x = &ev[e - 2 * d];
+            p->ui = -1;
+            if (p->ok) {
+                p->ui = ids_find_hash(m->uids, x->user, x->user_len, p->uh);
+                int64_t ii =
+                    ids_find_hash(m->iids, x->item, x->item_len, p->ih);
+                if (p->ui >= 0) {
+                    __builtin_prefetch(&m->u[p->ui]);
+                    __builtin_prefetch(m->H + (size_t)p->ui * m->k);
+                }
+                if (ii >= 0)
+                    __builtin_prefetch(m->W + (size_t)ii * m->k);
+            }
+        }
+        if (e >= 3 * d) {
+            size_t i = e - 3 * d;
+            const struct model_pf *p = &pf[i % MODEL_PF_RING];
+            /* The next event's profile: its user state is cached now. */
+            if (i + 1 < n) {
+                const struct model_pf *q = &pf[(i + 1) % MODEL_PF_RING];
+                if (q->ok && q->ui >= 0 &&
+                    (uint32_t)q->ui < ids_slots(m->uids)) {
+                    const struct model_user *us = &m->u[q->ui];
+                    if (us->slab != POOL_NONE)
+                        __builtin_prefetch(
+                            pool_items(&m->pool, us->cls, us->slab));
+                }
+            }
+            const struct model_event *x = &ev[i];
+            int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
+                                               x->item, x->item_len, p->ih,
+                                               x->weight, x->ts)
+                          : model_event_check(x->user, x->user_len, x->item,
+                                              x->item_len, x->weight, x->ts);
+            if (rc)
+                rc[i] = r;
+            done += r == 0;
+        }
+    }
+    return done;
 }
 
 size_t model_refine(struct model *m, size_t max_users)

@@ -64,6 +64,25 @@ const struct model_params *model_params(const struct model *m);
 int model_fold(struct model *m, const char *user, size_t user_len,
                const char *item, size_t item_len, double weight, int64_t ts);
 
+/* One event for model_fold_batch. */
+struct model_event {
+    const char *user;
+    size_t user_len;
+    const char *item;
+    size_t item_len;
+    double weight;
+    int64_t ts;
+};
+
+/* Folds ev[0..n) in order with exactly the effect of n model_fold calls
+ * (same results, same refreshes), but faster: it looks ahead and brings
+ * the memory of upcoming events (id table slots and records, user state,
+ * profiles, W rows) into cache while folding the current one. rc, if not
+ * NULL, receives each event's model_fold result. Returns the number of
+ * events folded (rc 0). */
+size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
+                        int *rc);
+
 /* W refresh by HALS on A and B, column normalisation, dead column
  * resampling, then G = W^T W. Callers run it on their own clock too. */
 void model_refresh(struct model *m);

@@ -968,6 +968,51 @@ Test(model, same_events_same_bits)
     model_free(b);
 }
 
+Test(model, batch_fold_equals_sequential_folds)
+{
+    struct model *a = model_with(5, 3000, 700, 1300);
+    struct model *b = model_with(5, 3000, 700, 1300);
+    struct planted p;
+    planted_init(&p, 300, 80, 5, 0.05, 66);
+    enum { N = 4000 };
+    static char ids[N][2][32];
+    static struct model_event ev[N];
+    int rc[N];
+    for (int e = 0; e < N; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        int ul = snprintf(ids[e][0], 32, "user-%u", u);
+        int il = snprintf(ids[e][1], 32, "item-%u", i);
+        ev[e] = (struct model_event){ids[e][0],  (size_t)ul,    ids[e][1],
+                                     (size_t)il, 0.5 + (e % 7), 1000 + e};
+    }
+    /* Refused events in the middle, and a user seen twice in a row. */
+    ev[10].weight = NAN;
+    ev[20].user_len = 0;
+    ev[30].item_len = MODEL_ID_MAX + 1;
+    ev[41] = ev[40];
+    size_t ok = 0;
+    for (int e = 0; e < N; e++)
+        ok += model_fold(a, ev[e].user, ev[e].user_len, ev[e].item,
+                         ev[e].item_len, ev[e].weight, ev[e].ts) == 0;
+    size_t done = 0;
+    for (int e = 0; e < N; e += 333)
+        done += model_fold_batch(b, ev + e, e + 333 <= N ? 333 : N - e, rc + e);
+    cr_assert_eq(done, ok);
+    cr_assert_eq(ok, N - 3);
+    cr_assert_eq(rc[10], -EINVAL);
+    cr_assert_eq(rc[20], -EINVAL);
+    cr_assert_eq(rc[30], -ENAMETOOLONG);
+    cr_assert_eq(model_fold_batch(b, ev, 0, NULL), 0);
+    struct buf sa = save(a), sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb), "batch and sequential folds differ");
+    free(sa.p);
+    free(sb.p);
+    planted_free(&p);
+    model_free(a);
+    model_free(b);
+}
+
 Test(model, save_load_round_trip_behaves_identically)
 {
     struct model_params p;
