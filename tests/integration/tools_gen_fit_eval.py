@@ -190,6 +190,15 @@ class Gen(Base):
         p = run("gen", "--help", check=0)
         self.assertIn(b"--drift", p.stdout)
 
+    def test_stdout_full(self):
+        if not os.path.exists("/dev/full"):
+            self.skipTest("no /dev/full")
+        with open("/dev/full", "wb") as full:
+            p = subprocess.run([NMFCTL, "gen", *self.ARGS], stdout=full,
+                               stderr=subprocess.PIPE, timeout=TIMEOUT)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"writing the events", p.stderr)
+
     def test_truth_unwritable(self):
         p = run("gen", *self.ARGS, "--truth", "/nonexistent/dir/t.csv")
         self.assertEqual(p.returncode, 1)
