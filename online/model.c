@@ -179,6 +179,21 @@ const struct model_params *model_params(const struct model *m)
     return &m->p;
 }
 
+/* Grows a 64-byte aligned array (rows of W, B and H then start on cache
+ * lines: one line per W or H row at k = 16, two per B row). */
+static int model_grow_aligned(void **p, size_t old_bytes, size_t new_bytes)
+{
+    size_t n = (new_bytes + 63) & ~(size_t)63;
+    void *q = aligned_alloc(64, n ? n : 64);
+    if (!q)
+        return -ENOMEM;
+    if (old_bytes)
+        memcpy(q, *p, old_bytes);
+    free(*p);
+    *p = q;
+    return 0;
+}
+
 static uint32_t model_grow_cap(uint32_t cap, uint32_t need)
 {
     uint64_t c = cap ? cap : 1024;
@@ -198,10 +213,10 @@ int model__users_grow(struct model *m, uint32_t need)
     if (!u)
         return -ENOMEM;
     m->u = u;
-    float *H = realloc(m->H, (size_t)cap * m->k * sizeof(*H));
-    if (!H)
+    if (model_grow_aligned((void **)&m->H,
+                           (size_t)m->ucap * m->k * sizeof(float),
+                           (size_t)cap * m->k * sizeof(float)))
         return -ENOMEM;
-    m->H = H;
     m->ucap = cap;
     return 0;
 }
@@ -213,14 +228,13 @@ int model__items_grow(struct model *m, uint32_t need)
     uint32_t cap = model_grow_cap(m->icap, need);
     if (cap < need)
         return -ENOMEM;
-    float *W = realloc(m->W, (size_t)cap * m->k * sizeof(*W));
-    if (!W)
+    if (model_grow_aligned((void **)&m->W,
+                           (size_t)m->icap * m->k * sizeof(float),
+                           (size_t)cap * m->k * sizeof(float)) ||
+        model_grow_aligned((void **)&m->B,
+                           (size_t)m->icap * m->k * sizeof(double),
+                           (size_t)cap * m->k * sizeof(double)))
         return -ENOMEM;
-    m->W = W;
-    double *B = realloc(m->B, (size_t)cap * m->k * sizeof(*B));
-    if (!B)
-        return -ENOMEM;
-    m->B = B;
     int64_t *t = realloc(m->item_t, (size_t)cap * sizeof(*t));
     if (!t)
         return -ENOMEM;
@@ -1167,9 +1181,9 @@ int model_fold(struct model *m, const char *user, size_t user_len,
         ids_hash_id(m->iids, item, item_len), weight, ts);
 }
 
-/* Look-ahead distances (events) of the batch pipeline's stages. */
-#define MODEL_PF_D    4
-#define MODEL_PF_RING 16
+/* Look-ahead distance (events) between the batch pipeline's stages. */
+#define MODEL_PF_D    3
+#define MODEL_PF_RING 32
 
 struct model_pf {
     uint64_t uh, ih;
@@ -1177,13 +1191,43 @@ struct model_pf {
     int64_t ui;
 };
 
+static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
+{
+    const char *c = p;
+    for (size_t o = 0; o < bytes; o += 64) {
+        if (rw)
+            __builtin_prefetch(c + o, 1);
+        else
+            __builtin_prefetch(c + o, 0);
+    }
+}
+
+/* Hints for a light user's profile rows: W (for W^T v) and B (for the
+ * eager replacement of its share). */
+static void model_prefetch_rows(const struct model *m, int64_t ui)
+{
+    if (ui < 0 || (uint32_t)ui >= ids_slots(m->uids))
+        return;
+    const struct model_user *us = &m->u[ui];
+    if (us->slab == POOL_NONE || us->n >= MODEL_BCACHE_MIN)
+        return;
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const size_t k = m->k;
+    for (uint32_t q = 0; q < us->n; q++) {
+        model_prefetch_span(m->W + it[q] * k, k * sizeof(float), 0);
+        if (us->flags & MODEL_U_INB)
+            model_prefetch_span(m->B + it[q] * k, k * sizeof(double), 1);
+    }
+}
+
 /*
  * The batch fold is the plain sequence of folds plus memory hints for
- * events ahead: at distance 3D their id hashes and table slots, at 2D the
- * records the slots point to, at D the user's state, h row and profile
- * and the item's W row, whose lookups are by then cache hits. Hints never
- * change the model, so the result is exactly that of model_fold in turn
- * (an id created in between is simply looked up again).
+ * events ahead, one stage every MODEL_PF_D events: their id hashes and
+ * table slots, then the records the slots point to, then (lookups now
+ * hitting the cache) the user's state, h row and the item's W row, then
+ * the profile, then the W and B rows of its items. Hints never change the
+ * model, so the result is exactly that of model_fold in turn (an id
+ * created in between is simply looked up again).
  */
 size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
                         int *rc)
@@ -1191,13 +1235,13 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
     struct model_pf pf[MODEL_PF_RING];
     size_t done = 0;
     const size_t d = MODEL_PF_D;
-    for (size_t e = 0; e < n + 3 * d; e++) {
-        size_t a = e;
-        if (a < n) {
-            struct model_pf *p = &pf[a % MODEL_PF_RING];
-            const struct model_event *x = &ev[a];
+    for (size_t e = 0; e < n + 4 * d; e++) {
+        if (e < n) {
+            struct model_pf *p = &pf[e % MODEL_PF_RING];
+            const struct model_event *x = &ev[e];
             p->ok = !model_event_check(x->user, x->user_len, x->item,
                                        x->item_len, x->weight, x->ts);
+            p->ui = -1;
             if (p->ok) {
                 p->uh = ids_hash_id(m->uids, x->user, x->user_len);
                 p->ih = ids_hash_id(m->iids, x->item, x->item_len);
@@ -1215,33 +1259,33 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
         if (e >= 2 * d && e - 2 * d < n) {
             struct model_pf *p = &pf[(e - 2 * d) % MODEL_PF_RING];
             const struct model_event *x = &ev[e - 2 * d];
-            p->ui = -1;
             if (p->ok) {
                 p->ui = ids_find_hash(m->uids, x->user, x->user_len, p->uh);
                 int64_t ii =
                     ids_find_hash(m->iids, x->item, x->item_len, p->ih);
                 if (p->ui >= 0) {
-                    __builtin_prefetch(&m->u[p->ui]);
-                    __builtin_prefetch(m->H + (size_t)p->ui * m->k);
+                    model_prefetch_span(&m->u[p->ui], sizeof(*m->u), 1);
+                    model_prefetch_span(m->H + (size_t)p->ui * m->k,
+                                        m->k * sizeof(float), 1);
                 }
                 if (ii >= 0)
-                    __builtin_prefetch(m->W + (size_t)ii * m->k);
+                    model_prefetch_span(m->W + (size_t)ii * m->k,
+                                        m->k * sizeof(float), 0);
             }
         }
-        if (e >= 3 * d) {
-            size_t i = e - 3 * d;
-            const struct model_pf *p = &pf[i % MODEL_PF_RING];
-            /* The next event's profile: its user state is cached now. */
-            if (i + 1 < n) {
-                const struct model_pf *q = &pf[(i + 1) % MODEL_PF_RING];
-                if (q->ok && q->ui >= 0 &&
-                    (uint32_t)q->ui < ids_slots(m->uids)) {
-                    const struct model_user *us = &m->u[q->ui];
-                    if (us->slab != POOL_NONE)
-                        __builtin_prefetch(
-                            pool_items(&m->pool, us->cls, us->slab));
-                }
+        if (e >= 3 * d && e - 3 * d < n) {
+            const struct model_pf *p = &pf[(e - 3 * d) % MODEL_PF_RING];
+            if (p->ui >= 0 && (uint32_t)p->ui < ids_slots(m->uids)) {
+                const struct model_user *us = &m->u[p->ui];
+                if (us->slab != POOL_NONE)
+                    __builtin_prefetch(pool_items(&m->pool, us->cls, us->slab));
             }
+        }
+        if (e >= 4 * d) {
+            size_t i = e - 4 * d;
+            if (i + d / 2 + 1 < n)
+                model_prefetch_rows(m, pf[(i + d / 2 + 1) % MODEL_PF_RING].ui);
+            const struct model_pf *p = &pf[i % MODEL_PF_RING];
             const struct model_event *x = &ev[i];
             int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
                                                x->item, x->item_len, p->ih,
