@@ -32,7 +32,8 @@
 #include "model.h"
 #include "records.h"
 
-#define FIT_REJECTS_SHOWN 20 /* rejected lines printed, the rest counted */
+#define FIT_REJECTS_SHOWN 20    /* rejected lines printed, the rest counted */
+#define FIT_EXPIRE_MS     60000 /* model.ttl sweeps, as the daemon's timer */
 
 static const char ts_rule[] =
     "The CSV has a header naming its columns: user and item are required,\n"
@@ -50,9 +51,10 @@ static const char fit_usage[] =
     "Folds the events in file order through the daemon's model (the same\n"
     "code path, the same model.* keys and values as nmfd --set), refreshes\n"
     "W every model.refresh_events events and every model.refresh_interval\n"
-    "of event time, then refines while idle the way the daemon does after\n"
-    "a stream goes quiet (model.refine_users users a step) until the model\n"
-    "converges or N rounds (W refreshes) are done, and writes the dense\n"
+    "of event time (and forgets by model.ttl every minute of it), then\n"
+    "refines while idle the way the daemon does after a stream goes\n"
+    "quiet (model.refine_users users a step) until the model converges\n"
+    "or N rounds (W refreshes) are done, and writes the dense\n"
     "snapshot to SNAPSHOT atomically. The result depends only on the file\n"
     "and the keys: its ts is the last event time, not the clock.\n"
     "Prints one summary line: key=value pairs.\n"
@@ -118,7 +120,8 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     struct model_stats st;
     char err[CONFIG_ERR_MAX];
     uint64_t rejected = 0, folded = 0, rounds = 0;
-    int64_t last_refresh_ts = INT64_MIN;
+    int64_t last_refresh_ts = INT64_MIN, last_expire_ts = INT64_MIN;
+    uint64_t expired = 0;
     bool converged = false;
     double t0 = ctl_now(), t1, t2;
     int rc = 1, n;
@@ -162,8 +165,17 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
             goto out;
         }
         folded++;
-        /* The daemon also refreshes W every refresh_interval on its
-         * clock; offline the clock is the events' own time. */
+        /* The daemon also refreshes W every refresh_interval and forgets
+         * by model.ttl every minute on its clock; offline the clock is
+         * the events' own time. */
+        if (p->ttl_ms > 0) {
+            if (last_expire_ts == INT64_MIN)
+                last_expire_ts = row.ts;
+            else if (row.ts - last_expire_ts >= FIT_EXPIRE_MS) {
+                expired += model_expire(m, row.ts);
+                last_expire_ts = row.ts;
+            }
+        }
         if (cfg->model.refresh_interval_ms > 0) {
             if (last_refresh_ts == INT64_MIN)
                 last_refresh_ts = row.ts;
@@ -173,6 +185,10 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
                 last_refresh_ts = row.ts;
             }
         }
+    }
+    if (p->ttl_ms > 0 && folded > 0) {
+        model_stats(m, &st);
+        expired += model_expire(m, st.now);
     }
     t1 = ctl_now();
 
@@ -210,11 +226,13 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         goto out;
     }
     printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
-           " items=%" PRIu64 " k=%u loss=%.9g refine_rounds=%" PRIu64
+           " items=%" PRIu64 " expired=%" PRIu64
+           " k=%u loss=%.9g refine_rounds=%" PRIu64
            " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
            "seconds=%.3f out=%s\n",
-           folded, rejected, st.users, st.items, p->k, st.rel_loss, rounds,
-           converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0, o->out);
+           folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
+           rounds, converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0,
+           o->out);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));
         goto out;

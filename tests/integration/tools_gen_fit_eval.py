@@ -341,6 +341,24 @@ class FitEval(Base):
         self.assertEqual(doc["k"], 5)
         self.assertEqual(W.shape[1], 5)
 
+    def test_ttl_forgets_on_event_time(self):
+        # a and b are last seen at 10 s, c keeps coming until 200 s.
+        rows = ["a,x,1,1", "b,y,1,10"] + ["c,%s,1,%d" % ("xy"[t % 2], t)
+                                          for t in range(20, 201, 5)]
+        ev = self.write("ev.csv", "user,item,weight,ts\n" +
+                        "\n".join(rows) + "\n")
+        snap = self.path("s.snap")
+        st = kv(self.fit(ev, snap, "--set", "model.k=2", "--set",
+                         "model.ttl=60s").stdout)
+        doc, _, _ = load_snapshot(snap)
+        self.assertEqual(doc["users"], ["c"])
+        self.assertEqual(int(st["users"]), 1)
+        self.assertGreaterEqual(int(st["expired"]), 2)
+        st = kv(self.fit(ev, snap, "--set", "model.k=2").stdout)
+        doc, _, _ = load_snapshot(snap)
+        self.assertEqual(sorted(doc["users"]), ["a", "b", "c"])
+        self.assertEqual(int(st["expired"]), 0)
+
     def test_refine_rounds_bound(self):
         ev = self.write("ev.csv", self.gen(
             "--users", "300", "--items", "60", "--k", "4", "--events",
