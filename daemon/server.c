@@ -566,6 +566,41 @@ static void server_sse_epoch(struct server *s)
 
 static void bgjob_start_snapshot(struct server *s);
 
+/* The last published epoch, beside the checkpoint: epochs published after
+ * the last checkpoint must not be numbered again after a crash or a fresh
+ * start. Written with rename, without fsync: it is cheap on the loop, and
+ * a lost update only matters if the machine itself crashed. */
+static void epoch_file_write(struct server *s)
+{
+    char path[4096], tmp[4200];
+    int fd, len;
+    char buf[32];
+
+    snprintf(path, sizeof(path), "%s/epoch", s->cfg->checkpoint.dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    len = snprintf(buf, sizeof(buf), "%" PRIu64 "\n", s->epoch);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    if (write(fd, buf, (size_t)len) != len || close(fd) || rename(tmp, path))
+        log_debug("%s: %s", path, strerror(errno));
+}
+
+static uint64_t epoch_file_read(const struct server *s)
+{
+    char path[4096];
+    unsigned long long e = 0;
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/epoch", s->cfg->checkpoint.dir);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%llu", &e) != 1)
+        e = 0;
+    fclose(f);
+    return e;
+}
+
 static void publish_done(void *ctx, int status)
 {
     struct server *s = ctx;
@@ -579,6 +614,7 @@ static void publish_done(void *ctx, int status)
         s->next_full = true;
     } else {
         s->epoch = s->pub_epoch;
+        epoch_file_write(s);
         metric_inc(s->m.epochs);
         log_debug("epoch %" PRIu64 ": %" PRIu64 " segment records%s, %.3f s",
                   s->epoch, s->pub_segments, s->pub_full ? " (full)" : "",
@@ -1465,6 +1501,8 @@ static int server_load_state(struct server *s)
         if (!s->model)
             return -ENOMEM;
     }
+    if (epoch_file_read(s) > s->epoch)
+        s->epoch = epoch_file_read(s);
     model_epoch_set(s->model, s->epoch + 1);
     return 0;
 }
