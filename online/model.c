@@ -445,24 +445,13 @@ static void model_user_solve(struct model *m, uint32_t u,
     int64_t evict = -1;
     int add = 0;
 
-    /* Light users replace their share of B eagerly (one pass, from a copy
-     * of the old profile); heavy ones leave B until the next sync. */
-    uint32_t old_it[MODEL_BCACHE_MIN];
-    float old_va[MODEL_BCACHE_MIN];
-    uint32_t old_n = 0;
-    const int eager =
-        (us->flags & MODEL_U_INB) && us->n < MODEL_BCACHE_MIN && !drop;
-    if (eager && us->n) {
-        old_n = us->n;
-        memcpy(old_it, pool_items(&m->pool, us->cls, us->slab),
-               old_n * sizeof(uint32_t));
-        memcpy(old_va, pool_vals(&m->pool, us->cls, us->slab),
-               old_n * sizeof(float));
-    } else if (!eager && (us->flags & MODEL_U_INB)) {
+    /* The share of B goes now; light users put the new one back at the
+     * end of this step, heavy ones at the next sync. */
+    const int eager = us->n < MODEL_BCACHE_MIN && !drop;
+    if (us->flags & MODEL_U_INB) {
         model_b_apply(m, u, -1);
         us->flags &= (uint8_t)~MODEL_U_INB;
     }
-
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
         if (us->n < m->p.profile_max) {
             add = 1;
@@ -603,18 +592,22 @@ static void model_user_solve(struct model *m, uint32_t u,
         hf[j] = x >= FLT_MIN ? x : 0;
     }
 
-    /* The loss of the stored h: v^T v - 2 h^T b + h^T G h. */
+    /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
+     * sum of columns (vector operations, no long reduction chain). */
     double hb = 0, hgh = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        double hj = hf[j];
-        if (hj == 0)
+    for (uint32_t j = 0; j < k; j++)
+        gh[j] = 0;
+    for (uint32_t l = 0; l < k; l++) {
+        double hl = hf[l];
+        if (hl == 0)
             continue;
-        hb += hj * b[j];
-        const double *restrict gj = m->G + (size_t)j * k;
-        double s = 0;
-        for (uint32_t l = 0; l < k; l++)
-            s += gj[l] * (double)hf[l];
-        hgh += hj * s;
+        const double *restrict gl = m->G + (size_t)l * k;
+        for (uint32_t j = 0; j < k; j++)
+            gh[j] += gl[j] * hl;
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        hb += (double)hf[j] * b[j];
+        hgh += (double)hf[j] * gh[j];
     }
     double loss = vtv - 2 * hb + hgh;
     if (!(loss > 0))
@@ -625,26 +618,6 @@ static void model_user_solve(struct model *m, uint32_t u,
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * (double)hu[j];
         an[j] = s_new * (double)hf[j];
-    }
-    if (eager) {
-        double co[MODEL_K_MAX], cn[MODEL_K_MAX];
-        for (uint32_t j = 0; j < k; j++) {
-            co[j] = ao[j] / m->bcol[j];
-            cn[j] = an[j] / m->bcol[j];
-        }
-        double *restrict B = m->B;
-        for (uint32_t q = 0; q < old_n; q++) {
-            double *restrict bi = B + (size_t)old_it[q] * k;
-            double v = old_va[q];
-            for (uint32_t j = 0; j < k; j++)
-                bi[j] -= v * co[j];
-        }
-        for (uint32_t q = 0; q < out; q++) {
-            double *restrict bi = B + (size_t)it[q] * k;
-            double v = va[q];
-            for (uint32_t j = 0; j < k; j++)
-                bi[j] += v * cn[j];
-        }
     }
     double *restrict A = m->A;
     for (uint32_t j = 0; j < k; j++) {
@@ -668,6 +641,10 @@ static void model_user_solve(struct model *m, uint32_t u,
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
             m->stale--;
+    }
+    if (eager) {
+        model_b_apply(m, u, 1);
+        us->flags |= MODEL_U_INB;
     }
     m->dirty = 1;
 }
@@ -1268,17 +1245,27 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
                     model_prefetch_span(m->H + (size_t)p->ui * m->k,
                                         m->k * sizeof(float), 1);
                 }
-                if (ii >= 0)
+                if (ii >= 0) {
                     model_prefetch_span(m->W + (size_t)ii * m->k,
                                         m->k * sizeof(float), 0);
+                    model_prefetch_span(m->B + (size_t)ii * m->k,
+                                        m->k * sizeof(double), 1);
+                }
             }
         }
         if (e >= 3 * d && e - 3 * d < n) {
             const struct model_pf *p = &pf[(e - 3 * d) % MODEL_PF_RING];
             if (p->ui >= 0 && (uint32_t)p->ui < ids_slots(m->uids)) {
                 const struct model_user *us = &m->u[p->ui];
-                if (us->slab != POOL_NONE)
-                    __builtin_prefetch(pool_items(&m->pool, us->cls, us->slab));
+                if (us->slab != POOL_NONE) {
+                    __builtin_prefetch(pool_items(&m->pool, us->cls, us->slab),
+                                       1);
+                    __builtin_prefetch(pool_vals(&m->pool, us->cls, us->slab),
+                                       1);
+                }
+                if (us->bslot != POOL_NONE)
+                    model_prefetch_span(m->bc + (size_t)us->bslot * m->k,
+                                        m->k * sizeof(double), 1);
             }
         }
         if (e >= 4 * d) {
