@@ -875,7 +875,9 @@ struct records_snapshot *records_snapshot_read(const void *buf, size_t len,
             if (a->type == MSGPACK_OBJECT_STR &&
                 b->type == MSGPACK_OBJECT_STR &&
                 a->via.str.size == b->via.str.size &&
-                memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0) {
+                (a->via.str.size == 0 || /* msgpack-c: ptr NULL */
+                 memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) ==
+                     0)) {
                 *err = "a key appears twice";
                 goto fail;
             }

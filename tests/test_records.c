@@ -884,6 +884,9 @@ Test(records, reader_refuses_corrupt_snapshots)
     cr_assert_null(records_snapshot_read(plus, len + 1, &err));
     cr_assert_str_eq(err, "trailing bytes after the snapshot");
     free(plus);
+    /* Two empty keys (msgpack-c gives them a NULL pointer). */
+    cr_assert_null(records_snapshot_read("\x82\xa0\x01\xa0\x02", 5, &err));
+    cr_assert_str_eq(err, "a key appears twice");
     cr_assert_null(records_snapshot_read("\x93\x01\x02\x03", 4, &err));
     cr_assert_str_eq(err, "snapshot is not a map");
     cr_assert_null(records_snapshot_read("", 0, &err));
