@@ -170,6 +170,8 @@ const char *event_decoder_conf_check(const struct event_decoder_conf *c)
         return "max depth above 32";
     if (c->max_bytes > (size_t)INT32_MAX)
         return "max bytes above 2 GiB";
+    if (c->max_events > (uint32_t)INT32_MAX)
+        return "max events above 2^31 - 1";
     return NULL;
 }
 

@@ -1029,6 +1029,8 @@ Test(event, conf_check_refuses_bad_config)
         {.types = NULL, .ntypes = 1},
         {.ntypes = EVENT_TYPES_MAX + 1, .types = dup},
         {.max_depth = EVENT_DEPTH_LIMIT + 1},
+        {.max_events = UINT32_MAX},
+        {.max_bytes = (size_t)1 << 40},
     };
     struct event_decoder_conf good = {0};
 
