@@ -236,21 +236,38 @@ static int listen_probe(const struct sockaddr_storage *ss, socklen_t sslen)
 
 static void on_timer(uv_timer_t *t);
 
+static unsigned http_connections(struct http *h)
+{
+    const union MHD_DaemonInfo *i =
+        MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+
+    return i ? i->num_connections : 0;
+}
+
 /* Runs MHD once and re-arms the timer from MHD_get_timeout: MHD may have
  * work that no descriptor will announce (buffered data, a resumed
- * connection, a timeout to enforce). */
+ * connection, a timeout to enforce). One more case needs a second run:
+ * at the connection limit MHD takes the listening socket out of its epoll
+ * set and puts it back only at the start of a later run, so when
+ * connections closed during this run, clients already waiting in the
+ * backlog would wait for an unrelated event unless we run again. */
 static void http_run(struct http *h)
 {
     MHD_UNSIGNED_LONG_LONG ms;
+    unsigned before;
 
     if (!h->d)
         return;
+    before = http_connections(h);
     MHD_run(h->d);
-    if (MHD_get_timeout(h->d, &ms) == MHD_YES)
-        uv_timer_start(&h->timer, on_timer,
-                       ms > HTTP_TIMER_MAX_MS ? HTTP_TIMER_MAX_MS : ms, 0);
-    else
+    if (http_connections(h) < before)
+        ms = 0;
+    else if (MHD_get_timeout(h->d, &ms) != MHD_YES) {
         uv_timer_stop(&h->timer);
+        return;
+    }
+    uv_timer_start(&h->timer, on_timer,
+                   ms > HTTP_TIMER_MAX_MS ? HTTP_TIMER_MAX_MS : ms, 0);
 }
 
 /* Asks for an MHD_run on the next loop iteration rather than now: the

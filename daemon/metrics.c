@@ -327,10 +327,11 @@ void metrics_remove(struct metrics *m, struct metric *x)
             for (xp = &f->first; *xp; xp = &(*xp)->next) {
                 if (*xp == x) {
                     *xp = x->next;
-                    metric_free_one(x);
                     break;
                 }
             }
+            metric_free_one(x);
+            x = NULL;
         }
         if (!f->first) {
             *fp = f->next;
