@@ -450,6 +450,11 @@ static void set_ready(struct fx *fx, void *arg)
     fx->ready = *(int *)arg;
 }
 
+static void set_healthy(struct fx *fx, void *arg)
+{
+    fx->healthy = *(int *)arg;
+}
+
 static void set_snapshot(struct fx *fx, void *arg)
 {
     size_t n = *(size_t *)arg;
@@ -565,6 +570,9 @@ Test(http, keep_alive_reuses_one_connection, .timeout = 30)
         /* HEAD and an error response keep the connection too. */
         cr_assert_eq(request(&r, "HEAD", "/topics", NULL, &P), 0);
         cr_assert_eq(P.status, 200);
+        cr_assert_eq(request(&r, "HEAD", "/events", NULL, &P), 0);
+        cr_assert_eq(P.status, 200);
+        cr_assert_str_eq(header(&P, "content-type"), "text/event-stream");
         cr_assert_eq(request(&r, "DELETE", "/topics", NULL, &P), 0);
         cr_assert_eq(P.status, 405);
     }
@@ -702,6 +710,10 @@ Test(http, readyz_and_healthz_report_failures, .timeout = 30)
     cr_assert_str_eq(P.body, "not ready: loading checkpoint\n");
     get1(fx, "/healthz", &P);
     cr_assert_eq(P.status, 200, "alive while not ready");
+    on_loop(fx, set_healthy, &no);
+    get1(fx, "/healthz", &P);
+    cr_assert_eq(P.status, 503);
+    cr_assert_str_eq(P.body, "unhealthy\n");
     fx_stop(fx);
     fx_free(fx);
 }
