@@ -31,8 +31,10 @@ struct ids {
     uint64_t seed;
     char *arena;
     size_t arena_len, arena_cap, arena_dead;
-    uint64_t *ent; /* per index: record offset << 9 | len, 0 = free */
-    uint32_t *freel;
+    /* Per index: record offset << 9 | len (len >= 1) when live; when free,
+     * (next free index + 1) << 9, the free list threaded through. */
+    uint64_t *ent;
+    uint32_t free_head; /* most recently freed index + 1, 0 if none */
     uint32_t nslots, slots_cap, nfree, live;
     uint64_t *tab; /* offset << 24 | len << 15 | tag, 0 = empty */
     size_t tab_cap;
@@ -106,7 +108,6 @@ void ids_free(struct ids *t)
         return;
     free(t->arena);
     free(t->ent);
-    free(t->freel);
     free(t->tab);
     free(t);
 }
@@ -207,10 +208,6 @@ static int ids_slots_grow(struct ids *t, uint32_t cap)
     if (!ent)
         return -ENOMEM;
     t->ent = ent;
-    uint32_t *fl = realloc(t->freel, (size_t)cap * sizeof(*fl));
-    if (!fl)
-        return -ENOMEM;
-    t->freel = fl;
     t->slots_cap = cap;
     return 0;
 }
@@ -232,7 +229,7 @@ int ids_reserve(struct ids *t, size_t len)
         t->arena = a;
         t->arena_cap = cap;
     }
-    if (!t->nfree && t->nslots == t->slots_cap) {
+    if (!t->free_head && t->nslots == t->slots_cap) {
         if (t->nslots >= IDS_SLOTS_MAX)
             return -ENOMEM;
         uint64_t cap = t->slots_cap ? 2ull * t->slots_cap : 64;
@@ -242,8 +239,8 @@ int ids_reserve(struct ids *t, size_t len)
         if (rc)
             return rc;
     }
-    /* The table stays at most half full. */
-    if (2 * ((size_t)t->live + 1) > t->tab_cap) {
+    /* The table stays at most three quarters full. */
+    if (4 * ((size_t)t->live + 1) > 3 * t->tab_cap) {
         size_t cap = t->tab_cap ? 2 * t->tab_cap : 128;
         int rc = ids_tab_grow(t, cap);
         if (rc)
@@ -267,7 +264,14 @@ static void ids_place(struct ids *t, uint32_t idx, const char *s, size_t len)
 
 uint32_t ids_insert(struct ids *t, const char *s, size_t len)
 {
-    uint32_t idx = t->nfree ? t->freel[--t->nfree] : t->nslots++;
+    uint32_t idx;
+    if (t->free_head) {
+        idx = t->free_head - 1;
+        t->free_head = (uint32_t)(t->ent[idx] >> IDS_LEN_BITS);
+        t->nfree--;
+    } else {
+        idx = t->nslots++;
+    }
     ids_place(t, idx, s, len);
     return idx;
 }
@@ -288,7 +292,7 @@ static void ids_compact(struct ids *t)
     size_t off = 0, mask = t->tab_cap - 1;
     for (uint32_t i = 0; i < t->nslots; i++) {
         uint64_t e = t->ent[i];
-        if (!e)
+        if (!(e & IDS_LEN_MASK))
             continue;
         size_t len = (size_t)(e & IDS_LEN_MASK);
         const char *s = t->arena + (e >> IDS_LEN_BITS) + IDS_HDR;
@@ -311,7 +315,7 @@ static void ids_compact(struct ids *t)
 void ids_remove(struct ids *t, uint32_t idx)
 {
     uint64_t en = t->ent[idx];
-    if (!en)
+    if (!(en & IDS_LEN_MASK))
         return;
     size_t len = (size_t)(en & IDS_LEN_MASK);
     uint64_t off = en >> IDS_LEN_BITS;
@@ -333,8 +337,9 @@ void ids_remove(struct ids *t, uint32_t idx)
         }
     }
     t->tab[i] = 0;
-    t->ent[idx] = 0;
-    t->freel[t->nfree++] = idx;
+    t->ent[idx] = (uint64_t)t->free_head << IDS_LEN_BITS;
+    t->free_head = idx + 1;
+    t->nfree++;
     t->live--;
     t->arena_dead += IDS_HDR + len;
     if (t->arena_dead > 65536 && 2 * t->arena_dead > t->arena_len)
@@ -343,7 +348,7 @@ void ids_remove(struct ids *t, uint32_t idx)
 
 const char *ids_get(const struct ids *t, uint32_t idx, size_t *len)
 {
-    if (idx >= t->nslots || !t->ent[idx])
+    if (idx >= t->nslots || !(t->ent[idx] & IDS_LEN_MASK))
         return NULL;
     if (len)
         *len = (size_t)(t->ent[idx] & IDS_LEN_MASK);
@@ -360,16 +365,21 @@ uint32_t ids_live(const struct ids *t)
     return t->live;
 }
 
-const uint32_t *ids_free_list(const struct ids *t, uint32_t *n)
+uint32_t ids_free_count(const struct ids *t)
 {
-    *n = t->nfree;
-    return t->freel;
+    return t->nfree;
+}
+
+int64_t ids_free_next(const struct ids *t, int64_t at)
+{
+    uint32_t next =
+        at < 0 ? t->free_head : (uint32_t)(t->ent[at] >> IDS_LEN_BITS);
+    return next ? (int64_t)next - 1 : -1;
 }
 
 size_t ids_bytes(const struct ids *t)
 {
-    return sizeof(*t) + t->arena_cap +
-           (size_t)t->slots_cap * (sizeof(uint64_t) + sizeof(uint32_t)) +
+    return sizeof(*t) + t->arena_cap + (size_t)t->slots_cap * sizeof(uint64_t) +
            t->tab_cap * sizeof(uint64_t);
 }
 
@@ -390,7 +400,8 @@ int ids_load_slots(struct ids *t, uint32_t nslots)
 
 int ids_load_put(struct ids *t, uint32_t idx, const char *s, size_t len)
 {
-    if (idx >= t->nslots || t->ent[idx] || len < 1 || len > IDS_LEN_MAX)
+    if (idx >= t->nslots || (t->ent[idx] & IDS_LEN_MASK) || len < 1 ||
+        len > IDS_LEN_MAX)
         return -EINVAL;
     if (ids_find(t, s, len) >= 0)
         return -EEXIST;
@@ -403,22 +414,22 @@ int ids_load_put(struct ids *t, uint32_t idx, const char *s, size_t len)
 
 int ids_load_free(struct ids *t, const uint32_t *list, uint32_t n)
 {
-    if (n != t->nslots - t->live || n > t->slots_cap)
+    if (n != t->nslots - t->live)
         return -EINVAL;
+    /* Before this call every free index has entry 0: mark each listed one
+     * with 1 to catch repeats, then thread the list. */
     for (uint32_t i = 0; i < n; i++) {
-        /* A free index is listed once: mark it with the impossible entry
-         * value 1 << 9 | 0 (length 0) while checking. */
         if (list[i] >= t->nslots || t->ent[list[i]]) {
             for (uint32_t j = 0; j < i; j++)
                 t->ent[list[j]] = 0;
             return -EINVAL;
         }
-        t->ent[list[i]] = 1ull << IDS_LEN_BITS;
+        t->ent[list[i]] = 1;
     }
-    for (uint32_t i = 0; i < n; i++) {
-        t->ent[list[i]] = 0;
-        t->freel[i] = list[i];
-    }
+    for (uint32_t i = 0; i < n; i++)
+        t->ent[list[i]] =
+            i + 1 < n ? (uint64_t)(list[i + 1] + 1) << IDS_LEN_BITS : 0;
+    t->free_head = n ? list[0] + 1 : 0;
     t->nfree = n;
     return 0;
 }

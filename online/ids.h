@@ -36,14 +36,17 @@ const char *ids_get(const struct ids *t, uint32_t idx, size_t *len);
 
 uint32_t ids_slots(const struct ids *t); /* indices handed out so far */
 uint32_t ids_live(const struct ids *t);  /* live ids */
-/* The free list, most recently freed last (the next to be reused). */
-const uint32_t *ids_free_list(const struct ids *t, uint32_t *n);
+/* The free list, from the next index to be reused (the most recently
+ * freed): ids_free_next(t, -1) is the first, ids_free_next(t, i) the one
+ * after i, -1 at the end. */
+uint32_t ids_free_count(const struct ids *t);
+int64_t ids_free_next(const struct ids *t, int64_t at);
 size_t ids_bytes(const struct ids *t); /* memory held */
 
 /* Restoring a saved table: ids_load_slots once on an empty table, then
  * ids_load_put for each live index (-EEXIST on a duplicate id, -EINVAL on
- * a bad index or length), then ids_load_free with the saved free list
- * (-EINVAL unless it lists every free index exactly once). */
+ * a bad index or length), then ids_load_free with the free list in
+ * ids_free_next order (-EINVAL unless it lists every free index once). */
 int ids_load_slots(struct ids *t, uint32_t nslots);
 int ids_load_put(struct ids *t, uint32_t idx, const char *s, size_t len);
 int ids_load_free(struct ids *t, const uint32_t *list, uint32_t n);

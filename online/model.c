@@ -41,7 +41,17 @@
  * the stored ones times 2^(-(T - T0)/half_life), so time passing costs
  * nothing; T0 moves forward every MODEL_FRAME_SPAN half-lives. B also
  * carries a per-column scale (bcol) so that normalising W costs O(k^2),
- * not a pass over B. The loss of a solved user is at hand:
+ * not a pass over B. Rescaling h rounds it to float, so A and B are
+ * rebuilt from the users every MODEL_REBUILD_EVERY rescaling refreshes.
+ *
+ * Cost. A fold is O(|v| k + sweeps k^2) as the design asks, with two
+ * refinements that keep it exact: B is exact whenever HALS reads it, but
+ * a heavy user's share (>= MODEL_BCACHE_MIN entries) leaves B at its first
+ * change after a refresh and comes back at the next one, so its many
+ * events in between pay O(k^2) each, with W^T v kept up to date in O(k)
+ * (b <- f b + w W_i) while W does not change. model_fold_batch folds a
+ * run of events identically to model_fold but prefetches the memory of
+ * the events ahead. The loss of a solved user is at hand:
  * ||v - W h||^2 = v^T v - 2 h^T (W^T v) + h^T G h; its recency-weighted
  * sum over users divided by sum_u c_u ||v_u||^2 is the relative loss.
  * Everything is a deterministic function of the calls and the seed.
@@ -455,7 +465,7 @@ static void model_user_solve(struct model *m, uint32_t u,
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
         if (us->n < m->p.profile_max) {
             add = 1;
-            if (us->slab == POOL_NONE || us->n == (1u << us->cls))
+            if (us->slab == POOL_NONE || us->n == pool_cap(us->cls))
                 model_profile_move(m, us);
         } else {
             /* Full: the weakest entry after decay makes room, unless the
@@ -628,10 +638,13 @@ static void model_user_solve(struct model *m, uint32_t u,
         for (uint32_t l = 0; l < k; l++)
             aj[l] += anj * (double)hf[l] - aoj * (double)hu[l];
     }
-    m->loss_s += s_new * loss - s_old * us->loss;
-    m->norm_s += s_new * vtv - s_old * us->vnorm;
-    us->loss = loss;
-    us->vnorm = vtv;
+    /* Per user in float (the sums use exactly the stored values). */
+    float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
+    float vf = vtv < FLT_MAX ? (float)vtv : FLT_MAX;
+    m->loss_s += s_new * lf - s_old * us->loss;
+    m->norm_s += s_new * vf - s_old * us->vnorm;
+    us->loss = lf;
+    us->vnorm = vf;
     us->t = t_new;
     if (memcmp(hu, hf, k * sizeof(float))) {
         memcpy(hu, hf, k * sizeof(float));
@@ -1095,7 +1108,7 @@ static int model_fold_checked(struct model *m, const char *user,
             pos = model_find(pool_items(&m->pool, us->cls, us->slab), us->n,
                              (uint32_t)ii);
         if (pos < 0 && us->n < m->p.profile_max &&
-            (us->slab == POOL_NONE || us->n == (1u << us->cls))) {
+            (us->slab == POOL_NONE || us->n == pool_cap(us->cls))) {
             uint32_t c = us->slab == POOL_NONE ? 0 : us->cls + 1u;
             if ((rc = pool_reserve(&m->pool, c)))
                 return rc;

@@ -19,8 +19,8 @@
 struct model_user {
     int64_t t;        /* latest event time; the profile is valued at t */
     uint64_t changed; /* epoch of the last bitwise change of h */
-    double loss;      /* ||v - W h||^2 at the last solve, valued at t */
-    double vnorm;     /* ||v||^2, valued at t */
+    float loss;       /* ||v - W h||^2 at the last solve, valued at t */
+    float vnorm;      /* ||v||^2, valued at t */
     uint32_t solved;  /* refresh count at the last solve */
     uint32_t slab;    /* profile slab in class cls, POOL_NONE if none */
     uint32_t bslot;   /* cached W^T v slot, POOL_NONE if none */

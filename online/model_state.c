@@ -16,10 +16,11 @@
  *   "NMFDMODL" u32 version u32 k
  *   params, scalars, RNG state, A (k*k f64), G (k*k f64), bcol (k f64)
  *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
- *          i64 last time], nfree u32 free list, W (slots*k f32),
- *          B (slots*k f64)
+ *          i64 last time], nfree u32 free list (next reused first),
+ *          W (slots*k f32), B (slots*k f64)
  *   users: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
- *          i64 t, u64 changed, f64 loss, f64 vnorm, u32 solved, u32 n,
+ *          i64 t, u64 changed, f32 loss, f32 vnorm, u32 solved, u32 n,
+ *          u8 in-B flag, u8 cached [u64 generation, k f64 W^T v],
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
  *   u64 checksum of everything before it
  */
@@ -203,6 +204,12 @@ static void sw_params(struct state_writer *w, const struct model_params *p)
     sw_f64(w, p->refine_tol);
 }
 
+static void sw_free_list(struct state_writer *w, const struct ids *t)
+{
+    for (int64_t i = ids_free_next(t, -1); i >= 0; i = ids_free_next(t, i))
+        sw_u32(w, (uint32_t)i);
+}
+
 int model_save(const struct model *m, model_write_fn write, void *ctx)
 {
     const uint32_t k = m->k;
@@ -241,10 +248,9 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_put(&w, m->G, (size_t)k * k * sizeof(double));
     sw_put(&w, m->bcol, (size_t)k * sizeof(double));
 
-    uint32_t M = ids_slots(m->iids), nfree;
-    const uint32_t *fl = ids_free_list(m->iids, &nfree);
+    uint32_t M = ids_slots(m->iids);
     sw_u32(&w, M);
-    sw_u32(&w, nfree);
+    sw_u32(&w, ids_free_count(m->iids));
     for (uint32_t i = 0; i < M; i++) {
         size_t len = 0;
         const char *id = ids_get(m->iids, i, &len);
@@ -254,14 +260,13 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_put(&w, id, len);
         sw_i64(&w, m->item_t[i]);
     }
-    sw_put(&w, fl, (size_t)nfree * sizeof(uint32_t));
+    sw_free_list(&w, m->iids);
     sw_put(&w, m->W, (size_t)M * k * sizeof(float));
     sw_put(&w, m->B, (size_t)M * k * sizeof(double));
 
     uint32_t U = ids_slots(m->uids);
-    fl = ids_free_list(m->uids, &nfree);
     sw_u32(&w, U);
-    sw_u32(&w, nfree);
+    sw_u32(&w, ids_free_count(m->uids));
     for (uint32_t u = 0; u < U; u++) {
         size_t len = 0;
         const char *id = ids_get(m->uids, u, &len);
@@ -272,8 +277,8 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_put(&w, id, len);
         sw_i64(&w, us->t);
         sw_u64(&w, us->changed);
-        sw_f64(&w, us->loss);
-        sw_f64(&w, us->vnorm);
+        sw_put(&w, &us->loss, sizeof(float));
+        sw_put(&w, &us->vnorm, sizeof(float));
         sw_u32(&w, us->solved);
         sw_u32(&w, us->n);
         sw_u8(&w, us->flags & MODEL_U_INB);
@@ -290,7 +295,7 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
                    us->n * sizeof(float));
         }
     }
-    sw_put(&w, fl, (size_t)nfree * sizeof(uint32_t));
+    sw_free_list(&w, m->uids);
     sw_flush(&w);
     if (!w.err) {
         uint64_t sum = sh_final(&w.h);

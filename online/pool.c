@@ -1,10 +1,10 @@
 /* online/pool.c -- size-class pools for the users' sparse profiles.
  *
  * A profile of n entries (uint32 item, float value) lives in a slab of
- * class c, holding 2^c items then 2^c values, inside one flat array per
- * class,
+ * class c, holding pool_caps[c] items then as many values, inside one flat
+ * array per class,
  * so that a user costs a slab index and no allocation of its own. Pools
- * grow by doubling in pool_reserve, which is the only place that
+ * grow by half their size in pool_reserve, which is the only place that
  * allocates; a slab that a user outgrows goes back to its class's free
  * list for the next user. Slabs are addressed by index, never by pointer,
  * so growth may move the arrays. The pool never looks inside a slab.
@@ -30,10 +30,10 @@ int pool_reserve(struct pool *p, uint32_t c)
     if (pc->nfree || pc->nslabs < pc->cap)
         return 0;
     /* Small classes start with room for many users at once. */
-    size_t cap = pc->cap ? 2 * (size_t)pc->cap : (c < 6 ? 1024 : 16);
+    size_t cap = pc->cap ? pc->cap + (size_t)pc->cap / 2 : (c < 12 ? 1024 : 16);
     if (cap > 0xffffff00u)
         return -ENOMEM;
-    size_t n = cap << (c + 1);
+    size_t n = cap * 2 * pool_caps[c];
     uint32_t *words = realloc(pc->words, n * sizeof(*words));
     if (!words)
         return -ENOMEM;
@@ -62,7 +62,7 @@ size_t pool_bytes(const struct pool *p)
 {
     size_t b = 0;
     for (int c = 0; c < POOL_CLASSES; c++)
-        b += ((size_t)p->c[c].cap << (c + 1)) * sizeof(uint32_t) +
+        b += (size_t)p->c[c].cap * 2 * pool_caps[c] * sizeof(uint32_t) +
              (size_t)p->c[c].cap * sizeof(uint32_t);
     return b;
 }
