@@ -1009,3 +1009,123 @@ Test(kafka_io, survives_broker_down_and_up)
     free(c);
     loop_finish();
 }
+
+static int log_lines;
+
+static void count_log(void *ctx, int level, const char *fac, const char *msg)
+{
+    log_lines++;
+}
+
+Test(kafka_uprod, log_lines_come_to_the_loop)
+{
+    struct prod p;
+    struct kafka_out_cbs cbs = prod_cbs;
+    rd_kafka_conf_t *conf = conf_new(NULL);
+    char err[256];
+
+    conf_put(conf, "debug", "metadata");
+    conf_put(conf, "log_level", "7");
+    cbs.on_log = count_log;
+    memset(&p, 0, sizeof(p));
+    log_lines = 0;
+    p.out = kafka_out_new(&loop, conf, NULL, &cbs, &p, err, sizeof(err));
+    cr_assert_not_null(p.out, "%s", err);
+    cr_assert(run_until(&p.ready, 20000));
+    produce_n(&p, "t1", 10, -1);
+    cr_assert_gt(log_lines, 0, "debug lines were served on the loop");
+    prod_close(&p);
+    loop_finish();
+}
+
+struct member {
+    struct cons c;
+    int owned;     /* partitions currently assigned */
+    int min_owned; /* lowest count after the first assignment */
+    bool had;
+};
+
+static void m_assign(void *ctx, rd_kafka_topic_partition_list_t *parts)
+{
+    struct member *m = ctx;
+    m->owned += parts->cnt;
+    if (!m->had) {
+        m->had = true;
+        m->min_owned = m->owned;
+    }
+    c_assign(ctx, parts);
+}
+
+static void m_revoke(void *ctx, const rd_kafka_topic_partition_list_t *parts,
+                     bool lost)
+{
+    struct member *m = ctx;
+    m->owned -= parts->cnt;
+    if (m->had && m->owned < m->min_owned)
+        m->min_owned = m->owned;
+    c_revoke(ctx, parts, lost);
+}
+
+static bool balanced;
+
+static void check_balanced(struct member *a, struct member *b)
+{
+    balanced = a->owned == 2 && b->owned == 2;
+}
+
+Test(kafka_io, cooperative_rebalance_is_incremental, .timeout = 120)
+{
+    struct prod p;
+    struct member *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+    struct kafka_in_cbs cbs = cons_cbs;
+    rd_kafka_conf_t *conf;
+    char err[256];
+    bool never = false;
+
+    cbs.on_assign = m_assign;
+    cbs.on_revoke = m_revoke;
+    for (int i = 0; i < 8; i++)
+        a->c.seek[i] = b->c.seek[i] = a->c.lastoff[i] = b->c.lastoff[i] = -1;
+    a->c.want = b->c.want = 1000000;
+    a->c.order_ok = b->c.order_ok = true;
+
+    conf = conf_new("g-coop");
+    conf_put(conf, "partition.assignment.strategy", "cooperative-sticky");
+    a->c.in = kafka_in_new(&loop, conf, &cbs, a, err, sizeof(err));
+    cr_assert_not_null(a->c.in, "%s", err);
+    cr_assert_eq(kafka_in_subscribe(a->c.in, "p4"), 0);
+    cr_assert(run_until(&a->c.assigned, 30000));
+    cr_assert_eq(a->owned, 4);
+
+    conf = conf_new("g-coop");
+    conf_put(conf, "partition.assignment.strategy", "cooperative-sticky");
+    b->c.in = kafka_in_new(&loop, conf, &cbs, b, err, sizeof(err));
+    cr_assert_not_null(b->c.in, "%s", err);
+    cr_assert_eq(kafka_in_subscribe(b->c.in, "p4"), 0);
+    /* Poll the balance from the loop. */
+    balanced = false;
+    for (int i = 0; i < 300 && !balanced; i++) {
+        run_until(&never, 100);
+        check_balanced(a, b);
+    }
+    cr_assert(balanced, "a owns %d, b owns %d", a->owned, b->owned);
+    /* Incremental: a gave up two partitions and kept two throughout
+     * (an eager protocol would have revoked all four first). */
+    cr_assert_eq(a->c.revokes, 1);
+    cr_assert_eq(a->min_owned, 2);
+
+    prod_open(&p, conf_new(NULL), NULL);
+    produce_n(&p, "p4", 400, -1);
+    prod_close(&p);
+    for (int i = 0; i < 100 && a->c.n + b->c.n < 400; i++)
+        run_until(&never, 100);
+    cr_assert_eq(a->c.n + b->c.n, 400, "a %d + b %d", a->c.n, b->c.n);
+    cr_assert_gt(a->c.n, 0);
+    cr_assert_gt(b->c.n, 0);
+
+    cons_close(&b->c);
+    cons_close(&a->c);
+    free(a);
+    free(b);
+    loop_finish();
+}
