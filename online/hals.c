@@ -20,10 +20,11 @@
  *     w_j <- max(0, (b_j - W a_j + A_jj w_j - l1) / (A_jj + l2))
  * Entry (i, j) of that update reads only row i of W, so sweeping each row
  * through j = 0..k-1 gives exactly the column-by-column HALS result while
- * streaming W and B once. r = w_i A is kept incrementally: O(k^2) per row
- * and sweep; eight rows go through together, one per vector lane.
+ * streaming W and B once. Eight rows go through together, one per vector
+ * lane, and (W a_j) for them is computed when coordinate j is updated:
+ * O(k^2) per row and sweep, with no dependency chain between lanes.
  */
-#define HALS_R 8 /* rows updated together, one vector lane each */
+#define HALS_R 32 /* rows updated together: independent lanes */
 
 ONLINE_KERNEL
 void hals_update(uint32_t k, size_t rows, float *restrict W,
@@ -33,8 +34,7 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
 {
     /* Blocks of HALS_R rows, transposed so that every step below is a
      * vector operation across the rows of the block. */
-    double w[MODEL_K_MAX][HALS_R], r[MODEL_K_MAX][HALS_R];
-    double bb[MODEL_K_MAX][HALS_R];
+    double w[MODEL_K_MAX][HALS_R], bb[MODEL_K_MAX][HALS_R];
     double inv[MODEL_K_MAX], ajj[MODEL_K_MAX], sq[MODEL_K_MAX];
     for (uint32_t j = 0; j < k; j++) {
         ajj[j] = A[(size_t)j * k + j];
@@ -49,32 +49,22 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
                 size_t i = i0 + (x < nr ? x : 0);
                 w[j][x] = x < nr ? W[i * k + j] : 0;
                 bb[j][x] = x < nr ? B[i * k + j] * bscale[j] - l1 : 0;
-                r[j][x] = 0;
             }
-        }
-        /* r = A w for each row (A symmetric). */
-        for (uint32_t j = 0; j < k; j++) {
-            const double *restrict aj = A + (size_t)j * k;
-            for (uint32_t l = 0; l < k; l++)
-                for (size_t x = 0; x < HALS_R; x++)
-                    r[l][x] += aj[l] * w[j][x];
         }
         for (uint32_t s = 0; s < sweeps; s++) {
             for (uint32_t j = 0; j < k; j++) {
                 if (inv[j] == 0)
                     continue;
+                /* (W a_j) for the block's rows, with the current w. */
                 const double *restrict aj = A + (size_t)j * k;
-                double d[HALS_R];
-                for (size_t x = 0; x < HALS_R; x++) {
-                    double nw =
-                        (bb[j][x] - r[j][x] + ajj[j] * w[j][x]) * inv[j];
-                    nw = nw > 0 ? nw : 0;
-                    d[x] = nw - w[j][x];
-                    w[j][x] = nw;
-                }
+                double r[HALS_R] = {0};
                 for (uint32_t l = 0; l < k; l++)
                     for (size_t x = 0; x < HALS_R; x++)
-                        r[l][x] += aj[l] * d[x];
+                        r[x] += aj[l] * w[l][x];
+                for (size_t x = 0; x < HALS_R; x++) {
+                    double nw = (bb[j][x] - r[x] + ajj[j] * w[j][x]) * inv[j];
+                    w[j][x] = nw > 0 ? nw : 0;
+                }
             }
         }
         for (size_t x = 0; x < nr; x++) {
@@ -91,28 +81,38 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
             colsq[j] += sq[j];
 }
 
-/* G += W^T W, one outer product per row, accumulated in double. */
+/* G += W^T W, accumulated in double four rows at a time (four outer
+ * products per update of G, no branches), after scaling each row's
+ * columns when asked (the unit-norm reparametrisation). */
 ONLINE_KERNEL
-void hals_gram(uint32_t k, size_t rows, const float *restrict W,
-               double *restrict G)
+void hals_gram(uint32_t k, size_t rows, float *restrict W,
+               const double *restrict scale, double *restrict G)
 {
-    double w[MODEL_K_MAX];
-    for (size_t i = 0; i < rows; i++) {
-        const float *restrict wi = W + i * k;
-        int any = 0;
-        for (uint32_t j = 0; j < k; j++) {
-            w[j] = wi[j];
-            any |= wi[j] != 0;
+    double w[4][MODEL_K_MAX];
+    for (size_t i0 = 0; i0 < rows; i0 += 4) {
+        size_t nr = rows - i0 < 4 ? rows - i0 : 4;
+        for (size_t x = 0; x < 4; x++) {
+            float *restrict wi = W + (i0 + (x < nr ? x : 0)) * k;
+            for (uint32_t j = 0; j < k; j++) {
+                double v = 0;
+                if (x < nr) {
+                    if (scale) {
+                        float f = (float)((double)wi[j] * scale[j]);
+                        wi[j] = f;
+                        v = f;
+                    } else {
+                        v = wi[j];
+                    }
+                }
+                w[x][j] = v;
+            }
         }
-        if (!any)
-            continue;
         for (uint32_t j = 0; j < k; j++) {
-            double wj = w[j];
-            if (wj == 0)
-                continue;
+            double a0 = w[0][j], a1 = w[1][j], a2 = w[2][j], a3 = w[3][j];
             double *restrict gj = G + (size_t)j * k;
             for (uint32_t l = 0; l < k; l++)
-                gj[l] += wj * w[l];
+                gj[l] +=
+                    a0 * w[0][l] + a1 * w[1][l] + a2 * w[2][l] + a3 * w[3][l];
         }
     }
 }

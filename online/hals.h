@@ -14,7 +14,10 @@ void hals_update(uint32_t k, size_t rows, float *W, const double *B,
                  const double *bscale, const double *A, const uint8_t *skip,
                  double l1, double l2, uint32_t sweeps, double *colsq);
 
-/* Adds W^T W (rows x k float, row-major) to G (k x k double). */
-void hals_gram(uint32_t k, size_t rows, const float *W, double *G);
+/* Adds W^T W (rows x k float, row-major) to G (k x k double); with scale
+ * (k doubles, may be NULL) first sets W[i][j] = (float)(W[i][j] * scale[j])
+ * in the same pass. */
+void hals_gram(uint32_t k, size_t rows, float *W, const double *scale,
+               double *G);
 
 #endif
