@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,61 @@ static int broker__topic_create(struct broker *b, const char *name, size_t len,
     return 0;
 }
 
+/* Walks a comma-separated topic list: checks each name (and that it is
+ * not listed twice), and with create, creates it. Blanks around names are
+ * tolerated, empty entries are not. */
+static int broker__topics_each(struct broker *b, const char *topics,
+                               int partitions, bool create, char *err,
+                               size_t errlen)
+{
+    for (const char *p = topics; p && *p;) {
+        const char *comma = strchr(p, ',');
+        const char *entry = p;
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        int r;
+
+        while (len && isspace((unsigned char)*p))
+            p++, len--;
+        while (len && isspace((unsigned char)p[len - 1]))
+            len--;
+        if (create) {
+            if ((r = broker__topic_create(b, p, len, partitions, err, errlen)) <
+                0)
+                return r;
+        } else {
+            if (!broker__topic_name_ok(p, len)) {
+                broker__errf(err, errlen, "bad topic name '%.*s'",
+                             (int)(len > 64 ? 64 : len), p);
+                return -EINVAL;
+            }
+            for (const char *q = topics; q < entry;) {
+                const char *qs = q, *qe = q + strcspn(q, ",");
+
+                while (qs < qe && isspace((unsigned char)*qs))
+                    qs++;
+                while (qe > qs && isspace((unsigned char)qe[-1]))
+                    qe--;
+                if ((size_t)(qe - qs) == len && !memcmp(qs, p, len)) {
+                    broker__errf(err, errlen, "topic '%.*s' listed twice",
+                                 (int)len, p);
+                    return -EEXIST;
+                }
+                q += strcspn(q, ",");
+                if (*q == ',')
+                    q++;
+            }
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+        if (!*p) {
+            broker__errf(err, errlen, "empty topic name in '%s'", topics);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 struct broker *broker_new(int nbrokers, const char *topics, int partitions,
                           char *err, size_t errlen)
 {
@@ -112,6 +168,10 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
                      BROKER_PARTITIONS_MAX, partitions);
         return NULL;
     }
+    /* Every name is checked before the cluster starts (stopping one takes
+     * librdkafka about a second). */
+    if (broker__topics_each(NULL, topics, partitions, false, err, errlen) < 0)
+        return NULL;
     b = calloc(1, sizeof(*b));
     if (!b) {
         broker__errf(err, errlen, "out of memory");
@@ -145,25 +205,8 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
         goto fail;
     }
 
-    for (const char *p = topics; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-
-        /* Blanks around names are tolerated, empty entries are not. */
-        while (len && isspace((unsigned char)*p))
-            p++, len--;
-        while (len && isspace((unsigned char)p[len - 1]))
-            len--;
-        if (broker__topic_create(b, p, len, partitions, err, errlen) < 0)
-            goto fail;
-        if (!comma)
-            break;
-        p = comma + 1;
-        if (!*p) {
-            broker__errf(err, errlen, "empty topic name in '%s'", topics);
-            goto fail;
-        }
-    }
+    if (broker__topics_each(b, topics, partitions, true, err, errlen) < 0)
+        goto fail;
     return b;
 
 fail:

@@ -344,6 +344,7 @@ TestSuite(kafka_ucmd);
 Test(kafka_ucmd, broker_bad_arguments)
 {
     char err[256];
+    struct broker *ok;
 
     cr_assert_null(broker_new(0, "a", 1, err, sizeof(err)));
     cr_assert(strstr(err, "brokers"), "%s", err);
@@ -357,8 +358,11 @@ Test(kafka_ucmd, broker_bad_arguments)
     cr_assert_null(broker_new(1, "a,", 1, err, sizeof(err)));
     cr_assert(strstr(err, "empty topic"), "%s", err);
     cr_assert_null(broker_new(1, "..", 1, err, sizeof(err)));
-    cr_assert_null(broker_new(1, "a,a", 1, err, sizeof(err)));
-    cr_assert(strstr(err, "exists"), "%s", err);
+    cr_assert_null(broker_new(1, "a, b ,a", 1, err, sizeof(err)));
+    cr_assert(strstr(err, "'a' listed twice"), "%s", err);
+    ok = broker_new(1, "ab, a,b, c", 1, err, sizeof(err));
+    cr_assert_not_null(ok, "a prefix is not a duplicate: %s", err);
+    broker_free(ok);
 }
 
 Test(kafka_ucmd, broker_bootstraps_and_topics)
