@@ -54,6 +54,8 @@ struct kafka_in_cbs {
  * failure). Sets on top of the caller's keys: enable.auto.commit=false,
  * enable.auto.offset.store=false, the rebalance, error and stats
  * callbacks; statistics are parsed only if statistics.interval.ms > 0.
+ * group.id is required, also for kafka_in_assign() (librdkafka has no
+ * assignment without a group handle; nothing is committed unless asked).
  * Returns NULL with a message in err on failure. */
 struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
                               const struct kafka_in_cbs *cbs, void *ctx,
@@ -63,8 +65,8 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
  * for the next iteration so the loop stays responsive. */
 void kafka_in_set_batch(struct kafka_in *k, unsigned batch);
 
-/* Joins the group (group.id required) for the comma-separated topics.
- * -EINVAL empty list or no group.id, -errno from librdkafka. */
+/* Joins the group for the comma-separated topics. -EINVAL an empty list
+ * or entry, or after kafka_in_close; -errno from librdkafka. */
 int kafka_in_subscribe(struct kafka_in *k, const char *topics);
 
 /* Manual assignment, no group: each element's offset is where to start
