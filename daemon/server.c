@@ -53,6 +53,7 @@
 #define SERVER_STATUS_MS     5000
 #define SERVER_EXPIRE_MS     60000
 #define SERVER_SSE_TOPS      10 /* top items per topic on the dashboard */
+#define SERVER_BUSY_MESSAGES 64 /* per loop tick: the input is busy */
 
 /* One input partition: where the model's next event starts. */
 struct part {
@@ -125,6 +126,7 @@ struct server {
     double rate;
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
+    uint64_t refine_consumed; /* s->consumed at the last refine tick */
 
     enum publish_state pub;
     uint64_t pub_epoch;
@@ -799,8 +801,17 @@ static void on_refine(uv_idle_t *h)
     struct model_stats before, after;
     size_t n;
 
+    /* An idle handle runs on every loop iteration, busy or not. While the
+     * consumer keeps delivering, ingest comes first and the refinement
+     * takes a small slice, enough that H never goes stale for long; the
+     * full slice when the input is quiet. */
+    size_t budget = s->cfg->model.refine_users;
+    if (s->consumed - s->refine_consumed >= SERVER_BUSY_MESSAGES)
+        budget = budget / 16 ? budget / 16 : 1;
+    s->refine_consumed = s->consumed;
+
     model_stats(s->model, &before);
-    n = model_refine(s->model, s->cfg->model.refine_users);
+    n = model_refine(s->model, budget);
     model_stats(s->model, &after);
     metric_add(s->m.refined, (double)n);
     if (n == 0 && after.refreshes == before.refreshes)
