@@ -78,7 +78,7 @@ def main():
         # about --seconds; the partitions are sized so the mock's ~5 MiB
         # retention keeps every event (checked below).
         producer = ps.start([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
-                             "--topic", "nmf.events", "--rate",
+                             "--topic", "nmf.events", "-X", "linger.ms=50", "--rate",
                              str(max(1000, a.events // a.seconds)), events], "produce")
         mid = last = 0
         for kill in range(a.kills):
@@ -103,7 +103,7 @@ def main():
               % (sum(hi for _, hi in wm), a.events))
 
         d = ps.nmfd(brokers, sets=sets, state=state, name="final")
-        wait_for(lambda: metric(d.port, "nmfd_model_events") == a.events, 300,
+        wait_for(lambda: metric(d.port, "nmfd_model_events") == a.events, 900,
                  "the model to hold every event")
         check(stop(d) == 0, "final nmfd did not stop cleanly:\n" + ps.log("final"))
 
