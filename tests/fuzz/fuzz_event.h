@@ -23,8 +23,8 @@ static void fuzz_on_event(void *ctx, const struct event *ev)
     int *n = ctx;
 
     (*n)++;
-    if (ev->user_len < 1 || ev->user_len > EVENT_ID_MAX ||
-        ev->item_len < 1 || ev->item_len > EVENT_ID_MAX)
+    if (ev->user_len < 1 || ev->user_len > EVENT_ID_MAX || ev->item_len < 1 ||
+        ev->item_len > EVENT_ID_MAX)
         abort();
     if (memchr(ev->user, 0, ev->user_len) || memchr(ev->item, 0, ev->item_len))
         abort();
@@ -40,8 +40,8 @@ static void fuzz_on_event(void *ctx, const struct event *ev)
     if (ev->ts < 0)
         abort();
     /* The daemon folds what the decoder accepts: the model must agree. */
-    if (model_fold(fuzz_model, ev->user, ev->user_len, ev->item,
-                   ev->item_len, ev->weight, ev->ts) != 0)
+    if (model_fold(fuzz_model, ev->user, ev->user_len, ev->item, ev->item_len,
+                   ev->weight, ev->ts) != 0)
         abort();
     fuzz_folds++;
 }
