@@ -318,6 +318,11 @@ int ctl_fit_main(int argc, char **argv)
         rc = ctl_bad("fit", "--out SNAPSHOT is required", NULL);
         goto out;
     }
+    if (!strcmp(o.out, "-")) {
+        rc = ctl_bad(
+            "fit", "--out wants a file name (it is replaced atomically)", NULL);
+        goto out;
+    }
     cfg = config_new();
     if (!cfg) {
         fprintf(stderr, "nmfctl fit: out of memory\n");

@@ -394,6 +394,7 @@ class FitEval(Base):
             ("--events", ev, "--out", out, "--refine-rounds", "x"),
             ("--events", ev, "--out", out, "--refine-rounds", "-1"),
             ("--events", ev, "--out"),
+            ("--events", ev, "--out", "-"),
         ]
         for args in cases:
             p = run("fit", *args)
