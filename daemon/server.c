@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <zlib.h>
 #include <uv.h>
 
 #include "broker.h"
@@ -1406,6 +1407,9 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
     const struct config *c = s->cfg;
 
     for (size_t i = 0; i < c->kafka.n; i++) {
+        /* Given to the output producer alone, by kafka_out_new. */
+        if (!strcmp(c->kafka.kv[i].key, "transactional.id"))
+            continue;
         if (rd_kafka_conf_set(conf, c->kafka.kv[i].key, c->kafka.kv[i].value,
                               err, sizeof(err)) != RD_KAFKA_CONF_OK) {
             log_err("%s: kafka.%s: %s", c->kafka.kv[i].origin,
@@ -1443,6 +1447,32 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
                           sizeof(err));
     }
     return 0;
+}
+
+/* The output producer's transactional.id: stable across restarts of one
+ * instance, so a restarted nmfd fences its own zombie, and distinct between
+ * the instances of a group, which must not fence each other. The group,
+ * the host and the state directory name the instance, unless the operator
+ * set [kafka] transactional.id. */
+static void server_transactional_id(const struct server *s, char *out,
+                                    size_t len)
+{
+    const struct config *c = s->cfg;
+    const char *group = "nmfd";
+    char host[256] = "localhost";
+
+    for (size_t i = 0; i < c->kafka.n; i++) {
+        if (!strcmp(c->kafka.kv[i].key, "transactional.id")) {
+            snprintf(out, len, "%s", c->kafka.kv[i].value);
+            return;
+        }
+        if (!strcmp(c->kafka.kv[i].key, "group.id"))
+            group = c->kafka.kv[i].value;
+    }
+    gethostname(host, sizeof(host) - 1);
+    snprintf(out, len, "nmfd-%s-%s-%08lx", group, host,
+             (unsigned long)crc32(0, (const unsigned char *)c->checkpoint.dir,
+                                  (unsigned)strlen(c->checkpoint.dir)));
 }
 
 static int write_bootstrap_file(struct server *s)
@@ -1713,11 +1743,7 @@ static int server_start(struct server *s)
             server_on_out_ready, server_on_out_error, server_on_kafka_log,
             server_on_out_closed};
         char txid[512];
-        const char *group = "nmfd";
-        for (size_t i = 0; i < c->kafka.n; i++)
-            if (!strcmp(c->kafka.kv[i].key, "group.id"))
-                group = c->kafka.kv[i].value;
-        snprintf(txid, sizeof(txid), "nmfd-%s", group);
+        server_transactional_id(s, txid, sizeof(txid));
         s->out = kafka_out_new(&s->loop, conf,
                                c->snapshot.transactional ? txid : NULL, &ocbs,
                                s, err, sizeof(err));
