@@ -456,6 +456,11 @@ def main():
               "burst %d" % (len(rej_lines), n_rejected, LOG_BURST))
         check("model refused" not in log, "the model refused an event the decoder took")
         check(stop(d) == 0, "nmfd did not stop cleanly:\n" + ps.log("nmfd")[-3000:])
+        log = ps.log("nmfd")
+        for mark in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
+            if mark in log:
+                at = max(0, log.index(mark) - 200)
+                fail("sanitizer report in nmfd's log:\n" + log[at:at + 3000])
     print("bad input: %d bad messages (%d rejections, %d reasons), %d good events "
           "(weight %.6g) in %d messages: counted, dead-lettered, folded exactly; %.1f s"
           % (len(bad), n_rejected, len(REASONS), n_good, w_good, len(msgs),

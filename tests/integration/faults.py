@@ -17,6 +17,12 @@ errors: the same end state after 200 ms of latency on every response,
   rebalance, failed offset commits, and failed Produce, AddPartitionsToTxn
   and EndTxn requests of the output producer.
 
+restart: a daemon stopped before its first event leaves a checkpoint of an
+  empty model; the next start loads it and folds what comes next.
+
+Every nmfd must stop cleanly, with no sanitizer report in its log
+(tests/integration/sanitized.sh runs this against an ASan+UBSan build).
+
 The producer here is python3-confluent-kafka, not idempotent (the mock does
 not deduplicate idempotent producers anyway): what nmfd must hold is what
 the topic holds, read back at the end; the test also checks the topic holds
@@ -222,6 +228,7 @@ def check_end_state(ps, d, brokers, n, t_after, what):
 
     check(d.poll() is None, "%s: nmfd exited" % what)
     check(stop(d) == 0, "%s: nmfd did not stop cleanly:\n%s" % (what, ps.log(d.name)[-3000:]))
+    sanitizer_clean(ps, d.name)
     info = inspect_checkpoint(d.state)
     check(int(info["events"]) == total, "%s: checkpoint events %s, topic %d"
           % (what, info["events"], total))
@@ -242,7 +249,10 @@ def start(ps, tag, partitions=4):
     broker_fault(ps, fifo, "topic nmf.topics 1", name="broker-" + tag)
     broker_fault(ps, fifo, "topic nmf.segments %d" % partitions, name="broker-" + tag)
     d = ps.nmfd(brokers, sets=NMFD_SETS, name="nmfd-" + tag)
-    wait_for(lambda: http_get(d.port, "/readyz")[0] == 200, 30, "%s: /readyz 200" % tag)
+    wait_for(lambda: d.poll() is not None or readyz(d.port) == 200, 30,
+             "%s: /readyz 200" % tag)
+    check(d.poll() is None, "%s: nmfd exited %r:\n%s" % (tag, d.returncode,
+                                                         ps.log(d.name)[-3000:]))
     return brokers, fifo, d
 
 
@@ -367,9 +377,55 @@ def errors(ps, n, rate):
           % (total, nep))
 
 
+def readyz(port):
+    """/readyz status, or None while nothing answers (a dying process)."""
+    try:
+        return http_get(port, "/readyz")[0]
+    except OSError:
+        return None
+
+
+def sanitizer_clean(ps, name):
+    """No ASan/UBSan/LSan report in a process's log (sanitized builds)."""
+    log = ps.log(name)
+    for mark in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
+        if mark in log:
+            at = max(0, log.index(mark) - 200)
+            fail("%s: sanitizer report:\n%s" % (name, log[at:at + 3000]))
+
+
+def restart(ps, n):
+    """A daemon stopped before any event leaves a checkpoint of an empty
+    model; the next start must load it and go on folding."""
+    brokers, fifo, d = start(ps, "restart")
+    state = d.state
+    check(stop(d) == 0, "restart: the first nmfd did not stop cleanly:\n%s"
+          % ps.log(d.name)[-3000:])
+    sanitizer_clean(ps, d.name)
+    info = inspect_checkpoint(state)
+    check(int(info["events"]) == 0, "restart: the empty checkpoint holds %s events"
+          % info["events"])
+    d2 = ps.nmfd(brokers, sets=NMFD_SETS, name="nmfd-restart2", state=state)
+    wait_for(lambda: d2.poll() is not None or readyz(d2.port) == 200,
+             30, "restart: /readyz 200 on the empty checkpoint")
+    check(d2.poll() is None, "restart: nmfd exited %r on the empty checkpoint:\n%s"
+          % (d2.returncode, ps.log(d2.name)[-3000:]))
+    prod = StreamProducer(brokers, n, 5000, deadline=time.time() + 60)
+    prod.start()
+    prod.join(90)
+    check(len(prod.delivered) == n, "restart: %d of %d delivered" % (len(prod.delivered), n))
+    wait_for(lambda: metric(d2.port, "nmfd_model_events") == n, 60,
+             "restart: nmfd to fold %d events after the restart" % n)
+    check(stop(d2) == 0, "restart: nmfd did not stop cleanly")
+    sanitizer_clean(ps, d2.name)
+    check(int(inspect_checkpoint(state)["events"]) == n, "restart: checkpoint events")
+    print("restart: empty checkpoint loaded, %d events folded after it" % n)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenario", choices=["outage", "errors", "all"], default="all")
+    ap.add_argument("--scenario", choices=["outage", "errors", "restart", "all"],
+                    default="all")
     ap.add_argument("--events", type=int, default=30000)
     ap.add_argument("--rate", type=int, default=1500)
     ap.add_argument("--down", type=float, default=10.0)
@@ -380,6 +436,8 @@ def main():
             outage(ps, a.events, a.rate, a.down)
         if a.scenario in ("errors", "all"):
             errors(ps, a.events // 2, a.rate)
+        if a.scenario in ("restart", "all"):
+            restart(ps, 2000)
     print("faults: done in %.1f s" % (time.time() - t0))
 
 
