@@ -7,6 +7,10 @@
  *
  * The equations, the papers and the choices (unit L2 columns of W, the
  * recency weighting of A and B) are described at the top of model.c.
+ *
+ * A model is used by one thread at a time; functions taking a const model
+ * may run concurrently with each other (e.g. model_save in a worker while
+ * the owner waits), never with a mutating call.
  */
 #ifndef NMFD_ONLINE_MODEL_H
 #define NMFD_ONLINE_MODEL_H
@@ -89,8 +93,11 @@ void model_refresh(struct model *m);
 
 /* Idle convergence: re-solves up to max_users users whose h is stale
  * against the current W; when none is stale and A, B moved since the last
- * refresh, refreshes W. Returns how many users it re-solved (0 and no
- * refresh done means converged). */
+ * refresh, refreshes W, unless the previous refresh made here (with no
+ * event folded since) improved the relative loss by less than refine_tol.
+ * Returns how many users it re-solved (0 and no refresh done means
+ * converged; with half_life 0, repeated calls are exact alternating NNLS
+ * on the full data, so the loss does not increase from round to round). */
 size_t model_refine(struct model *m, size_t max_users);
 
 /* Forgets users and items unseen since now - ttl (event time), removing
