@@ -216,7 +216,7 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
 
     model_stats(m, &st);
     struct records_epoch ep = {
-        .epoch = 1,
+        .epoch = 0, /* no epoch was published (docs/snapshot-format.md) */
         .ts = st.now,
         .refresh_interval_ms = (int64_t)cfg->model.refresh_interval_ms,
     };

@@ -257,6 +257,7 @@ class FitEval(Base):
         doc, _, _ = load_snapshot(a)
         last_ts = int(slurp(ev).splitlines()[-1].split(",")[3])
         self.assertEqual(doc["ts"], last_ts)
+        self.assertEqual(doc["epoch"], 0)
         self.assertEqual(doc["k"], 4)
         self.assertEqual(doc["events"], 8000)
         # stdin gives the same model.
