@@ -105,7 +105,9 @@ def main():
                 total = sum(v for _, v in json.loads(body)["profile"])
                 check(abs(total - weight[u]) < 1e-3 * weight[u],
                       "user %s: profile %.3f, events %.3f" % (u, total, weight[u]))
-        check(stop(a) == 0 and stop(b) == 0, "clean stops")
+        for d in (a, b):
+            rc = stop(d)
+            check(rc == 0, "%s exited %d:\n%s" % (d.name, rc, ps.log(d.name)[-3000:]))
     print("group split: %d + %d users, disjoint, whole" % (len(held["a"]), len(held["b"])))
 
 
