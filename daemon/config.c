@@ -34,6 +34,7 @@
 #include <syslog.h>
 
 #include <ini.h>
+#include <librdkafka/rdkafka.h>
 
 #include "config.h"
 #include "nmfd_build.h"
@@ -765,6 +766,17 @@ static int kafka_set(struct config *c, const char *key, const char *value,
 {
     if (!*value) {
         snprintf(msg, len, "kafka.%s: empty value", key);
+        return -EINVAL;
+    }
+    /* librdkafka judges its own keys, on a scratch conf, so a key it
+     * refuses stops the start here with its place, like any other. */
+    char kerr[256];
+    rd_kafka_conf_t *probe = rd_kafka_conf_new();
+    rd_kafka_conf_res_t res =
+        rd_kafka_conf_set(probe, key, value, kerr, sizeof(kerr));
+    rd_kafka_conf_destroy(probe);
+    if (res != RD_KAFKA_CONF_OK) {
+        snprintf(msg, len, "kafka.%s = %s: %s", key, value, kerr);
         return -EINVAL;
     }
     char *v = strdup(value), *o = strdup(origin ? origin : "default");

@@ -451,7 +451,8 @@ static void server_on_error(void *ctx, int err, bool fatal, const char *reason)
 {
     struct server *s = ctx;
     metric_inc(s->m.consumer_errors);
-    if (err == -ENETDOWN || err == -ECONNREFUSED || err == -EHOSTUNREACH) {
+    if (err == -EHOSTDOWN || err == -ENETDOWN || err == -ECONNREFUSED ||
+        err == -EHOSTUNREACH) {
         if (!s->broker_down)
             log_err("kafka: brokers unreachable: %s", reason);
         s->broker_down = true;
@@ -479,9 +480,21 @@ static void server_on_stats(void *ctx)
     struct server *s = ctx;
     struct kafka_lag lag[256];
     size_t n = kafka_in_lag(s->in, lag, 256);
+    struct kafka_in_stats ks;
     if (n > 256)
         n = 256;
-    s->broker_down = false;
+    /* Statistics come whether or not a broker answers: they end an outage
+     * only when they show a connected broker. */
+    kafka_in_stats(s->in, &ks);
+    if (ks.brokers > 0) {
+        bool down = ks.brokers_up == 0;
+        if (down && !s->broker_down)
+            log_err("kafka: brokers unreachable: none of %d connected",
+                    ks.brokers);
+        else if (!down && s->broker_down)
+            log_notice("kafka: brokers reachable again");
+        s->broker_down = down;
+    }
     for (size_t i = 0; i < n; i++) {
         struct part *p = part_get(s, lag[i].topic, lag[i].partition);
         if (p && p->lag)
@@ -971,7 +984,8 @@ static void on_ckpt_timer(uv_timer_t *t)
         s->ckpt.parts = NULL;
         return;
     }
-    memcpy(s->ckpt.parts, s->parts, s->nparts * sizeof(struct part));
+    if (s->nparts) /* none before the first assignment: parts is NULL */
+        memcpy(s->ckpt.parts, s->parts, s->nparts * sizeof(struct part));
     s->ckpt.nparts = s->nparts;
     t0 = mono_s();
     pid = fork();
@@ -1481,6 +1495,11 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
             return -EINVAL;
         }
     }
+    /* librdkafka waits up to 10 s between reconnects by default; after an
+     * outage that delays the resume by as much. The Java client's 1 s. */
+    if (!kafka_key_set(s, "reconnect.backoff.max.ms"))
+        rd_kafka_conf_set(conf, "reconnect.backoff.max.ms", "1000", err,
+                          sizeof(err));
     if (s->broker) {
         /* The embedded broker: its address, and the timings its mock group
          * coordinator needs (KAFKA-MOCK.md), unless configured. */

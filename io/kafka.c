@@ -224,6 +224,7 @@ struct kafka_in {
 
     struct kafka_lag *lag;
     size_t nlag, lagcap;
+    int brokers, brokers_up;
     struct kafka_in_stats st;
 };
 
@@ -431,6 +432,19 @@ static int kafka__in_stats_cb(rd_kafka_t *rk, char *json, size_t len,
                 l->lag = 0;
         }
     }
+    /* Connectivity: the cluster's brokers (configured or learned, not
+     * librdkafka's internal and logical ones) and how many are UP. */
+    k->brokers = k->brokers_up = 0;
+    json_object_foreach(json_object_get(root, "brokers"), tname, tval)
+    {
+        const char *src = json_string_value(json_object_get(tval, "source"));
+        const char *st = json_string_value(json_object_get(tval, "state"));
+        if (!src || !st || !strcmp(src, "internal") || !strcmp(src, "logical"))
+            continue;
+        k->brokers++;
+        if (!strcmp(st, "UP"))
+            k->brokers_up++;
+    }
     json_decref(root);
     k->nlag = n;
     if (k->cbs.on_stats)
@@ -450,6 +464,8 @@ void kafka_in_stats(const struct kafka_in *k, struct kafka_in_stats *st)
     int64_t lag = -1;
 
     *st = k->st;
+    st->brokers = k->brokers;
+    st->brokers_up = k->brokers_up;
     for (size_t i = 0; i < k->nlag; i++)
         if (k->lag[i].lag >= 0)
             lag = (lag < 0 ? 0 : lag) + k->lag[i].lag;

@@ -119,6 +119,8 @@ struct kafka_in_stats {
     uint64_t errors;     /* reported to on_error */
     uint64_t rebalances; /* assign + revoke events */
     int64_t lag;         /* sum of known partition lags, -1 unknown */
+    int brokers;         /* brokers in the last statistics, 0 unknown */
+    int brokers_up;      /* of them, connected (state UP) */
 };
 void kafka_in_stats(const struct kafka_in *k, struct kafka_in_stats *st);
 

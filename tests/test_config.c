@@ -292,17 +292,38 @@ Test(config, later_values_win_and_kafka_keys_keep_order)
 {
     char err[CONFIG_ERR_MAX];
     struct config *c = load("[kafka]\n"
-                            "b = 1\n"
-                            "a = 2\n"
-                            "b = 3\n"
+                            "client.id = 1\n"
+                            "linger.ms = 2\n"
+                            "client.id = 3\n"
                             "[model]\nk = 4\nk = 5\n",
                             0, err, sizeof(err));
     cr_assert_eq(c->kafka.n, 4);
-    cr_assert_str_eq(c->kafka.kv[2].key, "b");
+    cr_assert_str_eq(c->kafka.kv[2].key, "client.id");
     cr_assert_str_eq(c->kafka.kv[2].value, "3");
     cr_assert_eq(c->kafka.kv[2].line, 4);
-    cr_assert_str_eq(c->kafka.kv[3].key, "a");
+    cr_assert_str_eq(c->kafka.kv[3].key, "linger.ms");
     cr_assert_eq(c->model.params.k, 5);
+    config_free(c);
+}
+
+Test(config, kafka_keys_are_judged_by_librdkafka)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c = config_new();
+    cr_assert_eq(config_load_string(c, "k.conf",
+                                    "[kafka]\nno.such.property = 1\n", err,
+                                    sizeof(err)),
+                 -EINVAL);
+    cr_assert(strstr(err, "k.conf:2: kafka.no.such.property = 1: ") == err,
+              "%s", err);
+    cr_assert_eq(config_load_string(c, "k.conf",
+                                    "[kafka]\nsession.timeout.ms = soon\n", err,
+                                    sizeof(err)),
+                 -EINVAL);
+    cr_assert_not_null(strstr(err, "k.conf:2: kafka.session.timeout.ms"));
+    cr_assert_eq(config_set(c, "kafka.bogus=1", err, sizeof(err)), -EINVAL);
+    cr_assert_not_null(strstr(err, "--set: kafka.bogus = 1"), "%s", err);
+    cr_assert_eq(c->kafka.n, 2); /* the defaults, nothing else */
     config_free(c);
 }
 
@@ -684,7 +705,7 @@ Test(config, dump_masks_secrets_and_reads_back)
                             "sasl.username = alice\n"
                             "sasl.password = hunter2\n"
                             "ssl.key.password = pem-pass\n"
-                            "sasl.oauthbearer.client.secret = oauth-s3cret\n"
+                            "ssl.key.pem = oauth-s3cret\n"
                             "ssl.keystore.password = ks-pass\n"
                             "[input]\nweight.click = 2\n"
                             "[model]\nk = 7\n",
@@ -715,7 +736,7 @@ Test(config, reload_applies_reloadable_and_lists_the_rest)
 {
     char err[CONFIG_ERR_MAX], changed[512], restart[512];
     struct config *running = config_new();
-    struct config *fresh = load("[kafka]\ngroup.id = other\nextra = 1\n"
+    struct config *fresh = load("[kafka]\ngroup.id = other\nclient.id = x\n"
                                 "[input]\nweight.click = 2\n"
                                 "reject_log_interval = 1m\n"
                                 "[model]\nk = 32\nrefine_users = 10\n"
@@ -731,7 +752,7 @@ Test(config, reload_applies_reloadable_and_lists_the_rest)
                               "snapshot.interval snapshot.top_items "
                               "checkpoint.interval log.level");
     cr_assert_str_eq(restart, "model.k http.listen kafka.group.id "
-                              "kafka.extra input.weight.click");
+                              "kafka.client.id input.weight.click");
     cr_assert_eq(running->log.level, LOG_DEBUG);
     cr_assert_eq(running->snapshot.interval_ms, 10000);
     cr_assert_eq(running->snapshot.top_items, 5);
