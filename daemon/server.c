@@ -305,7 +305,7 @@ static void server_flush(struct server *s)
              * here is a disagreement between the two, counted, never
              * folded. */
             s->rejected++;
-            metric_inc(s->m.rejected[EVENT_NOT_AN_OBJECT]);
+            metric_inc(s->m.rejected[EVENT_MODEL_REFUSED]);
             log_warn("model refused an event the decoder accepted: %s",
                      strerror(-b->rc[i]));
             continue;
@@ -1392,7 +1392,7 @@ static void server_metrics_init(struct server *s)
             metrics_counter(m, "nmfd_events_rejected_total",
                             "Events rejected, by reason.", labels);
     }
-    s->m.rejected[0] = s->m.rejected[EVENT_NOT_AN_OBJECT];
+    s->m.rejected[0] = s->m.rejected[EVENT_MODEL_REFUSED];
     s->m.fold_seconds = metrics_histogram(
         m, "nmfd_fold_seconds",
         "Time to fold one event (mean over a batch of folds).", NULL, lat,

@@ -53,6 +53,9 @@ enum event_reason {
     EVENT_MISSING_TYPE,     /* missing_type: no type while a table is set */
     EVENT_WEIGHT_TOO_LARGE, /* weight_too_large: over MODEL_WEIGHT_MAX
                                (1e12) once multiplied by the type weight */
+    EVENT_MODEL_REFUSED,    /* model_refused: decoded, but the model said
+                               no (never expected: the decoder checks what
+                               the model checks; the daemon counts it) */
     EVENT_REASON_COUNT
 };
 
