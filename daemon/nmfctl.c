@@ -18,24 +18,25 @@ static const struct {
      "[--control FIFO]"},
     {"produce", ctl_produce_main,
      "--brokers B --topic T [--format msgpack|json] [--rate EV/S] "
-     "[--batch N] FILE.csv|-"},
+     "[--batch N] [-X key=value]... FILE.csv|-"},
     {"gen", ctl_gen_main,
-     "--users N --items M --k K --events E [--seed S] [--drift] "
-     "[--truth FILE] > events.csv"},
+     "--users N --items M --k K --events E [--seed S] [--drift [AT]] "
+     "[--drift-fraction F] [--noise F] [--truth FILE] > events.csv"},
     {"dump", ctl_dump_main,
      "(--brokers B --topic T [--count N] [--timeout S] | --file SNAPSHOT)"},
     {"fit", ctl_fit_main,
-     "--events FILE.csv [--set model.key=value]... --out SNAPSHOT"},
+     "--events FILE.csv [--set model.key=value]... [--refine-rounds N] "
+     "--out SNAPSHOT"},
     {"eval", ctl_eval_main, "--snapshot FILE --events FILE.csv"},
     {"inspect", ctl_inspect_main, "--checkpoint DIR [--profiles]"},
 };
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: nmfctl COMMAND [options]\n\ncommands:\n");
+    fprintf(out, "usage: nmfctl COMMAND [options]   (nmfctl COMMAND --help: "
+                 "details)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  nmfctl %-8s %s\n", commands[i].name,
-                commands[i].usage);
+        fprintf(out, "  nmfctl %-8s %s\n", commands[i].name, commands[i].usage);
 }
 
 int main(int argc, char **argv)
