@@ -253,14 +253,6 @@ int model__items_grow(struct model *m, uint32_t need)
     return 0;
 }
 
-/* Weight of a contribution made at time t in the stored frame. */
-static inline double model_frame_weight(const struct model *m, int64_t t)
-{
-    if (m->p.half_life_ms <= 0)
-        return 1.0;
-    return exp2((double)(t - m->T0) / (double)m->p.half_life_ms);
-}
-
 /* Stored statistics times this are the true ones at time T. */
 static double model_scale(const struct model *m)
 {
@@ -276,24 +268,16 @@ static double model_rel_loss(const struct model *m)
     return m->loss_s > 0 ? m->loss_s / m->norm_s : 0;
 }
 
-/* Moves the frame origin to t0: stored A, B and loss sums are multiplied
- * by 2^(-(t0 - T0)/half_life). B's share goes into its column scales,
- * folded into B itself only when they leave a safe exponent range. */
-static void model_frame_move(struct model *m, int64_t t0)
+/* B's column scales are folded into B itself only when one leaves the
+ * range [MODEL_BCOL_MIN, MODEL_BCOL_MAX], rarely: the frame moves and the
+ * refreshes' normalisations multiply them. */
+static void model_bcol_fold(struct model *m)
 {
     const uint32_t k = m->k;
-    double r = exp2(-(double)(t0 - m->T0) / (double)m->p.half_life_ms);
-    for (size_t i = 0; i < (size_t)k * k; i++)
-        m->A[i] *= r;
     int fold = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        m->bcol[j] *= r;
-        if (!(m->bcol[j] > 0x1p-256 && m->bcol[j] < 0x1p256))
+    for (uint32_t j = 0; j < k; j++)
+        if (!(m->bcol[j] > MODEL_BCOL_MIN && m->bcol[j] < MODEL_BCOL_MAX))
             fold = 1;
-    }
-    m->loss_s *= r;
-    m->norm_s *= r;
-    m->T0 = t0;
     if (!fold)
         return;
     size_t M = ids_slots(m->iids);
@@ -306,6 +290,22 @@ static void model_frame_move(struct model *m, int64_t t0)
     }
     for (uint32_t j = 0; j < k; j++)
         m->bcol[j] = 1;
+}
+
+/* Moves the frame origin to t0: stored A, B and loss sums are multiplied
+ * by 2^(-(t0 - T0)/half_life). B's share goes into its column scales. */
+static void model_frame_move(struct model *m, int64_t t0)
+{
+    const uint32_t k = m->k;
+    double r = exp2(-(double)(t0 - m->T0) / (double)m->p.half_life_ms);
+    for (size_t i = 0; i < (size_t)k * k; i++)
+        m->A[i] *= r;
+    for (uint32_t j = 0; j < k; j++)
+        m->bcol[j] *= r;
+    m->loss_s *= r;
+    m->norm_s *= r;
+    m->T0 = t0;
+    model_bcol_fold(m);
 }
 
 /* Moves a profile into the next size class (reserved by the caller). */
@@ -366,7 +366,7 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
         return;
     const float *restrict hu = m->H + (size_t)u * k;
     double c[MODEL_K_MAX];
-    double s = sign * model_frame_weight(m, us->t);
+    double s = sign * model__frame_weight(m, us->t);
     int any = 0;
     for (uint32_t j = 0; j < k; j++) {
         c[j] = s * (double)hu[j] / m->bcol[j];
@@ -420,6 +420,8 @@ static void model_wtv(const struct model *m, const struct model_user *us,
     }
 }
 
+static void model_rebuild(struct model *m);
+
 /*
  * One user's step: apply the event ev (if any) and drop the items marked
  * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
@@ -454,6 +456,7 @@ static void model_user_solve(struct model *m, uint32_t u,
     const int64_t pos = ev ? ev->pos : -1;
     int64_t evict = -1;
     int add = 0;
+    const int had_profile = us->n > 0;
 
     /* The share of B goes now; light users put the new one back at the
      * end of this step, heavy ones at the next sync. */
@@ -513,6 +516,10 @@ static void model_user_solve(struct model *m, uint32_t u,
                 v = va[q] * ff;
                 if (q == pos)
                     v += ev->w;
+                if (v > MODEL_VALUE_MAX) {
+                    v = MODEL_VALUE_MAX;
+                    moved = 1;
+                }
                 if (!(v >= FLT_MIN)) {
                     v = 0;
                     moved = 1;
@@ -527,6 +534,10 @@ static void model_user_solve(struct model *m, uint32_t u,
         }
     } else if (pos >= 0) {
         float vo = va[pos], v = vo + ev->w;
+        if (v > MODEL_VALUE_MAX) {
+            v = MODEL_VALUE_MAX;
+            moved = 1;
+        }
         vtv += (double)v * v - (double)vo * vo;
         va[pos] = v;
     } else if (evict >= 0) {
@@ -599,7 +610,7 @@ static void model_user_solve(struct model *m, uint32_t u,
     }
     for (uint32_t j = 0; j < k; j++) {
         float x = (float)h[j];
-        hf[j] = x >= FLT_MIN ? x : 0;
+        hf[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
     }
 
     /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
@@ -620,11 +631,18 @@ static void model_user_solve(struct model *m, uint32_t u,
         hgh += (double)hf[j] * gh[j];
     }
     double loss = vtv - 2 * hb + hgh;
+    if (!(loss <= vtv)) {
+        /* h = 0 is feasible with loss |v|^2: a solve stopped early from
+         * a poor start (or a degenerate W) never does worse than that. */
+        for (uint32_t j = 0; j < k; j++)
+            hf[j] = 0;
+        loss = vtv;
+    }
     if (!(loss > 0))
         loss = 0;
 
-    double s_old = model_frame_weight(m, us->t);
-    double s_new = model_frame_weight(m, t_new);
+    double s_old = model__frame_weight(m, us->t);
+    double s_new = model__frame_weight(m, t_new);
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * (double)hu[j];
         an[j] = s_new * (double)hf[j];
@@ -660,6 +678,11 @@ static void model_user_solve(struct model *m, uint32_t u,
         us->flags |= MODEL_U_INB;
     }
     m->dirty = 1;
+    if (had_profile != (out > 0)) {
+        m->nprof = out ? m->nprof + 1 : m->nprof - 1;
+        if (!m->nprof)
+            model_rebuild(m);
+    }
 }
 
 /* Forgets a user: subtracts its contribution and frees its slot. */
@@ -670,7 +693,7 @@ static void model_user_remove(struct model *m, uint32_t u)
     float *hu = m->H + (size_t)u * k;
     if (us->flags & MODEL_U_INB)
         model_b_apply(m, u, -1);
-    double s_old = model_frame_weight(m, us->t);
+    double s_old = model__frame_weight(m, us->t);
     if (us->slab != POOL_NONE)
         pool_release(&m->pool, us->cls, us->slab);
     if (us->bslot != POOL_NONE)
@@ -682,6 +705,8 @@ static void model_user_remove(struct model *m, uint32_t u)
     m->norm_s -= s_old * us->vnorm;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
         m->stale--;
+    if (us->n)
+        m->nprof--;
     memset(us, 0, sizeof(*us));
     us->slab = POOL_NONE;
     us->bslot = POOL_NONE;
@@ -748,7 +773,7 @@ static void model_rebuild(struct model *m)
         if (!(us->flags & MODEL_U_LIVE))
             continue;
         const float *hu = m->H + (size_t)u * k;
-        double s = model_frame_weight(m, us->t);
+        double s = model__frame_weight(m, us->t);
         for (uint32_t j = 0; j < k; j++)
             an[j] = s * (double)hu[j];
         if (us->n) {
@@ -786,7 +811,7 @@ static int model_resample(struct model *m, uint32_t j)
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n)
             continue;
-        double w = model_frame_weight(m, us->t) * us->vnorm;
+        double w = model__frame_weight(m, us->t) * us->vnorm;
         if (best < 0 || w > bw) {
             bw = w;
             best = u;
@@ -814,6 +839,20 @@ static int model_resample(struct model *m, uint32_t j)
         m->W[i * k + j] = 0;
     for (uint32_t q = 0; q < us->n; q++)
         m->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+    return 1;
+}
+
+/* Column j of W set to the uniform unit column over the live items, for a
+ * column that has to be replaced when no profile exists to resample from.
+ * Returns 0 when no item is live. */
+static int model_column_uniform(struct model *m, uint32_t j)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids), live = ids_live(m->iids);
+    if (!live)
+        return 0;
+    float x = (float)(1.0 / sqrt((double)live));
+    for (uint32_t i = 0; i < M; i++)
+        m->W[(size_t)i * k + j] = ids_get(m->iids, i, NULL) ? x : 0;
     return 1;
 }
 
@@ -870,8 +909,11 @@ void model_refresh(struct model *m)
                 continue;
             }
         }
-        /* Dead: resample when a profile exists, else leave it be. */
-        if (M && model_resample(m, j)) {
+        /* Dead: resample when a profile exists; with none, a column
+         * that HALS overwrote (zero or not finite) becomes uniform and
+         * one it skipped is left be. */
+        if (M && (model_resample(m, j) ||
+                  (!skip[j] && model_column_uniform(m, j)))) {
             mult[j] = 0;
             rescale = 1;
         }
@@ -893,6 +935,7 @@ void model_refresh(struct model *m)
                 m->B[i * k + j] = 0;
             m->bcol[j] = 1;
         }
+        model_bcol_fold(m);
         uint32_t U = ids_slots(m->uids);
         for (uint32_t u = 0; u < U; u++) {
             if (!(m->u[u].flags & MODEL_U_LIVE))
@@ -903,6 +946,8 @@ void model_refresh(struct model *m)
                 float x = (float)((double)hu[j] * mult[j]);
                 if (!(x >= FLT_MIN))
                     x = 0;
+                else if (x > MODEL_H_MAX)
+                    x = MODEL_H_MAX;
                 changed |= x != hu[j];
                 hu[j] = x;
             }
@@ -964,7 +1009,7 @@ static void model_seed_columns(struct model *m)
             const struct model_user *us = &m->u[u];
             if ((us->flags & MODEL_U_LIVE) && us->n)
                 total += d[u] * d[u] *
-                         sqrt(model_frame_weight(m, us->t) * us->vnorm);
+                         sqrt(model__frame_weight(m, us->t) * us->vnorm);
         }
         double r = rng_uniform(&m->rng) * total, acc = 0;
         int64_t pick = -1;
@@ -973,7 +1018,7 @@ static void model_seed_columns(struct model *m)
             if (!(us->flags & MODEL_U_LIVE) || !us->n)
                 continue;
             double w =
-                d[u] * d[u] * sqrt(model_frame_weight(m, us->t) * us->vnorm);
+                d[u] * d[u] * sqrt(model__frame_weight(m, us->t) * us->vnorm);
             if (w <= 0)
                 continue;
             pick = u;
@@ -1388,9 +1433,9 @@ size_t model_expire(struct model *m, int64_t now)
         free(drop);
         m->dirty = 1;
     }
-    /* With nobody left the statistics are exactly zero, not the rounding
-     * residue of the subtractions. */
-    if (gone && !ids_live(m->uids))
+    /* With no profile left the statistics are exactly zero, not the
+     * rounding residue of the subtractions (model_load relies on it). */
+    if (gone && !m->nprof)
         model_rebuild(m);
     return gone;
 }
@@ -1511,7 +1556,7 @@ void model_B(const struct model *m, double *out)
             !us->n)
             continue;
         const float *hu = m->H + (size_t)u * k;
-        double s = model_frame_weight(m, us->t) * scale;
+        double s = model__frame_weight(m, us->t) * scale;
         const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
         const float *va = pool_vals(&m->pool, us->cls, us->slab);
         for (uint32_t q = 0; q < us->n; q++)

@@ -25,6 +25,9 @@
 #define MODEL_TS_MAX      ((int64_t)1 << 53)
 #define MODEL_WEIGHT_MAX  1e12
 #define MODEL_PROFILE_MAX 65535
+/* A profile value (the decayed sum of a user's weights on an item)
+ * saturates here: a million events of MODEL_WEIGHT_MAX on one item. */
+#define MODEL_VALUE_MAX 1e18f
 
 struct model_params {
     uint32_t k;              /* rank, 1..MODEL_K_MAX (default 16) */
@@ -173,7 +176,12 @@ void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 
 /* The complete state, for checkpoints: no I/O, the writer is the
  * caller's. model_load refuses anything inconsistent (returns NULL and
- * sets *err to a static message) and never returns half a model. */
+ * sets *err to a static message) and never returns half a model: bad
+ * checksums, lengths, indices and flags, numbers that are not finite or
+ * beyond what the model can hold (profile values over MODEL_VALUE_MAX, W
+ * entries over 2, a user's loss above its |v|^2), and statistics (A, B,
+ * G, the loss sums) that do not match the users and W they summarise.
+ * What it accepts, model_save writes back byte for byte. */
 typedef int (*model_write_fn)(void *ctx, const void *buf, size_t len);
 int model_save(const struct model *m, model_write_fn write, void *ctx);
 struct model *model_load(const void *buf, size_t len, const char **err);

@@ -3,6 +3,8 @@
 #ifndef NMFD_ONLINE_MODEL_IMPL_H
 #define NMFD_ONLINE_MODEL_IMPL_H
 
+#include <math.h>
+
 #include "ids.h"
 #include "model.h"
 #include "pool.h"
@@ -15,6 +17,19 @@
  * h: each rounds h to float once (relative 6e-8), so the drift of the
  * incrementally kept statistics stays below about 1e-6. */
 #define MODEL_REBUILD_EVERY 64
+
+/* Magnitudes the model keeps its numbers within, so that every sum it
+ * forms stays finite and model_load can refuse anything beyond them:
+ * profile values saturate at MODEL_VALUE_MAX (model.h), an entry of h at
+ * MODEL_H_MAX (with unit columns and W, h >= 0, |h| <= |v| at the
+ * optimum, so only a degenerate W gets near it), entries of W are at most
+ * 1 (unit columns; MODEL_W_MAX leaves room for rounding) and B's column
+ * scales stay in [MODEL_BCOL_MIN, MODEL_BCOL_MAX] (folded into B when one
+ * leaves). */
+#define MODEL_H_MAX    1e30f
+#define MODEL_W_MAX    2.0f
+#define MODEL_BCOL_MIN 0x1p-256
+#define MODEL_BCOL_MAX 0x1p256
 
 struct model_user {
     int64_t t;        /* latest event time; the profile is valued at t */
@@ -73,7 +88,16 @@ struct model {
     double refine_prev;     /* relative loss then, -1 if none */
     uint32_t cursor;        /* next user the refine pass looks at */
     uint32_t reparams;      /* rescaling refreshes since the last rebuild */
+    uint32_t nprof;         /* live users with a non-empty profile */
 };
+
+/* Weight of a contribution made at time t in the stored frame. */
+static inline double model__frame_weight(const struct model *m, int64_t t)
+{
+    if (m->p.half_life_ms <= 0)
+        return 1.0;
+    return exp2((double)(t - m->T0) / (double)m->p.half_life_ms);
+}
 
 int model__users_grow(struct model *m, uint32_t need);
 /* Ensures a cache slot can be taken without allocating: 0 or -ENOMEM. */

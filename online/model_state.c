@@ -5,12 +5,13 @@
  * losses and epochs, counters, generator state) through the caller's
  * writer, in a fixed little-endian layout with a magic, a version, explicit
  * lengths and a trailing 64-bit checksum. model_load checks the checksum,
- * then every length, index and number (finite, non-negative where the
- * model keeps them so, ids unique, profiles referring to live items once),
- * and builds a fresh model that behaves bit for bit like the saved one, or
- * returns NULL with a static message. It must never do I/O itself, never
- * trust a length before checking it against the bytes left, and never
- * return a partly built model.
+ * then every length, index and number (finite, within the magnitudes the
+ * model keeps them to, ids unique, profiles referring to live items once),
+ * then the statistics against the users and W they summarise
+ * (state_verify), and builds a fresh model that behaves bit for bit like
+ * the saved one, or returns NULL with a static message. It must never do I/O
+ * itself, never trust a length before checking it against the bytes left, and
+ * never return a partly built model.
  *
  * Layout (all little-endian):
  *   "NMFDMODL" u32 version u32 k
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hals.h"
 #include "model_impl.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -315,6 +317,8 @@ struct state_reader {
 
 static int sr_get(struct state_reader *r, void *out, size_t len)
 {
+    if (!len) /* out may be NULL then (an empty model's W and B) */
+        return r->bad ? -1 : 0;
     if (r->bad || len > r->n - r->off) {
         r->bad = 1;
         memset(out, 0, len);
@@ -399,6 +403,116 @@ static const char *state_free_list(struct state_reader *r, struct ids *t,
     return rc ? "bad free list" : NULL;
 }
 
+static double state_max_abs_diff(const double *a, const double *b, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(a[i] - b[i]) <= d))
+            d = fabs(a[i] - b[i]);
+    return d;
+}
+
+/*
+ * The stored statistics against the users they summarise: G = W^T W,
+ * A = sum_u c_u h_u h_u^T, the column sums of B over the users whose share
+ * is in it (B >= 0, so they bound every entry), the loss sums, and each
+ * valid cached W^T v against the profile. The model keeps them exact up to
+ * a drift of about 1e-6 (one float rounding of h per rescaling refresh,
+ * rebuilt every MODEL_REBUILD_EVERY refreshes); 1e-3 of the data's own scale
+ * refuses what no run can produce (a crafted state with valid checksums) and no
+ * state that one did. Without any profile the model holds them at exactly
+ * zero. O(nnz k + users k^2 + items k^2), like one rebuild.
+ */
+static const char *state_verify(struct model *m)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids), M = ids_slots(m->iids);
+    const size_t kk = (size_t)k * k;
+    double bsum[MODEL_K_MAX], babs[MODEL_K_MAX];
+    double *A = calloc(kk, sizeof(double)), *G = calloc(kk, sizeof(double));
+    double loss = 0, norm = 0, gmax = 0;
+    const char *err = NULL;
+    if (!A || !G) {
+        err = "out of memory";
+        goto out;
+    }
+    hals_gram(k, M, m->W, NULL, G);
+    for (size_t i = 0; i < kk; i++)
+        if (fabs(G[i]) > gmax)
+            gmax = fabs(G[i]);
+    if (!(state_max_abs_diff(m->G, G, kk) <= 1e-6 * gmax)) {
+        err = "G does not match W";
+        goto out;
+    }
+    for (uint32_t j = 0; j < k; j++)
+        bsum[j] = babs[j] = 0;
+    m->nprof = 0;
+    for (uint32_t u = 0; u < U && !err; u++) {
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        const float *h = m->H + (size_t)u * k;
+        double c = model__frame_weight(m, us->t), vsum = 0;
+        if (us->n) {
+            const float *va = pool_vals(&m->pool, us->cls, us->slab);
+            for (uint32_t q = 0; q < us->n; q++)
+                vsum += va[q];
+            m->nprof++;
+        }
+        for (uint32_t j = 0; j < k; j++) {
+            double cj = c * h[j];
+            if (cj == 0)
+                continue;
+            for (uint32_t l = 0; l < k; l++)
+                A[(size_t)j * k + l] += cj * h[l];
+            if (us->flags & MODEL_U_INB)
+                bsum[j] += cj * vsum;
+        }
+        loss += c * us->loss;
+        norm += c * us->vnorm;
+        if (us->bslot != POOL_NONE && m->bc_gen[us->bslot] == m->wgen) {
+            const double *bc = m->bc + (size_t)us->bslot * k;
+            for (uint32_t j = 0; j < k; j++)
+                if (!(fabs(bc[j]) <= 1.001 * MODEL_W_MAX * vsum))
+                    err = "bad cached product";
+        }
+    }
+    if (err)
+        goto out;
+    if (!m->nprof) {
+        for (size_t i = 0; i < kk; i++)
+            if (m->A[i] != 0)
+                err = "statistics without data";
+        for (size_t i = 0; i < (size_t)M * k; i++)
+            if (m->B[i] != 0)
+                err = "statistics without data";
+        if (m->loss_s != 0 || m->norm_s != 0)
+            err = "statistics without data";
+        goto out;
+    }
+    double scale = norm;
+    for (size_t i = 0; i < kk; i++)
+        if (fabs(A[i]) > scale)
+            scale = fabs(A[i]);
+    const double tol = 1e-3 * scale;
+    if (!(state_max_abs_diff(m->A, A, kk) <= tol))
+        err = "A does not match the users";
+    else if (!(fabs(m->loss_s - loss) <= 1e-3 * norm) ||
+             !(fabs(m->norm_s - norm) <= 1e-3 * norm))
+        err = "loss sums do not match the users";
+    if (err)
+        goto out;
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            babs[j] += fabs(m->B[(size_t)i * k + j]);
+    for (uint32_t j = 0; j < k; j++)
+        if (!(babs[j] * m->bcol[j] <= (1 + 1e-3) * bsum[j] + tol))
+            err = "B does not match the users";
+out:
+    free(A);
+    free(G);
+    return err;
+}
+
 static const char *state_load(struct state_reader *r, struct model **out)
 {
     char magic[8];
@@ -467,7 +581,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (!state_finite(m->A, kk) || !state_finite(m->G, kk))
         return "bad statistics";
     for (uint32_t j = 0; j < k; j++)
-        if (!(m->bcol[j] > 0) || !isfinite(m->bcol[j]))
+        if (!(m->bcol[j] >= MODEL_BCOL_MIN && m->bcol[j] <= MODEL_BCOL_MAX))
             return "bad statistics";
 
     /* Items. */
@@ -507,7 +621,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
         for (uint32_t j = 0; j < k; j++) {
             float w = m->W[(size_t)i * k + j];
             double b = m->B[(size_t)i * k + j];
-            if (!(w >= 0) || !isfinite(w) || !isfinite(b))
+            if (!(w >= 0 && w <= MODEL_W_MAX) || !isfinite(b))
                 return "bad W or B";
             if (!live && (w != 0 || b != 0))
                 return "forgotten item with a W or B row";
@@ -578,13 +692,14 @@ static const char *state_load(struct state_reader *r, struct model **out)
             err = "bad user time";
             break;
         }
-        if (!isfinite(us->loss) || !(us->loss >= 0) || !isfinite(us->vnorm) ||
-            !(us->vnorm >= 0)) {
+        /* A solve never leaves a loss above |v|^2 (h = 0 gives that). */
+        if (!(us->loss >= 0 && us->loss <= us->vnorm) ||
+            !(us->vnorm <= FLT_MAX)) {
             err = "bad user loss";
             break;
         }
         for (uint32_t j = 0; j < k; j++)
-            if (!(h[j] >= 0) || !isfinite(h[j]))
+            if (!(h[j] >= 0 && h[j] <= MODEL_H_MAX))
                 err = "bad h";
         if (err)
             break;
@@ -609,7 +724,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
                 if (it[q] >= M || !ids_get(m->iids, it[q], NULL) ||
                     stamp[it[q]] == u + 1)
                     err = "bad profile item";
-                else if (!(va[q] >= FLT_MIN) || !isfinite(va[q]))
+                else if (!(va[q] >= FLT_MIN && va[q] <= MODEL_VALUE_MAX))
                     err = "bad profile value";
                 else
                     stamp[it[q]] = u + 1;
@@ -634,7 +749,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "bad cursor";
     if (r->off != r->n)
         return "trailing bytes";
-    return NULL;
+    return state_verify(m);
 }
 
 struct model *model_load(const void *buf, size_t len, const char **err)

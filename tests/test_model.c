@@ -1162,6 +1162,161 @@ Test(model, load_checks_structure_behind_the_checksum)
     free(s.p);
 }
 
+/* Offset of the only occurrence of pat (n bytes) in the state. */
+static size_t find_once(const struct buf *s, const void *pat, size_t n)
+{
+    size_t at = SIZE_MAX;
+    for (size_t o = 0; o + n <= s->n; o++) {
+        if (memcmp(s->p + o, pat, n))
+            continue;
+        cr_assert_eq(at, SIZE_MAX, "pattern found twice (%zu, %zu)", at, o);
+        at = o;
+    }
+    cr_assert_neq(at, SIZE_MAX, "pattern not found");
+    return at;
+}
+
+Test(model, empty_model_saves_and_loads)
+{
+    /* No item, no user: the W and B arrays are NULL and of length 0. */
+    struct model *m = model_with(4, 0, 0, 0);
+    struct buf s = save(m);
+    const char *err = "unset";
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "load: %s", err);
+    struct buf t = save(b);
+    cr_assert(bufs_equal(&s, &t));
+    cr_assert_eq(fold(b, 1, 1, 1.0, 5), 0);
+    free(s.p);
+    free(t.p);
+    model_free(b);
+    model_free(m);
+}
+
+/* A crafted state with valid checksums and numbers the model can never
+ * produce (each found through its bytes) is refused, not run into
+ * infinities at the next fold. */
+Test(model, load_refuses_absurd_magnitudes)
+{
+    struct model *m = model_with(3, 2000, 300, 600);
+    stream_mixed(m, 900, 81, 1);
+    cr_assert_eq(model_fold(m, "probe", 5, "item-1", 6, 3.25, 10000), 0);
+    int64_t pu = model_user_find(m, "probe", 5);
+    struct model_user_view v;
+    cr_assert_eq(model_user_get(m, (uint32_t)pu, &v), 0);
+    float h[3];
+    memcpy(h, v.h, sizeof(h));
+    double a0 = m->A[0], loss = m->loss_s, norm = m->norm_s;
+    double b0 = m->B[(size_t)model_item_slots(m) / 2 * 3];
+    struct buf s = save(m);
+    size_t off_h = find_once(&s, h, sizeof(h));
+    size_t off_a = find_once(&s, &a0, 8);
+    size_t off_b = find_once(&s, &b0, 8);
+    size_t off_l = find_once(&s, &loss, 8);
+    size_t off_n = find_once(&s, &norm, 8);
+    cr_assert_eq(off_a, 260); /* the layout no_profile_... relies on */
+    /* h, then the one profile item (u32) and its value (f32). */
+    size_t off_v = off_h + sizeof(h) + 4;
+    float f;
+    memcpy(&f, s.p + off_v, 4);
+    cr_assert_float_eq(f, 3.25, 0);
+    cr_assert_null(load_patched(&s, off_v, &f, 4));
+
+    f = 5.5e19f;
+    cr_assert_str_eq(load_patched(&s, off_v, &f, 4), "bad profile value");
+    f = 1e35f;
+    cr_assert_str_eq(load_patched(&s, off_h, &f, 4), "bad h");
+    double d = 6e15;
+    cr_assert_str_eq(load_patched(&s, off_a, &d, 8),
+                     "A does not match the users");
+    d = 1e39;
+    cr_assert_str_eq(load_patched(&s, off_b, &d, 8),
+                     "B does not match the users");
+    d = 2.5e64;
+    cr_assert_str_eq(load_patched(&s, off_l, &d, 8),
+                     "loss sums do not match the users");
+    d = 4e-310;
+    cr_assert_str_eq(load_patched(&s, off_n, &d, 8),
+                     "loss sums do not match the users");
+    d = -1;
+    cr_assert_str_eq(load_patched(&s, off_l, &d, 8),
+                     "loss sums do not match the users");
+    /* bcol (k doubles) follows A and G; 2e-312 is a denormal. */
+    size_t off_bcol = off_a + 2 * 9 * 8;
+    d = 2e-312;
+    cr_assert_str_eq(load_patched(&s, off_bcol, &d, 8), "bad statistics");
+    d = 2e179;
+    cr_assert_str_eq(load_patched(&s, off_bcol, &d, 8), "bad statistics");
+    /* G follows A. */
+    d = 1e3;
+    cr_assert_str_eq(load_patched(&s, off_a + 9 * 8, &d, 8),
+                     "G does not match W");
+    free(s.p);
+    model_free(m);
+}
+
+/* With no profile left (weight-0 events only, or every item forgotten
+ * while the users stay) the statistics are exactly zero, and a state
+ * that holds anything else there is refused. */
+Test(model, no_profile_means_zero_statistics)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 3;
+    p.ttl_ms = 5000;
+    p.warmup_events = 0;
+    struct model *m = model_new(&p);
+    for (uint32_t u = 0; u < 20; u++)
+        cr_assert_eq(fold(m, u, u % 7, 1.0 + u, 0), 0);
+    model_refresh(m);
+    refine_converge(m, 20);
+    for (uint32_t u = 0; u < 20; u++)
+        cr_assert_eq(fold(m, u, 100, 0.0, 10000), 0);
+    cr_assert_eq(model_expire(m, 10000), 7);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.users, 20);
+    cr_assert_eq(st.items, 1);
+    cr_assert(st.loss == 0 && st.norm == 0);
+    double A[9];
+    model_A(m, A);
+    for (int i = 0; i < 9; i++)
+        cr_assert(A[i] == 0, "A[%d] = %g", i, A[i]);
+    struct buf s = save(m);
+    const char *err = NULL;
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    model_free(b);
+    /* A = 0 exactly in the state: make its first entry a residue. */
+    double zero = 0, tiny = 1e-20;
+    size_t off_a = 260;
+    cr_assert(!memcmp(s.p + off_a, &zero, 8));
+    cr_assert_str_eq(load_patched(&s, off_a, &tiny, 8),
+                     "statistics without data");
+    free(s.p);
+    model_free(m);
+}
+
+/* A profile value saturates at MODEL_VALUE_MAX, so that the model never
+ * holds what model_load would refuse. */
+Test(model, profile_values_saturate)
+{
+    struct model *m = model_with(2, 0, 0, 0);
+    for (int e = 0; e < 1100000; e++)
+        cr_assert_eq(model_fold(m, "u", 1, "a", 1, MODEL_WEIGHT_MAX, e), 0);
+    cr_assert_float_eq(profile_value(m, "u", "a"), MODEL_VALUE_MAX, 0);
+    struct model_user_view v;
+    cr_assert_eq(model_user_get(m, 0, &v), 0);
+    cr_assert(isfinite(v.h[0]) && isfinite(v.h[1]));
+    struct buf s = save(m);
+    const char *err = NULL;
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    model_free(b);
+    free(s.p);
+    model_free(m);
+}
+
 struct failing {
     size_t left;
 };
