@@ -30,6 +30,13 @@
  * model_refine re-solves users whose h predates the current W, then
  * refreshes W again: with half_life = 0 this is exact alternating NNLS on
  * the full data (block coordinate descent, the loss never increases).
+ * (5) Starts: W begins random; the warm-up (after warmup_events folds, or
+ * in model_refine if the stream stops before) seeds it by NNDSVDa from
+ * the profiles (Boutsidis & Gallopoulos 2008; nndsvd.c) and runs batch
+ * alternating NNLS; at idle convergence model_refine may restart from a
+ * fresh NNDSVDa seed of all the data and keep the better of the two
+ * (model_restart.c), so that the model does not stay in the local
+ * minimum its start happened to lead to.
  *
  * Choices. Columns of W have unit L2 norm, restored after each refresh as
  * a reparametrisation (w_j /= n_j, h_u[j] *= n_j, A and B scaled alike),
@@ -160,6 +167,7 @@ void model_free(struct model *m)
 {
     if (!m)
         return;
+    model__restart_drop(m);
     ids_free(m->uids);
     ids_free(m->iids);
     free(m->u);
@@ -876,6 +884,7 @@ void model_refresh(struct model *m)
     double colsq[MODEL_K_MAX], mult[MODEL_K_MAX];
     double maxdiag = 0;
 
+    model__restart_drop(m);
     model_b_sync(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
@@ -976,7 +985,8 @@ static void model_solve_all(struct model *m)
 }
 
 /*
- * Seeding of W for the warm-up, k-means++ style (Arthur & Vassilvitskii,
+ * Seeding of W for the warm-up when NNDSVDa cannot (k above the live items
+ * or the users with a profile), k-means++ style (Arthur & Vassilvitskii,
  * SODA 2007) on the users' normalised profiles with cosine distance:
  * column j is the normalised profile of a user drawn with probability
  * proportional to d_u^2 sqrt(c_u |v_u|^2), d_u being its distance
@@ -1068,13 +1078,15 @@ out:
     free(x);
 }
 
-/* Warm-up: W seeded from the profiles seen so far, then batch alternating
- * NNLS on them (solve every h, refresh W) until the relative loss improves
- * by less than 1e-4 or 30 rounds, then A and B rebuilt exactly. */
+/* Warm-up: W seeded from the profiles seen so far (NNDSVDa, else
+ * k-means++), then batch alternating NNLS on them (solve every h, refresh
+ * W) until the relative loss improves by less than 1e-4 or 30 rounds, then
+ * A and B rebuilt exactly. */
 static void model_warmup(struct model *m)
 {
     double prev = -1;
-    model_seed_columns(m);
+    if (model__seed_nndsvd(m))
+        model_seed_columns(m);
     for (int r = 0; r < 30; r++) {
         model_solve_all(m);
         double rel = model_rel_loss(m);
@@ -1159,6 +1171,8 @@ static int model_fold_checked(struct model *m, const char *user,
             return rc;
     }
 
+    if (m->rs)
+        model__restart_drop(m);
     const int64_t hl = m->p.half_life_ms;
     if (!m->has_time) {
         m->T = m->T0 = ts;
@@ -1345,6 +1359,15 @@ size_t model_refine(struct model *m, size_t max_users)
 {
     size_t done = 0;
     uint32_t U = ids_slots(m->uids);
+    if (!max_users)
+        return 0;
+    if (m->rs)
+        return model__restart_step(m, max_users);
+    /* The stream went quiet before warmup_events: warm up on what came. */
+    if (m->p.warmup_events && !m->warm_done && m->nprof) {
+        model_warmup(m);
+        return ids_live(m->uids);
+    }
     if (m->stale) {
         for (uint32_t seen = 0; seen < U && done < max_users && m->stale;
              seen++) {
@@ -1366,6 +1389,10 @@ size_t model_refine(struct model *m, size_t max_users)
     double rel = model_rel_loss(m);
     if (m->refine_prev >= 0 && m->events == m->refine_events &&
         m->refine_prev - rel <= m->p.refine_tol * m->refine_prev) {
+        /* Converged: try a restart from an NNDSVDa seed of all the data,
+         * in later slices; keep this W if it does not beat it. */
+        if (model__restart_due(m) && !model__restart_begin(m))
+            return model__restart_step(m, max_users);
         m->dirty = 0;
         return 0;
     }
@@ -1391,6 +1418,7 @@ size_t model_expire(struct model *m, int64_t now)
     if (nitems)
         drop = calloc(M, 1);
     if (drop) {
+        model__restart_drop(m);
         /* Zero the rows first so the re-solves see the W to come. */
         for (uint32_t i = 0; i < M; i++) {
             if (!ids_get(m->iids, i, NULL) || m->item_t[i] >= cut)
@@ -1407,6 +1435,7 @@ size_t model_expire(struct model *m, int64_t now)
         if (!(us->flags & MODEL_U_LIVE))
             continue;
         if (us->t < cut) {
+            model__restart_drop(m);
             model_user_remove(m, u);
             gone++;
             continue;
@@ -1463,7 +1492,8 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->norm = m->norm_s > 0 ? m->norm_s * scale : 0;
     st->rel_loss = model_rel_loss(m);
     st->now = m->has_time ? m->T : 0;
-    st->stale = m->stale;
+    st->stale = m->rs ? ids_live(m->uids) : m->stale;
+    st->restarts = m->restarts;
 }
 
 uint32_t model_user_slots(const struct model *m)
@@ -1683,5 +1713,5 @@ void model_memory(const struct model *m, struct model_memory *mm)
     for (uint32_t u = 0; u < U; u++)
         mm->profile_entries += m->u[u].n;
     mm->total = sizeof(*m) + 4 * (size_t)k * k * sizeof(double) + mm->users +
-                mm->items + mm->profiles;
+                mm->items + mm->profiles + model__restart_bytes(m);
 }

@@ -94,13 +94,27 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
  * resampling, then G = W^T W. Callers run it on their own clock too. */
 void model_refresh(struct model *m);
 
-/* Idle convergence: re-solves up to max_users users whose h is stale
- * against the current W; when none is stale and A, B moved since the last
- * refresh, refreshes W, unless the previous refresh made here (with no
- * event folded since) improved the relative loss by less than refine_tol.
- * Returns how many users it re-solved (0 and no refresh done means
- * converged; with half_life 0, repeated calls are exact alternating NNLS
- * on the full data, so the loss does not increase from round to round). */
+/* Idle convergence, in bounded steps: re-solves up to max_users users
+ * whose h is stale against the current W; when none is stale and A, B
+ * moved since the last refresh, refreshes W, unless the previous refresh
+ * made here (with no event folded since) improved the relative loss by
+ * less than refine_tol. With half_life 0, repeated calls are exact
+ * alternating NNLS on the full data, so the loss does not increase from
+ * round to round.
+ *
+ * Two more things happen in idle time. If the stream went quiet before
+ * warmup_events, the warm-up runs first on what came. And at the first
+ * convergence once the folded events have at least doubled since the
+ * last restart (so at the first one), a restart tries to escape a poor
+ * local minimum: alternating NNLS from an NNDSVDa seed of all current
+ * profiles, run beside the live model (which does not change meanwhile)
+ * over many calls, each going through at most max_users users plus one
+ * O(items k^2) step. Its W replaces the live one only if its loss is
+ * lower by more than 0.1%; then every user is re-solved by the following
+ * calls as after a refresh. Any fold, refresh or expiry abandons it.
+ *
+ * Returns how many users it re-solved or went through (0 with no
+ * refresh done means converged; 0 always when max_users is 0). */
 size_t model_refine(struct model *m, size_t max_users);
 
 /* Forgets users and items unseen since now - ttl (event time), removing
@@ -121,7 +135,10 @@ struct model_stats {
     double norm;        /* sum_u ||v_u||^2, same weighting */
     double rel_loss;    /* loss / norm, 0 when norm is 0 */
     int64_t now;        /* latest event time seen */
-    uint64_t stale;     /* users not re-solved since the last refresh */
+    uint64_t stale;     /* users not re-solved since the last refresh;
+                           every live user while a restart is under way
+                           (model_refine: any h may still change) */
+    uint64_t restarts;  /* restarts that replaced W */
 };
 void model_stats(const struct model *m, struct model_stats *st);
 
@@ -164,7 +181,7 @@ struct model_memory {
     size_t items;             /* W, B, per-item state and item ids */
     size_t profiles;          /* profile pools */
     uint64_t profile_entries; /* profile entries in use */
-    size_t total;
+    size_t total;             /* with the work arrays of a restart */
 };
 void model_memory(const struct model *m, struct model_memory *mm);
 

@@ -51,6 +51,17 @@ struct model_user {
  * events (k doubles), updated in O(k) per event while W is unchanged. */
 #define MODEL_BCACHE_MIN 32
 
+/* NNDSVDa seeds (model_restart.c): subspace iterations; a restart's
+ * rounds of alternating NNLS at most, its convergence tolerance (or
+ * refine_tol if larger), and by how much (relative) it must beat the live
+ * model's loss to replace W. */
+#define MODEL_NNDSVD_ITERS   30
+#define MODEL_RESTART_ROUNDS 300
+#define MODEL_RESTART_TOL    1e-5
+#define MODEL_RESTART_MARGIN 1e-3
+
+struct model_restart;
+
 struct model {
     struct model_params p;
     uint32_t k;
@@ -84,11 +95,14 @@ struct model {
     uint64_t events;
     double weight_sum;
     uint64_t refreshes, epoch, since_refresh, stale;
-    uint64_t refine_events; /* events at the last refine-made refresh */
-    double refine_prev;     /* relative loss then, -1 if none */
-    uint32_t cursor;        /* next user the refine pass looks at */
-    uint32_t reparams;      /* rescaling refreshes since the last rebuild */
-    uint32_t nprof;         /* live users with a non-empty profile */
+    uint64_t refine_events;   /* events at the last refine-made refresh */
+    double refine_prev;       /* relative loss then, -1 if none */
+    uint32_t cursor;          /* next user the refine pass looks at */
+    uint32_t reparams;        /* rescaling refreshes since the last rebuild */
+    uint32_t nprof;           /* live users with a non-empty profile */
+    uint64_t restart_events;  /* events at the last finished restart */
+    uint64_t restarts;        /* restarts that replaced W */
+    struct model_restart *rs; /* the restart under way, NULL if none */
 };
 
 /* Weight of a contribution made at time t in the stored frame. */
@@ -108,5 +122,22 @@ int model__items_grow(struct model *m, uint32_t need);
 uint64_t model__state_checksum(const void *buf, size_t len);
 /* Creates the empty model for params p (validated by the caller). */
 struct model *model__alloc(const struct model_params *p);
+
+/* model_restart.c. Whether an NNDSVDa seed is possible (k <= users with a
+ * profile and k <= live items). */
+int model__seedable(const struct model *m);
+/* W seeded from every profile at once (then G), or -EINVAL / -ENOMEM with
+ * W unchanged. */
+int model__seed_nndsvd(struct model *m);
+/* Whether model_refine should begin a restart at this convergence. */
+int model__restart_due(const struct model *m);
+/* Begins one (0) or gives up until the data doubles (-ENOMEM). */
+int model__restart_begin(struct model *m);
+/* The next slice of the restart under way: users it went through. */
+size_t model__restart_step(struct model *m, size_t max_users);
+/* Memory held by the restart under way (0 if none). */
+size_t model__restart_bytes(const struct model *m);
+/* Abandons the restart under way, if any. */
+void model__restart_drop(struct model *m);
 
 #endif

@@ -15,7 +15,8 @@
  *
  * Layout (all little-endian):
  *   "NMFDMODL" u32 version u32 k
- *   params, scalars, RNG state, A (k*k f64), G (k*k f64), bcol (k f64)
+ *   params, scalars (version 2 added the restart counters), RNG state,
+ *   A (k*k f64), G (k*k f64), bcol (k f64)
  *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 last time], nfree u32 free list (next reused first),
  *          W (slots*k f32), B (slots*k f64)
@@ -39,7 +40,7 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -244,6 +245,8 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_u64(&w, m->stale);
     sw_u64(&w, m->refine_events);
     sw_f64(&w, m->refine_prev);
+    sw_u64(&w, m->restart_events);
+    sw_u64(&w, m->restarts);
     for (int i = 0; i < 4; i++)
         sw_u64(&w, m->rng.s[i]);
     sw_put(&w, m->A, (size_t)k * k * sizeof(double));
@@ -555,6 +558,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
     SR(r, m->stale);
     SR(r, m->refine_events);
     SR(r, m->refine_prev);
+    SR(r, m->restart_events);
+    SR(r, m->restarts);
     for (int i = 0; i < 4; i++)
         SR(r, m->rng.s[i]);
     size_t kk = (size_t)k * k;
@@ -576,6 +581,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
         !isfinite(m->weight_sum) || !(m->weight_sum >= 0) ||
         !isfinite(m->refine_prev) || m->refine_prev < -1)
         return "bad totals";
+    if (m->restart_events > m->events || m->refine_events > m->events)
+        return "bad counters";
     if (!(m->rng.s[0] | m->rng.s[1] | m->rng.s[2] | m->rng.s[3]))
         return "bad generator state";
     if (!state_finite(m->A, kk) || !state_finite(m->G, kk))

@@ -951,6 +951,246 @@ Test(model, warmup_runs_once_and_leaves_exact_statistics)
     model_free(m);
 }
 
+/* ---- warm-up in idle time, restarts -------------------------------- */
+
+static void fold_planted(struct model *m, struct planted *p, int events,
+                         int64_t t0)
+{
+    for (int e = 0; e < events; e++) {
+        uint32_t u, i;
+        planted_event(p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, t0 + e), 0);
+    }
+}
+
+Test(model, warmup_runs_in_refine_when_the_stream_stops_early)
+{
+    struct model *m = model_with(4, 0, 10000, 0);
+    struct planted p;
+    planted_init(&p, 400, 80, 4, 0.0, 12);
+    fold_planted(m, &p, 3000, 0);
+    cr_assert_eq(m->warm_done, 0);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, 0);
+    cr_assert_gt(model_refine(m, 100), 0);
+    cr_assert_eq(m->warm_done, 1);
+    model_stats(m, &st);
+    cr_assert_gt(st.refreshes, 0);
+    cr_assert_eq(st.stale, 0);
+    assert_stats_exact(m, 1e-12);
+    /* It does not run again when the events reach warmup_events. */
+    uint64_t r = st.refreshes;
+    fold_planted(m, &p, 8000, 3000);
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, r);
+    planted_free(&p);
+    model_free(m);
+}
+
+/* Planted stream, k = 6, no warm-up: from a random W the alternating NNLS
+ * of the refinement settles in a worse local minimum than the warm-up's
+ * NNDSVDa start reaches; the restart at convergence finds the latter. */
+static struct model *six_bundles(uint64_t warmup, double *rel)
+{
+    struct model *m = model_with(6, 0, warmup, 200000);
+    struct planted p;
+    planted_init(&p, 1500, 300, 6, 0.0, 3);
+    fold_planted(m, &p, 40000, 1000);
+    planted_free(&p);
+    if (rel) {
+        struct model_stats st;
+        model_stats(m, &st);
+        *rel = st.rel_loss;
+    }
+    return m;
+}
+
+Test(model, restart_escapes_a_local_minimum)
+{
+    struct model *good = six_bundles(10000, NULL);
+    refine_converge(good, 1000);
+    struct model_stats sg, st;
+    model_stats(good, &sg);
+    cr_assert_eq(sg.restarts, 0, "the warm-up start needs no restart");
+
+    struct model *m = six_bundles(0, NULL);
+    double incumbent = -1;
+    int began = 0;
+    for (int r = 0; r < 100000; r++) {
+        model_stats(m, &st);
+        uint64_t f0 = st.refreshes;
+        double before = st.rel_loss;
+        size_t n = model_refine(m, SIZE_MAX);
+        if (m->rs && !began) {
+            began = 1;
+            incumbent = before;
+            /* The live model waits; every user counts as stale. */
+            model_stats(m, &st);
+            cr_assert_eq(st.stale, st.users);
+            cr_assert(st.rel_loss == before);
+        }
+        model_stats(m, &st);
+        if (!n && st.refreshes == f0)
+            break;
+    }
+    cr_assert(began);
+    model_stats(m, &st);
+    cr_assert_eq(st.restarts, 1);
+    cr_assert_eq(st.stale, 0);
+    cr_assert_lt(st.rel_loss, 0.95 * incumbent, "%g vs incumbent %g",
+                 st.rel_loss, incumbent);
+    cr_assert_float_eq(st.rel_loss, sg.rel_loss, 1e-4 * sg.rel_loss,
+                       "%.8g vs the warm-up's %.8g", st.rel_loss, sg.rel_loss);
+    assert_stats_exact(m, STATS_RTOL);
+    /* Converged: no second restart without new data. */
+    cr_assert_eq(model_refine(m, SIZE_MAX), 0);
+    cr_assert_null(m->rs);
+    model_free(good);
+    model_free(m);
+}
+
+Test(model, restart_slices_are_bounded_and_reach_the_same_model)
+{
+    struct model *a = six_bundles(0, NULL), *b = six_bundles(0, NULL);
+    refine_converge(a, 100000);
+    size_t calls = 0, restart_calls = 0;
+    for (;;) {
+        struct model_stats st;
+        model_stats(b, &st);
+        uint64_t f0 = st.refreshes;
+        int during = b->rs != NULL;
+        size_t n = model_refine(b, 13);
+        cr_assert_leq(n, 13);
+        if (during || b->rs) {
+            cr_assert_geq(n, 1, "a restart slice returned 0");
+            restart_calls++;
+        }
+        model_stats(b, &st);
+        if (!n && st.refreshes == f0)
+            break;
+        cr_assert_lt(++calls, 10000000);
+    }
+    cr_assert_gt(restart_calls, 1000);
+    struct model_stats sa, sb;
+    model_stats(a, &sa);
+    model_stats(b, &sb);
+    cr_assert_eq(sa.restarts, 1);
+    cr_assert_eq(sb.restarts, 1);
+    cr_assert_float_eq(sa.rel_loss, sb.rel_loss, 1e-6 * sa.rel_loss);
+    cr_assert_eq(model_refine(b, 0), 0);
+    model_free(a);
+    model_free(b);
+}
+
+/* Drives refinement until a restart is under way; returns the state saved
+ * just before the call that began it. */
+static struct buf refine_until_restart(struct model *m)
+{
+    for (int r = 0; r < 100000; r++) {
+        struct buf s = save(m);
+        model_refine(m, SIZE_MAX);
+        if (m->rs)
+            return s;
+        free(s.p);
+    }
+    cr_assert_fail("no restart began");
+    return (struct buf){0};
+}
+
+Test(model, an_abandoned_restart_leaves_no_trace)
+{
+    struct model *a = six_bundles(0, NULL);
+    struct buf s = refine_until_restart(a);
+    for (int c = 0; c < 5; c++)
+        cr_assert_gt(model_refine(a, 300), 0);
+    cr_assert_not_null(a->rs);
+    const char *err = NULL;
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    /* An event abandons it; the live model is as if it never began. */
+    cr_assert_eq(fold(a, 5, 7, 1.0, 50000), 0);
+    cr_assert_null(a->rs);
+    cr_assert_eq(fold(b, 5, 7, 1.0, 50000), 0);
+    struct buf sa = save(a), sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb));
+    /* So do a refresh and an expiry that forgets something. */
+    free(sa.p);
+    free(sb.p);
+    free(s.p);
+    model_free(a);
+    model_free(b);
+
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 6;
+    p.warmup_events = 0;
+    p.ttl_ms = 30000;
+    a = model_new(&p);
+    struct planted pl;
+    planted_init(&pl, 1500, 300, 6, 0.0, 3);
+    fold_planted(a, &pl, 40000, 1000);
+    planted_free(&pl);
+    s = refine_until_restart(a);
+    model_refresh(a);
+    cr_assert_null(a->rs);
+    free(s.p);
+    s = refine_until_restart(a);
+    cr_assert_eq(model_expire(a, 1000), 0);
+    cr_assert_not_null(a->rs, "an expiry that forgets nothing keeps it");
+    cr_assert_gt(model_expire(a, 1000 + 30000 + 100), 0);
+    cr_assert_null(a->rs);
+    free(s.p);
+    model_free(a);
+}
+
+Test(model, a_restart_survives_save_and_load)
+{
+    struct model *a = six_bundles(0, NULL);
+    struct buf s0 = refine_until_restart(a);
+    for (int c = 0; c < 40; c++)
+        model_refine(a, 500);
+    cr_assert_not_null(a->rs);
+    /* Saved in the middle of it: the loaded model begins it again and
+     * reaches the same model. */
+    struct buf s = save(a);
+    const char *err = NULL;
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    refine_converge(a, 100000);
+    refine_converge(b, 100000);
+    struct buf sa = save(a), sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb), "diverged after a load mid-restart");
+    struct model_stats st;
+    model_stats(b, &st);
+    cr_assert_eq(st.restarts, 1);
+    free(s0.p);
+    free(s.p);
+    free(sa.p);
+    free(sb.p);
+    model_free(a);
+    model_free(b);
+}
+
+Test(model, restarts_again_once_the_data_doubles)
+{
+    struct model *m = model_with(4, 0, 500, 0);
+    struct planted p;
+    planted_init(&p, 300, 60, 4, 0.05, 21);
+    fold_planted(m, &p, 4000, 0);
+    refine_converge(m, 100000);
+    cr_assert_eq(m->restart_events, 4000);
+    fold_planted(m, &p, 3000, 4000);
+    refine_converge(m, 100000);
+    cr_assert_eq(m->restart_events, 4000, "7000 < 2 x 4000: no restart");
+    fold_planted(m, &p, 1000, 7000);
+    refine_converge(m, 100000);
+    cr_assert_eq(m->restart_events, 8000);
+    assert_stats_exact(m, STATS_RTOL);
+    planted_free(&p);
+    model_free(m);
+}
+
 /* ---- determinism and saved state ------------------------------------ */
 
 Test(model, same_events_same_bits)
@@ -1119,9 +1359,12 @@ Test(model, load_checks_structure_behind_the_checksum)
 {
     struct buf s = small_state();
     /* Sanity: re-checksummed unchanged state loads. */
-    uint32_t v = 1;
+    uint32_t v = 2;
     cr_assert_null(load_patched(&s, 8, &v, 4));
-    v = 2;
+    v = 1; /* the layout before the restart counters */
+    cr_assert_str_eq(load_patched(&s, 8, &v, 4),
+                     "unsupported model state version");
+    v = 3;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
     v = 4;
@@ -1214,7 +1457,7 @@ Test(model, load_refuses_absurd_magnitudes)
     size_t off_b = find_once(&s, &b0, 8);
     size_t off_l = find_once(&s, &loss, 8);
     size_t off_n = find_once(&s, &norm, 8);
-    cr_assert_eq(off_a, 260); /* the layout no_profile_... relies on */
+    cr_assert_eq(off_a, 276); /* the layout no_profile_... relies on */
     /* h, then the one profile item (u32) and its value (f32). */
     size_t off_v = off_h + sizeof(h) + 4;
     float f;
@@ -1289,7 +1532,7 @@ Test(model, no_profile_means_zero_statistics)
     model_free(b);
     /* A = 0 exactly in the state: make its first entry a residue. */
     double zero = 0, tiny = 1e-20;
-    size_t off_a = 260;
+    size_t off_a = 276;
     cr_assert(!memcmp(s.p + off_a, &zero, 8));
     cr_assert_str_eq(load_patched(&s, off_a, &tiny, 8),
                      "statistics without data");

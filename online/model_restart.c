@@ -1,0 +1,423 @@
+/* online/model_restart.c -- NNDSVDa seeding and restarts of the model.
+ *
+ * Alternating NNLS (the model's fold, refresh and refinement) converges to
+ * a local minimum that depends on where W started; a start that merges two
+ * real topics into one column, or splits one over two, stays there. This
+ * subsystem gives the model better starts: the NNDSVDa seed of W from all
+ * current profiles (nndsvd.c) for the warm-up, and, when the model has
+ * converged in idle time, a restart: batch alternating NNLS from a fresh
+ * NNDSVDa seed run beside the live model on its own copies of W and the
+ * statistics, whose W replaces the live one only if it reaches a clearly
+ * lower loss. It owns the restart's work state (struct model_restart) and
+ * never changes the live model except in model__restart_install; it
+ * draws no number from the model's generator (its own is seeded from the
+ * seed and the event count), so an abandoned restart leaves no trace and a
+ * model loaded from a checkpoint taken during one reaches the same result.
+ *
+ * Cost. A restart reads every profile about (iterations + 2) times for the
+ * seed and once per round of alternating NNLS, up to MODEL_RESTART_ROUNDS
+ * rounds. model_refine drives it in slices of at most max_users users per
+ * call, plus at most one O(items k^2) step (orthonormalisation, HALS,
+ * Gram matrix) per call, so every call stays bounded like a refresh. It
+ * runs at the first idle convergence once the folded events have at least
+ * doubled since the previous restart, so that the restarts of a growing
+ * stream cost O(1) times the work of the last one (a geometric series),
+ * and any fold, refresh or expiry that changes the live model abandons it
+ * (it is tried again at the next convergence). Memory while it runs:
+ * items x k (two double blocks for the seed, then one float and one double
+ * block), nothing per user.
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hals.h"
+#include "model_impl.h"
+#include "nndsvd.h"
+#include "nnls.h"
+
+enum { MODEL_RS_SEED, MODEL_RS_SOLVE };
+
+struct model_restart {
+    uint64_t events, refreshes; /* the live model it competes with */
+    uint32_t M;                 /* item slots at the start */
+    uint32_t cursor;            /* next user of the current pass */
+    uint32_t rounds;            /* rounds of alternating NNLS done */
+    int phase;
+    struct rng rng;
+    struct nndsvd *sv; /* the seed, while phase == MODEL_RS_SEED */
+    float *W;          /* M x k candidate, unit columns */
+    double *B;         /* M x k: sum_u c_u v_u h_u^T of the current round */
+    double *A, *G;     /* k x k: sum_u c_u h_u h_u^T; W^T W */
+    double loss, prev; /* this round's sum_u c_u |v_u - W h_u|^2; last */
+};
+
+/* Feeds users [*cursor, U) to the seed, at most max of them; returns how
+ * many live users it visited. */
+static size_t model_nndsvd_feed(struct model *m, struct nndsvd *sv,
+                                uint32_t *cursor, size_t max)
+{
+    const uint32_t U = ids_slots(m->uids);
+    size_t done = 0;
+    for (; *cursor < U && done < max; (*cursor)++) {
+        const struct model_user *us = &m->u[*cursor];
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        done++;
+        if (!us->n)
+            continue;
+        nndsvd_column(sv, pool_items(&m->pool, us->cls, us->slab),
+                      pool_vals(&m->pool, us->cls, us->slab), us->n,
+                      model__frame_weight(m, us->t));
+    }
+    return done;
+}
+
+/* Live item rows (1) and forgotten ones (0); NULL when out of memory. */
+static uint8_t *model_live_items(const struct model *m, uint32_t M)
+{
+    uint8_t *live = malloc(M ? M : 1);
+    if (live)
+        for (uint32_t i = 0; i < M; i++)
+            live[i] = ids_get(m->iids, i, NULL) != NULL;
+    return live;
+}
+
+int model__seedable(const struct model *m)
+{
+    return m->k <= m->nprof && m->k <= ids_live(m->iids);
+}
+
+int model__seed_nndsvd(struct model *m)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    if (!model__seedable(m))
+        return -EINVAL;
+    struct nndsvd *sv = nndsvd_new(k, M, MODEL_NNDSVD_ITERS, &m->rng);
+    uint8_t *live = model_live_items(m, M);
+    if (!sv || !live) {
+        nndsvd_free(sv);
+        free(live);
+        return -ENOMEM;
+    }
+    while (nndsvd_pass(sv) != NNDSVD_DONE) {
+        uint32_t cursor = 0;
+        model_nndsvd_feed(m, sv, &cursor, SIZE_MAX);
+        nndsvd_pass_end(sv);
+    }
+    nndsvd_factor(sv, live, m->W);
+    nndsvd_free(sv);
+    free(live);
+    memset(m->G, 0, (size_t)k * k * sizeof(double));
+    hals_gram(k, M, m->W, NULL, m->G);
+    m->wgen++;
+    return 0;
+}
+
+size_t model__restart_bytes(const struct model *m)
+{
+    const struct model_restart *rs = m->rs;
+    if (!rs)
+        return 0;
+    size_t mk = (size_t)rs->M * m->k;
+    return sizeof(*rs) + 2 * (size_t)m->k * m->k * sizeof(double) +
+           mk * sizeof(float) + (rs->B ? mk * sizeof(double) : 0) +
+           (rs->sv ? 2 * mk * sizeof(double) : 0);
+}
+
+void model__restart_drop(struct model *m)
+{
+    struct model_restart *rs = m->rs;
+    if (!rs)
+        return;
+    nndsvd_free(rs->sv);
+    free(rs->W);
+    free(rs->B);
+    free(rs->A);
+    free(rs->G);
+    free(rs);
+    m->rs = NULL;
+}
+
+int model__restart_due(const struct model *m)
+{
+    return !m->rs && m->events > m->restart_events &&
+           m->events / 2 >= m->restart_events && model__seedable(m);
+}
+
+int model__restart_begin(struct model *m)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    struct model_restart *rs = calloc(1, sizeof(*rs));
+    if (!rs)
+        goto fail;
+    m->rs = rs;
+    rs->events = m->events;
+    rs->refreshes = m->refreshes;
+    rs->M = M;
+    rs->phase = MODEL_RS_SEED;
+    rs->prev = -1;
+    rng_seed(&rs->rng, m->p.seed ^ (m->events * 0x9e3779b97f4a7c15ull));
+    rs->A = calloc((size_t)k * k, sizeof(double));
+    rs->G = calloc((size_t)k * k, sizeof(double));
+    rs->W = malloc((size_t)M * k * sizeof(float));
+    rs->sv = nndsvd_new(k, M, MODEL_NNDSVD_ITERS, &rs->rng);
+    if (!rs->A || !rs->G || !rs->W || !rs->sv)
+        goto fail;
+    return 0;
+fail:
+    /* No memory: not again before the data has doubled. */
+    model__restart_drop(m);
+    m->restart_events = m->events;
+    return -ENOMEM;
+}
+
+/* One user of a round: h = argmin_{h >= 0} of the model's objective
+ * against the candidate W (cold start: no per-user state is kept), its
+ * loss, and its share of A and B. */
+static void model_restart_user(struct model *m, struct model_restart *rs,
+                               uint32_t u)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX], ch[MODEL_K_MAX];
+    if (!us->n)
+        return;
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double vtv = 0, c = model__frame_weight(m, us->t);
+    for (uint32_t j = 0; j < k; j++)
+        b[j] = h[j] = 0;
+    for (uint32_t q = 0; q < us->n; q++) {
+        const float *restrict wi = rs->W + (size_t)it[q] * k;
+        double v = va[q];
+        vtv += v * v;
+        for (uint32_t j = 0; j < k; j++)
+            b[j] += v * wi[j];
+    }
+    double a1 = m->p.alpha_h * m->p.l1_ratio;
+    double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
+    nnls_solve(k, rs->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+    double hb = 0, hgh = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        hb += h[j] * b[j];
+        hgh += h[j] * gh[j];
+    }
+    double loss = vtv - 2 * hb + hgh;
+    rs->loss += c * (loss > 0 ? (loss < vtv ? loss : vtv) : 0);
+    for (uint32_t j = 0; j < k; j++)
+        ch[j] = c * h[j];
+    for (uint32_t j = 0; j < k; j++) {
+        if (ch[j] == 0)
+            continue;
+        double *restrict aj = rs->A + (size_t)j * k;
+        for (uint32_t l = 0; l < k; l++)
+            aj[l] += ch[j] * h[l];
+    }
+    for (uint32_t q = 0; q < us->n; q++) {
+        double *restrict bi = rs->B + (size_t)it[q] * k;
+        double v = va[q];
+        for (uint32_t j = 0; j < k; j++)
+            bi[j] += v * ch[j];
+    }
+}
+
+/* The candidate's W update after a round: HALS on its A and B as in
+ * model_refresh, unit columns (h is solved afresh each round, so nothing
+ * else is rescaled), a dead column reseeded from a heavy user's profile
+ * drawn with the restart's generator, then G. */
+static void model_restart_update(struct model *m, struct model_restart *rs)
+{
+    const uint32_t k = m->k, M = rs->M;
+    uint8_t skip[MODEL_K_MAX];
+    double colsq[MODEL_K_MAX], ones[MODEL_K_MAX], maxdiag = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        double d = rs->A[(size_t)j * k + j];
+        maxdiag = d > maxdiag ? d : maxdiag;
+        ones[j] = 1;
+        colsq[j] = 0;
+    }
+    for (uint32_t j = 0; j < k; j++)
+        skip[j] = !(rs->A[(size_t)j * k + j] > 1e-12 * maxdiag);
+    double scale =
+        m->p.half_life_ms > 0
+            ? exp2(-(double)(m->T - m->T0) / (double)m->p.half_life_ms)
+            : 1.0;
+    double a1 = m->p.alpha_w * m->p.l1_ratio / scale;
+    double a2 = m->p.alpha_w * (1 - m->p.l1_ratio) / scale;
+    if (maxdiag > 0)
+        hals_update(k, M, rs->W, rs->B, ones, rs->A, skip, a1, a2,
+                    m->p.hals_sweeps, colsq);
+    for (uint32_t j = 0; j < k; j++) {
+        double nj = sqrt(colsq[j]);
+        if (!skip[j] && nj > 0 && isfinite(nj)) {
+            for (uint32_t i = 0; i < M; i++)
+                rs->W[(size_t)i * k + j] =
+                    (float)(rs->W[(size_t)i * k + j] / nj);
+            continue;
+        }
+        /* Dead: the normalised profile of the heaviest of a few users. */
+        const uint32_t U = ids_slots(m->uids);
+        int64_t best = -1;
+        double bw = 0;
+        for (int t = 0; t < 64 && U; t++) {
+            uint32_t u = (uint32_t)rng_below(&rs->rng, U);
+            const struct model_user *us = &m->u[u];
+            if (!(us->flags & MODEL_U_LIVE) || !us->n)
+                continue;
+            double w = model__frame_weight(m, us->t) * us->vnorm;
+            if (best < 0 || w > bw) {
+                bw = w;
+                best = u;
+            }
+        }
+        if (best < 0)
+            continue;
+        const struct model_user *us = &m->u[best];
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        double nv = 0;
+        for (uint32_t q = 0; q < us->n; q++)
+            nv += (double)va[q] * va[q];
+        nv = sqrt(nv);
+        for (uint32_t i = 0; i < M; i++)
+            rs->W[(size_t)i * k + j] = 0;
+        for (uint32_t q = 0; q < us->n; q++)
+            rs->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+    }
+    memset(rs->G, 0, (size_t)k * k * sizeof(double));
+    hals_gram(k, M, rs->W, NULL, rs->G);
+}
+
+/* The candidate replaces W. Its columns are first matched to the live
+ * ones (greedily, largest |w_a . w'_b| first) so that topic j stays topic
+ * j wherever the two agree and users' h warm-start close to their new
+ * solution. Every user becomes stale: the refinement re-solves them
+ * against the new W, keeping A, B and the loss exact as after any
+ * refresh. */
+static void model_restart_install(struct model *m, struct model_restart *rs)
+{
+    const uint32_t k = m->k, M = rs->M;
+    double *C = calloc((size_t)k * k, sizeof(double));
+    uint32_t perm[MODEL_K_MAX];
+    uint8_t used_a[MODEL_K_MAX] = {0}, used_b[MODEL_K_MAX] = {0};
+    for (uint32_t j = 0; j < k; j++)
+        perm[j] = j;
+    if (C) {
+        for (uint32_t i = 0; i < M; i++) {
+            const float *wi = m->W + (size_t)i * k, *ci = rs->W + (size_t)i * k;
+            for (uint32_t a = 0; a < k; a++)
+                for (uint32_t b = 0; b < k; b++)
+                    C[(size_t)a * k + b] += (double)wi[a] * ci[b];
+        }
+        for (uint32_t n = 0; n < k; n++) {
+            uint32_t ba = 0, bb = 0;
+            double best = -1;
+            for (uint32_t a = 0; a < k; a++)
+                for (uint32_t b = 0; b < k; b++)
+                    if (!used_a[a] && !used_b[b] &&
+                        C[(size_t)a * k + b] > best) {
+                        best = C[(size_t)a * k + b];
+                        ba = a;
+                        bb = b;
+                    }
+            used_a[ba] = used_b[bb] = 1;
+            perm[ba] = bb;
+        }
+        free(C);
+    }
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            m->W[(size_t)i * k + j] = rs->W[(size_t)i * k + perm[j]];
+    memset(m->G, 0, (size_t)k * k * sizeof(double));
+    hals_gram(k, M, m->W, NULL, m->G);
+    m->wgen++;
+    m->refreshes++;
+    m->restarts++;
+    m->stale = ids_live(m->uids);
+    m->since_refresh = 0;
+    m->dirty = 1;
+    m->refine_prev = -1;
+}
+
+/* Ends a round: either the candidate has converged (or used its rounds)
+ * and is compared with the live model, or its W is updated for the next. */
+static void model_restart_round_end(struct model *m, struct model_restart *rs)
+{
+    const uint32_t k = m->k;
+    double rel = m->norm_s > 0 ? rs->loss / m->norm_s : 0;
+    double tol = m->p.refine_tol > MODEL_RESTART_TOL ? m->p.refine_tol
+                                                     : MODEL_RESTART_TOL;
+    rs->rounds++;
+    if ((rs->prev >= 0 && rs->prev - rel <= tol * rs->prev) ||
+        rs->rounds >= MODEL_RESTART_ROUNDS) {
+        double inc = m->norm_s > 0 && m->loss_s > 0 ? m->loss_s / m->norm_s : 0;
+        m->restart_events = m->events;
+        if (rel < inc * (1 - MODEL_RESTART_MARGIN))
+            model_restart_install(m, rs);
+        model__restart_drop(m);
+        return;
+    }
+    rs->prev = rel;
+    model_restart_update(m, rs);
+    memset(rs->A, 0, (size_t)k * k * sizeof(double));
+    memset(rs->B, 0, (size_t)rs->M * k * sizeof(double));
+    rs->loss = 0;
+    rs->cursor = 0;
+}
+
+static size_t model_restart_slice(struct model *m, size_t max_users);
+
+/* Returns how many users the slice went through, at least 1 (a call that
+ * only ends a pass did work too), 0 only when max_users is 0. */
+size_t model__restart_step(struct model *m, size_t max_users)
+{
+    size_t done = max_users ? model_restart_slice(m, max_users) : 0;
+    return max_users && !done ? 1 : done;
+}
+
+static size_t model_restart_slice(struct model *m, size_t max_users)
+{
+    struct model_restart *rs = m->rs;
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    size_t done = 0;
+    if (rs->phase == MODEL_RS_SEED) {
+        done = model_nndsvd_feed(m, rs->sv, &rs->cursor, max_users);
+        if (rs->cursor < U)
+            return done;
+        rs->cursor = 0;
+        nndsvd_pass_end(rs->sv);
+        if (nndsvd_pass(rs->sv) != NNDSVD_DONE)
+            return done;
+        uint8_t *live = model_live_items(m, rs->M);
+        if (!live) {
+            model__restart_drop(m);
+            m->restart_events = m->events;
+            return done;
+        }
+        nndsvd_factor(rs->sv, live, rs->W);
+        free(live);
+        nndsvd_free(rs->sv);
+        rs->sv = NULL;
+        rs->B = calloc((size_t)rs->M * k, sizeof(double));
+        if (!rs->B) {
+            model__restart_drop(m);
+            m->restart_events = m->events;
+            return done;
+        }
+        hals_gram(k, rs->M, rs->W, NULL, rs->G);
+        rs->phase = MODEL_RS_SOLVE;
+        return done;
+    }
+    for (; rs->cursor < U && done < max_users; rs->cursor++) {
+        if (!(m->u[rs->cursor].flags & MODEL_U_LIVE))
+            continue;
+        model_restart_user(m, rs, rs->cursor);
+        done++;
+    }
+    if (rs->cursor >= U)
+        model_restart_round_end(m, rs);
+    return done;
+}
