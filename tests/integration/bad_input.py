@@ -15,10 +15,8 @@ Asserted, all exactly:
 - W and H of /snapshot finite and non-negative;
 - nmfd still running, /healthz 200, rejection log lines bounded by the
   rate limit;
-- config files and --set values with errors: exit 2 and "file:line: msg".
-
-Contract gaps known today are reported as XFAIL lines, not failures;
-NMFD_XFAIL_STRICT=1 makes them failures.
+- config files and --set values with errors, [kafka] keys librdkafka
+  refuses included: exit 2 and "file:line: msg".
 """
 import math
 import os
@@ -42,7 +40,6 @@ MAX_EVENTS = 50
 LOG_BURST = 5
 TS0 = 1700000000000
 TYPES = {"click": 1.0, "buy": 5.0}
-STRICT = os.environ.get("NMFD_XFAIL_STRICT") == "1"
 REASONS = [
     "empty_message", "invalid_msgpack", "invalid_json", "too_large",
     "too_many_events", "too_deep", "duplicate_field", "not_an_object",
@@ -50,16 +47,6 @@ REASONS = [
     "id_too_long", "bad_weight", "negative_weight", "nonfinite_weight",
     "bad_ts", "bad_type", "unknown_type", "missing_type", "weight_too_large",
 ]
-
-
-def xfail(cond, msg):
-    """A contract check that fails today and is reported, not fatal."""
-    if cond:
-        print("XPASS (fixed; make it a plain check): " + msg)
-    elif STRICT:
-        fail(msg)
-    else:
-        print("XFAIL: " + msg)
 
 
 class Raw:
@@ -311,14 +298,18 @@ def config_errors(tmp):
     r = subprocess.run([nmfd, "--config", path, "--set", "checkpoint.dir=" + state,
                         "--set", "http.listen="], capture_output=True, timeout=30)
     err = r.stderr.decode()
-    check(r.returncode in (1, 2) and "%s:3: " % path in err,
+    check(r.returncode == 2 and "%s:3: " % path in err and "no.such.property" in err,
           "bad kafka key: exit %d: %s" % (r.returncode, err))
-    xfail(r.returncode == 2, "a [kafka] key librdkafka refuses exits %d, not 2"
-          % r.returncode)
     r = subprocess.run([nmfd, "--config", path, "--check-config"], capture_output=True,
                        timeout=30)
-    xfail(r.returncode == 2, "--check-config accepts a [kafka] key librdkafka "
-          "refuses (exit %d)" % r.returncode)
+    check(r.returncode == 2 and "%s:3: " % path in r.stderr.decode(),
+          "--check-config on a bad kafka key: exit %d: %s"
+          % (r.returncode, r.stderr.decode()))
+    r = subprocess.run([nmfd, "--set", "kafka.session.timeout.ms=banana", "--check-config"],
+                       capture_output=True, timeout=30)
+    check(r.returncode == 2 and "--set" in r.stderr.decode()
+          and "session.timeout.ms" in r.stderr.decode(),
+          "--set of a bad kafka value: exit %d: %s" % (r.returncode, r.stderr.decode()))
     print("config errors: %d files, %d --set values: exit 2 with the place"
           % (len(files), len(sets)))
 
@@ -374,6 +365,12 @@ def main():
         for r in REASONS:
             got = m.get(("nmfd_events_rejected_total", '{reason="%s"}' % r))
             check(got == want[r], "rejected{reason=%s} = %r, expected %d" % (r, got, want[r]))
+        # Every other label (model_refused: the decoder let through what
+        # the model refuses) stays at 0.
+        others = {lab: v for (name, lab), v in m.items()
+                  if name == "nmfd_events_rejected_total"
+                  and lab[len('{reason="'):-2] not in REASONS}
+        check(all(v == 0 for v in others.values()), "unexpected rejections: %r" % others)
         check(m[("nmfd_events_folded_total", "")] == n_good,
               "folded %r, expected %d" % (m[("nmfd_events_folded_total", "")], n_good))
         wf = m[("nmfd_weight_folded_total", "")]
