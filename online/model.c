@@ -74,6 +74,8 @@
 #include "nnls.h"
 #include "simd.h"
 
+_Static_assert(sizeof(struct model_user) == 48, "48 bytes per user record");
+
 /* One event as seen by a user's solve. */
 struct model_ev {
     uint32_t item;
@@ -430,6 +432,40 @@ static void model_wtv(const struct model *m, const struct model_user *us,
 
 static void model_rebuild(struct model *m);
 
+/* Segment (first largest entry), share of it and sum of h. */
+static inline uint32_t model_h_summary(uint32_t k, const float *h,
+                                       double *share, double *sum)
+{
+    uint32_t seg = 0;
+    double s = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        s += h[j];
+        if (h[j] > h[seg])
+            seg = j;
+    }
+    *sum = s;
+    *share = s > 0 ? h[seg] / s : 0;
+    return seg;
+}
+
+/* The rule of model.h for the changed epoch: a fold always marks the
+ * user; a re-solve only when the segment, the share or sum(h) moved
+ * materially since the last mark. */
+static void model_user_mark(const struct model *m, struct model_user *us,
+                            const float *h, int folded)
+{
+    double share, sum;
+    uint32_t seg = model_h_summary(m->k, h, &share, &sum);
+    if (!folded && seg == us->mseg &&
+        fabs(share - us->mshare / 65535.0) <= MODEL_MARK_TOL &&
+        fabs(sum - us->msum) <= MODEL_MARK_TOL * us->msum)
+        return;
+    us->changed = m->epoch;
+    us->mseg = (uint8_t)seg;
+    us->mshare = (uint16_t)lrint(share * 65535.0);
+    us->msum = sum < FLT_MAX ? (float)sum : FLT_MAX;
+}
+
 /*
  * One user's step: apply the event ev (if any) and drop the items marked
  * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
@@ -672,10 +708,8 @@ static void model_user_solve(struct model *m, uint32_t u,
     us->loss = lf;
     us->vnorm = vf;
     us->t = t_new;
-    if (memcmp(hu, hf, k * sizeof(float))) {
-        memcpy(hu, hf, k * sizeof(float));
-        us->changed = m->epoch;
-    }
+    memcpy(hu, hf, k * sizeof(float));
+    model_user_mark(m, us, hf, ev != NULL);
     if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
@@ -950,18 +984,14 @@ void model_refresh(struct model *m)
             if (!(m->u[u].flags & MODEL_U_LIVE))
                 continue;
             float *restrict hu = m->H + (size_t)u * k;
-            int changed = 0;
             for (uint32_t j = 0; j < k; j++) {
                 float x = (float)((double)hu[j] * mult[j]);
                 if (!(x >= FLT_MIN))
                     x = 0;
                 else if (x > MODEL_H_MAX)
                     x = MODEL_H_MAX;
-                changed |= x != hu[j];
                 hu[j] = x;
             }
-            if (changed)
-                m->u[u].changed = m->epoch;
         }
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));

@@ -121,7 +121,19 @@ size_t model_refine(struct model *m, size_t max_users);
  * their contributions from A and B. Returns how many were forgotten. */
 size_t model_expire(struct model *m, int64_t now);
 
-/* Epochs: every user records the epoch in which its h last changed. */
+/* Epochs: every user records the epoch in which it was last marked
+ * changed (model_user_view.changed), so that a publisher can send only
+ * the users changed since the last epoch. A user is marked (changed = the
+ * current epoch) when
+ *   (a) it folds an event (model_fold, model_fold_batch), or
+ *   (b) a re-solve without an event (model_refine, model_expire, the
+ *       warm-up, a restart) moves its segment, moves its share by more
+ *       than 1e-3, or moves sum(h) by more than 1e-3 of its value, all
+ *       compared with the values at its last mark,
+ * and never by the W refresh's rescaling of h (the unit-norm
+ * reparametrisation, which leaves W h unchanged). So a user not marked
+ * since its last published record still has that record's segment, a
+ * share within 1e-3 and a sum(h) within 0.1% of it. */
 uint64_t model_epoch(const struct model *m);
 void model_epoch_set(struct model *m, uint64_t epoch);
 
@@ -151,7 +163,7 @@ struct model_user_view {
     uint32_t segment;  /* argmax_j h[j] */
     float share;       /* h[segment] / sum(h); 0 if h == 0 */
     int64_t ts;        /* last event time */
-    uint64_t changed;  /* epoch of the last change of h */
+    uint64_t changed;  /* epoch of the last mark (see model_epoch) */
     uint32_t nprofile; /* profile entries */
 };
 uint32_t model_user_slots(const struct model *m);

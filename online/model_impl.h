@@ -31,18 +31,27 @@
 #define MODEL_BCOL_MIN 0x1p-256
 #define MODEL_BCOL_MAX 0x1p256
 
+/* 48 bytes. The mark (changed, mseg, mshare, msum) is what the user's
+ * last published record showed, for the rule in model.h. */
 struct model_user {
     int64_t t;        /* latest event time; the profile is valued at t */
-    uint64_t changed; /* epoch of the last bitwise change of h */
+    uint64_t changed; /* epoch of the last mark */
     float loss;       /* ||v - W h||^2 at the last solve, valued at t */
     float vnorm;      /* ||v||^2, valued at t */
     uint32_t solved;  /* refresh count at the last solve */
     uint32_t slab;    /* profile slab in class cls, POOL_NONE if none */
     uint32_t bslot;   /* cached W^T v slot, POOL_NONE if none */
+    float msum;       /* sum(h) at the last mark */
     uint16_t n;       /* profile entries */
+    uint16_t mshare;  /* share at the last mark, in 1/65535 */
     uint8_t cls;
     uint8_t flags; /* MODEL_U_* */
+    uint8_t mseg;  /* segment at the last mark */
 };
+
+/* A re-solve marks the user when its share moves by more than this
+ * (absolute) or sum(h) by more than this relative to the mark. */
+#define MODEL_MARK_TOL 1e-3
 
 #define MODEL_U_LIVE 1u
 #define MODEL_U_INB  2u /* the user's contribution is in the stored B */

@@ -22,7 +22,8 @@
  *          W (slots*k f32), B (slots*k f64)
  *   users: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 t, u64 changed, f32 loss, f32 vnorm, u32 solved, u32 n,
- *          u8 in-B flag, u8 cached [u64 generation, k f64 W^T v],
+ *          u8 marked segment, u16 marked share, f32 marked sum (version
+ *          3), u8 in-B flag, u8 cached [u64 generation, k f64 W^T v],
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
  *   u64 checksum of everything before it
  */
@@ -40,7 +41,7 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 2u
+#define STATE_VERSION 3u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -286,6 +287,9 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_put(&w, &us->vnorm, sizeof(float));
         sw_u32(&w, us->solved);
         sw_u32(&w, us->n);
+        sw_u8(&w, us->mseg);
+        sw_u16(&w, us->mshare);
+        sw_put(&w, &us->msum, sizeof(float));
         sw_u8(&w, us->flags & MODEL_U_INB);
         sw_u8(&w, us->bslot != POOL_NONE);
         if (us->bslot != POOL_NONE) {
@@ -669,10 +673,17 @@ static const char *state_load(struct state_reader *r, struct model **out)
         SR(r, us->vnorm);
         SR(r, us->solved);
         SR(r, n);
+        SR(r, us->mseg);
+        SR(r, us->mshare);
+        SR(r, us->msum);
         SR(r, flags);
         SR(r, cached);
         if (flags & ~MODEL_U_INB || cached > 1) {
             err = "bad user flags";
+            break;
+        }
+        if (us->mseg >= k || !(us->msum >= 0 && us->msum <= FLT_MAX)) {
+            err = "bad user mark";
             break;
         }
         us->flags = (uint8_t)(MODEL_U_LIVE | flags);
