@@ -9,16 +9,20 @@
  * of model_load. A refusal must come with a message and leave the outputs
  * untouched. What is accepted must be usable: offsets in range, the model
  * saved again loads again to the same bytes, and folding, refreshing,
- * refining and expiring on it never crash. With NMFD_FUZZ_STRICT=1 they
- * must also keep every number finite: today the loader checks that the
- * numbers it reads are finite, not that they are of a size the model can
- * work with (a crafted state with valid checksums and a profile value of
- * 1e19 makes h infinite on the next fold), so that check is opt-in until
- * it holds.
+ * refining and expiring on it keep every number finite (the loader
+ * refuses magnitudes the model cannot work with, not only NaN and Inf).
+ *
+ * Every input also drives a fourth case that does not depend on the seeds
+ * being of the current format: its first bytes choose model parameters,
+ * the next are events folded through the model API, the model is saved
+ * into a checkpoint of this build's format (which must load), and the last
+ * bytes flip bits of the saved state before its checksum and envelope are
+ * made valid again.
  *
  * Seeds (corpus/checkpoint/) are small checkpoints written by nmfd itself
- * (k from 1 to 5, with and without decay and ttl, one to eight offsets)
- * and truncated copies of them.
+ * (k from 1 to 5, with and without decay, ttl, warm-up and regularisation,
+ * zero to eight offsets, an empty model, forgotten users and items) and
+ * truncated copies of them.
  */
 #include <math.h>
 #include <stdint.h>
@@ -113,8 +117,6 @@ static int fix_model_sum(uint8_t *c, size_t size)
     return 1;
 }
 
-static int strict = -1;
-
 static void check_finite_model(const struct model *m)
 {
     struct model_stats st;
@@ -197,15 +199,12 @@ static void use_model(struct model *m)
     model_refresh(m);
     model_refine(m, 64);
     model_expire(m, t + 2);
-    if (strict < 0) {
-        const char *e = getenv("NMFD_FUZZ_STRICT");
-        strict = e && !strcmp(e, "1");
-    }
-    if (strict)
-        check_finite_model(m);
+    check_finite_model(m);
 }
 
-static void parse(const uint8_t *data, size_t size)
+static char last_err[512];
+
+static int parse(const uint8_t *data, size_t size)
 {
     struct checkpoint_meta meta, untouched;
     struct checkpoint_offset *offs = NULL, sentinel;
@@ -227,7 +226,8 @@ static void parse(const uint8_t *data, size_t size)
                     rc);
             abort();
         }
-        return;
+        memcpy(last_err, err, sizeof(last_err));
+        return rc;
     }
     if (!m || (noffs && !offs)) {
         fprintf(stderr, "accepted without a model or offsets\n");
@@ -242,10 +242,93 @@ static void parse(const uint8_t *data, size_t size)
     use_model(m);
     model_free(m);
     checkpoint_offsets_free(offs, noffs);
+    return 0;
+}
+
+/* The fourth case (see the top): a checkpoint built from the input. */
+static void built(const uint8_t *d, size_t n)
+{
+    struct model_params p;
+    struct buf b = {0};
+    uint8_t hdr[HDR + 36 + 3 * (4 + 10 + 12)];
+    size_t h = HDR, nflip, nev, noffs;
+    int64_t t0 = INT64_C(1700000000000);
+
+    if (n < 4)
+        return;
+    model_params_default(&p);
+    p.k = 1 + d[0] % 6;
+    p.warmup_events = d[1] % 40;
+    p.refresh_events = 8 + d[1] % 16;
+    p.half_life_ms = d[2] & 1 ? 3600000 : 0;
+    p.ttl_ms = d[2] & 2 ? 600000 : 0;
+    p.profile_max = d[2] & 4 ? 3 : p.profile_max;
+    p.alpha_h = d[2] & 8 ? 0.1 : 0;
+    p.alpha_w = d[2] & 16 ? 0.01 : 0;
+    p.l1_ratio = d[2] & 32 ? 0.5 : 0;
+    noffs = d[3] % 4;
+    nflip = (d[3] >> 2) % 8;
+    if (n < 4 + 3 * nflip)
+        nflip = 0;
+    nev = (n - 4 - 3 * nflip) / 3;
+    if (nev > 64)
+        nev = 64;
+
+    struct model *m = model_new(&p);
+    if (!m)
+        return;
+    for (size_t e = 0; e < nev; e++) {
+        const uint8_t *q = d + 4 + 3 * e;
+        char user[8], item[8];
+        int ul = snprintf(user, sizeof(user), "u%u", q[0] % 16u);
+        int il = snprintf(item, sizeof(item), "i%u", q[1] % 32u);
+        model_fold(m, user, (size_t)ul, item, (size_t)il, (q[2] % 8) * 0.5,
+                   t0 + (int64_t)e * 60000 - (q[2] >> 7) * 3600000);
+    }
+    if (p.ttl_ms)
+        model_expire(m, t0 + (int64_t)nev * 60000);
+    /* The envelope and the daemon's part, then the model. */
+    memset(hdr, 0, sizeof(hdr));
+    hdr[h] = (uint8_t)nev; /* epoch */
+    h += 32;
+    wr32(hdr + h, (uint32_t)noffs);
+    h += 4;
+    for (size_t i = 0; i < noffs; i++) {
+        wr32(hdr + h, 10);
+        memcpy(hdr + h + 4, "nmf.events", 10);
+        wr32(hdr + h + 14, (uint32_t)i);
+        wr64(hdr + h + 18, 7 * i);
+        h += 4 + 10 + 12;
+    }
+    if (buf_put(&b, hdr, h) || model_save(m, buf_put, &b)) {
+        free(b.p);
+        model_free(m);
+        return;
+    }
+    model_free(m);
+    fix_envelope(b.p, b.n);
+    if (parse(b.p, b.n)) {
+        fprintf(stderr,
+                "a checkpoint of a model built here does not load: %s\n",
+                last_err);
+        abort();
+    }
+    if (nflip) {
+        size_t mlen = b.n - h;
+        const uint8_t *f = d + n - 3 * nflip;
+        for (size_t i = 0; i < nflip; i++, f += 3)
+            b.p[h + (f[0] | (size_t)f[1] << 8) % mlen] ^= f[2];
+        if (fix_model_sum(b.p, b.n)) {
+            fix_envelope(b.p, b.n);
+            parse(b.p, b.n);
+        }
+    }
+    free(b.p);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    built(data, size);
     parse(data, size);
     if (size < HDR)
         return 0;
