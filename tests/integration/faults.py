@@ -441,13 +441,13 @@ def backpressure(ps, n):
     e1, f1 = metric(d.port, "nmfd_epoch"), metric(d.port, "nmfd_epoch_failures_total")
     broker_fault(ps, fifo, "rtt -1 0", name="broker-backpressure")
     t = time.time()
-    while time.time() < t + 20 and metric(d.port, "nmfd_epoch") < e1 + 2:
+    while time.time() < t + 10 and metric(d.port, "nmfd_epoch") < e1 + 2:
         time.sleep(0.1)
     e2, t2 = metric(d.port, "nmfd_epoch"), time.time() - t
     d.send_signal(signal.SIGTERM)
     t = time.time()
     try:
-        rc = d.wait(10)
+        rc = d.wait(5)
     except subprocess.TimeoutExpired:
         rc = None
         d.kill()
