@@ -46,10 +46,13 @@
  * A and B live in a scaled time frame: a contribution made at time t is
  * stored with weight 2^((t - T0)/half_life), and the true statistics are
  * the stored ones times 2^(-(T - T0)/half_life), so time passing costs
- * nothing; T0 moves forward every MODEL_FRAME_SPAN half-lives. B also
- * carries a per-column scale (bcol) so that normalising W costs O(k^2),
- * not a pass over B. Rescaling h rounds it to float, so A and B are
- * rebuilt from the users every MODEL_REBUILD_EVERY rescaling refreshes.
+ * nothing; T0 moves forward every MODEL_FRAME_SPAN half-lives. B and H
+ * carry per-column scales (bcol, hs: true h_u[j] = H[u][j] hs[j], applied
+ * when h is read or solved) so that normalising W costs O(k^2), not a
+ * pass over B or over the users; the rescaling is exact in double, and
+ * every MODEL_REBUILD_EVERY rescaling refreshes (or when a scale leaves
+ * its range) the scales are folded into H and A and B rebuilt from the
+ * users.
  *
  * Cost. A fold is O(|v| k + sweeps k^2) as the design asks, with two
  * refinements that keep it exact: B is exact whenever HALS reads it, but
@@ -147,12 +150,15 @@ struct model *model__alloc(const struct model_params *p)
     m->G = calloc(kk, sizeof(double));
     m->S = calloc(kk, sizeof(double));
     m->bcol = calloc(p->k, sizeof(double));
-    if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol) {
+    m->hs = calloc(p->k, sizeof(double));
+    m->hsi = calloc(p->k, sizeof(double));
+    if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol || !m->hs ||
+        !m->hsi) {
         model_free(m);
         return NULL;
     }
     for (uint32_t j = 0; j < m->k; j++)
-        m->bcol[j] = 1;
+        m->bcol[j] = m->hs[j] = m->hsi[j] = 1;
     rng_seed(&m->rng, p->seed);
     m->refine_prev = -1;
     return m;
@@ -181,6 +187,8 @@ void model_free(struct model *m)
     free(m->G);
     free(m->S);
     free(m->bcol);
+    free(m->hs);
+    free(m->hsi);
     free(m->bc);
     free(m->bc_gen);
     free(m->bc_free);
@@ -379,7 +387,7 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
     double s = sign * model__frame_weight(m, us->t);
     int any = 0;
     for (uint32_t j = 0; j < k; j++) {
-        c[j] = s * (double)hu[j] / m->bcol[j];
+        c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j];
         any |= hu[j] != 0;
     }
     if (!any)
@@ -492,8 +500,8 @@ static void model_user_solve(struct model *m, uint32_t u,
     struct model_user *us = &m->u[u];
     float *restrict hu = m->H + (size_t)u * k;
     double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX];
-    double an[MODEL_K_MAX], ao[MODEL_K_MAX];
-    float hf[MODEL_K_MAX];
+    double an[MODEL_K_MAX], ao[MODEL_K_MAX], ho[MODEL_K_MAX], he[MODEL_K_MAX];
+    float hf[MODEL_K_MAX], ht[MODEL_K_MAX];
     const double f = ev ? ev->f : 1.0;
     const float ff = (float)f;
     const int64_t t_new = ev ? ev->t : us->t;
@@ -641,10 +649,14 @@ static void model_user_solve(struct model *m, uint32_t u,
         m->bc_gen[us->bslot] = m->wgen;
     }
 
-    /* The solve, warm-started from the old h decayed like the profile. */
+    /* The solve, warm-started from the old h decayed like the profile
+     * (the true h: stored h times the column scales). */
+    const double *restrict hs = m->hs, *restrict hsi = m->hsi;
+    for (uint32_t j = 0; j < k; j++)
+        ho[j] = (double)hu[j] * hs[j];
     if (vtv > 0) {
         for (uint32_t j = 0; j < k; j++)
-            h[j] = (double)hu[j] * f;
+            h[j] = ho[j] * f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
         nnls_solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
@@ -652,9 +664,12 @@ static void model_user_solve(struct model *m, uint32_t u,
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
     }
+    /* Stored as float in H's scale; he, the true h the model keeps from
+     * now on, is exactly what later reads of H will give. */
     for (uint32_t j = 0; j < k; j++) {
-        float x = (float)h[j];
+        float x = (float)(h[j] * hsi[j]);
         hf[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
+        he[j] = (double)hf[j] * hs[j];
     }
 
     /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
@@ -663,7 +678,7 @@ static void model_user_solve(struct model *m, uint32_t u,
     for (uint32_t j = 0; j < k; j++)
         gh[j] = 0;
     for (uint32_t l = 0; l < k; l++) {
-        double hl = hf[l];
+        double hl = he[l];
         if (hl == 0)
             continue;
         const double *restrict gl = m->G + (size_t)l * k;
@@ -671,15 +686,15 @@ static void model_user_solve(struct model *m, uint32_t u,
             gh[j] += gl[j] * hl;
     }
     for (uint32_t j = 0; j < k; j++) {
-        hb += (double)hf[j] * b[j];
-        hgh += (double)hf[j] * gh[j];
+        hb += he[j] * b[j];
+        hgh += he[j] * gh[j];
     }
     double loss = vtv - 2 * hb + hgh;
     if (!(loss <= vtv)) {
         /* h = 0 is feasible with loss |v|^2: a solve stopped early from
          * a poor start (or a degenerate W) never does worse than that. */
         for (uint32_t j = 0; j < k; j++)
-            hf[j] = 0;
+            hf[j] = 0, he[j] = 0;
         loss = vtv;
     }
     if (!(loss > 0))
@@ -688,8 +703,9 @@ static void model_user_solve(struct model *m, uint32_t u,
     double s_old = model__frame_weight(m, us->t);
     double s_new = model__frame_weight(m, t_new);
     for (uint32_t j = 0; j < k; j++) {
-        ao[j] = s_old * (double)hu[j];
-        an[j] = s_new * (double)hf[j];
+        ao[j] = s_old * ho[j];
+        an[j] = s_new * he[j];
+        ht[j] = (float)he[j];
     }
     double *restrict A = m->A;
     for (uint32_t j = 0; j < k; j++) {
@@ -698,7 +714,7 @@ static void model_user_solve(struct model *m, uint32_t u,
         if (anj == 0 && aoj == 0)
             continue;
         for (uint32_t l = 0; l < k; l++)
-            aj[l] += anj * (double)hf[l] - aoj * (double)hu[l];
+            aj[l] += anj * he[l] - aoj * ho[l];
     }
     /* Per user in float (the sums use exactly the stored values). */
     float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
@@ -709,7 +725,7 @@ static void model_user_solve(struct model *m, uint32_t u,
     us->vnorm = vf;
     us->t = t_new;
     memcpy(hu, hf, k * sizeof(float));
-    model_user_mark(m, us, hf, ev != NULL);
+    model_user_mark(m, us, ht, ev != NULL);
     if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
@@ -740,9 +756,12 @@ static void model_user_remove(struct model *m, uint32_t u)
         pool_release(&m->pool, us->cls, us->slab);
     if (us->bslot != POOL_NONE)
         m->bc_free[m->bc_nfree++] = us->bslot;
+    double ho[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++)
+        ho[j] = (double)hu[j] * m->hs[j];
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
-            m->A[(size_t)j * k + l] -= s_old * (double)hu[j] * hu[l];
+            m->A[(size_t)j * k + l] -= s_old * ho[j] * ho[l];
     m->loss_s -= s_old * us->loss;
     m->norm_s -= s_old * us->vnorm;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
@@ -801,6 +820,9 @@ static uint32_t model_item_add(struct model *m, const char *id, size_t len,
 static void model_rebuild(struct model *m)
 {
     const uint32_t k = m->k;
+    int scaled = 0;
+    for (uint32_t j = 0; j < k; j++)
+        scaled |= m->hs[j] != 1;
     memset(m->A, 0, (size_t)k * k * sizeof(double));
     if (ids_slots(m->iids))
         memset(m->B, 0, (size_t)ids_slots(m->iids) * k * sizeof(double));
@@ -814,7 +836,12 @@ static void model_rebuild(struct model *m)
         struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE))
             continue;
-        const float *hu = m->H + (size_t)u * k;
+        float *hu = m->H + (size_t)u * k;
+        /* The column scales go into H (one rounding to float). */
+        for (uint32_t j = 0; j < k && scaled; j++) {
+            float x = (float)((double)hu[j] * m->hs[j]);
+            hu[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
+        }
         double s = model__frame_weight(m, us->t);
         for (uint32_t j = 0; j < k; j++)
             an[j] = s * (double)hu[j];
@@ -835,6 +862,8 @@ static void model_rebuild(struct model *m)
         m->norm_s += s * us->vnorm;
         us->flags |= MODEL_U_INB;
     }
+    for (uint32_t j = 0; j < k; j++)
+        m->hs[j] = m->hsi[j] = 1;
 }
 
 /* Picks a heavy user (largest c_u ||v_u||^2 among a few drawn with the
@@ -901,9 +930,10 @@ static int model_column_uniform(struct model *m, uint32_t j)
 /*
  * W refresh: HALS sweeps on the true A and B (hals.c), then each column
  * normalised to unit L2 norm as a reparametrisation: with n_j the norm of
- * column j, w_j /= n_j while h_u[j] *= n_j for every user, A's row and
- * column j *= n_j and B's column j *= n_j, so W H, A and B describe the
- * same model. HALS is invariant to a common scale of A and B except for
+ * column j, w_j /= n_j while h_u[j] *= n_j for every user (through the
+ * column scale hs[j], not a pass over the users), A's row and column
+ * j *= n_j and B's column j *= n_j, so W H, A and B describe the same
+ * model. HALS is invariant to a common scale of A and B except for
  * alpha_w, which is divided by the frame scale. A dead column (A_jj below
  * 1e-12 of the largest, or a zero column) is resampled from a heavy user
  * and its h entries, A row/column and B column set to zero. G = W^T W is
@@ -964,39 +994,37 @@ void model_refresh(struct model *m)
     double inv[MODEL_K_MAX];
     for (uint32_t j = 0; j < k; j++)
         inv[j] = mult[j] > 0 ? 1.0 / mult[j] : 1.0;
+    int rebuild = 0;
     if (rescale) {
-        /* W's columns are divided below, in the pass that builds G. */
+        /* W's columns are divided below, in the pass that builds G; h's
+         * are multiplied through their column scales, in O(k). */
         for (uint32_t j = 0; j < k; j++)
             for (uint32_t l = 0; l < k; l++)
                 m->A[(size_t)j * k + l] *= mult[j] * mult[l];
+        uint32_t U = ids_slots(m->uids);
         for (uint32_t j = 0; j < k; j++) {
             if (mult[j] > 0) {
                 m->bcol[j] *= mult[j];
+                m->hs[j] *= mult[j];
+                m->hsi[j] = 1.0 / m->hs[j];
+                rebuild |= !(m->hs[j] >= 1.0 / MODEL_HS_RANGE &&
+                             m->hs[j] <= MODEL_HS_RANGE);
                 continue;
             }
+            /* A resampled column starts with h_j = 0 for everyone. */
             for (size_t i = 0; i < M; i++)
                 m->B[i * k + j] = 0;
             m->bcol[j] = 1;
+            for (uint32_t u = 0; u < U; u++)
+                m->H[(size_t)u * k + j] = 0;
+            m->hs[j] = m->hsi[j] = 1;
         }
         model_bcol_fold(m);
-        uint32_t U = ids_slots(m->uids);
-        for (uint32_t u = 0; u < U; u++) {
-            if (!(m->u[u].flags & MODEL_U_LIVE))
-                continue;
-            float *restrict hu = m->H + (size_t)u * k;
-            for (uint32_t j = 0; j < k; j++) {
-                float x = (float)((double)hu[j] * mult[j]);
-                if (!(x >= FLT_MIN))
-                    x = 0;
-                else if (x > MODEL_H_MAX)
-                    x = MODEL_H_MAX;
-                hu[j] = x;
-            }
-        }
+        rebuild |= ++m->reparams >= MODEL_REBUILD_EVERY;
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, rescale ? inv : NULL, m->G);
-    if (rescale && ++m->reparams >= MODEL_REBUILD_EVERY) {
+    if (rebuild) {
         model_rebuild(m);
         m->reparams = 0;
     }
@@ -1537,7 +1565,10 @@ int model_user_get(const struct model *m, uint32_t idx,
     if (idx >= ids_slots(m->uids) || !(m->u[idx].flags & MODEL_U_LIVE))
         return -ENOENT;
     const struct model_user *us = &m->u[idx];
-    const float *h = m->H + (size_t)idx * m->k;
+    const float *hu = m->H + (size_t)idx * m->k;
+    float *h = v->hbuf;
+    for (uint32_t j = 0; j < m->k; j++)
+        h[j] = (float)((double)hu[j] * m->hs[j]);
     v->id = ids_get(m->uids, idx, &v->id_len);
     v->h = h;
     uint32_t seg = 0;
@@ -1621,7 +1652,8 @@ void model_B(const struct model *m, double *out)
         const float *va = pool_vals(&m->pool, us->cls, us->slab);
         for (uint32_t q = 0; q < us->n; q++)
             for (uint32_t j = 0; j < k; j++)
-                out[(size_t)it[q] * k + j] += s * va[q] * (double)hu[j];
+                out[(size_t)it[q] * k + j] +=
+                    s * va[q] * ((double)hu[j] * m->hs[j]);
     }
 }
 
@@ -1714,9 +1746,11 @@ void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)
     for (uint32_t u = 0; u < U; u++) {
         if (!(m->u[u].flags & MODEL_U_LIVE))
             continue;
-        const float *h = m->H + (size_t)u * k;
+        const float *hu = m->H + (size_t)u * k;
+        float h[MODEL_K_MAX];
         uint32_t seg = 0;
         for (uint32_t j = 0; j < k; j++) {
+            h[j] = (float)((double)hu[j] * m->hs[j]);
             if (mass)
                 mass[j] += h[j];
             if (h[j] > h[seg])

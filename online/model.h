@@ -155,16 +155,18 @@ struct model_stats {
 void model_stats(const struct model *m, struct model_stats *st);
 
 /* Users by dense index, 0 <= idx < model_user_slots(m). A forgotten slot
- * returns -ENOENT. Pointers stay valid until the next mutating call. */
+ * returns -ENOENT. id stays valid until the next mutating call; h points
+ * into the view itself (so a copy of the view must set it again). */
 struct model_user_view {
     const char *id;
     size_t id_len;
-    const float *h;    /* k values */
-    uint32_t segment;  /* argmax_j h[j] */
-    float share;       /* h[segment] / sum(h); 0 if h == 0 */
-    int64_t ts;        /* last event time */
-    uint64_t changed;  /* epoch of the last mark (see model_epoch) */
-    uint32_t nprofile; /* profile entries */
+    const float *h;          /* k values (in hbuf after model_user_get) */
+    uint32_t segment;        /* argmax_j h[j] */
+    float share;             /* h[segment] / sum(h); 0 if h == 0 */
+    int64_t ts;              /* last event time */
+    uint64_t changed;        /* epoch of the last mark (see model_epoch) */
+    uint32_t nprofile;       /* profile entries */
+    float hbuf[MODEL_K_MAX]; /* h, which the model keeps in scaled form */
 };
 uint32_t model_user_slots(const struct model *m);
 int model_user_get(const struct model *m, uint32_t idx,

@@ -13,10 +13,14 @@
 /* Renormalise the time frame of A, B and the loss sums when the newest
  * event is this many half-lives past the frame origin. */
 #define MODEL_FRAME_SPAN 64.0
-/* Rebuild A and B from the users after this many refreshes that rescaled
- * h: each rounds h to float once (relative 6e-8), so the drift of the
- * incrementally kept statistics stays below about 1e-6. */
-#define MODEL_REBUILD_EVERY 64
+/* Fold the column scales of h into H and rebuild A and B from the users
+ * after this many refreshes that rescaled h, or sooner when a scale
+ * leaves [1/MODEL_HS_RANGE, MODEL_HS_RANGE]. The rescaling itself is
+ * exact in double (A, B and the scales move together), so the rebuild
+ * only bounds the scales' range and the slow double-precision drift of
+ * the incremental sums; each costs O(nnz k + users k^2). */
+#define MODEL_REBUILD_EVERY 1024
+#define MODEL_HS_RANGE      0x1p64
 
 /* Magnitudes the model keeps its numbers within, so that every sum it
  * forms stays finite and model_load can refuse anything beyond them:
@@ -76,7 +80,7 @@ struct model {
     uint32_t k;
     struct ids *uids, *iids;
     struct model_user *u; /* ucap users */
-    float *H;             /* ucap x k */
+    float *H;             /* ucap x k; true h_u[j] = H[u][j] * hs[j] */
     uint32_t ucap;
     float *W;        /* icap x k, row-major */
     double *B;       /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
@@ -85,6 +89,8 @@ struct model {
     double *A;    /* k x k, true A = A * scale */
     double *G;    /* k x k, W^T W */
     double *bcol; /* k */
+    double *hs;   /* k: column scales of H (the refresh's rescaling) */
+    double *hsi;  /* k: 1 / hs */
     double *S;    /* k x k scratch of model_refresh */
     /* Cached b = W^T v of heavy users: slot s holds k doubles, valid
      * while bc_gen[s] == wgen (bumped whenever W changes under them). */

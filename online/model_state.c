@@ -16,7 +16,7 @@
  * Layout (all little-endian):
  *   "NMFDMODL" u32 version u32 k
  *   params, scalars (version 2 added the restart counters), RNG state,
- *   A (k*k f64), G (k*k f64), bcol (k f64)
+ *   A (k*k f64), G (k*k f64), bcol (k f64), hs (k f64, version 4)
  *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 last time], nfree u32 free list (next reused first),
  *          W (slots*k f32), B (slots*k f64)
@@ -41,7 +41,7 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 3u
+#define STATE_VERSION 4u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -253,6 +253,7 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_put(&w, m->A, (size_t)k * k * sizeof(double));
     sw_put(&w, m->G, (size_t)k * k * sizeof(double));
     sw_put(&w, m->bcol, (size_t)k * sizeof(double));
+    sw_put(&w, m->hs, (size_t)k * sizeof(double));
 
     uint32_t M = ids_slots(m->iids);
     sw_u32(&w, M);
@@ -457,7 +458,10 @@ static const char *state_verify(struct model *m)
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE))
             continue;
-        const float *h = m->H + (size_t)u * k;
+        const float *hu = m->H + (size_t)u * k;
+        double h[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = (double)hu[j] * m->hs[j];
         double c = model__frame_weight(m, us->t), vsum = 0;
         if (us->n) {
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
@@ -570,6 +574,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     sr_get(r, m->A, kk * sizeof(double));
     sr_get(r, m->G, kk * sizeof(double));
     sr_get(r, m->bcol, k * sizeof(double));
+    sr_get(r, m->hs, k * sizeof(double));
     if (r->bad)
         return "truncated";
     if (m->has_time > 1 || m->warm_done > 1 || m->dirty > 1 || pad)
@@ -591,9 +596,13 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "bad generator state";
     if (!state_finite(m->A, kk) || !state_finite(m->G, kk))
         return "bad statistics";
-    for (uint32_t j = 0; j < k; j++)
+    for (uint32_t j = 0; j < k; j++) {
         if (!(m->bcol[j] >= MODEL_BCOL_MIN && m->bcol[j] <= MODEL_BCOL_MAX))
             return "bad statistics";
+        if (!(m->hs[j] >= 1.0 / MODEL_HS_RANGE && m->hs[j] <= MODEL_HS_RANGE))
+            return "bad column scales of h";
+        m->hsi[j] = 1.0 / m->hs[j];
+    }
 
     /* Items. */
     uint32_t M = 0, nfree = 0;

@@ -845,6 +845,45 @@ Test(model, refresh_keeps_unit_columns_and_no_dead_column)
     model_free(m);
 }
 
+/* The refresh's rescaling of h (w_j /= n_j, h_j *= n_j) costs O(k): the
+ * stored H does not move, the h users see does (through the column
+ * scales), A and B follow exactly, and the periodic rebuild folds the
+ * scales into H. */
+Test(model, refresh_rescales_h_lazily)
+{
+    struct model *m = model_with(4, 0, 500, 0);
+    stream_mixed(m, 3000, 23, 0);
+    uint32_t k = 4, U = model_user_slots(m);
+    size_t hbytes = (size_t)U * k * sizeof(float);
+    float *H0 = malloc(hbytes);
+    memcpy(H0, m->H, hbytes);
+    model_refresh(m);
+    cr_assert(!memcmp(H0, m->H, hbytes), "a refresh wrote H");
+    int scaled = 0;
+    for (uint32_t j = 0; j < k; j++)
+        scaled |= m->hs[j] != 1;
+    cr_assert(scaled);
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        for (uint32_t j = 0; j < k; j++)
+            cr_assert(v.h[j] == (float)((double)H0[u * k + j] * m->hs[j]));
+    }
+    assert_stats_exact(m, STATS_RTOL);
+    refine_converge(m, 200);
+    assert_stats_exact(m, STATS_RTOL);
+    /* The rebuild after MODEL_REBUILD_EVERY rescaling refreshes. */
+    m->reparams = MODEL_REBUILD_EVERY - 1;
+    model_refresh(m);
+    for (uint32_t j = 0; j < k; j++)
+        cr_assert(m->hs[j] == 1);
+    cr_assert_eq(m->reparams, 0);
+    assert_stats_exact(m, 1e-12);
+    free(H0);
+    model_free(m);
+}
+
 Test(model, segment_sizes_and_mass_match_users)
 {
     struct model *m = model_with(4, 0, 500, 2000);
@@ -1469,12 +1508,12 @@ Test(model, load_checks_structure_behind_the_checksum)
 {
     struct buf s = small_state();
     /* Sanity: re-checksummed unchanged state loads. */
-    uint32_t v = 3;
+    uint32_t v = 4;
     cr_assert_null(load_patched(&s, 8, &v, 4));
-    v = 2; /* the layout before the users' marks */
+    v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 4;
+    v = 5;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
     v = 4;
@@ -1558,7 +1597,7 @@ Test(model, load_refuses_absurd_magnitudes)
     struct model_user_view v;
     cr_assert_eq(model_user_get(m, (uint32_t)pu, &v), 0);
     float h[3];
-    memcpy(h, v.h, sizeof(h));
+    memcpy(h, m->H + (size_t)pu * 3, sizeof(h)); /* stored, scaled */
     double a0 = m->A[0], loss = m->loss_s, norm = m->norm_s;
     double b0 = m->B[(size_t)model_item_slots(m) / 2 * 3];
     struct buf s = save(m);
