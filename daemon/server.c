@@ -150,6 +150,7 @@ struct server {
     bool next_full;
     uint32_t pub_cursor;
     uint64_t pub_segments;
+    uint32_t pub_finished; /* topic records (then the manifest) produced */
     uint64_t pub_started_ms;
     uint64_t epochs_since_full;
 
@@ -704,8 +705,10 @@ static int publish_record(struct server *s, const char *topic,
 }
 
 /* Topic records and the manifest, last: a reader that sees the manifest
- * of epoch E has every record of E before it. */
-static void publish_finish(struct server *s)
+ * of epoch E has every record of E before it. -ENOBUFS: the producer queue
+ * is full, call again on a later tick (it goes on where it stopped);
+ * otherwise the epoch is committed or abandoned. */
+static int publish_finish(struct server *s)
 {
     const struct config *c = s->cfg;
     uint32_t k = model_params(s->model)->k;
@@ -721,15 +724,18 @@ static void publish_finish(struct server *s)
     if (!sizes || !mass)
         goto fail;
     model_segment_sizes(s->model, sizes, mass);
-    for (uint32_t j = 0; j < k; j++) {
+    for (uint32_t j = s->pub_finished; j < k; j++) {
         rc = records_topic_encode(s->enc, s->model, s->pub_epoch, j,
                                   c->snapshot.top_items, sizes[j], mass[j]);
         if (!rc) {
             klen = records_topic_key(key, j);
             rc = publish_record(s, c->snapshot.topic_topics, 0, key, klen);
         }
+        if (rc == -ENOBUFS)
+            goto later;
         if (rc)
             goto fail;
+        s->pub_finished = j + 1;
     }
     struct records_manifest mf = {&ep, s->pub_full, s->rejected,
                                   s->pub_segments, sizes};
@@ -738,6 +744,8 @@ static void publish_finish(struct server *s)
         klen = records_manifest_key(key, s->pub_epoch);
         rc = publish_record(s, c->snapshot.topic_manifest, 0, key, klen);
     }
+    if (rc == -ENOBUFS)
+        goto later;
     if (rc)
         goto fail;
     free(sizes);
@@ -746,7 +754,11 @@ static void publish_finish(struct server *s)
     rc = kafka_out_commit(s->out, publish_done, s);
     if (rc)
         publish_done(s, rc);
-    return;
+    return 0;
+later:
+    free(sizes);
+    free(mass);
+    return -ENOBUFS;
 fail:
     free(sizes);
     free(mass);
@@ -754,9 +766,10 @@ fail:
     if (kafka_out_transactional(s->out)) {
         s->pub = PUB_COMMITTING;
         if (kafka_out_abort(s->out, publish_done, s) == 0)
-            return;
+            return rc;
     }
     publish_done(s, rc);
+    return rc;
 }
 
 /* One slice of segment records per loop tick, so a full epoch of a million
@@ -798,7 +811,8 @@ static void publish_tick(uv_idle_t *h)
     }
     if (s->pub_cursor >= slots) {
         uv_idle_stop(h);
-        publish_finish(s);
+        if (publish_finish(s) == -ENOBUFS)
+            uv_idle_start(h, publish_tick); /* the queue is full: later */
     }
 }
 
@@ -821,6 +835,7 @@ static int publish_start(struct server *s)
     s->pub_since = model_epoch(s->model);
     s->pub_cursor = 0;
     s->pub_segments = 0;
+    s->pub_finished = 0;
     s->pub_started_ms = now_ms();
     /* Changes from now on belong to the next epoch. */
     model_epoch_set(s->model, s->pub_since + 1);
