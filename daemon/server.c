@@ -1346,6 +1346,19 @@ static double gauge_epoch(void *ctx)
     return (double)((struct server *)ctx)->epoch;
 }
 
+static double gauge_refining(void *ctx)
+{
+    struct server *s = ctx;
+    return uv_is_active((uv_handle_t *)&s->refine) ? 1 : 0;
+}
+
+static double gauge_restarts(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.restarts;
+}
+
 static double gauge_ckpt_age(void *ctx)
 {
     struct server *s = ctx;
@@ -1462,6 +1475,13 @@ static void server_metrics_init(struct server *s)
                      gauge_stale, s);
     metrics_gauge_fn(m, "nmfd_epoch", "Last published epoch.", NULL,
                      gauge_epoch, s);
+    metrics_gauge_fn(m, "nmfd_refining",
+                     "1 while idle time goes to refinement (stale users, "
+                     "W refreshes, restarts), 0 once converged.",
+                     NULL, gauge_refining, s);
+    metrics_gauge_fn(m, "nmfd_model_restarts",
+                     "Restarts from an NNDSVDa seed that replaced W.", NULL,
+                     gauge_restarts, s);
     metrics_gauge_fn(m, "nmfd_model_events",
                      "Events the model holds, since it began (restarts "
                      "included).",

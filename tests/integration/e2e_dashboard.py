@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, Procs, check, folded_all, http_get, metric, wait_for  # noqa: E402
+from harness import BIN, Procs, check, converged, folded_all, http_get, metric, wait_for  # noqa: E402
 
 K = 5
 SRC = os.environ.get("NMFD_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -51,7 +51,7 @@ def main():
                                    "snapshot.item_names=" + names])
         ps.produce(brokers, events)
         wait_for(lambda: folded_all(d.port, 40000), 120, "every event folded")
-        wait_for(lambda: metric(d.port, "nmfd_stale_users") == 0, 60, "refinement")
+        wait_for(lambda: converged(d.port), 120, "refinement to converge")
 
         status, body = http_get(d.port, "/topics")
         check(status == 200, "/topics %d" % status)

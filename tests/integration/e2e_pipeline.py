@@ -17,8 +17,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, Procs, check, fail, folded_all, http_get, metric,  # noqa: E402
-                     stop, wait_for)
+from harness import (BIN, Procs, check, converged, fail, folded_all, http_get,  # noqa: E402
+                     metric, stop, wait_for)
 
 K = 6
 USERS, ITEMS, EVENTS = 1500, 300, 40000
@@ -79,7 +79,7 @@ def main():
         check(metric(d.port, "nmfd_events_rejected_total", '{reason="invalid_json"}') == 0,
               "no event should be rejected")
         # Let idle refinement converge, then stop: final epoch and checkpoint.
-        wait_for(lambda: metric(d.port, "nmfd_stale_users") == 0, 60, "refinement")
+        wait_for(lambda: converged(d.port), 120, "refinement to converge")
         status, body = http_get(d.port, "/users/kc1")
         check(status == 200 and b'"segment"' in body, "/users/kc1: %d %r" % (status, body))
         check(stop(d) == 0, "nmfd did not exit 0 on SIGTERM:\n" + ps.log("nmfd"))

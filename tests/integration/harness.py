@@ -239,3 +239,9 @@ def inspect_checkpoint(state):
             k, v = line.split(" ", 1)
             info[k] = v
     return info
+
+
+def converged(port):
+    """The idle refinement has nothing left to do (stale users re-solved,
+    W refreshed to convergence, restarts tried)."""
+    return metric(port, "nmfd_refining") == 0 and metric(port, "nmfd_stale_users") == 0
