@@ -1421,11 +1421,6 @@ size_t model_refine(struct model *m, size_t max_users)
         return 0;
     if (m->rs)
         return model__restart_step(m, max_users);
-    /* The stream went quiet before warmup_events: warm up on what came. */
-    if (m->p.warmup_events && !m->warm_done && m->nprof) {
-        model_warmup(m);
-        return ids_live(m->uids);
-    }
     if (m->stale) {
         for (uint32_t seen = 0; seen < U && done < max_users && m->stale;
              seen++) {
@@ -1439,6 +1434,14 @@ size_t model_refine(struct model *m, size_t max_users)
             done++;
         }
         return done;
+    }
+    /* The stream went quiet before warmup_events (a whole round of
+     * refinement went by without an event): warm up on what came. */
+    if (m->p.warmup_events && !m->warm_done && m->nprof &&
+        m->refine_prev >= 0 && m->events == m->refine_events) {
+        model_warmup(m);
+        m->refine_prev = -1;
+        return ids_live(m->uids);
     }
     if (!m->dirty)
         return 0;

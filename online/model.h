@@ -103,7 +103,8 @@ void model_refresh(struct model *m);
  * round to round.
  *
  * Two more things happen in idle time. If the stream went quiet before
- * warmup_events, the warm-up runs first on what came. And at the first
+ * warmup_events (a whole round of refinement passed without an event),
+ * the warm-up runs on what came. And at the first
  * convergence once the folded events have at least doubled since the
  * last restart (so at the first one), a restart tries to escape a poor
  * local minimum: alternating NNLS from an NNDSVDa seed of all current
