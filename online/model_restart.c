@@ -40,11 +40,12 @@
 
 enum { MODEL_RS_SEED, MODEL_RS_SOLVE };
 
+/* Exists only while the live model stays as it was when the restart
+ * began (model.c drops it on any change), so it keeps no copy of it. */
 struct model_restart {
-    uint64_t events, refreshes; /* the live model it competes with */
-    uint32_t M;                 /* item slots at the start */
-    uint32_t cursor;            /* next user of the current pass */
-    uint32_t rounds;            /* rounds of alternating NNLS done */
+    uint32_t M;      /* item slots */
+    uint32_t cursor; /* next user of the current pass */
+    uint32_t rounds; /* rounds of alternating NNLS done */
     int phase;
     struct rng rng;
     struct nndsvd *sv; /* the seed, while phase == MODEL_RS_SEED */
@@ -154,8 +155,6 @@ int model__restart_begin(struct model *m)
     if (!rs)
         goto fail;
     m->rs = rs;
-    rs->events = m->events;
-    rs->refreshes = m->refreshes;
     rs->M = M;
     rs->phase = MODEL_RS_SEED;
     rs->prev = -1;
