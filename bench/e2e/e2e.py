@@ -13,7 +13,8 @@ Scenarios (--scenario, repeatable):
   side       bare_consumer and nmfd side by side while the producer runs
   bare       bare_consumer alone with the producer
   nmfd       nmfd alone with the producer
-  perf       `side`, with perf record -g on nmfd (report in --out dir)
+  perf       `side`, with perf record --call-graph dwarf on nmfd (report
+             in the run's directory)
 
 Results go to stdout as one JSON object per run and, summarised (medians
 of --runs), as a table; --out DIR keeps every log and a results.json.
@@ -219,7 +220,7 @@ class Run:
         self.logdir = logdir
         os.makedirs(logdir, exist_ok=True)
         self.ps = Procs(logdir)
-        self.bin = os.path.join(a.build, "daemon")
+        self.bin = os.path.join(a.daemon_build or a.build, "daemon")
 
     def broker(self):
         bf = os.path.join(self.logdir, "bootstrap")
@@ -486,6 +487,8 @@ def summarise(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", required=True, help="meson build directory")
+    ap.add_argument("--daemon-build", help="build directory of nmfd and nmfctl "
+                    "(default: --build, which always holds bare_consumer)")
     ap.add_argument("--csv", required=True, help="event stream (nmfctl gen)")
     ap.add_argument("--events", type=int, required=True, help="events in --csv")
     ap.add_argument("--k", type=int, default=16)
@@ -507,6 +510,7 @@ def main():
     ap.add_argument("--out", help="directory for logs and results.json")
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
+    a.daemon_build = os.path.abspath(a.daemon_build) if a.daemon_build else None
     a.csv = os.path.abspath(a.csv)
     out = a.out or tempfile.mkdtemp(prefix="nmfd-e2e.")
     os.makedirs(out, exist_ok=True)

@@ -99,18 +99,25 @@ def main(paths):
     if lat:
         print()
         print("| latency run | load | markers received | produce->fold median | "
-              "produce->segment median | p99 | max | epoch records (median) | "
-              "epoch publish s (median/max) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "produce->segment median | p99 | max | produce->epoch manifest "
+              "median / p99 | epoch records (median) | epoch publish s (median/max) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+
+        def s2(x):
+            return "%.2f" % x if x is not None else "-"
         for i, r in enumerate(lat):
-            print("| %d | %s | %d/%d | %.3f s | %.2f s | %.2f s | %.2f s | %s | %.2f / %.2f |" % (
-                i + 1, r["load_before"].split()[0], r["received"], r["markers"],
-                r["fold_median_s"], r["median_s"], r["p99_s"], r["max_s"],
-                k(r.get("epoch_records_median")), r.get("epoch_publish_s_median", 0),
-                r.get("epoch_publish_s_max", 0)))
-        print("| median | | | %.3f s | %.2f s | %.2f s | | | |" % (
+            print("| %d | %s | %d/%d | %.3f s | %.2f s | %.2f s | %.2f s | %s / %s s | %s | "
+                  "%.2f / %.2f |" % (
+                      i + 1, r["load_before"].split()[0], r["received"], r["markers"],
+                      r["fold_median_s"], r["median_s"], r["p99_s"], r["max_s"],
+                      s2(r.get("epoch_complete_median_s")), s2(r.get("epoch_complete_p99_s")),
+                      k(r.get("epoch_records_median")), r.get("epoch_publish_s_median", 0),
+                      r.get("epoch_publish_s_max", 0)))
+        print("| median | | | %.3f s | %.2f s | %.2f s | | %s / %s s | | |" % (
             med([r["fold_median_s"] for r in lat]), med([r["median_s"] for r in lat]),
-            med([r["p99_s"] for r in lat])))
+            med([r["p99_s"] for r in lat]),
+            s2(med([r.get("epoch_complete_median_s") for r in lat])),
+            s2(med([r.get("epoch_complete_p99_s") for r in lat]))))
 
 
 if __name__ == "__main__":
