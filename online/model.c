@@ -1436,10 +1436,18 @@ size_t model_refine(struct model *m, size_t max_users)
         return done;
     }
     /* The stream went quiet before warmup_events (a whole round of
-     * refinement went by without an event): warm up on what came. */
+     * refinement went by without an event): the warm-up's seed replaces
+     * W, and the refinement's own rounds, one refresh per call, are its
+     * batch rounds. */
     if (m->p.warmup_events && !m->warm_done && m->nprof &&
         m->refine_prev >= 0 && m->events == m->refine_events) {
-        model_warmup(m);
+        if (model__seed_nndsvd(m))
+            model_seed_columns(m);
+        m->warm_done = 1;
+        m->refreshes++;
+        m->stale = ids_live(m->uids);
+        m->since_refresh = 0;
+        m->dirty = 1;
         m->refine_prev = -1;
         return ids_live(m->uids);
     }

@@ -104,7 +104,9 @@ void model_refresh(struct model *m);
  *
  * Two more things happen in idle time. If the stream went quiet before
  * warmup_events (a whole round of refinement passed without an event),
- * the warm-up runs on what came. And at the first
+ * the warm-up's seed of W replaces the current one (every user becomes
+ * stale; the following rounds are the warm-up's batch rounds). And at
+ * the first
  * convergence once the folded events have at least doubled since the
  * last restart (so at the first one), a restart tries to escape a poor
  * local minimum: alternating NNLS from an NNDSVDa seed of all current
