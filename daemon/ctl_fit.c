@@ -197,19 +197,21 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
      * of W. It returns 0 only when nothing is stale and nothing moved. */
     converged = folded == 0; /* nothing to refine */
     if (cfg->model.refine_users > 0 && folded > 0) {
-        uint64_t base;
-        model_stats(m, &st);
-        base = st.refreshes;
+        /* A round is a call that refreshed W (a call may refresh more than
+         * once: the early warm-up, a restart); the bound counts rounds. */
         while (rounds < o->refine_rounds) {
-            if (model_refine(m, cfg->model.refine_users) == 0) {
-                model_stats(m, &st);
-                if (st.refreshes == base + rounds) {
-                    converged = true;
-                    break;
-                }
-            }
+            uint64_t before;
+            size_t solved;
             model_stats(m, &st);
-            rounds = st.refreshes - base;
+            before = st.refreshes;
+            solved = model_refine(m, cfg->model.refine_users);
+            model_stats(m, &st);
+            if (st.refreshes != before)
+                rounds++;
+            else if (solved == 0) {
+                converged = true;
+                break;
+            }
         }
     }
     t2 = ctl_now();
