@@ -74,10 +74,34 @@
 
 #include "hals.h"
 #include "model_impl.h"
-#include "nnls.h"
+#include "nnls_impl.h"
 #include "simd.h"
 
 _Static_assert(sizeof(struct model_user) == 48, "48 bytes per user record");
+
+/* The per-user kernels below are written for any k and instantiated by
+ * MODEL_BY_K for the ranks in common use: with k a constant the loops
+ * over it unroll, short vectors stay in registers and the whole step is
+ * one function (the calls inline). The arithmetic is the same for every
+ * instance, so the results are too. */
+#define MODEL_KI static inline __attribute__((always_inline))
+#define MODEL_BY_K(k, f, ...)                                                  \
+    do {                                                                       \
+        switch (k) {                                                           \
+        case 8:                                                                \
+            f(__VA_ARGS__, 8);                                                 \
+            break;                                                             \
+        case 16:                                                               \
+            f(__VA_ARGS__, 16);                                                \
+            break;                                                             \
+        case 32:                                                               \
+            f(__VA_ARGS__, 32);                                                \
+            break;                                                             \
+        default:                                                               \
+            f(__VA_ARGS__, k);                                                 \
+            break;                                                             \
+        }                                                                      \
+    } while (0)
 
 /* One event as seen by a user's solve. */
 struct model_ev {
@@ -375,10 +399,9 @@ uint32_t model__bcache_take(struct model *m)
 
 /* Subtracts (sign -1) or adds (sign +1) the user's contribution
  * c_u v_u h_u^T to the stored B: one pass over the profile. */
-ONLINE_KERNEL
-static void model_b_apply(struct model *m, uint32_t u, double sign)
+MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
+                              const uint32_t k)
 {
-    const uint32_t k = m->k;
     const struct model_user *us = &m->u[u];
     if (!us->n)
         return;
@@ -403,6 +426,12 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
     }
 }
 
+ONLINE_KERNEL
+static void model_b_apply(struct model *m, uint32_t u, double sign)
+{
+    MODEL_BY_K(m->k, model_b_apply_k, m, u, sign);
+}
+
 /* Brings every pending user's contribution into the stored B, in user
  * index order, so that B is exact before HALS reads it. */
 static void model_b_sync(struct model *m)
@@ -418,11 +447,9 @@ static void model_b_sync(struct model *m)
 }
 
 /* b = W^T v over the profile. */
-ONLINE_KERNEL
-static void model_wtv(const struct model *m, const struct model_user *us,
-                      double *restrict b)
+MODEL_KI void model_wtv_k(const struct model *m, const struct model_user *us,
+                          double *restrict b, const uint32_t k)
 {
-    const uint32_t k = m->k;
     for (uint32_t j = 0; j < k; j++)
         b[j] = 0;
     if (!us->n)
@@ -441,29 +468,32 @@ static void model_wtv(const struct model *m, const struct model_user *us,
 static void model_rebuild(struct model *m);
 
 /* Segment (first largest entry), share of it and sum of h. */
-static inline uint32_t model_h_summary(uint32_t k, const float *h,
-                                       double *share, double *sum)
+MODEL_KI uint32_t model_h_summary(const uint32_t k, const float *h,
+                                  double *share, double *sum)
 {
     uint32_t seg = 0;
+    float top = h[0];
     double s = 0;
     for (uint32_t j = 0; j < k; j++) {
         s += h[j];
-        if (h[j] > h[seg])
+        if (h[j] > top) {
+            top = h[j];
             seg = j;
+        }
     }
     *sum = s;
-    *share = s > 0 ? h[seg] / s : 0;
+    *share = s > 0 ? top / s : 0;
     return seg;
 }
 
 /* The rule of model.h for the changed epoch: a fold always marks the
  * user; a re-solve only when the segment, the share or sum(h) moved
  * materially since the last mark. */
-static void model_user_mark(const struct model *m, struct model_user *us,
-                            const float *h, int folded)
+MODEL_KI void model_user_mark(const struct model *m, struct model_user *us,
+                              const float *h, int folded, const uint32_t k)
 {
     double share, sum;
-    uint32_t seg = model_h_summary(m->k, h, &share, &sum);
+    uint32_t seg = model_h_summary(k, h, &share, &sum);
     if (!folded && seg == us->mseg &&
         fabs(share - us->mshare / 65535.0) <= MODEL_MARK_TOL &&
         fabs(sum - us->msum) <= MODEL_MARK_TOL * us->msum)
@@ -492,11 +522,10 @@ static void model_user_mark(const struct model *m, struct model_user *us,
  * from one pass over the profile. Needs any growth reserved beforehand; cannot
  * fail.
  */
-ONLINE_KERNEL
-static void model_user_solve(struct model *m, uint32_t u,
-                             const struct model_ev *ev, const uint8_t *drop)
+MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
+                                 const struct model_ev *ev, const uint8_t *drop,
+                                 const uint32_t k)
 {
-    const uint32_t k = m->k;
     struct model_user *us = &m->u[u];
     float *restrict hu = m->H + (size_t)u * k;
     double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX];
@@ -514,7 +543,7 @@ static void model_user_solve(struct model *m, uint32_t u,
      * end of this step, heavy ones at the next sync. */
     const int eager = us->n < MODEL_BCACHE_MIN && !drop;
     if (us->flags & MODEL_U_INB) {
-        model_b_apply(m, u, -1);
+        model_b_apply_k(m, u, -1, k);
         us->flags &= (uint8_t)~MODEL_U_INB;
     }
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
@@ -642,7 +671,7 @@ static void model_user_solve(struct model *m, uint32_t u,
                 b[j] -= v * we[j];
         }
     } else {
-        model_wtv(m, us, b);
+        model_wtv_k(m, us, b, k);
     }
     if (bc) {
         memcpy(bc, b, k * sizeof(double));
@@ -659,7 +688,7 @@ static void model_user_solve(struct model *m, uint32_t u,
             h[j] = ho[j] * f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
-        nnls_solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+        nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
     } else {
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
@@ -725,14 +754,14 @@ static void model_user_solve(struct model *m, uint32_t u,
     us->vnorm = vf;
     us->t = t_new;
     memcpy(hu, hf, k * sizeof(float));
-    model_user_mark(m, us, ht, ev != NULL);
+    model_user_mark(m, us, ht, ev != NULL, k);
     if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
             m->stale--;
     }
     if (eager) {
-        model_b_apply(m, u, 1);
+        model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
     }
     m->dirty = 1;
@@ -741,6 +770,13 @@ static void model_user_solve(struct model *m, uint32_t u,
         if (!m->nprof)
             model_rebuild(m);
     }
+}
+
+ONLINE_KERNEL
+static void model_user_solve(struct model *m, uint32_t u,
+                             const struct model_ev *ev, const uint8_t *drop)
+{
+    MODEL_BY_K(m->k, model_user_solve_k, m, u, ev, drop);
 }
 
 /* Forgets a user: subtracts its contribution and frees its slot. */

@@ -232,3 +232,78 @@ Test(nnls, sweep_limit_is_respected)
     memset(h, 0, sizeof(h));
     cr_assert_leq(nnls_solve(KM, G, b, 0, 0, 3, 0, h, gh), 3);
 }
+
+/* A warm start on the optimum's support: the face step gives the optimum
+ * itself (no sweep could do better than rounding) in one step. */
+Test(nnls, warm_start_on_the_support_is_solved_exactly_at_once)
+{
+    seed_state = 16;
+    int exact = 0;
+    for (int trial = 0; trial < 100; trial++) {
+        uint32_t k = 2 + trial % (KM - 1);
+        double G[KM * KM], b[KM], h[KM], opt[KM], gh[KM], vtv;
+        problem(k, 30, G, b, &vtv);
+        double l1 = trial % 2 ? unif() * 0.2 : 0, l2 = unif() * 0.2;
+        memset(opt, 0, sizeof(opt));
+        nnls_solve(k, G, b, l1, l2, 100000, 1e-15, opt, gh);
+        uint32_t support = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            h[j] = opt[j] > 0 ? unif() * 4 + 0.01 : 0;
+            support += opt[j] > 0;
+        }
+        if (!support)
+            continue;
+        uint32_t sweeps = nnls_solve(k, G, b, l1, l2, 50, 1e-4, h, gh);
+        cr_assert_eq(sweeps, 1, "trial %d: %u sweeps", trial, sweeps);
+        for (uint32_t j = 0; j < k; j++)
+            cr_assert(fabs(h[j] - opt[j]) <= 1e-9 * (1 + fabs(opt[j])),
+                      "trial %d: h[%u] = %.15g, optimum %.15g", trial, j, h[j],
+                      opt[j]);
+        assert_kkt(k, G, b, l1, l2, h, 1e-9 * (1 + vtv));
+        for (uint32_t j = 0; j < k; j++) {
+            double x = 0;
+            for (uint32_t l = 0; l < k; l++)
+                x += G[j * k + l] * h[l];
+            cr_assert_float_eq(gh[j], x, 1e-9 * (1 + fabs(x)));
+        }
+        exact++;
+    }
+    cr_assert_gt(exact, 50);
+}
+
+/* A warm start whose support is too large (a coordinate that is 0 at the
+ * optimum) or misses one: the face step must not stop there, and the
+ * sweeps reach the optimum. */
+Test(nnls, wrong_support_falls_back_to_the_sweeps)
+{
+    seed_state = 17;
+    int tried = 0;
+    for (int trial = 0; trial < 200; trial++) {
+        uint32_t k = 3 + trial % (KM - 2);
+        double G[KM * KM], b[KM], h[KM], opt[KM], gh[KM], vtv;
+        problem(k, 30, G, b, &vtv);
+        memset(opt, 0, sizeof(opt));
+        nnls_solve(k, G, b, 0, 0, 100000, 1e-15, opt, gh);
+        uint32_t in = KM, out = KM;
+        for (uint32_t j = 0; j < k; j++) {
+            if (opt[j] > 0 && in == KM)
+                in = j;
+            if (opt[j] == 0 && out == KM)
+                out = j;
+        }
+        if (in == KM || out == KM)
+            continue;
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = opt[j] > 0 ? opt[j] : 0;
+        if (trial % 2)
+            h[out] = 1; /* one too many */
+        else
+            h[in] = 0; /* one missing */
+        nnls_solve(k, G, b, 0, 0, 100000, 1e-13, h, gh);
+        assert_kkt(k, G, b, 0, 0, h, 1e-7 * (1 + vtv));
+        cr_assert(objective(k, G, b, 0, 0, h) <=
+                  objective(k, G, b, 0, 0, opt) + 1e-9 * (1 + vtv));
+        tried++;
+    }
+    cr_assert_gt(tried, 50);
+}
