@@ -1194,16 +1194,22 @@ static void model_warmup(struct model *m)
 }
 
 /* Position of item x in a profile, -1 if absent: blocks of 16 compared
- * without branches (vectorised), then the exact position. */
+ * at once (a vector compare, then a test of the whole block), then the
+ * exact position in the block that hit. */
+typedef uint32_t model_u32x8 __attribute__((vector_size(32), aligned(4)));
+typedef uint64_t model_u64x4 __attribute__((vector_size(32)));
 ONLINE_KERNEL
 static int64_t model_find(const uint32_t *restrict it, uint32_t n, uint32_t x)
 {
     uint32_t q = 0;
     for (; q + 16 <= n; q += 16) {
-        int hit = 0;
-        for (uint32_t r = 0; r < 16; r++)
-            hit |= it[q + r] == x;
-        if (hit)
+        model_u32x8 a, b;
+        memcpy(&a, it + q, sizeof(a));
+        memcpy(&b, it + q + 8, sizeof(b));
+        model_u32x8 eq = (model_u32x8)((a == x) | (b == x));
+        model_u64x4 w;
+        memcpy(&w, &eq, sizeof(w));
+        if (w[0] | w[1] | w[2] | w[3])
             break;
     }
     for (; q < n; q++)
@@ -1228,15 +1234,19 @@ static int model_event_check(const char *user, size_t user_len,
     return 0;
 }
 
-/* model_fold of a checked event whose id hashes are known. */
+/* model_fold of a checked event whose id hashes are known, and maybe its
+ * indices (ui, ii: -1 when not known to exist; ids are never removed
+ * while folding, so an index found earlier stays right). */
 static int model_fold_checked(struct model *m, const char *user,
-                              size_t user_len, uint64_t uh, const char *item,
-                              size_t item_len, uint64_t ih, double weight,
-                              int64_t ts)
+                              size_t user_len, uint64_t uh, int64_t ui,
+                              const char *item, size_t item_len, uint64_t ih,
+                              int64_t ii, double weight, int64_t ts)
 {
     /* Reserve every growth first: a failure leaves the model unchanged. */
-    int64_t ui = ids_find_hash(m->uids, user, user_len, uh);
-    int64_t ii = ids_find_hash(m->iids, item, item_len, ih);
+    if (ui < 0)
+        ui = ids_find_hash(m->uids, user, user_len, uh);
+    if (ii < 0)
+        ii = ids_find_hash(m->iids, item, item_len, ih);
     int64_t pos = -1;
     int rc;
     if (ii < 0) {
@@ -1316,8 +1326,8 @@ int model_fold(struct model *m, const char *user, size_t user_len,
     if (rc)
         return rc;
     return model_fold_checked(
-        m, user, user_len, ids_hash_id(m->uids, user, user_len), item, item_len,
-        ids_hash_id(m->iids, item, item_len), weight, ts);
+        m, user, user_len, ids_hash_id(m->uids, user, user_len), -1, item,
+        item_len, ids_hash_id(m->iids, item, item_len), -1, weight, ts);
 }
 
 /* Look-ahead distance (events) between the batch pipeline's stages. */
@@ -1327,7 +1337,7 @@ int model_fold(struct model *m, const char *user, size_t user_len,
 struct model_pf {
     uint64_t uh, ih;
     int ok;
-    int64_t ui;
+    int64_t ui, ii;
 };
 
 static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
@@ -1380,7 +1390,7 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
             const struct model_event *x = &ev[e];
             p->ok = !model_event_check(x->user, x->user_len, x->item,
                                        x->item_len, x->weight, x->ts);
-            p->ui = -1;
+            p->ui = p->ii = -1;
             if (p->ok) {
                 p->uh = ids_hash_id(m->uids, x->user, x->user_len);
                 p->ih = ids_hash_id(m->iids, x->item, x->item_len);
@@ -1400,8 +1410,8 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
             const struct model_event *x = &ev[e - 2 * d];
             if (p->ok) {
                 p->ui = ids_find_hash(m->uids, x->user, x->user_len, p->uh);
-                int64_t ii =
-                    ids_find_hash(m->iids, x->item, x->item_len, p->ih);
+                p->ii = ids_find_hash(m->iids, x->item, x->item_len, p->ih);
+                int64_t ii = p->ii;
                 if (p->ui >= 0) {
                     model_prefetch_span(&m->u[p->ui], sizeof(*m->u), 1);
                     model_prefetch_span(m->H + (size_t)p->ui * m->k,
@@ -1437,8 +1447,8 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
             const struct model_pf *p = &pf[i % MODEL_PF_RING];
             const struct model_event *x = &ev[i];
             int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
-                                               x->item, x->item_len, p->ih,
-                                               x->weight, x->ts)
+                                               p->ui, x->item, x->item_len,
+                                               p->ih, p->ii, x->weight, x->ts)
                           : model_event_check(x->user, x->user_len, x->item,
                                               x->item_len, x->weight, x->ts);
             if (rc)
