@@ -1430,10 +1430,12 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
             if (p->ui >= 0 && (uint32_t)p->ui < ids_slots(m->uids)) {
                 const struct model_user *us = &m->u[p->ui];
                 if (us->slab != POOL_NONE) {
-                    __builtin_prefetch(pool_items(&m->pool, us->cls, us->slab),
-                                       1);
-                    __builtin_prefetch(pool_vals(&m->pool, us->cls, us->slab),
-                                       1);
+                    size_t span = (us->n < MODEL_BCACHE_MIN ? us->n : 16) *
+                                  sizeof(uint32_t);
+                    model_prefetch_span(pool_items(&m->pool, us->cls, us->slab),
+                                        span, 1);
+                    model_prefetch_span(pool_vals(&m->pool, us->cls, us->slab),
+                                        span, 1);
                 }
                 if (us->bslot != POOL_NONE)
                     model_prefetch_span(m->bc + (size_t)us->bslot * m->k,
