@@ -46,62 +46,69 @@
  * unconstrained:
  *     (G_SS + l2 I) x = b_S - l1,
  * solved by Cholesky (|S| <= NNLS_FACE_MAX; a pivot below 1e-12 of its
- * diagonal gives up). x is the solution of the whole problem when x > 0
- * and no coordinate off S would move, that is when the step of the sweep
- * below, max(0, -g_j / (G_jj + l2)) with g_j = (G x)_j - b_j + l1, is at
- * most tol * max x for every j off S: exactly the sweep's stopping rule,
- * met by a point the sweeps only approach. Then h = x, gh = G x and it
- * returns 1; otherwise it returns 0 with h and gh untouched. This is the
- * first step of an active-set method (Lawson & Hanson 1974, ch. 23) with
- * the warm start as the guess of the active set; Kim & Park (SIAM J. Sci.
+ * diagonal gives up; |S| = 1, the common case, is one division). x is the
+ * solution of the whole problem when x > 0 and no coordinate off S would move,
+ * that is when the step of the sweep below, max(0, -g_j / (G_jj + l2)) with g_j
+ * = (G x)_j - b_j + l1, is at most tol * max x for every j off S: exactly the
+ * sweep's stopping rule, met by a point the sweeps only approach. Then h = x,
+ * gh = G x and it returns 1; otherwise it returns 0 with h and gh untouched.
+ * This is the first step of an active-set method (Lawson & Hanson 1974, ch. 23)
+ * with the warm start as the guess of the active set; Kim & Park (SIAM J. Sci.
  * Comput. 2011) use the same guess in block principal pivoting.
  */
 static inline __attribute__((always_inline)) int
-nnls__face(const uint32_t k, const double *restrict G, const double *restrict c,
-           const double *restrict inv, double l2, double tol,
-           double *restrict h, double *restrict gh)
+nnls__face(const uint32_t k, const double *restrict G, const double *restrict b,
+           double l1, double l2, double tol, double *restrict h,
+           double *restrict gh)
 {
-    uint32_t S[NNLS_FACE_MAX], s = 0;
+    /* S without branches: every j is written, the count moves on h_j > 0. */
+    uint32_t S[NNLS_K_MAX], s = 0;
     for (uint32_t j = 0; j < k; j++) {
-        if (h[j] > 0) {
-            if (s == NNLS_FACE_MAX || inv[j] == 0)
-                return 0;
-            S[s++] = j;
-        }
+        S[s] = j;
+        s += h[j] > 0;
     }
-    if (!s)
+    if (!s || s > NNLS_FACE_MAX)
         return 0;
-    double L[NNLS_FACE_MAX][NNLS_FACE_MAX], x[NNLS_FACE_MAX];
-    for (uint32_t p = 0; p < s; p++) {
-        const double *restrict gp = G + (size_t)S[p] * k;
-        for (uint32_t q = 0; q <= p; q++) {
-            double a = gp[S[q]] + (p == q ? l2 : 0);
-            for (uint32_t r = 0; r < q; r++)
-                a -= L[p][r] * L[q][r];
-            if (p == q) {
-                if (!(a > 1e-12 * (gp[S[p]] + l2)))
-                    return 0;
-                L[p][p] = sqrt(a);
-            } else {
-                L[p][q] = a / L[q][q];
+    double x[NNLS_FACE_MAX], maxh;
+    if (s == 1) {
+        double d = G[(size_t)S[0] * k + S[0]] + l2;
+        x[0] = (b[S[0]] - l1) / d;
+        if (!(d > 0) || !(x[0] > 0))
+            return 0;
+        maxh = x[0];
+    } else {
+        double L[NNLS_FACE_MAX][NNLS_FACE_MAX];
+        for (uint32_t p = 0; p < s; p++) {
+            const double *restrict gp = G + (size_t)S[p] * k;
+            for (uint32_t q = 0; q <= p; q++) {
+                double a = gp[S[q]] + (p == q ? l2 : 0);
+                for (uint32_t r = 0; r < q; r++)
+                    a -= L[p][r] * L[q][r];
+                if (p == q) {
+                    if (!(a > 1e-12 * (gp[S[p]] + l2)))
+                        return 0;
+                    L[p][p] = sqrt(a);
+                } else {
+                    L[p][q] = a / L[q][q];
+                }
             }
         }
-    }
-    for (uint32_t p = 0; p < s; p++) {
-        double a = -c[S[p]];
-        for (uint32_t r = 0; r < p; r++)
-            a -= L[p][r] * x[r];
-        x[p] = a / L[p][p];
-    }
-    double maxh = 0;
-    for (uint32_t p = s; p-- > 0;) {
-        double a = x[p];
-        for (uint32_t r = p + 1; r < s; r++)
-            a -= L[r][p] * x[r];
-        x[p] = a / L[p][p];
-        if (!(x[p] > 0))
-            return 0;
-        maxh = x[p] > maxh ? x[p] : maxh;
+        for (uint32_t p = 0; p < s; p++) {
+            double a = b[S[p]] - l1;
+            for (uint32_t r = 0; r < p; r++)
+                a -= L[p][r] * x[r];
+            x[p] = a / L[p][p];
+        }
+        maxh = 0;
+        for (uint32_t p = s; p-- > 0;) {
+            double a = x[p];
+            for (uint32_t r = p + 1; r < s; r++)
+                a -= L[r][p] * x[r];
+            x[p] = a / L[p][p];
+            if (!(x[p] > 0))
+                return 0;
+            maxh = x[p] > maxh ? x[p] : maxh;
+        }
     }
     double g[NNLS_K_MAX];
     for (uint32_t j = 0; j < k; j++)
@@ -111,13 +118,16 @@ nnls__face(const uint32_t k, const double *restrict G, const double *restrict c,
         for (uint32_t j = 0; j < k; j++)
             g[j] += gp[j] * x[p];
     }
-    /* Off S, h_j = 0; on S the step is 0 up to rounding and not tested. */
-    double worst = 0;
+    /* Off S (h_j = 0) the sweep's step is -(g_j - b_j + l1) / (G_jj + l2)
+     * when positive, 0 for a dead coordinate (G_jj + l2 = 0); on S it is 0
+     * up to rounding and not tested. Compared without the division. */
+    int bad = 0;
+    const double lim = tol * maxh;
     for (uint32_t j = 0; j < k; j++) {
-        double step = h[j] > 0 ? 0 : -(g[j] + c[j]) * inv[j];
-        worst = step > worst ? step : worst;
+        double hjj = G[(size_t)j * k + j] + l2;
+        bad |= (h[j] == 0) & (hjj > 0) & (b[j] - l1 - g[j] > lim * hjj);
     }
-    if (!(worst <= tol * maxh))
+    if (bad)
         return 0;
     for (uint32_t j = 0; j < k; j++)
         gh[j] = g[j];
@@ -131,6 +141,8 @@ nnls__solve(const uint32_t k, const double *restrict G,
             const double *restrict b, double l1, double l2, uint32_t max_sweeps,
             double tol, double *restrict h, double *restrict gh)
 {
+    if (max_sweeps && nnls__face(k, G, b, l1, l2, tol, h, gh))
+        return 1;
     /* Inverse curvatures once per solve: no division in the sweeps. With
      * no curvature (a zero column of W) h_j is 0: c_j = +inf keeps such a
      * coordinate out of the zero pass, and the positive pass zeroes it. */
@@ -140,8 +152,6 @@ nnls__solve(const uint32_t k, const double *restrict G,
         inv[j] = hjj > 0 ? 1.0 / hjj : 0;
         c[j] = hjj > 0 ? l1 - b[j] : INFINITY;
     }
-    if (max_sweeps && nnls__face(k, G, c, inv, l2, tol, h, gh))
-        return 1;
     for (uint32_t j = 0; j < k; j++)
         gh[j] = 0;
     for (uint32_t l = 0; l < k; l++) {
