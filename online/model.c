@@ -701,22 +701,28 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         he[j] = (double)hf[j] * hs[j];
     }
 
+    /* The coordinates where the new or the old h is non-zero, gathered
+     * without branches: the sums below run over them only (the other
+     * terms are exact zeros, so the sums are those over all k). */
+    uint32_t nz[MODEL_K_MAX], nn = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        nz[nn] = j;
+        nn += (he[j] != 0) | (ho[j] != 0);
+    }
     /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
      * sum of columns (vector operations, no long reduction chain). */
     double hb = 0, hgh = 0;
     for (uint32_t j = 0; j < k; j++)
         gh[j] = 0;
-    for (uint32_t l = 0; l < k; l++) {
-        double hl = he[l];
-        if (hl == 0)
-            continue;
-        const double *restrict gl = m->G + (size_t)l * k;
+    for (uint32_t q = 0; q < nn; q++) {
+        double hl = he[nz[q]];
+        const double *restrict gl = m->G + (size_t)nz[q] * k;
         for (uint32_t j = 0; j < k; j++)
             gh[j] += gl[j] * hl;
     }
-    for (uint32_t j = 0; j < k; j++) {
-        hb += he[j] * b[j];
-        hgh += he[j] * gh[j];
+    for (uint32_t q = 0; q < nn; q++) {
+        hb += he[nz[q]] * b[nz[q]];
+        hgh += he[nz[q]] * gh[nz[q]];
     }
     double loss = vtv - 2 * hb + hgh;
     if (!(loss <= vtv)) {
@@ -737,11 +743,9 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         ht[j] = (float)he[j];
     }
     double *restrict A = m->A;
-    for (uint32_t j = 0; j < k; j++) {
-        double *restrict aj = A + (size_t)j * k;
-        double anj = an[j], aoj = ao[j];
-        if (anj == 0 && aoj == 0)
-            continue;
+    for (uint32_t q = 0; q < nn; q++) {
+        double *restrict aj = A + (size_t)nz[q] * k;
+        double anj = an[nz[q]], aoj = ao[nz[q]];
         for (uint32_t l = 0; l < k; l++)
             aj[l] += anj * he[l] - aoj * ho[l];
     }
