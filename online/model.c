@@ -1344,14 +1344,16 @@ struct model_pf {
     int64_t ui, ii;
 };
 
+/* Every cache line of [p, p + bytes): a 48-byte user record, say, lies
+ * across two lines half the time. */
 static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
 {
-    const char *c = p;
-    for (size_t o = 0; o < bytes; o += 64) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + bytes;
+    for (; a < end; a += 64) {
         if (rw)
-            __builtin_prefetch(c + o, 1);
+            __builtin_prefetch((const void *)a, 1);
         else
-            __builtin_prefetch(c + o, 0);
+            __builtin_prefetch((const void *)a, 0);
     }
 }
 
@@ -1422,6 +1424,7 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
                                         m->k * sizeof(float), 1);
                 }
                 if (ii >= 0) {
+                    __builtin_prefetch(&m->item_t[ii], 1);
                     model_prefetch_span(m->W + (size_t)ii * m->k,
                                         m->k * sizeof(float), 0);
                     model_prefetch_span(m->B + (size_t)ii * m->k,
