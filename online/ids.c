@@ -51,7 +51,7 @@ static uint64_t ids_mix(uint64_t z)
 static uint64_t ids_hash(uint64_t seed, const char *s, size_t n)
 {
     uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ull);
-    while (n >= 8) {
+    while (n > 8) {
         uint64_t x;
         memcpy(&x, s, 8);
         h = (h ^ x) * 0xff51afd7ed558ccdull;
@@ -59,9 +59,18 @@ static uint64_t ids_hash(uint64_t seed, const char *s, size_t n)
         s += 8;
         n -= 8;
     }
+    /* The last 1..8 bytes in at most two loads (overlapping when n < 8,
+     * the length being mixed in already). */
     uint64_t x = 0;
-    for (size_t i = 0; i < n; i++)
-        x |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        x = lo | (uint64_t)hi << 32;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            x |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    }
     return ids_mix(h ^ x);
 }
 
