@@ -29,6 +29,9 @@
 
 #define CTL_PRODUCE_BATCH_MAX 100000
 #define CTL_PRODUCE_SLICE     20000 /* rows per loop iteration, unlimited */
+/* With --rate, a partial batch waits this long for more events of its
+ * partition before it goes out (librdkafka's linger.ms default). */
+#define CTL_PRODUCE_LINGER_MS 5
 #define CTL_PRODUCE_PARTS_MAX 10000
 #define CTL_PRODUCE_CLOSE_MS  30000
 
@@ -38,6 +41,7 @@ enum ctl_produce_format { CTL_FMT_MSGPACK, CTL_FMT_JSON };
 struct ctl_pending {
     msgpack_sbuffer buf; /* msgpack: array elements; JSON: "a,b,c" */
     uint32_t n;
+    uint64_t since_ms; /* when its first event came */
     char key[CSV_ID_MAX];
     size_t klen;
 };
@@ -293,13 +297,24 @@ static void ctl_produce_pump(struct ctl_produce *c)
     }
     for (;;) {
         if (c->rate > 0 && c->tokens < 1) {
-            /* Partial batches go out while we wait: a slow partition
-             * must not sit on its events. */
-            for (int32_t p = 0; c->pend && p < c->nparts; p++)
-                if (ctl_pending_send(c, p) == -ENOBUFS)
+            /* Partial batches older than the linger go out while we wait:
+             * a slow partition must not sit on its events, and a fast one
+             * must not go out an event or two at a time. */
+            uint64_t wait = (uint64_t)ceil((1 - c->tokens) * 1000 / c->rate);
+            uint64_t now = ctl_now_ms(&c->loop);
+            for (int32_t p = 0; c->pend && p < c->nparts; p++) {
+                const struct ctl_pending *q = &c->pend[p];
+                if (!q->n)
+                    continue;
+                if (now - q->since_ms < CTL_PRODUCE_LINGER_MS) {
+                    uint64_t left = q->since_ms + CTL_PRODUCE_LINGER_MS - now;
+                    wait = left < wait ? left : wait;
+                } else if (ctl_pending_send(c, p) == -ENOBUFS) {
+                    wait = 1;
                     break;
-            ctl_produce_wait(c,
-                             (uint64_t)ceil((1 - c->tokens) * 1000 / c->rate));
+                }
+            }
+            ctl_produce_wait(c, wait);
             return;
         }
         if (c->rate == 0 && slice++ >= CTL_PRODUCE_SLICE)
@@ -345,6 +360,7 @@ static void ctl_produce_pump(struct ctl_produce *c)
             if (p->n == 0) {
                 memcpy(p->key, row.user, row.user_len);
                 p->klen = row.user_len;
+                p->since_ms = ctl_now_ms(&c->loop);
             }
             ctl_encode(c, &p->buf, &row);
             p->n++;

@@ -92,7 +92,7 @@ def main():
     check(shutil.which("kcat") is not None, "kcat is installed")
     events = csv_events(CSV)
     check(len(events) > 5000, "CSV has %d events" % len(events))
-    b = Broker(partitions=PARTS, topics="events,evjson,evbatch,jev")
+    b = Broker(partitions=PARTS, topics="events,evjson,evbatch,evrate,jev")
     try:
         check(b.stdout().strip() == b.bootstrap,
               "stdout %r equals the bootstrap file %r" % (b.stdout(),
@@ -131,6 +131,20 @@ def main():
         n = check_events_topic(b.bootstrap, "evbatch", events, True, "json")
         check(n < len(events) / 10, "batching made %d messages" % n)
         print("json batches: %d messages checked" % n)
+
+        # Paced and batched: a partial batch lingers a few ms for more
+        # events of its partition instead of leaving at every pause of the
+        # rate limit (10 k events/s over 4 partitions: ~12 events per
+        # partition per 5 ms; without the linger about 3 per message).
+        rc, _, err = run([NMFCTL, "produce", "--brokers", b.bootstrap,
+                          "--topic", "evrate", "--rate", "10000",
+                          "--batch", "64", CSV])
+        check(rc == 0, "paced batched produce rc %d: %s" % (rc, err))
+        n = check_events_topic(b.bootstrap, "evrate", events, True, "msgpack")
+        check(n <= len(events) / 8,
+              "paced batches: %d messages for %d events" % (n, len(events)))
+        print("paced batches: %d messages, %.1f events each"
+              % (n, len(events) / n))
 
         # nmfctl dump reads msgpack back as JSON lines.
         rc, out, err = run([NMFCTL, "dump", "--brokers", b.bootstrap,
