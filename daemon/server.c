@@ -54,7 +54,11 @@
 #define SERVER_STATUS_MS     5000
 #define SERVER_EXPIRE_MS     60000
 #define SERVER_SSE_TOPS      10 /* top items per topic on the dashboard */
-#define SERVER_BUSY_MESSAGES 64 /* per loop tick: the input is busy */
+/* Refinement while events flow: one stale user re-solved per this many
+ * events folded (a quarter more solves at most); the full idle slice
+ * once the input has been quiet this long. */
+#define SERVER_REFINE_EVERY 4
+#define SERVER_QUIET_MS     100
 
 /* One input partition: where the model's next event starts. */
 struct part {
@@ -141,7 +145,9 @@ struct server {
     double rate;
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
-    uint64_t refine_consumed; /* s->consumed at the last refine tick */
+    uint64_t refine_owed;  /* events folded not yet matched by refinement */
+    uint64_t folded_total; /* events folded since start */
+    uint64_t folded_seen;  /* folded_total at the end of the last tick */
 
     enum publish_state pub;
     uint64_t pub_epoch;
@@ -161,6 +167,7 @@ struct server {
     struct log_ratelimit reject_rl;
 
     uv_timer_t t_epoch, t_refresh, t_ckpt, t_status, t_watchdog, t_expire;
+    uv_timer_t t_quiet; /* fires when the input has been quiet a while */
     uv_idle_t refine, publish;
     uv_prepare_t tick;
     uv_check_t flusher; /* folds the batch at the end of each iteration */
@@ -195,6 +202,7 @@ static double mono_s(void)
 static void server_stop(struct server *s, int code);
 static void server_shutdown_step(struct server *s);
 static void on_refine(uv_idle_t *h);
+static void on_quiet_timer(uv_timer_t *t);
 
 /* ---- partitions and offsets ------------------------------------------ */
 
@@ -318,6 +326,8 @@ static void server_flush(struct server *s)
     metric_add(s->m.folded, (double)folded);
     s->folded_since_refresh += folded;
     s->rate_events += folded;
+    s->refine_owed += folded;
+    s->folded_total += folded;
     b->n = b->used = 0;
 }
 
@@ -386,11 +396,6 @@ static void server_on_message(void *ctx, const rd_kafka_message_t *msg)
                  &fc);
     if (p)
         p->next = msg->offset + 1;
-    if (fc.folded) {
-        if (s->cfg->model.refine_users &&
-            !uv_is_active((uv_handle_t *)&s->refine))
-            uv_idle_start(&s->refine, on_refine);
-    }
     if (fc.first != EVENT_OK && s->dlq && s->cfg->input.dead_letter_topic[0]) {
         int rc = kafka_out_produce_dead(s->dlq, s->cfg->input.dead_letter_topic,
                                         msg, event_reason_name(fc.first));
@@ -872,29 +877,50 @@ static void on_refresh_timer(uv_timer_t *t)
         server_refresh(s);
 }
 
-/* Idle time goes to users whose h is stale against the current W. */
+/*
+ * Refinement re-solves users whose h is stale against the current W.
+ * While events flow it is paid for by them: after each loop iteration
+ * that folded, one stale user per SERVER_REFINE_EVERY events, so H never
+ * goes stale for long and ingest keeps the CPU. Once the input has been
+ * quiet for SERVER_QUIET_MS the idle handle takes over with the full
+ * slice (model.refine_users) every iteration until the model converges.
+ * An idle handle keeps the loop from sleeping, so it runs only then:
+ * while events flow the loop still sleeps in poll between messages.
+ */
+static void refine_streaming(struct server *s)
+{
+    uv_idle_stop(&s->refine);
+    uv_timer_start(&s->t_quiet, on_quiet_timer, SERVER_QUIET_MS, 0);
+    size_t budget = s->refine_owed / SERVER_REFINE_EVERY;
+    if (!budget || !s->cfg->model.refine_users)
+        return;
+    if (budget > s->cfg->model.refine_users)
+        budget = s->cfg->model.refine_users;
+    s->refine_owed -= budget * SERVER_REFINE_EVERY;
+    size_t n = model_refine(s->model, budget);
+    metric_add(s->m.refined, (double)n);
+}
+
+static void on_quiet_timer(uv_timer_t *t)
+{
+    struct server *s = t->data;
+    s->refine_owed = 0;
+    if (s->cfg->model.refine_users && !s->stopping)
+        uv_idle_start(&s->refine, on_refine);
+}
+
 static void on_refine(uv_idle_t *h)
 {
     struct server *s = h->data;
     struct model_stats before, after;
     size_t n;
     server_flush(s);
-
-    /* An idle handle runs on every loop iteration, busy or not. While the
-     * consumer keeps delivering, ingest comes first and the refinement
-     * takes a small slice, enough that H never goes stale for long; the
-     * full slice when the input is quiet. */
-    size_t budget = s->cfg->model.refine_users;
-    if (s->consumed - s->refine_consumed >= SERVER_BUSY_MESSAGES)
-        budget = budget / 16 ? budget / 16 : 1;
-    s->refine_consumed = s->consumed;
-
     model_stats(s->model, &before);
-    n = model_refine(s->model, budget);
+    n = model_refine(s->model, s->cfg->model.refine_users);
     model_stats(s->model, &after);
     metric_add(s->m.refined, (double)n);
     if (n == 0 && after.refreshes == before.refreshes)
-        uv_idle_stop(h); /* converged; the next event starts it again */
+        uv_idle_stop(h); /* converged; the next quiet spell starts it again */
 }
 
 static void on_expire_timer(uv_timer_t *t)
@@ -1099,7 +1125,11 @@ static void bgjob_wait(struct bgjob *j)
 
 static void on_flush(uv_check_t *h)
 {
-    server_flush(h->data);
+    struct server *s = h->data;
+    server_flush(s);
+    if (s->folded_total != s->folded_seen && !s->stopping)
+        refine_streaming(s);
+    s->folded_seen = s->folded_total;
 }
 
 static void on_tick(uv_prepare_t *h)
@@ -1684,6 +1714,7 @@ static void server_stop(struct server *s, int code)
     uv_timer_stop(&s->t_refresh);
     uv_timer_stop(&s->t_ckpt);
     uv_timer_stop(&s->t_expire);
+    uv_timer_stop(&s->t_quiet);
     uv_idle_stop(&s->refine);
     if (s->in)
         kafka_in_pause(s->in);
@@ -1742,10 +1773,11 @@ static void server_shutdown_step(struct server *s)
         (uv_handle_t *)&s->t_epoch,    (uv_handle_t *)&s->t_refresh,
         (uv_handle_t *)&s->t_ckpt,     (uv_handle_t *)&s->t_status,
         (uv_handle_t *)&s->t_watchdog, (uv_handle_t *)&s->t_expire,
-        (uv_handle_t *)&s->refine,     (uv_handle_t *)&s->publish,
-        (uv_handle_t *)&s->tick,       (uv_handle_t *)&s->flusher,
-        (uv_handle_t *)&s->s_term,     (uv_handle_t *)&s->s_int,
-        (uv_handle_t *)&s->s_hup,      (uv_handle_t *)&s->s_chld,
+        (uv_handle_t *)&s->t_quiet,    (uv_handle_t *)&s->refine,
+        (uv_handle_t *)&s->publish,    (uv_handle_t *)&s->tick,
+        (uv_handle_t *)&s->flusher,    (uv_handle_t *)&s->s_term,
+        (uv_handle_t *)&s->s_int,      (uv_handle_t *)&s->s_hup,
+        (uv_handle_t *)&s->s_chld,
     };
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
         if (!uv_is_closing(handles[i]))
@@ -1956,6 +1988,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     uv_timer_init(&s->loop, &s->t_status);
     uv_timer_init(&s->loop, &s->t_watchdog);
     uv_timer_init(&s->loop, &s->t_expire);
+    uv_timer_init(&s->loop, &s->t_quiet);
     uv_idle_init(&s->loop, &s->refine);
     uv_idle_init(&s->loop, &s->publish);
     uv_prepare_init(&s->loop, &s->tick);
@@ -1966,6 +1999,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     uv_signal_init(&s->loop, &s->s_chld);
     s->t_epoch.data = s->t_refresh.data = s->t_ckpt.data = s;
     s->t_status.data = s->t_watchdog.data = s->t_expire.data = s;
+    s->t_quiet.data = s;
     s->refine.data = s->publish.data = s->tick.data = s->flusher.data = s;
     s->s_term.data = s->s_int.data = s->s_hup.data = s->s_chld.data = s;
     uv_signal_start(&s->s_term, on_stop_signal, SIGTERM);
@@ -1994,6 +2028,8 @@ int server_run(const struct server_opts *o, struct config *cfg)
                        SERVER_STATUS_MS);
         uv_timer_start(&s->t_expire, on_expire_timer, SERVER_EXPIRE_MS,
                        SERVER_EXPIRE_MS);
+        /* A restored model may have stale users: refine once quiet. */
+        uv_timer_start(&s->t_quiet, on_quiet_timer, SERVER_QUIET_MS, 0);
         if (notify_watchdog_usec(&wd) < 0) {
             /* systemd asked for a watchdog we cannot understand: running
              * without one would get us killed at its deadline anyway. */
