@@ -11,7 +11,6 @@
  * loop. */
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "broker.h"
+#include "errf.h"
 
 #define BROKER_MAX            16
 #define BROKER_PARTITIONS_MAX 10000
@@ -33,20 +33,6 @@ struct broker {
     int nbrokers;
     char *bootstraps;
 };
-
-static void broker__errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void broker__errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Kafka's own rule for topic names: 1..249 of [a-zA-Z0-9._-], not "." or
  * "..". */
@@ -72,25 +58,25 @@ static int broker__topic_create(struct broker *b, const char *name, size_t len,
     rd_kafka_resp_err_t rerr;
 
     if (!broker__topic_name_ok(name, len)) {
-        broker__errf(err, errlen, "bad topic name '%.*s'",
-                     (int)(len > 64 ? 64 : len), name);
+        io_errf(err, errlen, 0, "bad topic name '%.*s'",
+                (int)(len > 64 ? 64 : len), name);
         return -EINVAL;
     }
     if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX) {
-        broker__errf(err, errlen, "partitions must be 1..%d, not %d",
-                     BROKER_PARTITIONS_MAX, partitions);
+        io_errf(err, errlen, 0, "partitions must be 1..%d, not %d",
+                BROKER_PARTITIONS_MAX, partitions);
         return -EINVAL;
     }
     memcpy(topic, name, len);
     topic[len] = '\0';
     rerr = rd_kafka_mock_topic_create(b->mc, topic, partitions, 1);
     if (rerr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-        broker__errf(err, errlen, "topic '%s' exists", topic);
+        io_errf(err, errlen, 0, "topic '%s' exists", topic);
         return -EEXIST;
     }
     if (rerr) {
-        broker__errf(err, errlen, "topic '%s': %s", topic,
-                     rd_kafka_err2str(rerr));
+        io_errf(err, errlen, 0, "topic '%s': %s", topic,
+                rd_kafka_err2str(rerr));
         return -EIO;
     }
     return 0;
@@ -119,8 +105,8 @@ static int broker__topics_each(struct broker *b, const char *topics,
                 return r;
         } else {
             if (!broker__topic_name_ok(p, len)) {
-                broker__errf(err, errlen, "bad topic name '%.*s'",
-                             (int)(len > 64 ? 64 : len), p);
+                io_errf(err, errlen, 0, "bad topic name '%.*s'",
+                        (int)(len > 64 ? 64 : len), p);
                 return -EINVAL;
             }
             for (const char *q = topics; q < entry;) {
@@ -131,8 +117,8 @@ static int broker__topics_each(struct broker *b, const char *topics,
                 while (qe > qs && isspace((unsigned char)qe[-1]))
                     qe--;
                 if ((size_t)(qe - qs) == len && !memcmp(qs, p, len)) {
-                    broker__errf(err, errlen, "topic '%.*s' listed twice",
-                                 (int)len, p);
+                    io_errf(err, errlen, 0, "topic '%.*s' listed twice",
+                            (int)len, p);
                     return -EEXIST;
                 }
                 q += strcspn(q, ",");
@@ -144,7 +130,7 @@ static int broker__topics_each(struct broker *b, const char *topics,
             break;
         p = comma + 1;
         if (!*p) {
-            broker__errf(err, errlen, "empty topic name in '%s'", topics);
+            io_errf(err, errlen, 0, "empty topic name in '%s'", topics);
             return -EINVAL;
         }
     }
@@ -159,13 +145,13 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
     struct broker *b;
 
     if (nbrokers < 1 || nbrokers > BROKER_MAX) {
-        broker__errf(err, errlen, "brokers must be 1..%d, not %d", BROKER_MAX,
-                     nbrokers);
+        io_errf(err, errlen, 0, "brokers must be 1..%d, not %d", BROKER_MAX,
+                nbrokers);
         return NULL;
     }
     if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX) {
-        broker__errf(err, errlen, "partitions must be 1..%d, not %d",
-                     BROKER_PARTITIONS_MAX, partitions);
+        io_errf(err, errlen, 0, "partitions must be 1..%d, not %d",
+                BROKER_PARTITIONS_MAX, partitions);
         return NULL;
     }
     /* Every name is checked before the cluster starts (stopping one takes
@@ -174,7 +160,7 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
         return NULL;
     b = calloc(1, sizeof(*b));
     if (!b) {
-        broker__errf(err, errlen, "out of memory");
+        io_errf(err, errlen, 0, "out of memory");
         return NULL;
     }
     b->nbrokers = nbrokers;
@@ -185,23 +171,23 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
     if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) ||
         rd_kafka_conf_set(conf, "client.id", "nmfd-broker", errstr,
                           sizeof(errstr))) {
-        broker__errf(err, errlen, "%s", errstr);
+        io_errf(err, errlen, 0, "%s", errstr);
         goto fail;
     }
     b->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     if (!b->rk) {
-        broker__errf(err, errlen, "%s", errstr);
+        io_errf(err, errlen, 0, "%s", errstr);
         goto fail;
     }
     conf = NULL;
     b->mc = rd_kafka_mock_cluster_new(b->rk, nbrokers);
     if (!b->mc) {
-        broker__errf(err, errlen, "mock cluster could not start");
+        io_errf(err, errlen, 0, "mock cluster could not start");
         goto fail;
     }
     b->bootstraps = strdup(rd_kafka_mock_cluster_bootstraps(b->mc));
     if (!b->bootstraps) {
-        broker__errf(err, errlen, "out of memory");
+        io_errf(err, errlen, 0, "out of memory");
         goto fail;
     }
 
@@ -371,25 +357,25 @@ int broker_fault(struct broker *b, const char *cmd, char *err, size_t errlen)
     size_t len;
 
     if (!cmd) {
-        broker__errf(err, errlen, "empty command");
+        io_errf(err, errlen, 0, "empty command");
         return -EINVAL;
     }
     len = strlen(cmd);
     if (len >= sizeof(line)) {
-        broker__errf(err, errlen, "command too long");
+        io_errf(err, errlen, 0, "command too long");
         return -EINVAL;
     }
     memcpy(line, cmd, len + 1);
     for (char *tok = strtok_r(line, " \t\r\n", &save); tok;
          tok = strtok_r(NULL, " \t\r\n", &save)) {
         if (argc == BROKER_ARGS_MAX) {
-            broker__errf(err, errlen, "too many arguments");
+            io_errf(err, errlen, 0, "too many arguments");
             return -EINVAL;
         }
         argv[argc++] = tok;
     }
     if (argc == 0) {
-        broker__errf(err, errlen, "empty command");
+        io_errf(err, errlen, 0, "empty command");
         return -EINVAL;
     }
 
@@ -398,22 +384,21 @@ int broker_fault(struct broker *b, const char *cmd, char *err, size_t errlen)
         int want = !strcmp(argv[0], "rtt") ? 3 : 2;
 
         if (argc != want) {
-            broker__errf(err, errlen, "usage: %s",
-                         want == 3 ? "rtt <broker_id> <ms>"
-                                   : "down|up <broker_id>");
+            io_errf(err, errlen, 0, "usage: %s",
+                    want == 3 ? "rtt <broker_id> <ms>" : "down|up <broker_id>");
             return -EINVAL;
         }
         if (broker__parse_long(argv[1], -1, 1L << 30, &id) < 0) {
-            broker__errf(err, errlen, "bad broker id '%s'", argv[1]);
+            io_errf(err, errlen, 0, "bad broker id '%s'", argv[1]);
             return -EINVAL;
         }
         if (id != -1 && (id < 1 || id > b->nbrokers)) {
-            broker__errf(err, errlen, "no broker %ld (ids are 1..%d, -1 all)",
-                         id, b->nbrokers);
+            io_errf(err, errlen, 0, "no broker %ld (ids are 1..%d, -1 all)", id,
+                    b->nbrokers);
             return -ENOENT;
         }
         if (want == 3 && broker__parse_long(argv[2], 0, 3600 * 1000, &v) < 0) {
-            broker__errf(err, errlen, "bad rtt '%s' (0..3600000 ms)", argv[2]);
+            io_errf(err, errlen, 0, "bad rtt '%s' (0..3600000 ms)", argv[2]);
             return -EINVAL;
         }
         if (!strcmp(argv[0], "down"))
@@ -428,24 +413,24 @@ int broker_fault(struct broker *b, const char *cmd, char *err, size_t errlen)
         rd_kafka_resp_err_t *codes;
 
         if (argc != 4) {
-            broker__errf(err, errlen, "usage: error <Api> <count> <Error>");
+            io_errf(err, errlen, 0, "usage: error <Api> <count> <Error>");
             return -EINVAL;
         }
         if (broker__parse_api(argv[1], &api) < 0) {
-            broker__errf(err, errlen, "unknown api '%s'", argv[1]);
+            io_errf(err, errlen, 0, "unknown api '%s'", argv[1]);
             return -EINVAL;
         }
         if (broker__parse_long(argv[2], 1, 100000, &v) < 0) {
-            broker__errf(err, errlen, "bad count '%s' (1..100000)", argv[2]);
+            io_errf(err, errlen, 0, "bad count '%s' (1..100000)", argv[2]);
             return -EINVAL;
         }
         if (broker__parse_err(argv[3], &code) < 0) {
-            broker__errf(err, errlen, "unknown error '%s'", argv[3]);
+            io_errf(err, errlen, 0, "unknown error '%s'", argv[3]);
             return -EINVAL;
         }
         codes = malloc((size_t)v * sizeof(*codes));
         if (!codes) {
-            broker__errf(err, errlen, "out of memory");
+            io_errf(err, errlen, 0, "out of memory");
             return -ENOMEM;
         }
         for (long i = 0; i < v; i++)
@@ -454,24 +439,23 @@ int broker_fault(struct broker *b, const char *cmd, char *err, size_t errlen)
         free(codes);
     } else if (!strcmp(argv[0], "topic")) {
         if (argc != 3) {
-            broker__errf(err, errlen, "usage: topic <name> <partitions>");
+            io_errf(err, errlen, 0, "usage: topic <name> <partitions>");
             return -EINVAL;
         }
         if (broker__parse_long(argv[2], 1, BROKER_PARTITIONS_MAX, &v) < 0) {
-            broker__errf(err, errlen, "bad partition count '%s' (1..%d)",
-                         argv[2], BROKER_PARTITIONS_MAX);
+            io_errf(err, errlen, 0, "bad partition count '%s' (1..%d)", argv[2],
+                    BROKER_PARTITIONS_MAX);
             return -EINVAL;
         }
         return broker__topic_create(b, argv[1], strlen(argv[1]), (int)v, err,
                                     errlen);
     } else {
-        broker__errf(err, errlen,
-                     "unknown command '%s' (down, up, rtt, error, topic)",
-                     argv[0]);
+        io_errf(err, errlen, 0,
+                "unknown command '%s' (down, up, rtt, error, topic)", argv[0]);
         return -EINVAL;
     }
     if (rerr) {
-        broker__errf(err, errlen, "%s: %s", argv[0], rd_kafka_err2str(rerr));
+        io_errf(err, errlen, 0, "%s: %s", argv[0], rd_kafka_err2str(rerr));
         return -EIO;
     }
     return 0;

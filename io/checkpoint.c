@@ -30,10 +30,10 @@
  * parses anything, and refuses the whole file on any doubt.
  */
 #include "checkpoint.h"
+#include "errf.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,20 +73,6 @@ static uint64_t get_u64(const unsigned char *p)
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | p[i];
     return v;
-}
-
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
 }
 
 /* A buffered writer over a file descriptor that keeps the body's CRC. */
@@ -161,18 +147,18 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
             sizeof(path) ||
         (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.tmp", dir,
                          CHECKPOINT_FILE, (long)getpid()) >= sizeof(tmp))
-        return set_err(err, errlen, -ENAMETOOLONG,
+        return io_errf(err, errlen, -ENAMETOOLONG,
                        "checkpoint directory name too long");
     if (noffs > CKPT_OFFSETS_MAX)
-        return set_err(err, errlen, -E2BIG, "too many offsets (%zu)", noffs);
+        return io_errf(err, errlen, -E2BIG, "too many offsets (%zu)", noffs);
 
     w = calloc(1, sizeof(*w));
     if (!w)
-        return set_err(err, errlen, -ENOMEM, "out of memory");
+        return io_errf(err, errlen, -ENOMEM, "out of memory");
     w->crc = crc32_z(0, Z_NULL, 0);
     w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (w->fd < 0) {
-        rc = set_err(err, errlen, -errno, "%s: %s", tmp, strerror(errno));
+        rc = io_errf(err, errlen, -errno, "%s: %s", tmp, strerror(errno));
         free(w);
         return rc;
     }
@@ -180,7 +166,7 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
     /* The header is rewritten once the body's length and CRC are known. */
     memset(hdr, 0, sizeof(hdr));
     if (write(w->fd, hdr, sizeof(hdr)) != (ssize_t)sizeof(hdr)) {
-        rc = set_err(err, errlen, -EIO, "%s: short write", tmp);
+        rc = io_errf(err, errlen, -EIO, "%s: short write", tmp);
         goto out;
     }
 
@@ -194,7 +180,7 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
     for (size_t i = 0; i < noffs; i++) {
         size_t tl = strlen(offs[i].topic);
         if (tl > CKPT_TOPIC_MAX) {
-            rc = set_err(err, errlen, -ENAMETOOLONG, "topic name too long");
+            rc = io_errf(err, errlen, -ENAMETOOLONG, "topic name too long");
             goto out;
         }
         put_u32(rec, (uint32_t)tl);
@@ -208,7 +194,7 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
     if (!rc)
         rc = writer_flush(w);
     if (rc) {
-        rc = set_err(err, errlen, rc, "%s: %s", tmp, strerror(-rc));
+        rc = io_errf(err, errlen, rc, "%s: %s", tmp, strerror(-rc));
         goto out;
     }
 
@@ -218,27 +204,27 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
     put_u64(hdr + 16, w->body_len);
     put_u32(hdr + 24, (uint32_t)w->crc);
     if (pwrite(w->fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
-        rc = set_err(err, errlen, -EIO, "%s: short header write", tmp);
+        rc = io_errf(err, errlen, -EIO, "%s: short header write", tmp);
         goto out;
     }
     if (fsync(w->fd)) {
-        rc = set_err(err, errlen, -errno, "fsync %s: %s", tmp, strerror(errno));
+        rc = io_errf(err, errlen, -errno, "fsync %s: %s", tmp, strerror(errno));
         goto out;
     }
     if (close(w->fd)) {
         w->fd = -1;
-        rc = set_err(err, errlen, -errno, "close %s: %s", tmp, strerror(errno));
+        rc = io_errf(err, errlen, -errno, "close %s: %s", tmp, strerror(errno));
         goto out;
     }
     w->fd = -1;
     if (rename(tmp, path)) {
-        rc = set_err(err, errlen, -errno, "rename %s: %s", path,
+        rc = io_errf(err, errlen, -errno, "rename %s: %s", path,
                      strerror(errno));
         goto out;
     }
     rc = fsync_dir(dir);
     if (rc)
-        set_err(err, errlen, rc, "fsync %s: %s", dir, strerror(-rc));
+        io_errf(err, errlen, rc, "fsync %s: %s", dir, strerror(-rc));
 out:
     if (w->fd >= 0)
         close(w->fd);
@@ -271,17 +257,17 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
     int rc = -EBADMSG;
 
     if (len < CKPT_HEADER || memcmp(p, CKPT_MAGIC, 8))
-        return set_err(err, errlen, -EBADMSG,
+        return io_errf(err, errlen, -EBADMSG,
                        "not an nmfd checkpoint (bad magic)");
     if (get_u32(p + 8) != CKPT_VERSION)
-        return set_err(err, errlen, -EPROTO,
+        return io_errf(err, errlen, -EPROTO,
                        "checkpoint format version %u, this nmfd reads %u",
                        get_u32(p + 8), CKPT_VERSION);
     if (get_u32(p + 12) != CKPT_HEADER)
-        return set_err(err, errlen, -EBADMSG, "bad checkpoint header length");
+        return io_errf(err, errlen, -EBADMSG, "bad checkpoint header length");
     body_len = get_u64(p + 16);
     if (body_len != len - CKPT_HEADER)
-        return set_err(err, errlen, -EBADMSG,
+        return io_errf(err, errlen, -EBADMSG,
                        "checkpoint truncated or padded: body %llu bytes, "
                        "file has %zu",
                        (unsigned long long)body_len, len - CKPT_HEADER);
@@ -289,7 +275,7 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
     end = body + body_len;
     if ((uint32_t)crc32_z(crc32_z(0, Z_NULL, 0), body, (size_t)body_len) !=
         get_u32(p + 24))
-        return set_err(err, errlen, -EBADMSG,
+        return io_errf(err, errlen, -EBADMSG,
                        "checkpoint CRC mismatch (corrupt file)");
 
     p = body;
@@ -354,7 +340,7 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
     return 0;
 bad:
     checkpoint_offsets_free(offs, i);
-    return set_err(err, errlen, rc, "refusing checkpoint: %s",
+    return io_errf(err, errlen, rc, "refusing checkpoint: %s",
                    why ? why : "inconsistent");
 }
 
@@ -370,18 +356,18 @@ int checkpoint_read(const char *dir, struct checkpoint_meta *meta,
 
     if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, CHECKPOINT_FILE) >=
         sizeof(path))
-        return set_err(err, errlen, -ENAMETOOLONG,
+        return io_errf(err, errlen, -ENAMETOOLONG,
                        "checkpoint directory name too long");
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return set_err(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        return io_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
     if (fstat(fd, &st)) {
-        rc = set_err(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        rc = io_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
         goto out;
     }
     buf = malloc(st.st_size ? (size_t)st.st_size : 1);
     if (!buf) {
-        rc = set_err(err, errlen, -ENOMEM, "%s: out of memory", path);
+        rc = io_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
         goto out;
     }
     while (got < (size_t)st.st_size) {
@@ -389,7 +375,7 @@ int checkpoint_read(const char *dir, struct checkpoint_meta *meta,
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
-            rc = set_err(err, errlen, r < 0 ? -errno : -EIO, "%s: read: %s",
+            rc = io_errf(err, errlen, r < 0 ? -errno : -EIO, "%s: read: %s",
                          path, r < 0 ? strerror(errno) : "short read");
             goto out;
         }

@@ -38,6 +38,7 @@
 
 #include <jansson.h>
 
+#include "errf.h"
 #include "kafka.h"
 
 #define KAFKA_IN_BATCH_DEFAULT 1000
@@ -130,20 +131,6 @@ int kafka_errno(rd_kafka_resp_err_t err)
     }
 }
 
-static void kafka__errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void kafka__errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int kafka__conf_set(rd_kafka_conf_t *conf, const char *key,
                            const char *val, char *err, size_t errlen)
 {
@@ -151,7 +138,7 @@ static int kafka__conf_set(rd_kafka_conf_t *conf, const char *key,
 
     if (rd_kafka_conf_set(conf, key, val, errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
-        kafka__errf(err, errlen, "%s", errstr);
+        io_errf(err, errlen, 0, "%s", errstr);
         return -EINVAL;
     }
     return 0;
@@ -672,18 +659,18 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
     rd_kafka_resp_err_t rerr;
 
     if (!cbs || !cbs->on_message) {
-        kafka__errf(err, errlen, "on_message is required");
+        io_errf(err, errlen, 0, "on_message is required");
         goto fail;
     }
     len = 0;
     if (rd_kafka_conf_get(conf, "group.id", NULL, &len) != RD_KAFKA_CONF_OK ||
         len <= 1) {
-        kafka__errf(err, errlen, "group.id is required");
+        io_errf(err, errlen, 0, "group.id is required");
         goto fail;
     }
     k = calloc(1, sizeof(*k));
     if (!k) {
-        kafka__errf(err, errlen, "out of memory");
+        io_errf(err, errlen, 0, "out of memory");
         goto fail;
     }
     k->loop = loop;
@@ -694,7 +681,7 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
     k->cap = 2 * KAFKA_IN_BATCH_DEFAULT;
     k->msgs = malloc(k->cap * sizeof(*k->msgs));
     if (!k->msgs) {
-        kafka__errf(err, errlen, "out of memory");
+        io_errf(err, errlen, 0, "out of memory");
         goto fail;
     }
     len = sizeof(buf);
@@ -719,13 +706,13 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
         rd_kafka_conf_set_log_cb(conf, kafka__log_cb);
     }
     if (kafka__pipe(k->pipefd) < 0) {
-        kafka__errf(err, errlen, "pipe: %s", strerror(errno));
+        io_errf(err, errlen, 0, "pipe: %s", strerror(errno));
         goto fail;
     }
 
     k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
     if (!k->rk) {
-        kafka__errf(err, errlen, "%s", errstr);
+        io_errf(err, errlen, 0, "%s", errstr);
         goto fail;
     }
     conf = NULL;
@@ -733,7 +720,7 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
         rd_kafka_set_log_queue(k->rk, NULL);
     rerr = rd_kafka_poll_set_consumer(k->rk);
     if (rerr) {
-        kafka__errf(err, errlen, "%s", rd_kafka_err2str(rerr));
+        io_errf(err, errlen, 0, "%s", rd_kafka_err2str(rerr));
         goto fail;
     }
     k->q = rd_kafka_queue_get_consumer(k->rk);
@@ -1343,7 +1330,7 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
 
     out = calloc(1, sizeof(*out));
     if (!out) {
-        kafka__errf(err, errlen, "out of memory");
+        io_errf(err, errlen, 0, "out of memory");
         goto fail;
     }
     out->loop = loop;
@@ -1377,7 +1364,7 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
     if (transactional_id && *transactional_id) {
         out->fallback = rd_kafka_conf_dup(conf);
         if (!out->fallback) {
-            kafka__errf(err, errlen, "out of memory");
+            io_errf(err, errlen, 0, "out of memory");
             goto fail;
         }
         if (kafka__conf_set(conf, "transactional.id", transactional_id, err,
@@ -1386,12 +1373,12 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
         out->transactional = true;
     }
     if (kafka__pipe(out->pipefd) < 0) {
-        kafka__errf(err, errlen, "pipe: %s", strerror(errno));
+        io_errf(err, errlen, 0, "pipe: %s", strerror(errno));
         goto fail;
     }
     out->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     if (!out->rk) {
-        kafka__errf(err, errlen, "%s", errstr);
+        io_errf(err, errlen, 0, "%s", errstr);
         goto fail;
     }
     conf = NULL;
@@ -1406,7 +1393,7 @@ struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
     if (out->transactional) {
         out->state = KAFKA_OUT_INIT;
         if (kafka__out_job(out, KAFKA_OUT_JOB_INIT) < 0) {
-            kafka__errf(err, errlen, "cannot queue transaction init");
+            io_errf(err, errlen, 0, "cannot queue transaction init");
             rd_kafka_destroy(out->rk);
             out->rk = NULL;
             uv_close((uv_handle_t *)&out->poll, kafka__out_on_close);
