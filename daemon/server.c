@@ -1389,6 +1389,43 @@ static double gauge_restarts(void *ctx)
     return (double)st.restarts;
 }
 
+/* The model's own memory by part (model_memory), so that growth with the
+ * data tells itself apart from a leak in the process's RSS. */
+static double gauge_mem_users(void *ctx)
+{
+    struct model_memory mm;
+    model_memory(((struct server *)ctx)->model, &mm);
+    return (double)mm.users;
+}
+
+static double gauge_mem_items(void *ctx)
+{
+    struct model_memory mm;
+    model_memory(((struct server *)ctx)->model, &mm);
+    return (double)mm.items;
+}
+
+static double gauge_mem_profiles(void *ctx)
+{
+    struct model_memory mm;
+    model_memory(((struct server *)ctx)->model, &mm);
+    return (double)mm.profiles;
+}
+
+static double gauge_mem_total(void *ctx)
+{
+    struct model_memory mm;
+    model_memory(((struct server *)ctx)->model, &mm);
+    return (double)mm.total;
+}
+
+static double gauge_profile_entries(void *ctx)
+{
+    struct model_memory mm;
+    model_memory(((struct server *)ctx)->model, &mm);
+    return (double)mm.profile_entries;
+}
+
 static double gauge_ckpt_age(void *ctx)
 {
     struct server *s = ctx;
@@ -1516,6 +1553,20 @@ static void server_metrics_init(struct server *s)
                      "Events the model holds, since it began (restarts "
                      "included).",
                      NULL, gauge_model_events, s);
+    static const char mem_help[] =
+        "Bytes the model holds: users (records, h, ids), items (W, B, "
+        "ids), profiles (the pools), total (with a restart's work arrays).";
+    metrics_gauge_fn(m, "nmfd_model_bytes", mem_help, "part=\"users\"",
+                     gauge_mem_users, s);
+    metrics_gauge_fn(m, "nmfd_model_bytes", mem_help, "part=\"items\"",
+                     gauge_mem_items, s);
+    metrics_gauge_fn(m, "nmfd_model_bytes", mem_help, "part=\"profiles\"",
+                     gauge_mem_profiles, s);
+    metrics_gauge_fn(m, "nmfd_model_bytes", mem_help, "part=\"total\"",
+                     gauge_mem_total, s);
+    metrics_gauge_fn(m, "nmfd_model_profile_entries",
+                     "Profile entries (user, item) the model holds.", NULL,
+                     gauge_profile_entries, s);
     metrics_gauge_fn(m, "nmfd_consumer_lag_total",
                      "Messages behind, all partitions (-1: unknown).", NULL,
                      gauge_lag, s);

@@ -378,6 +378,16 @@ def main():
         check(abs(wf - w_good) <= 1e-3, "weight folded %r, expected %r" % (wf, w_good))
         check(m[("nmfd_model_events", "")] == n_good, "model events %r"
               % m[("nmfd_model_events", "")])
+        # The model's memory by part adds up, and holds at most one profile
+        # entry per good event.
+        mem = {lab: v for (name, lab), v in m.items() if name == "nmfd_model_bytes"}
+        parts = ['{part="users"}', '{part="items"}', '{part="profiles"}', '{part="total"}']
+        check(sorted(mem) == sorted(parts), "model bytes parts %r" % sorted(mem))
+        check(all(mem[p] > 0 for p in parts), "model bytes %r" % mem)
+        check(mem['{part="total"}'] >= mem['{part="users"}'] + mem['{part="items"}']
+              + mem['{part="profiles"}'], "model bytes total %r" % mem)
+        entries = m[("nmfd_model_profile_entries", "")]
+        check(0 < entries <= n_good, "profile entries %r for %d events" % (entries, n_good))
 
         # Dead letters: one per bad message, original key and value, the
         # first reason, the source of the original.
