@@ -19,7 +19,8 @@
  * Updates. (1) Per event: the profile is decayed lazily by
  * 2^(-(ts - t_u)/half_life), the weight added, and h_u re-solved by
  * coordinate-descent NNLS on G = W^T W and W^T v_u, warm-started from the
- * decayed old h_u (nnls.c). (2) The statistics of Mairal, Bach, Ponce &
+ * decayed old h_u, after an exact solve on the warm start's support that
+ * usually settles it (nnls_impl.h). (2) The statistics of Mairal, Bach, Ponce &
  * Sapiro ("Online learning for matrix factorization and sparse coding",
  * JMLR 2010), A = sum_u c_u h_u h_u^T and B = sum_u c_u v_u h_u^T, are kept
  * exact for the current data by replacing u's old contribution with the
