@@ -24,7 +24,8 @@
     !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) &&                   \
     !defined(NMFD_NO_CLONES)
 #define ONLINE_KERNEL                                                          \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    __attribute__((                                                            \
+        target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ONLINE_KERNEL
 #endif
