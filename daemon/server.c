@@ -145,9 +145,11 @@ struct server {
     double rate;
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
-    uint64_t refine_owed;  /* events folded not yet matched by refinement */
-    uint64_t folded_total; /* events folded since start */
-    uint64_t folded_seen;  /* folded_total at the end of the last tick */
+    uint64_t refine_owed;    /* events folded not yet matched by refinement */
+    struct model_memory mem; /* model_memory(), at most a second old */
+    uint64_t mem_ms;         /* when it was taken, 0 = never */
+    uint64_t folded_total;   /* events folded since start */
+    uint64_t folded_seen;    /* folded_total at the end of the last tick */
 
     enum publish_state pub;
     uint64_t pub_epoch;
@@ -1390,40 +1392,42 @@ static double gauge_restarts(void *ctx)
 }
 
 /* The model's own memory by part (model_memory), so that growth with the
- * data tells itself apart from a leak in the process's RSS. */
+ * data tells itself apart from a leak in the process's RSS. Counting the
+ * profile entries walks every user, so one reading serves every gauge
+ * for a second. */
+static const struct model_memory *server_memory(struct server *s)
+{
+    uint64_t now = uv_now(&s->loop);
+    if (!s->mem_ms || now - s->mem_ms >= 1000) {
+        model_memory(s->model, &s->mem);
+        s->mem_ms = now ? now : 1;
+    }
+    return &s->mem;
+}
+
 static double gauge_mem_users(void *ctx)
 {
-    struct model_memory mm;
-    model_memory(((struct server *)ctx)->model, &mm);
-    return (double)mm.users;
+    return (double)server_memory(ctx)->users;
 }
 
 static double gauge_mem_items(void *ctx)
 {
-    struct model_memory mm;
-    model_memory(((struct server *)ctx)->model, &mm);
-    return (double)mm.items;
+    return (double)server_memory(ctx)->items;
 }
 
 static double gauge_mem_profiles(void *ctx)
 {
-    struct model_memory mm;
-    model_memory(((struct server *)ctx)->model, &mm);
-    return (double)mm.profiles;
+    return (double)server_memory(ctx)->profiles;
 }
 
 static double gauge_mem_total(void *ctx)
 {
-    struct model_memory mm;
-    model_memory(((struct server *)ctx)->model, &mm);
-    return (double)mm.total;
+    return (double)server_memory(ctx)->total;
 }
 
 static double gauge_profile_entries(void *ctx)
 {
-    struct model_memory mm;
-    model_memory(((struct server *)ctx)->model, &mm);
-    return (double)mm.profile_entries;
+    return (double)server_memory(ctx)->profile_entries;
 }
 
 static double gauge_ckpt_age(void *ctx)

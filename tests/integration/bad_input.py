@@ -379,7 +379,10 @@ def main():
         check(m[("nmfd_model_events", "")] == n_good, "model events %r"
               % m[("nmfd_model_events", "")])
         # The model's memory by part adds up, and holds at most one profile
-        # entry per good event.
+        # entry per good event (the gauges are read at most once a second).
+        wait_for(lambda: (metric(d.port, "nmfd_model_profile_entries") or 0) > 0, 10,
+                 "model memory gauges")
+        m = metrics(d.port)
         mem = {lab: v for (name, lab), v in m.items() if name == "nmfd_model_bytes"}
         parts = ['{part="users"}', '{part="items"}', '{part="profiles"}', '{part="total"}']
         check(sorted(mem) == sorted(parts), "model bytes parts %r" % sorted(mem))
