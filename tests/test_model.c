@@ -671,6 +671,42 @@ Test(model, full_profile_evicts_the_weakest)
     model_free(m);
 }
 
+/* A light user's share of B is replaced at every fold, whatever the
+ * profile went through: entries decayed below the float range and
+ * dropped, the weakest evicted from a full profile under decay, events out
+ * of order. Every path must leave A and B equal to a recomputation from
+ * the stored users. */
+Test(model, light_users_share_of_b_through_every_profile_change)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 3;
+    p.half_life_ms = 1000;
+    p.profile_max = 4;
+    p.warmup_events = 200;
+    p.refresh_events = 97;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    struct trng r = {.s = 2024};
+    int64_t t = 0;
+    for (int e = 0; e < 6000; e++) {
+        /* Mostly small steps; now and then 100 s of silence, after which
+         * the weak entries of a returning user underflow and go. */
+        t += trng_below(&r, 200) == 0 ? 100000 : (int64_t)trng_below(&r, 400);
+        int64_t ts = trng_below(&r, 10) == 0 ? t - 3000 : t;
+        /* A few weights so small that any silence drops them. */
+        double w = trng_below(&r, 10) == 0 ? 1e-30 : 0.1 + 10 * trng_unif(&r);
+        cr_assert_eq(
+            fold(m, trng_below(&r, 40), trng_below(&r, 12), w, ts < 0 ? 0 : ts),
+            0);
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.events, 6000);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
 Test(model, profiles_grow_through_size_classes)
 {
     struct model *m = model_with(3, 0, 0, 0);
