@@ -1738,6 +1738,19 @@ static int server_load_state(struct server *s)
             s->ckpt_last_ms = (uint64_t)meta.written_ms;
             log_notice("checkpoint loaded: epoch %" PRIu64 ", %zu offsets",
                        meta.epoch, s->nseek);
+            if (s->opts->embedded_broker && s->nseek) {
+                /* Those offsets name positions in logs that died with the
+                 * process that hosted them: the embedded broker starts
+                 * empty, and seeking there would skip as many new events.
+                 * The model stays; the input is read from its start. */
+                log_notice("embedded broker: its logs are new, so the "
+                           "checkpoint's %zu offsets do not apply; reading "
+                           "from the start",
+                           s->nseek);
+                checkpoint_offsets_free(s->seek, s->nseek);
+                s->seek = NULL;
+                s->nseek = 0;
+            }
         }
     }
     if (!s->model) {
