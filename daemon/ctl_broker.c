@@ -1,7 +1,8 @@
 /* ctl_broker.c -- `nmfctl broker`: a standalone Kafka-protocol broker.
  *
  * Hosts librdkafka's mock cluster (io/broker) until SIGINT or SIGTERM,
- * prints its bootstrap address on stdout, optionally publishes it in a
+ * optionally behind a fixed bootstrap port (io/forward), prints its
+ * bootstrap address on stdout, optionally publishes it in a
  * file (written to a temporary name and renamed, so a reader never sees
  * half of it), and optionally reads fault commands from a control FIFO,
  * answering each on stderr. It owns the bootstrap file and a FIFO it
@@ -43,7 +44,8 @@ static void ctl_broker_usage(FILE *out)
     fprintf(out,
             "usage: nmfctl broker [--partitions N] [--topics a,b] "
             "[--brokers N]\n"
-            "                     [--bootstrap-file F] [--control FIFO]\n"
+            "                     [--port PORT] [--bootstrap-file F] "
+            "[--control FIFO]\n"
             "\n"
             "Runs a Kafka-protocol broker (librdkafka's mock cluster) on "
             "127.0.0.1 until\nSIGINT or SIGTERM and prints its bootstrap "
@@ -54,6 +56,10 @@ static void ctl_broker_usage(FILE *out)
             "  --topics a,b        topics to create (default %s)\n"
             "  --brokers N         brokers in the cluster, ids 1..N "
             "(default 1)\n"
+            "  --port PORT         a fixed bootstrap address, "
+            "127.0.0.1:PORT, relayed to the\n"
+            "                      first broker (whose own port is "
+            "random)\n"
             "  --bootstrap-file F  also write the address to F "
             "(atomically; removed on exit)\n"
             "  --control FIFO      read fault commands from FIFO (created "
@@ -176,13 +182,14 @@ int ctl_broker_main(int argc, char **argv)
         {"brokers", required_argument, NULL, 'b'},
         {"bootstrap-file", required_argument, NULL, 'f'},
         {"control", required_argument, NULL, 'c'},
+        {"port", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct ctl_broker c;
     const char *topics = CTL_BROKER_DEFAULT_TOPICS;
     const char *bootfile = NULL, *control = NULL;
-    long partitions = 4, nbrokers = 1;
+    long partitions = 4, nbrokers = 1, port = 0;
     bool fifo_made = false, boot_written = false, loop_ok = false;
     char err[256], *end;
     int opt, rc = 1, r, fd = -1;
@@ -209,6 +216,15 @@ int ctl_broker_main(int argc, char **argv)
                 nbrokers = v;
             break;
         }
+        case 'P':
+            errno = 0;
+            port = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || port < 1 || port > 65535) {
+                fprintf(stderr, "nmfctl broker: bad --port '%s' (1..65535)\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 't':
             topics = optarg;
             break;
@@ -239,6 +255,11 @@ int ctl_broker_main(int argc, char **argv)
         fprintf(stderr, "nmfctl broker: %s\n", err);
         /* Bad topic names and counts are usage errors. */
         return 2;
+    }
+    if (port && (r = broker_listen(c.b, (int)port, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nmfctl broker: --port: %s\n", err);
+        broker_free(c.b);
+        return 1;
     }
 
     if ((r = uv_loop_init(&c.loop)) < 0) {

@@ -32,6 +32,11 @@ static void usage(FILE *out)
             "      --embedded-partitions N\n"
             "                         partitions of its input topics "
             "(default 4)\n"
+            "      --embedded-port PORT\n"
+            "                         a fixed bootstrap address, "
+            "127.0.0.1:PORT, relayed to\n"
+            "                         the broker (whose own port is "
+            "random)\n"
             "      --ignore-checkpoint\n"
             "                         start a fresh model even if "
             "checkpoint.dir holds one\n"
@@ -48,12 +53,20 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_EMBEDDED = 256, OPT_PARTS, OPT_CHECK, OPT_DUMP, OPT_IGNORE };
+    enum {
+        OPT_EMBEDDED = 256,
+        OPT_PARTS,
+        OPT_PORT,
+        OPT_CHECK,
+        OPT_DUMP,
+        OPT_IGNORE
+    };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"set", required_argument, NULL, 's'},
         {"embedded-broker", no_argument, NULL, OPT_EMBEDDED},
         {"embedded-partitions", required_argument, NULL, OPT_PARTS},
+        {"embedded-port", required_argument, NULL, OPT_PORT},
         {"ignore-checkpoint", no_argument, NULL, OPT_IGNORE},
         {"check-config", no_argument, NULL, OPT_CHECK},
         {"dump-config", no_argument, NULL, OPT_DUMP},
@@ -90,6 +103,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_PORT: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < 1 || v > 65535) {
+                fprintf(stderr, "nmfd: --embedded-port: 1..65535\n");
+                free(sets);
+                return 2;
+            }
+            o.embedded_port = (int)v;
+            break;
+        }
         case OPT_IGNORE:
             o.ignore_checkpoint = true;
             break;
@@ -112,6 +136,12 @@ int main(int argc, char **argv)
             free(sets);
             return 2;
         }
+    }
+    if ((o.embedded_port || o.embedded_partitions) && !o.embedded_broker) {
+        fprintf(stderr, "nmfd: --embedded-%s needs --embedded-broker\n",
+                o.embedded_port ? "port" : "partitions");
+        free(sets);
+        return 2;
     }
     if (optind < argc) {
         fprintf(stderr, "nmfd: unexpected argument '%s'\n", argv[optind]);

@@ -15,7 +15,7 @@ static const struct {
 } commands[] = {
     {"broker", ctl_broker_main,
      "[--partitions N] [--topics a,b] [--bootstrap-file F] [--brokers N] "
-     "[--control FIFO]"},
+     "[--port PORT] [--control FIFO]"},
     {"produce", ctl_produce_main,
      "--brokers B --topic T [--format msgpack|json] [--rate EV/S] "
      "[--batch N] [-X key=value]... FILE.csv|-"},

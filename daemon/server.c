@@ -1880,6 +1880,12 @@ static int server_start(struct server *s)
             log_err("embedded broker: %s", err);
             return -EIO;
         }
+        if (s->opts->embedded_port &&
+            broker_listen(s->broker, s->opts->embedded_port, err, sizeof(err)) <
+                0) {
+            log_err("embedded broker: --embedded-port: %s", err);
+            return -EADDRINUSE;
+        }
         /* Records of one epoch in order: one partition. */
         broker_topic_create(s->broker, c->snapshot.topic_topics, 1);
         broker_topic_create(s->broker, c->snapshot.topic_manifest, 1);

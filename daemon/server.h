@@ -14,6 +14,7 @@ struct server_opts {
     size_t nsets;
     bool embedded_broker;    /* host a Kafka-protocol broker in-process */
     int embedded_partitions; /* partitions of the input topics there */
+    int embedded_port;       /* its fixed bootstrap port, 0 for none */
     bool ignore_checkpoint;  /* start fresh on purpose */
 };
 

@@ -22,6 +22,7 @@
 
 #include "broker.h"
 #include "errf.h"
+#include "forward.h"
 
 #define BROKER_MAX            16
 #define BROKER_PARTITIONS_MAX 10000
@@ -32,6 +33,7 @@ struct broker {
     rd_kafka_mock_cluster_t *mc;
     int nbrokers;
     char *bootstraps;
+    struct forward *fwd; /* the fixed port, if one was asked for */
 };
 
 /* Kafka's own rule for topic names: 1..249 of [a-zA-Z0-9._-], not "." or
@@ -206,6 +208,7 @@ void broker_free(struct broker *b)
 {
     if (!b)
         return;
+    forward_free(b->fwd); /* no new client reaches a dying cluster */
     if (b->mc)
         rd_kafka_mock_cluster_destroy(b->mc);
     if (b->rk)
@@ -223,6 +226,36 @@ void broker_destroy(struct broker **b)
 const char *broker_bootstraps(const struct broker *b)
 {
     return b->bootstraps;
+}
+
+int broker_listen(struct broker *b, int port, char *err, size_t errlen)
+{
+    char addr[32];
+    if (b->fwd)
+        return io_errf(err, errlen, -EEXIST, "a fixed port is set already");
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    char *bs = strdup(addr);
+    if (!bs)
+        return io_errf(err, errlen, -ENOMEM, "out of memory");
+    /* Relayed to the first broker; the others are reached by the address
+     * the metadata gives. */
+    char first[64];
+    size_t n = strcspn(b->bootstraps, ",");
+    if (n >= sizeof(first)) {
+        free(bs);
+        return io_errf(err, errlen, -EINVAL, "bootstrap %s: too long",
+                       b->bootstraps);
+    }
+    memcpy(first, b->bootstraps, n);
+    first[n] = '\0';
+    b->fwd = forward_new(port, first, err, errlen);
+    if (!b->fwd) {
+        free(bs);
+        return -EADDRINUSE;
+    }
+    free(b->bootstraps);
+    b->bootstraps = bs;
+    return 0;
 }
 
 int broker_count(const struct broker *b)

@@ -19,8 +19,17 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
 void broker_free(struct broker *b);
 void broker_destroy(struct broker **b);
 
-/* "127.0.0.1:PORT[,127.0.0.1:PORT...]", valid until broker_free(). */
+/* "127.0.0.1:PORT[,127.0.0.1:PORT...]", valid until broker_free() or
+ * broker_listen(). */
 const char *broker_bootstraps(const struct broker *b);
+
+/* A fixed bootstrap address: listens on 127.0.0.1:port (1..65535) and
+ * relays every connection to the first broker (io/forward), whose own port
+ * is random; broker_bootstraps() then gives "127.0.0.1:port". Clients
+ * bootstrap there and reach the brokers at the addresses the metadata
+ * names. 0, or a negative errno (-EADDRINUSE for a port that could not be
+ * taken) with a message in err. */
+int broker_listen(struct broker *b, int port, char *err, size_t errlen);
 int broker_count(const struct broker *b);
 
 /* Creates a topic. -EINVAL bad name or partition count, -EEXIST the topic

@@ -1,0 +1,24 @@
+/* forward.h -- a loopback TCP forwarder on a thread of its own: listens on
+ * 127.0.0.1:port and relays every connection, byte for byte, to one target
+ * address. It gives the embedded broker, whose ports are random, a fixed
+ * bootstrap address. */
+#ifndef NMFD_IO_FORWARD_H
+#define NMFD_IO_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct forward;
+
+/* Listens on 127.0.0.1:port (1..65535) and relays to target, an IPv4
+ * "ADDRESS:PORT". The listening socket is bound before this returns, so a
+ * port in use is reported here: NULL and a message in err. */
+struct forward *forward_new(int port, const char *target, char *err,
+                            size_t errlen);
+/* Stops listening, closes every relayed connection, joins the thread. */
+void forward_free(struct forward *f);
+
+/* Connections accepted since the start. */
+uint64_t forward_accepted(const struct forward *f);
+
+#endif
