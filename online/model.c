@@ -204,9 +204,9 @@ void model_free(struct model *m)
     ids_free(m->uids);
     ids_free(m->iids);
     free(m->u);
-    free(m->H);
-    free(m->W);
-    free(m->B);
+    free(m->Hraw);
+    free(m->Wraw);
+    free(m->Braw);
     free(m->item_t);
     free(m->A);
     free(m->G);
@@ -232,18 +232,24 @@ const struct model_params *model_params(const struct model *m)
     return &m->p;
 }
 
-/* Grows a 64-byte aligned array (rows of W, B and H then start on cache
- * lines: one line per W or H row at k = 16, two per B row). */
-static int model_grow_aligned(void **p, size_t old_bytes, size_t new_bytes)
+/* Grows a 64-byte aligned array *p lying in the allocation *raw (rows of
+ * W, B and H then start on cache lines: one line per W or H row at
+ * k = 16, two per B row). By realloc, not a fresh aligned block and a
+ * copy: a large block then moves by remapping its pages, so growth copies
+ * nothing and touches no new page before it is used; only if the new
+ * block sits at another offset from a line are the contents moved. */
+static int model_grow_aligned(void **raw, void **p, size_t old_bytes,
+                              size_t new_bytes)
 {
-    size_t n = (new_bytes + 63) & ~(size_t)63;
-    void *q = aligned_alloc(64, n ? n : 64);
-    if (!q)
+    size_t old_off = *raw ? (size_t)((char *)*p - (char *)*raw) : 0;
+    char *r = realloc(*raw, new_bytes + 64);
+    if (!r)
         return -ENOMEM;
-    if (old_bytes)
-        memcpy(q, *p, old_bytes);
-    free(*p);
-    *p = q;
+    char *a = (char *)(((uintptr_t)r + 63) & ~(uintptr_t)63);
+    if (old_bytes && (size_t)(a - r) != old_off)
+        memmove(a, r + old_off, old_bytes);
+    *raw = r;
+    *p = a;
     return 0;
 }
 
@@ -266,7 +272,7 @@ int model__users_grow(struct model *m, uint32_t need)
     if (!u)
         return -ENOMEM;
     m->u = u;
-    if (model_grow_aligned((void **)&m->H,
+    if (model_grow_aligned(&m->Hraw, (void **)&m->H,
                            (size_t)m->ucap * m->k * sizeof(float),
                            (size_t)cap * m->k * sizeof(float)))
         return -ENOMEM;
@@ -281,10 +287,10 @@ int model__items_grow(struct model *m, uint32_t need)
     uint32_t cap = model_grow_cap(m->icap, need);
     if (cap < need)
         return -ENOMEM;
-    if (model_grow_aligned((void **)&m->W,
+    if (model_grow_aligned(&m->Wraw, (void **)&m->W,
                            (size_t)m->icap * m->k * sizeof(float),
                            (size_t)cap * m->k * sizeof(float)) ||
-        model_grow_aligned((void **)&m->B,
+        model_grow_aligned(&m->Braw, (void **)&m->B,
                            (size_t)m->icap * m->k * sizeof(double),
                            (size_t)cap * m->k * sizeof(double)))
         return -ENOMEM;

@@ -82,9 +82,10 @@ struct model {
     struct model_user *u; /* ucap users */
     float *H;             /* ucap x k; true h_u[j] = H[u][j] * hs[j] */
     uint32_t ucap;
-    float *W;        /* icap x k, row-major */
-    double *B;       /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
-    int64_t *item_t; /* latest event time per item */
+    float *W;  /* icap x k, row-major */
+    double *B; /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
+    void *Hraw, *Wraw, *Braw; /* the allocations H, W and B lie in */
+    int64_t *item_t;          /* latest event time per item */
     uint32_t icap;
     double *A;    /* k x k, true A = A * scale */
     double *G;    /* k x k, W^T W */
