@@ -6,6 +6,8 @@
  * order, and computes Gram matrices of W. It owns nothing and allocates
  * nothing; it must never touch users or the statistics themselves.
  */
+#include <string.h>
+
 #include "hals.h"
 #include "model.h"
 #include "simd.h"
@@ -81,38 +83,144 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
             colsq[j] += sq[j];
 }
 
-/* G += W^T W, accumulated in double four rows at a time (four outer
- * products per update of G, no branches), after scaling each row's
- * columns when asked (the unit-norm reparametrisation). */
+/*
+ * G += W^T W (G_jl = sum_i W_ij W_il), after scaling each row's columns
+ * when asked (the unit-norm reparametrisation). W is float, G double.
+ * Blocked so that the arithmetic, not G's loads and stores, sets the
+ * pace: a chunk of rows goes to a double buffer once (scaled and stored
+ * back on the way), then for each band of HALS_GRAM_J rows of G the whole
+ * chunk is accumulated in registers (HALS_GRAM_J x k doubles: 8 AVX-512
+ * registers at k = 16) and added to G once per chunk. Columns past k up
+ * to a multiple of HALS_GRAM_J are zero in the buffer, so every band is
+ * full. At k = 16, 1 M rows: 32 ms before this blocking (four rows per
+ * update of all of G), see docs/benchmarks.md for after.
+ */
+#define HALS_GRAM_J   4
+#define HALS_GRAM_BUF 4096 /* doubles: 32 KiB, within L1 */
+
+/* The bands of G for a chunk of nr buffered rows (kp doubles each):
+ * any k. */
+static inline __attribute__((always_inline)) void
+hals_gram_bands(const uint32_t k, const uint32_t kp, const double *buf,
+                size_t nr, double *restrict G)
+{
+    for (uint32_t j0 = 0; j0 < kp; j0 += HALS_GRAM_J) {
+        double acc[HALS_GRAM_J][MODEL_K_MAX];
+        for (uint32_t q = 0; q < HALS_GRAM_J; q++)
+            for (uint32_t l = 0; l < k; l++)
+                acc[q][l] = 0;
+        for (size_t x = 0; x < nr; x++) {
+            const double *restrict bx = buf + x * kp;
+            for (uint32_t q = 0; q < HALS_GRAM_J; q++) {
+                double a = bx[j0 + q];
+                for (uint32_t l = 0; l < k; l++)
+                    acc[q][l] += a * bx[l];
+            }
+        }
+        for (uint32_t q = 0; q < HALS_GRAM_J && j0 + q < k; q++) {
+            double *restrict gj = G + (size_t)(j0 + q) * k;
+            for (uint32_t l = 0; l < k; l++)
+                gj[l] += acc[q][l];
+        }
+    }
+}
+
+/* The same for k = 8, 16 or 32 (a constant here), with the band's
+ * accumulators as vectors of 8 doubles that stay in registers. */
+typedef double hals_v8d __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) void
+hals_gram_bands_v(const uint32_t k, const uint32_t kp, const double *buf,
+                  size_t nr, double *restrict G)
+{
+    const uint32_t nv = kp / 8;
+    for (uint32_t j0 = 0; j0 < k; j0 += HALS_GRAM_J) {
+        hals_v8d acc[HALS_GRAM_J][4] = {{{0}}};
+        for (size_t x = 0; x < nr; x++) {
+            const double *restrict bx = buf + x * kp;
+            hals_v8d row[4];
+#pragma GCC unroll 4
+            for (uint32_t v = 0; v < nv; v++)
+                memcpy(&row[v], bx + 8 * v, sizeof(row[v]));
+#pragma GCC unroll 4
+            for (uint32_t q = 0; q < HALS_GRAM_J; q++) {
+                double a = bx[j0 + q];
+#pragma GCC unroll 4
+                for (uint32_t v = 0; v < nv; v++)
+                    acc[q][v] += a * row[v];
+            }
+        }
+        for (uint32_t q = 0; q < HALS_GRAM_J && j0 + q < k; q++) {
+            double *restrict gj = G + (size_t)(j0 + q) * k;
+            if (k == kp) {
+#pragma GCC unroll 4
+                for (uint32_t v = 0; v < nv; v++) {
+                    hals_v8d g;
+                    memcpy(&g, gj + 8 * v, sizeof(g));
+                    g += acc[q][v];
+                    memcpy(gj + 8 * v, &g, sizeof(g));
+                }
+            } else {
+                double a[32];
+                memcpy(a, acc[q], sizeof(a));
+                for (uint32_t l = 0; l < k; l++)
+                    gj[l] += a[l];
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+hals_gram_k(const uint32_t k, size_t rows, float *restrict W,
+            const double *restrict scale, double *restrict G)
+{
+    /* Row stride of the buffer: k rounded up to whole vectors of 8 up to
+     * k = 32 (the vector bands), to whole bands beyond. */
+    const uint32_t kp = k <= 32
+                            ? (k + 7) / 8 * 8
+                            : (k + HALS_GRAM_J - 1) / HALS_GRAM_J * HALS_GRAM_J;
+    const size_t chunk = HALS_GRAM_BUF / kp;
+    double buf[HALS_GRAM_BUF] __attribute__((aligned(64)));
+    for (size_t i0 = 0; i0 < rows; i0 += chunk) {
+        size_t nr = rows - i0 < chunk ? rows - i0 : chunk;
+        for (size_t x = 0; x < nr; x++) {
+            float *restrict wi = W + (i0 + x) * k;
+            double *restrict bx = buf + x * kp;
+            if (scale) {
+                for (uint32_t j = 0; j < k; j++) {
+                    float f = (float)((double)wi[j] * scale[j]);
+                    wi[j] = f;
+                    bx[j] = f;
+                }
+            } else {
+                for (uint32_t j = 0; j < k; j++)
+                    bx[j] = wi[j];
+            }
+            for (uint32_t j = k; j < kp; j++)
+                bx[j] = 0;
+        }
+        if (k <= 32)
+            hals_gram_bands_v(k, kp, buf, nr, G);
+        else
+            hals_gram_bands(k, kp, buf, nr, G);
+    }
+}
+
 ONLINE_KERNEL
 void hals_gram(uint32_t k, size_t rows, float *restrict W,
                const double *restrict scale, double *restrict G)
 {
-    double w[4][MODEL_K_MAX];
-    for (size_t i0 = 0; i0 < rows; i0 += 4) {
-        size_t nr = rows - i0 < 4 ? rows - i0 : 4;
-        for (size_t x = 0; x < 4; x++) {
-            float *restrict wi = W + (i0 + (x < nr ? x : 0)) * k;
-            for (uint32_t j = 0; j < k; j++) {
-                double v = 0;
-                if (x < nr) {
-                    if (scale) {
-                        float f = (float)((double)wi[j] * scale[j]);
-                        wi[j] = f;
-                        v = f;
-                    } else {
-                        v = wi[j];
-                    }
-                }
-                w[x][j] = v;
-            }
-        }
-        for (uint32_t j = 0; j < k; j++) {
-            double a0 = w[0][j], a1 = w[1][j], a2 = w[2][j], a3 = w[3][j];
-            double *restrict gj = G + (size_t)j * k;
-            for (uint32_t l = 0; l < k; l++)
-                gj[l] +=
-                    a0 * w[0][l] + a1 * w[1][l] + a2 * w[2][l] + a3 * w[3][l];
-        }
+    switch (k) {
+    case 8:
+        hals_gram_k(8, rows, W, scale, G);
+        break;
+    case 16:
+        hals_gram_k(16, rows, W, scale, G);
+        break;
+    case 32:
+        hals_gram_k(32, rows, W, scale, G);
+        break;
+    default:
+        hals_gram_k(k, rows, W, scale, G);
+        break;
     }
 }
