@@ -8,16 +8,13 @@
 #include <string.h>
 
 #include "hals.h"
+#include "rng.h"
 
 static uint64_t seed_state = 7;
 
 static double unif(void)
 {
-    uint64_t z = (seed_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-53;
+    return (double)(rng_splitmix64(&seed_state) >> 11) * 0x1.0p-53;
 }
 
 static float *random_w(uint32_t k, size_t rows)

@@ -11,6 +11,7 @@
 
 #include "model.h"
 #include "model_impl.h"
+#include "rng.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -20,10 +21,7 @@ struct trng {
 
 static uint64_t trng_next(struct trng *r)
 {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return rng_splitmix64(&r->s);
 }
 
 static double trng_unif(struct trng *r)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "nnls.h"
+#include "rng.h"
 
 #define KM 8
 
@@ -13,11 +14,7 @@ static uint64_t seed_state;
 
 static double unif(void)
 {
-    uint64_t z = (seed_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-53;
+    return (double)(rng_splitmix64(&seed_state) >> 11) * 0x1.0p-53;
 }
 
 /* G = W^T W and b = W^T v for a random non-negative W (rows x k) and v. */
