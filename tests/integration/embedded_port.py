@@ -10,11 +10,9 @@ import socket
 import subprocess
 import sys
 
-from confluent_kafka import Consumer, TopicPartition
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (BIN, DATA, KAFKA_TEST_SETS, Procs, check, fail,  # noqa
-                     folded_all, metric, stop, wait_for)
+from harness import (BIN, DATA, KAFKA_TEST_SETS, Procs, check,  # noqa
+                     folded_all, metric, read_topic_all, stop, wait_for)
 
 NMFCTL = os.path.join(BIN, "nmfctl")
 NMFD = os.path.join(BIN, "nmfd")
@@ -62,26 +60,7 @@ def standalone_broker(ps):
                       for e in src).encode()
     r = run(["kcat", "-b", want, "-P", "-t", "jev", "-K", "\t"], input=payload)
     check(r.returncode == 0, "kcat produce: %s" % r.stderr.decode())
-    c = Consumer({"bootstrap.servers": want, "group.id": "it-port",
-                  "enable.auto.commit": False, "enable.partition.eof": True,
-                  "fetch.wait.max.ms": 10})
-    parts = sorted(c.list_topics("jev", timeout=10).topics["jev"].partitions)
-    c.assign([TopicPartition("jev", p, 0) for p in parts])
-    got, eof = [], set()
-    import time
-    deadline = time.time() + 30
-    while time.time() < deadline and (len(got) < len(src) or
-                                      len(eof) < len(parts)):
-        m = c.poll(0.2)
-        if m is None:
-            continue
-        if m.error():
-            if m.error().code() == -191:  # _PARTITION_EOF
-                eof.add(m.partition())
-                continue
-            fail("consume: %s" % m.error())
-        got.append(json.loads(m.value()))
-    c.close()
+    got = [json.loads(m.value()) for m in read_topic_all(want, "jev")]
     key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
     check(sorted(map(key, got)) == sorted(map(key, src)),
           "read %d of %d events back through the fixed port"
