@@ -1881,10 +1881,10 @@ static int server_start(struct server *s)
             return -EIO;
         }
         if (s->opts->embedded_port &&
-            broker_listen(s->broker, s->opts->embedded_port, err, sizeof(err)) <
-                0) {
+            (rc = broker_listen(s->broker, s->opts->embedded_port, err,
+                                sizeof(err))) < 0) {
             log_err("embedded broker: --embedded-port: %s", err);
-            return -EADDRINUSE;
+            return rc;
         }
         /* Records of one epoch in order: one partition. */
         broker_topic_create(s->broker, c->snapshot.topic_topics, 1);

@@ -248,10 +248,10 @@ int broker_listen(struct broker *b, int port, char *err, size_t errlen)
     }
     memcpy(first, b->bootstraps, n);
     first[n] = '\0';
-    b->fwd = forward_new(port, first, err, errlen);
-    if (!b->fwd) {
+    int rc = forward_new(&b->fwd, port, first, err, errlen);
+    if (rc) {
         free(bs);
-        return -EADDRINUSE;
+        return rc;
     }
     free(b->bootstraps);
     b->bootstraps = bs;

@@ -27,8 +27,8 @@ const char *broker_bootstraps(const struct broker *b);
  * relays every connection to the first broker (io/forward), whose own port
  * is random; broker_bootstraps() then gives "127.0.0.1:port". Clients
  * bootstrap there and reach the brokers at the addresses the metadata
- * names. 0, or a negative errno (-EADDRINUSE for a port that could not be
- * taken) with a message in err. */
+ * names. 0, or forward_new()'s negative errno (-EADDRINUSE for a port that
+ * is taken) with a message in err. */
 int broker_listen(struct broker *b, int port, char *err, size_t errlen);
 int broker_count(const struct broker *b);
 

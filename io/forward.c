@@ -237,39 +237,32 @@ static void forward_run(void *arg)
     uv_run(&f->loop, UV_RUN_DEFAULT);
 }
 
-struct forward *forward_new(int port, const char *target, char *err,
-                            size_t errlen)
+int forward_new(struct forward **out, int port, const char *target, char *err,
+                size_t errlen)
 {
     char host[64];
     int tport = 0, rc;
-    if (port < 1 || port > 65535) {
-        io_errf(err, errlen, -EINVAL, "port %d: not in 1..65535", port);
-        return NULL;
-    }
+    if (port < 1 || port > 65535)
+        return io_errf(err, errlen, -EINVAL, "port %d: not in 1..65535", port);
     const char *colon = target ? strrchr(target, ':') : NULL;
     if (!colon || (size_t)(colon - target) >= sizeof(host) ||
-        sscanf(colon + 1, "%d", &tport) != 1 || tport < 1 || tport > 65535) {
-        io_errf(err, errlen, -EINVAL, "target %s: not ADDRESS:PORT",
-                target ? target : "(none)");
-        return NULL;
-    }
+        sscanf(colon + 1, "%d", &tport) != 1 || tport < 1 || tport > 65535)
+        return io_errf(err, errlen, -EINVAL, "target %s: not ADDRESS:PORT",
+                       target ? target : "(none)");
     memcpy(host, target, (size_t)(colon - target));
     host[colon - target] = '\0';
 
     struct forward *f = calloc(1, sizeof(*f));
-    if (!f) {
-        io_errf(err, errlen, -ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!f)
+        return io_errf(err, errlen, -ENOMEM, "out of memory");
     if ((rc = uv_ip4_addr(host, tport, &f->target))) {
-        io_errf(err, errlen, rc, "target %s: %s", target, uv_strerror(rc));
         free(f);
-        return NULL;
+        return io_errf(err, errlen, rc, "target %s: %s", target,
+                       uv_strerror(rc));
     }
     if ((rc = uv_loop_init(&f->loop))) {
-        io_errf(err, errlen, rc, "event loop: %s", uv_strerror(rc));
         free(f);
-        return NULL;
+        return io_errf(err, errlen, rc, "event loop: %s", uv_strerror(rc));
     }
     struct sockaddr_in addr;
     uv_ip4_addr("127.0.0.1", port, &addr);
@@ -281,15 +274,16 @@ struct forward *forward_new(int port, const char *target, char *err,
         (rc = uv_listen((uv_stream_t *)&f->listener, FORWARD_BACKLOG,
                         forward_accept)) ||
         (rc = uv_thread_create(&f->thread, forward_run, f))) {
-        io_errf(err, errlen, rc, "127.0.0.1:%d: %s", port, uv_strerror(rc));
         uv_close((uv_handle_t *)&f->listener, NULL);
         uv_close((uv_handle_t *)&f->stop, NULL);
         uv_run(&f->loop, UV_RUN_DEFAULT);
         uv_loop_close(&f->loop);
         free(f);
-        return NULL;
+        return io_errf(err, errlen, rc, "127.0.0.1:%d: %s", port,
+                       uv_strerror(rc));
     }
-    return f;
+    *out = f;
+    return 0;
 }
 
 void forward_free(struct forward *f)

@@ -11,10 +11,11 @@
 struct forward;
 
 /* Listens on 127.0.0.1:port (1..65535) and relays to target, an IPv4
- * "ADDRESS:PORT". The listening socket is bound before this returns, so a
- * port in use is reported here: NULL and a message in err. */
-struct forward *forward_new(int port, const char *target, char *err,
-                            size_t errlen);
+ * "ADDRESS:PORT"; the forwarder goes to *out. The listening socket is bound
+ * before this returns, so a port in use is reported here: 0, or a negative
+ * errno (-EADDRINUSE, -EINVAL, -ENOMEM, ...) with a message in err. */
+int forward_new(struct forward **out, int port, const char *target, char *err,
+                size_t errlen);
 /* Stops listening, closes every relayed connection, joins the thread. */
 void forward_free(struct forward *f);
 
