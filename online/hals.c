@@ -90,16 +90,17 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
  * pace: a chunk of rows goes to a double buffer once (scaled and stored
  * back on the way), then for each band of HALS_GRAM_J rows of G the whole
  * chunk is accumulated in registers (HALS_GRAM_J x k doubles: 8 AVX-512
- * registers at k = 16) and added to G once per chunk. Columns past k up
- * to a multiple of HALS_GRAM_J are zero in the buffer, so every band is
- * full. At k = 16, 1 M rows: 32 ms before this blocking (four rows per
- * update of all of G), see docs/benchmarks.md for after.
+ * registers at k = 16) and added to G once per chunk. A buffered row is
+ * padded with zeros to kp columns (whole vectors of 8 for k <= 32, whole
+ * bands beyond), so every band and every vector is full. At k = 16, 1 M
+ * rows: 32 ms before this blocking (four rows per update of all of G),
+ * 12.6 ms after (docs/benchmarks.md).
  */
 #define HALS_GRAM_J   4
 #define HALS_GRAM_BUF 4096 /* doubles: 32 KiB, within L1 */
 
-/* The bands of G for a chunk of nr buffered rows (kp doubles each):
- * any k. */
+/* The bands of G for a chunk of nr buffered rows (kp doubles each), in
+ * scalar loops: k > 32. */
 static inline __attribute__((always_inline)) void
 hals_gram_bands(const uint32_t k, const uint32_t kp, const double *buf,
                 size_t nr, double *restrict G)
@@ -125,8 +126,9 @@ hals_gram_bands(const uint32_t k, const uint32_t kp, const double *buf,
     }
 }
 
-/* The same for k = 8, 16 or 32 (a constant here), with the band's
- * accumulators as vectors of 8 doubles that stay in registers. */
+/* The same for k <= 32 with the band's accumulators as vectors of 8
+ * doubles that stay in registers (kp a multiple of 8; k a constant when
+ * inlined for 8, 16 or 32). */
 typedef double hals_v8d __attribute__((vector_size(64)));
 static inline __attribute__((always_inline)) void
 hals_gram_bands_v(const uint32_t k, const uint32_t kp, const double *buf,
