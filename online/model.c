@@ -474,22 +474,62 @@ MODEL_KI void model_wtv_k(const struct model *m, const struct model_user *us,
 
 static void model_rebuild(struct model *m);
 
-/* Segment (first largest entry), share of it and sum of h. */
-MODEL_KI uint32_t model_h_summary(const uint32_t k, const float *h,
+/* Bit j % 32 of mask[j / 32] set where a_j or b_j is non-zero (vector
+ * compares when k is a constant; see nnls_impl.h on the word size). */
+MODEL_KI void model_mask_nz2(const uint32_t k, const double *restrict a,
+                             const double *restrict b, uint32_t *restrict mask)
+{
+    for (uint32_t w = 0; 32 * w < k; w++) {
+        const uint32_t n = k - 32 * w < 32 ? k - 32 * w : 32;
+        const double *restrict aw = a + 32 * w, *restrict bw = b + 32 * w;
+        uint32_t bits = 0;
+        for (uint32_t j = 0; j < n; j++)
+            bits |= (uint32_t)((aw[j] != 0) | (bw[j] != 0)) << j;
+        mask[w] = bits;
+    }
+}
+
+/* Segment (first largest entry), share of it and sum of h, for h >= 0
+ * and not NaN (every stored h): such floats order as their bit patterns,
+ * so the largest is an integer maximum, and the sum runs in eight lanes
+ * added pairwise at the end; with k a constant all of it is vector code. */
+MODEL_KI uint32_t model_h_summary(const uint32_t k, const float *restrict h,
                                   double *share, double *sum)
 {
-    uint32_t seg = 0;
-    float top = h[0];
-    double s = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        s += h[j];
-        if (h[j] > top) {
-            top = h[j];
-            seg = j;
+    double lane[8] = {0};
+    uint32_t top = 0, j = 0;
+    for (; j + 8 <= k; j += 8) {
+        for (uint32_t l = 0; l < 8; l++) {
+            uint32_t x;
+            memcpy(&x, h + j + l, sizeof(x));
+            top = x > top ? x : top;
+            lane[l] += h[j + l];
         }
     }
+    for (; j < k; j++) {
+        uint32_t x;
+        memcpy(&x, h + j, sizeof(x));
+        top = x > top ? x : top;
+        lane[j % 8] += h[j];
+    }
+    uint32_t seg = 0;
+    for (uint32_t w = 0; 32 * w < k; w++) {
+        const uint32_t n = k - 32 * w < 32 ? k - 32 * w : 32;
+        uint32_t eq = 0;
+        for (uint32_t l = 0; l < n; l++) {
+            uint32_t x;
+            memcpy(&x, h + 32 * w + l, sizeof(x));
+            eq |= (uint32_t)(x == top) << l;
+        }
+        if (eq) {
+            seg = 32 * w + (uint32_t)__builtin_ctz(eq);
+            break;
+        }
+    }
+    double s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) +
+               ((lane[1] + lane[5]) + (lane[3] + lane[7]));
     *sum = s;
-    *share = s > 0 ? top / s : 0;
+    *share = s > 0 ? h[seg] / s : 0;
     return seg;
 }
 
@@ -701,20 +741,31 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             h[j] = 0;
     }
     /* Stored as float in H's scale; he, the true h the model keeps from
-     * now on, is exactly what later reads of H will give. */
+     * now on, is exactly what later reads of H will give. Clamped to
+     * [FLT_MIN, MODEL_H_MAX] or +0 (NaN gives +0) by a minimum and a
+     * mask of the bits, which vectorise; written as conditionals, the
+     * loop kept a branch per coordinate. */
     for (uint32_t j = 0; j < k; j++) {
         float x = (float)(h[j] * hsi[j]);
-        hf[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
-        he[j] = (double)hf[j] * hs[j];
+        float y = x < MODEL_H_MAX ? x : MODEL_H_MAX;
+        uint32_t bits;
+        memcpy(&bits, &y, sizeof(bits));
+        bits &= -(uint32_t)(x >= FLT_MIN);
+        memcpy(&y, &bits, sizeof(y));
+        hf[j] = y;
+        he[j] = (double)y * hs[j];
     }
 
-    /* The coordinates where the new or the old h is non-zero, gathered
-     * without branches: the sums below run over them only (the other
-     * terms are exact zeros, so the sums are those over all k). */
+    /* The coordinates where the new or the old h is non-zero, from one
+     * vector compare of each: the sums below run over them only (the
+     * other terms are exact zeros, so the sums are those over all k). */
     uint32_t nz[MODEL_K_MAX], nn = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        nz[nn] = j;
-        nn += (he[j] != 0) | (ho[j] != 0);
+    {
+        uint32_t mask[NNLS_MASK_WORDS];
+        model_mask_nz2(k, he, ho, mask);
+        for (uint32_t w = 0; 32 * w < k; w++)
+            for (uint32_t bits = mask[w]; bits; bits &= bits - 1)
+                nz[nn++] = 32 * w + (uint32_t)__builtin_ctz(bits);
     }
     /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
      * sum of columns (vector operations, no long reduction chain). */
@@ -1644,15 +1695,9 @@ int model_user_get(const struct model *m, uint32_t idx,
         h[j] = (float)((double)hu[j] * m->hs[j]);
     v->id = ids_get(m->uids, idx, &v->id_len);
     v->h = h;
-    uint32_t seg = 0;
-    double sum = 0;
-    for (uint32_t j = 0; j < m->k; j++) {
-        sum += h[j];
-        if (h[j] > h[seg])
-            seg = j;
-    }
-    v->segment = seg;
-    v->share = sum > 0 ? (float)(h[seg] / sum) : 0;
+    double share, sum;
+    v->segment = model_h_summary(m->k, h, &share, &sum);
+    v->share = (float)share;
     v->ts = us->t;
     v->changed = us->changed;
     v->nprofile = us->n;

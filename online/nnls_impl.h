@@ -35,9 +35,43 @@
  * start, so the descent and the stopping rule are those above; with s
  * positive coordinates a sweep costs O(s k + k) instead of O(k^2).
  */
-#define NNLS_WORDS ((NNLS_K_MAX + 63) / 64)
 /* Largest support solved directly (nnls__face). */
 #define NNLS_FACE_MAX 8
+
+/* Masks of coordinates: bit j % 32 of word j / 32. Words of 32 bits,
+ * since GCC turns a 32-bit mask loop over a constant k into vector
+ * compares but leaves a 64-bit one scalar (x86-64-v3 and v4 alike). */
+#define NNLS_MASK_WORDS ((NNLS_K_MAX + 31) / 32)
+
+/* Bit j set where g_j + c_j < 0. */
+static inline __attribute__((always_inline)) void
+nnls__mask_neg(const uint32_t k, const double *restrict g,
+               const double *restrict c, uint32_t *restrict mask)
+{
+    for (uint32_t w = 0; 32 * w < k; w++) {
+        const uint32_t n = k - 32 * w < 32 ? k - 32 * w : 32;
+        const double *restrict gw = g + 32 * w, *restrict cw = c + 32 * w;
+        uint32_t bits = 0;
+        for (uint32_t j = 0; j < n; j++)
+            bits |= (uint32_t)(gw[j] + cw[j] < 0) << j;
+        mask[w] = bits;
+    }
+}
+
+/* Bit j set where x_j > 0. */
+static inline __attribute__((always_inline)) void
+nnls__mask_pos(const uint32_t k, const double *restrict x,
+               uint32_t *restrict mask)
+{
+    for (uint32_t w = 0; 32 * w < k; w++) {
+        const uint32_t n = k - 32 * w < 32 ? k - 32 * w : 32;
+        const double *restrict xw = x + 32 * w;
+        uint32_t bits = 0;
+        for (uint32_t j = 0; j < n; j++)
+            bits |= (uint32_t)(xw[j] > 0) << j;
+        mask[w] = bits;
+    }
+}
 
 /*
  * The face step: the exact minimiser on the warm start's support S
@@ -61,13 +95,18 @@ nnls__face(const uint32_t k, const double *restrict G, const double *restrict b,
            double l1, double l2, double tol, double *restrict h,
            double *restrict gh)
 {
-    /* S without branches: every j is written, the count moves on h_j > 0. */
-    uint32_t S[NNLS_K_MAX], s = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        S[s] = j;
-        s += h[j] > 0;
+    /* S from a mask of h > 0, given up as soon as it is too large. */
+    uint32_t pm[NNLS_MASK_WORDS];
+    uint32_t S[NNLS_FACE_MAX], s = 0;
+    nnls__mask_pos(k, h, pm);
+    for (uint32_t w = 0; 32 * w < k; w++) {
+        for (uint32_t bits = pm[w]; bits; bits &= bits - 1) {
+            if (s == NNLS_FACE_MAX)
+                return 0;
+            S[s++] = 32 * w + (uint32_t)__builtin_ctz(bits);
+        }
     }
-    if (!s || s > NNLS_FACE_MAX)
+    if (!s)
         return 0;
     double x[NNLS_FACE_MAX], maxh;
     if (s == 1) {
@@ -162,19 +201,16 @@ nnls__solve(const uint32_t k, const double *restrict G,
         for (uint32_t j = 0; j < k; j++)
             gh[j] += gl[j] * hl;
     }
-    const uint32_t words = (k + 63) / 64;
+    const uint32_t words = (k + 31) / 32;
     uint32_t sweep = 0;
     while (sweep < max_sweeps) {
         double maxd = 0, maxh = 0;
-        uint64_t pos[NNLS_WORDS];
-        for (uint32_t w = 0; w < words; w++)
-            pos[w] = 0;
-        for (uint32_t j = 0; j < k; j++)
-            pos[j / 64] |= (uint64_t)(h[j] > 0) << (j % 64);
+        uint32_t pos[NNLS_MASK_WORDS];
+        nnls__mask_pos(k, h, pos);
         /* The positive coordinates. */
         for (uint32_t w = 0; w < words; w++) {
-            for (uint64_t bits = pos[w]; bits; bits &= bits - 1) {
-                uint32_t j = 64 * w + (uint32_t)__builtin_ctzll(bits);
+            for (uint32_t bits = pos[w]; bits; bits &= bits - 1) {
+                uint32_t j = 32 * w + (uint32_t)__builtin_ctz(bits);
                 const double *restrict gj = G + (size_t)j * k;
                 double hj = h[j];
                 double nj = hj - (gh[j] + c[j] + l2 * hj) * inv[j];
@@ -191,19 +227,29 @@ nnls__solve(const uint32_t k, const double *restrict G,
                 maxh = nj > maxh ? nj : maxh;
             }
         }
-        /* The zero ones: only a negative gradient moves one. */
-        for (uint32_t j = 0; j < k; j++) {
-            if (gh[j] + c[j] >= 0 || (pos[j / 64] >> (j % 64)) & 1)
-                continue;
-            double nj = -(gh[j] + c[j]) * inv[j];
-            if (!(nj > 0))
-                continue;
-            const double *restrict gj = G + (size_t)j * k;
-            h[j] = nj;
-            for (uint32_t l = 0; l < k; l++)
-                gh[l] += nj * gj[l];
-            maxd = nj > maxd ? nj : maxd;
-            maxh = nj > maxh ? nj : maxh;
+        /* The zero ones: only a negative gradient moves one. They are
+         * found by one vector compare, in index order; a step changes
+         * G h, so the mask is taken again for the coordinates after it. */
+        uint32_t neg[NNLS_MASK_WORDS];
+        nnls__mask_neg(k, gh, c, neg);
+        for (uint32_t w = 0; w < words; w++) {
+            uint32_t bits = neg[w] & ~pos[w];
+            while (bits) {
+                uint32_t at = (uint32_t)__builtin_ctz(bits);
+                uint32_t j = 32 * w + at;
+                bits &= bits - 1;
+                double nj = -(gh[j] + c[j]) * inv[j];
+                if (!(nj > 0))
+                    continue;
+                const double *restrict gj = G + (size_t)j * k;
+                h[j] = nj;
+                for (uint32_t l = 0; l < k; l++)
+                    gh[l] += nj * gj[l];
+                maxd = nj > maxd ? nj : maxd;
+                maxh = nj > maxh ? nj : maxh;
+                nnls__mask_neg(k, gh, c, neg);
+                bits = at == 31 ? 0 : neg[w] & ~pos[w] & (~0u << (at + 1));
+            }
         }
         sweep++;
         if (maxd <= tol * maxh)
