@@ -551,6 +551,39 @@ MODEL_KI void model_user_mark(const struct model *m, struct model_user *us,
     us->msum = sum < FLT_MAX ? (float)sum : FLT_MAX;
 }
 
+/* The first of the weakest entries of a profile after decay, va[q] f,
+ * and its value. Stored values are positive floats, which order as their
+ * bit patterns, and x -> x f rounds monotonically, so the weakest value is
+ * min(va) f: an integer minimum, then the first q with va[q] f equal to
+ * it, a block of 32 at a time, both vector compares. A full profile
+ * (profile_max entries, 512 by default) is searched on every event. */
+MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
+                                float *minv)
+{
+    uint32_t lo = UINT32_MAX;
+    for (uint32_t q = 0; q < n; q++) {
+        uint32_t x;
+        memcpy(&x, va + q, sizeof(x));
+        lo = x < lo ? x : lo;
+    }
+    float v;
+    memcpy(&v, &lo, sizeof(v));
+    v *= f;
+    *minv = v;
+    uint32_t q = 0;
+    for (; q + 32 <= n; q += 32) {
+        uint32_t eq = 0;
+        for (uint32_t l = 0; l < 32; l++)
+            eq |= (uint32_t)(va[q + l] * f == v) << l;
+        if (eq)
+            return q + (uint32_t)__builtin_ctz(eq);
+    }
+    for (; q < n; q++)
+        if (va[q] * f == v)
+            return q;
+    return 0; /* not reached: some entry holds the minimum */
+}
+
 /*
  * One user's step: apply the event ev (if any) and drop the items marked
  * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
@@ -602,16 +635,12 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             /* Full: the weakest entry after decay makes room, unless the
              * new one is weaker still (ties keep the older entry). */
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
-            float minv = INFINITY;
-            for (uint32_t q = 0; q < us->n; q++) {
-                float v = va[q] * ff;
-                if (v < minv) {
-                    minv = v;
-                    evict = q;
-                }
+            float minv;
+            if (us->n) {
+                evict = model_weakest(va, us->n, ff, &minv);
+                if (!(ev->w > minv))
+                    evict = -1;
             }
-            if (!(ev->w > minv))
-                evict = -1;
         }
     }
 
