@@ -669,6 +669,42 @@ Test(model, full_profile_evicts_the_weakest)
     model_free(m);
 }
 
+/* A profile longer than one block of the search (32 entries): the
+ * weakest found in a later block, the first of equal ones evicted, and a
+ * new entry only as strong as the weakest left out. */
+Test(model, full_long_profile_evicts_the_first_weakest)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 2;
+    p.profile_max = 70;
+    p.warmup_events = 0;
+    struct model *m = model_new(&p);
+    char id[16];
+    for (int i = 0; i < 70; i++) {
+        int n = snprintf(id, sizeof(id), "i%d", i);
+        double w = i == 40 || i == 55 ? 1 : 10 + i;
+        cr_assert_eq(model_fold(m, "u", 1, id, (size_t)n, w, 0), 0);
+    }
+    model_fold(m, "u", 1, "n1", 2, 2, 0); /* evicts i40, the first 1 */
+    cr_assert_float_eq(profile_value(m, "u", "i40"), -1, 0);
+    cr_assert_float_eq(profile_value(m, "u", "i55"), 1, 1e-6);
+    cr_assert_float_eq(profile_value(m, "u", "n1"), 2, 1e-6);
+    model_fold(m, "u", 1, "n2", 2, 3, 0); /* evicts i55 */
+    cr_assert_float_eq(profile_value(m, "u", "i55"), -1, 0);
+    model_fold(m, "u", 1, "n3", 2, 2, 0); /* ties n1: left out */
+    cr_assert_float_eq(profile_value(m, "u", "n3"), -1, 0);
+    cr_assert_float_eq(profile_value(m, "u", "n1"), 2, 1e-6);
+    model_fold(m, "u", 1, "n4", 2, 50, 0); /* evicts n1 */
+    cr_assert_float_eq(profile_value(m, "u", "n1"), -1, 0);
+    cr_assert_float_eq(profile_value(m, "u", "i0"), 10, 1e-6);
+    struct model_user_view v;
+    model_user_get(m, 0, &v);
+    cr_assert_eq(v.nprofile, 70);
+    assert_stats_exact(m, STATS_RTOL);
+    model_free(m);
+}
+
 /* A light user's share of B is replaced at every fold, whatever the
  * profile went through: entries decayed below the float range and
  * dropped, the weakest evicted from a full profile under decay, events out
