@@ -232,25 +232,27 @@ const struct model_params *model_params(const struct model *m)
     return &m->p;
 }
 
-/* Grows a 64-byte aligned array *p lying in the allocation *raw (rows of
+/* Grows a 64-byte aligned array p lying in the allocation *raw (rows of
  * W, B and H then start on cache lines: one line per W or H row at
- * k = 16, two per B row). By realloc, not a fresh aligned block and a
- * copy: a large block then moves by remapping its pages, so growth copies
- * nothing and touches no new page before it is used; only if the new
- * block sits at another offset from a line are the contents moved. */
-static int model_grow_aligned(void **raw, void **p, size_t old_bytes,
-                              size_t new_bytes)
+ * k = 16, two per B row) and returns where it now starts, or NULL with
+ * nothing changed. By realloc, not a fresh aligned block and a copy: a
+ * large block then moves by remapping its pages, so growth copies nothing
+ * and touches no new page before it is used; only if the new block sits
+ * at another offset from a line are the contents moved. The array comes
+ * back as a return value, not through a void ** aimed at a float * or
+ * double *, which would be a store through the wrong type. */
+static void *model_grow_aligned(void **raw, void *p, size_t old_bytes,
+                                size_t new_bytes)
 {
-    size_t old_off = *raw ? (size_t)((char *)*p - (char *)*raw) : 0;
+    size_t old_off = *raw ? (size_t)((char *)p - (char *)*raw) : 0;
     char *r = realloc(*raw, new_bytes + 64);
     if (!r)
-        return -ENOMEM;
+        return NULL;
     char *a = (char *)(((uintptr_t)r + 63) & ~(uintptr_t)63);
     if (old_bytes && (size_t)(a - r) != old_off)
         memmove(a, r + old_off, old_bytes);
     *raw = r;
-    *p = a;
-    return 0;
+    return a;
 }
 
 static uint32_t model_grow_cap(uint32_t cap, uint32_t need)
@@ -272,10 +274,12 @@ int model__users_grow(struct model *m, uint32_t need)
     if (!u)
         return -ENOMEM;
     m->u = u;
-    if (model_grow_aligned(&m->Hraw, (void **)&m->H,
-                           (size_t)m->ucap * m->k * sizeof(float),
-                           (size_t)cap * m->k * sizeof(float)))
+    float *h = model_grow_aligned(&m->Hraw, m->H,
+                                  (size_t)m->ucap * m->k * sizeof(float),
+                                  (size_t)cap * m->k * sizeof(float));
+    if (!h)
         return -ENOMEM;
+    m->H = h;
     m->ucap = cap;
     return 0;
 }
@@ -287,13 +291,18 @@ int model__items_grow(struct model *m, uint32_t need)
     uint32_t cap = model_grow_cap(m->icap, need);
     if (cap < need)
         return -ENOMEM;
-    if (model_grow_aligned(&m->Wraw, (void **)&m->W,
-                           (size_t)m->icap * m->k * sizeof(float),
-                           (size_t)cap * m->k * sizeof(float)) ||
-        model_grow_aligned(&m->Braw, (void **)&m->B,
-                           (size_t)m->icap * m->k * sizeof(double),
-                           (size_t)cap * m->k * sizeof(double)))
+    float *w = model_grow_aligned(&m->Wraw, m->W,
+                                  (size_t)m->icap * m->k * sizeof(float),
+                                  (size_t)cap * m->k * sizeof(float));
+    if (!w)
         return -ENOMEM;
+    m->W = w;
+    double *b = model_grow_aligned(&m->Braw, m->B,
+                                   (size_t)m->icap * m->k * sizeof(double),
+                                   (size_t)cap * m->k * sizeof(double));
+    if (!b)
+        return -ENOMEM;
+    m->B = b;
     int64_t *t = realloc(m->item_t, (size_t)cap * sizeof(*t));
     if (!t)
         return -ENOMEM;
