@@ -642,14 +642,13 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
                 model_profile_move(m, us);
         } else {
             /* Full: the weakest entry after decay makes room, unless the
-             * new one is weaker still (ties keep the older entry). */
+             * new one is weaker still (ties keep the older entry). Full
+             * means n >= profile_max >= 1 (model_params_check). */
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
             float minv;
-            if (us->n) {
-                evict = model_weakest(va, us->n, ff, &minv);
-                if (!(ev->w > minv))
-                    evict = -1;
-            }
+            evict = model_weakest(va, us->n, ff, &minv);
+            if (!(ev->w > minv))
+                evict = -1;
         }
     }
 
