@@ -250,16 +250,13 @@ int ctl_broker_main(int argc, char **argv)
         return 2;
     }
 
-    c.b = broker_new((int)nbrokers, topics, (int)partitions, err, sizeof(err));
-    if (!c.b) {
+    r = broker_open(&c.b, (int)nbrokers, topics, (int)partitions, (int)port,
+                    err, sizeof(err));
+    if (r) {
+        /* Bad topic names and counts are usage errors; a port in use, or
+         * a cluster that cannot start, is not. */
         fprintf(stderr, "nmfctl broker: %s\n", err);
-        /* Bad topic names and counts are usage errors. */
-        return 2;
-    }
-    if (port && (r = broker_listen(c.b, (int)port, err, sizeof(err))) < 0) {
-        fprintf(stderr, "nmfctl broker: --port: %s\n", err);
-        broker_free(c.b);
-        return 1;
+        return r == -EINVAL || r == -EEXIST ? 2 : 1;
     }
 
     if ((r = uv_loop_init(&c.loop)) < 0) {

@@ -1874,16 +1874,11 @@ static int server_start(struct server *s)
             return -ENOMEM;
         snprintf(topics, len, "%s,%s", c->input.topics,
                  c->snapshot.topic_segments);
-        s->broker = broker_new(1, topics, parts, err, sizeof(err));
+        rc = broker_open(&s->broker, 1, topics, parts, s->opts->embedded_port,
+                         err, sizeof(err));
         free(topics);
-        if (!s->broker) {
+        if (rc) {
             log_err("embedded broker: %s", err);
-            return -EIO;
-        }
-        if (s->opts->embedded_port &&
-            (rc = broker_listen(s->broker, s->opts->embedded_port, err,
-                                sizeof(err))) < 0) {
-            log_err("embedded broker: --embedded-port: %s", err);
             return rc;
         }
         /* Records of one epoch in order: one partition. */

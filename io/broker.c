@@ -139,33 +139,33 @@ static int broker__topics_each(struct broker *b, const char *topics,
     return 0;
 }
 
-struct broker *broker_new(int nbrokers, const char *topics, int partitions,
-                          char *err, size_t errlen)
+int broker_open(struct broker **out, int nbrokers, const char *topics,
+                int partitions, int port, char *err, size_t errlen)
 {
     char errstr[512];
     rd_kafka_conf_t *conf = NULL;
     struct broker *b;
+    int rc;
 
-    if (nbrokers < 1 || nbrokers > BROKER_MAX) {
-        io_errf(err, errlen, 0, "brokers must be 1..%d, not %d", BROKER_MAX,
-                nbrokers);
-        return NULL;
-    }
-    if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX) {
-        io_errf(err, errlen, 0, "partitions must be 1..%d, not %d",
-                BROKER_PARTITIONS_MAX, partitions);
-        return NULL;
-    }
+    if (nbrokers < 1 || nbrokers > BROKER_MAX)
+        return io_errf(err, errlen, -EINVAL, "brokers must be 1..%d, not %d",
+                       BROKER_MAX, nbrokers);
+    if (partitions < 1 || partitions > BROKER_PARTITIONS_MAX)
+        return io_errf(err, errlen, -EINVAL, "partitions must be 1..%d, not %d",
+                       BROKER_PARTITIONS_MAX, partitions);
     /* Every name is checked before the cluster starts (stopping one takes
      * librdkafka about a second). */
-    if (broker__topics_each(NULL, topics, partitions, false, err, errlen) < 0)
-        return NULL;
+    if ((rc = broker__topics_each(NULL, topics, partitions, false, err,
+                                  errlen)) < 0)
+        return rc;
     b = calloc(1, sizeof(*b));
-    if (!b) {
-        io_errf(err, errlen, 0, "out of memory");
-        return NULL;
-    }
+    if (!b)
+        return io_errf(err, errlen, -ENOMEM, "out of memory");
     b->nbrokers = nbrokers;
+    /* The fixed port first: the cluster's brokers listen on random ports,
+     * and one of them could otherwise take it. */
+    if (port && (rc = forward_new(&b->fwd, port, err, errlen)))
+        goto fail;
 
     /* The host handle never connects anywhere: no bootstrap servers, and
      * its log kept to errors so an idle handle stays quiet. */
@@ -173,35 +173,63 @@ struct broker *broker_new(int nbrokers, const char *topics, int partitions,
     if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) ||
         rd_kafka_conf_set(conf, "client.id", "nmfd-broker", errstr,
                           sizeof(errstr))) {
-        io_errf(err, errlen, 0, "%s", errstr);
+        rc = io_errf(err, errlen, -EINVAL, "%s", errstr);
         goto fail;
     }
     b->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     if (!b->rk) {
-        io_errf(err, errlen, 0, "%s", errstr);
+        rc = io_errf(err, errlen, -EIO, "%s", errstr);
         goto fail;
     }
     conf = NULL;
     b->mc = rd_kafka_mock_cluster_new(b->rk, nbrokers);
     if (!b->mc) {
-        io_errf(err, errlen, 0, "mock cluster could not start");
+        rc = io_errf(err, errlen, -EIO, "mock cluster could not start");
         goto fail;
     }
-    b->bootstraps = strdup(rd_kafka_mock_cluster_bootstraps(b->mc));
+    const char *bs = rd_kafka_mock_cluster_bootstraps(b->mc);
+    if (b->fwd) {
+        /* Relayed to the first broker; the others are reached by the
+         * address the metadata gives. */
+        char first[64], fixed[32];
+        size_t n = strcspn(bs, ",");
+        if (n >= sizeof(first)) {
+            rc = io_errf(err, errlen, -EINVAL, "bootstrap %s: too long", bs);
+            goto fail;
+        }
+        memcpy(first, bs, n);
+        first[n] = '\0';
+        if ((rc = forward_start(b->fwd, first, err, errlen)))
+            goto fail;
+        snprintf(fixed, sizeof(fixed), "127.0.0.1:%d", port);
+        b->bootstraps = strdup(fixed);
+    } else {
+        b->bootstraps = strdup(bs);
+    }
     if (!b->bootstraps) {
-        io_errf(err, errlen, 0, "out of memory");
+        rc = io_errf(err, errlen, -ENOMEM, "out of memory");
         goto fail;
     }
 
-    if (broker__topics_each(b, topics, partitions, true, err, errlen) < 0)
+    if ((rc = broker__topics_each(b, topics, partitions, true, err, errlen)) <
+        0)
         goto fail;
-    return b;
+    *out = b;
+    return 0;
 
 fail:
     if (conf)
         rd_kafka_conf_destroy(conf);
     broker_free(b);
-    return NULL;
+    return rc;
+}
+
+struct broker *broker_new(int nbrokers, const char *topics, int partitions,
+                          char *err, size_t errlen)
+{
+    struct broker *b;
+    return broker_open(&b, nbrokers, topics, partitions, 0, err, errlen) ? NULL
+                                                                         : b;
 }
 
 void broker_free(struct broker *b)
@@ -226,36 +254,6 @@ void broker_destroy(struct broker **b)
 const char *broker_bootstraps(const struct broker *b)
 {
     return b->bootstraps;
-}
-
-int broker_listen(struct broker *b, int port, char *err, size_t errlen)
-{
-    char addr[32];
-    if (b->fwd)
-        return io_errf(err, errlen, -EEXIST, "a fixed port is set already");
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
-    char *bs = strdup(addr);
-    if (!bs)
-        return io_errf(err, errlen, -ENOMEM, "out of memory");
-    /* Relayed to the first broker; the others are reached by the address
-     * the metadata gives. */
-    char first[64];
-    size_t n = strcspn(b->bootstraps, ",");
-    if (n >= sizeof(first)) {
-        free(bs);
-        return io_errf(err, errlen, -EINVAL, "bootstrap %s: too long",
-                       b->bootstraps);
-    }
-    memcpy(first, b->bootstraps, n);
-    first[n] = '\0';
-    int rc = forward_new(&b->fwd, port, first, err, errlen);
-    if (rc) {
-        free(bs);
-        return rc;
-    }
-    free(b->bootstraps);
-    b->bootstraps = bs;
-    return 0;
 }
 
 int broker_count(const struct broker *b)

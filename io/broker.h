@@ -16,20 +16,23 @@ struct broker;
  * Returns NULL and a message in err on failure. */
 struct broker *broker_new(int nbrokers, const char *topics, int partitions,
                           char *err, size_t errlen);
+/* broker_new, with a fixed bootstrap address when port (1..65535) is not
+ * 0: 127.0.0.1:port is bound before the cluster starts, so none of the
+ * brokers' own random ports can take it, and relays every connection to
+ * the first broker (io/forward); broker_bootstraps() then gives
+ * "127.0.0.1:port". Clients bootstrap there and reach the brokers at the
+ * addresses the metadata names. 0 and the broker in *out, or a negative
+ * errno with a message in err: -EINVAL or -EEXIST for a bad count or topic
+ * list, the listener's errno for the port (-EADDRINUSE when it is taken),
+ * -EIO when the cluster cannot start, -ENOMEM. */
+int broker_open(struct broker **out, int nbrokers, const char *topics,
+                int partitions, int port, char *err, size_t errlen);
 void broker_free(struct broker *b);
 void broker_destroy(struct broker **b);
 
-/* "127.0.0.1:PORT[,127.0.0.1:PORT...]", valid until broker_free() or
- * broker_listen(). */
+/* "127.0.0.1:PORT[,127.0.0.1:PORT...]", valid until broker_free(). */
 const char *broker_bootstraps(const struct broker *b);
 
-/* A fixed bootstrap address: listens on 127.0.0.1:port (1..65535) and
- * relays every connection to the first broker (io/forward), whose own port
- * is random; broker_bootstraps() then gives "127.0.0.1:port". Clients
- * bootstrap there and reach the brokers at the addresses the metadata
- * names. 0, or forward_new()'s negative errno (-EADDRINUSE for a port that
- * is taken) with a message in err. */
-int broker_listen(struct broker *b, int port, char *err, size_t errlen);
 int broker_count(const struct broker *b);
 
 /* Creates a topic. -EINVAL bad name or partition count, -EEXIST the topic

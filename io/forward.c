@@ -39,6 +39,7 @@ struct forward {
     uv_tcp_t listener;
     uv_async_t stop;
     uv_thread_t thread;
+    int started; /* the thread runs the loop */
     struct sockaddr_in target;
     _Atomic uint64_t accepted;
 };
@@ -237,29 +238,23 @@ static void forward_run(void *arg)
     uv_run(&f->loop, UV_RUN_DEFAULT);
 }
 
-int forward_new(struct forward **out, int port, const char *target, char *err,
-                size_t errlen)
+/* Closes the handles of a loop no thread runs, and the loop. */
+static void forward_close_unstarted(struct forward *f)
 {
-    char host[64];
-    int tport = 0, rc;
+    uv_close((uv_handle_t *)&f->listener, NULL);
+    uv_close((uv_handle_t *)&f->stop, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&f->loop);
+}
+
+int forward_new(struct forward **out, int port, char *err, size_t errlen)
+{
+    int rc;
     if (port < 1 || port > 65535)
         return io_errf(err, errlen, -EINVAL, "port %d: not in 1..65535", port);
-    const char *colon = target ? strrchr(target, ':') : NULL;
-    if (!colon || (size_t)(colon - target) >= sizeof(host) ||
-        sscanf(colon + 1, "%d", &tport) != 1 || tport < 1 || tport > 65535)
-        return io_errf(err, errlen, -EINVAL, "target %s: not ADDRESS:PORT",
-                       target ? target : "(none)");
-    memcpy(host, target, (size_t)(colon - target));
-    host[colon - target] = '\0';
-
     struct forward *f = calloc(1, sizeof(*f));
     if (!f)
         return io_errf(err, errlen, -ENOMEM, "out of memory");
-    if ((rc = uv_ip4_addr(host, tport, &f->target))) {
-        free(f);
-        return io_errf(err, errlen, rc, "target %s: %s", target,
-                       uv_strerror(rc));
-    }
     if ((rc = uv_loop_init(&f->loop))) {
         free(f);
         return io_errf(err, errlen, rc, "event loop: %s", uv_strerror(rc));
@@ -272,12 +267,8 @@ int forward_new(struct forward **out, int port, const char *target, char *err,
     f->stop.data = f;
     if ((rc = uv_tcp_bind(&f->listener, (const struct sockaddr *)&addr, 0)) ||
         (rc = uv_listen((uv_stream_t *)&f->listener, FORWARD_BACKLOG,
-                        forward_accept)) ||
-        (rc = uv_thread_create(&f->thread, forward_run, f))) {
-        uv_close((uv_handle_t *)&f->listener, NULL);
-        uv_close((uv_handle_t *)&f->stop, NULL);
-        uv_run(&f->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&f->loop);
+                        forward_accept))) {
+        forward_close_unstarted(f);
         free(f);
         return io_errf(err, errlen, rc, "127.0.0.1:%d: %s", port,
                        uv_strerror(rc));
@@ -286,13 +277,40 @@ int forward_new(struct forward **out, int port, const char *target, char *err,
     return 0;
 }
 
+int forward_start(struct forward *f, const char *target, char *err,
+                  size_t errlen)
+{
+    char host[64];
+    int tport = 0, rc;
+    if (f->started)
+        return io_errf(err, errlen, -EEXIST, "relaying already");
+    const char *colon = target ? strrchr(target, ':') : NULL;
+    if (!colon || (size_t)(colon - target) >= sizeof(host) ||
+        sscanf(colon + 1, "%d", &tport) != 1 || tport < 1 || tport > 65535)
+        return io_errf(err, errlen, -EINVAL, "target %s: not ADDRESS:PORT",
+                       target ? target : "(none)");
+    memcpy(host, target, (size_t)(colon - target));
+    host[colon - target] = '\0';
+    if ((rc = uv_ip4_addr(host, tport, &f->target)))
+        return io_errf(err, errlen, rc, "target %s: %s", target,
+                       uv_strerror(rc));
+    if ((rc = uv_thread_create(&f->thread, forward_run, f)))
+        return io_errf(err, errlen, rc, "thread: %s", uv_strerror(rc));
+    f->started = 1;
+    return 0;
+}
+
 void forward_free(struct forward *f)
 {
     if (!f)
         return;
-    uv_async_send(&f->stop);
-    uv_thread_join(&f->thread);
-    uv_loop_close(&f->loop);
+    if (f->started) {
+        uv_async_send(&f->stop);
+        uv_thread_join(&f->thread);
+        uv_loop_close(&f->loop);
+    } else {
+        forward_close_unstarted(f);
+    }
     free(f);
 }
 
