@@ -57,9 +57,11 @@
  *
  * Cost. A fold is O(|v| k + sweeps k^2) as the design asks, with two
  * refinements that keep it exact: B is exact whenever HALS reads it, but
- * a heavy user's share (>= MODEL_BCACHE_MIN entries) leaves B at its first
- * change after a refresh and comes back at the next one, so its many
- * events in between pay O(k^2) each, with W^T v kept up to date in O(k)
+ * a heavy user's share (>= MODEL_BCACHE_MIN entries) is brought up to date
+ * only then: between refreshes B holds it as c v g^T with the h of the
+ * refresh (g), each event changes the rows of the entries it changes, in
+ * O(k), and the sync replaces g by h in one pass. So its many events in
+ * between pay O(k^2) each, with W^T v kept up to date in O(k)
  * (b <- f b + w W_i) while W does not change. model_fold_batch folds a
  * run of events identically to model_fold but prefetches the memory of
  * the events ahead. The loss of a solved user is at hand:
@@ -216,6 +218,7 @@ void model_free(struct model *m)
     free(m->hsi);
     free(m->bc);
     free(m->bc_gen);
+    free(m->bg);
     free(m->bc_free);
     pool_free(&m->pool);
     free(m);
@@ -350,11 +353,19 @@ static void model_bcol_fold(struct model *m)
         m->bcol[j] = 1;
 }
 
+static void model_b_settle(struct model *m, uint32_t u);
+
 /* Moves the frame origin to t0: stored A, B and loss sums are multiplied
  * by 2^(-(t0 - T0)/half_life). B's share goes into its column scales. */
 static void model_frame_move(struct model *m, int64_t t0)
 {
     const uint32_t k = m->k;
+    /* g is in B's stored units, which change below: the shares held
+     * with a g are settled first (rare: every MODEL_FRAME_SPAN
+     * half-lives). */
+    for (uint32_t u = 0, U = ids_slots(m->uids); u < U; u++)
+        if (m->u[u].flags & MODEL_U_GB)
+            model_b_settle(m, u);
     double r = exp2(-(double)(t0 - m->T0) / (double)m->p.half_life_ms);
     for (size_t i = 0; i < (size_t)k * k; i++)
         m->A[i] *= r;
@@ -394,6 +405,10 @@ int model__bcache_reserve(struct model *m)
     if (!bc)
         return -ENOMEM;
     m->bc = bc;
+    double *bg = realloc(m->bg, cap * m->k * sizeof(double));
+    if (!bg)
+        return -ENOMEM;
+    m->bg = bg;
     uint64_t *gen = realloc(m->bc_gen, cap * sizeof(uint64_t));
     if (!gen)
         return -ENOMEM;
@@ -413,8 +428,12 @@ uint32_t model__bcache_take(struct model *m)
     return s;
 }
 
+MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
+                             const double *restrict c, const uint32_t k);
+
 /* Subtracts (sign -1) or adds (sign +1) the user's contribution
- * c_u v_u h_u^T to the stored B: one pass over the profile. */
+ * c_u v_u h_u^T to the stored B (c_u v_u g^T if held with a g): one pass
+ * over the profile. */
 MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
                               const uint32_t k)
 {
@@ -425,12 +444,27 @@ MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
     double c[MODEL_K_MAX];
     double s = sign * model__frame_weight(m, us->t);
     int any = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j];
-        any |= hu[j] != 0;
+    if (us->flags & MODEL_U_GB) {
+        const double *g = m->bg + (size_t)us->bslot * k;
+        for (uint32_t j = 0; j < k; j++) {
+            c[j] = s * g[j];
+            any |= g[j] != 0;
+        }
+    } else {
+        for (uint32_t j = 0; j < k; j++) {
+            c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j];
+            any |= hu[j] != 0;
+        }
     }
     if (!any)
         return;
+    model_b_pass_k(m, us, c, k);
+}
+
+/* B[i] += v_i c for every profile entry (i, v_i). */
+MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
+                             const double *restrict c, const uint32_t k)
+{
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     double *restrict B = m->B;
@@ -448,6 +482,30 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
     MODEL_BY_K(m->k, model_b_apply_k, m, u, sign);
 }
 
+/* A share held with g brought to the current h, in one pass:
+ *     B += c_u v_u (h_u / bcol - g)^T       (B's stored units)
+ * equal to subtracting c v g^T and adding c v h^T, with half the rows. */
+MODEL_KI void model_b_settle_k(struct model *m, uint32_t u, const uint32_t k)
+{
+    struct model_user *us = &m->u[u];
+    us->flags &= (uint8_t)~MODEL_U_GB;
+    if (!us->n)
+        return;
+    const float *restrict hu = m->H + (size_t)u * k;
+    const double *g = m->bg + (size_t)us->bslot * k;
+    double c[MODEL_K_MAX];
+    double s = model__frame_weight(m, us->t);
+    for (uint32_t j = 0; j < k; j++)
+        c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j] - s * g[j];
+    model_b_pass_k(m, us, c, k);
+}
+
+ONLINE_KERNEL
+static void model_b_settle(struct model *m, uint32_t u)
+{
+    MODEL_BY_K(m->k, model_b_settle_k, m, u);
+}
+
 /* Brings every pending user's contribution into the stored B, in user
  * index order, so that B is exact before HALS reads it. */
 static void model_b_sync(struct model *m)
@@ -455,7 +513,13 @@ static void model_b_sync(struct model *m)
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++) {
         struct model_user *us = &m->u[u];
-        if ((us->flags & (MODEL_U_LIVE | MODEL_U_INB)) != MODEL_U_LIVE)
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        if (us->flags & MODEL_U_GB) {
+            model_b_settle(m, u);
+            continue;
+        }
+        if (us->flags & MODEL_U_INB)
             continue;
         model_b_apply(m, u, 1);
         us->flags |= MODEL_U_INB;
@@ -593,6 +657,17 @@ MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
     return 0; /* not reached: some entry holds the minimum */
 }
 
+/* B's row i += a g: the entry of item i in a share held with g changed
+ * by a (in c v units). */
+MODEL_KI void model_b_row_k(struct model *m, uint32_t u, uint32_t i, double a,
+                            const uint32_t k)
+{
+    const double *restrict g = m->bg + (size_t)m->u[u].bslot * k;
+    double *restrict bi = m->B + (size_t)i * k;
+    for (uint32_t j = 0; j < k; j++)
+        bi[j] += a * g[j];
+}
+
 /*
  * One user's step: apply the event ev (if any) and drop the items marked
  * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
@@ -603,10 +678,15 @@ MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
  * (float) h, so the sums are those of the stored model. B's share,
  * c_u v_u h_u^T, is replaced eagerly for light users (fewer than
  * MODEL_BCACHE_MIN entries: subtract the old, add the new) and lazily for
- * heavy ones: subtracted here (one pass over the old profile) if it is in
- * B, and added back with the then-current h and profile by model_b_sync
- * before the next HALS, so a heavy user changing many times between
- * refreshes pays the pass twice per refresh, not per event. b = W^T v comes
+ * heavy ones. A heavy user's share stays in B as c v g^T, with g its h
+ * when the share was last exact; an event changes the rows of the entries
+ * it changes (B_i += (c v_i' - c v_i) g: O(k) each), and model_b_sync
+ * replaces g by the then-current h before the next HALS, in one pass. So
+ * a heavy user changing many times between refreshes pays one pass per
+ * refresh, not per event. That needs c v_i unchanged on the other entries:
+ * no decay since the last event (f = 1, the same c) and nothing dropped;
+ * otherwise (half-life set and time moving) the share is subtracted here,
+ * one pass over the old profile, and added back by the sync. b = W^T v comes
  * from the user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)), else
  * from one pass over the profile. Needs any growth reserved beforehand; cannot
  * fail.
@@ -628,12 +708,27 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     int add = 0;
     const int had_profile = us->n > 0;
 
-    /* The share of B goes now; light users put the new one back at the
-     * end of this step, heavy ones at the next sync. */
+    /* The share of B: a heavy one held with g stays, if no entry but the
+     * event's changes; otherwise it goes now, and light users put the new
+     * one back at the end of this step, heavy ones at the next sync. */
     const int eager = us->n < MODEL_BCACHE_MIN && !drop;
+    const double s_old = model__frame_weight(m, us->t);
+    const double s_new = model__frame_weight(m, t_new);
+    int gb = 0;
     if (us->flags & MODEL_U_INB) {
-        model_b_apply_k(m, u, -1, k);
-        us->flags &= (uint8_t)~MODEL_U_INB;
+        if (!eager && !drop && f == 1.0 && s_old == s_new &&
+            us->bslot != POOL_NONE) {
+            if (!(us->flags & MODEL_U_GB)) {
+                double *g = m->bg + (size_t)us->bslot * k;
+                for (uint32_t j = 0; j < k; j++)
+                    g[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+                us->flags |= MODEL_U_GB;
+            }
+            gb = 1;
+        } else {
+            model_b_apply_k(m, u, -1, k);
+            us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
+        }
     }
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
         if (us->n < m->p.profile_max) {
@@ -705,12 +800,18 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         }
         vtv += (double)v * v - (double)vo * vo;
         va[pos] = v;
+        if (gb)
+            model_b_row_k(m, u, ev->item, s_new * ((double)v - vo), k);
     } else if (evict >= 0) {
         ve = va[evict];
         ie = it[evict];
         vtv += (double)ev->w * ev->w - (double)ve * ve;
         it[evict] = ev->item;
         va[evict] = ev->w;
+        if (gb) {
+            model_b_row_k(m, u, ie, -s_new * ve, k);
+            model_b_row_k(m, u, ev->item, s_new * ev->w, k);
+        }
     }
     if (add) {
         it = pool_items(&m->pool, us->cls, us->slab);
@@ -719,6 +820,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         va[out] = ev->w;
         out++;
         vtv += (double)ev->w * ev->w;
+        if (gb)
+            model_b_row_k(m, u, ev->item, s_new * ev->w, k);
     }
     us->n = (uint16_t)out;
     if (!out) {
@@ -830,8 +933,6 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     if (!(loss > 0))
         loss = 0;
 
-    double s_old = model__frame_weight(m, us->t);
-    double s_new = model__frame_weight(m, t_new);
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * ho[j];
         an[j] = s_new * he[j];
@@ -995,7 +1096,7 @@ static void model_rebuild(struct model *m)
                 m->A[(size_t)j * k + l] += an[j] * (double)hu[l];
         m->loss_s += s * us->loss;
         m->norm_s += s * us->vnorm;
-        us->flags |= MODEL_U_INB;
+        us->flags = (uint8_t)((us->flags | MODEL_U_INB) & ~MODEL_U_GB);
     }
     for (uint32_t j = 0; j < k; j++)
         m->hs[j] = m->hsi[j] = 1;
@@ -1794,21 +1895,26 @@ void model_B(const struct model *m, double *out)
     for (size_t i = 0; i < M; i++)
         for (uint32_t j = 0; j < k; j++)
             out[i * k + j] = m->B[i * k + j] * c[j];
-    /* Users whose share is not in the stored B yet. */
+    /* Users whose share is not in the stored B yet, or held there with
+     * an older g. */
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++) {
         const struct model_user *us = &m->u[u];
-        if ((us->flags & (MODEL_U_LIVE | MODEL_U_INB)) != MODEL_U_LIVE ||
-            !us->n)
+        if (!(us->flags & MODEL_U_LIVE) || !us->n ||
+            (us->flags & (MODEL_U_INB | MODEL_U_GB)) == MODEL_U_INB)
             continue;
         const float *hu = m->H + (size_t)u * k;
+        const double *g =
+            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
+        double d[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
         double s = model__frame_weight(m, us->t) * scale;
         const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
         const float *va = pool_vals(&m->pool, us->cls, us->slab);
         for (uint32_t q = 0; q < us->n; q++)
             for (uint32_t j = 0; j < k; j++)
-                out[(size_t)it[q] * k + j] +=
-                    s * va[q] * ((double)hu[j] * m->hs[j]);
+                out[(size_t)it[q] * k + j] += s * va[q] * d[j];
     }
 }
 
@@ -1926,7 +2032,7 @@ void model_memory(const struct model *m, struct model_memory *mm)
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
                 ids_bytes(m->iids);
-    mm->users += (size_t)m->bc_cap * (k * sizeof(double) + 12);
+    mm->users += (size_t)m->bc_cap * (2 * k * sizeof(double) + 12);
     mm->profiles = pool_bytes(&m->pool);
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++)

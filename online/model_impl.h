@@ -59,6 +59,10 @@ struct model_user {
 
 #define MODEL_U_LIVE 1u
 #define MODEL_U_INB  2u /* the user's contribution is in the stored B */
+/* With MODEL_U_INB: the stored B holds c v g^T, not c v h^T, with g (in
+ * B's stored units, h_j hs_j / bcol_j when it was taken) at the user's
+ * cache slot in bg; model_b_sync brings it to h. */
+#define MODEL_U_GB 4u
 
 /* Users with at least this many profile entries keep b = W^T v between
  * events (k doubles), updated in O(k) per event while W is unchanged. */
@@ -94,8 +98,10 @@ struct model {
     double *hsi;  /* k: 1 / hs */
     double *S;    /* k x k scratch of model_refresh */
     /* Cached b = W^T v of heavy users: slot s holds k doubles, valid
-     * while bc_gen[s] == wgen (bumped whenever W changes under them). */
+     * while bc_gen[s] == wgen (bumped whenever W changes under them);
+     * bg's slot s the g of a MODEL_U_GB user (k doubles). */
     double *bc;
+    double *bg;
     uint64_t *bc_gen;
     uint32_t *bc_free;
     uint32_t bc_n, bc_cap, bc_nfree;

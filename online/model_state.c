@@ -23,7 +23,8 @@
  *   users: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 t, u64 changed, f32 loss, f32 vnorm, u32 solved, u32 n,
  *          u8 marked segment, u16 marked share, f32 marked sum (version
- *          3), u8 in-B flag, u8 cached [u64 generation, k f64 W^T v],
+ *          3), u8 B flags (in B; version 5: in B with g), u8 cached
+ *          [u64 generation, k f64 W^T v, (version 5, with g) k f64 g],
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
  *   u64 checksum of everything before it
  */
@@ -41,7 +42,7 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 4u
+#define STATE_VERSION 5u /* reads 4 too: the same without g */
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -291,11 +292,13 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_u8(&w, us->mseg);
         sw_u16(&w, us->mshare);
         sw_put(&w, &us->msum, sizeof(float));
-        sw_u8(&w, us->flags & MODEL_U_INB);
+        sw_u8(&w, us->flags & (MODEL_U_INB | MODEL_U_GB));
         sw_u8(&w, us->bslot != POOL_NONE);
         if (us->bslot != POOL_NONE) {
             sw_u64(&w, m->bc_gen[us->bslot]);
             sw_put(&w, m->bc + (size_t)us->bslot * k, k * sizeof(double));
+            if (us->flags & MODEL_U_GB)
+                sw_put(&w, m->bg + (size_t)us->bslot * k, k * sizeof(double));
         }
         sw_put(&w, m->H + (size_t)u * k, k * sizeof(float));
         if (us->n) {
@@ -469,14 +472,18 @@ static const char *state_verify(struct model *m)
                 vsum += va[q];
             m->nprof++;
         }
+        const double *g =
+            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
         for (uint32_t j = 0; j < k; j++) {
             double cj = c * h[j];
+            if (g)
+                bsum[j] += c * g[j] * m->bcol[j] * vsum;
+            else if (us->flags & MODEL_U_INB)
+                bsum[j] += cj * vsum;
             if (cj == 0)
                 continue;
             for (uint32_t l = 0; l < k; l++)
                 A[(size_t)j * k + l] += cj * h[l];
-            if (us->flags & MODEL_U_INB)
-                bsum[j] += cj * vsum;
         }
         loss += c * us->loss;
         norm += c * us->vnorm;
@@ -533,7 +540,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (r->bad || memcmp(magic, STATE_MAGIC, 8))
         return "not a model state";
     SR(r, version);
-    if (version != STATE_VERSION)
+    if (version != STATE_VERSION && version != 4)
         return "unsupported model state version";
     SR(r, k);
     sr_params(r, &p);
@@ -687,7 +694,10 @@ static const char *state_load(struct state_reader *r, struct model **out)
         SR(r, us->msum);
         SR(r, flags);
         SR(r, cached);
-        if (flags & ~MODEL_U_INB || cached > 1) {
+        const uint8_t known =
+            version >= 5 ? MODEL_U_INB | MODEL_U_GB : MODEL_U_INB;
+        if (flags & ~known || cached > 1 ||
+            ((flags & MODEL_U_GB) && (!cached || !(flags & MODEL_U_INB)))) {
             err = "bad user flags";
             break;
         }
@@ -708,6 +718,15 @@ static const char *state_load(struct state_reader *r, struct model **out)
             if (!state_finite(bc, k)) {
                 err = "bad cached product";
                 break;
+            }
+            if (flags & MODEL_U_GB) {
+                double *g = m->bg + (size_t)us->bslot * k;
+                sr_get(r, g, k * sizeof(double));
+                for (uint32_t j = 0; j < k; j++)
+                    if (!(g[j] >= 0 && g[j] < INFINITY))
+                        err = "bad h";
+                if (err)
+                    break;
             }
         }
         sr_get(r, h, k * sizeof(float));

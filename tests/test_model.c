@@ -465,6 +465,89 @@ Test(model, statistics_exact_with_decay_and_out_of_order)
     model_free(m);
 }
 
+/* A few heavy users (most over MODEL_BCACHE_MIN entries) on many items:
+ * ts advances every `tick` events only, so with a half-life most events
+ * see no decay; weights up to 3. */
+static void stream_heavy(struct model *m, int events, uint64_t seed, int tick)
+{
+    struct planted p;
+    planted_init(&p, 40, 300, 4, 0.4, seed);
+    int64_t ts = 1000;
+    for (int e = 0; e < events; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        if (e % tick == 0)
+            ts += 1 + (int64_t)trng_below(&p.r, 50);
+        cr_assert_eq(fold(m, u, i, 0.5 + trng_unif(&p.r) * 2.5, ts), 0);
+    }
+    planted_free(&p);
+}
+
+static uint32_t users_held_with_g(const struct model *m)
+{
+    uint32_t n = 0;
+    for (uint32_t u = 0; u < model_user_slots(m); u++)
+        n += (m->u[u].flags & MODEL_U_GB) != 0;
+    return n;
+}
+
+/* Between refreshes a heavy user's share stays in B with the h of the
+ * last refresh (g), and its events change only their own rows: B, read
+ * with those shares brought to h, must equal a recomputation to rounding,
+ * and the refresh's sync must leave none behind. */
+Test(model, heavy_shares_held_between_refreshes_stay_exact)
+{
+    for (int decay = 0; decay < 2; decay++) {
+        struct model *m = model_with(6, decay ? 4000 : 0, 500, 1000000);
+        stream_heavy(m, 6000, 91 + decay, decay ? 7 : 1);
+        /* A refresh that rebuilds A and B, so that what follows starts
+         * exact (a rescaling one leaves ~1e-7, see STATS_RTOL). */
+        m->reparams = MODEL_REBUILD_EVERY - 1;
+        model_refresh(m);
+        cr_assert_eq(m->reparams, 0);
+        cr_assert_eq(users_held_with_g(m), 0);
+        /* Re-solves without an event hold the share too. */
+        size_t rd = model_refine(m, 8);
+        cr_assert_eq(rd, 8);
+        cr_assert_gt(users_held_with_g(m), 3, "decay %d", decay);
+        assert_stats_exact(m, 1e-12);
+        stream_heavy(m, 3000, 93 + decay, decay ? 7 : 1);
+        cr_assert_gt(users_held_with_g(m), 5, "decay %d", decay);
+        assert_stats_exact(m, 1e-12);
+        /* Held shares are saved with their g: the loaded model goes on
+         * bit for bit like the original, through a sync. */
+        struct buf s1 = save(m);
+        const char *err = NULL;
+        struct model *l = model_load(s1.p, s1.n, &err);
+        cr_assert_not_null(l, "load: %s", err);
+        cr_assert_eq(users_held_with_g(l), users_held_with_g(m));
+        stream_heavy(m, 500, 97, decay ? 7 : 1);
+        stream_heavy(l, 500, 97, decay ? 7 : 1);
+        struct buf s2 = save(m), s3 = save(l);
+        cr_assert(bufs_equal(&s2, &s3), "a loaded model diverged");
+        model_free(l);
+        free(s1.p);
+        free(s2.p);
+        free(s3.p);
+        /* Dropping items (expiry) takes such a share out the slow way. */
+        struct model_stats st;
+        model_stats(m, &st);
+        uint32_t held = users_held_with_g(m);
+        m->p.ttl_ms = 400;
+        model_expire(m, st.now);
+        m->p.ttl_ms = 0;
+        cr_assert_lt(users_held_with_g(m), held);
+        assert_stats_exact(m, 1e-12);
+        /* The sync brings every held share to h, in place. */
+        stream_heavy(m, 1000, 95 + decay, decay ? 7 : 1);
+        cr_assert_gt(users_held_with_g(m), 0, "decay %d", decay);
+        model_refresh(m);
+        cr_assert_eq(users_held_with_g(m), 0);
+        assert_stats_exact(m, STATS_RTOL);
+        model_free(m);
+    }
+}
+
 Test(model, statistics_exact_across_frame_moves)
 {
     /* 8000 events spread over about 400 half-lives: the frame origin
@@ -1609,19 +1692,39 @@ static const char *load_patched(const struct buf *s, size_t off,
     return err;
 }
 
+/* Version 4 is version 5 without shares held with g: such a state still
+ * loads, one with them is refused. */
+Test(model, version_4_state_loads_without_held_shares)
+{
+    struct model *m = model_with(6, 0, 500, 1000000);
+    stream_heavy(m, 4000, 99, 1);
+    model_refresh(m);
+    cr_assert_eq(users_held_with_g(m), 0);
+    struct buf s = save(m);
+    uint32_t v = 4;
+    cr_assert_null(load_patched(&s, 8, &v, 4));
+    stream_heavy(m, 500, 100, 1);
+    cr_assert_gt(users_held_with_g(m), 0);
+    struct buf t = save(m);
+    cr_assert_str_eq(load_patched(&t, 8, &v, 4), "bad user flags");
+    free(s.p);
+    free(t.p);
+    model_free(m);
+}
+
 Test(model, load_checks_structure_behind_the_checksum)
 {
     struct buf s = small_state();
     /* Sanity: re-checksummed unchanged state loads. */
-    uint32_t v = 4;
+    uint32_t v = 5;
     cr_assert_null(load_patched(&s, 8, &v, 4));
     v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 5;
+    v = 6;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 4;
+    v = 5;
     cr_assert_str_eq(load_patched(&s, 12, &v, 4), "bad model parameters");
     v = 0;
     cr_assert_str_eq(load_patched(&s, 16, &v, 4), "bad model parameters");
