@@ -428,8 +428,20 @@ uint32_t model__bcache_take(struct model *m)
     return s;
 }
 
+/* B[i] += v_i c for every profile entry (i, v_i). */
 MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
-                             const double *restrict c, const uint32_t k);
+                             const double *restrict c, const uint32_t k)
+{
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double *restrict B = m->B;
+    for (uint32_t q = 0; q < us->n; q++) {
+        double *restrict bi = B + (size_t)it[q] * k;
+        double v = va[q];
+        for (uint32_t j = 0; j < k; j++)
+            bi[j] += v * c[j];
+    }
+}
 
 /* Subtracts (sign -1) or adds (sign +1) the user's contribution
  * c_u v_u h_u^T to the stored B (c_u v_u g^T if held with a g): one pass
@@ -459,21 +471,6 @@ MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
     if (!any)
         return;
     model_b_pass_k(m, us, c, k);
-}
-
-/* B[i] += v_i c for every profile entry (i, v_i). */
-MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
-                             const double *restrict c, const uint32_t k)
-{
-    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-    const float *va = pool_vals(&m->pool, us->cls, us->slab);
-    double *restrict B = m->B;
-    for (uint32_t q = 0; q < us->n; q++) {
-        double *restrict bi = B + (size_t)it[q] * k;
-        double v = va[q];
-        for (uint32_t j = 0; j < k; j++)
-            bi[j] += v * c[j];
-    }
 }
 
 ONLINE_KERNEL
