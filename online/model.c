@@ -62,7 +62,10 @@
  * refresh (g), each event changes the rows of the entries it changes, in
  * O(k), and the sync replaces g by h in one pass. So its many events in
  * between pay O(k^2) each, with W^T v kept up to date in O(k)
- * (b <- f b + w W_i) while W does not change. model_fold_batch folds a
+ * (b <- f b + w W_i) while W does not change. A light user's share is
+ * replaced at each of its events the same way, held with its old h for
+ * the changed rows and then moved to the new h in one pass, not two
+ * (subtract, add). model_fold_batch folds a
  * run of events identically to model_fold but prefetches the memory of
  * the events ahead. The loss of a solved user is at hand:
  * ||v - W h||^2 = v^T v - 2 h^T (W^T v) + h^T G h; its recency-weighted
@@ -479,22 +482,32 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
     MODEL_BY_K(m->k, model_b_apply_k, m, u, sign);
 }
 
-/* A share held with g brought to the current h, in one pass:
- *     B += c_u v_u (h_u / bcol - g)^T       (B's stored units)
+/* A share held with g brought to h, in one pass over the profile:
+ *     B += c_u v_u (h / bcol - g)^T       (B's stored units)
  * equal to subtracting c v g^T and adding c v h^T, with half the rows. */
+MODEL_KI void model_b_move_k(struct model *m, const struct model_user *us,
+                             const double *restrict g, const float *restrict h,
+                             double s, const uint32_t k)
+{
+    if (!us->n)
+        return;
+    double c[MODEL_K_MAX];
+    int any = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        c[j] = s * ((double)h[j] * m->hs[j]) / m->bcol[j] - s * g[j];
+        any |= c[j] != 0;
+    }
+    if (any)
+        model_b_pass_k(m, us, c, k);
+}
+
+/* A heavy user's held share brought to its current h (the sync). */
 MODEL_KI void model_b_settle_k(struct model *m, uint32_t u, const uint32_t k)
 {
     struct model_user *us = &m->u[u];
     us->flags &= (uint8_t)~MODEL_U_GB;
-    if (!us->n)
-        return;
-    const float *restrict hu = m->H + (size_t)u * k;
-    const double *g = m->bg + (size_t)us->bslot * k;
-    double c[MODEL_K_MAX];
-    double s = model__frame_weight(m, us->t);
-    for (uint32_t j = 0; j < k; j++)
-        c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j] - s * g[j];
-    model_b_pass_k(m, us, c, k);
+    model_b_move_k(m, us, m->bg + (size_t)us->bslot * k, m->H + (size_t)u * k,
+                   model__frame_weight(m, us->t), k);
 }
 
 ONLINE_KERNEL
@@ -656,10 +669,9 @@ MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
 
 /* B's row i += a g: the entry of item i in a share held with g changed
  * by a (in c v units). */
-MODEL_KI void model_b_row_k(struct model *m, uint32_t u, uint32_t i, double a,
-                            const uint32_t k)
+MODEL_KI void model_b_row_k(struct model *m, const double *restrict g,
+                            uint32_t i, double a, const uint32_t k)
 {
-    const double *restrict g = m->bg + (size_t)m->u[u].bslot * k;
     double *restrict bi = m->B + (size_t)i * k;
     for (uint32_t j = 0; j < k; j++)
         bi[j] += a * g[j];
@@ -674,19 +686,22 @@ MODEL_KI void model_b_row_k(struct model *m, uint32_t u, uint32_t i, double a,
  * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
  * (float) h, so the sums are those of the stored model. B's share,
  * c_u v_u h_u^T, is replaced eagerly for light users (fewer than
- * MODEL_BCACHE_MIN entries: subtract the old, add the new) and lazily for
- * heavy ones. A heavy user's share stays in B as c v g^T, with g its h
- * when the share was last exact; an event changes the rows of the entries
- * it changes (B_i += (c v_i' - c v_i) g: O(k) each), and model_b_sync
- * replaces g by the then-current h before the next HALS, in one pass. So
- * a heavy user changing many times between refreshes pays one pass per
- * refresh, not per event. That needs c v_i unchanged on the other entries:
- * no decay since the last event (f = 1, the same c) and nothing dropped;
- * otherwise (half-life set and time moving) the share is subtracted here,
- * one pass over the old profile, and added back by the sync. b = W^T v comes
- * from the user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)), else
- * from one pass over the profile. Needs any growth reserved beforehand; cannot
- * fail.
+ * MODEL_BCACHE_MIN entries) and lazily for heavy ones. A light user whose
+ * other entries keep their c v_i (below) has the rows of its changed
+ * entries moved with the old h, then its whole share moved from the old h
+ * to the new in one pass (model_b_move_k); otherwise the old share is
+ * subtracted in one pass and the new one added in another. A heavy user's share
+ * stays in B as c v g^T, with g its h when the share was last exact; an event
+ * changes the rows of the entries it changes (B_i += (c v_i' - c v_i) g: O(k)
+ * each), and model_b_sync replaces g by the then-current h before the next
+ * HALS, in one pass. So a heavy user changing many times between refreshes pays
+ * one pass per refresh, not per event. That needs c v_i unchanged on the other
+ * entries: no decay since the last event (f = 1, the same c) and nothing
+ * dropped; otherwise (half-life set and time moving) the share is subtracted
+ * here, one pass over the old profile, and added back by the sync. b = W^T v
+ * comes from the user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)),
+ * else from one pass over the profile. Needs any growth reserved beforehand;
+ * cannot fail.
  */
 MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
                                  const struct model_ev *ev, const uint8_t *drop,
@@ -711,17 +726,22 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     const int eager = us->n < MODEL_BCACHE_MIN && !drop;
     const double s_old = model__frame_weight(m, us->t);
     const double s_new = model__frame_weight(m, t_new);
-    int gb = 0;
+    double gold[MODEL_K_MAX];
+    const double *g = NULL; /* the share held, if it is */
     if (us->flags & MODEL_U_INB) {
-        if (!eager && !drop && f == 1.0 && s_old == s_new &&
-            us->bslot != POOL_NONE) {
+        if (eager && f == 1.0 && s_old == s_new) {
+            for (uint32_t j = 0; j < k; j++)
+                gold[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+            g = gold;
+        } else if (!eager && !drop && f == 1.0 && s_old == s_new &&
+                   us->bslot != POOL_NONE) {
+            double *gs = m->bg + (size_t)us->bslot * k;
             if (!(us->flags & MODEL_U_GB)) {
-                double *g = m->bg + (size_t)us->bslot * k;
                 for (uint32_t j = 0; j < k; j++)
-                    g[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+                    gs[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
                 us->flags |= MODEL_U_GB;
             }
-            gb = 1;
+            g = gs;
         } else {
             model_b_apply_k(m, u, -1, k);
             us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
@@ -797,17 +817,17 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         }
         vtv += (double)v * v - (double)vo * vo;
         va[pos] = v;
-        if (gb)
-            model_b_row_k(m, u, ev->item, s_new * ((double)v - vo), k);
+        if (g)
+            model_b_row_k(m, g, ev->item, s_new * ((double)v - vo), k);
     } else if (evict >= 0) {
         ve = va[evict];
         ie = it[evict];
         vtv += (double)ev->w * ev->w - (double)ve * ve;
         it[evict] = ev->item;
         va[evict] = ev->w;
-        if (gb) {
-            model_b_row_k(m, u, ie, -s_new * ve, k);
-            model_b_row_k(m, u, ev->item, s_new * ev->w, k);
+        if (g) {
+            model_b_row_k(m, g, ie, -s_new * ve, k);
+            model_b_row_k(m, g, ev->item, s_new * ev->w, k);
         }
     }
     if (add) {
@@ -817,8 +837,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         va[out] = ev->w;
         out++;
         vtv += (double)ev->w * ev->w;
-        if (gb)
-            model_b_row_k(m, u, ev->item, s_new * ev->w, k);
+        if (g)
+            model_b_row_k(m, g, ev->item, s_new * ev->w, k);
     }
     us->n = (uint16_t)out;
     if (!out) {
@@ -957,7 +977,9 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         if (m->stale)
             m->stale--;
     }
-    if (eager) {
+    if (eager && g) {
+        model_b_move_k(m, us, g, hf, s_new, k);
+    } else if (eager) {
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
     }
