@@ -222,6 +222,7 @@ void model_free(struct model *m)
     free(m->bc);
     free(m->bc_gen);
     free(m->bg);
+    free(m->pend);
     free(m->bc_free);
     pool_free(&m->pool);
     free(m);
@@ -280,6 +281,12 @@ int model__users_grow(struct model *m, uint32_t need)
     if (!u)
         return -ENOMEM;
     m->u = u;
+    size_t ow = ((size_t)m->ucap + 63) / 64, nw = ((size_t)cap + 63) / 64;
+    uint64_t *pend = realloc(m->pend, nw * sizeof(*pend));
+    if (!pend)
+        return -ENOMEM;
+    memset(pend + ow, 0, (nw - ow) * sizeof(*pend));
+    m->pend = pend;
     float *h = model_grow_aligned(&m->Hraw, m->H,
                                   (size_t)m->ucap * m->k * sizeof(float),
                                   (size_t)cap * m->k * sizeof(float));
@@ -516,24 +523,48 @@ static void model_b_settle(struct model *m, uint32_t u)
     MODEL_BY_K(m->k, model_b_settle_k, m, u);
 }
 
+/* Marks user u as one the sync may owe B. */
+static inline void model_pend(struct model *m, uint32_t u)
+{
+    m->pend[u / 64] |= (uint64_t)1 << (u % 64);
+}
+
+/* Brings user u's share into the stored B, if the sync owes it. */
+static void model_b_sync_user(struct model *m, uint32_t u)
+{
+    struct model_user *us = &m->u[u];
+    if (!(us->flags & MODEL_U_LIVE))
+        return;
+    if (us->flags & MODEL_U_GB) {
+        model_b_settle(m, u);
+        return;
+    }
+    if (us->flags & MODEL_U_INB)
+        return;
+    model_b_apply(m, u, 1);
+    us->flags |= MODEL_U_INB;
+}
+
 /* Brings every pending user's contribution into the stored B, in user
- * index order, so that B is exact before HALS reads it. */
+ * index order, so that B is exact before HALS reads it. The pending bits
+ * spare reading every user: with a million of them, a 48 MB walk per
+ * refresh for the few thousand that changed. */
 static void model_b_sync(struct model *m)
 {
     uint32_t U = ids_slots(m->uids);
-    for (uint32_t u = 0; u < U; u++) {
-        struct model_user *us = &m->u[u];
-        if (!(us->flags & MODEL_U_LIVE))
-            continue;
-        if (us->flags & MODEL_U_GB) {
-            model_b_settle(m, u);
-            continue;
-        }
-        if (us->flags & MODEL_U_INB)
-            continue;
-        model_b_apply(m, u, 1);
-        us->flags |= MODEL_U_INB;
+    size_t words = ((size_t)U + 63) / 64;
+    if (m->pend_all) {
+        for (uint32_t u = 0; u < U; u++)
+            model_b_sync_user(m, u);
+        m->pend_all = 0;
+    } else {
+        for (size_t w = 0; w < words; w++)
+            for (uint64_t bits = m->pend[w]; bits; bits &= bits - 1)
+                model_b_sync_user(
+                    m, (uint32_t)(64 * w + (size_t)__builtin_ctzll(bits)));
     }
+    if (words)
+        memset(m->pend, 0, words * sizeof(*m->pend));
 }
 
 /* b = W^T v over the profile. */
@@ -983,6 +1014,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
     }
+    if ((us->flags & (MODEL_U_INB | MODEL_U_GB)) != MODEL_U_INB)
+        model_pend(m, u);
     m->dirty = 1;
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
@@ -2047,7 +2080,7 @@ void model_memory(const struct model *m, struct model_memory *mm)
     memset(mm, 0, sizeof(*mm));
     mm->users =
         (size_t)m->ucap * (sizeof(struct model_user) + k * sizeof(float)) +
-        ids_bytes(m->uids);
+        ((size_t)m->ucap + 63) / 64 * sizeof(uint64_t) + ids_bytes(m->uids);
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
                 ids_bytes(m->iids);

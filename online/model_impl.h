@@ -106,6 +106,12 @@ struct model {
     uint32_t *bc_free;
     uint32_t bc_n, bc_cap, bc_nfree;
     uint64_t wgen;
+    /* Users whose share the sync may owe B (MODEL_U_GB, or live without
+     * MODEL_U_INB), one bit each (ucap bits): a superset, so the sync
+     * visits them in index order without reading every user; pend_all
+     * (after a load) means every user. */
+    uint64_t *pend;
+    uint8_t pend_all;
     struct pool pool;
     struct rng rng;
     /* Time: scale = 2^(-(T - T0) / half_life) turns the stored A, B and
