@@ -715,24 +715,26 @@ MODEL_KI void model_b_row_k(struct model *m, const double *restrict g,
  *     A += c_new h_new h_new^T - c_old h_old h_old^T
  *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
  * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
- * (float) h, so the sums are those of the stored model. B's share,
- * c_u v_u h_u^T, is replaced eagerly for light users (fewer than
- * MODEL_BCACHE_MIN entries) and lazily for heavy ones. A light user whose
- * other entries keep their c v_i (below) has the rows of its changed
- * entries moved with the old h, then its whole share moved from the old h
- * to the new in one pass (model_b_move_k); otherwise the old share is
- * subtracted in one pass and the new one added in another. A heavy user's share
- * stays in B as c v g^T, with g its h when the share was last exact; an event
- * changes the rows of the entries it changes (B_i += (c v_i' - c v_i) g: O(k)
- * each), and model_b_sync replaces g by the then-current h before the next
- * HALS, in one pass. So a heavy user changing many times between refreshes pays
- * one pass per refresh, not per event. That needs c v_i unchanged on the other
- * entries: no decay since the last event (f = 1, the same c) and nothing
- * dropped; otherwise (half-life set and time moving) the share is subtracted
- * here, one pass over the old profile, and added back by the sync. b = W^T v
- * comes from the user's cache when valid (b <- f b + w W_i - v_e W_e: O(k)),
- * else from one pass over the profile. Needs any growth reserved beforehand;
- * cannot fail.
+ * (float) h, so the sums are those of the stored model.
+ *
+ * B's share, c_u v_u h_u^T, is replaced eagerly for light users (fewer
+ * than MODEL_BCACHE_MIN entries) and lazily for heavy ones. Either way,
+ * when c v_i stays as it was on every entry but the event's (no decay
+ * since the last event, f = 1 and the same c, and nothing dropped), the
+ * share is held with g, the h it was last exact with: the event changes
+ * the rows of the entries it changes (B_i += (c v_i' - c v_i) g: O(k)
+ * each), and one pass over the profile later moves the whole share from
+ * g to the new h (model_b_move_k). A light user holds g on the stack and
+ * makes that pass at the end of this step; a heavy user keeps g in its
+ * cache slot until model_b_sync makes it, before the next HALS, so its
+ * many events between refreshes pay one pass, not one each. Otherwise
+ * (half-life set and time moving, or items dropped) the old share is
+ * subtracted here in one pass over the old profile, and the new one added
+ * at the end of this step (light) or by the sync (heavy).
+ *
+ * b = W^T v comes from the user's cache when valid (b <- f b + w W_i -
+ * v_e W_e: O(k)), else from one pass over the profile. Needs any growth
+ * reserved beforehand; cannot fail.
  */
 MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
                                  const struct model_ev *ev, const uint8_t *drop,
@@ -757,13 +759,13 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     const int eager = us->n < MODEL_BCACHE_MIN && !drop;
     const double s_old = model__frame_weight(m, us->t);
     const double s_new = model__frame_weight(m, t_new);
-    double gold[MODEL_K_MAX];
+    double g_old[MODEL_K_MAX];
     const double *g = NULL; /* the share held, if it is */
     if (us->flags & MODEL_U_INB) {
         if (eager && f == 1.0 && s_old == s_new) {
             for (uint32_t j = 0; j < k; j++)
-                gold[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
-            g = gold;
+                g_old[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+            g = g_old;
         } else if (!eager && !drop && f == 1.0 && s_old == s_new &&
                    us->bslot != POOL_NONE) {
             double *gs = m->bg + (size_t)us->bslot * k;
