@@ -698,6 +698,15 @@ MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
     return 0; /* not reached: some entry holds the minimum */
 }
 
+/* g = h in B's stored units, (h_j hs_j) / bcol_j: the g a share is held
+ * with. */
+MODEL_KI void model_b_units_k(const struct model *m, const float *restrict h,
+                              double *restrict g, const uint32_t k)
+{
+    for (uint32_t j = 0; j < k; j++)
+        g[j] = ((double)h[j] * m->hs[j]) / m->bcol[j];
+}
+
 /* B's row i += a g: the entry of item i in a share held with g changed
  * by a (in c v units). */
 MODEL_KI void model_b_row_k(struct model *m, const double *restrict g,
@@ -753,9 +762,10 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     int add = 0;
     const int had_profile = us->n > 0;
 
-    /* The share of B: a heavy one held with g stays, if no entry but the
-     * event's changes; otherwise it goes now, and light users put the new
-     * one back at the end of this step, heavy ones at the next sync. */
+    /* The share of B: held with g if no entry but the event's changes
+     * (a light user's g on the stack for this step, a heavy user's in its
+     * slot until the sync); otherwise it goes now, and light users put
+     * the new one back at the end of this step, heavy ones at the sync. */
     const int eager = us->n < MODEL_BCACHE_MIN && !drop;
     const double s_old = model__frame_weight(m, us->t);
     const double s_new = model__frame_weight(m, t_new);
@@ -763,15 +773,13 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     const double *g = NULL; /* the share held, if it is */
     if (us->flags & MODEL_U_INB) {
         if (eager && f == 1.0 && s_old == s_new) {
-            for (uint32_t j = 0; j < k; j++)
-                g_old[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+            model_b_units_k(m, hu, g_old, k);
             g = g_old;
         } else if (!eager && !drop && f == 1.0 && s_old == s_new &&
                    us->bslot != POOL_NONE) {
             double *gs = m->bg + (size_t)us->bslot * k;
             if (!(us->flags & MODEL_U_GB)) {
-                for (uint32_t j = 0; j < k; j++)
-                    gs[j] = ((double)hu[j] * m->hs[j]) / m->bcol[j];
+                model_b_units_k(m, hu, gs, k);
                 us->flags |= MODEL_U_GB;
             }
             g = gs;
@@ -1016,7 +1024,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
     }
-    if ((us->flags & (MODEL_U_INB | MODEL_U_GB)) != MODEL_U_INB)
+    if (model__owes_b(us))
         model_pend(m, u);
     m->dirty = 1;
     if (had_profile != (out > 0)) {
@@ -1954,8 +1962,7 @@ void model_B(const struct model *m, double *out)
     uint32_t U = ids_slots(m->uids);
     for (uint32_t u = 0; u < U; u++) {
         const struct model_user *us = &m->u[u];
-        if (!(us->flags & MODEL_U_LIVE) || !us->n ||
-            (us->flags & (MODEL_U_INB | MODEL_U_GB)) == MODEL_U_INB)
+        if (!(us->flags & MODEL_U_LIVE) || !us->n || !model__owes_b(us))
             continue;
         const float *hu = m->H + (size_t)u * k;
         const double *g =

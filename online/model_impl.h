@@ -133,6 +133,12 @@ struct model {
     struct model_restart *rs; /* the restart under way, NULL if none */
 };
 
+/* Whether the sync owes B the live user's share: held with a g, or out. */
+static inline int model__owes_b(const struct model_user *us)
+{
+    return (us->flags & (MODEL_U_INB | MODEL_U_GB)) != MODEL_U_INB;
+}
+
 /* Weight of a contribution made at time t in the stored frame. */
 static inline double model__frame_weight(const struct model *m, int64_t t)
 {

@@ -706,7 +706,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
             break;
         }
         us->flags = (uint8_t)(MODEL_U_LIVE | flags);
-        if ((flags & (MODEL_U_INB | MODEL_U_GB)) != MODEL_U_INB)
+        if (model__owes_b(us))
             m->pend_all = 1;
         if (cached) {
             if (model__bcache_reserve(m)) {
