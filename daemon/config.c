@@ -214,7 +214,8 @@ static const struct config_key config_table[] = {
     K_INT(CT_U32, "model", "refine_users", "2000", 0, 100000000, true,
           model.refine_users,
           "Stale users re-solved per loop tick once the input has been quiet "
-          "100 ms (1 per 4 events folded while it flows); 0 = none."),
+          "100 ms (1 per 4 events folded while it flows, none while a "
+          "backlog waits); 0 = none."),
 
     /* [snapshot] */
     K_INT(CT_DURATION, "snapshot", "interval", "5s", 100, 1 * DAY, true,

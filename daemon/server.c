@@ -883,7 +883,13 @@ static void on_refresh_timer(uv_timer_t *t)
  * Refinement re-solves users whose h is stale against the current W.
  * While events flow it is paid for by them: after each loop iteration
  * that folded, one stale user per SERVER_REFINE_EVERY events, so H never
- * goes stale for long and ingest keeps the CPU. Once the input has been
+ * goes stale for long and ingest keeps the CPU. But not while nmfd is
+ * behind its input (the consumer left messages waiting): catching up makes
+ * the segments of every user in the backlog current, refinement only
+ * those of users who sent nothing, so the backlog goes first. What
+ * refinement is owed meanwhile is kept up to one slice and paid once the
+ * backlog is gone; beyond that the idle pass converges the rest, as
+ * nmfctl fit does after the whole stream. Once the input has been
  * quiet for SERVER_QUIET_MS the idle handle takes over with the full
  * slice (model.refine_users) every iteration until the model converges.
  * An idle handle keeps the loop from sleeping, so it runs only then:
@@ -893,6 +899,11 @@ static void refine_streaming(struct server *s)
 {
     uv_idle_stop(&s->refine);
     uv_timer_start(&s->t_quiet, on_quiet_timer, SERVER_QUIET_MS, 0);
+    size_t cap = (size_t)s->cfg->model.refine_users * SERVER_REFINE_EVERY;
+    if (s->refine_owed > cap)
+        s->refine_owed = cap;
+    if (s->in && kafka_in_behind(s->in))
+        return;
     size_t budget = s->refine_owed / SERVER_REFINE_EVERY;
     if (!budget || !s->cfg->model.refine_users)
         return;

@@ -204,6 +204,7 @@ struct kafka_in {
     unsigned batch;
 
     bool paused;
+    bool behind;  /* the last pass took a full batch */
     bool closing; /* kafka_in_close called */
     bool close_started;
     bool finishing; /* handle being destroyed, handles closing */
@@ -559,6 +560,7 @@ static void kafka__in_pass(struct kafka_in *k)
         k->msgs[k->tail++] = m;
     }
     more = (size_t)n == room;
+    k->behind = more; /* a full batch: more may be waiting */
 
     kafka__in_deliver(k);
 
@@ -751,6 +753,11 @@ fail:
         free(k);
     }
     return NULL;
+}
+
+bool kafka_in_behind(const struct kafka_in *k)
+{
+    return k->behind;
 }
 
 void kafka_in_set_batch(struct kafka_in *k, unsigned batch)

@@ -65,6 +65,11 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
  * for the next iteration so the loop stays responsive. */
 void kafka_in_set_batch(struct kafka_in *k, unsigned batch);
 
+/* Whether the last iteration took a full batch, so that more messages
+ * were waiting: the owner is behind its input. Work that can wait (nmfd's
+ * refinement) yields while it is. */
+bool kafka_in_behind(const struct kafka_in *k);
+
 /* Joins the group for the comma-separated topics. -EINVAL an empty list
  * or entry, or after kafka_in_close; -errno from librdkafka. */
 int kafka_in_subscribe(struct kafka_in *k, const char *topics);

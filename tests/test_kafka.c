@@ -228,6 +228,7 @@ struct cons {
     bool paused_once;
     int64_t lastoff[8];
     bool order_ok;
+    int behind; /* messages handed over while kafka_in_behind said so */
 };
 
 static void c_message(void *ctx, const rd_kafka_message_t *m)
@@ -237,6 +238,8 @@ static void c_message(void *ctx, const rd_kafka_message_t *m)
     const void *v;
     size_t vlen;
 
+    if (kafka_in_behind(c->in))
+        c->behind++;
     if (c->n < MAXMSG) {
         snprintf(c->keys[c->n], sizeof(c->keys[c->n]), "%.*s", (int)m->key_len,
                  (const char *)m->key);
@@ -788,6 +791,11 @@ Test(kafka_io, consumes_exactly_what_was_produced)
     assert_each_key_once(c, 2000);
     cr_assert(c->order_ok, "offsets in order per partition");
     cr_assert_eq(c->assigns, 1);
+    /* 2000 messages waiting, 64 a pass: behind while taking them, not
+     * once the queue is empty. */
+    cr_assert_gt(c->behind, 0);
+    cr_assert_lt(c->behind, 2000);
+    cr_assert(!kafka_in_behind(c->in));
     /* Keys landed where Java's partitioner puts them. */
     for (int i = 0; i < c->n; i++)
         cr_assert_eq(

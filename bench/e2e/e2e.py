@@ -380,6 +380,9 @@ def scenario_consumers(a, name, logdir, with_bare, with_nmfd, perf=False):
                     nmfd_cpu.append(cpu_seconds(r.nmfd.pid))
                     if v >= n:
                         nmfd_done = True
+                        # Stale users re-solved while the stream was folded.
+                        res["nmfd_refined"] = metric_value(r.nmfd.port,
+                                                           "nmfd_users_refined_total")
             if with_bare and not bare_done and r.bare.poll() is not None:
                 bare_done = True
             if nmfd_done and bare_done and t_prod_end is not None:
@@ -477,6 +480,8 @@ def summarise(results):
                     row[who + "_drain_s"] = median([r[who]["drain_s"] for r in rs])
             if "nmfd_over_bare" in rs[0]:
                 row["nmfd_over_bare"] = median([r.get("nmfd_over_bare") for r in rs])
+            if "nmfd" in rs[0]:
+                row["nmfd_refined"] = median([r.get("nmfd_refined") for r in rs])
             row["evicted_partitions"] = sorted(set(
                 p for r in rs for p in r["low_watermarks_nonzero"]))
         row["loads"] = [r.get("load") or r.get("load_before") for r in rs]
