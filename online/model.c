@@ -438,6 +438,28 @@ uint32_t model__bcache_take(struct model *m)
     return s;
 }
 
+/* Every cache line of [p, p + bytes): a 48-byte user record, say, lies
+ * across two lines half the time. */
+static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + bytes;
+    for (; a < end; a += 64) {
+        if (rw)
+            __builtin_prefetch((const void *)a, 1);
+        else
+            __builtin_prefetch((const void *)a, 0);
+    }
+}
+
+/* How far ahead (in profile entries) a pass over a profile hints the W
+ * or B rows it is about to touch. A heavy user's rows lie scattered over
+ * megabytes, which the hardware prefetcher cannot guess and the core's
+ * window covers only a few entries of; 32 was the best of 4 to 64
+ * (docs/benchmarks.md, section 2). The pipeline of model_fold_batch
+ * already hints a light user's rows; this serves the heavy users' W^T v
+ * after a refresh and the sync's settling of their shares. */
+#define MODEL_ROW_AHEAD 32
+
 /* B[i] += v_i c for every profile entry (i, v_i). */
 MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
                              const double *restrict c, const uint32_t k)
@@ -445,7 +467,13 @@ MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     double *restrict B = m->B;
+    const size_t row = k * sizeof(double);
+    for (uint32_t q = 0; q < us->n && q < MODEL_ROW_AHEAD; q++)
+        model_prefetch_span(B + (size_t)it[q] * k, row, 1);
     for (uint32_t q = 0; q < us->n; q++) {
+        if (q + MODEL_ROW_AHEAD < us->n)
+            model_prefetch_span(B + (size_t)it[q + MODEL_ROW_AHEAD] * k, row,
+                                1);
         double *restrict bi = B + (size_t)it[q] * k;
         double v = va[q];
         for (uint32_t j = 0; j < k; j++)
@@ -578,7 +606,13 @@ MODEL_KI void model_wtv_k(const struct model *m, const struct model_user *us,
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     const float *restrict W = m->W;
+    const size_t row = k * sizeof(float);
+    for (uint32_t q = 0; q < us->n && q < MODEL_ROW_AHEAD; q++)
+        model_prefetch_span(W + (size_t)it[q] * k, row, 0);
     for (uint32_t q = 0; q < us->n; q++) {
+        if (q + MODEL_ROW_AHEAD < us->n)
+            model_prefetch_span(W + (size_t)it[q + MODEL_ROW_AHEAD] * k, row,
+                                0);
         const float *restrict wi = W + (size_t)it[q] * k;
         double v = va[q];
         for (uint32_t j = 0; j < k; j++)
@@ -1601,19 +1635,6 @@ struct model_pf {
     int ok;
     int64_t ui, ii;
 };
-
-/* Every cache line of [p, p + bytes): a 48-byte user record, say, lies
- * across two lines half the time. */
-static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
-{
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + bytes;
-    for (; a < end; a += 64) {
-        if (rw)
-            __builtin_prefetch((const void *)a, 1);
-        else
-            __builtin_prefetch((const void *)a, 0);
-    }
-}
 
 /* Hints for a light user's profile rows: W (for W^T v) and B (for the
  * eager replacement of its share). */
