@@ -1723,9 +1723,13 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
                     model_prefetch_span(pool_vals(&m->pool, us->cls, us->slab),
                                         span, 1);
                 }
-                if (us->bslot != POOL_NONE)
+                if (us->bslot != POOL_NONE) {
                     model_prefetch_span(m->bc + (size_t)us->bslot * m->k,
                                         m->k * sizeof(double), 1);
+                    if (us->flags & MODEL_U_GB)
+                        model_prefetch_span(m->bg + (size_t)us->bslot * m->k,
+                                            m->k * sizeof(double), 0);
+                }
             }
         }
         if (e >= 4 * d) {
