@@ -171,13 +171,32 @@ void ids_prefetch_slot(const struct ids *t, uint64_t h)
         __builtin_prefetch(&t->tab[h & (t->tab_cap - 1)]);
 }
 
-void ids_prefetch_record(const struct ids *t, uint64_t h)
+/* The record the lookup will compare: the first entry from the home slot
+ * whose length and tag match, as ids_find_hash finds it, looked for only
+ * among the slots of the home slot's cache line (the one that
+ * ids_prefetch_slot brought in), and every line of its bytes. */
+void ids_prefetch_record(const struct ids *t, uint64_t h, size_t len)
 {
     if (!t->tab_cap)
         return;
-    uint64_t e = t->tab[h & (t->tab_cap - 1)];
-    if (e)
-        __builtin_prefetch(t->arena + (e >> IDS_OFF_SHIFT));
+    const uint64_t want =
+        ((uint64_t)len << IDS_TAG_BITS) | (h >> (64 - IDS_TAG_BITS));
+    const uint64_t lowmask = (1ull << IDS_OFF_SHIFT) - 1;
+    const size_t mask = t->tab_cap - 1;
+    const size_t per_line = 64 / sizeof(*t->tab);
+    size_t pos = h & mask;
+    do {
+        uint64_t e = t->tab[pos];
+        if (!e)
+            return;
+        if ((e & lowmask) == want) {
+            const char *r = t->arena + (e >> IDS_OFF_SHIFT);
+            __builtin_prefetch(r);
+            __builtin_prefetch(r + IDS_HDR + len - 1);
+            return;
+        }
+        pos = (pos + 1) & mask;
+    } while (pos % per_line);
 }
 
 /* Home slot of a table entry: the hash of its record's bytes. */
@@ -196,9 +215,21 @@ static void ids_tab_put(uint64_t *tab, size_t mask, size_t home, uint64_t e)
     tab[pos] = e;
 }
 
+/* A zeroed table of cap slots (a power of two) on cache-line boundaries,
+ * so that a probe run from a home slot stays in one line as long as it
+ * can, and ids_prefetch_record knows which slots are cached. */
+static uint64_t *ids_tab_new(size_t cap)
+{
+    size_t bytes = cap * sizeof(uint64_t);
+    uint64_t *tab = aligned_alloc(64, bytes < 64 ? 64 : bytes);
+    if (tab)
+        memset(tab, 0, bytes);
+    return tab;
+}
+
 static int ids_tab_grow(struct ids *t, size_t cap)
 {
-    uint64_t *tab = calloc(cap, sizeof(*tab));
+    uint64_t *tab = ids_tab_new(cap);
     if (!tab)
         return -ENOMEM;
     for (size_t i = 0; i < t->tab_cap; i++)
@@ -292,7 +323,7 @@ static void ids_compact(struct ids *t)
 {
     size_t need = t->arena_len - t->arena_dead;
     char *a = malloc(need ? need : 1);
-    uint64_t *tab = calloc(t->tab_cap, sizeof(*tab));
+    uint64_t *tab = ids_tab_new(t->tab_cap);
     if (!a || !tab) {
         free(a);
         free(tab);

@@ -20,9 +20,10 @@ uint64_t ids_hash_id(const struct ids *t, const char *s, size_t len);
 int64_t ids_find_hash(const struct ids *t, const char *s, size_t len,
                       uint64_t h);
 /* Memory hints for an upcoming lookup of hash h: the table slot, then
- * (once that is cached) the record it points to. Change nothing. */
+ * (once that is cached) the record of len bytes it leads to. Change
+ * nothing. */
 void ids_prefetch_slot(const struct ids *t, uint64_t h);
-void ids_prefetch_record(const struct ids *t, uint64_t h);
+void ids_prefetch_record(const struct ids *t, uint64_t h, size_t len);
 /* Makes room so that the next ids_insert of an id of len bytes cannot
  * fail; 0 or -ENOMEM (nothing changed). */
 int ids_reserve(struct ids *t, size_t len);

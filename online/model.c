@@ -1686,8 +1686,9 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
         if (e >= d && e - d < n) {
             const struct model_pf *p = &pf[(e - d) % MODEL_PF_RING];
             if (p->ok) {
-                ids_prefetch_record(m->uids, p->uh);
-                ids_prefetch_record(m->iids, p->ih);
+                const struct model_event *x = &ev[e - d];
+                ids_prefetch_record(m->uids, p->uh, x->user_len);
+                ids_prefetch_record(m->iids, p->ih, x->item_len);
             }
         }
         if (e >= 2 * d && e - 2 * d < n) {
