@@ -23,6 +23,7 @@
 #define IDS_TAG_BITS  15
 #define IDS_TAG_MASK  ((1ull << IDS_TAG_BITS) - 1)
 #define IDS_OFF_SHIFT (IDS_LEN_BITS + IDS_TAG_BITS)
+#define IDS_KEY_MASK  ((1ull << IDS_OFF_SHIFT) - 1) /* length and tag */
 #define IDS_OFF_MAX   (1ull << (64 - IDS_OFF_SHIFT))
 #define IDS_HDR       4 /* the record's uint32 index */
 #define IDS_SLOTS_MAX 0xfffffff0u
@@ -121,10 +122,16 @@ void ids_free(struct ids *t)
     free(t);
 }
 
+/* The low bits of a table entry, its key: the id's length and the top
+ * bits of its hash. A lookup compares bytes only where the key matches. */
+static inline uint64_t ids_key(size_t len, uint64_t hash)
+{
+    return ((uint64_t)len << IDS_TAG_BITS) | (hash >> (64 - IDS_TAG_BITS));
+}
+
 static inline uint64_t ids_slot_of(uint64_t off, size_t len, uint64_t hash)
 {
-    return (off << IDS_OFF_SHIFT) | ((uint64_t)len << IDS_TAG_BITS) |
-           (hash >> (64 - IDS_TAG_BITS));
+    return (off << IDS_OFF_SHIFT) | ids_key(len, hash);
 }
 
 static inline uint32_t ids_rec_idx(const struct ids *t, uint64_t off)
@@ -144,15 +151,13 @@ int64_t ids_find_hash(const struct ids *t, const char *s, size_t len,
 {
     if (!t->tab_cap)
         return -ENOENT;
-    uint64_t want =
-        ((uint64_t)len << IDS_TAG_BITS) | (h >> (64 - IDS_TAG_BITS));
-    const uint64_t lowmask = (1ull << IDS_OFF_SHIFT) - 1;
+    const uint64_t want = ids_key(len, h);
     size_t mask = t->tab_cap - 1;
     for (size_t pos = h & mask;; pos = (pos + 1) & mask) {
         uint64_t e = t->tab[pos];
         if (!e)
             return -ENOENT;
-        if ((e & lowmask) != want)
+        if ((e & IDS_KEY_MASK) != want)
             continue;
         uint64_t off = e >> IDS_OFF_SHIFT;
         if (ids_eq(t->arena + off + IDS_HDR, s, len))
@@ -179,9 +184,7 @@ void ids_prefetch_record(const struct ids *t, uint64_t h, size_t len)
 {
     if (!t->tab_cap)
         return;
-    const uint64_t want =
-        ((uint64_t)len << IDS_TAG_BITS) | (h >> (64 - IDS_TAG_BITS));
-    const uint64_t lowmask = (1ull << IDS_OFF_SHIFT) - 1;
+    const uint64_t want = ids_key(len, h);
     const size_t mask = t->tab_cap - 1;
     const size_t per_line = 64 / sizeof(*t->tab);
     size_t pos = h & mask;
@@ -189,7 +192,7 @@ void ids_prefetch_record(const struct ids *t, uint64_t h, size_t len)
         uint64_t e = t->tab[pos];
         if (!e)
             return;
-        if ((e & lowmask) == want) {
+        if ((e & IDS_KEY_MASK) == want) {
             const char *r = t->arena + (e >> IDS_OFF_SHIFT);
             __builtin_prefetch(r);
             __builtin_prefetch(r + IDS_HDR + len - 1);
