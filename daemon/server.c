@@ -247,10 +247,27 @@ static struct part *part_get(struct server *s, const char *topic,
     return &s->parts[s->nparts++];
 }
 
-/* The offsets the model has folded up to, for a checkpoint. */
+/* The known position of a partition: where this process has consumed it
+ * to, -1 if it has not. */
+static int64_t parts_next(const struct server *s, const char *topic,
+                          int32_t partition)
+{
+    for (size_t i = 0; i < s->nparts; i++)
+        if (s->parts[i].partition == partition &&
+            !strcmp(s->parts[i].topic, topic))
+            return s->parts[i].next;
+    return -1;
+}
+
+/* The offsets the model has folded up to, for a checkpoint: where each
+ * partition has been consumed to, and for a partition not consumed since
+ * the start, the offset the state was loaded with. Until the group assigns
+ * it, that is exactly what the model holds of it; left out, the next start
+ * would fall back to the group's committed offset, which can lag the model
+ * (a kill between a checkpoint and its commit), and fold events twice. */
 static struct checkpoint_offset *parts_offsets(struct server *s, size_t *n)
 {
-    struct checkpoint_offset *o = calloc(s->nparts + 1, sizeof(*o));
+    struct checkpoint_offset *o = calloc(s->nparts + s->nseek + 1, sizeof(*o));
     size_t k = 0;
     if (!o)
         return NULL;
@@ -260,6 +277,12 @@ static struct checkpoint_offset *parts_offsets(struct server *s, size_t *n)
         o[k].topic = s->parts[i].topic; /* borrowed */
         o[k].partition = s->parts[i].partition;
         o[k].offset = s->parts[i].next;
+        k++;
+    }
+    for (size_t j = 0; j < s->nseek; j++) {
+        if (parts_next(s, s->seek[j].topic, s->seek[j].partition) >= 0)
+            continue;
+        o[k] = s->seek[j]; /* borrowed */
         k++;
     }
     *n = k;

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The checkpoint as an operator meets it: nmfd stops cleanly and writes
 one; it restarts from it and resumes at the stored offsets (no event
-folded twice); a corrupt, truncated or incompatible (other model.k)
+folded twice), and keeps them in the checkpoints it writes before the
+group assigns its partitions; a corrupt, truncated or incompatible (other model.k)
 checkpoint is refused with a clear error and exit 1, never half-loaded;
 --ignore-checkpoint starts a fresh model on purpose."""
 import os
@@ -10,8 +11,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, KAFKA_TEST_SETS, Procs, check, folded_all, metric,  # noqa: E402
-                     stop, wait_for)
+from harness import (BIN, KAFKA_TEST_SETS, Procs, check, folded_all,  # noqa: E402
+                     inspect_checkpoint, metric, stop, wait_for)
 
 EVENTS = 5000
 
@@ -55,6 +56,26 @@ def main():
               "events folded again after a restart")
         check(stop(d) == 0, "clean stop")
         good = open(ckpt, "rb").read()
+
+        # Checkpoints written before the group assigns the partitions (here
+        # the brokers are unreachable, so it never does) keep the offsets
+        # the state was loaded with. Without them the next start would fall
+        # back to the group's committed offsets, which can lag the model
+        # (a kill between a checkpoint and its commit), and fold events
+        # twice.
+        offsets = inspect_checkpoint(state)["offsets"]
+        check(len(offsets) == 2, "offsets of the clean stop: %r" % offsets)
+        lone = os.path.join(ps.tmp, "unassigned")
+        shutil.copytree(state, lone)
+        d = ps.nmfd("127.0.0.1:1", sets=sets + ["checkpoint.interval=1s"], state=lone,
+                    name="unassigned")
+        wait_for(lambda: (metric(d.port, "nmfd_checkpoints_total") or 0) >= 2, 30,
+                 "checkpoints while unassigned")
+        check(inspect_checkpoint(lone)["offsets"] == offsets,
+              "a checkpoint while unassigned lost the loaded offsets: %r"
+              % inspect_checkpoint(lone)["offsets"])
+        d.kill()
+        d.wait()
 
         # Refusals, each on its own copy of the state directory.
         cases = [
