@@ -4,19 +4,16 @@ the broker folds the stream first: users whose h went stale at a W refresh
 and who send nothing more are not re-solved while events wait. Once it has
 caught up, refinement re-solves them until the model converges, and the
 segments come out as `nmfctl fit` makes them from the same events."""
-import csv
 import json
 import os
-import subprocess
 import sys
 import time
 
-import msgpack
-import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, Procs, check, converged, fail, http_get, metrics, wait_for  # noqa: E402
+from harness import (Procs, check, converged, fail, fit_segments, gen_planted,  # noqa: E402
+                     http_get, metrics, wait_for)
 
 K = 8
 USERS, ITEMS, EVENTS = 20000, 1000, 300000
@@ -28,14 +25,7 @@ PACE = 4 * 10
 
 def main():
     with Procs() as ps:
-        events = os.path.join(ps.tmp, "events.csv")
-        truth = os.path.join(ps.tmp, "truth.csv")
-        with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", str(USERS),
-                                "--items", str(ITEMS), "--k", str(K), "--events",
-                                str(EVENTS), "--seed", "5", "--truth", truth],
-                               stdout=f, timeout=60)
-        check(r.returncode == 0, "nmfctl gen failed")
+        events, planted = gen_planted(ps, USERS, ITEMS, K, EVENTS, seed=5)
 
         # The whole stream waits in the broker before nmfd starts.
         brokers = ps.broker(partitions=8, topics="nmf.events")
@@ -76,17 +66,7 @@ def main():
 
         # Segments as nmfctl fit makes them (it folds the whole stream, then
         # refines: the limit of a daemon that starts behind).
-        out = os.path.join(ps.tmp, "fit.msgpack")
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "fit", "--events", events,
-                            "--set", "model.k=%d" % K, "--set", "model.refresh_events=10000",
-                            "--out", out], capture_output=True, timeout=300)
-        check(r.returncode == 0, "nmfctl fit failed: %s" % r.stderr.decode())
-        with open(out, "rb") as f:
-            doc = msgpack.unpackb(f.read(), raw=False)
-        H = np.frombuffer(doc["H"], "<f4").reshape(len(doc["users"]), K)
-        fit = dict(zip(doc["users"], H.argmax(axis=1)))
-        with open(truth) as f:
-            planted = {r["user"]: int(r["segment"]) for r in csv.DictReader(f)}
+        fit = fit_segments(ps, events, K, ["model.refresh_events=10000"])
         users = sorted(planted)[::10]  # one HTTP request each
         daemon = {}
         for u in users:

@@ -4,7 +4,6 @@
 python3-confluent-kafka consumer reads every record nmfd publishes, checks
 each against the contract (DESIGN.md section 3), and the segments must
 agree with `nmfctl fit` on the same events and with the planted truth."""
-import collections
 import csv
 import math
 import os
@@ -17,8 +16,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, Procs, check, converged, fail, folded_all, http_get,  # noqa: E402
-                     metric, stop, wait_for)
+from harness import (Procs, check, converged, fail, fit_segments, folded_all,  # noqa: E402
+                     gen_planted, http_get, metric, stop, wait_for)
 
 K = 6
 USERS, ITEMS, EVENTS = 1500, 300, 40000
@@ -51,14 +50,7 @@ def read_topic(brokers, topic):
 
 def main():
     with Procs() as ps:
-        events = os.path.join(ps.tmp, "events.csv")
-        truth = os.path.join(ps.tmp, "truth.csv")
-        with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", str(USERS),
-                                "--items", str(ITEMS), "--k", str(K), "--events",
-                                str(EVENTS), "--seed", "11", "--truth", truth],
-                               stdout=f, timeout=60)
-        check(r.returncode == 0, "nmfctl gen failed")
+        events, planted = gen_planted(ps, USERS, ITEMS, K, EVENTS, seed=11)
 
         brokers = ps.broker(partitions=4, topics="nmf.events")
         snapfile = os.path.join(ps.tmp, "snapshot.msgpack")
@@ -134,17 +126,7 @@ def main():
               % (len(segs), last["users"]))
 
         # --- the same events through nmfctl fit ---
-        out = os.path.join(ps.tmp, "fit.msgpack")
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "fit", "--events", events,
-                            "--set", "model.k=%d" % K,
-                            "--out", out], capture_output=True, timeout=300)
-        check(r.returncode == 0, "nmfctl fit failed: %s" % r.stderr.decode())
-        with open(out, "rb") as f:
-            doc = msgpack.unpackb(f.read(), raw=False)
-        H = np.frombuffer(doc["H"], "<f4").reshape(len(doc["users"]), K)
-        fit = dict(zip(doc["users"], H.argmax(axis=1)))
-        with open(truth) as f:
-            planted = {r["user"]: int(r["segment"]) for r in csv.DictReader(f)}
+        fit = fit_segments(ps, events, K)
         users = sorted(planted)
         ari_fit_daemon = adjusted_rand_score([fit[u] for u in users], [segs[u] for u in users])
         ari_daemon = adjusted_rand_score([planted[u] for u in users], [segs[u] for u in users])

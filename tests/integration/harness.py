@@ -1,7 +1,7 @@
 """Test harness for nmfd's integration tests: starts real processes (the
 standalone broker, nmfd, the producer) on 127.0.0.1, waits for them with
 bounded loops, and stops everything it started, whatever happens."""
-import json
+import csv
 import os
 import re
 import signal
@@ -109,6 +109,39 @@ class Procs:
                            capture_output=True, timeout=300)
         check(r.returncode == 0, "nmfctl produce failed: %s" % r.stderr.decode())
         return r
+
+
+def gen_planted(ps, users, items, k, events, seed):
+    """`nmfctl gen` of a planted stream into ps.tmp: the CSV's path and
+    {user: planted segment}."""
+    path = os.path.join(ps.tmp, "events.csv")
+    truth = os.path.join(ps.tmp, "truth.csv")
+    with open(path, "wb") as f:
+        r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", str(users),
+                            "--items", str(items), "--k", str(k), "--events",
+                            str(events), "--seed", str(seed), "--truth", truth],
+                           stdout=f, timeout=60)
+    check(r.returncode == 0, "nmfctl gen failed")
+    with open(truth) as f:
+        planted = {row["user"]: int(row["segment"]) for row in csv.DictReader(f)}
+    return path, planted
+
+
+def fit_segments(ps, events, k, sets=()):
+    """`nmfctl fit` of a CSV: {user: segment (argmax of h)}."""
+    import msgpack
+    import numpy as np
+    out = os.path.join(ps.tmp, "fit.msgpack")
+    args = [os.path.join(BIN, "nmfctl"), "fit", "--events", events,
+            "--set", "model.k=%d" % k]
+    for s in sets:
+        args += ["--set", s]
+    r = subprocess.run(args + ["--out", out], capture_output=True, timeout=300)
+    check(r.returncode == 0, "nmfctl fit failed: %s" % r.stderr.decode())
+    with open(out, "rb") as f:
+        doc = msgpack.unpackb(f.read(), raw=False)
+    H = np.frombuffer(doc["H"], "<f4").reshape(len(doc["users"]), k)
+    return dict(zip(doc["users"], H.argmax(axis=1)))
 
 
 def http_get(port, path, timeout=5):
