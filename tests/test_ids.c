@@ -34,6 +34,21 @@ static int64_t find_hinted(const struct ids *t, const char *s, size_t len)
     return a;
 }
 
+/* Inserts ids 0..N-1, each absent before and given the next index. */
+static struct ids *filled(uint64_t seed)
+{
+    struct ids *t = ids_new(seed);
+    char buf[IDS_LEN_MAX + 1];
+    cr_assert_not_null(t);
+    for (uint32_t i = 0; i < N; i++) {
+        size_t len = id_of(buf, i);
+        cr_assert_eq(find_hinted(t, buf, len), -ENOENT, "id %u early", i);
+        cr_assert_eq(ids_reserve(t, len), 0);
+        cr_assert_eq(ids_insert(t, buf, len), i);
+    }
+    return t;
+}
+
 Test(ids, empty_table_finds_nothing_and_hints_are_safe)
 {
     struct ids *t = ids_new(1);
@@ -45,21 +60,15 @@ Test(ids, empty_table_finds_nothing_and_hints_are_safe)
 
 Test(ids, every_id_finds_its_index_through_growth)
 {
-    struct ids *t = ids_new(7);
+    struct ids *t = filled(7);
     char buf[IDS_LEN_MAX + 1];
-    for (uint32_t i = 0; i < N; i++) {
-        size_t len = id_of(buf, i);
-        cr_assert_eq(find_hinted(t, buf, len), -ENOENT, "id %u early", i);
-        cr_assert_eq(ids_reserve(t, len), 0);
-        cr_assert_eq(ids_insert(t, buf, len), i);
-    }
     cr_assert_eq(ids_live(t), N);
     for (uint32_t i = 0; i < N; i++) {
         size_t len = id_of(buf, i), got;
         cr_assert_eq(find_hinted(t, buf, len), (int64_t)i);
         const char *s = ids_get(t, i, &got);
         cr_assert(got == len && memcmp(s, buf, len) == 0, "bytes of %u", i);
-        /* A prefix and an extension are other ids. */
+        /* A prefix is another id. */
         if (len > 1)
             cr_assert_eq(find_hinted(t, buf, len - 1) == (int64_t)i, 0);
     }
@@ -68,13 +77,8 @@ Test(ids, every_id_finds_its_index_through_growth)
 
 Test(ids, removed_ids_are_gone_and_their_indices_reused_last_first)
 {
-    struct ids *t = ids_new(3);
+    struct ids *t = filled(3);
     char buf[IDS_LEN_MAX + 1];
-    for (uint32_t i = 0; i < N; i++) {
-        size_t len = id_of(buf, i);
-        cr_assert_eq(ids_reserve(t, len), 0);
-        ids_insert(t, buf, len);
-    }
     /* Remove most of them: the arena compacts on the way. */
     for (uint32_t i = 0; i < N; i++)
         if (i % 10)
