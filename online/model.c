@@ -460,6 +460,21 @@ static inline void model_prefetch_span(const void *p, size_t bytes, int rw)
  * after a refresh and the sync's settling of their shares. */
 #define MODEL_ROW_AHEAD 32
 
+/* Before entry q of a pass over a profile (it, n) whose rows of row bytes
+ * start at base: hints the row MODEL_ROW_AHEAD entries ahead, and at the
+ * first entry the rows up to there. */
+static inline void model_rows_ahead(const void *base, size_t row,
+                                    const uint32_t *it, uint32_t q, uint32_t n,
+                                    int rw)
+{
+    const char *b = base;
+    if (q == 0)
+        for (uint32_t r = 0; r < n && r < MODEL_ROW_AHEAD; r++)
+            model_prefetch_span(b + (size_t)it[r] * row, row, rw);
+    if (q + MODEL_ROW_AHEAD < n)
+        model_prefetch_span(b + (size_t)it[q + MODEL_ROW_AHEAD] * row, row, rw);
+}
+
 /* B[i] += v_i c for every profile entry (i, v_i). */
 MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
                              const double *restrict c, const uint32_t k)
@@ -467,13 +482,8 @@ MODEL_KI void model_b_pass_k(struct model *m, const struct model_user *us,
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     double *restrict B = m->B;
-    const size_t row = k * sizeof(double);
-    for (uint32_t q = 0; q < us->n && q < MODEL_ROW_AHEAD; q++)
-        model_prefetch_span(B + (size_t)it[q] * k, row, 1);
     for (uint32_t q = 0; q < us->n; q++) {
-        if (q + MODEL_ROW_AHEAD < us->n)
-            model_prefetch_span(B + (size_t)it[q + MODEL_ROW_AHEAD] * k, row,
-                                1);
+        model_rows_ahead(B, k * sizeof(double), it, q, us->n, 1);
         double *restrict bi = B + (size_t)it[q] * k;
         double v = va[q];
         for (uint32_t j = 0; j < k; j++)
@@ -606,13 +616,8 @@ MODEL_KI void model_wtv_k(const struct model *m, const struct model_user *us,
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     const float *restrict W = m->W;
-    const size_t row = k * sizeof(float);
-    for (uint32_t q = 0; q < us->n && q < MODEL_ROW_AHEAD; q++)
-        model_prefetch_span(W + (size_t)it[q] * k, row, 0);
     for (uint32_t q = 0; q < us->n; q++) {
-        if (q + MODEL_ROW_AHEAD < us->n)
-            model_prefetch_span(W + (size_t)it[q + MODEL_ROW_AHEAD] * k, row,
-                                0);
+        model_rows_ahead(W, k * sizeof(float), it, q, us->n, 0);
         const float *restrict wi = W + (size_t)it[q] * k;
         double v = va[q];
         for (uint32_t j = 0; j < k; j++)
