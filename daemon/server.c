@@ -208,8 +208,9 @@ static void on_quiet_timer(uv_timer_t *t);
 
 /* ---- partitions and offsets ------------------------------------------ */
 
-static struct part *part_get(struct server *s, const char *topic,
-                             int32_t partition)
+/* The partition's record, NULL if this process has none. */
+static struct part *part_find(struct server *s, const char *topic,
+                              int32_t partition)
 {
     if (s->lastpart < s->nparts) {
         struct part *p = &s->parts[s->lastpart];
@@ -222,6 +223,16 @@ static struct part *part_get(struct server *s, const char *topic,
             s->lastpart = i;
             return &s->parts[i];
         }
+    return NULL;
+}
+
+/* The partition's record, made if needed; NULL out of memory. */
+static struct part *part_get(struct server *s, const char *topic,
+                             int32_t partition)
+{
+    struct part *found = part_find(s, topic, partition);
+    if (found)
+        return found;
     if (s->nparts == s->capparts) {
         size_t cap = s->capparts ? 2 * s->capparts : 16;
         struct part *np = realloc(s->parts, cap * sizeof(*np));
@@ -247,18 +258,6 @@ static struct part *part_get(struct server *s, const char *topic,
     return &s->parts[s->nparts++];
 }
 
-/* The known position of a partition: where this process has consumed it
- * to, -1 if it has not. */
-static int64_t parts_next(const struct server *s, const char *topic,
-                          int32_t partition)
-{
-    for (size_t i = 0; i < s->nparts; i++)
-        if (s->parts[i].partition == partition &&
-            !strcmp(s->parts[i].topic, topic))
-            return s->parts[i].next;
-    return -1;
-}
-
 /* The offsets the model has folded up to, for a checkpoint: where each
  * partition has been consumed to, and for a partition not consumed since
  * the start, the offset the state was loaded with. Until the group assigns
@@ -280,7 +279,9 @@ static struct checkpoint_offset *parts_offsets(struct server *s, size_t *n)
         k++;
     }
     for (size_t j = 0; j < s->nseek; j++) {
-        if (parts_next(s, s->seek[j].topic, s->seek[j].partition) >= 0)
+        const struct part *p =
+            part_find(s, s->seek[j].topic, s->seek[j].partition);
+        if (p && p->next >= 0)
             continue;
         o[k] = s->seek[j]; /* borrowed */
         k++;
