@@ -204,8 +204,7 @@ def main():
     repo = os.path.dirname(here)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nmfctl", required=True, help="path of nmfctl")
-    ap.add_argument("--data", default=os.path.join(repo, "..", "shared",
-                                                   "data"))
+    ap.add_argument("--data", default=os.path.join(repo, "data"))
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024,
                     help="MiniBatchNMF batch size in users (default 1024)")

@@ -12,7 +12,9 @@ import time
 import urllib.request
 
 BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
-DATA = os.environ.get("NMFD_DATA", os.path.join(os.getcwd(), "..", "shared", "data"))
+# The repository's data/ (tests/integration/../../data), or NMFD_DATA.
+DATA = os.environ.get("NMFD_DATA", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 SANITIZED = os.environ.get("NMFD_SANITIZED") == "1"
 
 # Group timing the mock coordinator needs (KAFKA-MOCK.md), and low-latency

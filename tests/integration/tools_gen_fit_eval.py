@@ -4,7 +4,7 @@ sizes, every run bounded by a timeout.
 
 Needs Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack) and the
 environment meson sets: NMFD_BIN (the directory holding nmfctl) and
-NMFD_DATA (the shared data sets, optional).
+NMFD_DATA (the data sets; default: the repository's data/).
 """
 
 import csv
@@ -21,7 +21,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 NMFCTL = os.path.join(os.environ.get("NMFD_BIN", "build/daemon"), "nmfctl")
-DATA = os.environ.get("NMFD_DATA", "")
+DATA = os.environ.get("NMFD_DATA", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 TIMEOUT = 120
 
 
@@ -443,9 +444,7 @@ class FitEval(Base):
             p = run(cmd, "--help", check=0)
             self.assertIn(b"below 1e11 are seconds", p.stdout)
 
-    @unittest.skipUnless(DATA and os.path.exists(
-        os.path.join(DATA, "bayesm_scotch.csv")), "no shared data")
-    def test_shared_data_set(self):
+    def test_real_data_set(self):
         ev = os.path.join(DATA, "bayesm_scotch.csv")
         snap = self.path("s.snap")
         st = kv(self.fit(ev, snap).stdout)
