@@ -529,9 +529,9 @@ Test(csv, data_reads_clean, .timeout = 120)
         files++;
         if (len > 10 && !strcmp(e->d_name + len - 10, "_items.csv")) {
             size_t names = 0;
-            cr_assert_eq(csv_item_names(path, count_name, &names, err,
-                                        sizeof(err)),
-                         0, "%s", err);
+            cr_assert_eq(
+                csv_item_names(path, count_name, &names, err, sizeof(err)), 0,
+                "%s", err);
             /* A quoted name never spans lines (csv.h). */
             cr_assert_eq(names + 1, lines, "%s: %zu names, %zu lines", path,
                          names, lines);
