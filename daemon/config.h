@@ -98,7 +98,7 @@ struct config {
 /* SYSCONFDIR/nmfd/nmfd.conf, the file read when --config is not given. */
 const char *config_default_path(void);
 
-/* A config holding the defaults of DESIGN.md section 6; NULL on ENOMEM. */
+/* A config holding the defaults of docs/design.md section 6; NULL on ENOMEM. */
 struct config *config_new(void);
 void config_free(struct config *c);
 void config_destroy(struct config **c);

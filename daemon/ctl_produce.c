@@ -2,7 +2,7 @@
  *
  * Reads user,item,weight,ts rows with io/csv (the daemon's own rules for
  * weights and times), encodes each as a msgpack map or a JSON object with
- * the field names of DESIGN.md section 2, and produces it keyed by the
+ * the field names of docs/design.md section 2, and produces it keyed by the
  * user id through io/kafka's idempotent producer, so keys land where a
  * Java client would put them. With --batch N, up to N events that go to
  * the same partition travel as one array message (one user's events still

@@ -1,6 +1,6 @@
 /* records.c -- the msgpack records nmfd publishes, and their readers.
  *
- * Encodes, from a struct model, the three record types of DESIGN.md §3
+ * Encodes, from a struct model, the three record types of docs/design.md §3
  * (segment, topic, manifest) and the full dense snapshot, either into a
  * reusable buffer or streamed through a callback in 64 KiB pieces so that
  * a big model is never held twice in memory. It also reads a dense
@@ -281,7 +281,7 @@ static int pk_f32_body(msgpack_packer *pk, const float *v, size_t n)
 }
 
 /* The "model" map: the parameters that shaped the factors, under the
- * names of the [model] config keys (DESIGN.md §6), durations in ms. */
+ * names of the [model] config keys (docs/design.md §6), durations in ms. */
 static int pk_model(msgpack_packer *pk, const struct model_params *p,
                     int64_t refresh_interval_ms)
 {

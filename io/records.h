@@ -1,4 +1,4 @@
-/* records.h -- the msgpack records nmfd publishes (DESIGN.md §3).
+/* records.h -- the msgpack records nmfd publishes (docs/design.md §3).
  *
  * Encoders for the segment, topic and manifest records and for the full
  * dense snapshot; a reader for dense snapshots; a msgpack -> JSON-lines

@@ -48,7 +48,7 @@ struct model_params {
                                 this fraction */
 };
 
-/* Defaults of DESIGN.md section 6. */
+/* Defaults of docs/design.md section 6. */
 void model_params_default(struct model_params *p);
 /* NULL when p is usable, else a static lowercase message. */
 const char *model_params_check(const struct model_params *p);

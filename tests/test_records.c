@@ -1,7 +1,7 @@
 /* test_records.c -- the published records and the dense snapshot: every
- * field and its msgpack type against DESIGN.md §3, the snapshot of a small
- * real model against the model, in memory, streamed and as a file, the
- * snapshot reader on good and corrupt input, and the JSON dump. */
+ * field and its msgpack type against docs/design.md §3, the snapshot of a
+ * small real model against the model, in memory, streamed and as a file,
+ * the snapshot reader on good and corrupt input, and the JSON dump. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
 """End to end through Kafka: a planted stream goes from `nmfctl produce`
 (and kcat, producing JSON) through the standalone broker into nmfd; a
 python3-confluent-kafka consumer reads every record nmfd publishes, checks
-each against the contract (DESIGN.md section 3), and the segments must
+each against the contract (docs/design.md section 3), and the segments must
 agree with `nmfctl fit` on the same events and with the planted truth."""
 import csv
 import math
