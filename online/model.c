@@ -2225,7 +2225,8 @@ void model_memory(const struct model *m, struct model_memory *mm)
     const uint32_t k = m->k;
     memset(mm, 0, sizeof(*mm));
     mm->users =
-        (size_t)m->ucap * (sizeof(struct model_user) + k * sizeof(float)) +
+        (size_t)m->ucap *
+            (sizeof(struct model_user) + k * sizeof(float) + sizeof(float)) +
         ((size_t)m->ucap + 63) / 64 * sizeof(uint64_t) + ids_bytes(m->uids);
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
