@@ -185,9 +185,12 @@ static const struct config_key config_table[] = {
           "Regularisation of the topic factors W (scikit-learn alpha_W)."),
     K_DBL("model", "l1_ratio", "0", 0, 1, false, model.params.l1_ratio,
           "Share of L1 in the regularisation: 0 = L2, 1 = L1."),
-    K_INT(CT_U32, "model", "profile_max", "512", 1, MODEL_PROFILE_MAX, false,
+    K_INT(CT_U32, "model", "profile_max", "16384", 1, MODEL_PROFILE_MAX, false,
           model.params.profile_max,
-          "Items kept per user profile; the weakest is evicted."),
+          "Items kept per user profile: a safety valve against runaway ids "
+          "(bots, crawlers), far above real heavy users; past it the "
+          "weakest entry is evicted, counted (nmfd_evicted_weight) and kept "
+          "in the loss as residual."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
           "Refresh W at least this often; 0 = by refresh_events only."),

@@ -229,11 +229,11 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     }
     printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
            " items=%" PRIu64 " expired=%" PRIu64
-           " k=%u loss=%.9g refine_rounds=%" PRIu64
+           " k=%u loss=%.9g evicted_weight=%.9g refine_rounds=%" PRIu64
            " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
            "seconds=%.3f out=%s\n",
            folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
-           rounds, converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0,
+           st.evicted_weight,           rounds, converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0,
            o->out);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));

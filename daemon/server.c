@@ -143,6 +143,7 @@ struct server {
     uint64_t rate_events;
     uint64_t rate_ms;
     double rate;
+    double loss; /* relative loss at the last published epoch */
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
     uint64_t refine_owed;    /* events folded not yet matched by refinement */
@@ -627,9 +628,10 @@ static void server_sse_epoch(struct server *s)
     char *text;
     server_flush(s);
 
+    model_stats(s->model, &st);
+    s->loss = st.rel_loss;
     if (!s->http)
         return;
-    model_stats(s->model, &st);
     if (s->in) {
         struct kafka_in_stats ks;
         kafka_in_stats(s->in, &ks);
@@ -646,7 +648,7 @@ static void server_sse_epoch(struct server *s)
                   (json_int_t)model_params(s->model)->k, "users",
                   (json_int_t)st.users, "items", (json_int_t)st.items, "events",
                   (json_int_t)st.events, "rejected", (json_int_t)s->rejected,
-                  "rate", s->rate, "lag", (json_int_t)lag, "loss", st.rel_loss,
+                  "rate", s->rate, "lag", (json_int_t)lag, "loss", s->loss,
                   "segment_sizes", sizes, "topics", topics);
     if (!doc)
         return;
@@ -949,14 +951,12 @@ static void on_quiet_timer(uv_timer_t *t)
 static void on_refine(uv_idle_t *h)
 {
     struct server *s = h->data;
-    struct model_stats before, after;
     size_t n;
     server_flush(s);
-    model_stats(s->model, &before);
+    uint64_t before = model_refreshes(s->model);
     n = model_refine(s->model, s->cfg->model.refine_users);
-    model_stats(s->model, &after);
     metric_add(s->m.refined, (double)n);
-    if (n == 0 && after.refreshes == before.refreshes)
+    if (n == 0 && model_refreshes(s->model) == before)
         uv_idle_stop(h); /* converged; the next quiet spell starts it again */
 }
 
@@ -1207,7 +1207,7 @@ static void on_status_timer(uv_timer_t *t)
     }
     notify_status("%.0f events/s, lag %" PRId64 ", epoch %" PRIu64 ", %" PRIu64
                   " users, %" PRIu64 " items, loss %.4f",
-                  s->rate, lag, s->epoch, st.users, st.items, st.rel_loss);
+                  s->rate, lag, s->epoch, st.users, st.items, s->loss);
 }
 
 static void timer_restart(uv_timer_t *t, uint64_t ms)
@@ -1394,6 +1394,13 @@ static double gauge_loss(void *ctx)
     return st.rel_loss;
 }
 
+static double gauge_evicted(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return st.evicted_weight;
+}
+
 static double gauge_stale(void *ctx)
 {
     struct model_stats st;
@@ -1574,8 +1581,13 @@ static void server_metrics_init(struct server *s)
     metrics_gauge_fn(m, "nmfd_items", "Live items in the model.", NULL,
                      gauge_items, s);
     metrics_gauge_fn(m, "nmfd_relative_loss",
-                     "||V - WH||^2 / ||V||^2 over re-solved users.", NULL,
-                     gauge_loss, s);
+                     "||V - WH||^2 / ||V||^2 for the current W and H, "
+                     "evicted mass included.",
+                     NULL, gauge_loss, s);
+    metrics_gauge_fn(m, "nmfd_evicted_weight",
+                     "Profile values evicted at model.profile_max since the "
+                     "model began (kept in the loss as residual).",
+                     NULL, gauge_evicted, s);
     metrics_gauge_fn(m, "nmfd_stale_users",
                      "Users not re-solved since the last W refresh.", NULL,
                      gauge_stale, s);

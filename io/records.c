@@ -399,7 +399,7 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
     }
     model_stats(m, &st);
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 14) < 0 ||
+    if (msgpack_pack_map(&pk, 15) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_u64(&pk, "epoch", mf->ep->epoch) < 0 ||
         pk_kv_i64(&pk, "ts", mf->ep->ts) < 0 || pk_kv_u64(&pk, "k", p->k) < 0 ||
@@ -411,6 +411,7 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
         pk_kv_f64(&pk, "weight_sum", st.weight_sum) < 0 ||
         pk_kv_u64(&pk, "rejected", mf->rejected) < 0 ||
         pk_kv_f64(&pk, "loss", st.rel_loss) < 0 ||
+        pk_kv_f64(&pk, "evicted_weight", st.evicted_weight) < 0 ||
         pk_kv_u64(&pk, "segments", mf->segments) < 0 ||
         pk_key(&pk, "segment_sizes") < 0 || msgpack_pack_array(&pk, p->k) < 0)
         return enc_fail(e);

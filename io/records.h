@@ -67,7 +67,8 @@ struct records_manifest {
 };
 
 /* {"v":1,"epoch","ts","k","full","users","items","events","weight_sum",
- *  "rejected","loss","segments","segment_sizes":[k],"model":{...}}. */
+ *  "rejected","loss","evicted_weight","segments","segment_sizes":[k],
+ *  "model":{...}}; loss is model_loss's, exact for the current W and H. */
 int records_manifest_encode(struct records_enc *e, const struct model *m,
                             const struct records_manifest *mf);
 

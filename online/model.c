@@ -126,7 +126,7 @@ void model_params_default(struct model_params *p)
     p->alpha_h = 0;
     p->alpha_w = 0;
     p->l1_ratio = 0;
-    p->profile_max = 512;
+    p->profile_max = 16384;
     p->refresh_events = 200000;
     p->ttl_ms = 0;
     p->seed = 1;
@@ -209,6 +209,7 @@ void model_free(struct model *m)
     ids_free(m->uids);
     ids_free(m->iids);
     free(m->u);
+    free(m->uev);
     free(m->Hraw);
     free(m->Wraw);
     free(m->Braw);
@@ -287,6 +288,11 @@ int model__users_grow(struct model *m, uint32_t need)
         return -ENOMEM;
     memset(pend + ow, 0, (nw - ow) * sizeof(*pend));
     m->pend = pend;
+    float *ev = realloc(m->uev, (size_t)cap * sizeof(*ev));
+    if (!ev)
+        return -ENOMEM;
+    memset(ev + m->ucap, 0, (size_t)(cap - m->ucap) * sizeof(*ev));
+    m->uev = ev;
     float *h = model_grow_aligned(&m->Hraw, m->H,
                                   (size_t)m->ucap * m->k * sizeof(float),
                                   (size_t)cap * m->k * sizeof(float));
@@ -799,6 +805,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     const int64_t pos = ev ? ev->pos : -1;
     int64_t evict = -1;
     int add = 0;
+    float dropped = 0; /* an event too weak to evict the weakest entry */
     const int had_profile = us->n > 0;
 
     /* The share of B: held with g if no entry but the event's changes
@@ -839,8 +846,10 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
             float minv;
             evict = model_weakest(va, us->n, ff, &minv);
-            if (!(ev->w > minv))
+            if (!(ev->w > minv)) {
                 evict = -1;
+                dropped = ev->w;
+            }
         }
     }
 
@@ -910,6 +919,25 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             model_b_row_k(m, g, ev->item, s_new * ev->w, k);
         }
     }
+    /* What the profile could not keep stays in v^T v (DESIGN.md section
+     * 1: evicted mass is residual, never dropped): the evicted entry, or
+     * the event itself when it was the weakest. The user's earlier
+     * evictions decay with the profile; the recomputation above counted
+     * the kept entries only. */
+    if (evict >= 0 || dropped > 0 || (us->flags & MODEL_U_EV)) {
+        double e_old = us->flags & MODEL_U_EV ? m->uev[u] : 0;
+        double e_new = (double)ve * ve + (double)dropped * dropped;
+        if (ff != 1.0f || drop) {
+            e_old *= f * f;
+            vtv += e_old;
+        }
+        vtv += e_new;
+        float e = (float)(e_old + e_new);
+        m->uev[u] = e >= FLT_MIN ? e : 0;
+        us->flags = (uint8_t)(m->uev[u] > 0 ? us->flags | MODEL_U_EV
+                                            : us->flags & ~MODEL_U_EV);
+        m->evicted_weight += (double)ve + dropped;
+    }
     if (add) {
         it = pool_items(&m->pool, us->cls, us->slab);
         va = pool_vals(&m->pool, us->cls, us->slab);
@@ -923,6 +951,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     us->n = (uint16_t)out;
     if (!out) {
         vtv = 0;
+        m->uev[u] = 0;
+        us->flags &= (uint8_t)~MODEL_U_EV;
         if (us->slab != POOL_NONE) {
             pool_release(&m->pool, us->cls, us->slab);
             us->slab = POOL_NONE;
@@ -1101,6 +1131,7 @@ static void model_user_remove(struct model *m, uint32_t u)
             m->A[(size_t)j * k + l] -= s_old * ho[j] * ho[l];
     m->loss_s -= s_old * us->loss;
     m->norm_s -= s_old * us->vnorm;
+    m->uev[u] = 0;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
         m->stale--;
     if (us->n)
@@ -1892,21 +1923,96 @@ void model_epoch_set(struct model *m, uint64_t epoch)
     m->epoch = epoch;
 }
 
+/*
+ * The loss identity of Mairal et al. (JMLR 2010, eq. 9 and its proof):
+ * with A = sum_u c_u h_u h_u^T and B = sum_u c_u v_u h_u^T exact for the
+ * current H,
+ *     sum_u c_u ||v_u - W h_u||^2
+ *         = sum_u c_u v_u^T v_u - 2 <W, B> + <W^T W, A>,
+ * since sum_u c_u h_u^T W^T v_u = <W, B> and sum_u c_u h_u^T G h_u =
+ * <G, A>. G = W^T W is kept for the solves, A in double; B is read as
+ * model_B reads it (stored rows times the column scales, plus the shares
+ * the sync still owes), without writing anything, so that a reader may
+ * call it between any two calls. The evicted mass is in the users' v^T v
+ * and in neither A nor B: it is residual, as it is in the true V.
+ */
+static void model_loss(const struct model *m, struct model_stats *out)
+{
+    const uint32_t k = m->k;
+    const double scale = model_scale(m);
+    const size_t M = ids_slots(m->iids);
+    double c[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++)
+        c[j] = m->bcol[j] * scale;
+    double wb = 0;
+    for (size_t i = 0; i < M; i++) {
+        const float *restrict wi = m->W + i * k;
+        const double *restrict bi = m->B + i * k;
+        double r = 0;
+        for (uint32_t j = 0; j < k; j++)
+            r += (double)wi[j] * bi[j] * c[j];
+        wb += r;
+    }
+    /* The shares the sync owes: users of the pending bits (every user
+     * after a load). */
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++) {
+        if (!m->pend_all && !(m->pend[u / 64] >> (u % 64) & 1)) {
+            if (!m->pend[u / 64])
+                u |= 63; /* the next word */
+            continue;
+        }
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n || !model__owes_b(us))
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        const double *g =
+            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
+        double d[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+        double s = model__frame_weight(m, us->t) * scale, r = 0;
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            const float *wi = m->W + (size_t)it[q] * k;
+            double x = 0;
+            for (uint32_t j = 0; j < k; j++)
+                x += (double)wi[j] * d[j];
+            r += va[q] * x;
+        }
+        wb += s * r;
+    }
+    double ga = 0;
+    for (size_t i = 0; i < (size_t)k * k; i++)
+        ga += m->G[i] * m->A[i];
+    ga *= scale;
+    double norm = m->norm_s > 0 ? m->norm_s * scale : 0;
+    double loss = norm - 2 * wb + ga;
+    /* Rounding can leave a perfect fit a hair below zero. */
+    out->norm = norm;
+    out->loss = loss > 0 ? loss : 0;
+    out->rel_loss = norm > 0 ? out->loss / norm : 0;
+}
+
 void model_stats(const struct model *m, struct model_stats *st)
 {
-    double scale = model_scale(m);
     memset(st, 0, sizeof(*st));
     st->events = m->events;
     st->weight_sum = m->weight_sum;
     st->users = ids_live(m->uids);
     st->items = ids_live(m->iids);
     st->refreshes = m->refreshes;
-    st->loss = m->loss_s > 0 ? m->loss_s * scale : 0;
-    st->norm = m->norm_s > 0 ? m->norm_s * scale : 0;
-    st->rel_loss = model_rel_loss(m);
+    st->evicted_weight = m->evicted_weight;
+    model_loss(m, st);
     st->now = m->has_time ? m->T : 0;
     st->stale = m->rs ? ids_live(m->uids) : m->stale;
     st->restarts = m->restarts;
+}
+
+uint64_t model_refreshes(const struct model *m)
+{
+    return m->refreshes;
 }
 
 uint32_t model_user_slots(const struct model *m)
@@ -2119,7 +2225,8 @@ void model_memory(const struct model *m, struct model_memory *mm)
     const uint32_t k = m->k;
     memset(mm, 0, sizeof(*mm));
     mm->users =
-        (size_t)m->ucap * (sizeof(struct model_user) + k * sizeof(float)) +
+        (size_t)m->ucap *
+            (sizeof(struct model_user) + k * sizeof(float) + sizeof(float)) +
         ((size_t)m->ucap + 63) / 64 * sizeof(uint64_t) + ids_bytes(m->uids);
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +

@@ -35,7 +35,9 @@ struct model_params {
     double alpha_h;          /* regularisation of h (scikit-learn NMF) */
     double alpha_w;          /* regularisation of W */
     double l1_ratio;         /* 0 = pure L2, 1 = pure L1 */
-    uint32_t profile_max;    /* items kept per user profile (default 512) */
+    uint32_t profile_max;    /* items kept per user profile (default
+                                16384): a safety valve against runaway
+                                ids; what it evicts stays in the loss */
     uint64_t refresh_events; /* W refresh after this many folds */
     int64_t ttl_ms;          /* forget users/items unseen this long; 0 */
     uint64_t seed;           /* initial W */
@@ -146,9 +148,18 @@ struct model_stats {
     uint64_t users;     /* live users */
     uint64_t items;     /* live items */
     uint64_t refreshes; /* W refreshes so far */
-    double loss;        /* sum_u ||v_u - W h_u||^2 (recency weighted) */
-    double norm;        /* sum_u ||v_u||^2, same weighting */
+    /* The loss of the current W and H on the current V (DESIGN.md
+     * section 1), exact at any moment, in O(items k + k^2):
+     *     ||V - W H||^2 = ||V||^2 - 2 <W, B> + <W^T W, A>,
+     * weighted by recency as the objective of model.c is, with ||V||^2
+     * counting the mass profiles evicted (all of it residual); not a sum
+     * of the losses users had when last solved, against older W's. */
+    double loss;        /* sum_u c_u ||v_u - W h_u||^2 */
+    double norm;        /* sum_u c_u ||v_u||^2 */
     double rel_loss;    /* loss / norm, 0 when norm is 0 */
+    double evicted_weight; /* profile values evicted at profile_max (and
+                              events too weak to evict), valued when
+                              evicted, since the model began */
     int64_t now;        /* latest event time seen */
     uint64_t stale;     /* users not re-solved since the last refresh;
                            every live user while a restart is under way
@@ -156,6 +167,8 @@ struct model_stats {
     uint64_t restarts;  /* restarts that replaced W */
 };
 void model_stats(const struct model *m, struct model_stats *st);
+/* W refreshes so far: model_stats' refreshes without its O(items k). */
+uint64_t model_refreshes(const struct model *m);
 
 /* Users by dense index, 0 <= idx < model_user_slots(m). A forgotten slot
  * returns -ENOENT. id stays valid until the next mutating call; h points

@@ -63,6 +63,8 @@ struct model_user {
  * B's stored units, h_j hs_j / bcol_j when it was taken) at the user's
  * cache slot in bg; model_b_sync brings it to h. */
 #define MODEL_U_GB 4u
+/* m->uev[u] > 0: the profile lost entries to profile_max. */
+#define MODEL_U_EV 8u
 
 /* Users with at least this many profile entries keep b = W^T v between
  * events (k doubles), updated in O(k) per event while W is unchanged. */
@@ -85,6 +87,11 @@ struct model {
     struct ids *uids, *iids;
     struct model_user *u; /* ucap users */
     float *H;             /* ucap x k; true h_u[j] = H[u][j] * hs[j] */
+    /* ucap: the squared mass each user's profile could not keep (entries
+     * evicted at profile_max, and events too weak to evict one), valued
+     * at the user's t and decayed with the profile. It is part of the
+     * user's vnorm, so it stays in ||V||^2 and in the loss as residual. */
+    float *uev;
     uint32_t ucap;
     float *W;  /* icap x k, row-major */
     double *B; /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
@@ -122,6 +129,7 @@ struct model {
     double loss_s, norm_s;
     uint64_t events;
     double weight_sum;
+    double evicted_weight; /* profile values evicted, valued when evicted */
     uint64_t refreshes, epoch, since_refresh, stale;
     uint64_t refine_events;   /* events at the last refine-made refresh */
     double refine_prev;       /* relative loss then, -1 if none */

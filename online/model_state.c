@@ -26,6 +26,8 @@
  *          3), u8 B flags (in B; version 5: in B with g), u8 cached
  *          [u64 generation, k f64 W^T v, (version 5, with g) k f64 g],
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
+ *   evictions (version 6): f64 evicted weight, u32 count, count x (u32
+ *          user slot, increasing, f32 evicted mass within its vnorm)
  *   u64 checksum of everything before it
  */
 #include <errno.h>
@@ -42,7 +44,7 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 5u /* reads 4 too: the same without g */
+#define STATE_VERSION 6u /* reads 4 and 5: without evictions (and g) */
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -309,6 +311,17 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         }
     }
     sw_free_list(&w, m->uids);
+    uint32_t nev = 0;
+    for (uint32_t u = 0; u < U; u++)
+        nev += (m->u[u].flags & MODEL_U_EV) != 0;
+    sw_f64(&w, m->evicted_weight);
+    sw_u32(&w, nev);
+    for (uint32_t u = 0; u < U; u++) {
+        if (!(m->u[u].flags & MODEL_U_EV))
+            continue;
+        sw_u32(&w, u);
+        sw_put(&w, &m->uev[u], sizeof(float));
+    }
     sw_flush(&w);
     if (!w.err) {
         uint64_t sum = sh_final(&w.h);
@@ -531,6 +544,35 @@ out:
     return err;
 }
 
+/* The evicted mass of the users whose profiles lost entries: part of
+ * their vnorm, so at most that, and only where a profile is. */
+static const char *state_evictions(struct state_reader *r, struct model *m,
+                                   uint32_t U)
+{
+    uint32_t nev = 0, prev = 0;
+    SR(r, m->evicted_weight);
+    SR(r, nev);
+    if (r->bad)
+        return "truncated";
+    if (!(m->evicted_weight >= 0 && isfinite(m->evicted_weight)) || nev > U)
+        return "bad evictions";
+    for (uint32_t q = 0; q < nev; q++) {
+        uint32_t u = 0;
+        float e = 0;
+        SR(r, u);
+        SR(r, e);
+        if (r->bad)
+            return "truncated";
+        if (u >= U || (q && u <= prev) || !(m->u[u].flags & MODEL_U_LIVE) ||
+            !m->u[u].n || !(e > 0 && e <= m->u[u].vnorm))
+            return "bad evictions";
+        m->uev[u] = e;
+        m->u[u].flags |= MODEL_U_EV;
+        prev = u;
+    }
+    return NULL;
+}
+
 static const char *state_load(struct state_reader *r, struct model **out)
 {
     char magic[8];
@@ -540,7 +582,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (r->bad || memcmp(magic, STATE_MAGIC, 8))
         return "not a model state";
     SR(r, version);
-    if (version != STATE_VERSION && version != 4)
+    if (version != STATE_VERSION && version != 5 && version != 4)
         return "unsupported model state version";
     SR(r, k);
     sr_params(r, &p);
@@ -795,6 +837,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "bad stale count";
     if (m->cursor > U || m->reparams >= MODEL_REBUILD_EVERY)
         return "bad cursor";
+    if (version >= 6 && (err = state_evictions(r, m, U)))
+        return err;
     if (r->off != r->n)
         return "trailing bytes";
     return state_verify(m);

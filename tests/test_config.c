@@ -126,7 +126,7 @@ Test(config, defaults_are_design_section_6)
     cr_assert_float_eq(c->model.params.alpha_h, 0.0, 1e-300);
     cr_assert_float_eq(c->model.params.alpha_w, 0.0, 1e-300);
     cr_assert_float_eq(c->model.params.l1_ratio, 0.0, 1e-300);
-    cr_assert_eq(c->model.params.profile_max, 512);
+    cr_assert_eq(c->model.params.profile_max, 16384);
     cr_assert_eq(c->model.refresh_interval_ms, 5000);
     cr_assert_eq(c->model.params.refresh_events, 200000);
     cr_assert_eq(c->model.params.ttl_ms, 0);

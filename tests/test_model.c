@@ -296,7 +296,7 @@ Test(model, params_defaults_and_checks)
     model_params_default(&p);
     cr_assert_null(model_params_check(&p));
     cr_assert_eq(p.k, 16);
-    cr_assert_eq(p.profile_max, 512);
+    cr_assert_eq(p.profile_max, 16384);
     cr_assert_eq(p.refresh_events, 200000);
     cr_assert_eq(p.warmup_events, 10000);
     cr_assert_eq(p.seed, 1);
@@ -568,11 +568,20 @@ Test(model, reported_loss_equals_direct_computation)
     for (int c = 0; c < 2; c++) {
         struct model *m = model_with(5, hls[c], 1000, 3000);
         stream_mixed(m, 6000, 8 + c, c);
-        refine_converge(m, 200);
         struct model_stats st;
+        double loss, norm;
+        /* Mid-stream, users solved against many older W's, some shares
+         * still owed to B: the identity holds all the same. */
+        for (int r = 0; r < 3; r++) {
+            model_stats(m, &st);
+            direct_loss(m, &loss, &norm);
+            cr_assert_float_eq(st.loss, loss, 1e-6 * norm,
+                               "mid-stream %d: loss %g vs %g", r, st.loss, loss);
+            stream_mixed(m, 700, 20 + r, c);
+        }
+        refine_converge(m, 200);
         model_stats(m, &st);
         cr_assert_eq(st.stale, 0);
-        double loss, norm;
         direct_loss(m, &loss, &norm);
         /* Each user's loss and |v|^2 are kept in float: relative 6e-8. */
         cr_assert_float_eq(st.norm, norm, 1e-6 * norm);
@@ -1692,8 +1701,23 @@ static const char *load_patched(const struct buf *s, size_t off,
     return err;
 }
 
-/* Version 4 is version 5 without shares held with g: such a state still
- * loads, one with them is refused. */
+/* A state of an older version: version 6 less its trailing evictions
+ * (which must be none: f64 0, u32 0), re-checksummed. */
+static const char *load_as_version(const struct buf *s, uint32_t v)
+{
+    static const uint8_t none[12];
+    cr_assert_geq(s->n, 8 + 20);
+    cr_assert(!memcmp(s->p + s->n - 20, none, 12), "evictions in the state");
+    struct buf c = {malloc(s->n - 12), s->n - 12, s->n - 12};
+    memcpy(c.p, s->p, c.n - 8);
+    const char *err = load_patched(&c, 8, &v, 4);
+    free(c.p);
+    return err;
+}
+
+/* Versions 4 and 5 are version 6 without the evictions (no profile_max
+ * then counted them), and 4 is 5 without shares held with g: such states
+ * still load, one with held shares is refused. */
 Test(model, version_4_state_loads_without_held_shares)
 {
     struct model *m = model_with(6, 0, 500, 1000000);
@@ -1701,12 +1725,14 @@ Test(model, version_4_state_loads_without_held_shares)
     model_refresh(m);
     cr_assert_eq(users_held_with_g(m), 0);
     struct buf s = save(m);
-    uint32_t v = 4;
-    cr_assert_null(load_patched(&s, 8, &v, 4));
+    cr_assert_null(load_as_version(&s, 5));
+    cr_assert_null(load_as_version(&s, 4));
+    cr_assert_str_eq(load_as_version(&s, 6), "truncated");
     stream_heavy(m, 500, 100, 1);
     cr_assert_gt(users_held_with_g(m), 0);
     struct buf t = save(m);
-    cr_assert_str_eq(load_patched(&t, 8, &v, 4), "bad user flags");
+    cr_assert_null(load_as_version(&t, 5));
+    cr_assert_str_eq(load_as_version(&t, 4), "bad user flags");
     free(s.p);
     free(t.p);
     model_free(m);
@@ -1716,12 +1742,12 @@ Test(model, load_checks_structure_behind_the_checksum)
 {
     struct buf s = small_state();
     /* Sanity: re-checksummed unchanged state loads. */
-    uint32_t v = 5;
+    uint32_t v = 6;
     cr_assert_null(load_patched(&s, 8, &v, 4));
     v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 6;
+    v = 7;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
     v = 5;

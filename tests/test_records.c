@@ -348,6 +348,7 @@ Test(records, manifest_fields_and_types)
                                        "weight_sum",
                                        "rejected",
                                        "loss",
+                                       "evicted_weight",
                                        "segments",
                                        "segment_sizes",
                                        "model"};
@@ -369,8 +370,9 @@ Test(records, manifest_fields_and_types)
     cr_assert_eq(records_manifest_encode(e, m, &mf), 0);
     buf = records_enc_data(e, &len);
     doc_parse(&d, buf, len);
-    keys_exactly(&d.root, keys, 14);
+    keys_exactly(&d.root, keys, 15);
     cr_assert_eq(get_u(&d.root, "v"), 1);
+    cr_assert_eq(get_f64(&d.root, "evicted_weight"), st.evicted_weight);
     cr_assert_eq(get_u(&d.root, "epoch"), 12);
     cr_assert_eq(get_i(&d.root, "ts"), 1700000000999);
     cr_assert_eq(get_u(&d.root, "k"), K);

@@ -85,7 +85,7 @@ def main():
         check(manifests[0]["full"], "the first epoch after start must be full")
         last = manifests[-1]
         for key in ("v", "epoch", "ts", "k", "full", "users", "items", "events",
-                    "weight_sum", "rejected", "loss", "segments", "segment_sizes", "model"):
+                    "weight_sum", "rejected", "loss", "evicted_weight", "segments", "segment_sizes", "model"):
             check(key in last, "manifest lacks %s" % key)
         check(last["v"] == 1 and last["k"] == K, "manifest v/k")
         check(last["events"] == EVENTS + 3, "manifest events %d" % last["events"])
