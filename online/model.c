@@ -919,7 +919,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             model_b_row_k(m, g, ev->item, s_new * ev->w, k);
         }
     }
-    /* What the profile could not keep stays in v^T v (DESIGN.md section
+    /* What the profile could not keep stays in v^T v (docs/design.md section
      * 1: evicted mass is residual, never dropped): the evicted entry, or
      * the event itself when it was the weakest. The user's earlier
      * evictions decay with the profile; the recomputation above counted

@@ -148,7 +148,7 @@ struct model_stats {
     uint64_t users;     /* live users */
     uint64_t items;     /* live items */
     uint64_t refreshes; /* W refreshes so far */
-    /* The loss of the current W and H on the current V (DESIGN.md
+    /* The loss of the current W and H on the current V (docs/design.md
      * section 1), exact at any moment, in O(items k + k^2):
      *     ||V - W H||^2 = ||V||^2 - 2 <W, B> + <W^T W, A>,
      * weighted by recency as the objective of model.c is, with ||V||^2

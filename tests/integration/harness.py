@@ -301,7 +301,7 @@ def true_rel_loss(events, doc, half_life_ms=0):
     a dense snapshot (docs/snapshot-format.md) and the events it folded,
     computed from nothing but the two: v_u is every event of u summed,
     decayed to u's latest time t_u (nothing evicted, nothing capped), c_u =
-    2^(-(T - t_u)/half_life) with T the latest time of all, as DESIGN.md
+    2^(-(T - t_u)/half_life) with T the latest time of all, as docs/design.md
     section 1 weighs them. A dense residual, no identity."""
     import numpy as np
     k = doc["k"]

@@ -2,7 +2,7 @@
 """The loss nmfd reports is the loss of the model it publishes.
 
 Every reported relative loss must be ||V - WH||^2 / ||V||^2 for the W and H
-of that moment (DESIGN.md section 1), not a sum of per-user losses taken
+of that moment (docs/design.md section 1), not a sum of per-user losses taken
 against older W's. Each case recomputes it from the dense snapshot and the
 events alone (harness.true_rel_loss: a dense residual, every event summed,
 nothing evicted) and asks for agreement within 1%:
