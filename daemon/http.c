@@ -40,6 +40,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <fcntl.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1262,6 +1264,82 @@ static char *pem_read(const char *path, char *err, size_t errlen)
     return buf;
 }
 
+/* Whether the first certificate of c belongs to key k, compared by key
+ * id: GnuTLS 3.7 leaks what it parsed when set_x509_key_mem finds a
+ * mismatch, so that call only ever sees a matching pair. *which names
+ * the file at fault. */
+static int pem_pair_check(const gnutls_datum_t *c, const gnutls_datum_t *k,
+                          int *which)
+{
+    gnutls_x509_crt_t crt = NULL;
+    gnutls_x509_privkey_t pk = NULL;
+    unsigned char id1[64], id2[64];
+    size_t n1 = sizeof(id1), n2 = sizeof(id2);
+    int rc;
+
+    *which = 0;
+    if ((rc = gnutls_x509_crt_init(&crt)) < 0 ||
+        (rc = gnutls_x509_privkey_init(&pk)) < 0)
+        goto out;
+    if ((rc = gnutls_x509_crt_import(crt, c, GNUTLS_X509_FMT_PEM)) < 0)
+        goto out;
+    *which = 1;
+    if ((rc = gnutls_x509_privkey_import2(pk, k, GNUTLS_X509_FMT_PEM, NULL,
+                                          0)) < 0)
+        goto out;
+    *which = 2;
+    if ((rc = gnutls_x509_crt_get_key_id(crt, GNUTLS_KEYID_USE_SHA256, id1,
+                                         &n1)) < 0 ||
+        (rc = gnutls_x509_privkey_get_key_id(pk, GNUTLS_KEYID_USE_SHA256, id2,
+                                             &n2)) < 0)
+        goto out;
+    if (n1 != n2 || memcmp(id1, id2, n1))
+        rc = GNUTLS_E_CERTIFICATE_KEY_MISMATCH;
+out:
+    if (pk)
+        gnutls_x509_privkey_deinit(pk);
+    if (crt)
+        gnutls_x509_crt_deinit(crt);
+    return rc;
+}
+
+/* Loads the pair the way MHD will, so that a bad certificate or a key
+ * that does not match it is told in GnuTLS's words, and never reaches
+ * MHD's failing start, which leaks what it had parsed. */
+static int pem_check(const struct http *h, const struct http_mhd *x, char *err,
+                     size_t errlen)
+{
+    gnutls_certificate_credentials_t cr;
+    gnutls_datum_t c = {(unsigned char *)x->cert, (unsigned)strlen(x->cert)};
+    gnutls_datum_t k = {(unsigned char *)x->key, (unsigned)strlen(x->key)};
+    int rc, which;
+
+    rc = pem_pair_check(&c, &k, &which);
+    if (rc < 0) {
+        if (which == 2)
+            snprintf(err, errlen, "%s, %s: %s", h->o.tls_cert_file,
+                     h->o.tls_key_file, gnutls_strerror(rc));
+        else
+            snprintf(err, errlen, "%s: %s",
+                     which ? h->o.tls_key_file : h->o.tls_cert_file,
+                     gnutls_strerror(rc));
+        return -EINVAL;
+    }
+    rc = gnutls_certificate_allocate_credentials(&cr);
+    if (rc < 0) {
+        snprintf(err, errlen, "http: gnutls: %s", gnutls_strerror(rc));
+        return -ENOMEM;
+    }
+    rc = gnutls_certificate_set_x509_key_mem(cr, &c, &k, GNUTLS_X509_FMT_PEM);
+    gnutls_certificate_free_credentials(cr);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s, %s: %s", h->o.tls_cert_file,
+                 h->o.tls_key_file, gnutls_strerror(rc));
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static void mhd_free(struct http_mhd *x)
 {
     if (!x)
@@ -1302,7 +1380,7 @@ static int mhd_start(struct http *h, struct http_mhd **out, char *err,
         }
         x->cert = pem_read(h->o.tls_cert_file, err, errlen);
         x->key = x->cert ? pem_read(h->o.tls_key_file, err, errlen) : NULL;
-        if (!x->key) {
+        if (!x->key || pem_check(h, x, err, errlen)) {
             rc = -EINVAL;
             goto fail;
         }
@@ -1322,15 +1400,15 @@ static int mhd_start(struct http *h, struct http_mhd **out, char *err,
     /* MHD's own limit sits one above ours so that on_accept, which counts
      * what it refuses, is the one to refuse. */
     x->d = MHD_start_daemon(
-        flags, 0, on_accept, h, on_request, h, MHD_OPTION_LISTEN_SOCKET, fd,
+        flags, 0, on_accept, h, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_log, h, MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_CONNECTION_LIMIT, h->o.max_connections + 1,
         MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, h->o.connection_memory,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, NULL,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_ARRAY, tls,
-        MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, NULL, MHD_OPTION_ARRAY,
+        tls, MHD_OPTION_END);
     h->err = NULL;
     if (!x->d) {
         char why[256];
@@ -1512,6 +1590,8 @@ int http_reload(struct http *h, char *err, size_t errlen)
         h->mhd = x;
         mhd_stop(h, old);
         http_kick(h);
+        log_notice("http: TLS certificate reloaded from %s",
+                   h->o.tls_cert_file);
     }
     http_auth_free(h->auth);
     h->auth = auth;

@@ -1595,10 +1595,11 @@ Test(http, start_refuses_bad_credentials)
     cr_assert_not_null(strstr(err, "go together"), "%s", err);
     o.tls_key_file = tmp_file("key.pem", "not a key\n");
     o.tls_cert_file = tmp_file("cert.pem", "not a cert\n");
-    cr_assert_lt(http_start(&h, &loop, "127.0.0.1:0", &o, &provider, NULL, err,
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:0", &o, &provider, NULL, err,
                             sizeof(err)),
-                 0);
+                 -EINVAL);
     cr_assert_null(h);
+    cr_assert_not_null(strstr(err, "cert.pem: "), "the file named: %s", err);
     cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
     cr_assert_eq(uv_loop_close(&loop), 0);
 }

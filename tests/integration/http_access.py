@@ -5,7 +5,8 @@ token every data route answers 401 to a missing or wrong token and 200 to
 the right one while the probes stay open, and the token shows in neither
 the log nor --dump-config; HTTP Basic against a hashed password file; TLS
 through curl and python3's ssl, and a certificate swapped on SIGHUP on
-the same port (a broken one keeps the running certificate). Throwaway
+the same port (a mismatched or broken one keeps the running
+certificate). Throwaway
 certificates come from `openssl req -x509`; everything stays on
 127.0.0.1."""
 import base64
@@ -268,23 +269,30 @@ def tls(ps):
              "/dev/null", "-w", "%{http_code}", url + "/healthz"])
     check(r.stdout == b"200", "curl with B: %r" % r.stdout)
 
-    # A broken certificate on SIGHUP: refused, B stays.
+    # A certificate that is not the key's, then a broken one, on SIGHUP:
+    # each refused with the reason, B stays.
+    with open(cert_a, "rb") as f, open(cert, "wb") as g:
+        g.write(f.read())
+    d.send_signal(signal.SIGHUP)
+    wait_for(lambda: "do not match" in ps.log("nmfd-tls"), 20,
+             "the mismatched pair refused in the log")
+    check(peer_cn(d.port) == "cert-b", "cert B still served")
     with open(cert, "w") as f:
         f.write("-----BEGIN CERTIFICATE-----\nnot base64\n"
                 "-----END CERTIFICATE-----\n")
     d.send_signal(signal.SIGHUP)
-    wait_for(lambda: "http: reload refused" in ps.log("nmfd-tls"), 20,
-             "the refused reload in the log")
+    wait_for(lambda: ps.log("nmfd-tls").count("http: reload refused") == 2,
+             20, "the broken certificate refused in the log")
     check(peer_cn(d.port) == "cert-b", "cert B still served")
     m = metric_lines(tls_get(d.port, "/metrics", cert_b)[1])
     check(m['nmfd_http_tls_reloads_total{result="ok"}'] == 1, "one ok reload")
-    check(m['nmfd_http_tls_reloads_total{result="error"}'] == 1,
-          "one failed reload")
+    check(m['nmfd_http_tls_reloads_total{result="error"}'] == 2,
+          "two failed reloads")
     check(d.poll() is None, "nmfd runs on")
     check(stop(d) == 0, "nmfd exit")
     check(TOKEN not in ps.log("nmfd-tls"), "the token is not logged")
     print("TLS: curl and python3 ssl verify cert A; SIGHUP swaps in cert B "
-          "on port %d; a broken cert keeps B" % d.port)
+          "on port %d; a mismatched or broken cert keeps B" % d.port)
 
 
 def main():
