@@ -458,7 +458,11 @@ static void conn_kill(struct http *h, struct MHD_Connection *c)
     http_kick(h);
 }
 
-/* MHD's accept policy: runs before a connection is taken on. */
+/* MHD's accept policy: runs before a connection is taken on. The limits
+ * are ours rather than MHD_OPTION_PER_IP_CONNECTION_LIMIT's and the
+ * connection limit's: MHD drops those silently (or leaves the client in
+ * the backlog), and every refusal here is counted. MHD's own connection
+ * limit sits one above max_connections as a backstop. */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *sa,
                                  socklen_t len)
 {
