@@ -1310,22 +1310,22 @@ out:
 /* Loads the pair the way MHD will, so that a bad certificate or a key
  * that does not match it is told in GnuTLS's words, and never reaches
  * MHD's failing start, which leaks what it had parsed. */
-static int pem_check(const struct http *h, const struct http_mhd *x, char *err,
+static int pem_check(const char *cert_file, const char *key_file,
+                     const char *cert, const char *key, char *err,
                      size_t errlen)
 {
     gnutls_certificate_credentials_t cr;
-    gnutls_datum_t c = {(unsigned char *)x->cert, (unsigned)strlen(x->cert)};
-    gnutls_datum_t k = {(unsigned char *)x->key, (unsigned)strlen(x->key)};
+    gnutls_datum_t c = {(unsigned char *)cert, (unsigned)strlen(cert)};
+    gnutls_datum_t k = {(unsigned char *)key, (unsigned)strlen(key)};
     int rc, which;
 
     rc = pem_pair_check(&c, &k, &which);
     if (rc < 0) {
         if (which == 2)
-            snprintf(err, errlen, "%s, %s: %s", h->o.tls_cert_file,
-                     h->o.tls_key_file, gnutls_strerror(rc));
+            snprintf(err, errlen, "%s, %s: %s", cert_file, key_file,
+                     gnutls_strerror(rc));
         else
-            snprintf(err, errlen, "%s: %s",
-                     which ? h->o.tls_key_file : h->o.tls_cert_file,
+            snprintf(err, errlen, "%s: %s", which ? key_file : cert_file,
                      gnutls_strerror(rc));
         return -EINVAL;
     }
@@ -1337,11 +1337,30 @@ static int pem_check(const struct http *h, const struct http_mhd *x, char *err,
     rc = gnutls_certificate_set_x509_key_mem(cr, &c, &k, GNUTLS_X509_FMT_PEM);
     gnutls_certificate_free_credentials(cr);
     if (rc < 0) {
-        snprintf(err, errlen, "%s, %s: %s", h->o.tls_cert_file,
-                 h->o.tls_key_file, gnutls_strerror(rc));
+        snprintf(err, errlen, "%s, %s: %s", cert_file, key_file,
+                 gnutls_strerror(rc));
         return -EINVAL;
     }
     return 0;
+}
+
+int http_tls_check(const char *cert_file, const char *key_file, char *err,
+                   size_t errlen)
+{
+    char *cert = NULL, *key = NULL;
+    int rc = -EINVAL;
+
+    if (!cert_file || !key_file || !*cert_file || !*key_file)
+        return 0;
+    cert = pem_read(cert_file, err, errlen);
+    key = cert ? pem_read(key_file, err, errlen) : NULL;
+    if (key)
+        rc = pem_check(cert_file, key_file, cert, key, err, errlen);
+    if (key)
+        explicit_bzero(key, strlen(key));
+    free(key);
+    free(cert);
+    return rc;
 }
 
 static void mhd_free(struct http_mhd *x)
@@ -1384,7 +1403,8 @@ static int mhd_start(struct http *h, struct http_mhd **out, char *err,
         }
         x->cert = pem_read(h->o.tls_cert_file, err, errlen);
         x->key = x->cert ? pem_read(h->o.tls_key_file, err, errlen) : NULL;
-        if (!x->key || pem_check(h, x, err, errlen)) {
+        if (!x->key || pem_check(h->o.tls_cert_file, h->o.tls_key_file, x->cert,
+                                 x->key, err, errlen)) {
             rc = -EINVAL;
             goto fail;
         }

@@ -63,6 +63,13 @@ int http_start(struct http **out, uv_loop_t *loop, const char *listen,
                const struct http_opts *o, const struct http_provider *p,
                void *ctx, char *err, size_t errlen);
 
+/* Whether the PEM certificate (chain) and key files load and belong
+ * together (either empty: 0). 0, or -EINVAL with "file: reason" in err.
+ * main checks this before the start, so that a bad pair is a config
+ * error (exit 2) rather than a failed start. */
+int http_tls_check(const char *cert_file, const char *key_file, char *err,
+                   size_t errlen);
+
 /* SIGHUP: re-reads the token, password, certificate and key files. With
  * TLS the MHD daemon is restarted on the same listening socket with the
  * new certificate (open connections are dropped, the port stays); on any

@@ -208,6 +208,15 @@ def tls(ps):
     for src, dst in ((cert_a, cert), (key_a, key)):
         with open(src, "rb") as f, open(dst, "wb") as g:
             g.write(f.read())
+    # A pair that does not belong together is a config error: exit 2.
+    for extra in (["--check-config"], ["--embedded-broker", "--set",
+                                       "checkpoint.dir=" + ps.tmp + "/x"]):
+        r = run([NMFD, "--set", "http.tls_cert_file=" + cert_a, "--set",
+                 "http.tls_key_file=" + key_b] + extra)
+        check(r.returncode == 2 and b"--set: http.tls_cert_file, "
+              b"http.tls_key_file: " in r.stderr and b"do not match" in
+              r.stderr, "mismatched pair %s: %d %r" % (extra[0], r.returncode,
+                                                       r.stderr))
     tok = os.path.join(ps.tmp, "token-tls")
     with open(tok, "w") as f:
         f.write(TOKEN)
