@@ -33,15 +33,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <fcntl.h>
-#include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1437,7 +1437,8 @@ static int mhd_start(struct http *h, struct http_mhd **out, char *err,
     if (!x->d) {
         char why[256];
 
-        close(fd);
+        /* MHD closed fd itself (it owns a listening socket it is given,
+         * even on failure): closing it again could close another's. */
         snprintf(why, sizeof(why), "%s", err[0] ? err : "cannot start");
         snprintf(err, errlen, "http: %s", why);
         rc = -EIO;
