@@ -85,6 +85,17 @@ struct config {
         char *listen;          /* "" = HTTP off */
         char listen_host[256]; /* split from listen, brackets removed */
         uint16_t listen_port;
+        uint32_t max_connections;             /* all addresses */
+        uint32_t max_connections_per_address; /* one address (IPv6: /64) */
+        uint64_t header_timeout_ms; /* accept or keep-alive idle to headers */
+        uint64_t idle_timeout_ms;   /* keep-alive idle, stalled transfer */
+        uint64_t connection_memory; /* bytes per connection */
+        uint32_t sse_max, sse_max_per_address, sse_queue;
+        char *tls_cert_file, *tls_key_file; /* both or neither */
+        char *token_file;                   /* bearer token; "" = none */
+        char *password_file;        /* user:crypt-hash lines; "" = none */
+        bool auth_probes;           /* credentials on the probes too */
+        bool allow_unauthenticated; /* data beyond loopback, no credentials */
     } http;
 
     struct {
@@ -144,6 +155,14 @@ const char *config_origin(const struct config *c, const char *name);
  * -EINVAL with a static message in *msg. */
 int config_listen_parse(const char *listen, char *host, size_t hostlen,
                         uint16_t *port, const char **msg);
+
+/* The [http] keys as http_start wants them; the strings stay c's. */
+struct http_opts;
+void config_http_opts(const struct config *c, struct http_opts *o);
+
+/* Whether listen_host reaches this host only (127.0.0.0/8, ::1,
+ * "localhost"); an empty host (every interface) or another name is not. */
+bool config_host_is_loopback(const char *host);
 
 /* Values as text: durations ("500ms", "10s", "5m", "2h", "7d", "0"),
  * sizes ("512", "64k", "64KiB", "1M", "1MiB", "1G"), bools. 0 or -EINVAL. */

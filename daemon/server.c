@@ -1241,6 +1241,8 @@ static void on_sighup(uv_signal_t *h, int sig)
     s->reject_rl.burst = s->cfg->input.reject_log_burst;
     timer_restart(&s->t_epoch, s->cfg->snapshot.interval_ms);
     timer_restart(&s->t_ckpt, s->cfg->checkpoint.interval_ms);
+    if (s->http && http_reload(s->http, err, sizeof(err)))
+        log_err("http: reload refused, running credentials unchanged: %s", err);
     log_notice("configuration reloaded; applied: %s",
                changed[0] ? changed : "(nothing changed)");
     if (restart[0])
@@ -2052,8 +2054,11 @@ static int server_start(struct server *s)
     }
 
     if (c->http.listen[0]) {
-        rc = http_start(&s->http, &s->loop, c->http.listen, &server_http, s,
-                        err, sizeof(err));
+        struct http_opts ho;
+
+        config_http_opts(c, &ho);
+        rc = http_start(&s->http, &s->loop, c->http.listen, &ho, &server_http,
+                        s, err, sizeof(err));
         if (rc) {
             log_err("http.listen %s: %s", c->http.listen, err);
             return rc;

@@ -197,7 +197,7 @@ int main(int argc, char **argv)
     f.loop = uv_default_loop();
     f.users = 4000;
     f.events = 250000;
-    rc = http_start(&f.http, f.loop, listen, &fake_provider, &f, err,
+    rc = http_start(&f.http, f.loop, listen, NULL, &fake_provider, &f, err,
                     sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "serve_fake: %s\n", err);
