@@ -26,8 +26,10 @@
  * exact for the current data by replacing u's old contribution with the
  * new one (not by accumulating the history, as in the paper's Algorithm 1:
  * each user counts once, with its current h). (3) W is refreshed by HALS
- * on A and B (Cichocki & Phan 2009; Gillis 2014; hals.c), every
- * refresh_events folds and on the caller's clock. (4) Between events,
+ * on A and B (Cichocki & Phan 2009; Gillis 2014; hals.c) when the fold
+ * work since the last refresh reaches a multiple of a refresh's own cost
+ * or after refresh_events folds (model_refresh_due), never by event
+ * time, and on the caller's clock. (4) Between events,
  * model_refine re-solves users whose h predates the current W, then
  * refreshes W again: with half_life = 0 this is exact alternating NNLS on
  * the full data (block coordinate descent, the loss never increases).
@@ -581,12 +583,14 @@ static void model_b_sync_user(struct model *m, uint32_t u)
         return;
     if (us->flags & MODEL_U_GB) {
         model_b_settle(m, u);
+        m->sync_rows += us->n;
         return;
     }
     if (us->flags & MODEL_U_INB)
         return;
     model_b_apply(m, u, 1);
     us->flags |= MODEL_U_INB;
+    m->sync_rows += us->n;
 }
 
 /* Brings every pending user's contribution into the stored B, in user
@@ -807,6 +811,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     int add = 0;
     float dropped = 0; /* an event too weak to evict the weakest entry */
     const int had_profile = us->n > 0;
+    uint64_t rows = 0; /* profile rows of W or B gone through (work) */
 
     /* The share of B: held with g if no entry but the event's changes
      * (a light user's g on the stack for this step, a heavy user's in its
@@ -832,6 +837,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         } else {
             model_b_apply_k(m, u, -1, k);
             us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
+            rows += us->n;
         }
     }
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
@@ -970,6 +976,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     if (us->bslot != POOL_NONE)
         bc = m->bc + (size_t)us->bslot * k;
     if (bc && m->bc_gen[us->bslot] == m->wgen && !moved) {
+        rows += 1 + (evict >= 0);
         for (uint32_t j = 0; j < k; j++)
             b[j] = f * bc[j];
         if (ev && (pos >= 0 || add || evict >= 0)) {
@@ -986,6 +993,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         }
     } else {
         model_wtv_k(m, us, b, k);
+        rows += out;
     }
     if (bc) {
         memcpy(bc, b, k * sizeof(double));
@@ -995,6 +1003,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     /* The solve, warm-started from the old h decayed like the profile
      * (the true h: stored h times the column scales). */
     const double *restrict hs = m->hs, *restrict hsi = m->hsi;
+    uint32_t sweeps = 0;
     for (uint32_t j = 0; j < k; j++)
         ho[j] = (double)hu[j] * hs[j];
     if (vtv > 0) {
@@ -1002,7 +1011,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             h[j] = ho[j] * f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
-        nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+        sweeps = nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps,
+                             m->p.nnls_tol, h, gh);
     } else {
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
@@ -1089,13 +1099,18 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     }
     if (eager && g) {
         model_b_move_k(m, us, g, hf, s_new, k);
+        rows += out;
     } else if (eager) {
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
+        rows += out;
     }
     if (model__owes_b(us))
         model_pend(m, u);
     m->dirty = 1;
+    /* The step's multiply-adds: k per profile row, k^2 per sweep of the
+     * solve plus two for the warm start and the statistics (A, loss). */
+    m->work += k * rows + (uint64_t)k * k * (sweeps + 2u);
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
         if (!m->nprof)
@@ -1317,6 +1332,7 @@ void model_refresh(struct model *m)
     double maxdiag = 0;
 
     model__restart_drop(m);
+    m->sync_rows = 0;
     model_b_sync(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
@@ -1399,6 +1415,7 @@ void model_refresh(struct model *m)
     m->refreshes++;
     m->stale = ids_live(m->uids);
     m->since_refresh = 0;
+    m->work = 0;
     m->dirty = 0;
 }
 
@@ -1525,6 +1542,50 @@ static void model_warmup(struct model *m)
     m->warm_done = 1;
 }
 
+/*
+ * When a fold refreshes W by itself: by work done, never by time.
+ *
+ * A refresh costs C = k^2 (hals_sweeps + 1) M + k R + k^3 multiply-adds:
+ * the HALS sweeps and the Gram matrix over the M item rows, the B sync
+ * over the R profile rows it last went through (the heavy users' shares
+ * held since the previous refresh), the symmetrised A. The re-solves
+ * since the last refresh did F multiply-adds (model_user_solve_k counts
+ * them: k per profile row of W or B it went through, k^2 per NNLS
+ * sweep). The fold refreshes when
+ *
+ *     F >= MODEL_REFRESH_WORK * C    or    folds >= refresh_events,
+ *
+ * so refreshes take at most 1 / (1 + MODEL_REFRESH_WORK) of the time
+ * (half at 1.0) whatever the data, and W moves as often as that budget
+ * allows: early in a stream, with few items, every few dozen events;
+ * with many items and light users, every few thousand; refresh_events
+ * bounds the gap when the folds are cheap against a huge item set (a
+ * big catalogue with few active users). The ratio was measured
+ * (docs/benchmarks.md): at 0.25 the pass ends 1-2% lower in loss on the
+ * real data sets for twice the time, at 4 and 16 it ends 1-12% higher;
+ * after the idle refinement all end within 0.1%.
+ * Before the warm-up only refresh_events counts (the warm-up replaces W
+ * anyway), and refresh_events = 0 turns automatic refreshes off (the
+ * caller refreshes). Since F and C are counts of the model's own
+ * operations, the same events give the same refreshes whatever their
+ * timestamps and however fast the machine is; the daemon adds its
+ * wall-clock refresh_interval for slow live streams.
+ */
+static int model_refresh_due(const struct model *m)
+{
+    const uint64_t k = m->k;
+    if (!m->p.refresh_events)
+        return 0;
+    if (m->since_refresh >= m->p.refresh_events)
+        return 1;
+    if (m->p.warmup_events && !m->warm_done)
+        return 0;
+    double cost = (double)(k * k) * (m->p.hals_sweeps + 1.0) *
+                      (double)ids_slots(m->iids) +
+                  (double)(k * m->sync_rows) + (double)(k * k * k);
+    return (double)m->work >= MODEL_REFRESH_WORK * cost;
+}
+
 /* Position of item x in a profile, -1 if absent: blocks of 16 compared
  * at once (a vector compare, then a test of the whole block), then the
  * exact position in the block that hit. */
@@ -1646,7 +1707,7 @@ static int model_fold_checked(struct model *m, const char *user,
 
     if (m->p.warmup_events && !m->warm_done && m->events >= m->p.warmup_events)
         model_warmup(m);
-    else if (m->p.refresh_events && m->since_refresh >= m->p.refresh_events)
+    else if (model_refresh_due(m))
         model_refresh(m);
     return 0;
 }

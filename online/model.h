@@ -38,7 +38,8 @@ struct model_params {
     uint32_t profile_max;    /* items kept per user profile (default
                                 16384): a safety valve against runaway
                                 ids; what it evicts stays in the loss */
-    uint64_t refresh_events; /* W refresh after this many folds */
+    uint64_t refresh_events; /* W refresh after this many folds at most
+                                (sooner by work); 0 = only by the caller */
     int64_t ttl_ms;          /* forget users/items unseen this long; 0 */
     uint64_t seed;           /* initial W */
     uint64_t warmup_events;  /* batch HALS on the first N events; 0 = off */
@@ -63,8 +64,11 @@ void model_destroy(struct model **m);
 const struct model_params *model_params(const struct model *m);
 
 /* Folds one event: decay u's profile to ts, add weight to item, re-solve
- * h_u, replace u's contribution in A and B. May refresh W itself when
- * refresh_events or warmup_events is reached.
+ * h_u, replace u's contribution in A and B. May refresh W itself: at
+ * warmup_events, after refresh_events folds, or once the work of the
+ * re-solves since the last refresh reaches that of a refresh (the rule
+ * above model_refresh_due in model.c; off with refresh_events = 0). The
+ * timestamps never decide a refresh.
  *   -EINVAL       NULL or empty id, weight negative/NaN/Inf
  *   -ENAMETOOLONG id over MODEL_ID_MAX bytes
  *   -ERANGE       ts outside 0..MODEL_TS_MAX, weight over MODEL_WEIGHT_MAX

@@ -70,6 +70,11 @@ struct model_user {
  * events (k doubles), updated in O(k) per event while W is unchanged. */
 #define MODEL_BCACHE_MIN 32
 
+/* Automatic refreshes come when the fold work since the last refresh
+ * reaches this many times the cost of a refresh (model.c, above
+ * model_refresh_due), or after refresh_events folds. */
+#define MODEL_REFRESH_WORK 1.0
+
 /* NNDSVDa seeds (model_restart.c): subspace iterations; a restart's
  * rounds of alternating NNLS at most, its convergence tolerance (or
  * refine_tol if larger), and by how much (relative) it must beat the live
@@ -131,6 +136,10 @@ struct model {
     double weight_sum;
     double evicted_weight; /* profile values evicted, valued when evicted */
     uint64_t refreshes, epoch, since_refresh, stale;
+    /* The refresh-by-work rule (model_refresh_due): multiply-adds done by
+     * re-solves since the last refresh, and the profile rows the last
+     * refresh's B sync went through. */
+    uint64_t work, sync_rows;
     uint64_t refine_events;   /* events at the last refine-made refresh */
     double refine_prev;       /* relative loss then, -1 if none */
     uint32_t cursor;          /* next user the refine pass looks at */

@@ -15,7 +15,8 @@
  *
  * Layout (all little-endian):
  *   "NMFDMODL" u32 version u32 k
- *   params, scalars (version 2 added the restart counters), RNG state,
+ *   params, scalars (version 2 added the restart counters, version 6
+ *   the refresh work counters), RNG state,
  *   A (k*k f64), G (k*k f64), bcol (k f64), hs (k f64, version 4)
  *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 last time], nfree u32 free list (next reused first),
@@ -44,7 +45,11 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 6u /* reads 4 and 5: without evictions (and g) */
+/* Reads 4 and 5 too: 5 is 6 without the refresh work counters (they start
+ * at 0, so the first refresh after the load may come a little later than
+ * it would have) and without the evictions (none was counted then), 4 is
+ * 5 without g. */
+#define STATE_VERSION 6u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -251,6 +256,8 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_f64(&w, m->refine_prev);
     sw_u64(&w, m->restart_events);
     sw_u64(&w, m->restarts);
+    sw_u64(&w, m->work);
+    sw_u64(&w, m->sync_rows);
     for (int i = 0; i < 4; i++)
         sw_u64(&w, m->rng.s[i]);
     sw_put(&w, m->A, (size_t)k * k * sizeof(double));
@@ -582,7 +589,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (r->bad || memcmp(magic, STATE_MAGIC, 8))
         return "not a model state";
     SR(r, version);
-    if (version != STATE_VERSION && version != 5 && version != 4)
+    if (version < 4 || version > STATE_VERSION)
         return "unsupported model state version";
     SR(r, k);
     sr_params(r, &p);
@@ -617,6 +624,10 @@ static const char *state_load(struct state_reader *r, struct model **out)
     SR(r, m->refine_prev);
     SR(r, m->restart_events);
     SR(r, m->restarts);
+    if (version >= 6) {
+        SR(r, m->work);
+        SR(r, m->sync_rows);
+    }
     for (int i = 0; i < 4; i++)
         SR(r, m->rng.s[i]);
     size_t kk = (size_t)k * k;

@@ -570,3 +570,39 @@ Test(csv, data_reads_clean, .timeout = 120)
     cr_assert_geq(event_files, 8);
     cr_assert_geq(files, 15);
 }
+
+/* Progress: the bytes read into rows so far, up to the file's size at the
+ * end; the size is known for a regular file only (-1 for a pipe). */
+Test(csv, offset_and_size_for_progress)
+{
+    const char *text = "user,item\na,x\nbb,yy\n";
+    struct csv_reader *r = open_ok(text);
+    struct csv_row row;
+    cr_assert_eq(csv_size(r), (int64_t)strlen(text));
+    cr_assert_eq(csv_next(r, &row), 1);
+    cr_assert_eq(csv_offset(r), strlen("user,item\na,x\n"));
+    cr_assert_eq(csv_next(r, &row), 1);
+    cr_assert_eq(csv_offset(r), strlen(text));
+    cr_assert_eq(csv_next(r, &row), 0);
+    cr_assert_eq(csv_offset(r), strlen(text));
+    csv_close(r);
+
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    cr_assert_eq(write(fds[1], text, strlen(text)), (ssize_t)strlen(text));
+    close(fds[1]);
+    int saved = dup(STDIN_FILENO);
+    cr_assert(saved >= 0);
+    cr_assert_eq(dup2(fds[0], STDIN_FILENO), STDIN_FILENO);
+    close(fds[0]);
+    char err[256] = "";
+    r = csv_open("-", err, sizeof(err));
+    cr_assert_not_null(r, "%s", err);
+    cr_assert_eq(csv_size(r), -1);
+    while (csv_next(r, &row) == 1)
+        ;
+    cr_assert_eq(csv_offset(r), strlen(text));
+    csv_close(r);
+    dup2(saved, STDIN_FILENO);
+    close(saved);
+}

@@ -3,6 +3,7 @@
  * refused input, determinism and the saved state. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -498,7 +499,8 @@ static uint32_t users_held_with_g(const struct model *m)
 Test(model, heavy_shares_held_between_refreshes_stay_exact)
 {
     for (int decay = 0; decay < 2; decay++) {
-        struct model *m = model_with(6, decay ? 4000 : 0, 500, 1000000);
+        /* refresh_events 0: no refresh but the test's own. */
+        struct model *m = model_with(6, decay ? 4000 : 0, 500, 0);
         stream_heavy(m, 6000, 91 + decay, decay ? 7 : 1);
         /* A refresh that rebuilds A and B, so that what follows starts
          * exact (a rescaling one leaves ~1e-7, see STATS_RTOL). */
@@ -1262,6 +1264,79 @@ Test(model, warmup_runs_once_and_leaves_exact_statistics)
     model_free(m);
 }
 
+/* ---- refreshes by work -------------------------------------------- */
+
+/* Folds a planted stream with events step ms apart and returns the model. */
+static struct model *fold_spaced(uint32_t items, int64_t step)
+{
+    struct model *m = model_with(4, 0, 2000, 1000000);
+    struct planted p;
+    planted_init(&p, 600, items, 4, 0.05, 17);
+    for (int e = 0; e < 20000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, (int64_t)e * step), 0);
+    }
+    planted_free(&p);
+    return m;
+}
+
+/* Automatic refreshes come from the work of the folds, never from the
+ * timestamps: the same events 1 ms and a day apart give the same
+ * refreshes and the same W, bit for bit; they come well before
+ * refresh_events; and a costlier refresh (more items) comes less often. */
+Test(model, refreshes_follow_work_not_time)
+{
+    struct model *a = fold_spaced(100, 1), *b = fold_spaced(100, 86400000);
+    struct model_stats sa, sb;
+    model_stats(a, &sa);
+    model_stats(b, &sb);
+    cr_assert_eq(sa.refreshes, sb.refreshes);
+    cr_assert_gt(sa.refreshes, 60, "%" PRIu64, sa.refreshes);
+    cr_assert_eq(model_item_slots(a), model_item_slots(b));
+    cr_assert_eq(memcmp(model_W(a), model_W(b),
+                        (size_t)model_item_slots(a) * 4 * sizeof(float)),
+                 0);
+    cr_assert_eq(sa.rel_loss, sb.rel_loss);
+    /* Every refresh by work left the counter below its threshold: a
+     * refresh costs at least k^2 (hals_sweeps + 1) M. */
+    struct model *c = fold_spaced(2000, 1);
+    struct model_stats sc;
+    model_stats(c, &sc);
+    cr_assert_lt(sc.refreshes * 3, sa.refreshes, "%" PRIu64 " vs %" PRIu64,
+                 sc.refreshes, sa.refreshes);
+    model_free(a);
+    model_free(b);
+    model_free(c);
+}
+
+/* refresh_events = 0: the model never refreshes by itself after the
+ * warm-up, however much work the folds do. */
+Test(model, refresh_events_zero_leaves_refreshes_to_the_caller)
+{
+    struct model *m = model_with(4, 0, 500, 0);
+    struct planted p;
+    planted_init(&p, 300, 60, 4, 0.05, 18);
+    for (int e = 0; e < 600; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, e), 0);
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    uint64_t r = st.refreshes;
+    for (int e = 0; e < 20000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, 600 + e), 0);
+    }
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, r);
+    cr_assert_gt(m->work, 0);
+    planted_free(&p);
+    model_free(m);
+}
+
 /* ---- warm-up in idle time, restarts -------------------------------- */
 
 static void fold_planted(struct model *m, struct planted *p, int events,
@@ -1701,40 +1776,76 @@ static const char *load_patched(const struct buf *s, size_t off,
     return err;
 }
 
-/* A state of an older version: version 6 less its trailing evictions
- * (which must be none: f64 0, u32 0), re-checksummed. */
-static const char *load_as_version(const struct buf *s, uint32_t v)
+/* The state's refresh work counters (version 6) lie just before the
+ * generator's state and A, at this offset: the older layouts lack them. */
+#define STATE_WORK_OFF 244
+
+/* s in the layout of version 4 or 5: without the work counters and
+ * without the trailing evictions (which must be none: f64 0, u32 0). */
+static struct buf state_older(const struct buf *s, uint32_t version)
 {
     static const uint8_t none[12];
-    cr_assert_geq(s->n, 8 + 20);
+    cr_assert_geq(s->n, STATE_WORK_OFF + 16 + 20);
     cr_assert(!memcmp(s->p + s->n - 20, none, 12), "evictions in the state");
-    struct buf c = {malloc(s->n - 12), s->n - 12, s->n - 12};
-    memcpy(c.p, s->p, c.n - 8);
-    const char *err = load_patched(&c, 8, &v, 4);
-    free(c.p);
-    return err;
+    struct buf o = {.n = s->n - 16 - 12};
+    o.p = malloc(o.n);
+    memcpy(o.p, s->p, STATE_WORK_OFF);
+    memcpy(o.p + STATE_WORK_OFF, s->p + STATE_WORK_OFF + 16,
+           s->n - STATE_WORK_OFF - 16 - 20);
+    memcpy(o.p + 8, &version, 4);
+    uint64_t sum = model__state_checksum(o.p, o.n - 8);
+    memcpy(o.p + o.n - 8, &sum, 8);
+    return o;
 }
 
-/* Versions 4 and 5 are version 6 without the evictions (no profile_max
- * then counted them), and 4 is 5 without shares held with g: such states
- * still load, one with held shares is refused. */
+/* Version 5 is version 6 without the refresh work counters and the
+ * evictions: it loads, with them at zero, and the model goes on (its next
+ * automatic refresh by work comes when its counters say so). */
+Test(model, version_5_state_loads_with_work_counters_at_zero)
+{
+    struct model *m = model_with(6, 1000000, 500, 1000000);
+    stream_heavy(m, 1500, 97, 1);
+    cr_assert_gt(m->work, 0);
+    struct buf s = save(m);
+    cr_assert_eq(memcmp(s.p + STATE_WORK_OFF, &m->work, 8), 0);
+    struct buf o = state_older(&s, 5);
+    const char *err = NULL;
+    struct model *b = model_load(o.p, o.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    cr_assert_eq(b->work, 0);
+    cr_assert_eq(b->sync_rows, 0);
+    cr_assert_eq(b->refreshes, m->refreshes);
+    cr_assert_eq(b->evicted_weight, 0);
+    stream_heavy(b, 500, 98, 1);
+    assert_stats_exact(b, STATS_RTOL);
+    model_free(b);
+    free(o.p);
+    free(s.p);
+    model_free(m);
+}
+
+/* Version 4 is version 5 without shares held with g: such a state still
+ * loads, one with them is refused. */
 Test(model, version_4_state_loads_without_held_shares)
 {
     struct model *m = model_with(6, 0, 500, 1000000);
     stream_heavy(m, 4000, 99, 1);
     model_refresh(m);
     cr_assert_eq(users_held_with_g(m), 0);
-    struct buf s = save(m);
-    cr_assert_null(load_as_version(&s, 5));
-    cr_assert_null(load_as_version(&s, 4));
-    cr_assert_str_eq(load_as_version(&s, 6), "truncated");
+    struct buf s6 = save(m), s = state_older(&s6, 4);
+    uint32_t v = 4;
+    cr_assert_null(load_patched(&s, 8, &v, 4));
+    v = 6; /* the older layout read as the newer one */
+    cr_assert_not_null(load_patched(&s, 8, &v, 4));
+    v = 4;
     stream_heavy(m, 500, 100, 1);
     cr_assert_gt(users_held_with_g(m), 0);
-    struct buf t = save(m);
-    cr_assert_null(load_as_version(&t, 5));
-    cr_assert_str_eq(load_as_version(&t, 4), "bad user flags");
+    struct buf t6 = save(m), t = state_older(&t6, 4);
+    cr_assert_str_eq(load_patched(&t, 8, &v, 4), "bad user flags");
     free(s.p);
     free(t.p);
+    free(s6.p);
+    free(t6.p);
     model_free(m);
 }
 
@@ -1750,7 +1861,7 @@ Test(model, load_checks_structure_behind_the_checksum)
     v = 7;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 5;
+    v = 6;
     cr_assert_str_eq(load_patched(&s, 12, &v, 4), "bad model parameters");
     v = 0;
     cr_assert_str_eq(load_patched(&s, 16, &v, 4), "bad model parameters");
@@ -1840,7 +1951,7 @@ Test(model, load_refuses_absurd_magnitudes)
     size_t off_b = find_once(&s, &b0, 8);
     size_t off_l = find_once(&s, &loss, 8);
     size_t off_n = find_once(&s, &norm, 8);
-    cr_assert_eq(off_a, 276); /* the layout no_profile_... relies on */
+    cr_assert_eq(off_a, 292); /* the layout no_profile_... relies on */
     /* h, then the one profile item (u32) and its value (f32). */
     size_t off_v = off_h + sizeof(h) + 4;
     float f;
@@ -1915,7 +2026,7 @@ Test(model, no_profile_means_zero_statistics)
     model_free(b);
     /* A = 0 exactly in the state: make its first entry a residue. */
     double zero = 0, tiny = 1e-20;
-    size_t off_a = 276;
+    size_t off_a = 292;
     cr_assert(!memcmp(s.p + off_a, &zero, 8));
     cr_assert_str_eq(load_patched(&s, off_a, &tiny, 8),
                      "statistics without data");
