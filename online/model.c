@@ -37,7 +37,10 @@
  * alternating NNLS; at idle convergence model_refine may restart from a
  * fresh NNDSVDa seed of all the data and keep the better of the two
  * (model_restart.c), so that the model does not stay in the local
- * minimum its start happened to lead to.
+ * minimum its start happened to lead to. Every re-seeded column (a seed,
+ * a restart's W, a resampled dead column) first takes the index of the
+ * old column it resembles most, by an optimal assignment on cosine
+ * similarity (match.c), so that topic j keeps its meaning.
  *
  * Choices. Columns of W have unit L2 norm, restored after each refresh as
  * a reparametrisation (w_j /= n_j, h_u[j] *= n_j, A and B scaled alike),
@@ -1264,6 +1267,53 @@ static int model_column_uniform(struct model *m, uint32_t j)
     return 1;
 }
 
+/* Columns cols[0..n) of W, side by side (M x n floats), or NULL. */
+static float *model_columns_copy(const struct model *m, const uint32_t *cols,
+                                 uint32_t n)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *c = malloc((size_t)M * n * sizeof(float));
+    if (c)
+        for (uint32_t i = 0; i < M; i++)
+            for (uint32_t a = 0; a < n; a++)
+                c[(size_t)i * n + a] = m->W[(size_t)i * k + cols[a]];
+    return c;
+}
+
+/* Topic identity for the columns a refresh resampled (mult[j] == 0 among
+ * the nd dead ones, whose columns before the refresh are in old, M x nd,
+ * or NULL when fewer than two died or no memory): they are matched among
+ * themselves (model__match), each taking the index of the dead column it
+ * resembles most. Only among themselves: a live column is not re-seeded,
+ * its users' h and the statistics carry its identity. A resampled column
+ * has h_j = 0 for everyone and a zero row and column in A and B, so
+ * moving W's columns is the whole permutation. */
+static void model_dead_match(struct model *m, const uint32_t *dead,
+                             uint32_t nd, const float *old, const double *mult)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    uint32_t co[MODEL_K_MAX], cn[MODEL_K_MAX], to[MODEL_K_MAX], n = 0;
+    float x[MODEL_K_MAX];
+    for (uint32_t a = 0; a < nd; a++) {
+        if (mult[dead[a]] != 0)
+            continue;
+        co[n] = a;
+        cn[n++] = dead[a];
+    }
+    m->reseeded += n;
+    if (n < 2 || !old || model__match(M, n, old, nd, co, m->W, k, cn, to))
+        return;
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        for (uint32_t a = 0; a < n; a++)
+            x[a] = wi[cn[to[a]]];
+        for (uint32_t a = 0; a < n; a++)
+            wi[cn[a]] = x[a];
+    }
+    for (uint32_t a = 0; a < n; a++)
+        m->moved += to[a] != a;
+}
+
 /*
  * W refresh: HALS sweeps on the true A and B (hals.c), then each column
  * normalised to unit L2 norm as a reparametrisation: with n_j the norm of
@@ -1310,6 +1360,11 @@ void model_refresh(struct model *m)
                     m->p.hals_sweeps, colsq);
     }
     int rescale = 0;
+    uint32_t dead[MODEL_K_MAX], nd = 0;
+    for (uint32_t j = 0; j < k; j++)
+        if (skip[j] || !(sqrt(colsq[j]) > 0 && isfinite(sqrt(colsq[j]))))
+            dead[nd++] = j;
+    float *old = nd > 1 && M ? model_columns_copy(m, dead, nd) : NULL;
     for (uint32_t j = 0; j < k; j++) {
         if (!skip[j]) {
             double nj = sqrt(colsq[j]);
@@ -1328,6 +1383,8 @@ void model_refresh(struct model *m)
             rescale = 1;
         }
     }
+    model_dead_match(m, dead, nd, old, mult);
+    free(old);
     double inv[MODEL_K_MAX];
     for (uint32_t j = 0; j < k; j++)
         inv[j] = mult[j] > 0 ? 1.0 / mult[j] : 1.0;
@@ -1403,8 +1460,12 @@ static void model_seed_columns(struct model *m)
         return;
     double *d = malloc((size_t)U * sizeof(double));
     double *x = calloc(M, sizeof(double));
-    if (!d || !x)
+    /* The seed is built beside W (the columns it does not reach keep
+     * theirs) and then matched to it (model__w_install). */
+    float *Wn = malloc(M * k * sizeof(float));
+    if (!d || !x || !Wn)
         goto out;
+    memcpy(Wn, m->W, M * k * sizeof(float));
     for (uint32_t u = 0; u < U; u++)
         d[u] = 1;
     double floor = 1e-3 / sqrt((double)M);
@@ -1444,11 +1505,11 @@ static void model_seed_columns(struct model *m)
             double w = ids_get(m->iids, (uint32_t)i, NULL)
                            ? x[i] + floor * rng_uniform(&m->rng)
                            : 0;
-            m->W[i * k + j] = (float)w;
+            Wn[i * k + j] = (float)w;
             sq += w * w;
         }
         for (size_t i = 0; i < M; i++)
-            m->W[i * k + j] = (float)(m->W[i * k + j] / sqrt(sq));
+            Wn[i * k + j] = (float)(Wn[i * k + j] / sqrt(sq));
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
             if (!(us->flags & MODEL_U_LIVE) || !us->n)
@@ -1465,12 +1526,11 @@ static void model_seed_columns(struct model *m)
         for (uint32_t q = 0; q < ps->n; q++)
             x[pit[q]] = 0;
     }
-    memset(m->G, 0, (size_t)k * k * sizeof(double));
-    hals_gram(k, M, m->W, NULL, m->G);
-    m->wgen++;
+    model__w_install(m, Wn);
 out:
     free(d);
     free(x);
+    free(Wn);
 }
 
 /* Warm-up: W seeded from the profiles seen so far (NNDSVDa, else
@@ -1907,6 +1967,8 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->now = m->has_time ? m->T : 0;
     st->stale = m->rs ? ids_live(m->uids) : m->stale;
     st->restarts = m->restarts;
+    st->reseeded = m->reseeded;
+    st->moved = m->moved;
 }
 
 uint32_t model_user_slots(const struct model *m)

@@ -154,6 +154,12 @@ struct model_stats {
                            every live user while a restart is under way
                            (model_refine: any h may still change) */
     uint64_t restarts;  /* restarts that replaced W */
+    /* Topic identity, since the model was made or loaded: columns of W
+     * re-seeded (a restart's or a seed's k, a resampled dead column's
+     * one), and those the matching to the old columns (DESIGN.md section
+     * 1) gave another index than the one they were made at. */
+    uint64_t reseeded;
+    uint64_t moved;
 };
 void model_stats(const struct model *m, struct model_stats *st);
 

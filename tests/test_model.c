@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "match.h"
 #include "model_impl.h"
 #include "rng.h"
 
@@ -1418,6 +1419,130 @@ Test(model, restart_slices_are_bounded_and_reach_the_same_model)
     cr_assert_eq(model_refine(b, 0), 0);
     model_free(a);
     model_free(b);
+}
+
+/* ---- topic identity ---------------------------------------------------- */
+
+/* cos(old column a, new column b) for every pair, over M rows of k. */
+static void column_cosines(uint32_t k, uint32_t M, const float *Wo,
+                           const float *Wn, double *C)
+{
+    double no[MODEL_K_MAX] = {0}, nn[MODEL_K_MAX] = {0};
+    memset(C, 0, (size_t)k * k * sizeof(double));
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t a = 0; a < k; a++) {
+            no[a] += (double)Wo[(size_t)i * k + a] * Wo[(size_t)i * k + a];
+            nn[a] += (double)Wn[(size_t)i * k + a] * Wn[(size_t)i * k + a];
+            for (uint32_t b = 0; b < k; b++)
+                C[(size_t)a * k + b] +=
+                    (double)Wo[(size_t)i * k + a] * Wn[(size_t)i * k + b];
+        }
+    for (uint32_t a = 0; a < k; a++)
+        for (uint32_t b = 0; b < k; b++)
+            C[(size_t)a * k + b] /= sqrt(no[a]) * sqrt(nn[b]);
+}
+
+/* A restart replaces W with columns of its own order (NNDSVDa's, by
+ * singular value): each new column must sit at the index of the old
+ * column it continues, i.e. the identity is the best assignment of the
+ * cosines old x new, and each new column's best old match is its own
+ * index. */
+Test(model, a_restart_keeps_each_topic_id)
+{
+    struct model *m = six_bundles(0, NULL);
+    const uint32_t k = 6;
+    double C[36];
+    uint32_t to[6];
+    float *before = NULL;
+    int restarted = 0;
+    for (int r = 0; r < 100000 && !restarted; r++) {
+        struct model_stats st;
+        uint32_t M = model_item_slots(m);
+        before = realloc(before, (size_t)M * k * sizeof(float));
+        memcpy(before, model_W(m), (size_t)M * k * sizeof(float));
+        model_stats(m, &st);
+        uint64_t f0 = st.refreshes, r0 = st.restarts;
+        size_t n = model_refine(m, SIZE_MAX);
+        model_stats(m, &st);
+        if (st.restarts > r0) {
+            restarted = 1;
+            cr_assert_eq(st.reseeded, k);
+            column_cosines(k, M, before, model_W(m), C);
+            cr_assert_eq(match_assign(k, C, to), 0);
+            for (uint32_t j = 0; j < k; j++) {
+                cr_assert_eq(to[j], j, "old topic %u continues as %u", j, to[j]);
+                for (uint32_t a = 0; a < k; a++)
+                    cr_assert_geq(C[(size_t)j * k + j], C[(size_t)a * k + j],
+                                  "new %u is closer to old %u (%g) than to "
+                                  "old %u (%g)", j, a, C[(size_t)a * k + j], j,
+                                  C[(size_t)j * k + j]);
+            }
+            /* The seed's own order was not the live one: the matching
+             * moved columns (or this test would not test it). */
+            cr_assert_gt(st.moved, 0);
+        }
+        if (!n && st.refreshes == f0)
+            break;
+    }
+    cr_assert(restarted, "no restart replaced W");
+    free(before);
+    model_free(m);
+}
+
+/* A re-seed that brings the same topics in another order changes
+ * nothing: the matching puts every column back, so W, the loss and every
+ * later step stay bit for bit those of a twin re-seeded with the columns
+ * in their own order. */
+Test(model, reseed_with_the_same_topics_changes_nothing)
+{
+    struct model *m = six_bundles(10000, NULL);
+    refine_converge(m, 1000);
+    struct buf s0 = save(m);
+    struct model *twin = model_load(s0.p, s0.n, NULL);
+    cr_assert_not_null(twin);
+    const uint32_t k = 6, M = model_item_slots(m);
+    const uint32_t perm[6] = {3, 5, 0, 1, 4, 2};
+    float *W0 = malloc((size_t)M * k * sizeof(float));
+    float *Wn = malloc((size_t)M * k * sizeof(float));
+    memcpy(W0, model_W(m), (size_t)M * k * sizeof(float));
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            Wn[(size_t)i * k + j] = W0[(size_t)i * k + perm[j]];
+    struct model_stats a, b;
+    model_stats(m, &a);
+    model__w_install(m, Wn);
+    model_stats(m, &b);
+    cr_assert_eq(memcmp(model_W(m), W0, (size_t)M * k * sizeof(float)), 0,
+                 "the re-seeded columns are not back at their ids");
+    cr_assert_eq(b.reseeded - a.reseeded, k);
+    cr_assert_eq(b.moved - a.moved, 5, "perm has one fixed point: %lu moved",
+                 (unsigned long)(b.moved - a.moved));
+    cr_assert(a.rel_loss == b.rel_loss && a.loss == b.loss);
+    /* The twin's re-seed brings the same columns in their own order. */
+    model__w_install(twin, W0);
+    /* Both go on alike: more events, refinement, and the same bytes. */
+    for (int t = 0; t < 2; t++) {
+        struct model *x = t ? twin : m;
+        struct trng r = {99};
+        struct planted p;
+        planted_init(&p, 1500, 300, 6, 0.0, 3);
+        for (int e = 0; e < 3000; e++) {
+            uint32_t u, i;
+            planted_event(&p, &u, &i);
+            cr_assert_eq(fold(x, u, i, 1 + trng_unif(&r), 40000 + e), 0);
+        }
+        refine_converge(x, 1000);
+        planted_free(&p);
+    }
+    struct buf s1 = save(m), s2 = save(twin);
+    cr_assert(bufs_equal(&s1, &s2), "the re-seeded model took another path");
+    free(s0.p);
+    free(s1.p);
+    free(s2.p);
+    free(W0);
+    free(Wn);
+    model_free(m);
+    model_free(twin);
 }
 
 /* Drives refinement until a restart is under way; returns the state saved
