@@ -1288,8 +1288,8 @@ static float *model_columns_copy(const struct model *m, const uint32_t *cols,
  * its users' h and the statistics carry its identity. A resampled column
  * has h_j = 0 for everyone and a zero row and column in A and B, so
  * moving W's columns is the whole permutation. */
-static void model_dead_match(struct model *m, const uint32_t *dead,
-                             uint32_t nd, const float *old, const double *mult)
+static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
+                             const float *old, const double *mult)
 {
     const uint32_t k = m->k, M = ids_slots(m->iids);
     uint32_t co[MODEL_K_MAX], cn[MODEL_K_MAX], to[MODEL_K_MAX], n = 0;
@@ -2147,6 +2147,31 @@ uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
         model_top_sift(items, weights, e - 1, 0);
     }
     return cnt;
+}
+
+/* cos(w_j, p_j) = w_j . p_j / (|w_j| |p_j|), summed in double over the
+ * rows both versions have (a row only one has adds to its norm alone). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    double nw[MODEL_K_MAX] = {0}, np[MODEL_K_MAX] = {0};
+    for (uint32_t j = 0; j < k; j++)
+        cont[j] = 0;
+    for (uint32_t i = 0; i < M || i < rows; i++) {
+        const float *wi = m->W + (size_t)i * k, *pi = prev + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            double w = i < M ? wi[j] : 0, p = i < rows ? pi[j] : 0;
+            cont[j] += w * p;
+            nw[j] += w * w;
+            np[j] += p * p;
+        }
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        double d = sqrt(nw[j]) * sqrt(np[j]);
+        double c = d > 0 ? cont[j] / d : 0;
+        cont[j] = c > 0 ? (c < 1 ? c : 1) : 0;
+    }
 }
 
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)

@@ -211,6 +211,13 @@ void model_memory(const struct model *m, struct model_memory *mm);
 /* The n strongest items of topic j, strongest first; returns how many. */
 uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
                          uint32_t *items, float *weights);
+/* Continuity of each topic with an earlier version of W (prev: rows x k
+ * floats, a copy of model_W taken then, rows its model_item_slots):
+ * cont[j] = cos(w_j, prev_j) over the item rows both have, in [0, 1]; 0
+ * when either column is zero. An item slot freed by expiry and reused
+ * since counts as the same row (a forgotten item's row is zero). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 

@@ -165,9 +165,9 @@ struct model *model__alloc(const struct model_params *p);
  * one, its columns first matched to the current columns: new column
  * to[j] becomes topic j, where to maximises sum_j cos(w_j, wn_to[j]) (the
  * identity wins ties; a W never refreshed, the random start, is not
- * matched: it has no meaning to keep). Then G. Nothing else is indexed by the new order,
- * so the rest of the state (h, A, B, marks) keeps its meaning: the users
- * are re-solved against the new W by whoever called. */
+ * matched: it has no meaning to keep). Then G. Nothing else is indexed by the
+ * new order, so the rest of the state (h, A, B, marks) keeps its meaning: the
+ * users are re-solved against the new W by whoever called. */
 void model__w_install(struct model *m, const float *Wn);
 /* The matching itself, for n columns of each side: old column co[a] of Wo
  * (rows of ldo floats) and new column cn[b] of Wn (rows of ldn), over M

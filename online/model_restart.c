@@ -167,8 +167,8 @@ int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
         for (uint32_t b = 0; b < n; b++) {
             double d = sqrt(no[a]) * sqrt(nn[b]);
             double c = d > 0 ? C[(size_t)a * n + b] / d : 0;
-            C[(size_t)a * n + b] = (isfinite(c) ? c : 0) +
-                                   (a == b ? MODEL_MATCH_TIE : 0);
+            C[(size_t)a * n + b] =
+                (isfinite(c) ? c : 0) + (a == b ? MODEL_MATCH_TIE : 0);
         }
     }
     int rc = match_assign(n, C, to);

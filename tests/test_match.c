@@ -72,8 +72,8 @@ Test(match, best_assignment_equals_brute_force)
             cr_assert_eq(match_assign(n, s, to), 0);
             cr_assert(is_permutation(n, to), "n=%u trial %d", n, trial);
             double want = brute_best(n, s), got = total(n, s, to);
-            cr_assert(fabs(got - want) <= 1e-12 * n, "n=%u trial %d: %.17g < %.17g",
-                      n, trial, got, want);
+            cr_assert(fabs(got - want) <= 1e-12 * n,
+                      "n=%u trial %d: %.17g < %.17g", n, trial, got, want);
         }
     }
 }
@@ -107,9 +107,8 @@ Test(match, largest_n_and_ties)
     }
     for (uint32_t a = 0; a < n; a++)
         for (uint32_t b = 0; b < n; b++)
-            s[(size_t)a * n + b] =
-                b == perm[a] ? 0.95 + 0.05 * rng_uniform(&r)
-                             : 0.9 * rng_uniform(&r);
+            s[(size_t)a * n + b] = b == perm[a] ? 0.95 + 0.05 * rng_uniform(&r)
+                                                : 0.9 * rng_uniform(&r);
     cr_assert_eq(match_assign(n, s, to), 0);
     for (uint32_t a = 0; a < n; a++)
         cr_assert_eq(to[a], perm[a], "row %u", a);
