@@ -1533,13 +1533,92 @@ out:
     free(Wn);
 }
 
+/*
+ * Relabels the topics: topic j becomes what topic src[j] was, in
+ * everything indexed by topic, so that the model is the same model with
+ * its topics in another order: W's columns and G's rows and columns with
+ * them, H's columns with their scales hs, A's rows and columns, B's
+ * columns with their scales bcol, the cached W^T v and held g of heavy
+ * users. Every number is moved, none recomputed, so the loss (a sum over
+ * users) and every user's h stay bit for bit, in the new order. A user's
+ * mark stays what its last record showed; one whose segment now has
+ * another index is marked (model.h's rule), so its next record says so.
+ * O((items + users) k + k^2); used where nothing was published since the
+ * order being undone appeared (the end of the warm-up).
+ */
+void model__topics_permute(struct model *m, const uint32_t *src)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids), U = ids_slots(m->uids);
+    double x[MODEL_K_MAX], y[MODEL_K_MAX];
+    float f[MODEL_K_MAX], ht[MODEL_K_MAX];
+    double *T = m->S;
+    model__restart_drop(m);
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        double *bi = m->B + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            f[j] = wi[src[j]];
+            x[j] = bi[src[j]];
+        }
+        memcpy(wi, f, k * sizeof(float));
+        memcpy(bi, x, k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            f[j] = hu[src[j]];
+        memcpy(hu, f, k * sizeof(float));
+    }
+    for (uint32_t s = 0; s < m->bc_n; s++) {
+        double *b = m->bc + (size_t)s * k, *g = m->bg + (size_t)s * k;
+        for (uint32_t j = 0; j < k; j++) {
+            x[j] = b[src[j]];
+            y[j] = g[src[j]];
+        }
+        memcpy(b, x, k * sizeof(double));
+        memcpy(g, y, k * sizeof(double));
+    }
+    double *kv[] = {m->bcol, m->hs, m->hsi};
+    for (size_t v = 0; v < sizeof(kv) / sizeof(kv[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            x[j] = kv[v][src[j]];
+        memcpy(kv[v], x, k * sizeof(double));
+    }
+    double *kk[] = {m->A, m->G};
+    for (size_t v = 0; v < sizeof(kk) / sizeof(kk[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                T[(size_t)j * k + l] = kk[v][(size_t)src[j] * k + src[l]];
+        memcpy(kk[v], T, (size_t)k * k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            ht[j] = (float)((double)hu[j] * m->hs[j]);
+        model_user_mark(m, us, ht, 0, k);
+    }
+    for (uint32_t j = 0; j < k; j++)
+        m->moved += src[j] != j;
+}
+
 /* Warm-up: W seeded from the profiles seen so far (NNDSVDa, else
  * k-means++), then batch alternating NNLS on them (solve every h, refresh
  * W) until the relative loss improves by less than 1e-4 or 30 rounds, then
- * A and B rebuilt exactly. */
+ * A and B rebuilt exactly. The rounds move the seed's columns far, and
+ * nothing is published in between: so when refreshes had given the old W
+ * a meaning, the warm-up's result, not only its seed, is matched to it
+ * and the whole model relabelled (model__topics_permute). */
 static void model_warmup(struct model *m)
 {
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *old =
+        m->refreshes && M ? malloc((size_t)M * k * sizeof(float)) : NULL;
     double prev = -1;
+    if (old)
+        memcpy(old, m->W, (size_t)M * k * sizeof(float));
     if (model__seed_nndsvd(m))
         model_seed_columns(m);
     for (int r = 0; r < 30; r++) {
@@ -1551,6 +1630,14 @@ static void model_warmup(struct model *m)
         model_refresh(m);
     }
     model_rebuild(m);
+    if (old) {
+        uint32_t all[MODEL_K_MAX], to[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            all[j] = j;
+        if (!model__match(M, k, old, k, all, m->W, k, all, to))
+            model__topics_permute(m, to);
+        free(old);
+    }
     m->warm_done = 1;
 }
 

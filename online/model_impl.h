@@ -169,6 +169,11 @@ struct model *model__alloc(const struct model_params *p);
  * new order, so the rest of the state (h, A, B, marks) keeps its meaning: the
  * users are re-solved against the new W by whoever called. */
 void model__w_install(struct model *m, const float *Wn);
+/* model.c. Topic j becomes what topic src[j] (a permutation) was, in
+ * all the state indexed by topic; the loss and every h are unchanged bit
+ * for bit but for the order. Users whose segment index changed are
+ * marked. */
+void model__topics_permute(struct model *m, const uint32_t *src);
 /* The matching itself, for n columns of each side: old column co[a] of Wo
  * (rows of ldo floats) and new column cn[b] of Wn (rows of ldn), over M
  * rows; to[a] = b pairs them. 0, or -ENOMEM with to the identity. */

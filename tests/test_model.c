@@ -1527,6 +1527,118 @@ Test(model, the_warmup_seed_keeps_each_topic_id)
     model_free(m);
 }
 
+/* Relabelling the topics moves numbers and computes none: the loss, each
+ * user's h, W, A and B are the same bits in the new order, the state
+ * still passes model_load's checks, users whose segment index changed
+ * are marked, and undoing the relabelling gives a model that goes on bit
+ * for bit like one never relabelled. With heavy users (the W^T v cache
+ * and held shares) and H's column scales in play. */
+Test(model, relabelling_topics_changes_nothing_but_the_order)
+{
+    const uint32_t k = 6;
+    struct model *m = model_with(k, 0, 2000, 3000);
+    struct planted p;
+    planted_init(&p, 300, 200, 6, 0.05, 8);
+    fold_planted(m, &p, 20000, 1000);
+    model_refresh(m);
+    fold_planted(m, &p, 500, 21000);
+    struct buf s0 = save(m);
+    struct model *twin = model_load(s0.p, s0.n, NULL);
+    cr_assert_not_null(twin);
+    int scaled = 0, held = 0;
+    for (uint32_t j = 0; j < k; j++)
+        scaled |= m->hs[j] != 1;
+    for (uint32_t u = 0; u < model_user_slots(m); u++)
+        held |= (m->u[u].flags & MODEL_U_GB) != 0;
+    cr_assert(scaled && held && m->bc_n > 0, "scales %d, held %d, cache %u",
+              scaled, held, m->bc_n);
+
+    const uint32_t src[6] = {4, 0, 5, 2, 1, 3}, inv[6] = {1, 4, 3, 5, 0, 2};
+    const uint32_t M = model_item_slots(m), U = model_user_slots(m);
+    struct model_stats a, b;
+    model_stats(m, &a);
+    double *A0 = malloc(36 * sizeof(double)), *A1 = malloc(36 * sizeof(double));
+    double *B0 = malloc((size_t)M * k * sizeof(double));
+    double *B1 = malloc((size_t)M * k * sizeof(double));
+    float *W0 = malloc((size_t)M * k * sizeof(float));
+    struct model_user_view *v0 = malloc(U * sizeof(*v0));
+    model_A(m, A0);
+    model_B(m, B0);
+    memcpy(W0, model_W(m), (size_t)M * k * sizeof(float));
+    for (uint32_t u = 0; u < U; u++)
+        cr_assert_eq(model_user_get(m, u, &v0[u]), 0);
+
+    model_epoch_set(m, model_epoch(m) + 1);
+    model__topics_permute(m, src);
+    model_stats(m, &b);
+    cr_assert(a.loss == b.loss && a.norm == b.norm && a.rel_loss == b.rel_loss);
+    cr_assert_eq(b.moved - a.moved, 6);
+    model_A(m, A1);
+    model_B(m, B1);
+    for (uint32_t j = 0; j < k; j++) {
+        for (uint32_t l = 0; l < k; l++)
+            cr_assert(A1[j * k + l] == A0[src[j] * k + src[l]]);
+        for (uint32_t i = 0; i < M; i++) {
+            cr_assert(model_W(m)[(size_t)i * k + j] ==
+                      W0[(size_t)i * k + src[j]]);
+            cr_assert(B1[(size_t)i * k + j] == B0[(size_t)i * k + src[j]]);
+        }
+    }
+    size_t marked = 0;
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view v;
+        cr_assert_eq(model_user_get(m, u, &v), 0);
+        for (uint32_t j = 0; j < k; j++)
+            cr_assert(v.h[j] == v0[u].h[src[j]], "user %u topic %u", u, j);
+        cr_assert_eq(src[v.segment], v0[u].segment);
+        cr_assert(v.share == v0[u].share);
+        if (v.segment != v0[u].segment) {
+            cr_assert_eq(v.changed, model_epoch(m), "user %u not marked", u);
+            marked++;
+        }
+    }
+    cr_assert_gt(marked, 0);
+    struct buf s1 = save(m);
+    struct model *re = model_load(s1.p, s1.n, NULL);
+    cr_assert_not_null(re, "the relabelled state fails model_load's checks");
+    model_free(re);
+
+    /* Undone, it goes on like the twin. */
+    model__topics_permute(m, inv);
+    for (int t = 0; t < 2; t++) {
+        struct model *x = t ? twin : m;
+        struct planted q;
+        planted_init(&q, 300, 200, 6, 0.05, 9);
+        fold_planted(x, &q, 3000, 30000);
+        refine_converge(x, 200);
+        planted_free(&q);
+    }
+    model_stats(m, &a);
+    model_stats(twin, &b);
+    cr_assert(a.loss == b.loss && a.rel_loss == b.rel_loss);
+    cr_assert_eq(memcmp(model_W(m), model_W(twin),
+                        (size_t)model_item_slots(m) * k * sizeof(float)),
+                 0);
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view x, y;
+        int rx = model_user_get(m, u, &x), ry = model_user_get(twin, u, &y);
+        cr_assert_eq(rx, ry);
+        if (!rx)
+            cr_assert_eq(memcmp(x.h, y.h, k * sizeof(float)), 0, "user %u", u);
+    }
+    planted_free(&p);
+    free(s0.p);
+    free(s1.p);
+    free(A0);
+    free(A1);
+    free(B0);
+    free(B1);
+    free(W0);
+    free(v0);
+    model_free(m);
+    model_free(twin);
+}
+
 /* A re-seed that brings the same topics in another order changes
  * nothing: the matching puts every column back, so W, the loss and every
  * later step stay bit for bit those of a twin re-seeded with the columns
