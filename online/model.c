@@ -1449,7 +1449,7 @@ static void model_solve_all(struct model *m)
  * stays random) when there are fewer users with a profile than k or no
  * memory for the work arrays.
  */
-static void model_seed_columns(struct model *m)
+static void model_seed_columns(struct model *m, int match)
 {
     const uint32_t k = m->k, U = ids_slots(m->uids);
     const size_t M = ids_slots(m->iids);
@@ -1461,7 +1461,8 @@ static void model_seed_columns(struct model *m)
     double *d = malloc((size_t)U * sizeof(double));
     double *x = calloc(M, sizeof(double));
     /* The seed is built beside W (the columns it does not reach keep
-     * theirs) and then matched to it (model__w_install). */
+     * theirs) and then installed (model__w_install, matched with
+     * match). */
     float *Wn = malloc(M * k * sizeof(float));
     if (!d || !x || !Wn)
         goto out;
@@ -1526,7 +1527,7 @@ static void model_seed_columns(struct model *m)
         for (uint32_t q = 0; q < ps->n; q++)
             x[pit[q]] = 0;
     }
-    model__w_install(m, Wn);
+    model__w_install(m, Wn, match);
 out:
     free(d);
     free(x);
@@ -1619,8 +1620,10 @@ static void model_warmup(struct model *m)
     double prev = -1;
     if (old)
         memcpy(old, m->W, (size_t)M * k * sizeof(float));
-    if (model__seed_nndsvd(m))
-        model_seed_columns(m);
+    /* The seed in its own order: the rounds from it are the warm-up's
+     * tuned path, and their result is what gets matched. */
+    if (model__seed_nndsvd(m, 0))
+        model_seed_columns(m, 0);
     for (int r = 0; r < 30; r++) {
         model_solve_all(m);
         double rel = model_rel_loss(m);
@@ -1932,8 +1935,8 @@ size_t model_refine(struct model *m, size_t max_users)
      * batch rounds. */
     if (m->p.warmup_events && !m->warm_done && m->nprof &&
         m->refine_prev >= 0 && m->events == m->refine_events) {
-        if (model__seed_nndsvd(m))
-            model_seed_columns(m);
+        if (model__seed_nndsvd(m, 1))
+            model_seed_columns(m, 1);
         m->warm_done = 1;
         m->refreshes++;
         m->stale = ids_live(m->uids);

@@ -162,13 +162,15 @@ uint64_t model__state_checksum(const void *buf, size_t len);
 struct model *model__alloc(const struct model_params *p);
 
 /* model_restart.c. A new W (item slots x k, Wn) replaces the current
- * one, its columns first matched to the current columns: new column
- * to[j] becomes topic j, where to maximises sum_j cos(w_j, wn_to[j]) (the
- * identity wins ties; a W never refreshed, the random start, is not
- * matched: it has no meaning to keep). Then G. Nothing else is indexed by the
- * new order, so the rest of the state (h, A, B, marks) keeps its meaning: the
- * users are re-solved against the new W by whoever called. */
-void model__w_install(struct model *m, const float *Wn);
+ * one, with match its columns first matched to the current columns: new
+ * column to[j] becomes topic j, where to maximises sum_j cos(w_j,
+ * wn_to[j]) (the identity wins ties; a W never refreshed, the random
+ * start, is not matched: it has no meaning to keep). Then G. Nothing else
+ * is indexed by the new order, so the rest of the state (h, A, B, marks)
+ * keeps its meaning: the users are re-solved against the new W by
+ * whoever called. Without match the columns keep Wn's order (the warm-up
+ * matches its result instead). */
+void model__w_install(struct model *m, const float *Wn, int match);
 /* model.c. Topic j becomes what topic src[j] (a permutation) was, in
  * all the state indexed by topic; the loss and every h are unchanged bit
  * for bit but for the order. Users whose segment index changed are
@@ -183,9 +185,10 @@ int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
 /* Whether an NNDSVDa seed is possible (k <= users with a
  * profile and k <= live items). */
 int model__seedable(const struct model *m);
-/* W seeded from every profile at once (then G), or -EINVAL / -ENOMEM with
- * W unchanged. */
-int model__seed_nndsvd(struct model *m);
+/* W seeded from every profile at once (then G; matched as
+ * model__w_install does with match), or -EINVAL / -ENOMEM with W
+ * unchanged. */
+int model__seed_nndsvd(struct model *m, int match);
 /* Whether model_refine should begin a restart at this convergence. */
 int model__restart_due(const struct model *m);
 /* Begins one (0) or gives up until the data doubles (-ENOMEM). */

@@ -96,7 +96,7 @@ int model__seedable(const struct model *m)
     return m->k <= m->nprof && m->k <= ids_live(m->iids);
 }
 
-int model__seed_nndsvd(struct model *m)
+int model__seed_nndsvd(struct model *m, int match)
 {
     const uint32_t k = m->k, M = ids_slots(m->iids);
     if (!model__seedable(m))
@@ -118,7 +118,7 @@ int model__seed_nndsvd(struct model *m)
     nndsvd_factor(sv, live, Wn);
     nndsvd_free(sv);
     free(live);
-    model__w_install(m, Wn);
+    model__w_install(m, Wn, match);
     free(Wn);
     return 0;
 }
@@ -179,7 +179,7 @@ int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
     return rc;
 }
 
-void model__w_install(struct model *m, const float *Wn)
+void model__w_install(struct model *m, const float *Wn, int match)
 {
     const uint32_t k = m->k, M = ids_slots(m->iids);
     uint32_t all[MODEL_K_MAX], to[MODEL_K_MAX];
@@ -189,7 +189,7 @@ void model__w_install(struct model *m, const float *Wn)
      * topic has a meaning yet, and the seed keeps its own order. Without
      * memory for the scores the new columns keep their order too: the
      * ids then change meaning, which the records' continuity shows. */
-    if (m->refreshes)
+    if (match && m->refreshes)
         model__match(M, k, m->W, k, all, Wn, k, all, to);
     else
         for (uint32_t j = 0; j < k; j++)
@@ -385,7 +385,7 @@ static void model_restart_update(struct model *m, struct model_restart *rs)
  * exact as after any refresh. */
 static void model_restart_install(struct model *m, struct model_restart *rs)
 {
-    model__w_install(m, rs->W);
+    model__w_install(m, rs->W, 1);
     m->refreshes++;
     m->restarts++;
     m->stale = ids_live(m->uids);

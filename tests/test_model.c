@@ -1660,7 +1660,7 @@ Test(model, reseed_with_the_same_topics_changes_nothing)
             Wn[(size_t)i * k + j] = W0[(size_t)i * k + perm[j]];
     struct model_stats a, b;
     model_stats(m, &a);
-    model__w_install(m, Wn);
+    model__w_install(m, Wn, 1);
     model_stats(m, &b);
     cr_assert_eq(memcmp(model_W(m), W0, (size_t)M * k * sizeof(float)), 0,
                  "the re-seeded columns are not back at their ids");
@@ -1669,7 +1669,7 @@ Test(model, reseed_with_the_same_topics_changes_nothing)
                  (unsigned long)(b.moved - a.moved));
     cr_assert(a.rel_loss == b.rel_loss && a.loss == b.loss);
     /* The twin's re-seed brings the same columns in their own order. */
-    model__w_install(twin, W0);
+    model__w_install(twin, W0, 1);
     /* Both go on alike: more events, refinement, and the same bytes. */
     for (int t = 0; t < 2; t++) {
         struct model *x = t ? twin : m;
