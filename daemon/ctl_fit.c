@@ -120,7 +120,10 @@ static void fit_reject(struct progress *pg, uint64_t *rejected,
 
 static int fit_run(const struct fit_opts *o, struct config *cfg)
 {
-    const struct model_params *p = &cfg->model.params;
+    /* Offline, W is refreshed by work done (online/model.c, above
+     * model_refresh_due): a backfill has no clock worth following. */
+    struct model_params params = cfg->model.params;
+    const struct model_params *p = &params;
     struct model *m = NULL;
     struct csv_reader *r = NULL;
     struct csv_row row;
@@ -133,6 +136,7 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     double t0 = ctl_now(), t1, t2;
     int rc = 1, n;
 
+    params.refresh_work = MODEL_REFRESH_WORK;
     m = model_new(p);
     if (!m) {
         const char *why = model_params_check(p);

@@ -160,6 +160,15 @@ struct server {
     uint32_t pub_cursor;
     uint64_t pub_segments;
     uint32_t pub_finished; /* topic records (then the manifest) produced */
+    bool pub_tracked;      /* this epoch's continuity is taken */
+
+    /* Topic continuity (DESIGN.md section 1): W as the previous epoch's
+     * topic records showed it (tprev_rows x k; before the first, the W the
+     * daemon started with; 0 rows: no previous version), and each topic's
+     * cosine to it in the last epoch. */
+    float *tprev;
+    uint32_t tprev_rows;
+    double *tcont;
     uint64_t pub_started_ms;
     uint64_t epochs_since_full;
 
@@ -185,6 +194,7 @@ struct server {
         struct metric *dead_letters, *dead_letter_errors, *consumer_errors;
         struct metric *ckpt_seconds, *ckpt_stall, *ckpts, *ckpt_failures;
         struct metric *refined;
+        struct metric **cont, *cont_min;
     } m;
 };
 
@@ -609,8 +619,10 @@ static json_t *topics_json(struct server *s, uint32_t top_n)
                                (double)w[t]));
         }
         json_array_append_new(
-            arr, json_pack("{s:i s:I s:f s:o}", "topic", (json_int_t)j, "users",
-                           (json_int_t)sizes[j], "mass", mass[j], "top", top));
+            arr,
+            json_pack("{s:i s:I s:f s:f s:o}", "topic", (json_int_t)j, "users",
+                      (json_int_t)sizes[j], "mass", mass[j], "continuity",
+                      s->tcont ? s->tcont[j] : 1.0, "top", top));
     }
 out:
     free(sizes);
@@ -737,6 +749,47 @@ static int publish_record(struct server *s, const char *topic,
     return rc;
 }
 
+/* The previous version of W becomes the current one (at start, and as
+ * each epoch's topic records are made). Without memory there is no
+ * previous version: the next continuity is 1, as at a fresh start. */
+static void topics_keep(struct server *s)
+{
+    uint32_t k = model_params(s->model)->k, M = model_item_slots(s->model);
+    size_t bytes = (size_t)M * k * sizeof(float);
+    float *p = M ? realloc(s->tprev, bytes) : s->tprev;
+    if (M && !p) {
+        s->tprev_rows = 0;
+        return;
+    }
+    s->tprev = p;
+    if (M)
+        memcpy(s->tprev, model_W(s->model), bytes);
+    s->tprev_rows = M;
+}
+
+/* Each topic's continuity for this epoch's records, once per epoch: the
+ * cosine to the previous epoch's version (1 when there is none: nothing
+ * was shown that it could differ from), then the gauges. */
+static void topics_track(struct server *s)
+{
+    uint32_t k = model_params(s->model)->k;
+    double lo = 1;
+    if (s->pub_tracked)
+        return;
+    if (s->tprev_rows)
+        model_topic_continuity(s->model, s->tprev, s->tprev_rows, s->tcont);
+    else
+        for (uint32_t j = 0; j < k; j++)
+            s->tcont[j] = 1;
+    topics_keep(s);
+    for (uint32_t j = 0; j < k; j++) {
+        metric_set(s->m.cont[j], s->tcont[j]);
+        lo = s->tcont[j] < lo ? s->tcont[j] : lo;
+    }
+    metric_set(s->m.cont_min, lo);
+    s->pub_tracked = true;
+}
+
 /* Topic records and the manifest, last: a reader that sees the manifest
  * of epoch E has every record of E before it. -ENOBUFS: the producer queue
  * is full, call again on a later tick (it goes on where it stopped);
@@ -757,9 +810,11 @@ static int publish_finish(struct server *s)
     if (!sizes || !mass)
         goto fail;
     model_segment_sizes(s->model, sizes, mass);
+    topics_track(s);
     for (uint32_t j = s->pub_finished; j < k; j++) {
         rc = records_topic_encode(s->enc, s->model, s->pub_epoch, j,
-                                  c->snapshot.top_items, sizes[j], mass[j]);
+                                  c->snapshot.top_items, sizes[j], mass[j],
+                                  s->tcont[j]);
         if (!rc) {
             klen = records_topic_key(key, j);
             rc = publish_record(s, c->snapshot.topic_topics, 0, key, klen);
@@ -869,6 +924,7 @@ static int publish_start(struct server *s)
     s->pub_cursor = 0;
     s->pub_segments = 0;
     s->pub_finished = 0;
+    s->pub_tracked = false;
     s->pub_started_ms = now_ms();
     /* Changes from now on belong to the next epoch. */
     model_epoch_set(s->model, s->pub_since + 1);
@@ -1428,6 +1484,20 @@ static double gauge_refining(void *ctx)
     return uv_is_active((uv_handle_t *)&s->refine) ? 1 : 0;
 }
 
+static double gauge_reseeded(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.reseeded;
+}
+
+static double gauge_moved(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.moved;
+}
+
 static double gauge_restarts(void *ctx)
 {
     struct model_stats st;
@@ -1602,6 +1672,33 @@ static void server_metrics_init(struct server *s)
     metrics_gauge_fn(m, "nmfd_model_restarts",
                      "Restarts from an NNDSVDa seed that replaced W.", NULL,
                      gauge_restarts, s);
+    metrics_gauge_fn(m, "nmfd_topic_columns_reseeded",
+                     "Columns of W re-seeded since start (a restart's or "
+                     "seed's k, a resampled dead column's one).",
+                     NULL, gauge_reseeded, s);
+    metrics_gauge_fn(m, "nmfd_topic_columns_moved",
+                     "Re-seeded columns given another topic's index to "
+                     "keep the ids' meaning, since start.",
+                     NULL, gauge_moved, s);
+    static const char cont_help[] =
+        "Cosine of topic J to its version in the previous epoch (1: "
+        "unchanged; no previous version counts as 1).";
+    uint32_t k = s->cfg->model.params.k;
+    s->m.cont = calloc(k, sizeof(*s->m.cont));
+    for (uint32_t j = 0; s->m.cont && j < k; j++) {
+        char num[16];
+        snprintf(num, sizeof(num), "%u", j);
+        metrics_labels_format(labels, sizeof(labels), "topic", num, NULL);
+        s->m.cont[j] =
+            metrics_gauge(m, "nmfd_topic_continuity", cont_help, labels);
+        metric_set(s->m.cont[j], 1);
+    }
+    s->m.cont_min = metrics_gauge(
+        m, "nmfd_topic_continuity_min",
+        "The lowest nmfd_topic_continuity of the last epoch: a topic that "
+        "changed meaning shows here.",
+        NULL);
+    metric_set(s->m.cont_min, 1);
     metrics_gauge_fn(m, "nmfd_model_events",
                      "Events the model holds, since it began (restarts "
                      "included).",
@@ -1946,6 +2043,10 @@ static int server_start(struct server *s)
     rc = server_load_state(s);
     if (rc)
         return rc;
+    s->tcont = calloc(model_params(s->model)->k, sizeof(*s->tcont));
+    if (!s->tcont)
+        return -ENOMEM;
+    topics_keep(s);
 
     {
         struct event_type_weight *tw =
@@ -2175,6 +2276,9 @@ int server_run(const struct server_opts *o, struct config *cfg)
     json_decref(s->item_names);
     checkpoint_offsets_free(s->seek, s->nseek);
     metrics_free(s->metrics);
+    free(s->m.cont);
+    free(s->tprev);
+    free(s->tcont);
     free(s->parts);
     free(s->batch);
     config_free(s->cfg);

@@ -335,12 +335,12 @@ int records_segment_encode(struct records_enc *e, uint64_t epoch, uint32_t k,
 
 int records_topic_encode(struct records_enc *e, const struct model *m,
                          uint64_t epoch, uint32_t topic, uint32_t top_n,
-                         uint64_t users, double mass)
+                         uint64_t users, double mass, double continuity)
 {
     msgpack_packer pk;
     uint32_t k = model_params(m)->k, n, live = 0;
 
-    if (topic >= k)
+    if (topic >= k || !(continuity >= 0 && continuity <= 1))
         return -EINVAL;
     if (top_n > e->nscratch) {
         uint32_t *it = realloc(e->items, sizeof(*it) * top_n);
@@ -362,7 +362,7 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
         }
     }
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 7) < 0 ||
+    if (msgpack_pack_map(&pk, 8) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_u64(&pk, "epoch", epoch) < 0 ||
         pk_kv_u64(&pk, "topic", topic) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
@@ -376,7 +376,9 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
             msgpack_pack_float(&pk, e->weights[i]) < 0)
             return enc_fail(e);
     }
-    if (pk_kv_u64(&pk, "users", users) < 0 || pk_kv_f64(&pk, "mass", mass) < 0)
+    if (pk_kv_u64(&pk, "users", users) < 0 ||
+        pk_kv_f64(&pk, "mass", mass) < 0 ||
+        pk_kv_f64(&pk, "continuity", continuity) < 0)
         return enc_fail(e);
     return 0;
 }

@@ -39,7 +39,10 @@
  * alternating NNLS; at idle convergence model_refine may restart from a
  * fresh NNDSVDa seed of all the data and keep the better of the two
  * (model_restart.c), so that the model does not stay in the local
- * minimum its start happened to lead to.
+ * minimum its start happened to lead to. Every re-seeded column (a seed,
+ * a restart's W, a resampled dead column) first takes the index of the
+ * old column it resembles most, by an optimal assignment on cosine
+ * similarity (match.c), so that topic j keeps its meaning.
  *
  * Choices. Columns of W have unit L2 norm, restored after each refresh as
  * a reparametrisation (w_j /= n_j, h_u[j] *= n_j, A and B scaled alike),
@@ -165,6 +168,8 @@ const char *model_params_check(const struct model_params *p)
         return "hals_sweeps must be 1..1000";
     if (!isfinite(p->refine_tol) || p->refine_tol < 0)
         return "refine_tol must be finite and >= 0";
+    if (!isfinite(p->refresh_work) || p->refresh_work < 0)
+        return "refresh_work must be finite and >= 0";
     return NULL;
 }
 
@@ -1310,6 +1315,53 @@ static int model_column_uniform(struct model *m, uint32_t j)
     return 1;
 }
 
+/* Columns cols[0..n) of W, side by side (M x n floats), or NULL. */
+static float *model_columns_copy(const struct model *m, const uint32_t *cols,
+                                 uint32_t n)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *c = malloc((size_t)M * n * sizeof(float));
+    if (c)
+        for (uint32_t i = 0; i < M; i++)
+            for (uint32_t a = 0; a < n; a++)
+                c[(size_t)i * n + a] = m->W[(size_t)i * k + cols[a]];
+    return c;
+}
+
+/* Topic identity for the columns a refresh resampled (mult[j] == 0 among
+ * the nd dead ones, whose columns before the refresh are in old, M x nd,
+ * or NULL when fewer than two died or no memory): they are matched among
+ * themselves (model__match), each taking the index of the dead column it
+ * resembles most. Only among themselves: a live column is not re-seeded,
+ * its users' h and the statistics carry its identity. A resampled column
+ * has h_j = 0 for everyone and a zero row and column in A and B, so
+ * moving W's columns is the whole permutation. */
+static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
+                             const float *old, const double *mult)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    uint32_t co[MODEL_K_MAX], cn[MODEL_K_MAX], to[MODEL_K_MAX], n = 0;
+    float x[MODEL_K_MAX];
+    for (uint32_t a = 0; a < nd; a++) {
+        if (mult[dead[a]] != 0)
+            continue;
+        co[n] = a;
+        cn[n++] = dead[a];
+    }
+    m->reseeded += n;
+    if (n < 2 || !old || model__match(M, n, old, nd, co, m->W, k, cn, to))
+        return;
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        for (uint32_t a = 0; a < n; a++)
+            x[a] = wi[cn[to[a]]];
+        for (uint32_t a = 0; a < n; a++)
+            wi[cn[a]] = x[a];
+    }
+    for (uint32_t a = 0; a < n; a++)
+        m->moved += to[a] != a;
+}
+
 /*
  * W refresh: HALS sweeps on the true A and B (hals.c), then each column
  * normalised to unit L2 norm as a reparametrisation: with n_j the norm of
@@ -1357,6 +1409,11 @@ void model_refresh(struct model *m)
                     m->p.hals_sweeps, colsq);
     }
     int rescale = 0;
+    uint32_t dead[MODEL_K_MAX], nd = 0;
+    for (uint32_t j = 0; j < k; j++)
+        if (skip[j] || !(sqrt(colsq[j]) > 0 && isfinite(sqrt(colsq[j]))))
+            dead[nd++] = j;
+    float *old = nd > 1 && M ? model_columns_copy(m, dead, nd) : NULL;
     for (uint32_t j = 0; j < k; j++) {
         if (!skip[j]) {
             double nj = sqrt(colsq[j]);
@@ -1375,6 +1432,8 @@ void model_refresh(struct model *m)
             rescale = 1;
         }
     }
+    model_dead_match(m, dead, nd, old, mult);
+    free(old);
     double inv[MODEL_K_MAX];
     for (uint32_t j = 0; j < k; j++)
         inv[j] = mult[j] > 0 ? 1.0 / mult[j] : 1.0;
@@ -1440,7 +1499,7 @@ static void model_solve_all(struct model *m)
  * stays random) when there are fewer users with a profile than k or no
  * memory for the work arrays.
  */
-static void model_seed_columns(struct model *m)
+static void model_seed_columns(struct model *m, int match)
 {
     const uint32_t k = m->k, U = ids_slots(m->uids);
     const size_t M = ids_slots(m->iids);
@@ -1451,8 +1510,13 @@ static void model_seed_columns(struct model *m)
         return;
     double *d = malloc((size_t)U * sizeof(double));
     double *x = calloc(M, sizeof(double));
-    if (!d || !x)
+    /* The seed is built beside W (the columns it does not reach keep
+     * theirs) and then installed (model__w_install, matched with
+     * match). */
+    float *Wn = malloc(M * k * sizeof(float));
+    if (!d || !x || !Wn)
         goto out;
+    memcpy(Wn, m->W, M * k * sizeof(float));
     for (uint32_t u = 0; u < U; u++)
         d[u] = 1;
     double floor = 1e-3 / sqrt((double)M);
@@ -1492,11 +1556,11 @@ static void model_seed_columns(struct model *m)
             double w = ids_get(m->iids, (uint32_t)i, NULL)
                            ? x[i] + floor * rng_uniform(&m->rng)
                            : 0;
-            m->W[i * k + j] = (float)w;
+            Wn[i * k + j] = (float)w;
             sq += w * w;
         }
         for (size_t i = 0; i < M; i++)
-            m->W[i * k + j] = (float)(m->W[i * k + j] / sqrt(sq));
+            Wn[i * k + j] = (float)(Wn[i * k + j] / sqrt(sq));
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
             if (!(us->flags & MODEL_U_LIVE) || !us->n)
@@ -1513,23 +1577,103 @@ static void model_seed_columns(struct model *m)
         for (uint32_t q = 0; q < ps->n; q++)
             x[pit[q]] = 0;
     }
-    memset(m->G, 0, (size_t)k * k * sizeof(double));
-    hals_gram(k, M, m->W, NULL, m->G);
-    m->wgen++;
+    model__w_install(m, Wn, match);
 out:
     free(d);
     free(x);
+    free(Wn);
+}
+
+/*
+ * Relabels the topics: topic j becomes what topic src[j] was, in
+ * everything indexed by topic, so that the model is the same model with
+ * its topics in another order: W's columns and G's rows and columns with
+ * them, H's columns with their scales hs, A's rows and columns, B's
+ * columns with their scales bcol, the cached W^T v and held g of heavy
+ * users. Every number is moved, none recomputed, so the loss (a sum over
+ * users) and every user's h stay bit for bit, in the new order. A user's
+ * mark stays what its last record showed; one whose segment now has
+ * another index is marked (model.h's rule), so its next record says so.
+ * O((items + users) k + k^2); used where nothing was published since the
+ * order being undone appeared (the end of the warm-up).
+ */
+void model__topics_permute(struct model *m, const uint32_t *src)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids), U = ids_slots(m->uids);
+    double x[MODEL_K_MAX], y[MODEL_K_MAX];
+    float f[MODEL_K_MAX], ht[MODEL_K_MAX];
+    double *T = m->S;
+    model__restart_drop(m);
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        double *bi = m->B + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            f[j] = wi[src[j]];
+            x[j] = bi[src[j]];
+        }
+        memcpy(wi, f, k * sizeof(float));
+        memcpy(bi, x, k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            f[j] = hu[src[j]];
+        memcpy(hu, f, k * sizeof(float));
+    }
+    for (uint32_t s = 0; s < m->bc_n; s++) {
+        double *b = m->bc + (size_t)s * k, *g = m->bg + (size_t)s * k;
+        for (uint32_t j = 0; j < k; j++) {
+            x[j] = b[src[j]];
+            y[j] = g[src[j]];
+        }
+        memcpy(b, x, k * sizeof(double));
+        memcpy(g, y, k * sizeof(double));
+    }
+    double *kv[] = {m->bcol, m->hs, m->hsi};
+    for (size_t v = 0; v < sizeof(kv) / sizeof(kv[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            x[j] = kv[v][src[j]];
+        memcpy(kv[v], x, k * sizeof(double));
+    }
+    double *kk[] = {m->A, m->G};
+    for (size_t v = 0; v < sizeof(kk) / sizeof(kk[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                T[(size_t)j * k + l] = kk[v][(size_t)src[j] * k + src[l]];
+        memcpy(kk[v], T, (size_t)k * k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            ht[j] = (float)((double)hu[j] * m->hs[j]);
+        model_user_mark(m, us, ht, 0, k);
+    }
+    for (uint32_t j = 0; j < k; j++)
+        m->moved += src[j] != j;
 }
 
 /* Warm-up: W seeded from the profiles seen so far (NNDSVDa, else
  * k-means++), then batch alternating NNLS on them (solve every h, refresh
  * W) until the relative loss improves by less than 1e-4 or 30 rounds, then
- * A and B rebuilt exactly. */
+ * A and B rebuilt exactly. The rounds move the seed's columns far, and
+ * nothing is published in between: so when refreshes had given the old W
+ * a meaning, the warm-up's result, not only its seed, is matched to it
+ * and the whole model relabelled (model__topics_permute). */
 static void model_warmup(struct model *m)
 {
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *old =
+        m->refreshes && M ? malloc((size_t)M * k * sizeof(float)) : NULL;
     double prev = -1;
-    if (model__seed_nndsvd(m))
-        model_seed_columns(m);
+    if (old)
+        memcpy(old, m->W, (size_t)M * k * sizeof(float));
+    /* The seed in its own order: the rounds from it are the warm-up's
+     * tuned path, and their result is what gets matched. */
+    if (model__seed_nndsvd(m, 0))
+        model_seed_columns(m, 0);
     for (int r = 0; r < 30; r++) {
         model_solve_all(m);
         double rel = model_rel_loss(m);
@@ -1539,6 +1683,14 @@ static void model_warmup(struct model *m)
         model_refresh(m);
     }
     model_rebuild(m);
+    if (old) {
+        uint32_t all[MODEL_K_MAX], to[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            all[j] = j;
+        if (!model__match(M, k, old, k, all, m->W, k, all, to))
+            model__topics_permute(m, to);
+        free(old);
+    }
     m->warm_done = 1;
 }
 
@@ -1553,10 +1705,11 @@ static void model_warmup(struct model *m)
  * them: k per profile row of W or B it went through, k^2 per NNLS
  * sweep). The fold refreshes when
  *
- *     F >= MODEL_REFRESH_WORK * C    or    folds >= refresh_events,
+ *     F >= refresh_work * C    or    folds >= refresh_events,
  *
- * so refreshes take at most 1 / (1 + MODEL_REFRESH_WORK) of the time
- * (half at 1.0) whatever the data, and W moves as often as that budget
+ * so refreshes take at most 1 / (1 + refresh_work) of the time (half at
+ * MODEL_REFRESH_WORK, 1.0, which the offline paths set) whatever the
+ * data, and W moves as often as that budget
  * allows: early in a stream, with few items, every few dozen events;
  * with many items and light users, every few thousand; refresh_events
  * bounds the gap when the folds are cheap against a huge item set (a
@@ -1568,8 +1721,14 @@ static void model_warmup(struct model *m)
  * anyway), and refresh_events = 0 turns automatic refreshes off (the
  * caller refreshes). Since F and C are counts of the model's own
  * operations, the same events give the same refreshes whatever their
- * timestamps and however fast the machine is; the daemon adds its
- * wall-clock refresh_interval for slow live streams.
+ * timestamps and however fast the machine is.
+ *
+ * refresh_work is off (0) by default and in the daemon, which refreshes
+ * by its wall-clock refresh_interval and refresh_events: a live stream
+ * arrives over time and W need not move faster than the epochs that
+ * publish it, and the rule would cost a third of its fold rate
+ * (docs/benchmarks.md). A backfill (nmfctl fit, rank) has no clock worth
+ * following and turns it on.
  */
 static int model_refresh_due(const struct model *m)
 {
@@ -1578,12 +1737,12 @@ static int model_refresh_due(const struct model *m)
         return 0;
     if (m->since_refresh >= m->p.refresh_events)
         return 1;
-    if (m->p.warmup_events && !m->warm_done)
+    if (m->p.refresh_work <= 0 || (m->p.warmup_events && !m->warm_done))
         return 0;
     double cost = (double)(k * k) * (m->p.hals_sweeps + 1.0) *
                       (double)ids_slots(m->iids) +
                   (double)(k * m->sync_rows) + (double)(k * k * k);
-    return (double)m->work >= MODEL_REFRESH_WORK * cost;
+    return (double)m->work >= m->p.refresh_work * cost;
 }
 
 /* Position of item x in a profile, -1 if absent: blocks of 16 compared
@@ -1877,8 +2036,8 @@ size_t model_refine(struct model *m, size_t max_users)
      * batch rounds. */
     if (m->p.warmup_events && !m->warm_done && m->nprof &&
         m->refine_prev >= 0 && m->events == m->refine_events) {
-        if (model__seed_nndsvd(m))
-            model_seed_columns(m);
+        if (model__seed_nndsvd(m, 1))
+            model_seed_columns(m, 1);
         m->warm_done = 1;
         m->refreshes++;
         m->stale = ids_live(m->uids);
@@ -2069,6 +2228,8 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->now = m->has_time ? m->T : 0;
     st->stale = m->rs ? ids_live(m->uids) : m->stale;
     st->restarts = m->restarts;
+    st->reseeded = m->reseeded;
+    st->moved = m->moved;
 }
 
 uint64_t model_refreshes(const struct model *m)
@@ -2252,6 +2413,31 @@ uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
         model_top_sift(items, weights, e - 1, 0);
     }
     return cnt;
+}
+
+/* cos(w_j, p_j) = w_j . p_j / (|w_j| |p_j|), summed in double over the
+ * rows both versions have (a row only one has adds to its norm alone). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    double nw[MODEL_K_MAX] = {0}, np[MODEL_K_MAX] = {0};
+    for (uint32_t j = 0; j < k; j++)
+        cont[j] = 0;
+    for (uint32_t i = 0; i < M || i < rows; i++) {
+        const float *wi = m->W + (size_t)i * k, *pi = prev + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            double w = i < M ? wi[j] : 0, p = i < rows ? pi[j] : 0;
+            cont[j] += w * p;
+            nw[j] += w * w;
+            np[j] += p * p;
+        }
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        double d = sqrt(nw[j]) * sqrt(np[j]);
+        double c = d > 0 ? cont[j] / d : 0;
+        cont[j] = c > 0 ? (c < 1 ? c : 1) : 0;
+    }
 }
 
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)

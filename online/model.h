@@ -29,6 +29,10 @@
  * saturates here: a million events of MODEL_WEIGHT_MAX on one item. */
 #define MODEL_VALUE_MAX 1e18f
 
+/* The offline paths' refresh_work: a refresh once the re-solves since the
+ * last one cost as much as one (measured, docs/benchmarks.md). */
+#define MODEL_REFRESH_WORK 1.0
+
 struct model_params {
     uint32_t k;              /* rank, 1..MODEL_K_MAX (default 16) */
     int64_t half_life_ms;    /* profile, A and B decay; 0 = none */
@@ -38,8 +42,14 @@ struct model_params {
     uint32_t profile_max;    /* items kept per user profile (default
                                 16384): a safety valve against runaway
                                 ids; what it evicts stays in the loss */
-    uint64_t refresh_events; /* W refresh after this many folds at most
-                                (sooner by work); 0 = only by the caller */
+    uint64_t refresh_events; /* W refresh after this many folds at most;
+                                0 = only by the caller */
+    double refresh_work;     /* also refresh once the re-solves since the
+                                last refresh did this many times the work
+                                of a refresh (model_refresh_due); 0 = off,
+                                the default: the daemon refreshes by the
+                                clock. Offline paths set
+                                MODEL_REFRESH_WORK. Not saved in a state. */
     int64_t ttl_ms;          /* forget users/items unseen this long; 0 */
     uint64_t seed;           /* initial W */
     uint64_t warmup_events;  /* batch HALS on the first N events; 0 = off */
@@ -65,10 +75,10 @@ const struct model_params *model_params(const struct model *m);
 
 /* Folds one event: decay u's profile to ts, add weight to item, re-solve
  * h_u, replace u's contribution in A and B. May refresh W itself: at
- * warmup_events, after refresh_events folds, or once the work of the
- * re-solves since the last refresh reaches that of a refresh (the rule
- * above model_refresh_due in model.c; off with refresh_events = 0). The
- * timestamps never decide a refresh.
+ * warmup_events, after refresh_events folds, or, with refresh_work set,
+ * once the work of the re-solves since the last refresh reaches that
+ * share of a refresh's (the rule above model_refresh_due in model.c; all
+ * off with refresh_events = 0). The timestamps never decide a refresh.
  *   -EINVAL       NULL or empty id, weight negative/NaN/Inf
  *   -ENAMETOOLONG id over MODEL_ID_MAX bytes
  *   -ERANGE       ts outside 0..MODEL_TS_MAX, weight over MODEL_WEIGHT_MAX
@@ -169,6 +179,12 @@ struct model_stats {
                            every live user while a restart is under way
                            (model_refine: any h may still change) */
     uint64_t restarts;  /* restarts that replaced W */
+    /* Topic identity, since the model was made or loaded: columns of W
+     * re-seeded (a restart's or a seed's k, a resampled dead column's
+     * one), and those the matching to the old columns (DESIGN.md section
+     * 1) gave another index than the one they were made at. */
+    uint64_t reseeded;
+    uint64_t moved;
 };
 void model_stats(const struct model *m, struct model_stats *st);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
@@ -222,6 +238,13 @@ void model_memory(const struct model *m, struct model_memory *mm);
 /* The n strongest items of topic j, strongest first; returns how many. */
 uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
                          uint32_t *items, float *weights);
+/* Continuity of each topic with an earlier version of W (prev: rows x k
+ * floats, a copy of model_W taken then, rows its model_item_slots):
+ * cont[j] = cos(w_j, prev_j) over the item rows both have, in [0, 1]; 0
+ * when either column is zero. An item slot freed by expiry and reused
+ * since counts as the same row (a forgotten item's row is zero). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 

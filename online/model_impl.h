@@ -70,10 +70,6 @@ struct model_user {
  * events (k doubles), updated in O(k) per event while W is unchanged. */
 #define MODEL_BCACHE_MIN 32
 
-/* Automatic refreshes come when the fold work since the last refresh
- * reaches this many times the cost of a refresh (model.c, above
- * model_refresh_due), or after refresh_events folds. */
-#define MODEL_REFRESH_WORK 1.0
 
 /* NNDSVDa seeds (model_restart.c): subspace iterations; a restart's
  * rounds of alternating NNLS at most, its convergence tolerance (or
@@ -148,6 +144,10 @@ struct model {
     uint64_t restart_events;  /* events at the last finished restart */
     uint64_t restarts;        /* restarts that replaced W */
     struct model_restart *rs; /* the restart under way, NULL if none */
+    /* Since this process made or loaded the model (not in the saved
+     * state): columns of W re-seeded, and how many of those the matching
+     * gave another index than the one they were made at. */
+    uint64_t reseeded, moved;
 };
 
 /* Whether the sync owes B the live user's share: held with a g, or out. */
@@ -174,12 +174,34 @@ uint64_t model__state_checksum(const void *buf, size_t len);
 /* Creates the empty model for params p (validated by the caller). */
 struct model *model__alloc(const struct model_params *p);
 
-/* model_restart.c. Whether an NNDSVDa seed is possible (k <= users with a
+/* model_restart.c. A new W (item slots x k, Wn) replaces the current
+ * one, with match its columns first matched to the current columns: new
+ * column to[j] becomes topic j, where to maximises sum_j cos(w_j,
+ * wn_to[j]) (the identity wins ties; a W never refreshed, the random
+ * start, is not matched: it has no meaning to keep). Then G. Nothing else
+ * is indexed by the new order, so the rest of the state (h, A, B, marks)
+ * keeps its meaning: the users are re-solved against the new W by
+ * whoever called. Without match the columns keep Wn's order (the warm-up
+ * matches its result instead). */
+void model__w_install(struct model *m, const float *Wn, int match);
+/* model.c. Topic j becomes what topic src[j] (a permutation) was, in
+ * all the state indexed by topic; the loss and every h are unchanged bit
+ * for bit but for the order. Users whose segment index changed are
+ * marked. */
+void model__topics_permute(struct model *m, const uint32_t *src);
+/* The matching itself, for n columns of each side: old column co[a] of Wo
+ * (rows of ldo floats) and new column cn[b] of Wn (rows of ldn), over M
+ * rows; to[a] = b pairs them. 0, or -ENOMEM with to the identity. */
+int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
+                 const uint32_t *co, const float *Wn, size_t ldn,
+                 const uint32_t *cn, uint32_t *to);
+/* Whether an NNDSVDa seed is possible (k <= users with a
  * profile and k <= live items). */
 int model__seedable(const struct model *m);
-/* W seeded from every profile at once (then G), or -EINVAL / -ENOMEM with
- * W unchanged. */
-int model__seed_nndsvd(struct model *m);
+/* W seeded from every profile at once (then G; matched as
+ * model__w_install does with match), or -EINVAL / -ENOMEM with W
+ * unchanged. */
+int model__seed_nndsvd(struct model *m, int match);
 /* Whether model_refine should begin a restart at this convergence. */
 int model__restart_due(const struct model *m);
 /* Begins one (0) or gives up until the data doubles (-ENOMEM). */

@@ -105,8 +105,10 @@ def main():
         check(len(final) == K, "epoch %d has %d topic records" % (last["epoch"], len(final)))
         for key, v, _ in topics[-K:]:
             check(key == ("topic-%d" % v["topic"]).encode(), "topic key %r" % key)
-            for f in ("v", "epoch", "topic", "k", "top", "users", "mass"):
+            for f in ("v", "epoch", "topic", "k", "top", "users", "mass",
+                      "continuity"):
                 check(f in v, "topic record lacks " + f)
+            check(0 <= v["continuity"] <= 1, "continuity %r" % v["continuity"])
             ws = [w for _, w in v["top"]]
             check(ws == sorted(ws, reverse=True), "top items not strongest first")
             check(0 < len(v["top"]) <= 20, "top has %d items" % len(v["top"]))
