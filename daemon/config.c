@@ -197,14 +197,14 @@ static const struct config_key config_table[] = {
           "in the loss as residual."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
-          "nmfd refreshes W at least this often on the wall clock (a live "
-          "stream); 0 = off. Never read as event time: nmfctl fit ignores "
-          "it."),
+          "nmfd refreshes W this often on the wall clock, if anything was "
+          "folded; 0 = by event count only. Never read as event time: "
+          "nmfctl fit ignores it and refreshes by work done."),
     K_INT(CT_U64, "model", "refresh_events", "200000", 1, NOMAX, false,
           model.params.refresh_events,
-          "W is refreshed by work: once the folds since the last refresh "
-          "cost as much as a refresh (HALS over the items, the B sync), "
-          "or after this many events at most."),
+          "W is refreshed after this many folds at most (nmfd: or by "
+          "refresh_interval; nmfctl fit: or once the folds since the last "
+          "refresh cost as much as a refresh)."),
     K_INT(CT_DURATION_I64, "model", "ttl", "0", 0, 3650 * DAY, false,
           model.params.ttl_ms,
           "Forget users and items unseen this long; 0 = keep forever."),
