@@ -2143,6 +2143,21 @@ void model_epoch_set(struct model *m, uint64_t epoch)
     m->epoch = epoch;
 }
 
+/* What user u's share of B still owes, per topic: its h (times H's
+ * column scales) less, for a held share (MODEL_U_GB), the g it was last
+ * added with (times B's column scales). A user whose share is owed
+ * (model__owes_b) adds d_j v_ui to B's row i, column j. */
+static void model_owed_h(const struct model *m, uint32_t u, double *d)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    const float *hu = m->H + (size_t)u * k;
+    const double *g =
+        us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
+    for (uint32_t j = 0; j < k; j++)
+        d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+}
+
 /*
  * The loss identity of Mairal et al. (JMLR 2010, eq. 9 and its proof):
  * with A = sum_u c_u h_u h_u^T and B = sum_u c_u v_u h_u^T exact for the
@@ -2185,12 +2200,8 @@ static void model_loss(const struct model *m, struct model_stats *out)
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n || !model__owes_b(us))
             continue;
-        const float *hu = m->H + (size_t)u * k;
-        const double *g =
-            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
         double d[MODEL_K_MAX];
-        for (uint32_t j = 0; j < k; j++)
-            d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+        model_owed_h(m, u, d);
         double s = model__frame_weight(m, us->t) * scale, r = 0;
         const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
         const float *va = pool_vals(&m->pool, us->cls, us->slab);
@@ -2323,12 +2334,8 @@ void model_B(const struct model *m, double *out)
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n || !model__owes_b(us))
             continue;
-        const float *hu = m->H + (size_t)u * k;
-        const double *g =
-            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
         double d[MODEL_K_MAX];
-        for (uint32_t j = 0; j < k; j++)
-            d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+        model_owed_h(m, u, d);
         double s = model__frame_weight(m, us->t) * scale;
         const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
         const float *va = pool_vals(&m->pool, us->cls, us->slab);
