@@ -24,7 +24,8 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Procs, check, folded_all, stop, wait_for  # noqa: E402
 from http_common import (NMFD, connect_from, gen_events,  # noqa: E402
-                         http_from, metric_lines, start_embedded)
+                         http_from, metric_lines, recv_until, send_get,
+                         start_embedded)
 
 TOKEN = "it-token-3f9a1c77d2e04b8e"
 
@@ -121,17 +122,8 @@ def http_events(port, path, headers):
         return http_from("127.0.0.1", port, path, headers, timeout=5)
     s = connect_from("127.0.0.1", port, 5)
     try:
-        req = "GET /events HTTP/1.1\r\nHost: x\r\n"
-        for k, v in (headers or {}).items():
-            req += "%s: %s\r\n" % (k, v)
-        s.sendall((req + "\r\n").encode())
-        data = b""
-        deadline = time.time() + 5
-        while b"\r\n\r\n" not in data and time.time() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        send_get(s, "/events", headers)
+        data = recv_until(s, b"\r\n\r\n", 5)
     finally:
         s.close()
     return int(data.split()[1]), data

@@ -4,6 +4,7 @@ on Linux the whole of 127.0.0.0/8 is local), and VmRSS from /proc."""
 import os
 import socket
 import subprocess
+import time
 
 from harness import BIN, KAFKA_TEST_SETS, check, wait_for
 
@@ -50,21 +51,36 @@ def connect_from(src, port, timeout=5.0, rcvbuf=None):
     return s
 
 
+def send_get(s, path, headers=None):
+    """Sends one HTTP/1.1 GET of path with headers on socket s."""
+    req = "GET %s HTTP/1.1\r\nHost: x\r\n" % path
+    for k, v in (headers or {}).items():
+        req += "%s: %s\r\n" % (k, v)
+    s.sendall((req + "\r\n").encode())
+
+
+def recv_until(s, marker, seconds=None):
+    """What s receives until marker (bytes) arrives, the peer closes, or
+    seconds pass (None: no bound but the socket's timeout on each read,
+    which raises); marker None reads to the close."""
+    data = b""
+    deadline = time.time() + seconds if seconds is not None else None
+    while ((marker is None or marker not in data)
+           and (deadline is None or time.time() < deadline)):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def http_from(src, port, path, headers=None, timeout=1.0):
     """One HTTP/1.1 GET from src: (status, body); raises on a timeout or a
     connection the server closed without an answer."""
     s = connect_from(src, port, timeout)
     try:
-        req = "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % path
-        for k, v in (headers or {}).items():
-            req += "%s: %s\r\n" % (k, v)
-        s.sendall((req + "\r\n").encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        send_get(s, path, dict(headers or {}, Connection="close"))
+        data = recv_until(s, None)
     finally:
         s.close()
     check(data.startswith(b"HTTP/1.1 "), "no HTTP answer from the server: %r"

@@ -17,7 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Procs, check, fail, folded_all, stop, wait_for  # noqa: E402
 from http_common import (connect_from, gen_events, http_from,  # noqa: E402
-                         metric_lines, start_embedded, vmrss_kib)
+                         metric_lines, recv_until, send_get, start_embedded,
+                         vmrss_kib)
 
 ATTACK_S = 20          # how long both attacks run
 PROBE_EVERY_S = 0.2
@@ -90,14 +91,8 @@ def sse_works(port):
     """A fresh /events stream from 127.0.0.5 starts within 1 s."""
     s = connect_from("127.0.0.5", port, timeout=1)
     try:
-        s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        deadline = time.time() + 1
-        while b"retry: 2000" not in data and time.time() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        send_get(s, "/events")
+        data = recv_until(s, b"retry: 2000", 1)
         return data.startswith(b"HTTP/1.1 200") and b"retry: 2000" in data
     finally:
         s.close()
