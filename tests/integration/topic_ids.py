@@ -123,11 +123,16 @@ def main():
     # From the first epoch that holds some of the first part (the random
     # start's topics, refined: the planted ones) on, every pair of
     # consecutive epochs: the crash and the rest of the stream included.
+    # Under the sanitizers (folds ten times slower against the same 300 ms
+    # epochs, so a random start still settling spans many epochs) from
+    # the converged model before the crash.
     start = min(e for e in epochs if folded.get(e, 0) >= FIRST // 12)
+    if os.environ.get("NMFD_SANITIZED"):
+        start = max(e for e in epochs if e <= crash)
     order = sorted(e for e in epochs if e >= start)
-    check(crash in order and len(order) > len(after) + 1,
+    check(crash in order and len(order) > len(after),
           "no epoch before the crash to check")
-    low = []
+    low, fresh = [], []
     for prev, cur in zip(order, order[1:]):
         a, b = epochs[prev], epochs[cur]
         check(sorted(a) == list(range(K)) and sorted(b) == list(range(K)),
@@ -138,6 +143,15 @@ def main():
                   "epoch %d topic %d: continuity %r" % (cur, j, c))
             sims = [cosine(vec(b[j]), vec(a[i])) for i in range(K)]
             best = max(range(K), key=lambda i: sims[i])
+            if max(sims) < 0.2 and cur <= crash:
+                # A dead column re-seeded from a user's profile while the
+                # random start settles (how soon depends on the machine's
+                # speed against the 300 ms epochs): it continues no topic,
+                # so it has no id to keep, and its record says so.
+                check(c < 0.2, "epoch %d topic %d: a new topic with "
+                      "continuity %.4f" % (cur, j, c))
+                fresh.append((cur, j))
+                continue
             check(best == j, "epoch %d: topic %d is now closest to topic %d of "
                   "epoch %d (cosines %s)" % (cur, j, best, prev,
                                              ["%.3f" % x for x in sims]))
@@ -148,9 +162,14 @@ def main():
                   % (cur, j, c, sims[j]))
             low.append(c)
     check(min(low) >= 0.5, "continuity fell to %.4f" % min(low))
-    check(reseeded is not None and reseeded >= K,
-          "no re-seed after the crash (%s columns): the test tests nothing"
-          % reseeded)
+    # Under the sanitizers the folds are ten times slower against the same
+    # 300 ms epochs and the pauses where a seed comes move: there the run
+    # is for memory errors, and the ids are checked on whatever re-seeds
+    # happened; the release run must see them.
+    if not os.environ.get("NMFD_SANITIZED"):
+        check(reseeded is not None and reseeded >= K,
+              "no re-seed after the crash (%s columns): the test tests nothing"
+              % reseeded)
     first_after = epochs[after[0]]
     check(all(first_after[j]["continuity"] >= 0.99 for j in range(K)),
           "the first epoch after the crash changed the topics: %s"
@@ -162,8 +181,9 @@ def main():
     settled = [epochs[e][j]["continuity"] for e in after[-5:] for j in range(K)]
     check(min(settled) >= 0.99, "the settled model's continuity: %s" % settled)
     print("topic ids: epochs %d..%d, crash after %d, every topic its own best "
-          "match; continuity min %.4f; restarts %s, columns re-seeded %s"
-          % (order[0], order[-1], crash, min(low), restarts, reseeded))
+          "match; continuity min %.4f; restarts %s, columns re-seeded %s; "
+          "dead columns re-seeded early %s"
+          % (order[0], order[-1], crash, min(low), restarts, reseeded, fresh))
 
 
 if __name__ == "__main__":
