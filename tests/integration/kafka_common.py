@@ -9,10 +9,9 @@ import sys
 import tempfile
 import time
 
-BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
 DATA = os.environ.get("NMFD_DATA",
                       os.path.join(os.getcwd(), "..", "shared", "data"))
-NMFCTL = os.path.join(BIN, "nmfctl")
+NMFCTL = os.environ.get("NMFCTL", os.path.join(os.getcwd(), "build", "ctl", "nmfctl"))
 
 # KAFKA-MOCK.md: group timing and fetch tuning for the mock cluster.
 CONSUMER_TUNING = {
