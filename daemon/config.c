@@ -37,6 +37,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "config.h"
+#include "listen.h"
 #include "nmfd_build.h"
 
 #define MASK "********"
@@ -97,7 +98,6 @@ static const struct config_enum level_enums[] = {
 static const char *validate_topics(const char *value);
 static const char *validate_listen(const char *value);
 static int apply_topics(struct config *c, char *msg, size_t len);
-static int apply_listen(struct config *c, char *msg, size_t len);
 
 #define OFF(field) offsetof(struct config, field)
 #define SEC        (UINT64_C(1000))
@@ -252,7 +252,6 @@ static const struct config_key config_table[] = {
      .def = "127.0.0.1:9464",
      .offset = OFF(http.listen),
      .validate = validate_listen,
-     .apply = apply_listen,
      .doc = "host:port or [v6]:port of the HTTP endpoint; empty = off."},
 
     /* [log] */
@@ -657,95 +656,11 @@ nomem:
     return -ENOMEM;
 }
 
-int config_listen_parse(const char *listen, char *host, size_t hostlen,
-                        uint16_t *port, const char **msg)
-{
-    const char *colon, *h = listen;
-    size_t hlen;
-    if (listen[0] == '[') {
-        const char *close = strchr(listen, ']');
-        if (!close) {
-            *msg = "missing ']' after the IPv6 address";
-            return -EINVAL;
-        }
-        h = listen + 1;
-        hlen = (size_t)(close - h);
-        if (close[1] != ':') {
-            *msg = "missing :port after ']'";
-            return -EINVAL;
-        }
-        colon = close + 1;
-        char v6[INET6_ADDRSTRLEN + 1];
-        struct in6_addr a6;
-        if (hlen == 0 || hlen >= sizeof(v6)) {
-            *msg = "bad IPv6 address";
-            return -EINVAL;
-        }
-        memcpy(v6, h, hlen);
-        v6[hlen] = '\0';
-        if (inet_pton(AF_INET6, v6, &a6) != 1) {
-            *msg = "bad IPv6 address";
-            return -EINVAL;
-        }
-    } else {
-        colon = strrchr(listen, ':');
-        if (!colon) {
-            *msg = "missing :port";
-            return -EINVAL;
-        }
-        hlen = (size_t)(colon - listen);
-        for (const char *q = listen; q < colon; q++) {
-            if (*q == ':') {
-                *msg = "an IPv6 address needs brackets: [addr]:port";
-                return -EINVAL;
-            }
-            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' &&
-                *q != '_') {
-                *msg = "bad host name";
-                return -EINVAL;
-            }
-        }
-    }
-    uint64_t p;
-    if (parse_uint(colon + 1, &p) || p > 65535) {
-        *msg = "port must be a number 0..65535";
-        return -EINVAL;
-    }
-    if (hlen >= hostlen) {
-        *msg = "host name too long";
-        return -EINVAL;
-    }
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    *port = (uint16_t)p;
-    *msg = NULL;
-    return 0;
-}
-
 static const char *validate_listen(const char *value)
 {
     char host[256];
     uint16_t port;
-    const char *msg = NULL;
-    if (*value)
-        config_listen_parse(value, host, sizeof(host), &port, &msg);
-    return msg;
-}
-
-static int apply_listen(struct config *c, char *msg, size_t len)
-{
-    const char *why;
-    c->http.listen_host[0] = '\0';
-    c->http.listen_port = 0;
-    if (!*c->http.listen)
-        return 0;
-    if (config_listen_parse(c->http.listen, c->http.listen_host,
-                            sizeof(c->http.listen_host), &c->http.listen_port,
-                            &why)) {
-        snprintf(msg, len, "%s", why);
-        return -EINVAL;
-    }
-    return 0;
+    return *value ? listen_parse(value, host, sizeof(host), &port) : NULL;
 }
 
 /* ---------------------------------------------------------------------- */

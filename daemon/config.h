@@ -83,8 +83,6 @@ struct config {
 
     struct {
         char *listen;          /* "" = HTTP off */
-        char listen_host[256]; /* split from listen, brackets removed */
-        uint16_t listen_port;
     } http;
 
     struct {
@@ -140,10 +138,6 @@ int config_reload(struct config *running, const struct config *fresh,
  * "default"; NULL for an unknown key. */
 const char *config_origin(const struct config *c, const char *name);
 
-/* Parses "host:port", "[v6]:port" or ":port" (host "" = any). 0 or
- * -EINVAL with a static message in *msg. */
-int config_listen_parse(const char *listen, char *host, size_t hostlen,
-                        uint16_t *port, const char **msg);
 
 /* Values as text: durations ("500ms", "10s", "5m", "2h", "7d", "0"),
  * sizes ("512", "64k", "64KiB", "1M", "1MiB", "1G"), bools. 0 or -EINVAL. */

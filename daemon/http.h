@@ -40,10 +40,6 @@ int http_start(struct http **out, uv_loop_t *loop, const char *listen,
                const struct http_provider *p, void *ctx, char *err,
                size_t errlen);
 
-/* Validator for the http.listen config key: NULL if listen parses (or is
- * empty, which disables HTTP), else a static lowercase message. */
-const char *http_listen_check(const char *listen);
-
 /* The bound TCP port. */
 int http_port(const struct http *h);
 
