@@ -1203,19 +1203,13 @@ static void model_rebuild(struct model *m)
         m->hs[j] = m->hsi[j] = 1;
 }
 
-/* Picks a heavy user (largest c_u ||v_u||^2 among a few drawn with the
- * model's generator) and sets column j of W to its normalised profile.
- * Returns 0 when no user has a profile. */
-static int model_resample(struct model *m, uint32_t j)
+int64_t model__heavy_user(const struct model *m, struct rng *rng)
 {
-    const uint32_t k = m->k;
-    uint32_t U = ids_slots(m->uids);
-    if (!ids_live(m->uids))
-        return 0;
+    const uint32_t U = ids_slots(m->uids);
     int64_t best = -1;
     double bw = 0;
-    for (int t = 0; t < 64; t++) {
-        uint32_t u = (uint32_t)rng_below(&m->rng, U);
+    for (int t = 0; t < MODEL_HEAVY_DRAWS && U; t++) {
+        uint32_t u = (uint32_t)rng_below(rng, U);
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n)
             continue;
@@ -1225,6 +1219,35 @@ static int model_resample(struct model *m, uint32_t j)
             best = u;
         }
     }
+    return best;
+}
+
+void model__column_from_user(const struct model *m, uint32_t u, float *W,
+                             size_t M, uint32_t j)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double nv = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        nv += (double)va[q] * va[q];
+    nv = sqrt(nv);
+    for (size_t i = 0; i < M; i++)
+        W[i * k + j] = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+}
+
+/* Picks a heavy user (model__heavy_user with the model's generator; any
+ * user with a profile if none of the draws has one) and sets column j of
+ * W to its normalised profile. Returns 0 when no user has a profile. */
+static int model_resample(struct model *m, uint32_t j)
+{
+    uint32_t U = ids_slots(m->uids);
+    if (!ids_live(m->uids))
+        return 0;
+    int64_t best = model__heavy_user(m, &m->rng);
     if (best < 0) {
         uint32_t start = (uint32_t)rng_below(&m->rng, U);
         for (uint32_t c = 0; c < U && best < 0; c++) {
@@ -1235,18 +1258,7 @@ static int model_resample(struct model *m, uint32_t j)
     }
     if (best < 0)
         return 0;
-    const struct model_user *us = &m->u[best];
-    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-    const float *va = pool_vals(&m->pool, us->cls, us->slab);
-    double nv = 0;
-    for (uint32_t q = 0; q < us->n; q++)
-        nv += (double)va[q] * va[q];
-    nv = sqrt(nv);
-    size_t M = ids_slots(m->iids);
-    for (size_t i = 0; i < M; i++)
-        m->W[i * k + j] = 0;
-    for (uint32_t q = 0; q < us->n; q++)
-        m->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+    model__column_from_user(m, (uint32_t)best, m->W, ids_slots(m->iids), j);
     return 1;
 }
 
