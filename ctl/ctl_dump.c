@@ -22,7 +22,7 @@
 #include <uv.h>
 
 #include "ctl.h"
-#include "kafka.h"
+#include "kafka_in.h"
 #include "records.h"
 
 #define CTL_DUMP_TIMEOUT_DEFAULT 10 /* seconds without a record */

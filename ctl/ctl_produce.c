@@ -25,7 +25,7 @@
 
 #include "csv.h"
 #include "ctl.h"
-#include "kafka.h"
+#include "kafka_out.h"
 
 #define CTL_PRODUCE_BATCH_MAX 100000
 #define CTL_PRODUCE_SLICE     20000 /* rows per loop iteration, unlimited */

@@ -16,7 +16,8 @@
 #include <uv.h>
 
 #include "broker.h"
-#include "kafka.h"
+#include "kafka_in.h"
+#include "kafka_out.h"
 
 /* ---- helpers --------------------------------------------------------------
  */
