@@ -34,9 +34,9 @@
 #include <syslog.h>
 
 #include <ini.h>
-#include <librdkafka/rdkafka.h>
 
 #include "config.h"
+#include "kafka.h"
 #include "listen.h"
 #include "nmfd_build.h"
 
@@ -688,11 +688,7 @@ static int kafka_set(struct config *c, const char *key, const char *value,
     /* librdkafka judges its own keys, on a scratch conf, so a key it
      * refuses stops the start here with its place, like any other. */
     char kerr[256];
-    rd_kafka_conf_t *probe = rd_kafka_conf_new();
-    rd_kafka_conf_res_t res =
-        rd_kafka_conf_set(probe, key, value, kerr, sizeof(kerr));
-    rd_kafka_conf_destroy(probe);
-    if (res != RD_KAFKA_CONF_OK) {
+    if (kafka_conf_check(key, value, kerr, sizeof(kerr))) {
         snprintf(msg, len, "kafka.%s = %s: %s", key, value, kerr);
         return -EINVAL;
     }

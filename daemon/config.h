@@ -41,7 +41,7 @@ struct config_weight {
 
 struct config {
     struct {
-        struct config_kv *kv; /* handed to rd_kafka_conf_set in order */
+        struct config_kv *kv; /* handed to librdkafka (io/) in order */
         size_t n;
     } kafka;
 

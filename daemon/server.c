@@ -293,10 +293,15 @@ static struct checkpoint_offset *parts_offsets(struct server *s, size_t *n)
 
 static void parts_commit(struct server *s, const struct part *parts, size_t n)
 {
-    rd_kafka_topic_partition_list_t *l;
+    struct kafka_part *l;
+    size_t cnt = 0;
     if (!s->in || !n)
         return;
-    l = rd_kafka_topic_partition_list_new((int)n);
+    l = malloc(n * sizeof(*l));
+    if (!l) {
+        log_warn("offset commit: %s", strerror(ENOMEM));
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         struct part *live = part_get(s, parts[i].topic, parts[i].partition);
         /* Only partitions this member still owns: committing for a
@@ -304,16 +309,16 @@ static void parts_commit(struct server *s, const struct part *parts, size_t n)
         if (!live || !live->assigned || parts[i].next < 0 ||
             parts[i].next == live->committed)
             continue;
-        rd_kafka_topic_partition_list_add(l, parts[i].topic, parts[i].partition)
-            ->offset = parts[i].next;
+        l[cnt++] = (struct kafka_part){parts[i].topic, parts[i].partition,
+                                       parts[i].next};
         live->committed = parts[i].next;
     }
-    if (l->cnt) {
-        int rc = kafka_in_commit(s->in, l);
+    if (cnt) {
+        int rc = kafka_in_commit(s->in, l, cnt);
         if (rc)
             log_warn("offset commit: %s", strerror(-rc));
     }
-    rd_kafka_topic_partition_list_destroy(l);
+    free(l);
 }
 
 /* ---- folding ----------------------------------------------------------- */
@@ -402,13 +407,13 @@ static void fold_reject(void *arg, enum event_reason r)
     }
 }
 
-static void server_on_message(void *ctx, const rd_kafka_message_t *msg)
+static void server_on_message(void *ctx, const struct kafka_msg *msg)
 {
     struct server *s = ctx;
     struct fold_ctx fc = {s, EVENT_OK, 0};
-    const char *topic = rd_kafka_topic_name(msg->rkt);
+    const char *topic = msg->topic;
     struct part *p = part_get(s, topic, msg->partition);
-    int64_t ts = rd_kafka_message_timestamp(msg, NULL);
+    int64_t ts = msg->ts;
     if (ts < 0)
         ts = (int64_t)now_ms();
     s->consumed++;
@@ -436,11 +441,11 @@ static void server_on_message(void *ctx, const rd_kafka_message_t *msg)
     }
 }
 
-static void server_on_assign(void *ctx, rd_kafka_topic_partition_list_t *parts)
+static void server_on_assign(void *ctx, struct kafka_part *parts, size_t n)
 {
     struct server *s = ctx;
-    for (int i = 0; i < parts->cnt; i++) {
-        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+    for (size_t i = 0; i < n; i++) {
+        struct kafka_part *tp = &parts[i];
         struct part *p = part_get(s, tp->topic, tp->partition);
         if (p && !p->assigned) {
             p->assigned = true;
@@ -463,20 +468,18 @@ static void server_on_assign(void *ctx, rd_kafka_topic_partition_list_t *parts)
     }
 }
 
-static void server_on_revoke(void *ctx,
-                             const rd_kafka_topic_partition_list_t *parts,
-                             bool lost)
+static void server_on_revoke(void *ctx, const struct kafka_part *parts,
+                             size_t n, bool lost)
 {
     struct server *s = ctx;
-    for (int i = 0; i < parts->cnt; i++) {
-        struct part *p =
-            part_get(s, parts->elems[i].topic, parts->elems[i].partition);
+    for (size_t i = 0; i < n; i++) {
+        struct part *p = part_get(s, parts[i].topic, parts[i].partition);
         if (p && p->assigned) {
             p->assigned = false;
             s->assigned--;
         }
-        log_info("%s %s/%" PRId32, lost ? "lost" : "revoked",
-                 parts->elems[i].topic, parts->elems[i].partition);
+        log_info("%s %s/%" PRId32, lost ? "lost" : "revoked", parts[i].topic,
+                 parts[i].partition);
     }
 }
 
@@ -1634,7 +1637,7 @@ static bool kafka_key_set(const struct server *s, const char *key)
     return origin && strcmp(origin, "default");
 }
 
-static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
+static int kafka_conf_fill(struct server *s, struct kafka_conf *conf,
                            bool consumer)
 {
     char err[512];
@@ -1644,8 +1647,8 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
         /* Given to the output producer alone, by kafka_out_new. */
         if (!strcmp(c->kafka.kv[i].key, "transactional.id"))
             continue;
-        if (rd_kafka_conf_set(conf, c->kafka.kv[i].key, c->kafka.kv[i].value,
-                              err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+        if (kafka_conf_set(conf, c->kafka.kv[i].key, c->kafka.kv[i].value,
+                           err, sizeof(err))) {
             log_err("%s: kafka.%s: %s", c->kafka.kv[i].origin,
                     c->kafka.kv[i].key, err);
             return -EINVAL;
@@ -1654,13 +1657,13 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
     /* librdkafka waits up to 10 s between reconnects by default; after an
      * outage that delays the resume by as much. The Java client's 1 s. */
     if (!kafka_key_set(s, "reconnect.backoff.max.ms"))
-        rd_kafka_conf_set(conf, "reconnect.backoff.max.ms", "1000", err,
-                          sizeof(err));
+        kafka_conf_set(conf, "reconnect.backoff.max.ms", "1000", err,
+                       sizeof(err));
     if (s->broker) {
         /* The embedded broker: its address, and the timings its mock group
          * coordinator needs (KAFKA-MOCK.md), unless configured. */
-        rd_kafka_conf_set(conf, "bootstrap.servers",
-                          broker_bootstraps(s->broker), err, sizeof(err));
+        kafka_conf_set(conf, "bootstrap.servers", broker_bootstraps(s->broker),
+                       err, sizeof(err));
         if (consumer) {
             static const char *tuning[][2] = {
                 {"session.timeout.ms", "6000"},
@@ -1671,8 +1674,8 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
             };
             for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
                 if (!kafka_key_set(s, tuning[i][0]))
-                    rd_kafka_conf_set(conf, tuning[i][0], tuning[i][1], err,
-                                      sizeof(err));
+                    kafka_conf_set(conf, tuning[i][0], tuning[i][1], err,
+                                   sizeof(err));
         }
     }
     if (consumer) {
@@ -1680,10 +1683,10 @@ static int kafka_conf_fill(struct server *s, rd_kafka_conf_t *conf,
          * before the first start are events too. The checkpoint's offsets
          * win over this whenever there is one. */
         if (!kafka_key_set(s, "auto.offset.reset"))
-            rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err,
-                              sizeof(err));
-        rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", err,
-                          sizeof(err));
+            kafka_conf_set(conf, "auto.offset.reset", "earliest", err,
+                           sizeof(err));
+        kafka_conf_set(conf, "statistics.interval.ms", "1000", err,
+                       sizeof(err));
     }
     return 0;
 }
@@ -1892,7 +1895,7 @@ static int server_start(struct server *s)
 {
     struct config *c = s->cfg;
     char err[512];
-    rd_kafka_conf_t *conf;
+    struct kafka_conf *conf;
     int rc;
 
     rc = ensure_dir(c->checkpoint.dir);
@@ -1988,9 +1991,9 @@ static int server_start(struct server *s)
         return -ENOMEM;
 
     /* Output first, so the first epoch finds it ready. */
-    conf = rd_kafka_conf_new();
+    conf = kafka_conf_new();
     if (kafka_conf_fill(s, conf, false)) {
-        rd_kafka_conf_destroy(conf);
+        kafka_conf_free(conf);
         return -EINVAL;
     }
     {
@@ -2007,7 +2010,7 @@ static int server_start(struct server *s)
             return -EINVAL;
         }
         if (c->input.dead_letter_topic[0]) {
-            conf = rd_kafka_conf_new();
+            conf = kafka_conf_new();
             kafka_conf_fill(s, conf, false);
             s->dlq =
                 kafka_out_new(&s->loop, conf, NULL, &ocbs, s, err, sizeof(err));
@@ -2018,9 +2021,9 @@ static int server_start(struct server *s)
         }
     }
 
-    conf = rd_kafka_conf_new();
+    conf = kafka_conf_new();
     if (kafka_conf_fill(s, conf, true)) {
-        rd_kafka_conf_destroy(conf);
+        kafka_conf_free(conf);
         return -EINVAL;
     }
     {

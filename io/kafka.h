@@ -5,7 +5,9 @@
  *
  * Every callback runs on the loop thread. Functions returning int give 0 or
  * a negative errno; librdkafka error codes never leave io/ except through
- * kafka_errno(). A function that fails never calls its callback. */
+ * kafka_errno() (kafka_raw.h). A function that fails never calls its
+ * callback. Nothing here names a librdkafka type: daemon/ includes these
+ * headers and never sees one. */
 #ifndef NMFD_IO_KAFKA_H
 #define NMFD_IO_KAFKA_H
 
@@ -13,13 +15,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <librdkafka/rdkafka.h>
-#include <uv.h>
-
-/* librdkafka error -> 0 or a negative errno (-EIO when nothing fits). */
-int kafka_errno(rd_kafka_resp_err_t err);
-
 /* Longest topic name Kafka allows, and room for its NUL. */
 #define KAFKA_TOPIC_MAX 250
+
+/* Special offsets (librdkafka's values). */
+#define KAFKA_OFFSET_BEGINNING (-2)   /* the oldest message kept */
+#define KAFKA_OFFSET_END       (-1)   /* the next message produced */
+#define KAFKA_OFFSET_INVALID   (-1001) /* none: committed, else reset */
+
+/* A client's configuration: librdkafka's properties, set by name; the
+ * owner never sees librdkafka's own type. kafka_in_new and kafka_out_new
+ * take it over. */
+struct kafka_conf;
+struct kafka_conf *kafka_conf_new(void);
+/* 0, or -EINVAL with librdkafka's words in err. */
+int kafka_conf_set(struct kafka_conf *conf, const char *key,
+                   const char *value, char *err, size_t errlen);
+void kafka_conf_free(struct kafka_conf *conf);
+/* Whether librdkafka accepts key = value, judged on a scratch conf: 0, or
+ * -EINVAL with its words in err. */
+int kafka_conf_check(const char *key, const char *value, char *err,
+                     size_t errlen);
+
+/* One partition of a topic and an offset: a position to start from, the
+ * next offset to read (commits), or KAFKA_OFFSET_*. */
+struct kafka_part {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+};
 
 #endif

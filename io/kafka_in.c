@@ -124,6 +124,37 @@ static void kafka__in_drop(struct kafka_in *k,
         k->head = k->tail = 0;
 }
 
+/* The owner sees partitions as kafka_part arrays; the offsets it sets on
+ * assignment go back into librdkafka's list. */
+static void kafka__in_tell_assign(struct kafka_in *k,
+                                  rd_kafka_topic_partition_list_t *parts)
+{
+    struct kafka_part *p = kafka__parts_array(parts);
+
+    if (!p) {
+        kafka__in_error(k, -ENOMEM, false, "assignment: out of memory");
+        return;
+    }
+    k->cbs.on_assign(k->ctx, p, (size_t)parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        parts->elems[i].offset = p[i].offset;
+    free(p);
+}
+
+static void kafka__in_tell_revoke(struct kafka_in *k,
+                                  const rd_kafka_topic_partition_list_t *parts,
+                                  bool lost)
+{
+    struct kafka_part *p = kafka__parts_array(parts);
+
+    if (!p) {
+        kafka__in_error(k, -ENOMEM, false, "revocation: out of memory");
+        return;
+    }
+    k->cbs.on_revoke(k->ctx, p, (size_t)parts->cnt, lost);
+    free(p);
+}
+
 static void kafka__in_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                 rd_kafka_topic_partition_list_t *parts,
                                 void *opaque)
@@ -136,7 +167,7 @@ static void kafka__in_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     k->st.rebalances++;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         if (k->cbs.on_assign && !k->closing)
-            k->cbs.on_assign(k->ctx, parts);
+            kafka__in_tell_assign(k, parts);
         if (coop)
             error = rd_kafka_incremental_assign(rk, parts);
         else
@@ -148,7 +179,7 @@ static void kafka__in_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
         kafka__in_drop(k, parts);
         if (k->cbs.on_revoke)
-            k->cbs.on_revoke(k->ctx, parts, lost);
+            kafka__in_tell_revoke(k, parts, lost);
         if (coop)
             error = rd_kafka_incremental_unassign(rk, parts);
         else
@@ -317,10 +348,21 @@ static void kafka__in_deliver(struct kafka_in *k)
 {
     while (k->head < k->tail && !k->paused && !k->closing) {
         rd_kafka_message_t *m = k->msgs[k->head++];
+        struct kafka_msg km = {
+            .topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "",
+            .partition = m->partition,
+            .offset = m->offset,
+            .ts = rd_kafka_message_timestamp(m, NULL),
+            .key = m->key,
+            .key_len = m->key_len,
+            .payload = m->payload,
+            .len = m->len,
+            .impl = m,
+        };
 
         k->st.messages++;
         k->st.bytes += m->len;
-        k->cbs.on_message(k->ctx, m);
+        k->cbs.on_message(k->ctx, &km);
         rd_kafka_message_destroy(m);
     }
     if (k->head == k->tail)
@@ -501,10 +543,11 @@ static void kafka__in_finish(struct kafka_in *k)
     }
 }
 
-struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
+struct kafka_in *kafka_in_new(uv_loop_t *loop, struct kafka_conf *kconf,
                               const struct kafka_in_cbs *cbs, void *ctx,
                               char *err, size_t errlen)
 {
+    rd_kafka_conf_t *conf = kafka__conf(kconf);
     struct kafka_in *k = NULL;
     char errstr[512], buf[64];
     size_t len;
@@ -669,30 +712,49 @@ int kafka_in_subscribe(struct kafka_in *k, const char *topics)
     return kafka_errno(rerr);
 }
 
-int kafka_in_assign(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *parts)
+int kafka_in_assign(struct kafka_in *k, const struct kafka_part *parts,
+                    size_t n)
 {
+    rd_kafka_topic_partition_list_t *l = NULL;
     rd_kafka_resp_err_t rerr;
 
     if (k->closing)
         return -EINVAL;
-    rerr = rd_kafka_assign(k->rk, parts);
-    if (!rerr && k->paused && parts)
-        rd_kafka_pause_partitions(k->rk,
-                                  (rd_kafka_topic_partition_list_t *)parts);
+    if (parts)
+        l = kafka__parts_list(parts, n);
+    rerr = rd_kafka_assign(k->rk, l);
+    if (!rerr && k->paused && l)
+        rd_kafka_pause_partitions(k->rk, l);
+    if (l)
+        rd_kafka_topic_partition_list_destroy(l);
     kafka__in_schedule(k);
     return kafka_errno(rerr);
 }
 
-int kafka_in_commit(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *offsets)
+int kafka_in_commit(struct kafka_in *k, const struct kafka_part *offsets,
+                    size_t n)
 {
+    rd_kafka_topic_partition_list_t *l;
     rd_kafka_resp_err_t rerr;
 
-    if (k->closing || !offsets || offsets->cnt == 0)
+    if (k->closing || !offsets || n == 0)
         return -EINVAL;
-    rerr = rd_kafka_commit(k->rk, offsets, 1);
+    l = kafka__parts_list(offsets, n);
+    rerr = rd_kafka_commit(k->rk, l, 1);
+    rd_kafka_topic_partition_list_destroy(l);
     return kafka_errno(rerr);
+}
+
+int kafka_msg_header(const struct kafka_msg *m, const char *name,
+                     const void **value, size_t *len)
+{
+    rd_kafka_headers_t *h = NULL;
+
+    if (!m->impl ||
+        rd_kafka_message_headers((rd_kafka_message_t *)m->impl, &h) ||
+        rd_kafka_header_get_last(h, name, value, len))
+        return -ENOENT;
+    return 0;
 }
 
 static int kafka__in_pause_resume(struct kafka_in *k, bool pause)

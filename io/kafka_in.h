@@ -3,23 +3,43 @@
 #ifndef NMFD_IO_KAFKA_IN_H
 #define NMFD_IO_KAFKA_IN_H
 
+#include <uv.h>
+
 #include "kafka.h"
 
 struct kafka_in;
 
+/* A consumed message, valid only during on_message (and everything it
+ * points to). */
+struct kafka_msg {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t ts; /* the message's timestamp, ms; -1 when it has none */
+    const void *key;
+    size_t key_len;
+    const void *payload;
+    size_t len;
+    const void *impl; /* io/'s own */
+};
+
+/* The last value of header name: 0, or -ENOENT. */
+int kafka_msg_header(const struct kafka_msg *m, const char *name,
+                     const void **value, size_t *len);
+
 struct kafka_in_cbs {
     /* Every message in partition order; never an error or a partition EOF.
      * msg and its payload are valid only during the call. Required. */
-    void (*on_message)(void *ctx, const rd_kafka_message_t *msg);
+    void (*on_message)(void *ctx, const struct kafka_msg *msg);
     /* Partitions being added to the assignment. The owner may set
-     * parts->elems[i].offset (e.g. from its checkpoint) before returning;
-     * RD_KAFKA_OFFSET_INVALID keeps the committed offset, else
+     * parts[i].offset (e.g. from its checkpoint) before returning;
+     * KAFKA_OFFSET_INVALID keeps the committed offset, else
      * auto.offset.reset. May be NULL. */
-    void (*on_assign)(void *ctx, rd_kafka_topic_partition_list_t *parts);
+    void (*on_assign)(void *ctx, struct kafka_part *parts, size_t n);
     /* Partitions being removed; lost: they went without a clean handover
      * (another member may already own them, do not commit for them).
      * Messages of these partitions not yet delivered are dropped. */
-    void (*on_revoke)(void *ctx, const rd_kafka_topic_partition_list_t *parts,
+    void (*on_revoke)(void *ctx, const struct kafka_part *parts, size_t n,
                       bool lost);
     /* err: negative errno. fatal: the consumer is unusable, close it. */
     void (*on_error)(void *ctx, int err, bool fatal, const char *reason);
@@ -41,7 +61,7 @@ struct kafka_in_cbs {
  * group.id is required, also for kafka_in_assign() (librdkafka has no
  * assignment without a group handle; nothing is committed unless asked).
  * Returns NULL with a message in err on failure. */
-struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
+struct kafka_in *kafka_in_new(uv_loop_t *loop, struct kafka_conf *conf,
                               const struct kafka_in_cbs *cbs, void *ctx,
                               char *err, size_t errlen);
 
@@ -59,14 +79,14 @@ bool kafka_in_behind(const struct kafka_in *k);
 int kafka_in_subscribe(struct kafka_in *k, const char *topics);
 
 /* Manual assignment, no group: each element's offset is where to start
- * (RD_KAFKA_OFFSET_BEGINNING, _END, or an offset). */
+ * (KAFKA_OFFSET_BEGINNING, _END, or an offset). */
 int kafka_in_assign(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *parts);
+                    const struct kafka_part *parts, size_t n);
 
 /* Asynchronous commit; offsets are the next offsets to read (last
  * processed + 1), as Kafka stores them. A failure comes to on_error. */
 int kafka_in_commit(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *offsets);
+                    const struct kafka_part *offsets, size_t n);
 
 /* Backpressure: pause stops fetching on every assigned partition (and on
  * partitions assigned while paused) and stops delivery at once, keeping
@@ -80,9 +100,6 @@ bool kafka_in_paused(const struct kafka_in *k);
  * Does not block the loop. k must not be used afterwards. */
 void kafka_in_close(struct kafka_in *k);
 
-/* The underlying handle, for queries (rd_kafka_committed, metadata). Do
- * not poll it or change its assignment. */
-rd_kafka_t *kafka_in_handle(struct kafka_in *k);
 
 /* Per-partition position and lag from the last statistics. */
 struct kafka_lag {

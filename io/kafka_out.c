@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "kafka_in.h"
 #include "kafka_out.h"
 #include "kafka_util.h"
 
@@ -457,11 +458,12 @@ static void kafka__out_start_close(struct kafka_out *out)
     }
 }
 
-struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
+struct kafka_out *kafka_out_new(uv_loop_t *loop, struct kafka_conf *kconf,
                                 const char *transactional_id,
                                 const struct kafka_out_cbs *cbs, void *ctx,
                                 char *err, size_t errlen)
 {
+    rd_kafka_conf_t *conf = kafka__conf(kconf);
     struct kafka_out *out = NULL;
     char errstr[512], buf[64];
     size_t len;
@@ -702,25 +704,22 @@ int kafka_out_produce(struct kafka_out *out, const char *topic,
 }
 
 int kafka_out_produce_dead(struct kafka_out *out, const char *topic,
-                           const rd_kafka_message_t *orig, const char *reason)
+                           const struct kafka_msg *orig, const char *reason)
 {
     rd_kafka_headers_t *h;
-    rd_kafka_timestamp_type_t tstype;
     char source[KAFKA_TOPIC_MAX + 48];
-    int64_t ts;
 
     if (!orig || !reason)
         return -EINVAL;
     snprintf(source, sizeof(source), "%s/%d/%lld",
-             orig->rkt ? rd_kafka_topic_name(orig->rkt) : "",
-             (int)orig->partition, (long long)orig->offset);
+             orig->topic ? orig->topic : "", (int)orig->partition,
+             (long long)orig->offset);
     h = rd_kafka_headers_new(2);
     rd_kafka_header_add(h, "nmfd.reason", -1, reason, -1);
     rd_kafka_header_add(h, "nmfd.source", -1, source, -1);
-    ts = rd_kafka_message_timestamp(orig, &tstype);
     return kafka__out_produce(out, topic, RD_KAFKA_PARTITION_UA, orig->key,
                               orig->key_len, orig->payload, orig->len,
-                              ts > 0 ? ts : 0, h);
+                              orig->ts > 0 ? orig->ts : 0, h);
 }
 
 int kafka_out_commit(struct kafka_out *out, kafka_out_done_cb cb, void *ctx)

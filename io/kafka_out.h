@@ -3,6 +3,8 @@
 #ifndef NMFD_IO_KAFKA_OUT_H
 #define NMFD_IO_KAFKA_OUT_H
 
+#include <uv.h>
+
 #include "kafka.h"
 
 struct kafka_out;
@@ -37,7 +39,7 @@ struct kafka_out_cbs {
  * transactional, ready at once (on_ready is still called, from the loop).
  * Otherwise transactions are initialised off the loop; if that fails the
  * producer falls back to non-transactional with a warning on on_error. */
-struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
+struct kafka_out *kafka_out_new(uv_loop_t *loop, struct kafka_conf *conf,
                                 const char *transactional_id,
                                 const struct kafka_out_cbs *cbs, void *ctx,
                                 char *err, size_t errlen);
@@ -63,8 +65,9 @@ int kafka_out_produce(struct kafka_out *out, const char *topic,
 /* Produces a copy of a consumed message (key, value, timestamp) to topic
  * with headers nmfd.reason = reason and nmfd.source =
  * "topic/partition/offset". Same returns as kafka_out_produce. */
+struct kafka_msg;
 int kafka_out_produce_dead(struct kafka_out *out, const char *topic,
-                           const rd_kafka_message_t *orig, const char *reason);
+                           const struct kafka_msg *orig, const char *reason);
 
 /* Ends the epoch: transactional, commits off the loop (retrying a
  * retriable failure, aborting when the transaction must be aborted);
@@ -91,7 +94,5 @@ void kafka_out_stats(const struct kafka_out *out, struct kafka_out_stats *st);
  * out is freed after on_closed. out must not be used afterwards. */
 void kafka_out_close(struct kafka_out *out, int timeout_ms);
 
-/* The underlying handle, for queries only. */
-rd_kafka_t *kafka_out_handle(struct kafka_out *out);
 
 #endif

@@ -15,6 +15,11 @@
 #include "errf.h"
 #include "kafka_util.h"
 
+_Static_assert(KAFKA_OFFSET_BEGINNING == RD_KAFKA_OFFSET_BEGINNING &&
+                   KAFKA_OFFSET_END == RD_KAFKA_OFFSET_END &&
+                   KAFKA_OFFSET_INVALID == RD_KAFKA_OFFSET_INVALID,
+               "kafka.h offsets are librdkafka's");
+
 int kafka_errno(rd_kafka_resp_err_t err)
 {
     switch (err) {
@@ -156,4 +161,59 @@ void kafka__report(void (*on_error)(void *ctx, int err, bool fatal,
     vsnprintf(reason, sizeof(reason), fmt, ap);
     if (on_error)
         on_error(ctx, err, fatal, reason);
+}
+
+/* struct kafka_conf is librdkafka's conf under another name: the owner
+ * holds it opaque, io/ converts back with kafka__conf. */
+struct kafka_conf *kafka_conf_new(void)
+{
+    return (struct kafka_conf *)rd_kafka_conf_new();
+}
+
+int kafka_conf_set(struct kafka_conf *conf, const char *key,
+                   const char *value, char *err, size_t errlen)
+{
+    return kafka__conf_set(kafka__conf(conf), key, value, err, errlen);
+}
+
+void kafka_conf_free(struct kafka_conf *conf)
+{
+    if (conf)
+        rd_kafka_conf_destroy(kafka__conf(conf));
+}
+
+int kafka_conf_check(const char *key, const char *value, char *err,
+                     size_t errlen)
+{
+    rd_kafka_conf_t *probe = rd_kafka_conf_new();
+    int rc = kafka__conf_set(probe, key, value, err, errlen);
+
+    rd_kafka_conf_destroy(probe);
+    return rc;
+}
+
+rd_kafka_topic_partition_list_t *kafka__parts_list(const struct kafka_part *p,
+                                                   size_t n)
+{
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new((int)n);
+
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_topic_partition_list_add(l, p[i].topic, p[i].partition)
+            ->offset = p[i].offset;
+    return l;
+}
+
+struct kafka_part *kafka__parts_array(const rd_kafka_topic_partition_list_t *l)
+{
+    struct kafka_part *p = malloc((l->cnt ? (size_t)l->cnt : 1) * sizeof(*p));
+
+    if (!p)
+        return NULL;
+    for (int i = 0; i < l->cnt; i++) {
+        p[i].topic = l->elems[i].topic;
+        p[i].partition = l->elems[i].partition;
+        p[i].offset = l->elems[i].offset;
+    }
+    return p;
 }

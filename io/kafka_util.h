@@ -7,7 +7,19 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "kafka.h"
+#include "kafka_raw.h"
+
+/* The librdkafka conf behind an owner's struct kafka_conf. */
+static inline rd_kafka_conf_t *kafka__conf(struct kafka_conf *conf)
+{
+    return (rd_kafka_conf_t *)conf;
+}
+
+/* kafka_part arrays to and from librdkafka's lists. The array borrows the
+ * list's topic names; either is NULL when out of memory. */
+rd_kafka_topic_partition_list_t *kafka__parts_list(const struct kafka_part *p,
+                                                   size_t n);
+struct kafka_part *kafka__parts_array(const rd_kafka_topic_partition_list_t *l);
 
 /* rd_kafka_conf_set with librdkafka's words in err: 0 or -EINVAL. */
 int kafka__conf_set(rd_kafka_conf_t *conf, const char *key, const char *val,
