@@ -1,8 +1,8 @@
 /* server.c -- the nmfd daemon: one libuv loop, one model.
  *
- * An event travels one way: the consumer hands a message to
- * server_on_message, the decoder turns it into events, each event is
- * folded into the model, and the partition's next offset is remembered.
+ * An event travels one way, through ingest.c: the consumer hands a
+ * message over, the decoder turns it into events, each event is folded
+ * into the model, and the partition's next offset is remembered.
  * Everything periodic hangs off timers on the same loop, like redis's
  * serverCron: W refresh, epochs (segment, topic and manifest records in
  * one transaction), checkpoints (written by a forked child, so ingest
@@ -11,8 +11,8 @@
  * users whose h is stale against the current W.
  *
  * This file owns the wiring and the order of shutdown, not the pieces:
- * the model is online/, the codecs and Kafka are io/, HTTP and metrics
- * have their own files. It must never block the loop: every Kafka call it
+ * the model is online/, the codecs and Kafka are io/, the input side,
+ * HTTP and metrics have their own files. It must never block the loop: every Kafka call it
  * makes returns at once, transaction commits complete in callbacks, and
  * the only synchronous disk write is the final checkpoint at stop.
  */
@@ -43,6 +43,7 @@
 #include "csv.h"
 #include "event.h"
 #include "http.h"
+#include "ingest.h"
 #include "kafka_in.h"
 #include "kafka_out.h"
 #include "log.h"
@@ -61,16 +62,6 @@
 #define SERVER_REFINE_EVERY 4
 #define SERVER_QUIET_MS     100
 
-/* One input partition: where the model's next event starts. */
-struct part {
-    char topic[KAFKA_TOPIC_MAX];
-    int32_t partition;
-    int64_t next;      /* next offset to fold, -1: nothing folded yet */
-    int64_t committed; /* last offset committed to Kafka */
-    bool assigned;
-    struct metric *lag;
-};
-
 /* The dense snapshot of one epoch, shared by concurrent /snapshot
  * responses and freed with the last of them. */
 struct snapbuf {
@@ -80,25 +71,11 @@ struct snapbuf {
     size_t len;
 };
 
-/* Events decoded but not folded yet. The model folds a batch faster than
- * the same events one by one (it fetches the next events' rows ahead), so
- * the consumer's messages are decoded into this buffer, ids copied, and
- * folded together; server_flush() runs before anything reads the model or
- * the offsets, so no reader ever sees the buffer non-empty. */
-#define SERVER_BATCH 256
-struct fold_batch {
-    size_t n, used;
-    struct model_event ev[SERVER_BATCH];
-    int rc[SERVER_BATCH];
-    char ids[SERVER_BATCH * 2 * (MODEL_ID_MAX + 1)];
-};
-
 /* A forked writer: checkpoints and snapshot files. */
 struct bgjob {
     pid_t pid;
     uint64_t started_ms;
-    struct part *parts; /* checkpoint: the offsets it holds */
-    size_t nparts;
+    struct ingest_positions *pos; /* checkpoint: the offsets it holds */
 };
 
 enum publish_state {
@@ -118,9 +95,8 @@ struct server {
 
     struct broker *broker;
     struct model *model;
-    struct fold_batch *batch;
-    struct event_decoder *dec;
-    struct kafka_in *in;
+    struct ingest *ing;
+    struct event_decoder *dec; /* until ingest_start takes it */
     struct kafka_out *out;
     struct kafka_out *dlq;
     struct http *http;
@@ -128,20 +104,13 @@ struct server {
     struct records_enc *enc;
     json_t *item_names; /* item id -> display name, or NULL */
 
-    struct part *parts;
-    size_t nparts, capparts, lastpart;
-    size_t assigned;
-    struct checkpoint_offset *seek; /* offsets from the checkpoint */
-    size_t nseek;
-
-    /* Counters that survive restarts through the checkpoint. */
+    /* Survives restarts through the checkpoint. */
     uint64_t epoch; /* last published epoch */
-    uint64_t rejected;
-    uint64_t consumed;
 
-    /* Since start, for rates and the refresh clock. */
-    uint64_t folded_since_refresh;
-    uint64_t rate_events;
+    /* Marks on ingest's count of folded events, for rates and the refresh
+     * clock. */
+    uint64_t folded_at_refresh;
+    uint64_t folded_at_rate;
     uint64_t rate_ms;
     double rate;
     bool broker_down;
@@ -149,8 +118,7 @@ struct server {
     uint64_t refine_owed;    /* events folded not yet matched by refinement */
     struct model_memory mem; /* model_memory(), at most a second old */
     uint64_t mem_ms;         /* when it was taken, 0 = never */
-    uint64_t folded_total;   /* events folded since start */
-    uint64_t folded_seen;    /* folded_total at the end of the last tick */
+    uint64_t folded_seen;    /* ingest's folded count at the last tick */
 
     enum publish_state pub;
     uint64_t pub_epoch;
@@ -167,8 +135,6 @@ struct server {
     uint64_t ckpt_last_ms; /* wall clock of the last good checkpoint */
     struct snapbuf *snap;
 
-    struct log_ratelimit reject_rl;
-
     uv_timer_t t_epoch, t_refresh, t_ckpt, t_status, t_watchdog, t_expire;
     uv_timer_t t_quiet; /* fires when the input has been quiet a while */
     uv_idle_t refine, publish;
@@ -178,11 +144,9 @@ struct server {
     uint64_t watchdog_usec;
 
     struct {
-        struct metric *consumed, *folded, *weight,
-            *rejected[EVENT_REASON_COUNT];
-        struct metric *fold_seconds, *refresh_seconds, *refreshes;
+        struct metric *refresh_seconds, *refreshes;
         struct metric *epochs, *epoch_failures, *records, *delivery_errors;
-        struct metric *dead_letters, *dead_letter_errors, *consumer_errors;
+        struct metric *consumer_errors;
         struct metric *ckpt_seconds, *ckpt_stall, *ckpts, *ckpt_failures;
         struct metric *refined;
     } m;
@@ -206,282 +170,6 @@ static void server_stop(struct server *s, int code);
 static void server_shutdown_step(struct server *s);
 static void on_refine(uv_idle_t *h);
 static void on_quiet_timer(uv_timer_t *t);
-
-/* ---- partitions and offsets ------------------------------------------ */
-
-/* The partition's record, NULL if this process has none. */
-static struct part *part_find(struct server *s, const char *topic,
-                              int32_t partition)
-{
-    if (s->lastpart < s->nparts) {
-        struct part *p = &s->parts[s->lastpart];
-        if (p->partition == partition && !strcmp(p->topic, topic))
-            return p;
-    }
-    for (size_t i = 0; i < s->nparts; i++)
-        if (s->parts[i].partition == partition &&
-            !strcmp(s->parts[i].topic, topic)) {
-            s->lastpart = i;
-            return &s->parts[i];
-        }
-    return NULL;
-}
-
-/* The partition's record, made if needed; NULL out of memory. */
-static struct part *part_get(struct server *s, const char *topic,
-                             int32_t partition)
-{
-    struct part *found = part_find(s, topic, partition);
-    if (found)
-        return found;
-    if (s->nparts == s->capparts) {
-        size_t cap = s->capparts ? 2 * s->capparts : 16;
-        struct part *np = realloc(s->parts, cap * sizeof(*np));
-        if (!np)
-            return NULL;
-        s->parts = np;
-        s->capparts = cap;
-    }
-    struct part *p = &s->parts[s->nparts];
-    memset(p, 0, sizeof(*p));
-    snprintf(p->topic, sizeof(p->topic), "%s", topic);
-    p->partition = partition;
-    p->next = -1;
-    p->committed = -1;
-    char labels[KAFKA_TOPIC_MAX + 64];
-    snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%" PRId32 "\"",
-             topic, partition);
-    p->lag = metrics_gauge(s->metrics, "nmfd_consumer_lag",
-                           "Messages behind the partition's end.", labels);
-    if (p->lag)
-        metric_set(p->lag, -1);
-    s->lastpart = s->nparts;
-    return &s->parts[s->nparts++];
-}
-
-/* The offsets the model has folded up to, for a checkpoint: where each
- * partition has been consumed to, and for a partition not consumed since
- * the start, the offset the state was loaded with. Until the group assigns
- * it, that is exactly what the model holds of it; left out, the next start
- * would fall back to the group's committed offset, which can lag the model
- * (a kill between a checkpoint and its commit), and fold events twice. */
-static struct checkpoint_offset *parts_offsets(struct server *s, size_t *n)
-{
-    struct checkpoint_offset *o = calloc(s->nparts + s->nseek + 1, sizeof(*o));
-    size_t k = 0;
-    if (!o)
-        return NULL;
-    for (size_t i = 0; i < s->nparts; i++) {
-        if (s->parts[i].next < 0)
-            continue;
-        o[k].topic = s->parts[i].topic; /* borrowed */
-        o[k].partition = s->parts[i].partition;
-        o[k].offset = s->parts[i].next;
-        k++;
-    }
-    for (size_t j = 0; j < s->nseek; j++) {
-        const struct part *p =
-            part_find(s, s->seek[j].topic, s->seek[j].partition);
-        if (p && p->next >= 0)
-            continue;
-        o[k] = s->seek[j]; /* borrowed */
-        k++;
-    }
-    *n = k;
-    return o;
-}
-
-static void parts_commit(struct server *s, const struct part *parts, size_t n)
-{
-    struct kafka_part *l;
-    size_t cnt = 0;
-    if (!s->in || !n)
-        return;
-    l = malloc(n * sizeof(*l));
-    if (!l) {
-        log_warn("offset commit: %s", strerror(ENOMEM));
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct part *live = part_get(s, parts[i].topic, parts[i].partition);
-        /* Only partitions this member still owns: committing for a
-         * partition another member took would move its position. */
-        if (!live || !live->assigned || parts[i].next < 0 ||
-            parts[i].next == live->committed)
-            continue;
-        l[cnt++] = (struct kafka_part){parts[i].topic, parts[i].partition,
-                                       parts[i].next};
-        live->committed = parts[i].next;
-    }
-    if (cnt) {
-        int rc = kafka_in_commit(s->in, l, cnt);
-        if (rc)
-            log_warn("offset commit: %s", strerror(-rc));
-    }
-    free(l);
-}
-
-/* ---- folding ----------------------------------------------------------- */
-
-struct fold_ctx {
-    struct server *s;
-    enum event_reason first;
-    uint64_t folded;
-};
-
-static void server_flush(struct server *s)
-{
-    struct fold_batch *b = s->batch;
-    double t0, weight = 0;
-    size_t folded = 0;
-
-    if (!b || !b->n)
-        return;
-    t0 = mono_s();
-    model_fold_batch(s->model, b->ev, b->n, b->rc);
-    metric_observe(s->m.fold_seconds, (mono_s() - t0) / (double)b->n);
-    for (size_t i = 0; i < b->n; i++) {
-        if (b->rc[i]) {
-            /* The decoder checks everything the model checks; a refusal
-             * here is a disagreement between the two, counted, never
-             * folded. */
-            s->rejected++;
-            metric_inc(s->m.rejected[EVENT_MODEL_REFUSED]);
-            log_warn("model refused an event the decoder accepted: %s",
-                     strerror(-b->rc[i]));
-            continue;
-        }
-        weight += b->ev[i].weight;
-        folded++;
-    }
-    metric_add(s->m.weight, weight);
-    metric_add(s->m.folded, (double)folded);
-    s->folded_since_refresh += folded;
-    s->rate_events += folded;
-    s->refine_owed += folded;
-    s->folded_total += folded;
-    b->n = b->used = 0;
-}
-
-static void fold_event(void *arg, const struct event *ev)
-{
-    struct fold_ctx *fc = arg;
-    struct server *s = fc->s;
-    struct fold_batch *b = s->batch;
-    struct model_event *e;
-
-    if (b->n == SERVER_BATCH ||
-        b->used + ev->user_len + ev->item_len + 2 > sizeof(b->ids))
-        server_flush(s);
-    e = &b->ev[b->n++];
-    memcpy(b->ids + b->used, ev->user, ev->user_len);
-    e->user = b->ids + b->used;
-    e->user_len = ev->user_len;
-    b->used += ev->user_len + 1;
-    memcpy(b->ids + b->used, ev->item, ev->item_len);
-    e->item = b->ids + b->used;
-    e->item_len = ev->item_len;
-    b->used += ev->item_len + 1;
-    e->weight = ev->weight;
-    e->ts = ev->ts;
-    fc->folded++;
-}
-
-static void fold_reject(void *arg, enum event_reason r)
-{
-    struct fold_ctx *fc = arg;
-    struct server *s = fc->s;
-    uint64_t suppressed = 0;
-
-    s->rejected++;
-    metric_inc(s->m.rejected[r]);
-    if (fc->first == EVENT_OK)
-        fc->first = r;
-    if (log_ratelimit_ok(&s->reject_rl, uv_now(&s->loop), &suppressed)) {
-        if (suppressed)
-            log_warn("rejected event: %s (%" PRIu64
-                     " more rejections not logged)",
-                     event_reason_name(r), suppressed);
-        else
-            log_warn("rejected event: %s", event_reason_name(r));
-    }
-}
-
-static void server_on_message(void *ctx, const struct kafka_msg *msg)
-{
-    struct server *s = ctx;
-    struct fold_ctx fc = {s, EVENT_OK, 0};
-    const char *topic = msg->topic;
-    struct part *p = part_get(s, topic, msg->partition);
-    int64_t ts = msg->ts;
-    if (ts < 0)
-        ts = (int64_t)now_ms();
-    s->consumed++;
-    metric_inc(s->m.consumed);
-
-    /* A message below the folded offset was folded before (a seek after a
-     * restart lands exactly, but a rebalance can replay): skip it. */
-    if (p && p->next >= 0 && msg->offset < p->next)
-        return;
-
-    event_decode(s->dec, msg->payload, msg->len, ts, fold_event, fold_reject,
-                 &fc);
-    if (p)
-        p->next = msg->offset + 1;
-    if (fc.first != EVENT_OK && s->dlq && s->cfg->input.dead_letter_topic[0]) {
-        int rc = kafka_out_produce_dead(s->dlq, s->cfg->input.dead_letter_topic,
-                                        msg, event_reason_name(fc.first));
-        if (rc) {
-            metric_inc(s->m.dead_letter_errors);
-            log_warn("dead letter for %s/%" PRId32 "/%" PRId64 ": %s", topic,
-                     msg->partition, msg->offset, strerror(-rc));
-        } else {
-            metric_inc(s->m.dead_letters);
-        }
-    }
-}
-
-static void server_on_assign(void *ctx, struct kafka_part *parts, size_t n)
-{
-    struct server *s = ctx;
-    for (size_t i = 0; i < n; i++) {
-        struct kafka_part *tp = &parts[i];
-        struct part *p = part_get(s, tp->topic, tp->partition);
-        if (p && !p->assigned) {
-            p->assigned = true;
-            s->assigned++;
-        }
-        /* The model's own position wins over Kafka's: it is exactly what
-         * the model holds. */
-        if (p && p->next >= 0)
-            tp->offset = p->next;
-        else
-            for (size_t j = 0; j < s->nseek; j++)
-                if (s->seek[j].partition == tp->partition &&
-                    !strcmp(s->seek[j].topic, tp->topic)) {
-                    tp->offset = s->seek[j].offset;
-                    if (p)
-                        p->next = s->seek[j].offset;
-                }
-        log_info("assigned %s/%" PRId32 " from offset %" PRId64, tp->topic,
-                 tp->partition, tp->offset);
-    }
-}
-
-static void server_on_revoke(void *ctx, const struct kafka_part *parts,
-                             size_t n, bool lost)
-{
-    struct server *s = ctx;
-    for (size_t i = 0; i < n; i++) {
-        struct part *p = part_get(s, parts[i].topic, parts[i].partition);
-        if (p && p->assigned) {
-            p->assigned = false;
-            s->assigned--;
-        }
-        log_info("%s %s/%" PRId32, lost ? "lost" : "revoked", parts[i].topic,
-                 parts[i].partition);
-    }
-}
 
 static void server_on_error(void *ctx, int err, bool fatal, const char *reason)
 {
@@ -511,37 +199,25 @@ static void server_on_kafka_log(void *ctx, int level, const char *fac,
     log_msg(level > LOG_DEBUG ? LOG_DEBUG : level, "kafka: %s: %s", fac, msg);
 }
 
-static void server_on_stats(void *ctx)
+static void server_on_stats(void *ctx, const struct kafka_in_stats *ks)
 {
     struct server *s = ctx;
-    struct kafka_lag lag[256];
-    size_t n = kafka_in_lag(s->in, lag, 256);
-    struct kafka_in_stats ks;
-    if (n > 256)
-        n = 256;
     /* Statistics come whether or not a broker answers: they end an outage
      * only when they show a connected broker. */
-    kafka_in_stats(s->in, &ks);
-    if (ks.brokers > 0) {
-        bool down = ks.brokers_up == 0;
+    if (ks->brokers > 0) {
+        bool down = ks->brokers_up == 0;
         if (down && !s->broker_down)
             log_err("kafka: brokers unreachable: none of %d connected",
-                    ks.brokers);
+                    ks->brokers);
         else if (!down && s->broker_down)
             log_notice("kafka: brokers reachable again");
         s->broker_down = down;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct part *p = part_get(s, lag[i].topic, lag[i].partition);
-        if (p && p->lag)
-            metric_set(p->lag, (double)lag[i].lag);
     }
 }
 
 static void server_on_in_closed(void *ctx)
 {
     struct server *s = ctx;
-    s->in = NULL;
     s->closing--;
     server_shutdown_step(s);
 }
@@ -628,17 +304,15 @@ static void server_sse_epoch(struct server *s)
     struct model_stats st;
     int64_t lag = -1;
     json_t *topics, *sizes, *doc;
+    struct ingest_stats is;
     char *text;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     if (!s->http)
         return;
     model_stats(s->model, &st);
-    if (s->in) {
-        struct kafka_in_stats ks;
-        kafka_in_stats(s->in, &ks);
-        lag = ks.lag;
-    }
+    ingest_stats(s->ing, &is);
+    lag = ingest_lag(s->ing);
     topics = topics_json(s, SERVER_SSE_TOPS);
     sizes = json_array();
     for (size_t j = 0; j < json_array_size(topics); j++)
@@ -649,7 +323,7 @@ static void server_sse_epoch(struct server *s)
                   (json_int_t)s->epoch, "ts", (json_int_t)now_ms(), "k",
                   (json_int_t)model_params(s->model)->k, "users",
                   (json_int_t)st.users, "items", (json_int_t)st.items, "events",
-                  (json_int_t)st.events, "rejected", (json_int_t)s->rejected,
+                  (json_int_t)st.events, "rejected", (json_int_t)is.rejected,
                   "rate", s->rate, "lag", (json_int_t)lag, "loss", st.rel_loss,
                   "segment_sizes", sizes, "topics", topics);
     if (!doc)
@@ -754,7 +428,7 @@ static int publish_finish(struct server *s)
     char key[RECORDS_KEY_MAX];
     size_t klen;
     int rc = -ENOMEM;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     if (!sizes || !mass)
         goto fail;
@@ -772,7 +446,9 @@ static int publish_finish(struct server *s)
             goto fail;
         s->pub_finished = j + 1;
     }
-    struct records_manifest mf = {&ep, s->pub_full, s->rejected,
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    struct records_manifest mf = {&ep, s->pub_full, is.rejected,
                                   s->pub_segments, sizes};
     rc = records_manifest_encode(s->enc, s->model, &mf);
     if (!rc) {
@@ -815,7 +491,7 @@ static void publish_tick(uv_idle_t *h)
     uint32_t slots = model_user_slots(s->model);
     uint32_t k = model_params(s->model)->k;
     unsigned budget = SERVER_PUBLISH_SLICE;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     while (s->pub_cursor < slots && budget) {
         struct model_user_view u;
@@ -853,7 +529,7 @@ static void publish_tick(uv_idle_t *h)
 
 static int publish_start(struct server *s)
 {
-    server_flush(s);
+    ingest_flush(s->ing);
     int rc;
     if (s->pub != PUB_IDLE || !s->out || !kafka_out_ready(s->out))
         return -EAGAIN;
@@ -892,18 +568,22 @@ static void on_epoch_timer(uv_timer_t *t)
 
 static void server_refresh(struct server *s)
 {
-    server_flush(s);
+    ingest_flush(s->ing);
     double t0 = mono_s();
     model_refresh(s->model);
     metric_observe(s->m.refresh_seconds, mono_s() - t0);
     metric_inc(s->m.refreshes);
-    s->folded_since_refresh = 0;
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    s->folded_at_refresh = is.folded;
 }
 
 static void on_refresh_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    if (s->folded_since_refresh)
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    if (is.folded != s->folded_at_refresh)
         server_refresh(s);
 }
 
@@ -930,7 +610,7 @@ static void refine_streaming(struct server *s)
     size_t cap = (size_t)s->cfg->model.refine_users * SERVER_REFINE_EVERY;
     if (s->refine_owed > cap)
         s->refine_owed = cap;
-    if (s->in && kafka_in_behind(s->in))
+    if (ingest_behind(s->ing))
         return;
     size_t budget = s->refine_owed / SERVER_REFINE_EVERY;
     if (!budget || !s->cfg->model.refine_users)
@@ -955,7 +635,7 @@ static void on_refine(uv_idle_t *h)
     struct server *s = h->data;
     struct model_stats before, after;
     size_t n;
-    server_flush(s);
+    ingest_flush(s->ing);
     model_stats(s->model, &before);
     n = model_refine(s->model, s->cfg->model.refine_users);
     model_stats(s->model, &after);
@@ -967,7 +647,7 @@ static void on_refine(uv_idle_t *h)
 static void on_expire_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    server_flush(s);
+    ingest_flush(s->ing);
     struct model_stats st;
     size_t n;
     if (!model_params(s->model)->ttl_ms)
@@ -1020,14 +700,16 @@ static void remove_stale_temps(const char *dir)
 
 static int server_checkpoint_now(struct server *s)
 {
-    struct checkpoint_meta meta = {s->epoch, s->rejected, s->consumed,
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    struct checkpoint_meta meta = {s->epoch, is.rejected, is.consumed,
                                    (int64_t)now_ms()};
     size_t n;
     char err[512];
-    struct checkpoint_offset *o = parts_offsets(s, &n);
+    struct checkpoint_offset *o = ingest_offsets(s->ing, &n);
     double t0 = mono_s();
     int rc;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     if (!o)
         return -ENOMEM;
@@ -1048,27 +730,26 @@ static int server_checkpoint_now(struct server *s)
 static void on_ckpt_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    struct checkpoint_meta meta = {s->epoch, s->rejected, s->consumed,
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    struct checkpoint_meta meta = {s->epoch, is.rejected, is.consumed,
                                    (int64_t)now_ms()};
     struct checkpoint_offset *o;
     size_t n;
     double t0;
     pid_t pid;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     if (s->ckpt.pid > 0 || s->stopping)
         return;
-    o = parts_offsets(s, &n);
-    s->ckpt.parts = calloc(s->nparts + 1, sizeof(struct part));
-    if (!o || !s->ckpt.parts) {
+    o = ingest_offsets(s->ing, &n);
+    s->ckpt.pos = ingest_positions_take(s->ing);
+    if (!o || !s->ckpt.pos) {
         free(o);
-        free(s->ckpt.parts);
-        s->ckpt.parts = NULL;
+        ingest_positions_free(s->ckpt.pos);
+        s->ckpt.pos = NULL;
         return;
     }
-    if (s->nparts) /* none before the first assignment: parts is NULL */
-        memcpy(s->ckpt.parts, s->parts, s->nparts * sizeof(struct part));
-    s->ckpt.nparts = s->nparts;
     t0 = mono_s();
     pid = fork();
     if (pid == 0) {
@@ -1092,8 +773,8 @@ static void on_ckpt_timer(uv_timer_t *t)
     if (pid < 0) {
         log_err("checkpoint: fork: %s", strerror(errno));
         metric_inc(s->m.ckpt_failures);
-        free(s->ckpt.parts);
-        s->ckpt.parts = NULL;
+        ingest_positions_free(s->ckpt.pos);
+        s->ckpt.pos = NULL;
         return;
     }
     s->ckpt.pid = pid;
@@ -1102,7 +783,7 @@ static void on_ckpt_timer(uv_timer_t *t)
 
 static void bgjob_start_snapshot(struct server *s)
 {
-    server_flush(s);
+    ingest_flush(s->ing);
     struct records_epoch ep = {s->epoch, (int64_t)now_ms(),
                                (int64_t)s->cfg->model.refresh_interval_ms};
     pid_t pid;
@@ -1137,13 +818,13 @@ static void on_sigchld(uv_signal_t *h, int sig)
                            (double)(now_ms() - s->ckpt.started_ms) / 1000.0);
                 s->ckpt_last_ms = s->ckpt.started_ms;
                 /* Kafka's copy of the offsets, for lag monitoring. */
-                parts_commit(s, s->ckpt.parts, s->ckpt.nparts);
+                ingest_positions_commit(s->ing, s->ckpt.pos);
             } else {
                 metric_inc(s->m.ckpt_failures);
                 log_err("checkpoint writer failed (status %d)", status);
             }
-            free(s->ckpt.parts);
-            s->ckpt.parts = NULL;
+            ingest_positions_free(s->ckpt.pos);
+            s->ckpt.pos = NULL;
         } else if (pid == s->snapfile.pid) {
             s->snapfile.pid = 0;
             if (!ok)
@@ -1158,8 +839,8 @@ static void bgjob_wait(struct bgjob *j)
     if (j->pid > 0)
         waitpid(j->pid, &status, 0);
     j->pid = 0;
-    free(j->parts);
-    j->parts = NULL;
+    ingest_positions_free(j->pos);
+    j->pos = NULL;
 }
 
 /* ---- systemd, status, reload ------------------------------------------ */
@@ -1167,10 +848,13 @@ static void bgjob_wait(struct bgjob *j)
 static void on_flush(uv_check_t *h)
 {
     struct server *s = h->data;
-    server_flush(s);
-    if (s->folded_total != s->folded_seen && !s->stopping)
+    struct ingest_stats is;
+    ingest_flush(s->ing);
+    ingest_stats(s->ing, &is);
+    s->refine_owed += is.folded - s->folded_seen;
+    if (is.folded != s->folded_seen && !s->stopping)
         refine_streaming(s);
-    s->folded_seen = s->folded_total;
+    s->folded_seen = is.folded;
 }
 
 static void on_tick(uv_prepare_t *h)
@@ -1197,18 +881,17 @@ static void on_status_timer(uv_timer_t *t)
     uint64_t now = uv_now(&s->loop);
     int64_t lag = -1;
     struct model_stats st;
-    server_flush(s);
+    ingest_flush(s->ing);
 
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
     if (s->rate_ms && now > s->rate_ms)
-        s->rate = (double)s->rate_events * 1000.0 / (double)(now - s->rate_ms);
-    s->rate_events = 0;
+        s->rate = (double)(is.folded - s->folded_at_rate) * 1000.0 /
+                  (double)(now - s->rate_ms);
+    s->folded_at_rate = is.folded;
     s->rate_ms = now;
     model_stats(s->model, &st);
-    if (s->in) {
-        struct kafka_in_stats ks;
-        kafka_in_stats(s->in, &ks);
-        lag = ks.lag;
-    }
+    lag = ingest_lag(s->ing);
     notify_status("%.0f events/s, lag %" PRId64 ", epoch %" PRIu64 ", %" PRIu64
                   " users, %" PRIu64 " items, loss %.4f",
                   s->rate, lag, s->epoch, st.users, st.items, st.rel_loss);
@@ -1241,8 +924,8 @@ static void on_sighup(uv_signal_t *h, int sig)
                   sizeof(restart));
     config_free(fresh);
     log_set_level(s->cfg->log.level);
-    s->reject_rl.interval_ms = s->cfg->input.reject_log_interval_ms;
-    s->reject_rl.burst = s->cfg->input.reject_log_burst;
+    ingest_set_reject_log(s->ing, s->cfg->input.reject_log_interval_ms,
+                          s->cfg->input.reject_log_burst);
     timer_restart(&s->t_epoch, s->cfg->snapshot.interval_ms);
     timer_restart(&s->t_ckpt, s->cfg->checkpoint.interval_ms);
     log_notice("configuration reloaded; applied: %s",
@@ -1257,7 +940,7 @@ static void on_sighup(uv_signal_t *h, int sig)
 static int http_metrics(void *ctx, char **text, size_t *len)
 {
     struct server *s = ctx;
-    server_flush(s);
+    ingest_flush(s->ing);
     return metrics_render(s->metrics, text, len);
 }
 
@@ -1270,11 +953,12 @@ static int http_health(void *ctx)
 static int http_ready(void *ctx, const char **why)
 {
     struct server *s = ctx;
+    struct ingest_stats is;
     if (s->stopping)
         *why = "stopping";
     else if (!s->ready)
         *why = "starting";
-    else if (!s->assigned)
+    else if (ingest_stats(s->ing, &is), !is.assigned)
         *why = "no partition assigned";
     else if (s->broker_down)
         *why = "brokers unreachable";
@@ -1287,7 +971,7 @@ static int http_snapshot(void *ctx, const void **buf, size_t *len,
                          void (**release)(void *), void **ctx2)
 {
     struct server *s = ctx;
-    server_flush(s);
+    ingest_flush(s->ing);
     if (!s->snap || s->snap->epoch != s->epoch) {
         struct records_epoch ep = {s->epoch, (int64_t)now_ms(),
                                    (int64_t)s->cfg->model.refresh_interval_ms};
@@ -1321,7 +1005,7 @@ static int http_user(void *ctx, const char *id, char **out)
     uint32_t n, k = model_params(s->model)->k;
     int64_t idx = model_user_find(s->model, id, strlen(id));
     json_t *h, *prof, *doc;
-    server_flush(s);
+    ingest_flush(s->ing);
 
     if (idx < 0 || model_user_get(s->model, (uint32_t)idx, &u))
         return -ENOENT;
@@ -1351,7 +1035,7 @@ static int http_user(void *ctx, const char *id, char **out)
 static int http_topics(void *ctx, char **out)
 {
     struct server *s = ctx;
-    server_flush(s);
+    ingest_flush(s->ing);
     json_t *doc = json_pack("{s:I s:i s:o}", "epoch", (json_int_t)s->epoch, "k",
                             (json_int_t)model_params(s->model)->k, "topics",
                             topics_json(s, s->cfg->snapshot.top_items));
@@ -1479,12 +1163,7 @@ static double gauge_ckpt_age(void *ctx)
 
 static double gauge_lag(void *ctx)
 {
-    struct server *s = ctx;
-    struct kafka_in_stats ks;
-    if (!s->in)
-        return -1;
-    kafka_in_stats(s->in, &ks);
-    return (double)ks.lag;
+    return (double)ingest_lag(((struct server *)ctx)->ing);
 }
 
 static double gauge_rate(void *ctx)
@@ -1510,31 +1189,10 @@ static double gauge_out_failed(void *ctx)
 
 static void server_metrics_init(struct server *s)
 {
-    static const double lat[] = {1e-6, 2e-6, 5e-6, 1e-5, 2e-5,
-                                 5e-5, 1e-4, 1e-3, 1e-2, 0.1};
     static const double secs[] = {0.001, 0.005, 0.01, 0.025, 0.05,
                                   0.1,   0.25,  0.5,  1,     5};
     struct metrics *m = s->metrics;
-    char labels[64];
 
-    s->m.consumed = metrics_counter(m, "nmfd_messages_consumed_total",
-                                    "Kafka messages consumed.", NULL);
-    s->m.folded = metrics_counter(m, "nmfd_events_folded_total",
-                                  "Events folded into the model.", NULL);
-    s->m.weight = metrics_counter(m, "nmfd_weight_folded_total",
-                                  "Sum of folded event weights.", NULL);
-    for (int r = 1; r < EVENT_REASON_COUNT; r++) {
-        snprintf(labels, sizeof(labels), "reason=\"%s\"",
-                 event_reason_name((enum event_reason)r));
-        s->m.rejected[r] =
-            metrics_counter(m, "nmfd_events_rejected_total",
-                            "Events rejected, by reason.", labels);
-    }
-    s->m.rejected[0] = s->m.rejected[EVENT_MODEL_REFUSED];
-    s->m.fold_seconds = metrics_histogram(
-        m, "nmfd_fold_seconds",
-        "Time to fold one event (mean over a batch of folds).", NULL, lat,
-        sizeof(lat) / sizeof(lat[0]));
     s->m.refresh_seconds =
         metrics_histogram(m, "nmfd_refresh_seconds", "Duration of a W refresh.",
                           NULL, secs, sizeof(secs) / sizeof(secs[0]));
@@ -1552,12 +1210,6 @@ static void server_metrics_init(struct server *s)
     s->m.delivery_errors =
         metrics_counter(m, "nmfd_producer_errors_total",
                         "Output producer errors reported.", NULL);
-    s->m.dead_letters = metrics_counter(
-        m, "nmfd_dead_letters_total",
-        "Rejected messages produced to the dead-letter topic.", NULL);
-    s->m.dead_letter_errors = metrics_counter(
-        m, "nmfd_dead_letter_errors_total",
-        "Rejected messages that could not be dead-lettered.", NULL);
     s->m.consumer_errors = metrics_counter(m, "nmfd_consumer_errors_total",
                                            "Consumer errors reported.", NULL);
     s->m.ckpt_seconds =
@@ -1745,14 +1397,16 @@ static int server_load_state(struct server *s)
 {
     struct checkpoint_meta meta;
     struct model *m = NULL;
+    struct checkpoint_offset *seek = NULL;
+    size_t nseek = 0;
     char err[1024];
     int rc;
 
     if (s->opts->ignore_checkpoint) {
         log_notice("starting fresh: --ignore-checkpoint");
     } else {
-        rc = checkpoint_read(s->cfg->checkpoint.dir, &meta, &s->seek, &s->nseek,
-                             &m, err, sizeof(err));
+        rc = checkpoint_read(s->cfg->checkpoint.dir, &meta, &seek, &nseek, &m,
+                             err, sizeof(err));
         if (rc == -ENOENT) {
             log_info("no checkpoint in %s: starting fresh",
                      s->cfg->checkpoint.dir);
@@ -1772,12 +1426,10 @@ static int server_load_state(struct server *s)
             }
             s->model = m;
             s->epoch = meta.epoch;
-            s->rejected = meta.rejected;
-            s->consumed = meta.consumed;
             s->ckpt_last_ms = (uint64_t)meta.written_ms;
             log_notice("checkpoint loaded: epoch %" PRIu64 ", %zu offsets",
-                       meta.epoch, s->nseek);
-            if (s->opts->embedded_broker && s->nseek) {
+                       meta.epoch, nseek);
+            if (s->opts->embedded_broker && nseek) {
                 /* Those offsets name positions in logs that died with the
                  * process that hosted them: the embedded broker starts
                  * empty, and seeking there would skip as many new events.
@@ -1785,11 +1437,12 @@ static int server_load_state(struct server *s)
                 log_notice("embedded broker: its logs are new, so the "
                            "checkpoint's %zu offsets do not apply; reading "
                            "from the start",
-                           s->nseek);
-                checkpoint_offsets_free(s->seek, s->nseek);
-                s->seek = NULL;
-                s->nseek = 0;
+                           nseek);
+                checkpoint_offsets_free(seek, nseek);
+                seek = NULL;
+                nseek = 0;
             }
+            ingest_restore(s->ing, meta.consumed, meta.rejected, seek, nseek);
         }
     }
     if (!s->model) {
@@ -1823,8 +1476,7 @@ static void server_stop(struct server *s, int code)
     uv_timer_stop(&s->t_expire);
     uv_timer_stop(&s->t_quiet);
     uv_idle_stop(&s->refine);
-    if (s->in)
-        kafka_in_pause(s->in);
+    ingest_pause(s->ing);
     /* The final epoch, unless one is in flight (it ends the same way). */
     if (s->pub == PUB_IDLE && (s->exit_code || publish_start(s)))
         server_shutdown_step(s);
@@ -1848,12 +1500,12 @@ static void server_shutdown_step(struct server *s)
 {
     if (!s->stopping || s->pub != PUB_IDLE || s->closing)
         return;
-    if (s->in) {
+    if (ingest_running(s->ing)) {
         bgjob_wait(&s->ckpt);
         if (s->ready && server_checkpoint_now(s) == 0)
-            parts_commit(s, s->parts, s->nparts);
+            ingest_commit_now(s->ing);
         s->closing++;
-        kafka_in_close(s->in);
+        ingest_close(s->ing);
         return;
     }
     if (s->out) {
@@ -2027,18 +1679,16 @@ static int server_start(struct server *s)
         return -EINVAL;
     }
     {
-        static const struct kafka_in_cbs icbs = {
-            server_on_message,  server_on_assign,    server_on_revoke,
-            server_on_error,    server_on_kafka_log, server_on_stats,
+        static const struct ingest_cbs icbs = {
+            server_on_error, server_on_kafka_log, server_on_stats,
             server_on_in_closed};
-        s->in = kafka_in_new(&s->loop, conf, &icbs, s, err, sizeof(err));
-        if (!s->in) {
-            log_err("consumer: %s", err);
-            return -EINVAL;
-        }
-        rc = kafka_in_subscribe(s->in, c->input.topics);
+        struct ingest_conf ic = {s->model, s->dec, s->dlq,
+                                 c->input.dead_letter_topic};
+        s->dec = NULL; /* ingest's now */
+        rc = ingest_start(s->ing, &ic, conf, c->input.topics, &icbs, s, err,
+                          sizeof(err));
         if (rc) {
-            log_err("subscribe %s: %s", c->input.topics, strerror(-rc));
+            log_err("%s", err);
             return rc;
         }
     }
@@ -2072,15 +1722,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     }
     s->opts = o;
     s->cfg = cfg;
-    s->batch = calloc(1, sizeof(*s->batch));
-    if (!s->batch) {
-        free(s);
-        config_free(cfg);
-        return 1;
-    }
     s->next_full = true;
-    s->reject_rl.interval_ms = cfg->input.reject_log_interval_ms;
-    s->reject_rl.burst = cfg->input.reject_log_burst;
     log_set_level(cfg->log.level);
     if (uv_loop_init(&s->loop)) {
         free(s);
@@ -2088,6 +1730,16 @@ int server_run(const struct server_opts *o, struct config *cfg)
         return 1;
     }
     s->metrics = metrics_new();
+    s->ing = ingest_new(&s->loop, s->metrics);
+    if (!s->ing) {
+        uv_loop_close(&s->loop);
+        metrics_free(s->metrics);
+        free(s);
+        config_free(cfg);
+        return 1;
+    }
+    ingest_set_reject_log(s->ing, cfg->input.reject_log_interval_ms,
+                          cfg->input.reject_log_burst);
     server_metrics_init(s);
 
     uv_timer_init(&s->loop, &s->t_epoch);
@@ -2160,10 +1812,8 @@ int server_run(const struct server_opts *o, struct config *cfg)
     records_enc_free(s->enc);
     snapbuf_release(s->snap);
     json_decref(s->item_names);
-    checkpoint_offsets_free(s->seek, s->nseek);
+    ingest_free(s->ing);
     metrics_free(s->metrics);
-    free(s->parts);
-    free(s->batch);
     config_free(s->cfg);
     free(s);
     if (code == 0)

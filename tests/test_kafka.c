@@ -1,4 +1,4 @@
-/* test_kafka.c -- io/broker and io/kafka against an in-process mock
+/* test_kafka.c -- io/broker, io/kafka_in and io/kafka_out against an in-process mock
  * cluster, on a real libuv loop.
  *
  * Suite kafka_ucmd needs no group join (fault command parsing, error
