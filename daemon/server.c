@@ -40,10 +40,9 @@
 #include "broker.h"
 #include "checkpoint.h"
 #include "config.h"
-#include "csv.h"
 #include "event.h"
-#include "http.h"
 #include "ingest.h"
+#include "views.h"
 #include "kafka_in.h"
 #include "kafka_out.h"
 #include "log.h"
@@ -55,21 +54,11 @@
 #define SERVER_PUBLISH_SLICE 20000 /* segment records per loop tick */
 #define SERVER_STATUS_MS     5000
 #define SERVER_EXPIRE_MS     60000
-#define SERVER_SSE_TOPS      10 /* top items per topic on the dashboard */
 /* Refinement while events flow: one stale user re-solved per this many
  * events folded (a quarter more solves at most); the full idle slice
  * once the input has been quiet this long. */
 #define SERVER_REFINE_EVERY 4
 #define SERVER_QUIET_MS     100
-
-/* The dense snapshot of one epoch, shared by concurrent /snapshot
- * responses and freed with the last of them. */
-struct snapbuf {
-    unsigned refs;
-    uint64_t epoch;
-    void *data;
-    size_t len;
-};
 
 /* A forked writer: checkpoints and snapshot files. */
 struct bgjob {
@@ -99,10 +88,9 @@ struct server {
     struct event_decoder *dec; /* until ingest_start takes it */
     struct kafka_out *out;
     struct kafka_out *dlq;
-    struct http *http;
+    struct views *views;
     struct metrics *metrics;
     struct records_enc *enc;
-    json_t *item_names; /* item id -> display name, or NULL */
 
     /* Survives restarts through the checkpoint. */
     uint64_t epoch; /* last published epoch */
@@ -133,7 +121,6 @@ struct server {
 
     struct bgjob ckpt, snapfile;
     uint64_t ckpt_last_ms; /* wall clock of the last good checkpoint */
-    struct snapbuf *snap;
 
     uv_timer_t t_epoch, t_refresh, t_ckpt, t_status, t_watchdog, t_expire;
     uv_timer_t t_quiet; /* fires when the input has been quiet a while */
@@ -249,92 +236,6 @@ static void server_on_out_closed(void *ctx)
 
 /* ---- epochs -------------------------------------------------------------- */
 
-static void snapbuf_release(void *arg)
-{
-    struct snapbuf *b = arg;
-    if (b && --b->refs == 0) {
-        free(b->data);
-        free(b);
-    }
-}
-
-static json_t *topics_json(struct server *s, uint32_t top_n)
-{
-    const struct model_params *mp = model_params(s->model);
-    uint32_t k = mp->k;
-    uint64_t *sizes = calloc(k, sizeof(*sizes));
-    double *mass = calloc(k, sizeof(*mass));
-    uint32_t *items = calloc(top_n ? top_n : 1, sizeof(*items));
-    float *w = calloc(top_n ? top_n : 1, sizeof(*w));
-    json_t *arr = json_array();
-
-    if (!sizes || !mass || !items || !w || !arr)
-        goto out;
-    model_segment_sizes(s->model, sizes, mass);
-    for (uint32_t j = 0; j < k; j++) {
-        uint32_t n = model_topic_top(s->model, j, top_n, items, w);
-        json_t *top = json_array();
-        for (uint32_t t = 0; t < n; t++) {
-            size_t len;
-            const char *id = model_item_id(s->model, items[t], &len);
-            json_t *name = NULL;
-            if (!id)
-                continue;
-            if (s->item_names)
-                name = json_object_getn(s->item_names, id, len);
-            json_array_append_new(
-                top, json_pack("[o f]",
-                               name ? json_incref(name) : json_stringn(id, len),
-                               (double)w[t]));
-        }
-        json_array_append_new(
-            arr, json_pack("{s:i s:I s:f s:o}", "topic", (json_int_t)j, "users",
-                           (json_int_t)sizes[j], "mass", mass[j], "top", top));
-    }
-out:
-    free(sizes);
-    free(mass);
-    free(items);
-    free(w);
-    return arr;
-}
-
-static void server_sse_epoch(struct server *s)
-{
-    struct model_stats st;
-    int64_t lag = -1;
-    json_t *topics, *sizes, *doc;
-    struct ingest_stats is;
-    char *text;
-    ingest_flush(s->ing);
-
-    if (!s->http)
-        return;
-    model_stats(s->model, &st);
-    ingest_stats(s->ing, &is);
-    lag = ingest_lag(s->ing);
-    topics = topics_json(s, SERVER_SSE_TOPS);
-    sizes = json_array();
-    for (size_t j = 0; j < json_array_size(topics); j++)
-        json_array_append(sizes,
-                          json_object_get(json_array_get(topics, j), "users"));
-    doc =
-        json_pack("{s:I s:I s:i s:I s:I s:I s:I s:f s:I s:f s:o s:o}", "epoch",
-                  (json_int_t)s->epoch, "ts", (json_int_t)now_ms(), "k",
-                  (json_int_t)model_params(s->model)->k, "users",
-                  (json_int_t)st.users, "items", (json_int_t)st.items, "events",
-                  (json_int_t)st.events, "rejected", (json_int_t)is.rejected,
-                  "rate", s->rate, "lag", (json_int_t)lag, "loss", st.rel_loss,
-                  "segment_sizes", sizes, "topics", topics);
-    if (!doc)
-        return;
-    text = json_dumps(doc, JSON_COMPACT);
-    if (text)
-        http_sse_broadcast(s->http, "epoch", text);
-    free(text);
-    json_decref(doc);
-}
-
 static void bgjob_start_snapshot(struct server *s);
 
 /* The last published epoch, beside the checkpoint: epochs published after
@@ -390,7 +291,7 @@ static void publish_done(void *ctx, int status)
         log_debug("epoch %" PRIu64 ": %" PRIu64 " segment records%s, %.3f s",
                   s->epoch, s->pub_segments, s->pub_full ? " (full)" : "",
                   took);
-        server_sse_epoch(s);
+        views_epoch(s->views, s->rate);
         if (s->cfg->snapshot.file[0])
             bgjob_start_snapshot(s);
     }
@@ -937,20 +838,13 @@ static void on_sighup(uv_signal_t *h, int sig)
 
 /* ---- HTTP views ---------------------------------------------------------- */
 
-static int http_metrics(void *ctx, char **text, size_t *len)
-{
-    struct server *s = ctx;
-    ingest_flush(s->ing);
-    return metrics_render(s->metrics, text, len);
-}
-
-static int http_health(void *ctx)
+static int server_health(void *ctx)
 {
     struct server *s = ctx;
     return s->stopping ? -ESHUTDOWN : 0;
 }
 
-static int http_ready(void *ctx, const char **why)
+static int server_ready(void *ctx, const char **why)
 {
     struct server *s = ctx;
     struct ingest_stats is;
@@ -967,94 +861,9 @@ static int http_ready(void *ctx, const char **why)
     return -EAGAIN;
 }
 
-static int http_snapshot(void *ctx, const void **buf, size_t *len,
-                         void (**release)(void *), void **ctx2)
-{
-    struct server *s = ctx;
-    ingest_flush(s->ing);
-    if (!s->snap || s->snap->epoch != s->epoch) {
-        struct records_epoch ep = {s->epoch, (int64_t)now_ms(),
-                                   (int64_t)s->cfg->model.refresh_interval_ms};
-        struct snapbuf *b = calloc(1, sizeof(*b));
-        if (!b)
-            return -ENOMEM;
-        if (records_snapshot_encode(s->enc, s->model, &ep)) {
-            free(b);
-            return -ENOMEM;
-        }
-        b->data = records_enc_release(s->enc, &b->len);
-        b->refs = 1;
-        b->epoch = s->epoch;
-        snapbuf_release(s->snap);
-        s->snap = b;
-    }
-    s->snap->refs++;
-    *buf = s->snap->data;
-    *len = s->snap->len;
-    *release = snapbuf_release;
-    *ctx2 = s->snap;
-    return 0;
-}
-
-static int http_user(void *ctx, const char *id, char **out)
-{
-    struct server *s = ctx;
-    struct model_user_view u;
-    const uint32_t *items;
-    const float *values;
-    uint32_t n, k = model_params(s->model)->k;
-    int64_t idx = model_user_find(s->model, id, strlen(id));
-    json_t *h, *prof, *doc;
-    ingest_flush(s->ing);
-
-    if (idx < 0 || model_user_get(s->model, (uint32_t)idx, &u))
-        return -ENOENT;
-    h = json_array();
-    for (uint32_t j = 0; j < k; j++)
-        json_array_append_new(h, json_real(u.h[j]));
-    prof = json_array();
-    if (!model_user_profile(s->model, (uint32_t)idx, &items, &values, &n))
-        for (uint32_t i = 0; i < n; i++) {
-            size_t len;
-            const char *item = model_item_id(s->model, items[i], &len);
-            if (item)
-                json_array_append_new(
-                    prof, json_pack("[s% f]", item, len, (double)values[i]));
-        }
-    doc = json_pack("{s:s% s:i s:f s:o s:I s:I s:o}", "user", u.id, u.id_len,
-                    "segment", (json_int_t)u.segment, "share", (double)u.share,
-                    "h", h, "ts", (json_int_t)u.ts, "epoch",
-                    (json_int_t)u.changed, "profile", prof);
-    if (!doc)
-        return -ENOMEM;
-    *out = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
-    return *out ? 0 : -ENOMEM;
-}
-
-static int http_topics(void *ctx, char **out)
-{
-    struct server *s = ctx;
-    ingest_flush(s->ing);
-    json_t *doc = json_pack("{s:I s:i s:o}", "epoch", (json_int_t)s->epoch, "k",
-                            (json_int_t)model_params(s->model)->k, "topics",
-                            topics_json(s, s->cfg->snapshot.top_items));
-    if (!doc)
-        return -ENOMEM;
-    *out = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
-    return *out ? 0 : -ENOMEM;
-}
-
-static const struct http_provider server_http = {
-    http_metrics,  http_health, http_ready,
-    http_snapshot, http_user,   http_topics,
-};
-
 static void server_on_http_closed(void *arg)
 {
     struct server *s = arg;
-    s->http = NULL;
     s->closing--;
     server_shutdown_step(s);
 }
@@ -1174,7 +983,7 @@ static double gauge_rate(void *ctx)
 static double gauge_ready(void *ctx)
 {
     const char *why;
-    return http_ready(ctx, &why) == 0;
+    return server_ready(ctx, &why) == 0;
 }
 
 static double gauge_out_failed(void *ctx)
@@ -1386,13 +1195,6 @@ static int write_bootstrap_file(struct server *s)
     return 0;
 }
 
-static int item_name_cb(void *ctx, const char *item, size_t ilen,
-                        const char *name, size_t nlen)
-{
-    json_object_setn_new((json_t *)ctx, item, ilen, json_stringn(name, nlen));
-    return 0;
-}
-
 static int server_load_state(struct server *s)
 {
     struct checkpoint_meta meta;
@@ -1522,9 +1324,9 @@ static void server_shutdown_step(struct server *s)
         kafka_out_close(out, 5000);
         return;
     }
-    if (s->http) {
+    if (views_open(s->views)) {
         s->closing++;
-        http_close(s->http, server_on_http_closed, s);
+        views_close(s->views, server_on_http_closed, s);
         return;
     }
     bgjob_wait(&s->snapfile);
@@ -1627,15 +1429,12 @@ static int server_start(struct server *s)
             return -ENOMEM;
     }
 
-    if (c->snapshot.item_names[0]) {
-        s->item_names = json_object();
-        rc = csv_item_names(c->snapshot.item_names, item_name_cb, s->item_names,
-                            err, sizeof(err));
-        if (rc) {
-            log_warn("snapshot.item_names: %s; showing ids", err);
-            json_decref(s->item_names);
-            s->item_names = NULL;
-        }
+    {
+        struct views_conf vc = {s->model, s->ing, s->metrics, c, &s->epoch,
+                                server_health, server_ready, s};
+        s->views = views_new(&vc);
+        if (!s->views)
+            return -ENOMEM;
     }
 
     s->enc = records_enc_new();
@@ -1694,14 +1493,13 @@ static int server_start(struct server *s)
     }
 
     if (c->http.listen[0]) {
-        rc = http_start(&s->http, &s->loop, c->http.listen, &server_http, s,
-                        err, sizeof(err));
+        rc = views_start(s->views, &s->loop, c->http.listen, err, sizeof(err));
         if (rc) {
             log_err("http.listen %s: %s", c->http.listen, err);
             return rc;
         }
-        http_metrics_register(s->http, s->metrics);
-        log_notice("http on %s (port %d)", c->http.listen, http_port(s->http));
+        log_notice("http on %s (port %d)", c->http.listen,
+                   views_port(s->views));
     }
 
     s->ready = true;
@@ -1810,8 +1608,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     model_free(s->model);
     event_decoder_free(s->dec);
     records_enc_free(s->enc);
-    snapbuf_release(s->snap);
-    json_decref(s->item_names);
+    views_free(s->views);
     ingest_free(s->ing);
     metrics_free(s->metrics);
     config_free(s->cfg);
