@@ -3,7 +3,9 @@
  * An event travels one way: the consumer hands a message to
  * ingest_on_message, the decoder turns it into events, each event is
  * folded into the model, and the partition's next offset is remembered.
- * Rejected messages go to the dead-letter topic when there is one.
+ * Rejected messages go to the dead-letter topic when there is one. The
+ * events of a pass are folded together at its end (on_pass_end), so the
+ * rest of the daemon never has to ask for a fold before it reads.
  *
  * This file owns the consumer (struct kafka_in), the decoder, the batch of
  * decoded events, and the table of input partitions with their positions,
@@ -42,8 +44,10 @@ struct part {
 /* Events decoded but not folded yet. The model folds a batch faster than
  * the same events one by one (it fetches the next events' rows ahead), so
  * the consumer's messages are decoded into this buffer, ids copied, and
- * folded together; ingest_flush() runs before anything reads the model or
- * the offsets, so no reader ever sees the buffer non-empty. */
+ * folded when it is full and at the end of the consumer's pass, before
+ * the loop runs anything else: outside a pass the buffer is empty, and no
+ * reader of the model or the offsets can see an event decoded but not
+ * folded. */
 #define INGEST_BATCH 256
 struct fold_batch {
     size_t n, used;
@@ -253,7 +257,7 @@ struct fold_ctx {
     uint64_t folded;
 };
 
-void ingest_flush(struct ingest *s)
+static void fold_batch(struct ingest *s)
 {
     struct fold_batch *b = &s->batch;
     double t0, weight = 0;
@@ -293,7 +297,7 @@ static void fold_event(void *arg, const struct event *ev)
 
     if (b->n == INGEST_BATCH ||
         b->used + ev->user_len + ev->item_len + 2 > sizeof(b->ids))
-        ingest_flush(s);
+        fold_batch(s);
     e = &b->ev[b->n++];
     memcpy(b->ids + b->used, ev->user, ev->user_len);
     e->user = b->ids + b->used;
@@ -363,6 +367,13 @@ static void ingest_on_message(void *ctx, const struct kafka_msg *msg)
             metric_inc(s->m.dead_letters);
         }
     }
+}
+
+/* The consumer's pass is over: what it decoded is folded now, before the
+ * loop runs any other callback. */
+static void ingest_on_pass_end(void *ctx)
+{
+    fold_batch(ctx);
 }
 
 static void ingest_on_assign(void *ctx, struct kafka_part *parts, size_t n)
@@ -525,7 +536,7 @@ int ingest_start(struct ingest *s, const struct ingest_conf *c,
     static const struct kafka_in_cbs icbs = {
         ingest_on_message, ingest_on_assign, ingest_on_revoke,
         ingest_on_error,   ingest_on_log,    ingest_on_stats,
-        ingest_on_closed};
+        ingest_on_closed,  ingest_on_pass_end};
     char why[512];
     int rc;
 

@@ -58,9 +58,6 @@ int ingest_start(struct ingest *ing, const struct ingest_conf *c,
                  const struct ingest_cbs *cbs, void *ctx, char *err,
                  size_t errlen);
 
-/* Folds the events decoded and not yet folded. */
-void ingest_flush(struct ingest *ing);
-
 struct ingest_stats {
     uint64_t consumed; /* messages, checkpointed */
     uint64_t rejected; /* events, checkpointed */

@@ -126,7 +126,7 @@ struct server {
     uv_timer_t t_quiet; /* fires when the input has been quiet a while */
     uv_idle_t refine, publish;
     uv_prepare_t tick;
-    uv_check_t flusher; /* folds the batch at the end of each iteration */
+    uv_check_t settle; /* refinement paid for by each iteration's folds */
     uv_signal_t s_term, s_int, s_hup, s_chld;
     uint64_t watchdog_usec;
 
@@ -329,7 +329,6 @@ static int publish_finish(struct server *s)
     char key[RECORDS_KEY_MAX];
     size_t klen;
     int rc = -ENOMEM;
-    ingest_flush(s->ing);
 
     if (!sizes || !mass)
         goto fail;
@@ -392,7 +391,6 @@ static void publish_tick(uv_idle_t *h)
     uint32_t slots = model_user_slots(s->model);
     uint32_t k = model_params(s->model)->k;
     unsigned budget = SERVER_PUBLISH_SLICE;
-    ingest_flush(s->ing);
 
     while (s->pub_cursor < slots && budget) {
         struct model_user_view u;
@@ -430,7 +428,6 @@ static void publish_tick(uv_idle_t *h)
 
 static int publish_start(struct server *s)
 {
-    ingest_flush(s->ing);
     int rc;
     if (s->pub != PUB_IDLE || !s->out || !kafka_out_ready(s->out))
         return -EAGAIN;
@@ -469,7 +466,6 @@ static void on_epoch_timer(uv_timer_t *t)
 
 static void server_refresh(struct server *s)
 {
-    ingest_flush(s->ing);
     double t0 = mono_s();
     model_refresh(s->model);
     metric_observe(s->m.refresh_seconds, mono_s() - t0);
@@ -536,7 +532,6 @@ static void on_refine(uv_idle_t *h)
     struct server *s = h->data;
     struct model_stats before, after;
     size_t n;
-    ingest_flush(s->ing);
     model_stats(s->model, &before);
     n = model_refine(s->model, s->cfg->model.refine_users);
     model_stats(s->model, &after);
@@ -548,7 +543,6 @@ static void on_refine(uv_idle_t *h)
 static void on_expire_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    ingest_flush(s->ing);
     struct model_stats st;
     size_t n;
     if (!model_params(s->model)->ttl_ms)
@@ -610,7 +604,6 @@ static int server_checkpoint_now(struct server *s)
     struct checkpoint_offset *o = ingest_offsets(s->ing, &n);
     double t0 = mono_s();
     int rc;
-    ingest_flush(s->ing);
 
     if (!o)
         return -ENOMEM;
@@ -639,7 +632,6 @@ static void on_ckpt_timer(uv_timer_t *t)
     size_t n;
     double t0;
     pid_t pid;
-    ingest_flush(s->ing);
 
     if (s->ckpt.pid > 0 || s->stopping)
         return;
@@ -684,7 +676,6 @@ static void on_ckpt_timer(uv_timer_t *t)
 
 static void bgjob_start_snapshot(struct server *s)
 {
-    ingest_flush(s->ing);
     struct records_epoch ep = {s->epoch, (int64_t)now_ms(),
                                (int64_t)s->cfg->model.refresh_interval_ms};
     pid_t pid;
@@ -746,11 +737,12 @@ static void bgjob_wait(struct bgjob *j)
 
 /* ---- systemd, status, reload ------------------------------------------ */
 
-static void on_flush(uv_check_t *h)
+/* At the end of each loop iteration: the events it folded pay for
+ * refinement (refine_streaming). */
+static void on_settle(uv_check_t *h)
 {
     struct server *s = h->data;
     struct ingest_stats is;
-    ingest_flush(s->ing);
     ingest_stats(s->ing, &is);
     s->refine_owed += is.folded - s->folded_seen;
     if (is.folded != s->folded_seen && !s->stopping)
@@ -782,7 +774,6 @@ static void on_status_timer(uv_timer_t *t)
     uint64_t now = uv_now(&s->loop);
     int64_t lag = -1;
     struct model_stats st;
-    ingest_flush(s->ing);
 
     struct ingest_stats is;
     ingest_stats(s->ing, &is);
@@ -1336,7 +1327,7 @@ static void server_shutdown_step(struct server *s)
         (uv_handle_t *)&s->t_watchdog, (uv_handle_t *)&s->t_expire,
         (uv_handle_t *)&s->t_quiet,    (uv_handle_t *)&s->refine,
         (uv_handle_t *)&s->publish,    (uv_handle_t *)&s->tick,
-        (uv_handle_t *)&s->flusher,    (uv_handle_t *)&s->s_term,
+        (uv_handle_t *)&s->settle,     (uv_handle_t *)&s->s_term,
         (uv_handle_t *)&s->s_int,      (uv_handle_t *)&s->s_hup,
         (uv_handle_t *)&s->s_chld,
     };
@@ -1550,7 +1541,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     uv_idle_init(&s->loop, &s->refine);
     uv_idle_init(&s->loop, &s->publish);
     uv_prepare_init(&s->loop, &s->tick);
-    uv_check_init(&s->loop, &s->flusher);
+    uv_check_init(&s->loop, &s->settle);
     uv_signal_init(&s->loop, &s->s_term);
     uv_signal_init(&s->loop, &s->s_int);
     uv_signal_init(&s->loop, &s->s_hup);
@@ -1558,14 +1549,14 @@ int server_run(const struct server_opts *o, struct config *cfg)
     s->t_epoch.data = s->t_refresh.data = s->t_ckpt.data = s;
     s->t_status.data = s->t_watchdog.data = s->t_expire.data = s;
     s->t_quiet.data = s;
-    s->refine.data = s->publish.data = s->tick.data = s->flusher.data = s;
+    s->refine.data = s->publish.data = s->tick.data = s->settle.data = s;
     s->s_term.data = s->s_int.data = s->s_hup.data = s->s_chld.data = s;
     uv_signal_start(&s->s_term, on_stop_signal, SIGTERM);
     uv_signal_start(&s->s_int, on_stop_signal, SIGINT);
     uv_signal_start(&s->s_hup, on_sighup, SIGHUP);
     uv_signal_start(&s->s_chld, on_sigchld, SIGCHLD);
     uv_prepare_start(&s->tick, on_tick);
-    uv_check_start(&s->flusher, on_flush);
+    uv_check_start(&s->settle, on_settle);
 
     rc = server_start(s);
     if (rc) {

@@ -116,7 +116,6 @@ void views_epoch(struct views *s, double rate)
     char *text;
     if (!s)
         return;
-    ingest_flush(s->c.ing);
 
     if (!s->http)
         return;
@@ -150,7 +149,6 @@ void views_epoch(struct views *s, double rate)
 static int http_metrics(void *ctx, char **text, size_t *len)
 {
     struct views *s = ctx;
-    ingest_flush(s->c.ing);
     return metrics_render(s->c.metrics, text, len);
 }
 
@@ -171,7 +169,6 @@ static int http_snapshot(void *ctx, const void **buf, size_t *len,
 {
     struct views *s = ctx;
     uint64_t epoch = *s->c.epoch;
-    ingest_flush(s->c.ing);
     if (!s->snap || s->snap->epoch != epoch) {
         struct records_epoch ep = {
             epoch, (int64_t)now_ms(),
@@ -206,7 +203,6 @@ int views_user(struct views *s, const char *id, char **out)
     uint32_t n, k = model_params(m)->k;
     int64_t idx = model_user_find(m, id, strlen(id));
     json_t *h, *prof, *doc;
-    ingest_flush(s->c.ing);
 
     if (idx < 0 || model_user_get(m, (uint32_t)idx, &u))
         return -ENOENT;
@@ -241,7 +237,6 @@ static int http_user(void *ctx, const char *id, char **out)
 static int http_topics(void *ctx, char **out)
 {
     struct views *s = ctx;
-    ingest_flush(s->c.ing);
     json_t *doc = json_pack("{s:I s:i s:o}", "epoch", (json_int_t)*s->c.epoch,
                             "k", (json_int_t)model_params(s->c.model)->k,
                             "topics",

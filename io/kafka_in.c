@@ -7,7 +7,9 @@
  * the loop takes at most one batch of messages per iteration (a uv_idle_t
  * carries on with the next batch), so a flood of messages never starves
  * the loop's timers and sockets. Rebalances, errors, statistics and log
- * lines come through the same queue and run on the loop too. Messages that
+ * lines come through the same queue and run on the loop too. A pass that
+ * handed messages over ends with on_pass_end, before the loop moves on,
+ * so the owner can finish them as one batch. Messages that
  * were taken from librdkafka but not yet handed over (the owner paused in
  * the middle of a batch) are kept in order and handed over on resume;
  * librdkafka resumes fetching after them, so nothing is lost or repeated.
@@ -343,9 +345,11 @@ void kafka_in_stats(const struct kafka_in *k, struct kafka_in_stats *st)
 }
 
 /* Hands undelivered messages to the owner until none is left or the owner
- * paused or closed. */
-static void kafka__in_deliver(struct kafka_in *k)
+ * paused or closed. Returns how many. */
+static size_t kafka__in_deliver(struct kafka_in *k)
 {
+    size_t n = 0;
+
     while (k->head < k->tail && !k->paused && !k->closing) {
         rd_kafka_message_t *m = k->msgs[k->head++];
         struct kafka_msg km = {
@@ -364,9 +368,11 @@ static void kafka__in_deliver(struct kafka_in *k)
         k->st.bytes += m->len;
         k->cbs.on_message(k->ctx, &km);
         rd_kafka_message_destroy(m);
+        n++;
     }
     if (k->head == k->tail)
         k->head = k->tail = 0;
+    return n;
 }
 
 static void kafka__in_finish(struct kafka_in *k);
@@ -379,6 +385,7 @@ static void kafka__in_pass(struct kafka_in *k)
     rd_kafka_queue_t *q;
     size_t room, base;
     ssize_t n;
+    size_t handed;
     bool more = false;
 
     if (k->finishing)
@@ -405,7 +412,7 @@ static void kafka__in_pass(struct kafka_in *k)
                        KAFKA_IN_CLOSING_MS);
     }
 
-    kafka__in_deliver(k);
+    handed = kafka__in_deliver(k);
 
     /* Make room: compact, and while paused grow (messages fetched just
      * before the pause took effect must be kept, and events must still be
@@ -430,8 +437,11 @@ static void kafka__in_pass(struct kafka_in *k)
 
     q = k->closeq ? k->closeq : k->q;
     n = rd_kafka_consume_batch_queue(q, 0, k->msgs + k->tail, room);
-    if (k->finishing)
+    if (k->finishing) {
+        if (handed && k->cbs.on_pass_end)
+            k->cbs.on_pass_end(k->ctx);
         return;
+    }
     if (n < 0) {
         kafka__in_error(k, kafka_errno(rd_kafka_last_error()), false,
                         "consume: %s", rd_kafka_err2str(rd_kafka_last_error()));
@@ -455,7 +465,9 @@ static void kafka__in_pass(struct kafka_in *k)
     more = (size_t)n == room;
     k->behind = more; /* a full batch: more may be waiting */
 
-    kafka__in_deliver(k);
+    handed += kafka__in_deliver(k);
+    if (handed && k->cbs.on_pass_end)
+        k->cbs.on_pass_end(k->ctx);
 
     if (k->closing) {
         if (rd_kafka_consumer_closed(k->rk)) {

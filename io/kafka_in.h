@@ -52,6 +52,11 @@ struct kafka_in_cbs {
     /* After kafka_in_close(): the group was left, every handle closed; the
      * kafka_in is freed right after this returns. May be NULL. */
     void (*on_closed)(void *ctx);
+    /* The end of a pass that handed over at least one message, before the
+     * loop runs anything else: the owner finishes what on_message began
+     * (nmfd folds its batch here), so no other loop callback ever sees a
+     * message half-handled. May be NULL. */
+    void (*on_pass_end)(void *ctx);
 };
 
 /* Creates a consumer on conf, which it always takes over (also on

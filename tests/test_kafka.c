@@ -228,6 +228,9 @@ struct cons {
     int64_t lastoff[8];
     bool order_ok;
     int behind; /* messages handed over while kafka_in_behind said so */
+    /* on_pass_end: how many, the most messages one pass handed over, and
+     * how many had been handed over at the last one */
+    int passes, in_pass, max_pass, at_pass_end;
 };
 
 static void c_message(void *ctx, const struct kafka_msg *m)
@@ -238,6 +241,7 @@ static void c_message(void *ctx, const struct kafka_msg *m)
 
     if (kafka_in_behind(c->in))
         c->behind++;
+    c->in_pass++;
     if (c->n < MAXMSG) {
         snprintf(c->keys[c->n], sizeof(c->keys[c->n]), "%.*s", (int)m->key_len,
                  (const char *)m->key);
@@ -305,6 +309,17 @@ static void c_closed(void *ctx)
     ((struct cons *)ctx)->closed = true;
 }
 
+static void c_pass_end(void *ctx)
+{
+    struct cons *c = ctx;
+    cr_assert_gt(c->in_pass, 0, "a pass end without a message");
+    c->passes++;
+    if (c->in_pass > c->max_pass)
+        c->max_pass = c->in_pass;
+    c->in_pass = 0;
+    c->at_pass_end = c->n;
+}
+
 static const struct kafka_in_cbs cons_cbs = {
     .on_message = c_message,
     .on_assign = c_assign,
@@ -312,6 +327,7 @@ static const struct kafka_in_cbs cons_cbs = {
     .on_error = c_error,
     .on_stats = c_stats,
     .on_closed = c_closed,
+    .on_pass_end = c_pass_end,
 };
 
 static struct cons *cons_new(int want)
@@ -792,6 +808,13 @@ Test(kafka_io, consumes_exactly_what_was_produced)
     cr_assert_gt(c->behind, 0);
     cr_assert_lt(c->behind, 2000);
     cr_assert(!kafka_in_behind(c->in));
+    /* Every pass that handed messages over ended with on_pass_end, the
+     * last one after the last message, and none handed over more than a
+     * batch. */
+    cr_assert_geq(c->passes, 2000 / 64);
+    cr_assert_leq(c->max_pass, 64);
+    cr_assert_eq(c->at_pass_end, 2000);
+    cr_assert_eq(c->in_pass, 0);
     /* Keys landed where Java's partitioner puts them. */
     for (int i = 0; i < c->n; i++)
         cr_assert_eq(
