@@ -42,6 +42,7 @@
 #include "config.h"
 #include "event.h"
 #include "ingest.h"
+#include "publisher.h"
 #include "views.h"
 #include "kafka_in.h"
 #include "kafka_out.h"
@@ -51,7 +52,6 @@
 #include "notify.h"
 #include "records.h"
 
-#define SERVER_PUBLISH_SLICE 20000 /* segment records per loop tick */
 #define SERVER_STATUS_MS     5000
 #define SERVER_EXPIRE_MS     60000
 /* Refinement while events flow: one stale user re-solved per this many
@@ -65,12 +65,6 @@ struct bgjob {
     pid_t pid;
     uint64_t started_ms;
     struct ingest_positions *pos; /* checkpoint: the offsets it holds */
-};
-
-enum publish_state {
-    PUB_IDLE,
-    PUB_SEGMENTS,   /* producing segment records, a slice per tick */
-    PUB_COMMITTING, /* topics and manifest produced, commit in flight */
 };
 
 struct server {
@@ -90,7 +84,6 @@ struct server {
     struct kafka_out *dlq;
     struct views *views;
     struct metrics *metrics;
-    struct records_enc *enc;
 
     /* Survives restarts through the checkpoint. */
     uint64_t epoch; /* last published epoch */
@@ -108,23 +101,14 @@ struct server {
     uint64_t mem_ms;         /* when it was taken, 0 = never */
     uint64_t folded_seen;    /* ingest's folded count at the last tick */
 
-    enum publish_state pub;
-    uint64_t pub_epoch;
-    uint64_t pub_since; /* users changed in epochs >= this */
-    bool pub_full;
-    bool next_full;
-    uint32_t pub_cursor;
-    uint64_t pub_segments;
-    uint32_t pub_finished; /* topic records (then the manifest) produced */
-    uint64_t pub_started_ms;
-    uint64_t epochs_since_full;
+    struct publisher *pub;
 
     struct bgjob ckpt, snapfile;
     uint64_t ckpt_last_ms; /* wall clock of the last good checkpoint */
 
     uv_timer_t t_epoch, t_refresh, t_ckpt, t_status, t_watchdog, t_expire;
     uv_timer_t t_quiet; /* fires when the input has been quiet a while */
-    uv_idle_t refine, publish;
+    uv_idle_t refine;
     uv_prepare_t tick;
     uv_check_t settle; /* refinement paid for by each iteration's folds */
     uv_signal_t s_term, s_int, s_hup, s_chld;
@@ -132,7 +116,7 @@ struct server {
 
     struct {
         struct metric *refresh_seconds, *refreshes;
-        struct metric *epochs, *epoch_failures, *records, *delivery_errors;
+        struct metric *delivery_errors;
         struct metric *consumer_errors;
         struct metric *ckpt_seconds, *ckpt_stall, *ckpts, *ckpt_failures;
         struct metric *refined;
@@ -273,24 +257,13 @@ static uint64_t epoch_file_read(const struct server *s)
     return e;
 }
 
-static void publish_done(void *ctx, int status)
+/* An epoch ended (publisher.c): what follows from a published one. */
+static void server_on_published(void *ctx, uint64_t epoch, int status)
 {
     struct server *s = ctx;
-    double took = (double)(now_ms() - s->pub_started_ms) / 1000.0;
-
-    s->pub = PUB_IDLE;
-    if (status) {
-        metric_inc(s->m.epoch_failures);
-        log_warn("epoch %" PRIu64 " not published: %s; the next is full",
-                 s->pub_epoch, strerror(-status));
-        s->next_full = true;
-    } else {
-        s->epoch = s->pub_epoch;
+    if (!status) {
+        s->epoch = epoch;
         epoch_file_write(s);
-        metric_inc(s->m.epochs);
-        log_debug("epoch %" PRIu64 ": %" PRIu64 " segment records%s, %.3f s",
-                  s->epoch, s->pub_segments, s->pub_full ? " (full)" : "",
-                  took);
         views_epoch(s->views, s->rate);
         if (s->cfg->snapshot.file[0])
             bgjob_start_snapshot(s);
@@ -299,163 +272,10 @@ static void publish_done(void *ctx, int status)
         server_shutdown_step(s);
 }
 
-/* partition -1: by key. The topic records and the manifests go to
- * partition 0 whatever the topic's partition count: a reader then sees the
- * epochs in order, and each epoch's topics before its manifest. */
-static int publish_record(struct server *s, const char *topic,
-                          int32_t partition, const char *key, size_t klen)
-{
-    size_t len;
-    const void *data = records_enc_data(s->enc, &len);
-    int rc = kafka_out_produce(s->out, topic, partition, key, klen, data, len,
-                               NULL, 0);
-    if (!rc)
-        metric_inc(s->m.records);
-    return rc;
-}
-
-/* Topic records and the manifest, last: a reader that sees the manifest
- * of epoch E has every record of E before it. -ENOBUFS: the producer queue
- * is full, call again on a later tick (it goes on where it stopped);
- * otherwise the epoch is committed or abandoned. */
-static int publish_finish(struct server *s)
-{
-    const struct config *c = s->cfg;
-    uint32_t k = model_params(s->model)->k;
-    uint64_t *sizes = calloc(k, sizeof(*sizes));
-    double *mass = calloc(k, sizeof(*mass));
-    struct records_epoch ep = {s->pub_epoch, (int64_t)now_ms(),
-                               (int64_t)c->model.refresh_interval_ms};
-    char key[RECORDS_KEY_MAX];
-    size_t klen;
-    int rc = -ENOMEM;
-
-    if (!sizes || !mass)
-        goto fail;
-    model_segment_sizes(s->model, sizes, mass);
-    for (uint32_t j = s->pub_finished; j < k; j++) {
-        rc = records_topic_encode(s->enc, s->model, s->pub_epoch, j,
-                                  c->snapshot.top_items, sizes[j], mass[j]);
-        if (!rc) {
-            klen = records_topic_key(key, j);
-            rc = publish_record(s, c->snapshot.topic_topics, 0, key, klen);
-        }
-        if (rc == -ENOBUFS)
-            goto later;
-        if (rc)
-            goto fail;
-        s->pub_finished = j + 1;
-    }
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    struct records_manifest mf = {&ep, s->pub_full, is.rejected,
-                                  s->pub_segments, sizes};
-    rc = records_manifest_encode(s->enc, s->model, &mf);
-    if (!rc) {
-        klen = records_manifest_key(key, s->pub_epoch);
-        rc = publish_record(s, c->snapshot.topic_manifest, 0, key, klen);
-    }
-    if (rc == -ENOBUFS)
-        goto later;
-    if (rc)
-        goto fail;
-    free(sizes);
-    free(mass);
-    s->pub = PUB_COMMITTING;
-    rc = kafka_out_commit(s->out, publish_done, s);
-    if (rc)
-        publish_done(s, rc);
-    return 0;
-later:
-    free(sizes);
-    free(mass);
-    return -ENOBUFS;
-fail:
-    free(sizes);
-    free(mass);
-    log_warn("epoch %" PRIu64 ": %s", s->pub_epoch, strerror(-rc));
-    if (kafka_out_transactional(s->out)) {
-        s->pub = PUB_COMMITTING;
-        if (kafka_out_abort(s->out, publish_done, s) == 0)
-            return rc;
-    }
-    publish_done(s, rc);
-    return rc;
-}
-
-/* One slice of segment records per loop tick, so a full epoch of a million
- * users never holds the loop for long. */
-static void publish_tick(uv_idle_t *h)
-{
-    struct server *s = h->data;
-    uint32_t slots = model_user_slots(s->model);
-    uint32_t k = model_params(s->model)->k;
-    unsigned budget = SERVER_PUBLISH_SLICE;
-
-    while (s->pub_cursor < slots && budget) {
-        struct model_user_view u;
-        if (model_user_get(s->model, s->pub_cursor, &u) ||
-            (!s->pub_full && u.changed < s->pub_since)) {
-            s->pub_cursor++;
-            continue;
-        }
-        int rc = records_segment_encode(s->enc, s->pub_epoch, k, &u);
-        if (!rc)
-            rc = publish_record(s, s->cfg->snapshot.topic_segments, -1, u.id,
-                                u.id_len);
-        if (rc == -ENOBUFS)
-            return; /* the producer queue is full: next tick */
-        if (rc) {
-            uv_idle_stop(h);
-            log_warn("epoch %" PRIu64 ": segment record: %s", s->pub_epoch,
-                     strerror(-rc));
-            s->pub = PUB_COMMITTING;
-            if (!kafka_out_transactional(s->out) ||
-                kafka_out_abort(s->out, publish_done, s))
-                publish_done(s, rc);
-            return;
-        }
-        s->pub_segments++;
-        s->pub_cursor++;
-        budget--;
-    }
-    if (s->pub_cursor >= slots) {
-        uv_idle_stop(h);
-        if (publish_finish(s) == -ENOBUFS)
-            uv_idle_start(h, publish_tick); /* the queue is full: later */
-    }
-}
-
-static int publish_start(struct server *s)
-{
-    int rc;
-    if (s->pub != PUB_IDLE || !s->out || !kafka_out_ready(s->out))
-        return -EAGAIN;
-    rc = kafka_out_begin(s->out);
-    if (rc)
-        return rc;
-    s->pub = PUB_SEGMENTS;
-    s->pub_epoch = s->epoch + 1;
-    s->pub_full =
-        s->next_full || ++s->epochs_since_full >= s->cfg->snapshot.full_every;
-    if (s->pub_full)
-        s->epochs_since_full = 0;
-    s->next_full = false;
-    s->pub_since = model_epoch(s->model);
-    s->pub_cursor = 0;
-    s->pub_segments = 0;
-    s->pub_finished = 0;
-    s->pub_started_ms = now_ms();
-    /* Changes from now on belong to the next epoch. */
-    model_epoch_set(s->model, s->pub_since + 1);
-    uv_idle_start(&s->publish, publish_tick);
-    return 0;
-}
-
 static void on_epoch_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    int rc = publish_start(s);
+    int rc = publisher_start(s->pub, s->epoch + 1);
     if (rc == -EAGAIN || rc == -EBUSY)
         log_debug("epoch skipped: the previous one is still in flight");
     else if (rc)
@@ -762,8 +582,9 @@ static void on_watchdog_timer(uv_timer_t *t)
     /* Progress: the loop went round since the last ping, and the model is
      * not wedged in a publish that never ends. */
     if (s->loop_ticks != s->watchdog_ticks &&
-        (s->pub == PUB_IDLE || now_ms() - s->pub_started_ms <
-                                   10 * s->cfg->snapshot.interval_ms + 60000))
+        (publisher_idle(s->pub) ||
+         now_ms() - publisher_started_ms(s->pub) <
+             10 * s->cfg->snapshot.interval_ms + 60000))
         notify_watchdog();
     s->watchdog_ticks = s->loop_ticks;
 }
@@ -1000,13 +821,6 @@ static void server_metrics_init(struct server *s)
                                      "W refreshes on the clock.", NULL);
     s->m.refined = metrics_counter(m, "nmfd_users_refined_total",
                                    "Users re-solved in idle time.", NULL);
-    s->m.epochs = metrics_counter(m, "nmfd_epochs_published_total",
-                                  "Epochs published.", NULL);
-    s->m.epoch_failures =
-        metrics_counter(m, "nmfd_epoch_failures_total",
-                        "Epochs aborted or not delivered.", NULL);
-    s->m.records = metrics_counter(m, "nmfd_records_produced_total",
-                                   "Output records produced.", NULL);
     s->m.delivery_errors =
         metrics_counter(m, "nmfd_producer_errors_total",
                         "Output producer errors reported.", NULL);
@@ -1271,7 +1085,8 @@ static void server_stop(struct server *s, int code)
     uv_idle_stop(&s->refine);
     ingest_pause(s->ing);
     /* The final epoch, unless one is in flight (it ends the same way). */
-    if (s->pub == PUB_IDLE && (s->exit_code || publish_start(s)))
+    if (publisher_idle(s->pub) &&
+        (s->exit_code || publisher_start(s->pub, s->epoch + 1)))
         server_shutdown_step(s);
 }
 
@@ -1291,7 +1106,7 @@ static void on_stop_signal(uv_signal_t *h, int sig)
  * closed, handles closed. Each asynchronous close calls back here. */
 static void server_shutdown_step(struct server *s)
 {
-    if (!s->stopping || s->pub != PUB_IDLE || s->closing)
+    if (!s->stopping || !publisher_idle(s->pub) || s->closing)
         return;
     if (ingest_running(s->ing)) {
         bgjob_wait(&s->ckpt);
@@ -1326,11 +1141,12 @@ static void server_shutdown_step(struct server *s)
         (uv_handle_t *)&s->t_ckpt,     (uv_handle_t *)&s->t_status,
         (uv_handle_t *)&s->t_watchdog, (uv_handle_t *)&s->t_expire,
         (uv_handle_t *)&s->t_quiet,    (uv_handle_t *)&s->refine,
-        (uv_handle_t *)&s->publish,    (uv_handle_t *)&s->tick,
-        (uv_handle_t *)&s->settle,     (uv_handle_t *)&s->s_term,
-        (uv_handle_t *)&s->s_int,      (uv_handle_t *)&s->s_hup,
-        (uv_handle_t *)&s->s_chld,
+        (uv_handle_t *)&s->tick,       (uv_handle_t *)&s->settle,
+        (uv_handle_t *)&s->s_term,     (uv_handle_t *)&s->s_int,
+        (uv_handle_t *)&s->s_hup,      (uv_handle_t *)&s->s_chld,
     };
+    publisher_close(s->pub);
+    s->pub = NULL;
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
         if (!uv_is_closing(handles[i]))
             uv_close(handles[i], server_close_cb);
@@ -1428,10 +1244,6 @@ static int server_start(struct server *s)
             return -ENOMEM;
     }
 
-    s->enc = records_enc_new();
-    if (!s->enc)
-        return -ENOMEM;
-
     /* Output first, so the first epoch finds it ready. */
     conf = kafka_conf_new();
     if (kafka_conf_fill(s, conf, false)) {
@@ -1461,6 +1273,13 @@ static int server_start(struct server *s)
                 return -EINVAL;
             }
         }
+    }
+
+    {
+        struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics};
+        s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
+        if (!s->pub)
+            return -ENOMEM;
     }
 
     conf = kafka_conf_new();
@@ -1511,7 +1330,6 @@ int server_run(const struct server_opts *o, struct config *cfg)
     }
     s->opts = o;
     s->cfg = cfg;
-    s->next_full = true;
     log_set_level(cfg->log.level);
     if (uv_loop_init(&s->loop)) {
         free(s);
@@ -1539,7 +1357,6 @@ int server_run(const struct server_opts *o, struct config *cfg)
     uv_timer_init(&s->loop, &s->t_expire);
     uv_timer_init(&s->loop, &s->t_quiet);
     uv_idle_init(&s->loop, &s->refine);
-    uv_idle_init(&s->loop, &s->publish);
     uv_prepare_init(&s->loop, &s->tick);
     uv_check_init(&s->loop, &s->settle);
     uv_signal_init(&s->loop, &s->s_term);
@@ -1549,7 +1366,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     s->t_epoch.data = s->t_refresh.data = s->t_ckpt.data = s;
     s->t_status.data = s->t_watchdog.data = s->t_expire.data = s;
     s->t_quiet.data = s;
-    s->refine.data = s->publish.data = s->tick.data = s->settle.data = s;
+    s->refine.data = s->tick.data = s->settle.data = s;
     s->s_term.data = s->s_int.data = s->s_hup.data = s->s_chld.data = s;
     uv_signal_start(&s->s_term, on_stop_signal, SIGTERM);
     uv_signal_start(&s->s_int, on_stop_signal, SIGINT);
@@ -1598,7 +1415,6 @@ int server_run(const struct server_opts *o, struct config *cfg)
     broker_free(s->broker);
     model_free(s->model);
     event_decoder_free(s->dec);
-    records_enc_free(s->enc);
     views_free(s->views);
     ingest_free(s->ing);
     metrics_free(s->metrics);
