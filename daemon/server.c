@@ -1,20 +1,22 @@
-/* server.c -- the nmfd daemon: one libuv loop, one model.
+/* server.c -- the nmfd daemon: one libuv loop, one model, and the wiring
+ * between the subsystems that work on them.
  *
- * An event travels one way, through ingest.c: the consumer hands a
- * message over, the decoder turns it into events, each event is folded
- * into the model, and the partition's next offset is remembered.
+ * An event travels one way: ingest.c (consumer -> decoder -> model fold,
+ * at the end of each consumer pass) and, once an epoch is cut,
+ * publisher.c (segment, topic and manifest records in one transaction).
  * Everything periodic hangs off timers on the same loop, like redis's
- * serverCron: W refresh, epochs (segment, topic and manifest records in
- * one transaction), checkpoints (written by a forked child, so ingest
- * never waits for the disk), TTL expiry, systemd status and watchdog. When
- * the input goes quiet an idle handle spends the spare time re-solving
- * users whose h is stale against the current W.
+ * serverCron: epochs and checkpoints (checkpoints.c, written by a forked
+ * child) from here, W refresh, refinement and TTL expiry from upkeep.c,
+ * systemd status and watchdog from here. views.c serves HTTP.
  *
- * This file owns the wiring and the order of shutdown, not the pieces:
- * the model is online/, the codecs and Kafka are io/, the input side,
- * HTTP and metrics have their own files. It must never block the loop: every Kafka call it
- * makes returns at once, transaction commits complete in callbacks, and
- * the only synchronous disk write is the final checkpoint at stop.
+ * This file owns the start-up order, the timers of epochs, checkpoints,
+ * status and watchdog, the signals, the Kafka configuration of both
+ * clients, the output producers, and the order of shutdown (final epoch,
+ * final checkpoint, offsets, consumer, producers, HTTP, handles). It owns
+ * none of the pieces: it must never fold, encode records or touch the
+ * model's internals itself, and never block the loop: every Kafka call
+ * returns at once, commits complete in callbacks, and the only synchronous
+ * disk write is the final checkpoint at stop.
  */
 #include "server.h"
 
@@ -41,8 +43,10 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "event.h"
+#include "checkpoints.h"
 #include "ingest.h"
 #include "publisher.h"
+#include "upkeep.h"
 #include "views.h"
 #include "kafka_in.h"
 #include "kafka_out.h"
@@ -53,19 +57,6 @@
 #include "records.h"
 
 #define SERVER_STATUS_MS     5000
-#define SERVER_EXPIRE_MS     60000
-/* Refinement while events flow: one stale user re-solved per this many
- * events folded (a quarter more solves at most); the full idle slice
- * once the input has been quiet this long. */
-#define SERVER_REFINE_EVERY 4
-#define SERVER_QUIET_MS     100
-
-/* A forked writer: checkpoints and snapshot files. */
-struct bgjob {
-    pid_t pid;
-    uint64_t started_ms;
-    struct ingest_positions *pos; /* checkpoint: the offsets it holds */
-};
 
 struct server {
     uv_loop_t loop;
@@ -88,38 +79,28 @@ struct server {
     /* Survives restarts through the checkpoint. */
     uint64_t epoch; /* last published epoch */
 
-    /* Marks on ingest's count of folded events, for rates and the refresh
-     * clock. */
-    uint64_t folded_at_refresh;
+    /* A mark on ingest's count of folded events, for the rate. */
     uint64_t folded_at_rate;
     uint64_t rate_ms;
     double rate;
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
-    uint64_t refine_owed;    /* events folded not yet matched by refinement */
     struct model_memory mem; /* model_memory(), at most a second old */
     uint64_t mem_ms;         /* when it was taken, 0 = never */
-    uint64_t folded_seen;    /* ingest's folded count at the last tick */
 
     struct publisher *pub;
 
-    struct bgjob ckpt, snapfile;
-    uint64_t ckpt_last_ms; /* wall clock of the last good checkpoint */
+    struct checkpoints *ckpt;
 
-    uv_timer_t t_epoch, t_refresh, t_ckpt, t_status, t_watchdog, t_expire;
-    uv_timer_t t_quiet; /* fires when the input has been quiet a while */
-    uv_idle_t refine;
+    struct upkeep *upkeep;
+    uv_timer_t t_epoch, t_ckpt, t_status, t_watchdog;
     uv_prepare_t tick;
-    uv_check_t settle; /* refinement paid for by each iteration's folds */
     uv_signal_t s_term, s_int, s_hup, s_chld;
     uint64_t watchdog_usec;
 
     struct {
-        struct metric *refresh_seconds, *refreshes;
         struct metric *delivery_errors;
         struct metric *consumer_errors;
-        struct metric *ckpt_seconds, *ckpt_stall, *ckpts, *ckpt_failures;
-        struct metric *refined;
     } m;
 };
 
@@ -130,17 +111,8 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void server_stop(struct server *s, int code);
 static void server_shutdown_step(struct server *s);
-static void on_refine(uv_idle_t *h);
-static void on_quiet_timer(uv_timer_t *t);
 
 static void server_on_error(void *ctx, int err, bool fatal, const char *reason)
 {
@@ -220,53 +192,16 @@ static void server_on_out_closed(void *ctx)
 
 /* ---- epochs -------------------------------------------------------------- */
 
-static void bgjob_start_snapshot(struct server *s);
-
-/* The last published epoch, beside the checkpoint: epochs published after
- * the last checkpoint must not be numbered again after a crash or a fresh
- * start. Written with rename, without fsync: it is cheap on the loop, and
- * a lost update only matters if the machine itself crashed. */
-static void epoch_file_write(struct server *s)
-{
-    char path[4096], tmp[4200];
-    int fd, len;
-    char buf[32];
-
-    snprintf(path, sizeof(path), "%s/epoch", s->cfg->checkpoint.dir);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    len = snprintf(buf, sizeof(buf), "%" PRIu64 "\n", s->epoch);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return;
-    if (write(fd, buf, (size_t)len) != len || close(fd) || rename(tmp, path))
-        log_debug("%s: %s", path, strerror(errno));
-}
-
-static uint64_t epoch_file_read(const struct server *s)
-{
-    char path[4096];
-    unsigned long long e = 0;
-    FILE *f;
-    snprintf(path, sizeof(path), "%s/epoch", s->cfg->checkpoint.dir);
-    f = fopen(path, "r");
-    if (!f)
-        return 0;
-    if (fscanf(f, "%llu", &e) != 1)
-        e = 0;
-    fclose(f);
-    return e;
-}
-
 /* An epoch ended (publisher.c): what follows from a published one. */
 static void server_on_published(void *ctx, uint64_t epoch, int status)
 {
     struct server *s = ctx;
     if (!status) {
         s->epoch = epoch;
-        epoch_file_write(s);
+        checkpoints_epoch_write(s->ckpt, epoch);
         views_epoch(s->views, s->rate);
         if (s->cfg->snapshot.file[0])
-            bgjob_start_snapshot(s);
+            checkpoints_snapshot_file(s->ckpt, s->model, s->epoch);
     }
     if (s->stopping)
         server_shutdown_step(s);
@@ -282,293 +217,22 @@ static void on_epoch_timer(uv_timer_t *t)
         log_warn("epoch not started: %s", strerror(-rc));
 }
 
-/* ---- model upkeep ------------------------------------------------------ */
-
-static void server_refresh(struct server *s)
-{
-    double t0 = mono_s();
-    model_refresh(s->model);
-    metric_observe(s->m.refresh_seconds, mono_s() - t0);
-    metric_inc(s->m.refreshes);
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    s->folded_at_refresh = is.folded;
-}
-
-static void on_refresh_timer(uv_timer_t *t)
-{
-    struct server *s = t->data;
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    if (is.folded != s->folded_at_refresh)
-        server_refresh(s);
-}
-
-/*
- * Refinement re-solves users whose h is stale against the current W.
- * While events flow it is paid for by them: after each loop iteration
- * that folded, one stale user per SERVER_REFINE_EVERY events, so H never
- * goes stale for long and ingest keeps the CPU. But not while nmfd is
- * behind its input (the consumer left messages waiting): catching up makes
- * the segments of every user in the backlog current, refinement only
- * those of users who sent nothing, so the backlog goes first. What
- * refinement is owed meanwhile is kept up to one slice and paid once the
- * backlog is gone; beyond that the idle pass converges the rest, as
- * nmfctl fit does after the whole stream. Once the input has been
- * quiet for SERVER_QUIET_MS the idle handle takes over with the full
- * slice (model.refine_users) every iteration until the model converges.
- * An idle handle keeps the loop from sleeping, so it runs only then:
- * while events flow the loop still sleeps in poll between messages.
- */
-static void refine_streaming(struct server *s)
-{
-    uv_idle_stop(&s->refine);
-    uv_timer_start(&s->t_quiet, on_quiet_timer, SERVER_QUIET_MS, 0);
-    size_t cap = (size_t)s->cfg->model.refine_users * SERVER_REFINE_EVERY;
-    if (s->refine_owed > cap)
-        s->refine_owed = cap;
-    if (ingest_behind(s->ing))
-        return;
-    size_t budget = s->refine_owed / SERVER_REFINE_EVERY;
-    if (!budget || !s->cfg->model.refine_users)
-        return;
-    if (budget > s->cfg->model.refine_users)
-        budget = s->cfg->model.refine_users;
-    s->refine_owed -= budget * SERVER_REFINE_EVERY;
-    size_t n = model_refine(s->model, budget);
-    metric_add(s->m.refined, (double)n);
-}
-
-static void on_quiet_timer(uv_timer_t *t)
-{
-    struct server *s = t->data;
-    s->refine_owed = 0;
-    if (s->cfg->model.refine_users && !s->stopping)
-        uv_idle_start(&s->refine, on_refine);
-}
-
-static void on_refine(uv_idle_t *h)
-{
-    struct server *s = h->data;
-    struct model_stats before, after;
-    size_t n;
-    model_stats(s->model, &before);
-    n = model_refine(s->model, s->cfg->model.refine_users);
-    model_stats(s->model, &after);
-    metric_add(s->m.refined, (double)n);
-    if (n == 0 && after.refreshes == before.refreshes)
-        uv_idle_stop(h); /* converged; the next quiet spell starts it again */
-}
-
-static void on_expire_timer(uv_timer_t *t)
-{
-    struct server *s = t->data;
-    struct model_stats st;
-    size_t n;
-    if (!model_params(s->model)->ttl_ms)
-        return;
-    model_stats(s->model, &st);
-    n = model_expire(s->model, st.now);
-    if (n)
-        log_info("forgot %zu users and items unseen for the ttl", n);
-}
-
-/* ---- checkpoints and snapshot files (forked writers) ------------------- */
-
-static int ensure_dir(const char *dir)
-{
-    char path[4096];
-    size_t len = strlen(dir);
-    if (!len || len >= sizeof(path))
-        return -EINVAL;
-    memcpy(path, dir, len + 1);
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(path, 0700) && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(path, 0700) && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-/* Temp files of checkpoint writers that died with a crashed daemon. */
-static void remove_stale_temps(const char *dir)
-{
-    char path[4096];
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    if (!d)
-        return;
-    while ((e = readdir(d)))
-        if (!strncmp(e->d_name, "." CHECKPOINT_FILE ".", 11) &&
-            strstr(e->d_name, ".tmp")) {
-            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-            if (!unlink(path))
-                log_info("removed %s, left by an interrupted checkpoint", path);
-        }
-    closedir(d);
-}
-
-static int server_checkpoint_now(struct server *s)
-{
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    struct checkpoint_meta meta = {s->epoch, is.rejected, is.consumed,
-                                   (int64_t)now_ms()};
-    size_t n;
-    char err[512];
-    struct checkpoint_offset *o = ingest_offsets(s->ing, &n);
-    double t0 = mono_s();
-    int rc;
-
-    if (!o)
-        return -ENOMEM;
-    rc = checkpoint_write(s->cfg->checkpoint.dir, &meta, o, n, s->model, err,
-                          sizeof(err));
-    free(o);
-    if (rc) {
-        metric_inc(s->m.ckpt_failures);
-        log_err("checkpoint: %s", err);
-        return rc;
-    }
-    metric_inc(s->m.ckpts);
-    metric_set(s->m.ckpt_seconds, mono_s() - t0);
-    s->ckpt_last_ms = now_ms();
-    return 0;
-}
+/* ---- checkpoints (checkpoints.c) --------------------------------------- */
 
 static void on_ckpt_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    struct checkpoint_meta meta = {s->epoch, is.rejected, is.consumed,
-                                   (int64_t)now_ms()};
-    struct checkpoint_offset *o;
-    size_t n;
-    double t0;
-    pid_t pid;
-
-    if (s->ckpt.pid > 0 || s->stopping)
-        return;
-    o = ingest_offsets(s->ing, &n);
-    s->ckpt.pos = ingest_positions_take(s->ing);
-    if (!o || !s->ckpt.pos) {
-        free(o);
-        ingest_positions_free(s->ckpt.pos);
-        s->ckpt.pos = NULL;
-        return;
-    }
-    t0 = mono_s();
-    pid = fork();
-    if (pid == 0) {
-        /* The child holds the loop's memory as it was at fork(): the model
-         * and the offsets agree exactly. It touches nothing but them, and
-         * dies with its parent rather than outlive it. */
-        char err[512];
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int rc = checkpoint_write(s->cfg->checkpoint.dir, &meta, o, n, s->model,
-                                  err, sizeof(err));
-        if (rc) {
-            char line[600];
-            int len = snprintf(line, sizeof(line), "<3>checkpoint: %s\n", err);
-            if (write(2, line, (size_t)len) < 0)
-                _exit(2);
-        }
-        _exit(rc ? 1 : 0);
-    }
-    metric_set(s->m.ckpt_stall, mono_s() - t0);
-    free(o);
-    if (pid < 0) {
-        log_err("checkpoint: fork: %s", strerror(errno));
-        metric_inc(s->m.ckpt_failures);
-        ingest_positions_free(s->ckpt.pos);
-        s->ckpt.pos = NULL;
-        return;
-    }
-    s->ckpt.pid = pid;
-    s->ckpt.started_ms = now_ms();
-}
-
-static void bgjob_start_snapshot(struct server *s)
-{
-    struct records_epoch ep = {s->epoch, (int64_t)now_ms(),
-                               (int64_t)s->cfg->model.refresh_interval_ms};
-    pid_t pid;
-    if (s->snapfile.pid > 0)
-        return; /* the previous file is still being written: skip */
-    pid = fork();
-    if (pid == 0) {
-        int rc = records_snapshot_save(s->model, &ep, s->cfg->snapshot.file);
-        _exit(rc ? 1 : 0);
-    }
-    if (pid < 0) {
-        log_warn("snapshot file: fork: %s", strerror(errno));
-        return;
-    }
-    s->snapfile.pid = pid;
-    s->snapfile.started_ms = now_ms();
+    if (!s->stopping)
+        checkpoints_fork(s->ckpt, s->model, s->epoch);
 }
 
 static void on_sigchld(uv_signal_t *h, int sig)
 {
     struct server *s = h->data;
-    int status;
-    pid_t pid;
-
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (pid == s->ckpt.pid) {
-            s->ckpt.pid = 0;
-            if (ok) {
-                metric_inc(s->m.ckpts);
-                metric_set(s->m.ckpt_seconds,
-                           (double)(now_ms() - s->ckpt.started_ms) / 1000.0);
-                s->ckpt_last_ms = s->ckpt.started_ms;
-                /* Kafka's copy of the offsets, for lag monitoring. */
-                ingest_positions_commit(s->ing, s->ckpt.pos);
-            } else {
-                metric_inc(s->m.ckpt_failures);
-                log_err("checkpoint writer failed (status %d)", status);
-            }
-            ingest_positions_free(s->ckpt.pos);
-            s->ckpt.pos = NULL;
-        } else if (pid == s->snapfile.pid) {
-            s->snapfile.pid = 0;
-            if (!ok)
-                log_warn("snapshot file %s not written", s->cfg->snapshot.file);
-        }
-    }
-}
-
-static void bgjob_wait(struct bgjob *j)
-{
-    int status;
-    if (j->pid > 0)
-        waitpid(j->pid, &status, 0);
-    j->pid = 0;
-    ingest_positions_free(j->pos);
-    j->pos = NULL;
+    checkpoints_reap(s->ckpt);
 }
 
 /* ---- systemd, status, reload ------------------------------------------ */
-
-/* At the end of each loop iteration: the events it folded pay for
- * refinement (refine_streaming). */
-static void on_settle(uv_check_t *h)
-{
-    struct server *s = h->data;
-    struct ingest_stats is;
-    ingest_stats(s->ing, &is);
-    s->refine_owed += is.folded - s->folded_seen;
-    if (is.folded != s->folded_seen && !s->stopping)
-        refine_streaming(s);
-    s->folded_seen = is.folded;
-}
 
 static void on_tick(uv_prepare_t *h)
 {
@@ -725,7 +389,7 @@ static double gauge_epoch(void *ctx)
 static double gauge_refining(void *ctx)
 {
     struct server *s = ctx;
-    return uv_is_active((uv_handle_t *)&s->refine) ? 1 : 0;
+    return upkeep_refining(s->upkeep) ? 1 : 0;
 }
 
 static double gauge_restarts(void *ctx)
@@ -774,14 +438,6 @@ static double gauge_profile_entries(void *ctx)
     return (double)server_memory(ctx)->profile_entries;
 }
 
-static double gauge_ckpt_age(void *ctx)
-{
-    struct server *s = ctx;
-    if (!s->ckpt_last_ms)
-        return -1;
-    return (double)(now_ms() - s->ckpt_last_ms) / 1000.0;
-}
-
 static double gauge_lag(void *ctx)
 {
     return (double)ingest_lag(((struct server *)ctx)->ing);
@@ -810,35 +466,13 @@ static double gauge_out_failed(void *ctx)
 
 static void server_metrics_init(struct server *s)
 {
-    static const double secs[] = {0.001, 0.005, 0.01, 0.025, 0.05,
-                                  0.1,   0.25,  0.5,  1,     5};
     struct metrics *m = s->metrics;
 
-    s->m.refresh_seconds =
-        metrics_histogram(m, "nmfd_refresh_seconds", "Duration of a W refresh.",
-                          NULL, secs, sizeof(secs) / sizeof(secs[0]));
-    s->m.refreshes = metrics_counter(m, "nmfd_refreshes_total",
-                                     "W refreshes on the clock.", NULL);
-    s->m.refined = metrics_counter(m, "nmfd_users_refined_total",
-                                   "Users re-solved in idle time.", NULL);
     s->m.delivery_errors =
         metrics_counter(m, "nmfd_producer_errors_total",
                         "Output producer errors reported.", NULL);
     s->m.consumer_errors = metrics_counter(m, "nmfd_consumer_errors_total",
                                            "Consumer errors reported.", NULL);
-    s->m.ckpt_seconds =
-        metrics_gauge(m, "nmfd_checkpoint_duration_seconds",
-                      "Time the last checkpoint took to write.", NULL);
-    s->m.ckpt_stall = metrics_gauge(
-        m, "nmfd_checkpoint_stall_seconds",
-        "Time ingest stopped for the last checkpoint (fork).", NULL);
-    s->m.ckpts = metrics_counter(m, "nmfd_checkpoints_total",
-                                 "Checkpoints written.", NULL);
-    s->m.ckpt_failures = metrics_counter(m, "nmfd_checkpoint_failures_total",
-                                         "Checkpoints that failed.", NULL);
-    metrics_gauge_fn(m, "nmfd_checkpoint_age_seconds",
-                     "Seconds since the last good checkpoint (-1: none).", NULL,
-                     gauge_ckpt_age, s);
     metrics_gauge_fn(m, "nmfd_users", "Live users in the model.", NULL,
                      gauge_users, s);
     metrics_gauge_fn(m, "nmfd_items", "Live items in the model.", NULL,
@@ -1033,7 +667,7 @@ static int server_load_state(struct server *s)
             }
             s->model = m;
             s->epoch = meta.epoch;
-            s->ckpt_last_ms = (uint64_t)meta.written_ms;
+            checkpoints_loaded(s->ckpt, (uint64_t)meta.written_ms);
             log_notice("checkpoint loaded: epoch %" PRIu64 ", %zu offsets",
                        meta.epoch, nseek);
             if (s->opts->embedded_broker && nseek) {
@@ -1057,8 +691,8 @@ static int server_load_state(struct server *s)
         if (!s->model)
             return -ENOMEM;
     }
-    if (epoch_file_read(s) > s->epoch)
-        s->epoch = epoch_file_read(s);
+    if (checkpoints_epoch_read(s->ckpt) > s->epoch)
+        s->epoch = checkpoints_epoch_read(s->ckpt);
     model_epoch_set(s->model, s->epoch + 1);
     return 0;
 }
@@ -1078,11 +712,8 @@ static void server_stop(struct server *s, int code)
     notify_stopping();
     log_notice("stopping");
     uv_timer_stop(&s->t_epoch);
-    uv_timer_stop(&s->t_refresh);
     uv_timer_stop(&s->t_ckpt);
-    uv_timer_stop(&s->t_expire);
-    uv_timer_stop(&s->t_quiet);
-    uv_idle_stop(&s->refine);
+    upkeep_stop(s->upkeep);
     ingest_pause(s->ing);
     /* The final epoch, unless one is in flight (it ends the same way). */
     if (publisher_idle(s->pub) &&
@@ -1109,8 +740,8 @@ static void server_shutdown_step(struct server *s)
     if (!s->stopping || !publisher_idle(s->pub) || s->closing)
         return;
     if (ingest_running(s->ing)) {
-        bgjob_wait(&s->ckpt);
-        if (s->ready && server_checkpoint_now(s) == 0)
+        checkpoints_wait(s->ckpt);
+        if (s->ready && checkpoints_write(s->ckpt, s->model, s->epoch) == 0)
             ingest_commit_now(s->ing);
         s->closing++;
         ingest_close(s->ing);
@@ -1135,16 +766,16 @@ static void server_shutdown_step(struct server *s)
         views_close(s->views, server_on_http_closed, s);
         return;
     }
-    bgjob_wait(&s->snapfile);
+    checkpoints_wait_snapshot(s->ckpt);
     uv_handle_t *handles[] = {
-        (uv_handle_t *)&s->t_epoch,    (uv_handle_t *)&s->t_refresh,
-        (uv_handle_t *)&s->t_ckpt,     (uv_handle_t *)&s->t_status,
-        (uv_handle_t *)&s->t_watchdog, (uv_handle_t *)&s->t_expire,
-        (uv_handle_t *)&s->t_quiet,    (uv_handle_t *)&s->refine,
-        (uv_handle_t *)&s->tick,       (uv_handle_t *)&s->settle,
-        (uv_handle_t *)&s->s_term,     (uv_handle_t *)&s->s_int,
-        (uv_handle_t *)&s->s_hup,      (uv_handle_t *)&s->s_chld,
+        (uv_handle_t *)&s->t_epoch,    (uv_handle_t *)&s->t_ckpt,
+        (uv_handle_t *)&s->t_status,   (uv_handle_t *)&s->t_watchdog,
+        (uv_handle_t *)&s->tick,       (uv_handle_t *)&s->s_term,
+        (uv_handle_t *)&s->s_int,      (uv_handle_t *)&s->s_hup,
+        (uv_handle_t *)&s->s_chld,
     };
+    upkeep_close(s->upkeep);
+    s->upkeep = NULL;
     publisher_close(s->pub);
     s->pub = NULL;
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
@@ -1159,12 +790,11 @@ static int server_start(struct server *s)
     struct kafka_conf *conf;
     int rc;
 
-    rc = ensure_dir(c->checkpoint.dir);
+    rc = checkpoints_prepare(c->checkpoint.dir);
     if (rc) {
         log_err("checkpoint.dir %s: %s", c->checkpoint.dir, strerror(-rc));
         return rc;
     }
-    remove_stale_temps(c->checkpoint.dir);
     if (s->opts->embedded_broker) {
         size_t len = strlen(c->input.topics) + 256;
         char *topics = malloc(len);
@@ -1348,32 +978,33 @@ int server_run(const struct server_opts *o, struct config *cfg)
     ingest_set_reject_log(s->ing, cfg->input.reject_log_interval_ms,
                           cfg->input.reject_log_burst);
     server_metrics_init(s);
+    s->ckpt = checkpoints_new(cfg, s->ing, s->metrics);
+    if (!s->ckpt) {
+        ingest_free(s->ing);
+        uv_loop_close(&s->loop);
+        metrics_free(s->metrics);
+        free(s);
+        config_free(cfg);
+        return 1;
+    }
 
     uv_timer_init(&s->loop, &s->t_epoch);
-    uv_timer_init(&s->loop, &s->t_refresh);
     uv_timer_init(&s->loop, &s->t_ckpt);
     uv_timer_init(&s->loop, &s->t_status);
     uv_timer_init(&s->loop, &s->t_watchdog);
-    uv_timer_init(&s->loop, &s->t_expire);
-    uv_timer_init(&s->loop, &s->t_quiet);
-    uv_idle_init(&s->loop, &s->refine);
     uv_prepare_init(&s->loop, &s->tick);
-    uv_check_init(&s->loop, &s->settle);
     uv_signal_init(&s->loop, &s->s_term);
     uv_signal_init(&s->loop, &s->s_int);
     uv_signal_init(&s->loop, &s->s_hup);
     uv_signal_init(&s->loop, &s->s_chld);
-    s->t_epoch.data = s->t_refresh.data = s->t_ckpt.data = s;
-    s->t_status.data = s->t_watchdog.data = s->t_expire.data = s;
-    s->t_quiet.data = s;
-    s->refine.data = s->tick.data = s->settle.data = s;
+    s->t_epoch.data = s->t_ckpt.data = s;
+    s->t_status.data = s->t_watchdog.data = s->tick.data = s;
     s->s_term.data = s->s_int.data = s->s_hup.data = s->s_chld.data = s;
     uv_signal_start(&s->s_term, on_stop_signal, SIGTERM);
     uv_signal_start(&s->s_int, on_stop_signal, SIGINT);
     uv_signal_start(&s->s_hup, on_sighup, SIGHUP);
     uv_signal_start(&s->s_chld, on_sigchld, SIGCHLD);
     uv_prepare_start(&s->tick, on_tick);
-    uv_check_start(&s->settle, on_settle);
 
     rc = server_start(s);
     if (rc) {
@@ -1384,18 +1015,14 @@ int server_run(const struct server_opts *o, struct config *cfg)
         uint64_t wd = 0;
         uv_timer_start(&s->t_epoch, on_epoch_timer, cfg->snapshot.interval_ms,
                        cfg->snapshot.interval_ms);
-        if (cfg->model.refresh_interval_ms) /* 0: by event count only */
-            uv_timer_start(&s->t_refresh, on_refresh_timer,
-                           cfg->model.refresh_interval_ms,
-                           cfg->model.refresh_interval_ms);
         uv_timer_start(&s->t_ckpt, on_ckpt_timer, cfg->checkpoint.interval_ms,
                        cfg->checkpoint.interval_ms);
         uv_timer_start(&s->t_status, on_status_timer, SERVER_STATUS_MS,
                        SERVER_STATUS_MS);
-        uv_timer_start(&s->t_expire, on_expire_timer, SERVER_EXPIRE_MS,
-                       SERVER_EXPIRE_MS);
-        /* A restored model may have stale users: refine once quiet. */
-        uv_timer_start(&s->t_quiet, on_quiet_timer, SERVER_QUIET_MS, 0);
+        struct upkeep_conf uc = {s->model, s->ing, cfg, s->metrics};
+        s->upkeep = upkeep_new(&s->loop, &uc);
+        if (!s->upkeep)
+            server_stop(s, 1);
         if (notify_watchdog_usec(&wd) < 0) {
             /* systemd asked for a watchdog we cannot understand: running
              * without one would get us killed at its deadline anyway. */
@@ -1416,6 +1043,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
     model_free(s->model);
     event_decoder_free(s->dec);
     views_free(s->views);
+    checkpoints_free(s->ckpt);
     ingest_free(s->ing);
     metrics_free(s->metrics);
     config_free(s->cfg);
