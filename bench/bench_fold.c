@@ -12,8 +12,9 @@
  * Mode "single" calls model_fold per event, "batch" hands each timed batch
  * to model_fold_batch (same results, with look-ahead prefetching).
  *
- *   bench_fold [users items k events [runs [zipf_s [single|batch]]]]
- *   defaults:   100000 10000 16 1000000 3 0.8 batch
+ *   bench_fold [users items k events [runs [zipf_s [single|batch
+ *               [profile_max]]]]]
+ *   defaults:   100000 10000 16 1000000 3 0.8 batch (model default)
  */
 #include <math.h>
 #include <stdint.h>
@@ -110,6 +111,7 @@ int main(int argc, char **argv)
     int runs = argc > 5 ? atoi(argv[5]) : 3;
     double zs = argc > 6 ? atof(argv[6]) : 0.8;
     int batch = argc > 7 ? strcmp(argv[7], "single") != 0 : 1;
+    uint32_t profile_max = argc > 8 ? (uint32_t)atol(argv[8]) : 0;
     if (!users || !items || !k || k > MODEL_K_MAX || items < k || !events ||
         runs < 1 || runs > 20) {
         fprintf(stderr, "usage: bench_fold [users items k events [runs "
@@ -156,6 +158,8 @@ int main(int argc, char **argv)
     for (int run = 0; run < runs; run++) {
         struct model_params p;
         model_params_default(&p);
+        if (profile_max)
+            p.profile_max = profile_max;
         p.k = k;
         struct model *m = model_new(&p);
         double t0 = now_ns(), c0 = cpu_ns();

@@ -27,6 +27,25 @@ of every user against their final components, which only helps them.
 nmfd's loss is taken from nmfctl eval and recomputed here from the
 snapshot; the two must agree.
 
+With --stream, a second comparison instead, of the streaming peers on
+the same stream, alternating runs (--runs, medians of the times):
+
+  fit        nmfctl fit, as it is (one pass, then the idle refinement);
+             its loss recomputed here from the dense snapshot
+  fit-pass   the same with --refine-rounds 0, the pass alone
+  partial    MiniBatchNMF.partial_fit fed the events in file order: after
+             every --chunk events (default 2000), one call on the current
+             rows of X (summed weights so far) of the users those events
+             touched; the item set is the whole file's from the start,
+             which scikit-learn needs and a stream would not give it.
+             Its user factors are a final transform(X) (500 iterations)
+             of the final X; the time is that of the partial_fit calls
+             and the transform only, not of building the rows in Python.
+
+k is min(--k, items) there. Every loss is computed here, by the formula
+above, from X and the factors (nmfd's snapshot, scikit-learn's
+components_ and transform): none comes from nmfd's own code.
+
 Run with Debian's /usr/bin/python3 (numpy, scipy, scikit-learn, msgpack).
 """
 
@@ -195,6 +214,148 @@ def run_partial(X, k, batch):
     return sparse_loss(X, W, m.components_), secs
 
 
+def read_stream(path, users, items):
+    """The events in file order as index arrays (user, item, weight), by
+    the same rules as read_events."""
+    uidx = {u: j for j, u in enumerate(users)}
+    iidx = {i: j for j, i in enumerate(items)}
+    us, its, ws = [], [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        rd = csv.reader(f)
+        header = [h.strip().lower() for h in next(rd)]
+        cu, ci = header.index("user"), header.index("item")
+        cw = header.index("weight") if "weight" in header else None
+        for rec in rd:
+            if not rec or len(rec) != len(header):
+                continue
+            u, i = rec[cu], rec[ci]
+            if not u or not i:
+                continue
+            w = 1.0
+            if cw is not None and rec[cw].strip():
+                try:
+                    w = float(rec[cw])
+                except ValueError:
+                    continue
+                if not np.isfinite(w) or w < 0:
+                    continue
+            us.append(uidx[u])
+            its.append(iidx[i])
+            ws.append(w)
+    return (np.asarray(us, dtype=np.int64), np.asarray(its, dtype=np.int64),
+            np.asarray(ws, dtype=np.float64))
+
+
+def stream_batches(ev, nusers, nitems, chunk):
+    """For each chunk of events: the touched users and their rows of the
+    summed matrix so far (CSR), built before any timing starts."""
+    us, its, ws = ev
+    rows = {}
+    out = []
+    for s in range(0, len(us), chunk):
+        touched = []
+        seen = set()
+        for u, i, w in zip(us[s:s + chunk], its[s:s + chunk],
+                           ws[s:s + chunk]):
+            r = rows.setdefault(int(u), {})
+            r[int(i)] = r.get(int(i), 0.0) + float(w)
+            if u not in seen:
+                seen.add(u)
+                touched.append(int(u))
+        indptr, ind, val = [0], [], []
+        for u in touched:
+            r = rows[u]
+            ind.extend(r.keys())
+            val.extend(r.values())
+            indptr.append(len(ind))
+        out.append(sp.csr_matrix((np.asarray(val), np.asarray(ind),
+                                  np.asarray(indptr)),
+                                 shape=(len(touched), nitems)))
+    return out
+
+
+def run_partial_stream(X, batches, k, seed):
+    t0 = time.monotonic()
+    m = MiniBatchNMF(n_components=k, batch_size=2048,
+                     transform_max_iter=500, random_state=seed)
+    for b in batches:
+        m.partial_fit(b)
+    W = m.transform(X)
+    secs = time.monotonic() - t0
+    return sparse_loss(X, W, m.components_), secs
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def stream_main(args, paths):
+    head = ("| dataset | events | users | items | k | fit loss | fit-pass "
+            "loss | partial loss | fit / partial loss | s fit | s fit-pass "
+            "| s partial | fit / partial time | runs |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    misses = []
+    tmp = tempfile.mkdtemp(prefix="nmfd-stream-")
+    for path in paths:
+        name = os.path.basename(path)[:-4]
+        users, items, X, events = read_events(path)
+        k = min(args.k, X.shape[1])
+        batches = stream_batches(read_stream(path, users, items),
+                                 X.shape[0], X.shape[1], args.chunk)
+        snap = os.path.join(tmp, name + ".snap")
+        snap0 = os.path.join(tmp, name + ".pass.snap")
+        s_fit, s_pass, s_pf = [], [], []
+        rel_fit = rel_pass = rel_pf = None
+        for r in range(args.runs):
+            # Alternate the order so that neither always runs first.
+            order = ("fit", "partial") if r % 2 == 0 else ("partial", "fit")
+            for what in order:
+                if what == "fit":
+                    _, _, secs = run_nmfd(args.nmfctl, path, k, None, snap,
+                                          args.set)
+                    s_fit.append(secs)
+                    _, _, secs = run_nmfd(args.nmfctl, path, k, 0, snap0,
+                                          args.set)
+                    s_pass.append(secs)
+                else:
+                    (l, norm), secs = run_partial_stream(X, batches, k, 0)
+                    s_pf.append(secs)
+                    rel_pf = l / norm
+        W, H = snapshot_factors(snap, users, items)
+        l, norm = sparse_loss(X, W, H)
+        rel_fit = l / norm
+        W, H = snapshot_factors(snap0, users, items)
+        l, _ = sparse_loss(X, W, H)
+        rel_pass = l / norm
+        mf, mp, mpf = median(s_fit), median(s_pass), median(s_pf)
+        ok = rel_fit < rel_pf and mf <= mpf
+        if not ok:
+            misses.append(name)
+        print("| %s | %d | %d | %d | %d | %s | %s | %s | %.3f | %.2f | %.2f "
+              "| %.2f | %.2f%s | %d |" % (
+                  name, events, X.shape[0], X.shape[1], k, fmt_loss(rel_fit),
+                  fmt_loss(rel_pass), fmt_loss(rel_pf),
+                  rel_fit / rel_pf if rel_pf > 0 else float("nan"), mf, mp,
+                  mpf, mf / mpf, "" if ok else " MISS", args.runs),
+              flush=True)
+    for f in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, f))
+    os.rmdir(tmp)
+    print()
+    print("times: medians of %d alternating runs, wall seconds; partial: "
+          "MiniBatchNMF.partial_fit every %d events on the touched users' "
+          "rows, then transform(X)" % (args.runs, args.chunk))
+    if misses:
+        print("target missed (fit no slower than partial_fit, at a lower "
+              "loss): %s" % ", ".join(misses))
+        return 1
+    print("target met on every dataset")
+    return 0
+
+
 def fmt_loss(rel):
     return "%.4f" % rel if rel >= 1e-4 else "%.2e" % rel
 
@@ -204,8 +365,14 @@ def main():
     repo = os.path.dirname(here)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nmfctl", required=True, help="path of nmfctl")
-    ap.add_argument("--data", default=os.path.join(repo, "..", "shared",
-                                                   "data"))
+    ap.add_argument("--data", default=os.path.join(repo, "data"),
+                    help="directory of events CSVs (default <repo>/data)")
+    ap.add_argument("--stream", action="store_true",
+                    help="compare nmfctl fit with partial_fit on the stream")
+    ap.add_argument("--chunk", type=int, default=2000,
+                    help="--stream: events per partial_fit call")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="--stream: alternating runs per dataset")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024,
                     help="MiniBatchNMF batch size in users (default 1024)")
@@ -230,6 +397,8 @@ def main():
     if not paths:
         print("quality: no events CSV in %s" % args.data, file=sys.stderr)
         return 2
+    if args.stream:
+        return stream_main(args, paths)
 
     head = ("| dataset | users | items | events | nnz | nmfd | nmfd-pass "
             "| NMF | nmfd/NMF | MB-1pass | partial | ||X||^2 | nmfd abs "

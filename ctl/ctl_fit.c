@@ -3,8 +3,10 @@
  *
  * fit folds the events in file order through model_fold, the very call
  * the daemon makes per event, with the model keys parsed by the daemon's
- * own config table (config_set), refreshes W on the event-time clock the
- * way the daemon does on its wall clock, then runs the daemon's idle
+ * own config table (config_set), lets the model refresh W by the work
+ * done (the rule above model_refresh_due in online/model.c: never by the
+ * spacing of the timestamps, so a backfill of years of events runs as
+ * fast as one of seconds and gives the same model), then runs the daemon's idle
  * refinement (model_refine with model.refine_users a slice) until it
  * reports convergence or a bound is hit, and writes the dense snapshot
  * atomically. Nothing in it reads a clock that could change the result:
@@ -30,10 +32,10 @@
 #include "csv.h"
 #include "ctl.h"
 #include "model.h"
+#include "progress.h"
 #include "records.h"
 
 #define FIT_REJECTS_SHOWN 20    /* rejected lines printed, the rest counted */
-#define FIT_EXPIRE_MS     60000 /* model.ttl sweeps, as the daemon's timer */
 
 static const char ts_rule[] =
     "The CSV has a header naming its columns: user and item are required,\n"
@@ -49,15 +51,18 @@ static const char fit_usage[] =
     "                  [--refine-rounds N] --out SNAPSHOT\n"
     "\n"
     "Folds the events in file order through the daemon's model (the same\n"
-    "code path, the same model.* keys and values as nmfd --set), refreshes\n"
-    "W every model.refresh_events events and every model.refresh_interval\n"
-    "of event time (and forgets by model.ttl every minute of it), then\n"
+    "code path, the same model.* keys and values as nmfd --set). W is\n"
+    "refreshed by work done, never by event time: when the folds since the\n"
+    "last refresh cost as much as a refresh, or after model.refresh_events\n"
+    "events (model.refresh_interval, a wall-clock period of the daemon,\n"
+    "plays no part); model.ttl forgets by event time at each refresh. Then\n"
     "refines while idle the way the daemon does after a stream goes\n"
     "quiet (model.refine_users users a step) until the model converges\n"
     "or N rounds (W refreshes) are done, and writes the dense\n"
     "snapshot to SNAPSHOT atomically. The result depends only on the file\n"
     "and the keys: its ts is the last event time, not the clock.\n"
-    "Prints one summary line: key=value pairs.\n"
+    "Prints one summary line: key=value pairs. On a terminal, stderr shows\n"
+    "the progress (events, rate, share of the file, time left).\n"
     "\n"
     "  --events FILE.csv   events, '-' for stdin\n"
     "  --set model.K=V     a model key as in nmfd.conf (repeatable)\n"
@@ -103,8 +108,10 @@ struct fit_opts {
 };
 
 /* A rejected row: printed for the first few, counted always. */
-static void fit_reject(uint64_t *rejected, const char *msg)
+static void fit_reject(struct progress *pg, uint64_t *rejected,
+                       const char *msg)
 {
+    progress_end(pg); /* the message goes on a line of its own */
     if (++*rejected <= FIT_REJECTS_SHOWN)
         fprintf(stderr, "nmfctl fit: rejected %s\n", msg);
     else if (*rejected == FIT_REJECTS_SHOWN + 1)
@@ -113,19 +120,23 @@ static void fit_reject(uint64_t *rejected, const char *msg)
 
 static int fit_run(const struct fit_opts *o, struct config *cfg)
 {
-    const struct model_params *p = &cfg->model.params;
+    /* Offline, W is refreshed by work done (online/model.c, above
+     * model_refresh_due): a backfill has no clock worth following. */
+    struct model_params params = cfg->model.params;
+    const struct model_params *p = &params;
     struct model *m = NULL;
     struct csv_reader *r = NULL;
     struct csv_row row;
     struct model_stats st;
     char err[CONFIG_ERR_MAX];
     uint64_t rejected = 0, folded = 0, rounds = 0;
-    int64_t last_refresh_ts = INT64_MIN, last_expire_ts = INT64_MIN;
-    uint64_t expired = 0;
+    uint64_t expired = 0, expired_at = 0, fold_refreshes = 0;
+    struct progress pg;
     bool converged = false;
     double t0 = ctl_now(), t1, t2;
     int rc = 1, n;
 
+    params.refresh_work = MODEL_REFRESH_WORK;
     m = model_new(p);
     if (!m) {
         const char *why = model_params_check(p);
@@ -138,12 +149,14 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         fprintf(stderr, "nmfctl fit: %s\n", err);
         goto out;
     }
+    progress_start(&pg, stderr, "fit", csv_size(r));
     while ((n = csv_next(r, &row)) != 0) {
         if (n == -EINVAL) {
-            fit_reject(&rejected, csv_error(r));
+            fit_reject(&pg, &rejected, csv_error(r));
             continue;
         }
         if (n < 0) {
+            progress_end(&pg);
             fprintf(stderr, "nmfctl fit: %s\n", csv_error(r));
             goto out;
         }
@@ -156,41 +169,38 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
                      n == -EINVAL         ? "the model refused the event"
                      : n == -ENAMETOOLONG ? "id too long for the model"
                                           : "ts or weight out of range");
-            fit_reject(&rejected, msg);
+            fit_reject(&pg, &rejected, msg);
             continue;
         }
         if (n < 0) {
+            progress_end(&pg);
             fprintf(stderr, "nmfctl fit: %s:%" PRIu64 ": %s\n", o->events,
                     row.line, strerror(-n));
             goto out;
         }
         folded++;
-        /* The daemon also refreshes W every refresh_interval and forgets
-         * by model.ttl every minute on its clock; offline the clock is
-         * the events' own time. */
+        progress_poll(&pg, folded, csv_offset(r));
+        /* The model refreshes W by itself, by work (model_fold). What
+         * model.ttl forgets is a matter of event time, but when the sweep
+         * runs is not: at each refresh, so its cost follows the work too
+         * (with timestamps a day apart, a sweep per minute of event time
+         * would be a sweep per event). */
         if (p->ttl_ms > 0) {
-            if (last_expire_ts == INT64_MIN)
-                last_expire_ts = row.ts;
-            else if (row.ts - last_expire_ts >= FIT_EXPIRE_MS) {
+            model_stats(m, &st);
+            if (st.refreshes != expired_at) {
                 expired += model_expire(m, row.ts);
-                last_expire_ts = row.ts;
-            }
-        }
-        if (cfg->model.refresh_interval_ms > 0) {
-            if (last_refresh_ts == INT64_MIN)
-                last_refresh_ts = row.ts;
-            else if (row.ts - last_refresh_ts >=
-                     (int64_t)cfg->model.refresh_interval_ms) {
-                model_refresh(m);
-                last_refresh_ts = row.ts;
+                expired_at = st.refreshes;
             }
         }
     }
+    progress_end(&pg);
     if (p->ttl_ms > 0 && folded > 0) {
         model_stats(m, &st);
         expired += model_expire(m, st.now);
     }
     t1 = ctl_now();
+    model_stats(m, &st);
+    fold_refreshes = st.refreshes;
 
     /* Idle refinement: model_refine re-solves stale users a slice at a
      * time and refreshes W once none is stale; one round is one refresh
@@ -229,11 +239,13 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     }
     printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
            " items=%" PRIu64 " expired=%" PRIu64
-           " k=%u loss=%.9g refine_rounds=%" PRIu64
+           " k=%u loss=%.9g evicted_weight=%.9g fold_refreshes=%" PRIu64
+           " refine_rounds=%" PRIu64
            " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
            "seconds=%.3f out=%s\n",
            folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
-           rounds, converged ? "yes" : "no", t1 - t0, t2 - t1, ctl_now() - t0,
+           st.evicted_weight, fold_refreshes, rounds, converged ? "yes" : "no",
+           t1 - t0, t2 - t1, ctl_now() - t0,
            o->out);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));

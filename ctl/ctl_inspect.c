@@ -101,9 +101,10 @@ int ctl_inspect_main(int argc, char **argv)
         printf("epoch %" PRIu64 "\nwritten_ms %" PRId64 "\nk %u\n"
                "events %" PRIu64 "\nweight_sum %.17g\nrejected %" PRIu64
                "\nconsumed %" PRIu64 "\nusers %" PRIu64 "\nitems %" PRIu64
-               "\nloss %.6f\n",
+               "\nloss %.6f\nevicted_weight %.9g\n",
                meta.epoch, meta.written_ms, p->k, st.events, st.weight_sum,
-               meta.rejected, meta.consumed, st.users, st.items, st.rel_loss);
+               meta.rejected, meta.consumed, st.users, st.items, st.rel_loss,
+               st.evicted_weight);
         for (size_t i = 0; i < n; i++)
             printf("offset %s/%" PRId32 " %" PRId64 "\n", offs[i].topic,
                    offs[i].partition, offs[i].offset);

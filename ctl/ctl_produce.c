@@ -2,7 +2,7 @@
  *
  * Reads user,item,weight,ts rows with io/csv (the daemon's own rules for
  * weights and times), encodes each as a msgpack map or a JSON object with
- * the field names of DESIGN.md section 2, and produces it keyed by the
+ * the field names of docs/design.md section 2, and produces it keyed by the
  * user id through io/kafka's idempotent producer, so keys land where a
  * Java client would put them. With --batch N, up to N events that go to
  * the same partition travel as one array message (one user's events still
@@ -26,6 +26,7 @@
 #include "csv.h"
 #include "ctl.h"
 #include "kafka_raw.h"
+#include "progress.h"
 
 #define CTL_PRODUCE_BATCH_MAX 100000
 #define CTL_PRODUCE_SLICE     20000 /* rows per loop iteration, unlimited */
@@ -75,6 +76,7 @@ struct ctl_produce {
     uint64_t rows, bad_rows, events, messages;
     uint64_t t0_ms, t1_ms;
     struct kafka_out_stats st; /* at the end */
+    struct progress pg;        /* the progress line on a terminal */
 };
 
 static void ctl_produce_usage(FILE *out)
@@ -113,7 +115,9 @@ static void ctl_produce_usage(FILE *out)
             "(repeatable)\n"
             "\n"
             "Malformed rows are reported with their line number and skipped. "
-            "At the end the\nevent count and rate go to stderr. Exit 0 when "
+            "On a terminal,\nstderr shows the progress (events, rate, share "
+            "of the file, time left).\nAt the end the "
+            "event count and rate go to stderr. Exit 0 when "
             "every event was delivered,\n1 on delivery or read failures, 2 "
             "on bad usage.\n");
 }
@@ -339,17 +343,20 @@ static void ctl_produce_pump(struct ctl_produce *c)
         }
         if (r == -EINVAL) {
             c->bad_rows++;
+            progress_end(&c->pg);
             fprintf(stderr, "nmfctl produce: %s (skipped)\n",
                     csv_error(c->csv));
             continue;
         }
         if (r < 0) {
+            progress_end(&c->pg);
             fprintf(stderr, "nmfctl produce: %s\n", csv_error(c->csv));
             c->exit_code = 1;
             c->eof = true;
             continue;
         }
         c->rows++;
+        progress_poll(&c->pg, c->rows, csv_offset(c->csv));
         if (c->batch > 1) {
             int32_t part = rd_kafka_msg_partitioner_murmur2_random(
                 c->rkt, row.user, row.user_len, c->nparts, NULL, NULL);
@@ -399,6 +406,7 @@ static void ctl_produce_pump(struct ctl_produce *c)
     return;
 
 fatal:
+    progress_end(&c->pg);
     fprintf(stderr, "nmfctl produce: produce to %s: %s\n", c->topic,
             strerror(-r));
     c->exit_code = 1;
@@ -444,6 +452,7 @@ static void ctl_produce_finish(struct ctl_produce *c)
 
     uv_idle_stop(&c->idle);
     uv_timer_stop(&c->timer);
+    progress_end(&c->pg);
     if (c->stopping)
         return;
     c->stopping = true;
@@ -463,6 +472,7 @@ static void ctl_on_signal(uv_signal_t *h, int signum)
 {
     struct ctl_produce *c = h->data;
 
+    progress_end(&c->pg);
     fprintf(stderr, "nmfctl produce: %s, delivering what was produced\n",
             strsignal(signum));
     c->exit_code = 1;
@@ -648,6 +658,7 @@ int ctl_produce_main(int argc, char **argv)
         rc = errno == EINVAL ? 2 : 1;
         goto out_conf;
     }
+    progress_start(&c->pg, stderr, "produce", csv_size(c->csv));
 
     rc = 1;
     if (uv_loop_init(&c->loop) < 0)

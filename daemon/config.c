@@ -36,6 +36,8 @@
 #include <ini.h>
 
 #include "config.h"
+#include "http.h"
+#include "http_auth.h"
 #include "kafka.h"
 #include "listen.h"
 #include "nmfd_build.h"
@@ -97,16 +99,18 @@ static const struct config_enum level_enums[] = {
 
 static const char *validate_topics(const char *value);
 static const char *validate_listen(const char *value);
+static const char *validate_readable(const char *value);
 static int apply_topics(struct config *c, char *msg, size_t len);
 
 #define OFF(field) offsetof(struct config, field)
 #define SEC        (UINT64_C(1000))
-#define MIN        (60 * SEC)
-#define HOUR       (60 * MIN)
-#define DAY        (24 * HOUR)
-#define KIB        (UINT64_C(1024))
-#define MIB        (KIB * KIB)
-#define NOMAX      UINT64_MAX
+#undef MIN /* sys/param.h's, through uv.h */
+#define MIN   (60 * SEC)
+#define HOUR  (60 * MIN)
+#define DAY   (24 * HOUR)
+#define KIB   (UINT64_C(1024))
+#define MIB   (KIB * KIB)
+#define NOMAX UINT64_MAX
 
 #define K_BOOL(s, n, d, rl, f, doc_)                                           \
     {                                                                          \
@@ -185,14 +189,22 @@ static const struct config_key config_table[] = {
           "Regularisation of the topic factors W (scikit-learn alpha_W)."),
     K_DBL("model", "l1_ratio", "0", 0, 1, false, model.params.l1_ratio,
           "Share of L1 in the regularisation: 0 = L2, 1 = L1."),
-    K_INT(CT_U32, "model", "profile_max", "512", 1, MODEL_PROFILE_MAX, false,
+    K_INT(CT_U32, "model", "profile_max", "16384", 1, MODEL_PROFILE_MAX, false,
           model.params.profile_max,
-          "Items kept per user profile; the weakest is evicted."),
+          "Items kept per user profile: a safety valve against runaway ids "
+          "(bots, crawlers), far above real heavy users; past it the "
+          "weakest entry is evicted, counted (nmfd_evicted_weight) and kept "
+          "in the loss as residual."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
-          "Refresh W at least this often; 0 = by refresh_events only."),
+          "nmfd refreshes W at least this often on the wall clock (a live "
+          "stream); 0 = off. Never read as event time: nmfctl fit ignores "
+          "it."),
     K_INT(CT_U64, "model", "refresh_events", "200000", 1, NOMAX, false,
-          model.params.refresh_events, "Refresh W after this many events."),
+          model.params.refresh_events,
+          "W is refreshed by work: once the folds since the last refresh "
+          "cost as much as a refresh (HALS over the items, the B sync), "
+          "or after this many events at most."),
     K_INT(CT_DURATION_I64, "model", "ttl", "0", 0, 3650 * DAY, false,
           model.params.ttl_ms,
           "Forget users and items unseen this long; 0 = keep forever."),
@@ -252,7 +264,75 @@ static const struct config_key config_table[] = {
      .def = "127.0.0.1:9464",
      .offset = OFF(http.listen),
      .validate = validate_listen,
-     .doc = "host:port or [v6]:port of the HTTP endpoint; empty = off."},
+     .doc = "host:port or [v6]:port of the HTTP endpoint; empty = off. "
+            "Beyond loopback the data routes need token_file or "
+            "password_file (or allow_unauthenticated)."},
+    K_INT(CT_U32, "http", "max_connections", "512", 1, 65536, false,
+          http.max_connections,
+          "Connections open at once, all addresses; past it new ones are "
+          "closed at accept."),
+    K_INT(CT_U32, "http", "max_connections_per_address", "16", 1, 65536, false,
+          http.max_connections_per_address,
+          "Connections open at once from one client address (IPv6: one "
+          "/64)."),
+    K_INT(CT_DURATION, "http", "header_timeout", "5s", 100, 1 * HOUR, false,
+          http.header_timeout_ms,
+          "A connection must complete its request headers this long after "
+          "accept, or after its keep-alive idle time; else it is cut."),
+    K_INT(CT_DURATION, "http", "idle_timeout", "30s", 1 * SEC, 1 * DAY, false,
+          http.idle_timeout_ms,
+          "A keep-alive connection may idle, or a transfer stall, this "
+          "long (whole seconds)."),
+    K_INT(CT_SIZE, "http", "connection_memory", "32KiB", 4 * KIB, 16 * MIB,
+          false, http.connection_memory,
+          "Memory per connection for the request line, headers and "
+          "buffers; a larger request gets 431 or 414."),
+    K_INT(CT_U32, "http", "sse_max", "64", 0, 65536, false, http.sse_max,
+          "/events streams open at once; past it 503."),
+    K_INT(CT_U32, "http", "sse_max_per_address", "4", 1, 65536, false,
+          http.sse_max_per_address,
+          "/events streams open at once from one address; past it 503."),
+    K_INT(CT_U32, "http", "sse_queue", "64", 50, 65536, false, http.sse_queue,
+          "Events a stream may lag behind; a reader further behind is cut "
+          "off."),
+    {.section = "http",
+     .name = "tls_cert_file",
+     .type = CT_STRING,
+     .def = "",
+     .offset = OFF(http.tls_cert_file),
+     .validate = validate_readable,
+     .doc = "PEM certificate (chain); with tls_key_file turns on TLS. Both "
+            "files are re-read on SIGHUP."},
+    {.section = "http",
+     .name = "tls_key_file",
+     .type = CT_STRING,
+     .def = "",
+     .offset = OFF(http.tls_key_file),
+     .validate = validate_readable,
+     .doc = "PEM private key of tls_cert_file."},
+    {.section = "http",
+     .name = "token_file",
+     .type = CT_STRING,
+     .def = "",
+     .offset = OFF(http.token_file),
+     .validate = http_auth_token_file_check,
+     .doc = "File holding the bearer token (16 characters or more) that the "
+            "data routes require; re-read on SIGHUP. Empty = none."},
+    {.section = "http",
+     .name = "password_file",
+     .type = CT_STRING,
+     .def = "",
+     .offset = OFF(http.password_file),
+     .validate = http_auth_password_file_check,
+     .doc = "File of user:hash lines (yescrypt, bcrypt, scrypt or "
+            "sha512crypt, e.g. from mkpasswd -m yescrypt) for HTTP Basic on "
+            "the data routes; re-read on SIGHUP. Empty = none."},
+    K_BOOL("http", "auth_probes", "false", false, http.auth_probes,
+           "Require the credentials on /metrics, /healthz and /readyz too."),
+    K_BOOL("http", "allow_unauthenticated", "false", false,
+           http.allow_unauthenticated,
+           "Serve the data routes without credentials on an address beyond "
+           "loopback."),
 
     /* [log] */
     K_ENUM("log", "level", "info", level_enums, true, log.level,
@@ -654,6 +734,37 @@ static int apply_topics(struct config *c, char *msg, size_t len)
 nomem:
     snprintf(msg, len, "out of memory");
     return -ENOMEM;
+}
+
+static const char *validate_readable(const char *value)
+{
+    FILE *f;
+
+    if (!*value)
+        return NULL;
+    f = fopen(value, "re");
+    if (!f)
+        return "cannot read the file";
+    fclose(f);
+    return NULL;
+}
+
+void config_http_opts(const struct config *c, struct http_opts *o)
+{
+    http_opts_default(o);
+    o->max_connections = c->http.max_connections;
+    o->max_per_address = c->http.max_connections_per_address;
+    o->header_timeout_ms = c->http.header_timeout_ms;
+    o->idle_timeout_ms = c->http.idle_timeout_ms;
+    o->connection_memory = (size_t)c->http.connection_memory;
+    o->sse_max = c->http.sse_max;
+    o->sse_max_per_address = c->http.sse_max_per_address;
+    o->sse_queue = c->http.sse_queue;
+    o->tls_cert_file = c->http.tls_cert_file;
+    o->tls_key_file = c->http.tls_key_file;
+    o->token_file = c->http.token_file;
+    o->password_file = c->http.password_file;
+    o->auth_probes = c->http.auth_probes;
 }
 
 static const char *validate_listen(const char *value)
@@ -1227,6 +1338,40 @@ static const char *origin_of(const struct config *c, const char *name)
     return o ? o : "default";
 }
 
+/* TLS takes both files; credentials are needed where they are asked for,
+ * and wherever the data routes face more than this host. */
+static int http_check(const struct config *c, char *err, size_t errlen)
+{
+    bool creds = c->http.token_file[0] || c->http.password_file[0];
+
+    if (!c->http.tls_cert_file[0] != !c->http.tls_key_file[0]) {
+        const char *set = c->http.tls_cert_file[0] ? "http.tls_cert_file"
+                                                   : "http.tls_key_file";
+        snprintf(err, errlen, "%s: %s: needs http.%s too", origin_of(c, set),
+                 set,
+                 c->http.tls_cert_file[0] ? "tls_key_file" : "tls_cert_file");
+        return -EINVAL;
+    }
+    if (c->http.auth_probes && !creds) {
+        snprintf(err, errlen,
+                 "%s: http.auth_probes = true: needs http.token_file or "
+                 "http.password_file",
+                 origin_of(c, "http.auth_probes"));
+        return -EINVAL;
+    }
+    if (c->http.listen[0] && !creds && !c->http.allow_unauthenticated &&
+        !listen_is_loopback(c->http.listen)) {
+        snprintf(err, errlen,
+                 "%s: http.listen = %s: beyond loopback the data routes "
+                 "(/snapshot, /users, /events, /) need http.token_file or "
+                 "http.password_file; set http.allow_unauthenticated = true "
+                 "to serve them to any host that reaches the port",
+                 origin_of(c, "http.listen"), c->http.listen);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static bool in_topics(const struct config *c, const char *t)
 {
     for (size_t i = 0; i < c->input.ntopics; i++)
@@ -1286,7 +1431,7 @@ int config_check(const struct config *c, char *err, size_t errlen)
                          outputs[i]);
                 return -EINVAL;
             }
-    return 0;
+    return http_check(c, err, errlen);
 }
 
 int config_load(struct config *c, const char *path, char *const *sets,
@@ -1351,8 +1496,9 @@ void config_dump(const struct config *c, FILE *out)
             fprintf(out, "\n[%s]\n", section);
         }
         format_value(c, k, buf, sizeof(buf));
-        dump_line(out, k->name,
-                  (k->secret || name_is_secret(k->name)) ? MASK : buf,
+        /* Table keys say themselves what is secret: http.password_file
+         * is a path, shown so that a dump says which file is read. */
+        dump_line(out, k->name, k->secret ? MASK : buf,
                   c->origins[i] ? c->origins[i] : "default");
         if (!strcmp(k->section, "input") && !strcmp(k->name, "field.ts"))
             for (size_t j = 0; j < c->input.nweights; j++) {

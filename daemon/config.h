@@ -83,6 +83,17 @@ struct config {
 
     struct {
         char *listen;          /* "" = HTTP off */
+        uint32_t max_connections;             /* all addresses */
+        uint32_t max_connections_per_address; /* one address (IPv6: /64) */
+        uint64_t header_timeout_ms; /* accept or keep-alive idle to headers */
+        uint64_t idle_timeout_ms;   /* keep-alive idle, stalled transfer */
+        uint64_t connection_memory; /* bytes per connection */
+        uint32_t sse_max, sse_max_per_address, sse_queue;
+        char *tls_cert_file, *tls_key_file; /* both or neither */
+        char *token_file;                   /* bearer token; "" = none */
+        char *password_file;        /* user:crypt-hash lines; "" = none */
+        bool auth_probes;           /* credentials on the probes too */
+        bool allow_unauthenticated; /* data beyond loopback, no credentials */
     } http;
 
     struct {
@@ -96,7 +107,7 @@ struct config {
 /* SYSCONFDIR/nmfd/nmfd.conf, the file read when --config is not given. */
 const char *config_default_path(void);
 
-/* A config holding the defaults of DESIGN.md section 6; NULL on ENOMEM. */
+/* A config holding the defaults of docs/design.md section 6; NULL on ENOMEM. */
 struct config *config_new(void);
 void config_free(struct config *c);
 void config_destroy(struct config **c);
@@ -138,6 +149,9 @@ int config_reload(struct config *running, const struct config *fresh,
  * "default"; NULL for an unknown key. */
 const char *config_origin(const struct config *c, const char *name);
 
+/* The [http] keys as http_start wants them; the strings stay c's. */
+struct http_opts;
+void config_http_opts(const struct config *c, struct http_opts *o);
 
 /* Values as text: durations ("500ms", "10s", "5m", "2h", "7d", "0"),
  * sizes ("512", "64k", "64KiB", "1M", "1MiB", "1G"), bools. 0 or -EINVAL. */

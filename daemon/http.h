@@ -4,7 +4,9 @@
 #ifndef NMFD_HTTP_H
 #define NMFD_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct http;
@@ -32,26 +34,65 @@ struct http_provider {
     int (*topics_json)(void *ctx, char **json);
 };
 
+/* Limits and access. http_opts_default fills the defaults of the [http]
+ * config keys (conf/nmfd.conf); the strings are borrowed by http_start,
+ * which copies them. */
+struct http_opts {
+    unsigned max_connections;     /* accepted at once, all addresses */
+    unsigned max_per_address;     /* accepted at once from one address */
+    uint64_t header_timeout_ms;   /* accept (or keep-alive idle) to headers */
+    uint64_t idle_timeout_ms;     /* keep-alive idle, stalled transfer */
+    size_t connection_memory;     /* request line + headers + buffers */
+    unsigned sse_max;             /* /events streams, all addresses */
+    unsigned sse_max_per_address; /* /events streams from one address */
+    unsigned sse_queue;           /* events a stream may lag before cut */
+    const char *tls_cert_file;    /* PEM; both or neither: TLS */
+    const char *tls_key_file;
+    const char *token_file;    /* bearer token on the data routes */
+    const char *password_file; /* user:crypt-hash lines, HTTP Basic */
+    bool auth_probes;          /* credentials on /metrics, /healthz, /readyz */
+};
+void http_opts_default(struct http_opts *o);
+
 /* Listens on listen: "127.0.0.1:9464", "[::1]:9464", ":9464" (all
  * interfaces), "localhost:9464"; port 0 picks a free port (http_port).
- * On failure returns a negative errno with a message in err, and *out is
- * untouched. p is copied; ctx must outlive h. */
+ * o NULL means http_opts_default. On failure returns a negative errno
+ * with a message in err, and *out is untouched. p is copied; ctx must
+ * outlive h. */
 int http_start(struct http **out, uv_loop_t *loop, const char *listen,
-               const struct http_provider *p, void *ctx, char *err,
-               size_t errlen);
+               const struct http_opts *o, const struct http_provider *p,
+               void *ctx, char *err, size_t errlen);
+
+/* Whether the PEM certificate (chain) and key files load and belong
+ * together (either empty: 0). 0, or -EINVAL with "file: reason" in err.
+ * main checks this before the start, so that a bad pair is a config
+ * error (exit 2) rather than a failed start. */
+int http_tls_check(const char *cert_file, const char *key_file, char *err,
+                   size_t errlen);
+
+/* SIGHUP: re-reads the token, password, certificate and key files. With
+ * TLS the MHD daemon is restarted on the same listening socket with the
+ * new certificate (open connections are dropped, the port stays); on any
+ * error the running credentials stay. 0 or a negative errno with err. */
+int http_reload(struct http *h, char *err, size_t errlen);
 
 /* The bound TCP port. */
 int http_port(const struct http *h);
 
-/* Registers nmfd_http_requests_total{code}, nmfd_http_sse_clients and
- * nmfd_http_sse_dropped_total in m; m must outlive h. */
+/* Registers nmfd_http_requests_total{code}, nmfd_http_connections,
+ * nmfd_http_refused_total{reason}, nmfd_http_sse_clients,
+ * nmfd_http_sse_dropped_total and nmfd_http_tls_reloads_total{result}
+ * in m; m must outlive h. */
 int http_metrics_register(struct http *h, struct metrics *m);
 
 /* Sends "event: <event>\ndata: <json>\n\n" to every /events client (a
  * json with newlines becomes several data lines). The last 48 events are
  * kept and replayed, oldest first, to a client on connect, so it gets the
- * latest at once and some history. A client whose queue (64 events) is
- * full loses its oldest events (nmfd_http_sse_dropped_total). */
+ * latest at once and some history. A client whose queue (sse_queue
+ * events) is full is cut off: the event is counted in
+ * nmfd_http_sse_dropped_total, the client in
+ * nmfd_http_refused_total{reason="sse_slow"}; a browser reconnects and
+ * gets the replay. */
 void http_sse_broadcast(struct http *h, const char *event, const char *json);
 
 /* Stops accepting, drops every connection, stops MHD and closes the uv

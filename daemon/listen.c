@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <strings.h>
 
 const char *listen_parse(const char *listen, char *host, size_t hostlen,
                          uint16_t *port)
@@ -67,4 +68,23 @@ const char *listen_parse(const char *listen, char *host, size_t hostlen,
     host[hlen] = '\0';
     *port = (uint16_t)v;
     return NULL;
+}
+
+bool listen_is_loopback(const char *listen)
+{
+    char host[256];
+    uint16_t port;
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (listen_parse(listen, host, sizeof(host), &port))
+        return false;
+    if (!strcasecmp(host, "localhost"))
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "nmfd_build.h"
 #include "server.h"
@@ -160,6 +161,17 @@ int main(int argc, char **argv)
     }
     if (config_load(cfg, path, sets, o.nsets, err, sizeof(err))) {
         fprintf(stderr, "nmfd: %s\n", err);
+        config_free(cfg);
+        free(sets);
+        return 2;
+    }
+    /* The TLS pair is judged here, not in config_check: on SIGHUP a bad
+     * pair is http's to refuse (and count), with the config still
+     * applied. */
+    if (http_tls_check(cfg->http.tls_cert_file, cfg->http.tls_key_file, err,
+                       sizeof(err))) {
+        fprintf(stderr, "nmfd: %s: http.tls_cert_file, http.tls_key_file: %s\n",
+                config_origin(cfg, "http.tls_cert_file"), err);
         config_free(cfg);
         free(sets);
         return 2;

@@ -12,16 +12,22 @@
  * Every way out of an epoch, committed or abandoned, goes through
  * publish_end and then publish_done once, which reports to the owner.
  *
- * This file owns the state of the epoch in flight, its encoder and its
- * idle handle. It reads the model (and moves its epoch counter on at the
- * start of an epoch) but never changes anything else in it, never touches
- * the input, and never writes files: the owner keeps the last published
- * epoch and what follows from it.
+ * Each topic record carries its continuity: the cosine of the topic to its
+ * version in the previous epoch's records (DESIGN.md section 1), taken
+ * once per epoch as the topic records are made.
+ *
+ * This file owns the state of the epoch in flight, its encoder, its idle
+ * handle, and W as the previous epoch's topic records showed it. It reads
+ * the model (and moves its epoch counter on at the start of an epoch) but
+ * never changes anything else in it, never touches the input, and never
+ * writes files: the owner keeps the last published epoch and what follows
+ * from it.
  */
 #include "publisher.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -59,8 +65,18 @@ struct publisher {
     uint32_t finished; /* topic records (then the manifest) produced */
     uint64_t started_ms;
     uint64_t since_full; /* epochs since the last full one */
+    bool tracked;        /* this epoch's continuity is taken */
+
+    /* Topic continuity (DESIGN.md section 1): W as the previous epoch's
+     * topic records showed it (tprev_rows x k; before the first, the W the
+     * daemon started with; 0 rows: no previous version), and each topic's
+     * cosine to it in the last epoch. */
+    float *tprev;
+    uint32_t tprev_rows;
+    double *tcont;
 
     struct metric *epochs, *failures, *records;
+    struct metric **cont, *cont_min;
 };
 
 static uint64_t now_ms(void)
@@ -122,6 +138,48 @@ static int publish_record(struct publisher *p, const char *topic,
     return rc;
 }
 
+/* The previous version of W becomes the current one (at start, and as
+ * each epoch's topic records are made). Without memory there is no
+ * previous version: the next continuity is 1, as at a fresh start. */
+static void topics_keep(struct publisher *p)
+{
+    uint32_t k = model_params(p->c.model)->k;
+    uint32_t M = model_item_slots(p->c.model);
+    size_t bytes = (size_t)M * k * sizeof(float);
+    float *w = M ? realloc(p->tprev, bytes) : p->tprev;
+    if (M && !w) {
+        p->tprev_rows = 0;
+        return;
+    }
+    p->tprev = w;
+    if (M)
+        memcpy(p->tprev, model_W(p->c.model), bytes);
+    p->tprev_rows = M;
+}
+
+/* Each topic's continuity for this epoch's records, once per epoch: the
+ * cosine to the previous epoch's version (1 when there is none: nothing
+ * was shown that it could differ from), then the gauges. */
+static void topics_track(struct publisher *p)
+{
+    uint32_t k = model_params(p->c.model)->k;
+    double lo = 1;
+    if (p->tracked)
+        return;
+    if (p->tprev_rows)
+        model_topic_continuity(p->c.model, p->tprev, p->tprev_rows, p->tcont);
+    else
+        for (uint32_t j = 0; j < k; j++)
+            p->tcont[j] = 1;
+    topics_keep(p);
+    for (uint32_t j = 0; j < k; j++) {
+        metric_set(p->cont[j], p->tcont[j]);
+        lo = p->tcont[j] < lo ? p->tcont[j] : lo;
+    }
+    metric_set(p->cont_min, lo);
+    p->tracked = true;
+}
+
 /* Topic records and the manifest, last. -ENOBUFS: the producer queue is
  * full, call again on a later tick (it goes on where it stopped); any
  * other failure: the epoch is abandoned. 0: the commit is under way. */
@@ -141,9 +199,11 @@ static int publish_finish(struct publisher *p)
     if (!sizes || !mass)
         goto out;
     model_segment_sizes(p->c.model, sizes, mass);
+    topics_track(p);
     for (uint32_t j = p->finished; j < k; j++) {
         rc = records_topic_encode(p->enc, p->c.model, p->epoch, j,
-                                  c->snapshot.top_items, sizes[j], mass[j]);
+                                  c->snapshot.top_items, sizes[j], mass[j],
+                                  p->tcont[j]);
         if (!rc) {
             klen = records_topic_key(key, j);
             rc = publish_record(p, c->snapshot.topic_topics, 0, key, klen);
@@ -219,8 +279,7 @@ int publisher_start(struct publisher *p, uint64_t epoch)
         return rc;
     p->state = PUB_SEGMENTS;
     p->epoch = epoch;
-    p->full = p->next_full ||
-              ++p->since_full >= p->c.cfg->snapshot.full_every;
+    p->full = p->next_full || ++p->since_full >= p->c.cfg->snapshot.full_every;
     if (p->full)
         p->since_full = 0;
     p->next_full = false;
@@ -228,6 +287,7 @@ int publisher_start(struct publisher *p, uint64_t epoch)
     p->cursor = 0;
     p->segments = 0;
     p->finished = 0;
+    p->tracked = false;
     p->started_ms = now_ms();
     /* Changes from now on belong to the next epoch. */
     model_epoch_set(p->c.model, p->since + 1);
@@ -245,17 +305,32 @@ uint64_t publisher_started_ms(const struct publisher *p)
     return publisher_idle(p) ? 0 : p->started_ms;
 }
 
+static void publisher_free(struct publisher *p)
+{
+    records_enc_free(p->enc);
+    free(p->cont);
+    free(p->tprev);
+    free(p->tcont);
+    free(p);
+}
+
 struct publisher *publisher_new(uv_loop_t *loop, const struct publisher_conf *c,
                                 publisher_done_cb done, void *ctx)
 {
     struct publisher *p = calloc(1, sizeof(*p));
     struct metrics *m = c->metrics;
+    uint32_t k = model_params(c->model)->k;
+    static const char cont_help[] =
+        "Cosine of topic J to its version in the previous epoch (1: "
+        "unchanged; no previous version counts as 1).";
 
     if (!p)
         return NULL;
     p->enc = records_enc_new();
-    if (!p->enc) {
-        free(p);
+    p->tcont = calloc(k, sizeof(*p->tcont));
+    p->cont = calloc(k, sizeof(*p->cont));
+    if (!p->enc || !p->tcont || !p->cont) {
+        publisher_free(p);
         return NULL;
     }
     p->c = *c;
@@ -270,14 +345,32 @@ struct publisher *publisher_new(uv_loop_t *loop, const struct publisher_conf *c,
                                   "Epochs aborted or not delivered.", NULL);
     p->records = metrics_counter(m, "nmfd_records_produced_total",
                                  "Output records produced.", NULL);
+    for (uint32_t j = 0; j < k; j++) {
+        char num[16], labels[64];
+        snprintf(num, sizeof(num), "%u", j);
+        metrics_labels_format(labels, sizeof(labels), "topic", num, NULL);
+        p->cont[j] =
+            metrics_gauge(m, "nmfd_topic_continuity", cont_help, labels);
+        metric_set(p->cont[j], 1);
+    }
+    p->cont_min = metrics_gauge(
+        m, "nmfd_topic_continuity_min",
+        "The lowest nmfd_topic_continuity of the last epoch: a topic that "
+        "changed meaning shows here.",
+        NULL);
+    metric_set(p->cont_min, 1);
+    topics_keep(p);
     return p;
+}
+
+const double *publisher_continuity(const struct publisher *p)
+{
+    return p ? p->tcont : NULL;
 }
 
 static void publisher_on_close(uv_handle_t *h)
 {
-    struct publisher *p = h->data;
-    records_enc_free(p->enc);
-    free(p);
+    publisher_free(h->data);
 }
 
 void publisher_close(struct publisher *p)

@@ -45,5 +45,8 @@ int publisher_start(struct publisher *p, uint64_t epoch);
 bool publisher_idle(const struct publisher *p);
 /* When the epoch in flight started (ms, wall clock); 0 when idle. */
 uint64_t publisher_started_ms(const struct publisher *p);
+/* Each topic's continuity in the last epoch's topic records (k values,
+ * 0 before the first; DESIGN.md section 1). Valid until p is closed. */
+const double *publisher_continuity(const struct publisher *p);
 
 #endif

@@ -56,7 +56,7 @@
 #include "notify.h"
 #include "records.h"
 
-#define SERVER_STATUS_MS     5000
+#define SERVER_STATUS_MS 5000
 
 struct server {
     uv_loop_t loop;
@@ -83,6 +83,7 @@ struct server {
     uint64_t folded_at_rate;
     uint64_t rate_ms;
     double rate;
+    double loss; /* relative loss at the last published epoch */
     bool broker_down;
     uint64_t loop_ticks, watchdog_ticks;
     struct model_memory mem; /* model_memory(), at most a second old */
@@ -197,9 +198,13 @@ static void server_on_published(void *ctx, uint64_t epoch, int status)
 {
     struct server *s = ctx;
     if (!status) {
+        struct model_stats st;
+
         s->epoch = epoch;
         checkpoints_epoch_write(s->ckpt, epoch);
-        views_epoch(s->views, s->rate);
+        model_stats(s->model, &st);
+        s->loss = st.rel_loss;
+        views_epoch(s->views, &st, s->rate);
         if (s->cfg->snapshot.file[0])
             checkpoints_snapshot_file(s->ckpt, s->model, s->epoch);
     }
@@ -271,7 +276,7 @@ static void on_status_timer(uv_timer_t *t)
     lag = ingest_lag(s->ing);
     notify_status("%.0f events/s, lag %" PRId64 ", epoch %" PRIu64 ", %" PRIu64
                   " users, %" PRIu64 " items, loss %.4f",
-                  s->rate, lag, s->epoch, st.users, st.items, st.rel_loss);
+                  s->rate, lag, s->epoch, st.users, st.items, s->loss);
 }
 
 static void timer_restart(uv_timer_t *t, uint64_t ms)
@@ -305,6 +310,8 @@ static void on_sighup(uv_signal_t *h, int sig)
                           s->cfg->input.reject_log_burst);
     timer_restart(&s->t_epoch, s->cfg->snapshot.interval_ms);
     timer_restart(&s->t_ckpt, s->cfg->checkpoint.interval_ms);
+    if (views_reload(s->views, err, sizeof(err)))
+        log_err("http: reload refused, running credentials unchanged: %s", err);
     log_notice("configuration reloaded; applied: %s",
                changed[0] ? changed : "(nothing changed)");
     if (restart[0])
@@ -367,6 +374,13 @@ static double gauge_loss(void *ctx)
     return st.rel_loss;
 }
 
+static double gauge_evicted(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return st.evicted_weight;
+}
+
 static double gauge_stale(void *ctx)
 {
     struct model_stats st;
@@ -390,6 +404,20 @@ static double gauge_refining(void *ctx)
 {
     struct server *s = ctx;
     return upkeep_refining(s->upkeep) ? 1 : 0;
+}
+
+static double gauge_reseeded(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.reseeded;
+}
+
+static double gauge_moved(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return (double)st.moved;
 }
 
 static double gauge_restarts(void *ctx)
@@ -478,8 +506,13 @@ static void server_metrics_init(struct server *s)
     metrics_gauge_fn(m, "nmfd_items", "Live items in the model.", NULL,
                      gauge_items, s);
     metrics_gauge_fn(m, "nmfd_relative_loss",
-                     "||V - WH||^2 / ||V||^2 over re-solved users.", NULL,
-                     gauge_loss, s);
+                     "||V - WH||^2 / ||V||^2 for the current W and H, "
+                     "evicted mass included.",
+                     NULL, gauge_loss, s);
+    metrics_gauge_fn(m, "nmfd_evicted_weight",
+                     "Profile values evicted at model.profile_max since the "
+                     "model began (kept in the loss as residual).",
+                     NULL, gauge_evicted, s);
     metrics_gauge_fn(m, "nmfd_stale_users",
                      "Users not re-solved since the last W refresh.", NULL,
                      gauge_stale, s);
@@ -492,6 +525,14 @@ static void server_metrics_init(struct server *s)
     metrics_gauge_fn(m, "nmfd_model_restarts",
                      "Restarts from an NNDSVDa seed that replaced W.", NULL,
                      gauge_restarts, s);
+    metrics_gauge_fn(m, "nmfd_topic_columns_reseeded",
+                     "Columns of W re-seeded since start (a restart's or "
+                     "seed's k, a resampled dead column's one).",
+                     NULL, gauge_reseeded, s);
+    metrics_gauge_fn(m, "nmfd_topic_columns_moved",
+                     "Re-seeded columns given another topic's index to "
+                     "keep the ids' meaning, since start.",
+                     NULL, gauge_moved, s);
     metrics_gauge_fn(m, "nmfd_model_events",
                      "Events the model holds, since it began (restarts "
                      "included).",
@@ -547,8 +588,8 @@ static int kafka_conf_fill(struct server *s, struct kafka_conf *conf,
         /* Given to the output producer alone, by kafka_out_new. */
         if (!strcmp(c->kafka.kv[i].key, "transactional.id"))
             continue;
-        if (kafka_conf_set(conf, c->kafka.kv[i].key, c->kafka.kv[i].value,
-                           err, sizeof(err))) {
+        if (kafka_conf_set(conf, c->kafka.kv[i].key, c->kafka.kv[i].value, err,
+                           sizeof(err))) {
             log_err("%s: kafka.%s: %s", c->kafka.kv[i].origin,
                     c->kafka.kv[i].key, err);
             return -EINVAL;
@@ -768,10 +809,10 @@ static void server_shutdown_step(struct server *s)
     }
     checkpoints_wait_snapshot(s->ckpt);
     uv_handle_t *handles[] = {
-        (uv_handle_t *)&s->t_epoch,    (uv_handle_t *)&s->t_ckpt,
-        (uv_handle_t *)&s->t_status,   (uv_handle_t *)&s->t_watchdog,
-        (uv_handle_t *)&s->tick,       (uv_handle_t *)&s->s_term,
-        (uv_handle_t *)&s->s_int,      (uv_handle_t *)&s->s_hup,
+        (uv_handle_t *)&s->t_epoch,  (uv_handle_t *)&s->t_ckpt,
+        (uv_handle_t *)&s->t_status, (uv_handle_t *)&s->t_watchdog,
+        (uv_handle_t *)&s->tick,     (uv_handle_t *)&s->s_term,
+        (uv_handle_t *)&s->s_int,    (uv_handle_t *)&s->s_hup,
         (uv_handle_t *)&s->s_chld,
     };
     upkeep_close(s->upkeep);
@@ -866,14 +907,6 @@ static int server_start(struct server *s)
             return -ENOMEM;
     }
 
-    {
-        struct views_conf vc = {s->model, s->ing, s->metrics, c, &s->epoch,
-                                server_health, server_ready, s};
-        s->views = views_new(&vc);
-        if (!s->views)
-            return -ENOMEM;
-    }
-
     /* Output first, so the first epoch finds it ready. */
     conf = kafka_conf_new();
     if (kafka_conf_fill(s, conf, false)) {
@@ -909,6 +942,21 @@ static int server_start(struct server *s)
         struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics};
         s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
         if (!s->pub)
+            return -ENOMEM;
+    }
+
+    {
+        struct views_conf vc = {s->model,
+                                s->ing,
+                                s->metrics,
+                                c,
+                                &s->epoch,
+                                server_health,
+                                server_ready,
+                                s,
+                                publisher_continuity(s->pub)};
+        s->views = views_new(&vc);
+        if (!s->views)
             return -ENOMEM;
     }
 

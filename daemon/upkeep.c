@@ -125,13 +125,11 @@ static void on_quiet_timer(uv_timer_t *t)
 static void on_refine(uv_idle_t *h)
 {
     struct upkeep *u = h->data;
-    struct model_stats before, after;
     size_t n;
-    model_stats(u->c.model, &before);
+    uint64_t before = model_refreshes(u->c.model);
     n = model_refine(u->c.model, u->c.cfg->model.refine_users);
-    model_stats(u->c.model, &after);
     metric_add(u->refined, (double)n);
-    if (n == 0 && after.refreshes == before.refreshes)
+    if (n == 0 && model_refreshes(u->c.model) == before)
         uv_idle_stop(h); /* converged; the next quiet spell starts it again */
 }
 

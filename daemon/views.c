@@ -96,8 +96,10 @@ static json_t *topics_json(struct views *s, uint32_t top_n)
                                (double)w[t]));
         }
         json_array_append_new(
-            arr, json_pack("{s:i s:I s:f s:o}", "topic", (json_int_t)j, "users",
-                           (json_int_t)sizes[j], "mass", mass[j], "top", top));
+            arr,
+            json_pack("{s:i s:I s:f s:f s:o}", "topic", (json_int_t)j, "users",
+                      (json_int_t)sizes[j], "mass", mass[j], "continuity",
+                      s->c.continuity ? s->c.continuity[j] : 1.0, "top", top));
     }
 out:
     free(sizes);
@@ -107,9 +109,8 @@ out:
     return arr;
 }
 
-void views_epoch(struct views *s, double rate)
+void views_epoch(struct views *s, const struct model_stats *st, double rate)
 {
-    struct model_stats st;
     int64_t lag = -1;
     json_t *topics, *sizes, *doc;
     struct ingest_stats is;
@@ -119,7 +120,6 @@ void views_epoch(struct views *s, double rate)
 
     if (!s->http)
         return;
-    model_stats(s->c.model, &st);
     ingest_stats(s->c.ing, &is);
     lag = ingest_lag(s->c.ing);
     topics = topics_json(s, VIEWS_SSE_TOPS);
@@ -127,14 +127,14 @@ void views_epoch(struct views *s, double rate)
     for (size_t j = 0; j < json_array_size(topics); j++)
         json_array_append(sizes,
                           json_object_get(json_array_get(topics, j), "users"));
-    doc =
-        json_pack("{s:I s:I s:i s:I s:I s:I s:I s:f s:I s:f s:o s:o}", "epoch",
-                  (json_int_t)*s->c.epoch, "ts", (json_int_t)now_ms(), "k",
-                  (json_int_t)model_params(s->c.model)->k, "users",
-                  (json_int_t)st.users, "items", (json_int_t)st.items, "events",
-                  (json_int_t)st.events, "rejected", (json_int_t)is.rejected,
-                  "rate", rate, "lag", (json_int_t)lag, "loss", st.rel_loss,
-                  "segment_sizes", sizes, "topics", topics);
+    doc = json_pack(
+        "{s:I s:I s:i s:I s:I s:I s:I s:f s:I s:f s:o s:o}", "epoch",
+        (json_int_t)*s->c.epoch, "ts", (json_int_t)now_ms(), "k",
+        (json_int_t)model_params(s->c.model)->k, "users", (json_int_t)st->users,
+        "items", (json_int_t)st->items, "events", (json_int_t)st->events,
+        "rejected", (json_int_t)is.rejected, "rate", rate, "lag",
+        (json_int_t)lag, "loss", st->rel_loss, "segment_sizes", sizes, "topics",
+        topics);
     if (!doc)
         return;
     text = json_dumps(doc, JSON_COMPACT);
@@ -237,10 +237,10 @@ static int http_user(void *ctx, const char *id, char **out)
 static int http_topics(void *ctx, char **out)
 {
     struct views *s = ctx;
-    json_t *doc = json_pack("{s:I s:i s:o}", "epoch", (json_int_t)*s->c.epoch,
-                            "k", (json_int_t)model_params(s->c.model)->k,
-                            "topics",
-                            topics_json(s, s->c.cfg->snapshot.top_items));
+    json_t *doc =
+        json_pack("{s:I s:i s:o}", "epoch", (json_int_t)*s->c.epoch, "k",
+                  (json_int_t)model_params(s->c.model)->k, "topics",
+                  topics_json(s, s->c.cfg->snapshot.top_items));
     if (!doc)
         return -ENOMEM;
     *out = json_dumps(doc, JSON_COMPACT);
@@ -298,14 +298,23 @@ void views_free(struct views *s)
     free(s);
 }
 
-int views_start(struct views *s, uv_loop_t *loop, const char *listen,
-                char *err, size_t errlen)
+int views_start(struct views *s, uv_loop_t *loop, const char *listen, char *err,
+                size_t errlen)
 {
-    int rc = http_start(&s->http, loop, listen, &views_http, s, err, errlen);
+    struct http_opts ho;
+    int rc;
+
+    config_http_opts(s->c.cfg, &ho);
+    rc = http_start(&s->http, loop, listen, &ho, &views_http, s, err, errlen);
     if (rc)
         return rc;
     http_metrics_register(s->http, s->c.metrics);
     return 0;
+}
+
+int views_reload(struct views *s, char *err, size_t errlen)
+{
+    return s && s->http ? http_reload(s->http, err, errlen) : 0;
 }
 
 int views_port(const struct views *s)

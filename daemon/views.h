@@ -26,6 +26,8 @@ struct views_conf {
     /* /readyz: 0 ready, else -EAGAIN with a static reason. */
     int (*ready)(void *ctx, const char **why);
     void *ctx;
+    /* Each topic's continuity in the last epoch (k values), or NULL: 1. */
+    const double *continuity;
 };
 
 /* Creates the views and loads snapshot.item_names (on failure it warns
@@ -34,10 +36,14 @@ struct views *views_new(const struct views_conf *c);
 /* Frees v; its HTTP endpoint must be closed (or never started). */
 void views_free(struct views *v);
 
-/* Listens on listen (http.listen). 0, or a negative errno with the words
- * in err. */
+/* Listens on listen (http.listen) with the limits, TLS and credentials
+ * of the [http] section. 0, or a negative errno with the words in err. */
 int views_start(struct views *v, uv_loop_t *loop, const char *listen,
                 char *err, size_t errlen);
+/* SIGHUP: the endpoint re-reads its credential and TLS files (http_reload);
+ * 0 when not listening. 0 or a negative errno with the words in err, the
+ * running credentials unchanged. */
+int views_reload(struct views *v, char *err, size_t errlen);
 /* The bound port, 0 when not listening. */
 int views_port(const struct views *v);
 /* Whether the endpoint is open (started and not yet closed). */
@@ -45,9 +51,12 @@ int views_open(const struct views *v);
 /* Closes the endpoint; closed(arg) runs once it is gone. */
 void views_close(struct views *v, void (*closed)(void *arg), void *arg);
 
-/* The dashboard's event for a newly published epoch (rate: events folded
- * per second, last status period). */
-void views_epoch(struct views *v, double rate);
+struct model_stats;
+
+/* The dashboard's event for a newly published epoch: st the model as the
+ * epoch left it, rate the events folded per second in the last status
+ * period. */
+void views_epoch(struct views *v, const struct model_stats *st, double rate);
 
 /* GET /users/ID: the user as JSON (*out malloc'd), -ENOENT, -ENOMEM. */
 int views_user(struct views *v, const char *id, char **out);

@@ -1,7 +1,7 @@
 /* checkpoint.c -- the durable state of nmfd: the model and the input offsets
  * it has folded up to, in one file.
  *
- * The file is the source of truth for recovery (DESIGN.md section 4): the
+ * The file is the source of truth for recovery (docs/design.md section 4): the
  * model and the offsets are captured at the same instant, so after a crash
  * the daemon reloads the model and re-reads every partition from the
  * stored offset; no event is lost and none is folded twice. Kafka's

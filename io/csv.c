@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "csv.h"
@@ -56,6 +57,8 @@ struct csv_reader {
     int ncols;
     int col[CSV_NCOLS]; /* column index of each known name, or -1 */
     int64_t last_ts;
+    uint64_t consumed; /* bytes moved out of the buffer (progress) */
+    int64_t size;      /* of a regular file, else -1 */
     char *field[CSV_MAX_COLS];
     size_t flen[CSV_MAX_COLS];
     char err[512];
@@ -86,6 +89,7 @@ static int csv__fill(struct csv_reader *r)
     if (r->pos > 0) {
         memmove(r->buf, r->buf + r->pos, r->end - r->pos);
         r->end -= r->pos;
+        r->consumed += r->pos;
         r->pos = 0;
     }
     for (;;) {
@@ -371,6 +375,7 @@ static struct csv_reader *csv__open(const char *path, enum csv_kind kind,
     }
     r->kind = kind;
     r->fd = -1;
+    r->size = -1;
     if (!strcmp(path, "-")) {
         r->fd = STDIN_FILENO;
     } else {
@@ -381,6 +386,9 @@ static struct csv_reader *csv__open(const char *path, enum csv_kind kind,
             goto fail;
         }
     }
+    struct stat sb;
+    if (fstat(r->fd, &sb) == 0 && S_ISREG(sb.st_mode))
+        r->size = (int64_t)sb.st_size;
     rc = csv__header(r);
     if (rc < 0) {
         snprintf(err, errlen, "%s", r->err);
@@ -499,6 +507,16 @@ int csv_next(struct csv_reader *r, struct csv_row *row)
 const char *csv_error(const struct csv_reader *r)
 {
     return r->err;
+}
+
+uint64_t csv_offset(const struct csv_reader *r)
+{
+    return r->consumed + r->pos;
+}
+
+int64_t csv_size(const struct csv_reader *r)
+{
+    return r->size;
 }
 
 const char *csv_path(const struct csv_reader *r)

@@ -57,6 +57,10 @@ int csv_next(struct csv_reader *r, struct csv_row *row);
 
 /* The message of the last error ("" if none). */
 const char *csv_error(const struct csv_reader *r);
+/* Progress: the bytes of the input read into rows so far, and the size of
+ * the input when it is a regular file (-1 for a pipe, a terminal). */
+uint64_t csv_offset(const struct csv_reader *r);
+int64_t csv_size(const struct csv_reader *r);
 /* The path as given ("-" for stdin). */
 const char *csv_path(const struct csv_reader *r);
 

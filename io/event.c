@@ -1,4 +1,4 @@
-/* event.c -- Kafka message value -> engagement events (DESIGN.md §2).
+/* event.c -- Kafka message value -> engagement events (docs/design.md §2).
  *
  * The decoder turns one message value, msgpack or JSON, into zero or more
  * events and tells the caller, per event, why it refused the others. It

@@ -1,4 +1,4 @@
-/* event.h -- Kafka message value -> engagement events (DESIGN.md §2).
+/* event.h -- Kafka message value -> engagement events (docs/design.md §2).
  *
  * A decoder is configured once and reused for every message. A value is
  * one event (msgpack map or JSON object) or an array of them. A value that

@@ -1,6 +1,6 @@
 /* records.c -- the msgpack records nmfd publishes, and their readers.
  *
- * Encodes, from a struct model, the three record types of DESIGN.md §3
+ * Encodes, from a struct model, the three record types of docs/design.md §3
  * (segment, topic, manifest) and the full dense snapshot, either into a
  * reusable buffer or streamed through a callback in 64 KiB pieces so that
  * a big model is never held twice in memory. It also reads a dense
@@ -282,7 +282,7 @@ static int pk_f32_body(msgpack_packer *pk, const float *v, size_t n)
 }
 
 /* The "model" map: the parameters that shaped the factors, under the
- * names of the [model] config keys (DESIGN.md §6), durations in ms. */
+ * names of the [model] config keys (docs/design.md §6), durations in ms. */
 static int pk_model(msgpack_packer *pk, const struct model_params *p,
                     int64_t refresh_interval_ms)
 {
@@ -336,12 +336,12 @@ int records_segment_encode(struct records_enc *e, uint64_t epoch, uint32_t k,
 
 int records_topic_encode(struct records_enc *e, const struct model *m,
                          uint64_t epoch, uint32_t topic, uint32_t top_n,
-                         uint64_t users, double mass)
+                         uint64_t users, double mass, double continuity)
 {
     msgpack_packer pk;
     uint32_t k = model_params(m)->k, n, live = 0;
 
-    if (topic >= k)
+    if (topic >= k || !(continuity >= 0 && continuity <= 1))
         return -EINVAL;
     if (top_n > e->nscratch) {
         uint32_t *it = realloc(e->items, sizeof(*it) * top_n);
@@ -363,7 +363,7 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
         }
     }
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 7) < 0 ||
+    if (msgpack_pack_map(&pk, 8) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_u64(&pk, "epoch", epoch) < 0 ||
         pk_kv_u64(&pk, "topic", topic) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
@@ -377,7 +377,9 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
             msgpack_pack_float(&pk, e->weights[i]) < 0)
             return enc_fail(e);
     }
-    if (pk_kv_u64(&pk, "users", users) < 0 || pk_kv_f64(&pk, "mass", mass) < 0)
+    if (pk_kv_u64(&pk, "users", users) < 0 ||
+        pk_kv_f64(&pk, "mass", mass) < 0 ||
+        pk_kv_f64(&pk, "continuity", continuity) < 0)
         return enc_fail(e);
     return 0;
 }
@@ -400,7 +402,7 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
     }
     model_stats(m, &st);
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 14) < 0 ||
+    if (msgpack_pack_map(&pk, 15) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_u64(&pk, "epoch", mf->ep->epoch) < 0 ||
         pk_kv_i64(&pk, "ts", mf->ep->ts) < 0 || pk_kv_u64(&pk, "k", p->k) < 0 ||
@@ -412,6 +414,7 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
         pk_kv_f64(&pk, "weight_sum", st.weight_sum) < 0 ||
         pk_kv_u64(&pk, "rejected", mf->rejected) < 0 ||
         pk_kv_f64(&pk, "loss", st.rel_loss) < 0 ||
+        pk_kv_f64(&pk, "evicted_weight", st.evicted_weight) < 0 ||
         pk_kv_u64(&pk, "segments", mf->segments) < 0 ||
         pk_key(&pk, "segment_sizes") < 0 || msgpack_pack_array(&pk, p->k) < 0)
         return enc_fail(e);

@@ -1,4 +1,4 @@
-/* records.h -- the msgpack records nmfd publishes (DESIGN.md §3).
+/* records.h -- the msgpack records nmfd publishes (docs/design.md §3).
  *
  * Encoders for the segment, topic and manifest records and for the full
  * dense snapshot; a reader for dense snapshots; a msgpack -> JSON-lines
@@ -51,12 +51,14 @@ int records_segment_encode(struct records_enc *e, uint64_t epoch, uint32_t k,
                            const struct model_user_view *u);
 
 /* {"v":1,"epoch","topic","k","top":[[item,weight float32],...],"users",
- * "mass"}: the top_n strongest items of topic j (model_topic_top); users
- * and mass come from model_segment_sizes, computed once per epoch.
- * -EINVAL when topic >= k. */
+ * "mass","continuity"}: the top_n strongest items of topic j
+ * (model_topic_top); users and mass come from model_segment_sizes,
+ * computed once per epoch; continuity is the cosine of topic j to its
+ * previous version (model_topic_continuity). -EINVAL when topic >= k or
+ * continuity is not in [0, 1]. */
 int records_topic_encode(struct records_enc *e, const struct model *m,
                          uint64_t epoch, uint32_t topic, uint32_t top_n,
-                         uint64_t users, double mass);
+                         uint64_t users, double mass, double continuity);
 
 struct records_manifest {
     const struct records_epoch *ep;
@@ -67,7 +69,8 @@ struct records_manifest {
 };
 
 /* {"v":1,"epoch","ts","k","full","users","items","events","weight_sum",
- *  "rejected","loss","segments","segment_sizes":[k],"model":{...}}. */
+ *  "rejected","loss","evicted_weight","segments","segment_sizes":[k],
+ *  "model":{...}}; loss is model_loss's, exact for the current W and H. */
 int records_manifest_encode(struct records_enc *e, const struct model *m,
                             const struct records_manifest *mf);
 

@@ -89,8 +89,12 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
  * Blocked so that the arithmetic, not G's loads and stores, sets the
  * pace: a chunk of rows goes to a double buffer once (scaled and stored
  * back on the way), then for each band of HALS_GRAM_J rows of G the whole
- * chunk is accumulated in registers (HALS_GRAM_J x k doubles: 8 AVX-512
- * registers at k = 16) and added to G once per chunk. A buffered row is
+ * chunk is accumulated in registers (HALS_GRAM_J x k doubles in vectors
+ * of HALS_GRAM_VD: 16 AVX2 registers at k = 16) and added to G once per
+ * chunk. The vectors are 4 doubles wide: with 8 (a 64-byte vector type),
+ * GCC's x86-64-v3 clone, having no 512-bit registers, lowered the
+ * accumulators to memory and the kernel ran 23 times slower on AVX2
+ * machines (625 ms at k = 16, 1 M rows, against 27 ms). A buffered row is
  * padded with zeros to kp columns (whole vectors of 8 for k <= 32, whole
  * bands beyond), so every band and every vector is full. At k = 16, 1 M
  * rows: 32 ms before this blocking (four rows per update of all of G),
@@ -98,6 +102,8 @@ void hals_update(uint32_t k, size_t rows, float *restrict W,
  */
 #define HALS_GRAM_J   4
 #define HALS_GRAM_BUF 4096 /* doubles: 32 KiB, within L1 */
+#define HALS_GRAM_VD 4 /* doubles per vector of the k <= 32 path */
+#define HALS_GRAM_VB (HALS_GRAM_VD * 8)
 
 /* The bands of G for a chunk of nr buffered rows (kp doubles each), in
  * scalar loops: k > 32. */
@@ -126,27 +132,27 @@ hals_gram_bands(const uint32_t k, const uint32_t kp, const double *buf,
     }
 }
 
-/* The same for k <= 32 with the band's accumulators as vectors of 8
- * doubles that stay in registers (kp a multiple of 8; k a constant when
- * inlined for 8, 16 or 32). */
-typedef double hals_v8d __attribute__((vector_size(64)));
+/* The same for k <= 32 with the band's accumulators as vectors of
+ * HALS_GRAM_VD doubles that stay in registers (kp a multiple of 8; k a
+ * constant when inlined for 8, 16 or 32). */
+typedef double hals_v8d __attribute__((vector_size(HALS_GRAM_VB)));
 static inline __attribute__((always_inline)) void
 hals_gram_bands_v(const uint32_t k, const uint32_t kp, const double *buf,
                   size_t nr, double *restrict G)
 {
-    const uint32_t nv = kp / 8;
+    const uint32_t nv = kp / HALS_GRAM_VD;
     for (uint32_t j0 = 0; j0 < k; j0 += HALS_GRAM_J) {
-        hals_v8d acc[HALS_GRAM_J][4] = {{{0}}};
+        hals_v8d acc[HALS_GRAM_J][32 / HALS_GRAM_VD] = {{{0}}};
         for (size_t x = 0; x < nr; x++) {
             const double *restrict bx = buf + x * kp;
-            hals_v8d row[4];
-#pragma GCC unroll 4
+            hals_v8d row[32 / HALS_GRAM_VD];
+#pragma GCC unroll 8
             for (uint32_t v = 0; v < nv; v++)
-                memcpy(&row[v], bx + 8 * v, sizeof(row[v]));
+                memcpy(&row[v], bx + HALS_GRAM_VD * v, sizeof(row[v]));
 #pragma GCC unroll 4
             for (uint32_t q = 0; q < HALS_GRAM_J; q++) {
                 double a = bx[j0 + q];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (uint32_t v = 0; v < nv; v++)
                     acc[q][v] += a * row[v];
             }
@@ -154,12 +160,12 @@ hals_gram_bands_v(const uint32_t k, const uint32_t kp, const double *buf,
         for (uint32_t q = 0; q < HALS_GRAM_J && j0 + q < k; q++) {
             double *restrict gj = G + (size_t)(j0 + q) * k;
             if (k == kp) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (uint32_t v = 0; v < nv; v++) {
                     hals_v8d g;
-                    memcpy(&g, gj + 8 * v, sizeof(g));
+                    memcpy(&g, gj + HALS_GRAM_VD * v, sizeof(g));
                     g += acc[q][v];
-                    memcpy(gj + 8 * v, &g, sizeof(g));
+                    memcpy(gj + HALS_GRAM_VD * v, &g, sizeof(g));
                 }
             } else {
                 double a[32];

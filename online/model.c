@@ -26,8 +26,10 @@
  * exact for the current data by replacing u's old contribution with the
  * new one (not by accumulating the history, as in the paper's Algorithm 1:
  * each user counts once, with its current h). (3) W is refreshed by HALS
- * on A and B (Cichocki & Phan 2009; Gillis 2014; hals.c), every
- * refresh_events folds and on the caller's clock. (4) Between events,
+ * on A and B (Cichocki & Phan 2009; Gillis 2014; hals.c) when the fold
+ * work since the last refresh reaches a multiple of a refresh's own cost
+ * or after refresh_events folds (model_refresh_due), never by event
+ * time, and on the caller's clock. (4) Between events,
  * model_refine re-solves users whose h predates the current W, then
  * refreshes W again: with half_life = 0 this is exact alternating NNLS on
  * the full data (block coordinate descent, the loss never increases).
@@ -37,7 +39,10 @@
  * alternating NNLS; at idle convergence model_refine may restart from a
  * fresh NNDSVDa seed of all the data and keep the better of the two
  * (model_restart.c), so that the model does not stay in the local
- * minimum its start happened to lead to.
+ * minimum its start happened to lead to. Every re-seeded column (a seed,
+ * a restart's W, a resampled dead column) first takes the index of the
+ * old column it resembles most, by an optimal assignment on cosine
+ * similarity (match.c), so that topic j keeps its meaning.
  *
  * Choices. Columns of W have unit L2 norm, restored after each refresh as
  * a reparametrisation (w_j /= n_j, h_u[j] *= n_j, A and B scaled alike),
@@ -126,7 +131,7 @@ void model_params_default(struct model_params *p)
     p->alpha_h = 0;
     p->alpha_w = 0;
     p->l1_ratio = 0;
-    p->profile_max = 512;
+    p->profile_max = 16384;
     p->refresh_events = 200000;
     p->ttl_ms = 0;
     p->seed = 1;
@@ -163,6 +168,8 @@ const char *model_params_check(const struct model_params *p)
         return "hals_sweeps must be 1..1000";
     if (!isfinite(p->refine_tol) || p->refine_tol < 0)
         return "refine_tol must be finite and >= 0";
+    if (!isfinite(p->refresh_work) || p->refresh_work < 0)
+        return "refresh_work must be finite and >= 0";
     return NULL;
 }
 
@@ -209,6 +216,7 @@ void model_free(struct model *m)
     ids_free(m->uids);
     ids_free(m->iids);
     free(m->u);
+    free(m->uev);
     free(m->Hraw);
     free(m->Wraw);
     free(m->Braw);
@@ -287,6 +295,11 @@ int model__users_grow(struct model *m, uint32_t need)
         return -ENOMEM;
     memset(pend + ow, 0, (nw - ow) * sizeof(*pend));
     m->pend = pend;
+    float *ev = realloc(m->uev, (size_t)cap * sizeof(*ev));
+    if (!ev)
+        return -ENOMEM;
+    memset(ev + m->ucap, 0, (size_t)(cap - m->ucap) * sizeof(*ev));
+    m->uev = ev;
     float *h = model_grow_aligned(&m->Hraw, m->H,
                                   (size_t)m->ucap * m->k * sizeof(float),
                                   (size_t)cap * m->k * sizeof(float));
@@ -575,12 +588,14 @@ static void model_b_sync_user(struct model *m, uint32_t u)
         return;
     if (us->flags & MODEL_U_GB) {
         model_b_settle(m, u);
+        m->sync_rows += us->n;
         return;
     }
     if (us->flags & MODEL_U_INB)
         return;
     model_b_apply(m, u, 1);
     us->flags |= MODEL_U_INB;
+    m->sync_rows += us->n;
 }
 
 /* Brings every pending user's contribution into the stored B, in user
@@ -799,7 +814,9 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     const int64_t pos = ev ? ev->pos : -1;
     int64_t evict = -1;
     int add = 0;
+    float dropped = 0; /* an event too weak to evict the weakest entry */
     const int had_profile = us->n > 0;
+    uint64_t rows = 0; /* profile rows of W or B gone through (work) */
 
     /* The share of B: held with g if no entry but the event's changes
      * (a light user's g on the stack for this step, a heavy user's in its
@@ -825,6 +842,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         } else {
             model_b_apply_k(m, u, -1, k);
             us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
+            rows += us->n;
         }
     }
     if (ev && pos < 0 && ev->w >= FLT_MIN) {
@@ -839,8 +857,10 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
             float minv;
             evict = model_weakest(va, us->n, ff, &minv);
-            if (!(ev->w > minv))
+            if (!(ev->w > minv)) {
                 evict = -1;
+                dropped = ev->w;
+            }
         }
     }
 
@@ -910,6 +930,25 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             model_b_row_k(m, g, ev->item, s_new * ev->w, k);
         }
     }
+    /* What the profile could not keep stays in v^T v (docs/design.md section
+     * 1: evicted mass is residual, never dropped): the evicted entry, or
+     * the event itself when it was the weakest. The user's earlier
+     * evictions decay with the profile; the recomputation above counted
+     * the kept entries only. */
+    if (evict >= 0 || dropped > 0 || (us->flags & MODEL_U_EV)) {
+        double e_old = us->flags & MODEL_U_EV ? m->uev[u] : 0;
+        double e_new = (double)ve * ve + (double)dropped * dropped;
+        if (ff != 1.0f || drop) {
+            e_old *= f * f;
+            vtv += e_old;
+        }
+        vtv += e_new;
+        float e = (float)(e_old + e_new);
+        m->uev[u] = e >= FLT_MIN ? e : 0;
+        us->flags = (uint8_t)(m->uev[u] > 0 ? us->flags | MODEL_U_EV
+                                            : us->flags & ~MODEL_U_EV);
+        m->evicted_weight += (double)ve + dropped;
+    }
     if (add) {
         it = pool_items(&m->pool, us->cls, us->slab);
         va = pool_vals(&m->pool, us->cls, us->slab);
@@ -923,6 +962,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     us->n = (uint16_t)out;
     if (!out) {
         vtv = 0;
+        m->uev[u] = 0;
+        us->flags &= (uint8_t)~MODEL_U_EV;
         if (us->slab != POOL_NONE) {
             pool_release(&m->pool, us->cls, us->slab);
             us->slab = POOL_NONE;
@@ -940,6 +981,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     if (us->bslot != POOL_NONE)
         bc = m->bc + (size_t)us->bslot * k;
     if (bc && m->bc_gen[us->bslot] == m->wgen && !moved) {
+        rows += 1 + (evict >= 0);
         for (uint32_t j = 0; j < k; j++)
             b[j] = f * bc[j];
         if (ev && (pos >= 0 || add || evict >= 0)) {
@@ -956,6 +998,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         }
     } else {
         model_wtv_k(m, us, b, k);
+        rows += out;
     }
     if (bc) {
         memcpy(bc, b, k * sizeof(double));
@@ -965,6 +1008,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     /* The solve, warm-started from the old h decayed like the profile
      * (the true h: stored h times the column scales). */
     const double *restrict hs = m->hs, *restrict hsi = m->hsi;
+    uint32_t sweeps = 0;
     for (uint32_t j = 0; j < k; j++)
         ho[j] = (double)hu[j] * hs[j];
     if (vtv > 0) {
@@ -972,7 +1016,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             h[j] = ho[j] * f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
-        nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+        sweeps = nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps,
+                             m->p.nnls_tol, h, gh);
     } else {
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
@@ -1059,13 +1104,18 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     }
     if (eager && g) {
         model_b_move_k(m, us, g, hf, s_new, k);
+        rows += out;
     } else if (eager) {
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
+        rows += out;
     }
     if (model__owes_b(us))
         model_pend(m, u);
     m->dirty = 1;
+    /* The step's multiply-adds: k per profile row, k^2 per sweep of the
+     * solve plus two for the warm start and the statistics (A, loss). */
+    m->work += k * rows + (uint64_t)k * k * (sweeps + 2u);
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
         if (!m->nprof)
@@ -1101,6 +1151,7 @@ static void model_user_remove(struct model *m, uint32_t u)
             m->A[(size_t)j * k + l] -= s_old * ho[j] * ho[l];
     m->loss_s -= s_old * us->loss;
     m->norm_s -= s_old * us->vnorm;
+    m->uev[u] = 0;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
         m->stale--;
     if (us->n)
@@ -1276,6 +1327,53 @@ static int model_column_uniform(struct model *m, uint32_t j)
     return 1;
 }
 
+/* Columns cols[0..n) of W, side by side (M x n floats), or NULL. */
+static float *model_columns_copy(const struct model *m, const uint32_t *cols,
+                                 uint32_t n)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *c = malloc((size_t)M * n * sizeof(float));
+    if (c)
+        for (uint32_t i = 0; i < M; i++)
+            for (uint32_t a = 0; a < n; a++)
+                c[(size_t)i * n + a] = m->W[(size_t)i * k + cols[a]];
+    return c;
+}
+
+/* Topic identity for the columns a refresh resampled (mult[j] == 0 among
+ * the nd dead ones, whose columns before the refresh are in old, M x nd,
+ * or NULL when fewer than two died or no memory): they are matched among
+ * themselves (model__match), each taking the index of the dead column it
+ * resembles most. Only among themselves: a live column is not re-seeded,
+ * its users' h and the statistics carry its identity. A resampled column
+ * has h_j = 0 for everyone and a zero row and column in A and B, so
+ * moving W's columns is the whole permutation. */
+static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
+                             const float *old, const double *mult)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    uint32_t co[MODEL_K_MAX], cn[MODEL_K_MAX], to[MODEL_K_MAX], n = 0;
+    float x[MODEL_K_MAX];
+    for (uint32_t a = 0; a < nd; a++) {
+        if (mult[dead[a]] != 0)
+            continue;
+        co[n] = a;
+        cn[n++] = dead[a];
+    }
+    m->reseeded += n;
+    if (n < 2 || !old || model__match(M, n, old, nd, co, m->W, k, cn, to))
+        return;
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        for (uint32_t a = 0; a < n; a++)
+            x[a] = wi[cn[to[a]]];
+        for (uint32_t a = 0; a < n; a++)
+            wi[cn[a]] = x[a];
+    }
+    for (uint32_t a = 0; a < n; a++)
+        m->moved += to[a] != a;
+}
+
 /*
  * W refresh: HALS sweeps on the true A and B (hals.c), then each column
  * normalised to unit L2 norm as a reparametrisation: with n_j the norm of
@@ -1298,6 +1396,7 @@ void model_refresh(struct model *m)
     double maxdiag = 0;
 
     model__restart_drop(m);
+    m->sync_rows = 0;
     model_b_sync(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
@@ -1322,6 +1421,11 @@ void model_refresh(struct model *m)
                     m->p.hals_sweeps, colsq);
     }
     int rescale = 0;
+    uint32_t dead[MODEL_K_MAX], nd = 0;
+    for (uint32_t j = 0; j < k; j++)
+        if (skip[j] || !(sqrt(colsq[j]) > 0 && isfinite(sqrt(colsq[j]))))
+            dead[nd++] = j;
+    float *old = nd > 1 && M ? model_columns_copy(m, dead, nd) : NULL;
     for (uint32_t j = 0; j < k; j++) {
         if (!skip[j]) {
             double nj = sqrt(colsq[j]);
@@ -1340,6 +1444,8 @@ void model_refresh(struct model *m)
             rescale = 1;
         }
     }
+    model_dead_match(m, dead, nd, old, mult);
+    free(old);
     double inv[MODEL_K_MAX];
     for (uint32_t j = 0; j < k; j++)
         inv[j] = mult[j] > 0 ? 1.0 / mult[j] : 1.0;
@@ -1380,6 +1486,7 @@ void model_refresh(struct model *m)
     m->refreshes++;
     m->stale = ids_live(m->uids);
     m->since_refresh = 0;
+    m->work = 0;
     m->dirty = 0;
 }
 
@@ -1404,7 +1511,7 @@ static void model_solve_all(struct model *m)
  * stays random) when there are fewer users with a profile than k or no
  * memory for the work arrays.
  */
-static void model_seed_columns(struct model *m)
+static void model_seed_columns(struct model *m, int match)
 {
     const uint32_t k = m->k, U = ids_slots(m->uids);
     const size_t M = ids_slots(m->iids);
@@ -1415,8 +1522,13 @@ static void model_seed_columns(struct model *m)
         return;
     double *d = malloc((size_t)U * sizeof(double));
     double *x = calloc(M, sizeof(double));
-    if (!d || !x)
+    /* The seed is built beside W (the columns it does not reach keep
+     * theirs) and then installed (model__w_install, matched with
+     * match). */
+    float *Wn = malloc(M * k * sizeof(float));
+    if (!d || !x || !Wn)
         goto out;
+    memcpy(Wn, m->W, M * k * sizeof(float));
     for (uint32_t u = 0; u < U; u++)
         d[u] = 1;
     double floor = 1e-3 / sqrt((double)M);
@@ -1456,11 +1568,11 @@ static void model_seed_columns(struct model *m)
             double w = ids_get(m->iids, (uint32_t)i, NULL)
                            ? x[i] + floor * rng_uniform(&m->rng)
                            : 0;
-            m->W[i * k + j] = (float)w;
+            Wn[i * k + j] = (float)w;
             sq += w * w;
         }
         for (size_t i = 0; i < M; i++)
-            m->W[i * k + j] = (float)(m->W[i * k + j] / sqrt(sq));
+            Wn[i * k + j] = (float)(Wn[i * k + j] / sqrt(sq));
         for (uint32_t u = 0; u < U; u++) {
             const struct model_user *us = &m->u[u];
             if (!(us->flags & MODEL_U_LIVE) || !us->n)
@@ -1477,23 +1589,103 @@ static void model_seed_columns(struct model *m)
         for (uint32_t q = 0; q < ps->n; q++)
             x[pit[q]] = 0;
     }
-    memset(m->G, 0, (size_t)k * k * sizeof(double));
-    hals_gram(k, M, m->W, NULL, m->G);
-    m->wgen++;
+    model__w_install(m, Wn, match);
 out:
     free(d);
     free(x);
+    free(Wn);
+}
+
+/*
+ * Relabels the topics: topic j becomes what topic src[j] was, in
+ * everything indexed by topic, so that the model is the same model with
+ * its topics in another order: W's columns and G's rows and columns with
+ * them, H's columns with their scales hs, A's rows and columns, B's
+ * columns with their scales bcol, the cached W^T v and held g of heavy
+ * users. Every number is moved, none recomputed, so the loss (a sum over
+ * users) and every user's h stay bit for bit, in the new order. A user's
+ * mark stays what its last record showed; one whose segment now has
+ * another index is marked (model.h's rule), so its next record says so.
+ * O((items + users) k + k^2); used where nothing was published since the
+ * order being undone appeared (the end of the warm-up).
+ */
+void model__topics_permute(struct model *m, const uint32_t *src)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids), U = ids_slots(m->uids);
+    double x[MODEL_K_MAX], y[MODEL_K_MAX];
+    float f[MODEL_K_MAX], ht[MODEL_K_MAX];
+    double *T = m->S;
+    model__restart_drop(m);
+    for (uint32_t i = 0; i < M; i++) {
+        float *wi = m->W + (size_t)i * k;
+        double *bi = m->B + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            f[j] = wi[src[j]];
+            x[j] = bi[src[j]];
+        }
+        memcpy(wi, f, k * sizeof(float));
+        memcpy(bi, x, k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            f[j] = hu[src[j]];
+        memcpy(hu, f, k * sizeof(float));
+    }
+    for (uint32_t s = 0; s < m->bc_n; s++) {
+        double *b = m->bc + (size_t)s * k, *g = m->bg + (size_t)s * k;
+        for (uint32_t j = 0; j < k; j++) {
+            x[j] = b[src[j]];
+            y[j] = g[src[j]];
+        }
+        memcpy(b, x, k * sizeof(double));
+        memcpy(g, y, k * sizeof(double));
+    }
+    double *kv[] = {m->bcol, m->hs, m->hsi};
+    for (size_t v = 0; v < sizeof(kv) / sizeof(kv[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            x[j] = kv[v][src[j]];
+        memcpy(kv[v], x, k * sizeof(double));
+    }
+    double *kk[] = {m->A, m->G};
+    for (size_t v = 0; v < sizeof(kk) / sizeof(kk[0]); v++) {
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t l = 0; l < k; l++)
+                T[(size_t)j * k + l] = kk[v][(size_t)src[j] * k + src[l]];
+        memcpy(kk[v], T, (size_t)k * k * sizeof(double));
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE))
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            ht[j] = (float)((double)hu[j] * m->hs[j]);
+        model_user_mark(m, us, ht, 0, k);
+    }
+    for (uint32_t j = 0; j < k; j++)
+        m->moved += src[j] != j;
 }
 
 /* Warm-up: W seeded from the profiles seen so far (NNDSVDa, else
  * k-means++), then batch alternating NNLS on them (solve every h, refresh
  * W) until the relative loss improves by less than 1e-4 or 30 rounds, then
- * A and B rebuilt exactly. */
+ * A and B rebuilt exactly. The rounds move the seed's columns far, and
+ * nothing is published in between: so when refreshes had given the old W
+ * a meaning, the warm-up's result, not only its seed, is matched to it
+ * and the whole model relabelled (model__topics_permute). */
 static void model_warmup(struct model *m)
 {
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    float *old =
+        m->refreshes && M ? malloc((size_t)M * k * sizeof(float)) : NULL;
     double prev = -1;
-    if (model__seed_nndsvd(m))
-        model_seed_columns(m);
+    if (old)
+        memcpy(old, m->W, (size_t)M * k * sizeof(float));
+    /* The seed in its own order: the rounds from it are the warm-up's
+     * tuned path, and their result is what gets matched. */
+    if (model__seed_nndsvd(m, 0))
+        model_seed_columns(m, 0);
     for (int r = 0; r < 30; r++) {
         model_solve_all(m);
         double rel = model_rel_loss(m);
@@ -1503,7 +1695,66 @@ static void model_warmup(struct model *m)
         model_refresh(m);
     }
     model_rebuild(m);
+    if (old) {
+        uint32_t all[MODEL_K_MAX], to[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            all[j] = j;
+        if (!model__match(M, k, old, k, all, m->W, k, all, to))
+            model__topics_permute(m, to);
+        free(old);
+    }
     m->warm_done = 1;
+}
+
+/*
+ * When a fold refreshes W by itself: by work done, never by time.
+ *
+ * A refresh costs C = k^2 (hals_sweeps + 1) M + k R + k^3 multiply-adds:
+ * the HALS sweeps and the Gram matrix over the M item rows, the B sync
+ * over the R profile rows it last went through (the heavy users' shares
+ * held since the previous refresh), the symmetrised A. The re-solves
+ * since the last refresh did F multiply-adds (model_user_solve_k counts
+ * them: k per profile row of W or B it went through, k^2 per NNLS
+ * sweep). The fold refreshes when
+ *
+ *     F >= refresh_work * C    or    folds >= refresh_events,
+ *
+ * so refreshes take at most 1 / (1 + refresh_work) of the time (half at
+ * MODEL_REFRESH_WORK, 1.0, which the offline paths set) whatever the
+ * data, and W moves as often as that budget
+ * allows: early in a stream, with few items, every few dozen events;
+ * with many items and light users, every few thousand; refresh_events
+ * bounds the gap when the folds are cheap against a huge item set (a
+ * big catalogue with few active users). The ratio was measured
+ * (docs/benchmarks.md): at 0.25 the pass ends 1-2% lower in loss on the
+ * real data sets for twice the time, at 4 and 16 it ends 1-12% higher;
+ * after the idle refinement all end within 0.1%.
+ * Before the warm-up only refresh_events counts (the warm-up replaces W
+ * anyway), and refresh_events = 0 turns automatic refreshes off (the
+ * caller refreshes). Since F and C are counts of the model's own
+ * operations, the same events give the same refreshes whatever their
+ * timestamps and however fast the machine is.
+ *
+ * refresh_work is off (0) by default and in the daemon, which refreshes
+ * by its wall-clock refresh_interval and refresh_events: a live stream
+ * arrives over time and W need not move faster than the epochs that
+ * publish it, and the rule would cost a third of its fold rate
+ * (docs/benchmarks.md). A backfill (nmfctl fit, rank) has no clock worth
+ * following and turns it on.
+ */
+static int model_refresh_due(const struct model *m)
+{
+    const uint64_t k = m->k;
+    if (!m->p.refresh_events)
+        return 0;
+    if (m->since_refresh >= m->p.refresh_events)
+        return 1;
+    if (m->p.refresh_work <= 0 || (m->p.warmup_events && !m->warm_done))
+        return 0;
+    double cost = (double)(k * k) * (m->p.hals_sweeps + 1.0) *
+                      (double)ids_slots(m->iids) +
+                  (double)(k * m->sync_rows) + (double)(k * k * k);
+    return (double)m->work >= m->p.refresh_work * cost;
 }
 
 /* Position of item x in a profile, -1 if absent: blocks of 16 compared
@@ -1627,7 +1878,7 @@ static int model_fold_checked(struct model *m, const char *user,
 
     if (m->p.warmup_events && !m->warm_done && m->events >= m->p.warmup_events)
         model_warmup(m);
-    else if (m->p.refresh_events && m->since_refresh >= m->p.refresh_events)
+    else if (model_refresh_due(m))
         model_refresh(m);
     return 0;
 }
@@ -1797,8 +2048,8 @@ size_t model_refine(struct model *m, size_t max_users)
      * batch rounds. */
     if (m->p.warmup_events && !m->warm_done && m->nprof &&
         m->refine_prev >= 0 && m->events == m->refine_events) {
-        if (model__seed_nndsvd(m))
-            model_seed_columns(m);
+        if (model__seed_nndsvd(m, 1))
+            model_seed_columns(m, 1);
         m->warm_done = 1;
         m->refreshes++;
         m->stale = ids_live(m->uids);
@@ -1904,21 +2155,98 @@ void model_epoch_set(struct model *m, uint64_t epoch)
     m->epoch = epoch;
 }
 
+/*
+ * The loss identity of Mairal et al. (JMLR 2010, eq. 9 and its proof):
+ * with A = sum_u c_u h_u h_u^T and B = sum_u c_u v_u h_u^T exact for the
+ * current H,
+ *     sum_u c_u ||v_u - W h_u||^2
+ *         = sum_u c_u v_u^T v_u - 2 <W, B> + <W^T W, A>,
+ * since sum_u c_u h_u^T W^T v_u = <W, B> and sum_u c_u h_u^T G h_u =
+ * <G, A>. G = W^T W is kept for the solves, A in double; B is read as
+ * model_B reads it (stored rows times the column scales, plus the shares
+ * the sync still owes), without writing anything, so that a reader may
+ * call it between any two calls. The evicted mass is in the users' v^T v
+ * and in neither A nor B: it is residual, as it is in the true V.
+ */
+static void model_loss(const struct model *m, struct model_stats *out)
+{
+    const uint32_t k = m->k;
+    const double scale = model_scale(m);
+    const size_t M = ids_slots(m->iids);
+    double c[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++)
+        c[j] = m->bcol[j] * scale;
+    double wb = 0;
+    for (size_t i = 0; i < M; i++) {
+        const float *restrict wi = m->W + i * k;
+        const double *restrict bi = m->B + i * k;
+        double r = 0;
+        for (uint32_t j = 0; j < k; j++)
+            r += (double)wi[j] * bi[j] * c[j];
+        wb += r;
+    }
+    /* The shares the sync owes: users of the pending bits (every user
+     * after a load). */
+    uint32_t U = ids_slots(m->uids);
+    for (uint32_t u = 0; u < U; u++) {
+        if (!m->pend_all && !(m->pend[u / 64] >> (u % 64) & 1)) {
+            if (!m->pend[u / 64])
+                u |= 63; /* the next word */
+            continue;
+        }
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n || !model__owes_b(us))
+            continue;
+        const float *hu = m->H + (size_t)u * k;
+        const double *g =
+            us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
+        double d[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+        double s = model__frame_weight(m, us->t) * scale, r = 0;
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            const float *wi = m->W + (size_t)it[q] * k;
+            double x = 0;
+            for (uint32_t j = 0; j < k; j++)
+                x += (double)wi[j] * d[j];
+            r += va[q] * x;
+        }
+        wb += s * r;
+    }
+    double ga = 0;
+    for (size_t i = 0; i < (size_t)k * k; i++)
+        ga += m->G[i] * m->A[i];
+    ga *= scale;
+    double norm = m->norm_s > 0 ? m->norm_s * scale : 0;
+    double loss = norm - 2 * wb + ga;
+    /* Rounding can leave a perfect fit a hair below zero. */
+    out->norm = norm;
+    out->loss = loss > 0 ? loss : 0;
+    out->rel_loss = norm > 0 ? out->loss / norm : 0;
+}
+
 void model_stats(const struct model *m, struct model_stats *st)
 {
-    double scale = model_scale(m);
     memset(st, 0, sizeof(*st));
     st->events = m->events;
     st->weight_sum = m->weight_sum;
     st->users = ids_live(m->uids);
     st->items = ids_live(m->iids);
     st->refreshes = m->refreshes;
-    st->loss = m->loss_s > 0 ? m->loss_s * scale : 0;
-    st->norm = m->norm_s > 0 ? m->norm_s * scale : 0;
-    st->rel_loss = model_rel_loss(m);
+    st->evicted_weight = m->evicted_weight;
+    model_loss(m, st);
     st->now = m->has_time ? m->T : 0;
     st->stale = m->rs ? ids_live(m->uids) : m->stale;
     st->restarts = m->restarts;
+    st->reseeded = m->reseeded;
+    st->moved = m->moved;
+}
+
+uint64_t model_refreshes(const struct model *m)
+{
+    return m->refreshes;
 }
 
 uint32_t model_user_slots(const struct model *m)
@@ -2099,6 +2427,31 @@ uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
     return cnt;
 }
 
+/* cos(w_j, p_j) = w_j . p_j / (|w_j| |p_j|), summed in double over the
+ * rows both versions have (a row only one has adds to its norm alone). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    double nw[MODEL_K_MAX] = {0}, np[MODEL_K_MAX] = {0};
+    for (uint32_t j = 0; j < k; j++)
+        cont[j] = 0;
+    for (uint32_t i = 0; i < M || i < rows; i++) {
+        const float *wi = m->W + (size_t)i * k, *pi = prev + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            double w = i < M ? wi[j] : 0, p = i < rows ? pi[j] : 0;
+            cont[j] += w * p;
+            nw[j] += w * w;
+            np[j] += p * p;
+        }
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        double d = sqrt(nw[j]) * sqrt(np[j]);
+        double c = d > 0 ? cont[j] / d : 0;
+        cont[j] = c > 0 ? (c < 1 ? c : 1) : 0;
+    }
+}
+
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass)
 {
     const uint32_t k = m->k, U = ids_slots(m->uids);
@@ -2131,7 +2484,8 @@ void model_memory(const struct model *m, struct model_memory *mm)
     const uint32_t k = m->k;
     memset(mm, 0, sizeof(*mm));
     mm->users =
-        (size_t)m->ucap * (sizeof(struct model_user) + k * sizeof(float)) +
+        (size_t)m->ucap *
+            (sizeof(struct model_user) + k * sizeof(float) + sizeof(float)) +
         ((size_t)m->ucap + 63) / 64 * sizeof(uint64_t) + ids_bytes(m->uids);
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +

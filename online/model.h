@@ -29,14 +29,27 @@
  * saturates here: a million events of MODEL_WEIGHT_MAX on one item. */
 #define MODEL_VALUE_MAX 1e18f
 
+/* The offline paths' refresh_work: a refresh once the re-solves since the
+ * last one cost as much as one (measured, docs/benchmarks.md). */
+#define MODEL_REFRESH_WORK 1.0
+
 struct model_params {
     uint32_t k;              /* rank, 1..MODEL_K_MAX (default 16) */
     int64_t half_life_ms;    /* profile, A and B decay; 0 = none */
     double alpha_h;          /* regularisation of h (scikit-learn NMF) */
     double alpha_w;          /* regularisation of W */
     double l1_ratio;         /* 0 = pure L2, 1 = pure L1 */
-    uint32_t profile_max;    /* items kept per user profile (default 512) */
-    uint64_t refresh_events; /* W refresh after this many folds */
+    uint32_t profile_max;    /* items kept per user profile (default
+                                16384): a safety valve against runaway
+                                ids; what it evicts stays in the loss */
+    uint64_t refresh_events; /* W refresh after this many folds at most;
+                                0 = only by the caller */
+    double refresh_work;     /* also refresh once the re-solves since the
+                                last refresh did this many times the work
+                                of a refresh (model_refresh_due); 0 = off,
+                                the default: the daemon refreshes by the
+                                clock. Offline paths set
+                                MODEL_REFRESH_WORK. Not saved in a state. */
     int64_t ttl_ms;          /* forget users/items unseen this long; 0 */
     uint64_t seed;           /* initial W */
     uint64_t warmup_events;  /* batch HALS on the first N events; 0 = off */
@@ -48,7 +61,7 @@ struct model_params {
                                 this fraction */
 };
 
-/* Defaults of DESIGN.md section 6. */
+/* Defaults of docs/design.md section 6. */
 void model_params_default(struct model_params *p);
 /* NULL when p is usable, else a static lowercase message. */
 const char *model_params_check(const struct model_params *p);
@@ -61,8 +74,11 @@ void model_destroy(struct model **m);
 const struct model_params *model_params(const struct model *m);
 
 /* Folds one event: decay u's profile to ts, add weight to item, re-solve
- * h_u, replace u's contribution in A and B. May refresh W itself when
- * refresh_events or warmup_events is reached.
+ * h_u, replace u's contribution in A and B. May refresh W itself: at
+ * warmup_events, after refresh_events folds, or, with refresh_work set,
+ * once the work of the re-solves since the last refresh reaches that
+ * share of a refresh's (the rule above model_refresh_due in model.c; all
+ * off with refresh_events = 0). The timestamps never decide a refresh.
  *   -EINVAL       NULL or empty id, weight negative/NaN/Inf
  *   -ENAMETOOLONG id over MODEL_ID_MAX bytes
  *   -ERANGE       ts outside 0..MODEL_TS_MAX, weight over MODEL_WEIGHT_MAX
@@ -146,16 +162,33 @@ struct model_stats {
     uint64_t users;     /* live users */
     uint64_t items;     /* live items */
     uint64_t refreshes; /* W refreshes so far */
-    double loss;        /* sum_u ||v_u - W h_u||^2 (recency weighted) */
-    double norm;        /* sum_u ||v_u||^2, same weighting */
+    /* The loss of the current W and H on the current V (docs/design.md
+     * section 1), exact at any moment, in O(items k + k^2):
+     *     ||V - W H||^2 = ||V||^2 - 2 <W, B> + <W^T W, A>,
+     * weighted by recency as the objective of model.c is, with ||V||^2
+     * counting the mass profiles evicted (all of it residual); not a sum
+     * of the losses users had when last solved, against older W's. */
+    double loss;        /* sum_u c_u ||v_u - W h_u||^2 */
+    double norm;        /* sum_u c_u ||v_u||^2 */
     double rel_loss;    /* loss / norm, 0 when norm is 0 */
+    double evicted_weight; /* profile values evicted at profile_max (and
+                              events too weak to evict), valued when
+                              evicted, since the model began */
     int64_t now;        /* latest event time seen */
     uint64_t stale;     /* users not re-solved since the last refresh;
                            every live user while a restart is under way
                            (model_refine: any h may still change) */
     uint64_t restarts;  /* restarts that replaced W */
+    /* Topic identity, since the model was made or loaded: columns of W
+     * re-seeded (a restart's or a seed's k, a resampled dead column's
+     * one), and those the matching to the old columns (DESIGN.md section
+     * 1) gave another index than the one they were made at. */
+    uint64_t reseeded;
+    uint64_t moved;
 };
 void model_stats(const struct model *m, struct model_stats *st);
+/* W refreshes so far: model_stats' refreshes without its O(items k). */
+uint64_t model_refreshes(const struct model *m);
 
 /* Users by dense index, 0 <= idx < model_user_slots(m). A forgotten slot
  * returns -ENOENT. id stays valid until the next mutating call; h points
@@ -205,6 +238,13 @@ void model_memory(const struct model *m, struct model_memory *mm);
 /* The n strongest items of topic j, strongest first; returns how many. */
 uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
                          uint32_t *items, float *weights);
+/* Continuity of each topic with an earlier version of W (prev: rows x k
+ * floats, a copy of model_W taken then, rows its model_item_slots):
+ * cont[j] = cos(w_j, prev_j) over the item rows both have, in [0, 1]; 0
+ * when either column is zero. An item slot freed by expiry and reused
+ * since counts as the same row (a forgotten item's row is zero). */
+void model_topic_continuity(const struct model *m, const float *prev,
+                            uint32_t rows, double *cont);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 

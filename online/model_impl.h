@@ -63,10 +63,13 @@ struct model_user {
  * B's stored units, h_j hs_j / bcol_j when it was taken) at the user's
  * cache slot in bg; model_b_sync brings it to h. */
 #define MODEL_U_GB 4u
+/* m->uev[u] > 0: the profile lost entries to profile_max. */
+#define MODEL_U_EV 8u
 
 /* Users with at least this many profile entries keep b = W^T v between
  * events (k doubles), updated in O(k) per event while W is unchanged. */
 #define MODEL_BCACHE_MIN 32
+
 
 /* NNDSVDa seeds (model_restart.c): subspace iterations; a restart's
  * rounds of alternating NNLS at most, its convergence tolerance (or
@@ -85,6 +88,11 @@ struct model {
     struct ids *uids, *iids;
     struct model_user *u; /* ucap users */
     float *H;             /* ucap x k; true h_u[j] = H[u][j] * hs[j] */
+    /* ucap: the squared mass each user's profile could not keep (entries
+     * evicted at profile_max, and events too weak to evict one), valued
+     * at the user's t and decayed with the profile. It is part of the
+     * user's vnorm, so it stays in ||V||^2 and in the loss as residual. */
+    float *uev;
     uint32_t ucap;
     float *W;  /* icap x k, row-major */
     double *B; /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
@@ -122,7 +130,12 @@ struct model {
     double loss_s, norm_s;
     uint64_t events;
     double weight_sum;
+    double evicted_weight; /* profile values evicted, valued when evicted */
     uint64_t refreshes, epoch, since_refresh, stale;
+    /* The refresh-by-work rule (model_refresh_due): multiply-adds done by
+     * re-solves since the last refresh, and the profile rows the last
+     * refresh's B sync went through. */
+    uint64_t work, sync_rows;
     uint64_t refine_events;   /* events at the last refine-made refresh */
     double refine_prev;       /* relative loss then, -1 if none */
     uint32_t cursor;          /* next user the refine pass looks at */
@@ -131,6 +144,10 @@ struct model {
     uint64_t restart_events;  /* events at the last finished restart */
     uint64_t restarts;        /* restarts that replaced W */
     struct model_restart *rs; /* the restart under way, NULL if none */
+    /* Since this process made or loaded the model (not in the saved
+     * state): columns of W re-seeded, and how many of those the matching
+     * gave another index than the one they were made at. */
+    uint64_t reseeded, moved;
 };
 
 /* Whether the sync owes B the live user's share: held with a g, or out. */
@@ -165,12 +182,34 @@ int64_t model__heavy_user(const struct model *m, struct rng *rng);
 void model__column_from_user(const struct model *m, uint32_t u, float *W,
                              size_t M, uint32_t j);
 
-/* model_restart.c. Whether an NNDSVDa seed is possible (k <= users with a
+/* model_restart.c. A new W (item slots x k, Wn) replaces the current
+ * one, with match its columns first matched to the current columns: new
+ * column to[j] becomes topic j, where to maximises sum_j cos(w_j,
+ * wn_to[j]) (the identity wins ties; a W never refreshed, the random
+ * start, is not matched: it has no meaning to keep). Then G. Nothing else
+ * is indexed by the new order, so the rest of the state (h, A, B, marks)
+ * keeps its meaning: the users are re-solved against the new W by
+ * whoever called. Without match the columns keep Wn's order (the warm-up
+ * matches its result instead). */
+void model__w_install(struct model *m, const float *Wn, int match);
+/* model.c. Topic j becomes what topic src[j] (a permutation) was, in
+ * all the state indexed by topic; the loss and every h are unchanged bit
+ * for bit but for the order. Users whose segment index changed are
+ * marked. */
+void model__topics_permute(struct model *m, const uint32_t *src);
+/* The matching itself, for n columns of each side: old column co[a] of Wo
+ * (rows of ldo floats) and new column cn[b] of Wn (rows of ldn), over M
+ * rows; to[a] = b pairs them. 0, or -ENOMEM with to the identity. */
+int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
+                 const uint32_t *co, const float *Wn, size_t ldn,
+                 const uint32_t *cn, uint32_t *to);
+/* Whether an NNDSVDa seed is possible (k <= users with a
  * profile and k <= live items). */
 int model__seedable(const struct model *m);
-/* W seeded from every profile at once (then G), or -EINVAL / -ENOMEM with
- * W unchanged. */
-int model__seed_nndsvd(struct model *m);
+/* W seeded from every profile at once (then G; matched as
+ * model__w_install does with match), or -EINVAL / -ENOMEM with W
+ * unchanged. */
+int model__seed_nndsvd(struct model *m, int match);
 /* Whether model_refine should begin a restart at this convergence. */
 int model__restart_due(const struct model *m);
 /* Begins one (0) or gives up until the data doubles (-ENOMEM). */

@@ -8,7 +8,11 @@
  * converged in idle time, a restart: batch alternating NNLS from a fresh
  * NNDSVDa seed run beside the live model on its own copies of W and the
  * statistics, whose W replaces the live one only if it reaches a clearly
- * lower loss. It owns the restart's work state (struct model_restart) and
+ * lower loss. Whatever replaces W goes through model__w_install, which
+ * first gives each new column the index of the old column it continues
+ * (topic identity, DESIGN.md section 1; the assignment is match.c's), so
+ * that a re-seed never silently changes what topic j means. It owns the
+ * restart's work state (struct model_restart) and
  * never changes the live model except in model__restart_install; it
  * draws no number from the model's generator (its own is seeded from the
  * seed and the event count), so an abandoned restart leaves no trace and a
@@ -34,6 +38,7 @@
 #include <string.h>
 
 #include "hals.h"
+#include "match.h"
 #include "model_impl.h"
 #include "nndsvd.h"
 #include "nnls.h"
@@ -91,16 +96,18 @@ int model__seedable(const struct model *m)
     return m->k <= m->nprof && m->k <= ids_live(m->iids);
 }
 
-int model__seed_nndsvd(struct model *m)
+int model__seed_nndsvd(struct model *m, int match)
 {
     const uint32_t k = m->k, M = ids_slots(m->iids);
     if (!model__seedable(m))
         return -EINVAL;
     struct nndsvd *sv = nndsvd_new(k, M, MODEL_NNDSVD_ITERS, &m->rng);
     uint8_t *live = model_live_items(m, M);
-    if (!sv || !live) {
+    float *Wn = malloc(((size_t)M * k + 1) * sizeof(float));
+    if (!sv || !live || !Wn) {
         nndsvd_free(sv);
         free(live);
+        free(Wn);
         return -ENOMEM;
     }
     while (nndsvd_pass(sv) != NNDSVD_DONE) {
@@ -108,13 +115,94 @@ int model__seed_nndsvd(struct model *m)
         model_nndsvd_feed(m, sv, &cursor, SIZE_MAX);
         nndsvd_pass_end(sv);
     }
-    nndsvd_factor(sv, live, m->W);
+    nndsvd_factor(sv, live, Wn);
     nndsvd_free(sv);
     free(live);
+    model__w_install(m, Wn, match);
+    free(Wn);
+    return 0;
+}
+
+/*
+ * Topic identity (DESIGN.md section 1). A re-seeded column is a new
+ * vector with no tie to the index it was made at (NNDSVDa orders its
+ * columns by singular value, a resample takes whichever column died), so
+ * before anyone sees it, it takes the index of the old column it resembles
+ * most. With cos(a, b) = a . b / (|a| |b|) (0 when either is zero) over the
+ * item rows, the n old columns o_1..o_n and the n new ones c_1..c_n are
+ * paired by the permutation
+ *     to = argmax_sigma  sum_a [cos(o_a, c_sigma(a)) + eps [sigma(a) = a]]
+ * (the linear assignment problem, match.c), eps = MODEL_MATCH_TIE so that
+ * among assignments equal to rounding the one that moves nothing wins.
+ * Cost O(M n^2 + n^3), once per re-seed, never per event.
+ */
+#define MODEL_MATCH_TIE 1e-9
+
+int model__match(uint32_t M, uint32_t n, const float *Wo, size_t ldo,
+                 const uint32_t *co, const float *Wn, size_t ldn,
+                 const uint32_t *cn, uint32_t *to)
+{
+    double *C = calloc((size_t)n * n, sizeof(double));
+    double no[MODEL_K_MAX] = {0}, nn[MODEL_K_MAX] = {0};
+    double xo[MODEL_K_MAX], xn[MODEL_K_MAX];
+    for (uint32_t a = 0; a < n; a++)
+        to[a] = a;
+    if (!C)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < M; i++) {
+        const float *oi = Wo + (size_t)i * ldo, *ni = Wn + (size_t)i * ldn;
+        for (uint32_t a = 0; a < n; a++) {
+            xo[a] = oi[co[a]];
+            xn[a] = ni[cn[a]];
+            no[a] += xo[a] * xo[a];
+            nn[a] += xn[a] * xn[a];
+        }
+        for (uint32_t a = 0; a < n; a++) {
+            double *restrict ca = C + (size_t)a * n;
+            for (uint32_t b = 0; b < n; b++)
+                ca[b] += xo[a] * xn[b];
+        }
+    }
+    for (uint32_t a = 0; a < n; a++) {
+        for (uint32_t b = 0; b < n; b++) {
+            double d = sqrt(no[a]) * sqrt(nn[b]);
+            double c = d > 0 ? C[(size_t)a * n + b] / d : 0;
+            C[(size_t)a * n + b] =
+                (isfinite(c) ? c : 0) + (a == b ? MODEL_MATCH_TIE : 0);
+        }
+    }
+    int rc = match_assign(n, C, to);
+    free(C);
+    if (rc)
+        for (uint32_t a = 0; a < n; a++)
+            to[a] = a;
+    return rc;
+}
+
+void model__w_install(struct model *m, const float *Wn, int match)
+{
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    uint32_t all[MODEL_K_MAX], to[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++)
+        all[j] = j;
+    /* A W never refreshed is the random start (model_item_add): no
+     * topic has a meaning yet, and the seed keeps its own order. Without
+     * memory for the scores the new columns keep their order too: the
+     * ids then change meaning, which the records' continuity shows. */
+    if (match && m->refreshes)
+        model__match(M, k, m->W, k, all, Wn, k, all, to);
+    else
+        for (uint32_t j = 0; j < k; j++)
+            to[j] = j;
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            m->W[(size_t)i * k + j] = Wn[(size_t)i * k + to[j]];
+    for (uint32_t j = 0; j < k; j++)
+        m->moved += to[j] != j;
+    m->reseeded += k;
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, NULL, m->G);
     m->wgen++;
-    return 0;
 }
 
 size_t model__restart_bytes(const struct model *m)
@@ -266,49 +354,14 @@ static void model_restart_update(struct model *m, struct model_restart *rs)
     hals_gram(k, M, rs->W, NULL, rs->G);
 }
 
-/* The candidate replaces W. Its columns are first matched to the live
- * ones (greedily, largest |w_a . w'_b| first) so that topic j stays topic
- * j wherever the two agree and users' h warm-start close to their new
- * solution. Every user becomes stale: the refinement re-solves them
- * against the new W, keeping A, B and the loss exact as after any
- * refresh. */
+/* The candidate replaces W, matched to the live columns
+ * (model__w_install) so that topic j stays topic j and users' h
+ * warm-start close to their new solution. Every user becomes stale: the
+ * refinement re-solves them against the new W, keeping A, B and the loss
+ * exact as after any refresh. */
 static void model_restart_install(struct model *m, struct model_restart *rs)
 {
-    const uint32_t k = m->k, M = rs->M;
-    double *C = calloc((size_t)k * k, sizeof(double));
-    uint32_t perm[MODEL_K_MAX];
-    uint8_t used_a[MODEL_K_MAX] = {0}, used_b[MODEL_K_MAX] = {0};
-    for (uint32_t j = 0; j < k; j++)
-        perm[j] = j;
-    if (C) {
-        for (uint32_t i = 0; i < M; i++) {
-            const float *wi = m->W + (size_t)i * k, *ci = rs->W + (size_t)i * k;
-            for (uint32_t a = 0; a < k; a++)
-                for (uint32_t b = 0; b < k; b++)
-                    C[(size_t)a * k + b] += (double)wi[a] * ci[b];
-        }
-        for (uint32_t n = 0; n < k; n++) {
-            uint32_t ba = 0, bb = 0;
-            double best = -1;
-            for (uint32_t a = 0; a < k; a++)
-                for (uint32_t b = 0; b < k; b++)
-                    if (!used_a[a] && !used_b[b] &&
-                        C[(size_t)a * k + b] > best) {
-                        best = C[(size_t)a * k + b];
-                        ba = a;
-                        bb = b;
-                    }
-            used_a[ba] = used_b[bb] = 1;
-            perm[ba] = bb;
-        }
-        free(C);
-    }
-    for (uint32_t i = 0; i < M; i++)
-        for (uint32_t j = 0; j < k; j++)
-            m->W[(size_t)i * k + j] = rs->W[(size_t)i * k + perm[j]];
-    memset(m->G, 0, (size_t)k * k * sizeof(double));
-    hals_gram(k, M, m->W, NULL, m->G);
-    m->wgen++;
+    model__w_install(m, rs->W, 1);
     m->refreshes++;
     m->restarts++;
     m->stale = ids_live(m->uids);

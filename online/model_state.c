@@ -15,7 +15,8 @@
  *
  * Layout (all little-endian):
  *   "NMFDMODL" u32 version u32 k
- *   params, scalars (version 2 added the restart counters), RNG state,
+ *   params, scalars (version 2 added the restart counters, version 6
+ *   the refresh work counters), RNG state,
  *   A (k*k f64), G (k*k f64), bcol (k f64), hs (k f64, version 4)
  *   items: u32 slots, u32 nfree, per slot u16 len (0 = free) [bytes,
  *          i64 last time], nfree u32 free list (next reused first),
@@ -26,6 +27,8 @@
  *          3), u8 B flags (in B; version 5: in B with g), u8 cached
  *          [u64 generation, k f64 W^T v, (version 5, with g) k f64 g],
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
+ *   evictions (version 6): f64 evicted weight, u32 count, count x (u32
+ *          user slot, increasing, f32 evicted mass within its vnorm)
  *   u64 checksum of everything before it
  */
 #include <errno.h>
@@ -42,7 +45,11 @@
 #endif
 
 #define STATE_MAGIC   "NMFDMODL"
-#define STATE_VERSION 5u /* reads 4 too: the same without g */
+/* Reads 4 and 5 too: 5 is 6 without the refresh work counters (they start
+ * at 0, so the first refresh after the load may come a little later than
+ * it would have) and without the evictions (none was counted then), 4 is
+ * 5 without g. */
+#define STATE_VERSION 6u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -249,6 +256,8 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_f64(&w, m->refine_prev);
     sw_u64(&w, m->restart_events);
     sw_u64(&w, m->restarts);
+    sw_u64(&w, m->work);
+    sw_u64(&w, m->sync_rows);
     for (int i = 0; i < 4; i++)
         sw_u64(&w, m->rng.s[i]);
     sw_put(&w, m->A, (size_t)k * k * sizeof(double));
@@ -309,6 +318,17 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         }
     }
     sw_free_list(&w, m->uids);
+    uint32_t nev = 0;
+    for (uint32_t u = 0; u < U; u++)
+        nev += (m->u[u].flags & MODEL_U_EV) != 0;
+    sw_f64(&w, m->evicted_weight);
+    sw_u32(&w, nev);
+    for (uint32_t u = 0; u < U; u++) {
+        if (!(m->u[u].flags & MODEL_U_EV))
+            continue;
+        sw_u32(&w, u);
+        sw_put(&w, &m->uev[u], sizeof(float));
+    }
     sw_flush(&w);
     if (!w.err) {
         uint64_t sum = sh_final(&w.h);
@@ -531,6 +551,35 @@ out:
     return err;
 }
 
+/* The evicted mass of the users whose profiles lost entries: part of
+ * their vnorm, so at most that, and only where a profile is. */
+static const char *state_evictions(struct state_reader *r, struct model *m,
+                                   uint32_t U)
+{
+    uint32_t nev = 0, prev = 0;
+    SR(r, m->evicted_weight);
+    SR(r, nev);
+    if (r->bad)
+        return "truncated";
+    if (!(m->evicted_weight >= 0 && isfinite(m->evicted_weight)) || nev > U)
+        return "bad evictions";
+    for (uint32_t q = 0; q < nev; q++) {
+        uint32_t u = 0;
+        float e = 0;
+        SR(r, u);
+        SR(r, e);
+        if (r->bad)
+            return "truncated";
+        if (u >= U || (q && u <= prev) || !(m->u[u].flags & MODEL_U_LIVE) ||
+            !m->u[u].n || !(e > 0 && e <= m->u[u].vnorm))
+            return "bad evictions";
+        m->uev[u] = e;
+        m->u[u].flags |= MODEL_U_EV;
+        prev = u;
+    }
+    return NULL;
+}
+
 static const char *state_load(struct state_reader *r, struct model **out)
 {
     char magic[8];
@@ -540,7 +589,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (r->bad || memcmp(magic, STATE_MAGIC, 8))
         return "not a model state";
     SR(r, version);
-    if (version != STATE_VERSION && version != 4)
+    if (version < 4 || version > STATE_VERSION)
         return "unsupported model state version";
     SR(r, k);
     sr_params(r, &p);
@@ -575,6 +624,10 @@ static const char *state_load(struct state_reader *r, struct model **out)
     SR(r, m->refine_prev);
     SR(r, m->restart_events);
     SR(r, m->restarts);
+    if (version >= 6) {
+        SR(r, m->work);
+        SR(r, m->sync_rows);
+    }
     for (int i = 0; i < 4; i++)
         SR(r, m->rng.s[i]);
     size_t kk = (size_t)k * k;
@@ -795,6 +848,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "bad stale count";
     if (m->cursor > U || m->reparams >= MODEL_REBUILD_EVERY)
         return "bad cursor";
+    if (version >= 6 && (err = state_evictions(r, m, U)))
+        return err;
     if (r->off != r->n)
         return "trailing bytes";
     return state_verify(m);

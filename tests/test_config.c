@@ -127,7 +127,7 @@ Test(config, defaults_are_design_section_6)
     cr_assert_float_eq(c->model.params.alpha_h, 0.0, 1e-300);
     cr_assert_float_eq(c->model.params.alpha_w, 0.0, 1e-300);
     cr_assert_float_eq(c->model.params.l1_ratio, 0.0, 1e-300);
-    cr_assert_eq(c->model.params.profile_max, 512);
+    cr_assert_eq(c->model.params.profile_max, 16384);
     cr_assert_eq(c->model.refresh_interval_ms, 5000);
     cr_assert_eq(c->model.params.refresh_events, 200000);
     cr_assert_eq(c->model.params.ttl_ms, 0);
@@ -836,4 +836,130 @@ Test(config, shipped_conf_is_the_commented_defaults)
     config_free(c);
     config_free(d);
     config_free(e);
+}
+
+/* Loads text, runs the cross-key checks and expects want (NULL = pass). */
+static void check_text(const char *text, const char *want)
+{
+    char err[CONFIG_ERR_MAX] = "";
+    struct config *c = load(text, 0, err, sizeof(err));
+    int rc = config_check(c, err, sizeof(err));
+    if (want) {
+        cr_assert_eq(rc, -EINVAL, "%s", text);
+        cr_assert_str_eq(err, want);
+    } else {
+        cr_assert_eq(rc, 0, "%s: %s", text, err);
+    }
+    config_free(c);
+}
+
+/* A file in a fresh directory; the path is static until the next call. */
+static const char *temp_file(const char *content)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_config.XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+    close(fd);
+    return path;
+}
+
+Test(config_errors, http_access)
+{
+    static const char beyond[] =
+        ": beyond loopback the data routes (/snapshot, /users, /events, /) "
+        "need http.token_file or http.password_file; set "
+        "http.allow_unauthenticated = true to serve them to any host that "
+        "reaches the port";
+    char want[CONFIG_ERR_MAX], text[512];
+
+    /* Loopback needs nothing. */
+    check_text("[http]\nlisten = 127.0.0.1:9464\n", NULL);
+    check_text("[http]\nlisten = 127.0.0.2:9464\n", NULL);
+    check_text("[http]\nlisten = [::1]:9464\n", NULL);
+    check_text("[http]\nlisten = localhost:9464\n", NULL);
+    check_text("[http]\nlisten =\n", NULL);
+
+    /* Beyond it, data routes without credentials stop the start. */
+    snprintf(want, sizeof(want), "t.conf:3: http.listen = 0.0.0.0:9464%s",
+             beyond);
+    check_text("[http]\n\nlisten = 0.0.0.0:9464\n", want);
+    snprintf(want, sizeof(want), "t.conf:2: http.listen = :9464%s", beyond);
+    check_text("[http]\nlisten = :9464\n", want);
+    snprintf(want, sizeof(want), "t.conf:2: http.listen = [::]:9464%s", beyond);
+    check_text("[http]\nlisten = [::]:9464\n", want);
+    snprintf(want, sizeof(want), "t.conf:2: http.listen = nmf.example:9464%s",
+             beyond);
+    check_text("[http]\nlisten = nmf.example:9464\n", want);
+    check_text("[http]\nlisten = 10.0.0.5:9464\nallow_unauthenticated = yes\n",
+               NULL);
+    snprintf(text, sizeof(text), "[http]\nlisten = :9464\ntoken_file = %s\n",
+             temp_file("0123456789abcdef\n"));
+    check_text(text, NULL);
+    unlink(strchr(text, '/'));
+
+    /* The token file is read when the key is set. */
+    load_fails("[http]\ntoken_file = /nonexistent/token\n",
+               "t.conf:2: http.token_file = /nonexistent/token: cannot read "
+               "the file");
+    const char *p = temp_file("short\n");
+    snprintf(text, sizeof(text), "[http]\ntoken_file = %s\n", p);
+    snprintf(want, sizeof(want),
+             "t.conf:2: http.token_file = %s: the token is shorter than 16 "
+             "characters",
+             p);
+    load_fails(text, want);
+    unlink(p);
+    p = temp_file("alice:plain-text-password\n");
+    snprintf(text, sizeof(text), "[http]\npassword_file = %s\n", p);
+    snprintf(want, sizeof(want),
+             "t.conf:2: http.password_file = %s: unsupported hash: use "
+             "yescrypt, bcrypt, scrypt or sha512crypt (mkpasswd -m yescrypt, "
+             "htpasswd -nB)",
+             p);
+    load_fails(text, want);
+    unlink(p);
+    load_fails("[http]\ntls_cert_file = /nonexistent/cert.pem\n",
+               "t.conf:2: http.tls_cert_file = /nonexistent/cert.pem: cannot "
+               "read the file");
+
+    /* TLS takes both files; auth_probes takes credentials. */
+    p = temp_file("pem");
+    snprintf(text, sizeof(text), "[http]\n\ntls_cert_file = %s\n", p);
+    check_text(text, "t.conf:3: http.tls_cert_file: needs http.tls_key_file "
+                     "too");
+    snprintf(text, sizeof(text), "[http]\ntls_key_file = %s\n", p);
+    check_text(text, "t.conf:2: http.tls_key_file: needs http.tls_cert_file "
+                     "too");
+    unlink(p);
+    check_text("[http]\nauth_probes = true\n",
+               "t.conf:2: http.auth_probes = true: needs http.token_file or "
+               "http.password_file");
+
+    /* --set is blamed as such. */
+    struct config *c = config_new();
+    char err[CONFIG_ERR_MAX];
+    char *sets[] = {"http.listen=0.0.0.0:9464"};
+    cr_assert_eq(config_load(c, NULL, sets, 1, err, sizeof(err)), -EINVAL);
+    snprintf(want, sizeof(want), "--set: http.listen = 0.0.0.0:9464%s", beyond);
+    cr_assert_str_eq(err, want);
+    config_free(c);
+}
+
+/* The token never reaches a dump: only the path of its file does. */
+Test(config, dump_shows_no_token)
+{
+    char err[CONFIG_ERR_MAX], text[256];
+    const char *p = temp_file("tok-0123456789-secret\n");
+    snprintf(text, sizeof(text), "[http]\ntoken_file = %s\n", p);
+    struct config *c = load(text, 0, err, sizeof(err));
+    char *d = dump(c);
+    cr_assert_null(strstr(d, "tok-0123456789-secret"));
+    char want[128];
+    snprintf(want, sizeof(want), "token_file = %s ; t.conf:2\n", p);
+    cr_assert_not_null(strstr(d, want), "%s", d);
+    unlink(p);
+    free(d);
+    config_free(c);
 }

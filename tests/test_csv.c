@@ -1,7 +1,9 @@
 /* test_csv.c -- the CSV reader: every rule of csv.h and every malformed
  * line a user can write, each reported with its line and skipped. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -479,26 +481,128 @@ Test(csv, item_names_errors)
                  -ENOENT);
 }
 
-/* The shared data sets all read without a single reject. */
-Test(csv, shared_data_reads_clean)
+/* Lines of a file (none of data/ has a blank one), counted apart from the
+ * reader. */
+static size_t count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    size_t n = 0;
+    int c, prev = '\n';
+    while ((c = getc(f)) != EOF) {
+        if (c == '\n')
+            n++;
+        prev = c;
+    }
+    fclose(f);
+    return n + (prev != '\n');
+}
+
+static int count_name(void *ctx, const char *item, size_t ilen,
+                      const char *name, size_t nlen)
+{
+    (*(size_t *)ctx)++;
+    return 0;
+}
+
+/* Every CSV of the repository's data/ reads without a single reject: each
+ * line of an event file is one row, each of an item-name file one name,
+ * and the event files this project's demo, tests and benchmarks name are
+ * all there. */
+Test(csv, data_reads_clean, .timeout = 120)
 {
     const char *dir = getenv("NMFD_DATA");
     if (!dir)
         cr_skip_test("NMFD_DATA not set");
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/bayesm_margarine.csv", dir);
-    char err[256];
-    struct csv_reader *r = csv_open(path, err, sizeof(err));
-    if (!r && errno == ENOENT)
-        cr_skip_test("%s", err);
-    cr_assert_not_null(r, "%s", err);
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "%s: %s", dir, strerror(errno));
+    size_t files = 0, event_files = 0;
+    bool margarine = false, movielens = false, glibc = false;
+    struct dirent *e;
+    char path[4096], err[256];
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 5 || strcmp(e->d_name + len - 4, ".csv"))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        size_t lines = count_lines(path);
+        files++;
+        if (len > 10 && !strcmp(e->d_name + len - 10, "_items.csv")) {
+            size_t names = 0;
+            cr_assert_eq(
+                csv_item_names(path, count_name, &names, err, sizeof(err)), 0,
+                "%s", err);
+            /* A quoted name never spans lines (csv.h). */
+            cr_assert_eq(names + 1, lines, "%s: %zu names, %zu lines", path,
+                         names, lines);
+            continue;
+        }
+        event_files++;
+        struct csv_reader *r = csv_open(path, err, sizeof(err));
+        cr_assert_not_null(r, "%s", err);
+        struct csv_row row;
+        int rc;
+        size_t n = 0;
+        while ((rc = csv_next(r, &row)) == 1) {
+            cr_assert(row.ts_given, "%s:%llu: no ts", path,
+                      (unsigned long long)row.line);
+            n++;
+        }
+        cr_assert_eq(rc, 0, "%s", csv_error(r));
+        cr_assert_eq(n + 1, lines, "%s: %zu rows, %zu lines", path, n, lines);
+        if (!strcmp(e->d_name, "bayesm_margarine.csv")) {
+            margarine = true;
+            cr_assert_eq(n, 4470);
+            cr_assert_eq(row.ts, 4470000); /* ordinals read as seconds */
+        } else if (!strcmp(e->d_name, "dslabs_movielens.csv")) {
+            movielens = true;
+            cr_assert_eq(n, 100004);
+            cr_assert_eq(row.ts, 1476640644000LL); /* 2016-10-16, in ms */
+        } else if (!strcmp(e->d_name, "glibc_changelog.csv")) {
+            glibc = true;
+            cr_assert_eq(row.ts, 1659052800000LL); /* 2022-07-29 */
+        }
+        csv_close(r);
+    }
+    closedir(d);
+    cr_assert(margarine && movielens && glibc, "%s: a data set is missing",
+              dir);
+    cr_assert_geq(event_files, 8);
+    cr_assert_geq(files, 15);
+}
+
+/* Progress: the bytes read into rows so far, up to the file's size at the
+ * end; the size is known for a regular file only (-1 for a pipe). */
+Test(csv, offset_and_size_for_progress)
+{
+    const char *text = "user,item\na,x\nbb,yy\n";
+    struct csv_reader *r = open_ok(text);
     struct csv_row row;
-    int rc;
-    size_t n = 0;
-    while ((rc = csv_next(r, &row)) == 1)
-        n++;
-    cr_assert_eq(rc, 0, "%s", csv_error(r));
-    cr_assert_eq(n, 4470);
-    cr_assert_eq(row.ts, 4470000);
+    cr_assert_eq(csv_size(r), (int64_t)strlen(text));
+    cr_assert_eq(csv_next(r, &row), 1);
+    cr_assert_eq(csv_offset(r), strlen("user,item\na,x\n"));
+    cr_assert_eq(csv_next(r, &row), 1);
+    cr_assert_eq(csv_offset(r), strlen(text));
+    cr_assert_eq(csv_next(r, &row), 0);
+    cr_assert_eq(csv_offset(r), strlen(text));
     csv_close(r);
+
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    cr_assert_eq(write(fds[1], text, strlen(text)), (ssize_t)strlen(text));
+    close(fds[1]);
+    int saved = dup(STDIN_FILENO);
+    cr_assert(saved >= 0);
+    cr_assert_eq(dup2(fds[0], STDIN_FILENO), STDIN_FILENO);
+    close(fds[0]);
+    char err[256] = "";
+    r = csv_open("-", err, sizeof(err));
+    cr_assert_not_null(r, "%s", err);
+    cr_assert_eq(csv_size(r), -1);
+    while (csv_next(r, &row) == 1)
+        ;
+    cr_assert_eq(csv_offset(r), strlen(text));
+    csv_close(r);
+    dup2(saved, STDIN_FILENO);
+    close(saved);
 }

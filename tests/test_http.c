@@ -4,6 +4,8 @@
  * and reaches the loop's state only through on_loop(), which runs a
  * function on the loop thread and waits for it. Every test ends by closing
  * http, joining the loop and asserting uv_loop_close() == 0. */
+#include <arpa/inet.h>
+#include <crypt.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -22,6 +24,7 @@
 #include <jansson.h>
 
 #include "http.h"
+#include "http_auth.h"
 #include "listen.h"
 #include "metrics.h"
 
@@ -167,7 +170,7 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-static struct fx *fx_start(void)
+static struct fx *fx_start_opts(const struct http_opts *o)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
     char err[256];
@@ -179,7 +182,7 @@ static struct fx *fx_start(void)
     pthread_cond_init(&fx->cv, NULL);
     cr_assert_eq(uv_loop_init(&fx->loop), 0);
     fx->m = metrics_new();
-    rc = http_start(&fx->h, &fx->loop, "127.0.0.1:0", &provider, fx, err,
+    rc = http_start(&fx->h, &fx->loop, "127.0.0.1:0", o, &provider, fx, err,
                     sizeof(err));
     cr_assert_eq(rc, 0, "http_start: %d %s", rc, err);
     cr_assert_eq(http_metrics_register(fx->h, fx->m), 0);
@@ -189,6 +192,22 @@ static struct fx *fx_start(void)
     fx->async.data = fx;
     cr_assert_eq(pthread_create(&fx->thread, NULL, loop_main, fx), 0);
     return fx;
+}
+
+static struct fx *fx_start(void)
+{
+    return fx_start_opts(NULL);
+}
+
+/* Defaults with room for many connections from 127.0.0.1. */
+static struct http_opts opts_roomy(void)
+{
+    struct http_opts o;
+
+    http_opts_default(&o);
+    o.max_per_address = 1000;
+    o.sse_max_per_address = 1000;
+    return o;
 }
 
 static void on_http_closed(void *arg)
@@ -237,13 +256,23 @@ struct resp {
     bool chunked;
 };
 
-static int conn_open(int port)
+/* A connection from source address src (a loopback alias such as
+ * "127.0.0.2"; NULL = the kernel's choice, 127.0.0.1). */
+static int conn_open_from(int port, const char *src)
 {
     struct sockaddr_in a = {0};
     struct timeval tv = {10, 0};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     cr_assert_geq(fd, 0);
+    if (src) {
+        struct sockaddr_in b = {0};
+
+        b.sin_family = AF_INET;
+        cr_assert_eq(inet_pton(AF_INET, src, &b.sin_addr), 1);
+        cr_assert_eq(bind(fd, (struct sockaddr *)&b, sizeof(b)), 0,
+                     "bind %s: %s", src, strerror(errno));
+    }
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -252,6 +281,11 @@ static int conn_open(int port)
     cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0,
                  "connect: %s", strerror(errno));
     return fd;
+}
+
+static int conn_open(int port)
+{
+    return conn_open_from(port, NULL);
 }
 
 static void send_all(int fd, const char *s, size_t n)
@@ -507,6 +541,35 @@ static void get_metric(struct fx *fx, void *arg)
 
     *v = metric_value(
         metrics_counter(fx->m, "nmfd_http_sse_dropped_total", "", NULL));
+}
+
+struct named {
+    const char *name, *labels;
+    double v;
+};
+
+static void get_named(struct fx *fx, void *arg)
+{
+    struct named *n = arg;
+
+    n->v = metric_value(metrics_counter(fx->m, n->name, "", n->labels));
+}
+
+/* The value of counter name{labels}, read on the loop. */
+static double counter(struct fx *fx, const char *name, const char *labels)
+{
+    struct named n = {name, labels, 0};
+
+    on_loop(fx, get_named, &n);
+    return n.v;
+}
+
+static double refused(struct fx *fx, const char *reason)
+{
+    char labels[64];
+
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
+    return counter(fx, "nmfd_http_refused_total", labels);
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -907,7 +970,9 @@ Test(http, sse_receives_broadcasts, .timeout = 30)
     fx_free(fx);
 }
 
-Test(http, slow_sse_client_loses_oldest_events, .timeout = 60)
+/* A reader a whole queue behind is cut off and counted; the others and
+ * the probes go on. */
+Test(http, slow_sse_client_is_cut_off, .timeout = 60)
 {
     struct fx *fx = fx_start();
     struct sse *slow, *fast;
@@ -934,6 +999,18 @@ Test(http, slow_sse_client_loses_oldest_events, .timeout = 60)
     }
     on_loop(fx, get_metric, &dropped);
     cr_assert_gt(dropped, 0, "the slow client's queue overflowed");
+    cr_assert_float_eq(refused(fx, "sse_slow"), 1, 1e-9, "cut once");
+    /* The server let go of it (the bytes already in the kernel's buffers
+     * still trickle through its 4 KiB window, so the test does not wait
+     * for its end). */
+    for (int i = 0; i < 250; i++) {
+        get1(fx, "/metrics", &P);
+        if (strstr(P.body, "nmfd_http_sse_clients 1\n"))
+            break;
+        usleep(20000);
+    }
+    cr_assert_not_null(strstr(P.body, "nmfd_http_sse_clients 1\n"), "%s",
+                       P.body);
     get1(fx, "/healthz", &P);
     cr_assert_eq(P.status, 200);
     fx_stop(fx);
@@ -947,13 +1024,17 @@ Test(http, slow_sse_client_loses_oldest_events, .timeout = 60)
 
 Test(http, sse_client_limit, .timeout = 60)
 {
-    struct fx *fx = fx_start();
+    struct http_opts o = opts_roomy();
+    struct fx *fx = fx_start_opts(&o);
     struct sse *s[64];
 
     for (int i = 0; i < 64; i++)
         s[i] = sse_connect(fx);
     get1(fx, "/events", &P);
     cr_assert_eq(P.status, 503);
+    cr_assert_str_eq(header(&P, "retry-after"), "10");
+    cr_assert_float_eq(refused(fx, "sse_total"), 1, 1e-9);
+    cr_assert_float_eq(refused(fx, "sse_per_address"), 0, 1e-9);
     get1(fx, "/healthz", &P);
     cr_assert_eq(P.status, 200);
     for (int i = 0; i < 64; i++) {
@@ -969,7 +1050,11 @@ Test(http, sse_client_limit, .timeout = 60)
  * must be served at once, not after some unrelated event. */
 Test(http, connection_limit_then_recovery, .timeout = 60)
 {
-    struct fx *fx = fx_start();
+    struct http_opts o = opts_roomy();
+    struct fx *fx;
+
+    o.max_connections = 128;
+    fx = fx_start_opts(&o);
     struct timespec t0, t1;
     int fds[160];
 
@@ -994,8 +1079,530 @@ Test(http, connection_limit_then_recovery, .timeout = 60)
     cr_assert_lt((double)(t1.tv_sec - t0.tv_sec) +
                      (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
                  3.0, "served within 3 s of the connections closing");
+    cr_assert_gt(refused(fx, "total"), 0, "the ones past 128 were counted");
     fx_stop(fx);
     fx_free(fx);
+}
+
+/* ---- limits under hostile clients ---------------------------------------- */
+
+/* One address gets its share of connections and no more; past it the
+ * connection is closed at accept and counted, and another address is
+ * served as before. */
+Test(http, per_address_limit, .timeout = 60)
+{
+    struct http_opts o;
+    struct fx *fx;
+    int fds[4];
+    struct rd r = {0};
+
+    http_opts_default(&o);
+    o.max_per_address = 4;
+    fx = fx_start_opts(&o);
+    for (int i = 0; i < 4; i++)
+        fds[i] = conn_open_from(fx->port, "127.0.0.2");
+    r.fd = conn_open_from(fx->port, "127.0.0.2");
+    cr_assert(peer_closed(&r), "the fifth from 127.0.0.2 is closed");
+    close(r.fd);
+    cr_assert_float_eq(refused(fx, "per_address"), 1, 1e-9);
+
+    /* Others are served, on fresh and kept-alive connections alike. */
+    r = (struct rd){.fd = conn_open_from(fx->port, "127.0.0.3")};
+    cr_assert_eq(request(&r, "GET", "/healthz", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+    cr_assert_eq(request(&r, "GET", "/metrics", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+    cr_assert_not_null(
+        strstr(P.body, "nmfd_http_refused_total{reason=\"per_address\"} 1\n"),
+        "%s", P.body);
+    cr_assert_not_null(strstr(P.body, "nmfd_http_connections 5\n"), "%s",
+                       P.body);
+    close(r.fd);
+
+    /* A slot freed is a slot again. */
+    close(fds[0]);
+    for (int i = 0; i < 100; i++) {
+        r = (struct rd){.fd = conn_open_from(fx->port, "127.0.0.2")};
+        if (request(&r, "GET", "/healthz", NULL, &P) == 0 && P.status == 200)
+            break;
+        close(r.fd);
+        r.fd = -1;
+        usleep(20000);
+    }
+    cr_assert_eq(P.status, 200);
+    close(r.fd);
+    for (int i = 1; i < 4; i++)
+        close(fds[i]);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+static double since(const struct timespec *t0)
+{
+    struct timespec t1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) +
+           (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Headers must be complete by the deadline: half a request line, or a
+ * request dribbled one byte at a time (which an idle timeout never
+ * catches), is cut; a client that idles between requests within its
+ * keep-alive time is not. */
+Test(http, header_deadline_cuts_slow_requests, .timeout = 60)
+{
+    struct http_opts o;
+    struct fx *fx;
+    struct timespec t0;
+    struct rd half = {0}, drip = {0}, idle = {0};
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    bool cut = false;
+
+    http_opts_default(&o);
+    o.header_timeout_ms = 500;
+    o.idle_timeout_ms = 2000;
+    fx = fx_start_opts(&o);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    half.fd = conn_open(fx->port);
+    send_all(half.fd, "GET /heal", 0);
+    drip.fd = conn_open(fx->port);
+    idle.fd = conn_open(fx->port);
+    cr_assert_eq(request(&idle, "GET", "/healthz", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+    for (size_t i = 0; req[i] && since(&t0) < 5; i++) {
+        if (send(drip.fd, req + i, 1, MSG_NOSIGNAL) != 1) {
+            cut = true;
+            break;
+        }
+        usleep(40000);
+    }
+    cr_assert(cut || peer_closed(&drip), "the dribbled request was cut");
+    cr_assert_lt(since(&t0), 3.0, "within a few guard periods");
+    cr_assert(peer_closed(&half), "half a request line was cut");
+    cr_assert_float_eq(refused(fx, "header_deadline"), 2, 1e-9);
+
+    /* The idle keep-alive connection (1.5 s now, under 2 s + 0.5 s) still
+     * serves its next request. */
+    while (since(&t0) < 1.5)
+        usleep(50000);
+    cr_assert_eq(request(&idle, "GET", "/healthz", NULL, &P), 0);
+    cr_assert_eq(P.status, 200);
+    close(half.fd);
+    close(drip.fd);
+    close(idle.fd);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+/* /events per address: past the share 503, another address still gets
+ * its own streams. */
+Test(http, sse_per_address_limit, .timeout = 60)
+{
+    struct http_opts o;
+    struct fx *fx;
+    struct sse *s[3];
+    struct rd r;
+
+    http_opts_default(&o);
+    o.sse_max_per_address = 2;
+    fx = fx_start_opts(&o);
+    for (int i = 0; i < 2; i++)
+        s[i] = sse_connect(fx);
+    get1(fx, "/events", &P);
+    cr_assert_eq(P.status, 503);
+    cr_assert_not_null(strstr(P.body, "from this address"));
+    cr_assert_float_eq(refused(fx, "sse_per_address"), 1, 1e-9);
+    r = (struct rd){.fd = conn_open_from(fx->port, "127.0.0.3")};
+    send_all(r.fd, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    cr_assert_eq(read_resp(&r, &P, false, true), 0);
+    cr_assert_eq(P.status, 200);
+    close(r.fd);
+    for (int i = 0; i < 2; i++) {
+        close(s[i]->r.fd);
+        free(s[i]);
+    }
+    (void)s[2];
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+/* ---- credentials -----------------------------------------------------------
+ */
+
+static char tmpdir[64];
+
+static const char *tmp_file(const char *name, const char *content)
+{
+    static char path[8][128];
+    static int next;
+    char *p = path[next++ % 8];
+    FILE *f;
+
+    if (!tmpdir[0]) {
+        snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_http.XXXXXX");
+        cr_assert_not_null(mkdtemp(tmpdir));
+    }
+    snprintf(p, 128, "%s/%s", tmpdir, name);
+    f = fopen(p, "w");
+    cr_assert_not_null(f);
+    fputs(content, f);
+    fclose(f);
+    return p;
+}
+
+#define TOKEN "s3cr3t-t0ken-0123456789"
+
+/* GET path with an Authorization value (NULL = none) on a fresh
+ * connection; /events is read up to its headers only. */
+static int get_auth(struct fx *fx, const char *path, const char *authz,
+                    struct resp *p)
+{
+    struct rd r = {.fd = conn_open(fx->port)};
+    char req[1024];
+    int rc;
+
+    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n%s%s%s\r\n", path,
+             authz ? "Authorization: " : "", authz ? authz : "",
+             authz ? "\r\n" : "");
+    send_all(r.fd, req, 0);
+    rc = read_resp(&r, p, false, !strcmp(path, "/events"));
+    close(r.fd);
+    return rc;
+}
+
+Test(http, token_guards_the_data_routes, .timeout = 60)
+{
+    static const char *const data[] = {"/",       "/snapshot", "/users/alice",
+                                       "/topics", "/events",   "/nope"};
+    static const char *const probes[] = {"/metrics", "/healthz", "/readyz"};
+    struct http_opts o;
+    struct fx *fx;
+    size_t snap = 100;
+
+    http_opts_default(&o);
+    o.token_file = tmp_file("token", TOKEN "\n");
+    fx = fx_start_opts(&o);
+    on_loop(fx, set_snapshot, &snap);
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++) {
+        cr_assert_eq(get_auth(fx, data[i], NULL, &P), 0);
+        cr_assert_eq(P.status, 401, "%s without a token", data[i]);
+        cr_assert_str_eq(header(&P, "www-authenticate"),
+                         "Bearer realm=\"nmfd\"");
+        cr_assert_eq(get_auth(fx, data[i], "Bearer wrong-token-0123456789", &P),
+                     0);
+        cr_assert_eq(P.status, 401, "%s with a wrong token", data[i]);
+        cr_assert_eq(get_auth(fx, data[i], "Bearer " TOKEN "x", &P), 0);
+        cr_assert_eq(P.status, 401, "%s with a longer token", data[i]);
+        cr_assert_eq(get_auth(fx, data[i], "Bearer " TOKEN, &P), 0);
+        cr_assert_eq(P.status, strcmp(data[i], "/nope") ? 200 : 404,
+                     "%s with the token: %d", data[i], P.status);
+    }
+    /* The scheme is case-insensitive, the token is not. */
+    cr_assert_eq(get_auth(fx, "/topics", "bearer " TOKEN, &P), 0);
+    cr_assert_eq(P.status, 200);
+    cr_assert_eq(get_auth(fx, "/topics", "Bearer S3CR3T-T0KEN-0123456789", &P),
+                 0);
+    cr_assert_eq(P.status, 401);
+    cr_assert_eq(get_auth(fx, "/topics", "Basic dXNlcjpwYXNz", &P), 0);
+    cr_assert_eq(P.status, 401, "no password file: Basic is wrong");
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_eq(get_auth(fx, probes[i], NULL, &P), 0);
+        cr_assert_eq(P.status, 200, "%s stays open", probes[i]);
+    }
+    cr_assert_float_eq(
+        counter(fx, "nmfd_http_auth_failures_total", "reason=\"missing\""), 6,
+        1e-9);
+    cr_assert_float_eq(
+        counter(fx, "nmfd_http_auth_failures_total", "reason=\"wrong\""), 14,
+        1e-9);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, auth_probes_closes_the_probes_too, .timeout = 30)
+{
+    struct http_opts o;
+    struct fx *fx;
+
+    http_opts_default(&o);
+    o.token_file = tmp_file("token", TOKEN);
+    o.auth_probes = true;
+    fx = fx_start_opts(&o);
+    cr_assert_eq(get_auth(fx, "/metrics", NULL, &P), 0);
+    cr_assert_eq(P.status, 401);
+    cr_assert_eq(get_auth(fx, "/healthz", "Bearer nope-nope-nope-nope", &P), 0);
+    cr_assert_eq(P.status, 401);
+    cr_assert_eq(get_auth(fx, "/readyz", "Bearer " TOKEN, &P), 0);
+    cr_assert_eq(P.status, 200);
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+/* "user:password" in base64, for an Authorization: Basic value. */
+static void basic(const char *userpass, char *out, size_t size)
+{
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = strlen(userpass), o = 0;
+
+    o += (size_t)snprintf(out, size, "Basic ");
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned char)userpass[i] << 16;
+
+        if (i + 1 < n)
+            v |= (unsigned char)userpass[i + 1] << 8;
+        if (i + 2 < n)
+            v |= (unsigned char)userpass[i + 2];
+        out[o++] = b64[(v >> 18) & 63];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? b64[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+/* A crypt(3) hash of pw with the given method prefix, low cost. */
+static void hash_of(const char *prefix, const char *pw, char *out, size_t size)
+{
+    char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+    struct crypt_data cd = {0};
+
+    cr_assert_not_null(
+        crypt_gensalt_rn(prefix, 4, NULL, 0, salt, sizeof(salt)));
+    cr_assert_not_null(crypt_r(pw, salt, &cd));
+    snprintf(out, size, "%s", cd.output);
+}
+
+Test(http, basic_auth_against_hashed_passwords, .timeout = 60)
+{
+    struct http_opts o;
+    struct fx *fx;
+    char file[2048], h1[512], h2[512], a[256];
+
+    hash_of("$y$", "correct horse", h1, sizeof(h1));
+    hash_of("$2b$", "battery staple", h2, sizeof(h2));
+    snprintf(file, sizeof(file), "# scrapers\nprom:%s\n\ngrafana:%s\n", h1, h2);
+    http_opts_default(&o);
+    o.password_file = tmp_file("passwords", file);
+    fx = fx_start_opts(&o);
+
+    cr_assert_eq(get_auth(fx, "/topics", NULL, &P), 0);
+    cr_assert_eq(P.status, 401);
+    cr_assert_str_eq(header(&P, "www-authenticate"),
+                     "Basic realm=\"nmfd\", charset=\"UTF-8\"");
+    basic("prom:correct horse", a, sizeof(a));
+    cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+    cr_assert_eq(P.status, 200);
+    /* Remembered: many more cost no key derivation, so no budget. */
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+        cr_assert_eq(P.status, 200);
+    }
+    basic("grafana:battery staple", a, sizeof(a));
+    cr_assert_eq(get_auth(fx, "/users/alice", a, &P), 0);
+    cr_assert_eq(P.status, 200);
+    usleep(1100000); /* a full budget again */
+    basic("grafana:correct horse", a, sizeof(a));
+    cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+    cr_assert_eq(P.status, 401, "another user's password");
+    basic("nobody:correct horse", a, sizeof(a));
+    cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+    cr_assert_eq(P.status, 401, "an unknown user");
+    cr_assert_eq(get_auth(fx, "/topics", "Basic !!!notbase64", &P), 0);
+    cr_assert_eq(P.status, 401);
+    basic("promcorrect horse", a, sizeof(a));
+    cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+    cr_assert_eq(P.status, 401, "no colon");
+    cr_assert_eq(get_auth(fx, "/topics", "Bearer " TOKEN, &P), 0);
+    cr_assert_eq(P.status, 401, "no token file: Bearer is wrong");
+
+    /* A flood of fresh wrong passwords runs out of budget: 429, and the
+     * remembered password still passes. The budget refills with time, so
+     * how many 429s is certain only when the flood was quick (under
+     * valgrind each derivation alone may outlast a refill). */
+    {
+        struct timespec t0;
+        int busy = 0;
+
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 12; i++) {
+            char up[64];
+
+            snprintf(up, sizeof(up), "prom:guess%d", i);
+            basic(up, a, sizeof(a));
+            cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+            cr_assert(P.status == 401 || P.status == 429, "%d", P.status);
+            if (P.status == 429) {
+                cr_assert_str_eq(header(&P, "retry-after"), "1");
+                busy++;
+            }
+        }
+        if (since(&t0) < 1.0)
+            cr_assert_geq(busy, 12 - 2 * HTTP_AUTH_KDF_PER_S,
+                          "the budget ran out: %d", busy);
+        basic("prom:correct horse", a, sizeof(a));
+        cr_assert_eq(get_auth(fx, "/topics", a, &P), 0);
+        cr_assert_eq(P.status, 200);
+        cr_assert_float_eq(
+            counter(fx, "nmfd_http_auth_failures_total", "reason=\"busy\""),
+            busy, 1e-9);
+    }
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+static void do_reload(struct fx *fx, void *arg)
+{
+    char err[256];
+
+    *(int *)arg = http_reload(fx->h, err, sizeof(err));
+}
+
+/* SIGHUP re-reads the token; a token file gone bad keeps the old one. */
+Test(http, reload_swaps_the_token, .timeout = 30)
+{
+    struct http_opts o;
+    struct fx *fx;
+    const char *path;
+    int rc;
+
+    http_opts_default(&o);
+    path = tmp_file("token-r", TOKEN);
+    o.token_file = path;
+    fx = fx_start_opts(&o);
+    cr_assert_eq(get_auth(fx, "/topics", "Bearer " TOKEN, &P), 0);
+    cr_assert_eq(P.status, 200);
+    tmp_file("token-r", "the-next-token-9876543210\n");
+    on_loop(fx, do_reload, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(get_auth(fx, "/topics", "Bearer " TOKEN, &P), 0);
+    cr_assert_eq(P.status, 401, "the old token is gone");
+    cr_assert_eq(
+        get_auth(fx, "/topics", "Bearer the-next-token-9876543210", &P), 0);
+    cr_assert_eq(P.status, 200);
+    tmp_file("token-r", "short\n");
+    on_loop(fx, do_reload, &rc);
+    cr_assert_eq(rc, -EINVAL);
+    cr_assert_eq(
+        get_auth(fx, "/topics", "Bearer the-next-token-9876543210", &P), 0);
+    cr_assert_eq(P.status, 200, "a bad file keeps the running token");
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+/* The key-derivation budget on a clock the test holds. */
+Test(http, password_budget)
+{
+    struct http_auth *a = NULL;
+    char err[512], h1[512], file[1200], good[256], bad[256];
+
+    hash_of("$2b$", "right", h1, sizeof(h1));
+    snprintf(file, sizeof(file), "u:%s\n", h1);
+    cr_assert_eq(
+        http_auth_new(&a, NULL, tmp_file("pb", file), err, sizeof(err)), 0,
+        "%s", err);
+    cr_assert(http_auth_basic(a));
+    basic("u:right", good, sizeof(good));
+    basic("u:wrong", bad, sizeof(bad));
+    cr_assert_eq(http_auth_check(a, good, 1000), HTTP_AUTH_OK);
+    for (int i = 1; i < HTTP_AUTH_KDF_PER_S; i++)
+        cr_assert_eq(http_auth_check(a, bad, 1000), HTTP_AUTH_WRONG);
+    cr_assert_eq(http_auth_check(a, bad, 1000), HTTP_AUTH_BUSY);
+    cr_assert_eq(http_auth_check(a, good, 1000), HTTP_AUTH_OK,
+                 "remembered, no derivation");
+    cr_assert_eq(http_auth_check(a, bad, 1000 + 1000 / HTTP_AUTH_KDF_PER_S),
+                 HTTP_AUTH_WRONG, "one derivation back");
+    cr_assert_eq(http_auth_check(a, bad, 1000 + 1000 / HTTP_AUTH_KDF_PER_S),
+                 HTTP_AUTH_BUSY);
+    cr_assert_eq(http_auth_check(a, NULL, 5000), HTTP_AUTH_MISSING);
+    cr_assert_eq(http_auth_check(a, "Digest x", 5000), HTTP_AUTH_MISSING);
+    http_auth_free(a);
+}
+
+Test(http, credential_files_are_checked)
+{
+    struct http_auth *a = NULL;
+    char err[512], h1[512], file[1200];
+
+    cr_assert_null(http_auth_token_file_check(""));
+    cr_assert_null(http_auth_token_file_check(tmp_file("t1", TOKEN "\r\n")));
+    cr_assert_str_eq(http_auth_token_file_check(tmpdir[0] ? "/nonexistent/t"
+                                                          : "/nonexistent/t"),
+                     "cannot read the file");
+    cr_assert_str_eq(http_auth_token_file_check(tmp_file("t2", "\n\n")),
+                     "the token file is empty");
+    cr_assert_str_eq(http_auth_token_file_check(tmp_file("t3", "short")),
+                     "the token is shorter than 16 characters");
+    cr_assert_str_eq(
+        http_auth_token_file_check(tmp_file("t4", "two words 0123456789")),
+        "the token has a blank, control or non-ascii character");
+
+    hash_of("$y$", "pw", h1, sizeof(h1));
+    snprintf(file, sizeof(file), "a:%s\n", h1);
+    cr_assert_null(http_auth_password_file_check(tmp_file("p1", file)));
+    cr_assert_str_eq(http_auth_password_file_check(tmp_file("p2", "# none\n")),
+                     "no user:hash line");
+    snprintf(file, sizeof(file), "a:%s\nb:$1$abc$0123456789012345678901\n", h1);
+    cr_assert_eq(
+        http_auth_new(&a, NULL, tmp_file("p3", file), err, sizeof(err)),
+        -EINVAL);
+    cr_assert_null(a);
+    cr_assert_not_null(strstr(err, "p3:2: unsupported hash"), "%s", err);
+    cr_assert_null(strstr(err, "$1$"), "the hash is not echoed: %s", err);
+    snprintf(file, sizeof(file), "a:%s\na:%s\n", h1, h1);
+    cr_assert_eq(
+        http_auth_new(&a, NULL, tmp_file("p4", file), err, sizeof(err)),
+        -EINVAL);
+    cr_assert_not_null(strstr(err, "p4:2: user listed twice"), "%s", err);
+    cr_assert_eq(
+        http_auth_new(&a, NULL, tmp_file("p5", "nocolon\n"), err, sizeof(err)),
+        -EINVAL);
+    cr_assert_not_null(strstr(err, "p5:1: expected user:hash"), "%s", err);
+    cr_assert_eq(http_auth_new(&a, tmp_file("t5", "x"), NULL, err, sizeof(err)),
+                 -EINVAL);
+    cr_assert_null(strstr(err, ": x"), "the token is not echoed: %s", err);
+    cr_assert_eq(http_auth_new(&a, "/nonexistent/t", NULL, err, sizeof(err)),
+                 -ENOENT);
+    cr_assert_eq(http_auth_new(&a, "", "", err, sizeof(err)), 0);
+    cr_assert_not(http_auth_enabled(a));
+    cr_assert_eq(http_auth_check(a, NULL, 0), HTTP_AUTH_OK);
+    http_auth_free(a);
+}
+
+/* An http_start that cannot read its credentials fails and leaves nothing
+ * on the loop. */
+Test(http, start_refuses_bad_credentials)
+{
+    uv_loop_t loop;
+    struct http *h = NULL;
+    struct http_opts o;
+    char err[256];
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    http_opts_default(&o);
+    o.token_file = "/nonexistent/token";
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:0", &o, &provider, NULL, err,
+                            sizeof(err)),
+                 -ENOENT);
+    cr_assert_null(h);
+    cr_assert_not_null(strstr(err, "/nonexistent/token"), "%s", err);
+    http_opts_default(&o);
+    o.tls_cert_file = "/nonexistent/cert.pem";
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:0", &o, &provider, NULL, err,
+                            sizeof(err)),
+                 -EINVAL);
+    cr_assert_not_null(strstr(err, "go together"), "%s", err);
+    o.tls_key_file = tmp_file("key.pem", "not a key\n");
+    o.tls_cert_file = tmp_file("cert.pem", "not a cert\n");
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:0", &o, &provider, NULL, err,
+                            sizeof(err)),
+                 -EINVAL);
+    cr_assert_null(h);
+    cr_assert_not_null(strstr(err, "cert.pem: "), "the file named: %s", err);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    cr_assert_eq(uv_loop_close(&loop), 0);
 }
 
 Test(http, close_with_no_traffic)
@@ -1014,38 +1621,40 @@ Test(http, start_errors)
     int rc;
 
     cr_assert_eq(uv_loop_init(&loop), 0);
-    rc = http_start(&h, &loop, "127.0.0.1", &provider, NULL, err, sizeof(err));
+    rc = http_start(&h, &loop, "127.0.0.1", NULL, &provider, NULL, err,
+                    sizeof(err));
     cr_assert_eq(rc, -EINVAL);
     cr_assert_not_null(strstr(err, "missing :port"), "%s", err);
     cr_assert_null(h);
-    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:99999", &provider, NULL, err,
-                            sizeof(err)),
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:99999", NULL, &provider, NULL,
+                            err, sizeof(err)),
                  -EINVAL);
     cr_assert_not_null(strstr(err, "0..65535"), "%s", err);
-    cr_assert_eq(
-        http_start(&h, &loop, "::1:9464", &provider, NULL, err, sizeof(err)),
-        -EINVAL);
-    cr_assert_eq(http_start(&h, &loop, "", &provider, NULL, err, sizeof(err)),
-                 -EINVAL);
-    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:80x", &provider, NULL, err,
+    cr_assert_eq(http_start(&h, &loop, "::1:9464", NULL, &provider, NULL, err,
                             sizeof(err)),
                  -EINVAL);
-    rc = http_start(&h, &loop, "no-such-host.invalid:9464", &provider, NULL,
-                    err, sizeof(err));
+    cr_assert_eq(
+        http_start(&h, &loop, "", NULL, &provider, NULL, err, sizeof(err)),
+        -EINVAL);
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:80x", NULL, &provider, NULL,
+                            err, sizeof(err)),
+                 -EINVAL);
+    rc = http_start(&h, &loop, "no-such-host.invalid:9464", NULL, &provider,
+                    NULL, err, sizeof(err));
     cr_assert_lt(rc, 0);
     cr_assert_not_null(strstr(err, "no-such-host.invalid"), "%s", err);
-    rc = http_start(&h, &loop, "192.0.2.1:9464", &provider, NULL, err,
+    rc = http_start(&h, &loop, "192.0.2.1:9464", NULL, &provider, NULL, err,
                     sizeof(err));
     cr_assert_eq(rc, -EADDRNOTAVAIL, "foreign address: %d %s", rc, err);
 
     /* A busy port. */
-    cr_assert_eq(
-        http_start(&h, &loop, "127.0.0.1:0", &provider, NULL, err, sizeof(err)),
-        0, "%s", err);
+    cr_assert_eq(http_start(&h, &loop, "127.0.0.1:0", NULL, &provider, NULL,
+                            err, sizeof(err)),
+                 0, "%s", err);
     char busy[64];
 
     snprintf(busy, sizeof(busy), "127.0.0.1:%d", http_port(h));
-    rc = http_start(&h2, &loop, busy, &provider, NULL, err, sizeof(err));
+    rc = http_start(&h2, &loop, busy, NULL, &provider, NULL, err, sizeof(err));
     cr_assert_eq(rc, -EADDRINUSE, "%d %s", rc, err);
     cr_assert_not_null(strstr(err, busy), "%s", err);
     cr_assert_null(h2);
@@ -1082,8 +1691,8 @@ static void listen_and_close(const char *listen)
 
     cr_assert_eq(uv_loop_init(&loop), 0);
     cr_assert_eq(
-        http_start(&h, &loop, listen, &provider, NULL, err, sizeof(err)), 0,
-        "%s: %s", listen, err);
+        http_start(&h, &loop, listen, NULL, &provider, NULL, err, sizeof(err)),
+        0, "%s: %s", listen, err);
     cr_assert_gt(http_port(h), 0);
     http_close(h, NULL, NULL);
     cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);

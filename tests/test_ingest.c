@@ -306,8 +306,9 @@ static void rig_open(struct rig *r, const char *group)
     r->m = model_k4();
     r->ing = ingest_new(&loop, r->mt);
     cr_assert_not_null(r->ing);
-    struct views_conf vc = {r->m,       r->ing,     r->mt, r->cfg,
-                            &r->epoch, rig_health, rig_ready, r};
+    struct views_conf vc = {r->m,      r->ing,     r->mt,     r->cfg,
+                            &r->epoch, rig_health, rig_ready, r,
+                            NULL};
     r->v = views_new(&vc);
     cr_assert_not_null(r->v);
     struct ingest_conf ic = {r->m, decoder(), NULL, NULL};

@@ -3,6 +3,7 @@
  * refused input, determinism and the saved state. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "match.h"
 #include "model_impl.h"
 #include "rng.h"
 
@@ -296,7 +298,7 @@ Test(model, params_defaults_and_checks)
     model_params_default(&p);
     cr_assert_null(model_params_check(&p));
     cr_assert_eq(p.k, 16);
-    cr_assert_eq(p.profile_max, 512);
+    cr_assert_eq(p.profile_max, 16384);
     cr_assert_eq(p.refresh_events, 200000);
     cr_assert_eq(p.warmup_events, 10000);
     cr_assert_eq(p.seed, 1);
@@ -498,7 +500,8 @@ static uint32_t users_held_with_g(const struct model *m)
 Test(model, heavy_shares_held_between_refreshes_stay_exact)
 {
     for (int decay = 0; decay < 2; decay++) {
-        struct model *m = model_with(6, decay ? 4000 : 0, 500, 1000000);
+        /* refresh_events 0: no refresh but the test's own. */
+        struct model *m = model_with(6, decay ? 4000 : 0, 500, 0);
         stream_heavy(m, 6000, 91 + decay, decay ? 7 : 1);
         /* A refresh that rebuilds A and B, so that what follows starts
          * exact (a rescaling one leaves ~1e-7, see STATS_RTOL). */
@@ -568,11 +571,20 @@ Test(model, reported_loss_equals_direct_computation)
     for (int c = 0; c < 2; c++) {
         struct model *m = model_with(5, hls[c], 1000, 3000);
         stream_mixed(m, 6000, 8 + c, c);
-        refine_converge(m, 200);
         struct model_stats st;
+        double loss, norm;
+        /* Mid-stream, users solved against many older W's, some shares
+         * still owed to B: the identity holds all the same. */
+        for (int r = 0; r < 3; r++) {
+            model_stats(m, &st);
+            direct_loss(m, &loss, &norm);
+            cr_assert_float_eq(st.loss, loss, 1e-6 * norm,
+                               "mid-stream %d: loss %g vs %g", r, st.loss, loss);
+            stream_mixed(m, 700, 20 + r, c);
+        }
+        refine_converge(m, 200);
         model_stats(m, &st);
         cr_assert_eq(st.stale, 0);
-        double loss, norm;
         direct_loss(m, &loss, &norm);
         /* Each user's loss and |v|^2 are kept in float: relative 6e-8. */
         cr_assert_float_eq(st.norm, norm, 1e-6 * norm);
@@ -1253,6 +1265,122 @@ Test(model, warmup_runs_once_and_leaves_exact_statistics)
     model_free(m);
 }
 
+/* ---- refreshes by work -------------------------------------------- */
+
+/* Folds a planted stream with events step ms apart and returns the model. */
+static struct model *fold_spaced(uint32_t items, int64_t step)
+{
+    struct model_params p0;
+    model_params_default(&p0);
+    p0.k = 4;
+    p0.warmup_events = 2000;
+    p0.refresh_events = 1000000;
+    p0.refresh_work = MODEL_REFRESH_WORK;
+    struct model *m = model_new(&p0);
+    cr_assert_not_null(m);
+    struct planted p;
+    planted_init(&p, 600, items, 4, 0.05, 17);
+    for (int e = 0; e < 20000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, (int64_t)e * step), 0);
+    }
+    planted_free(&p);
+    return m;
+}
+
+/* Automatic refreshes come from the work of the folds, never from the
+ * timestamps: the same events 1 ms and a day apart give the same
+ * refreshes and the same W, bit for bit; they come well before
+ * refresh_events; and a costlier refresh (more items) comes less often. */
+Test(model, refreshes_follow_work_not_time)
+{
+    struct model *a = fold_spaced(100, 1), *b = fold_spaced(100, 86400000);
+    struct model_stats sa, sb;
+    model_stats(a, &sa);
+    model_stats(b, &sb);
+    cr_assert_eq(sa.refreshes, sb.refreshes);
+    cr_assert_gt(sa.refreshes, 60, "%" PRIu64, sa.refreshes);
+    cr_assert_eq(model_item_slots(a), model_item_slots(b));
+    cr_assert_eq(memcmp(model_W(a), model_W(b),
+                        (size_t)model_item_slots(a) * 4 * sizeof(float)),
+                 0);
+    cr_assert_eq(sa.rel_loss, sb.rel_loss);
+    /* Every refresh by work left the counter below its threshold: a
+     * refresh costs at least k^2 (hals_sweeps + 1) M. */
+    struct model *c = fold_spaced(2000, 1);
+    struct model_stats sc;
+    model_stats(c, &sc);
+    cr_assert_lt(sc.refreshes * 3, sa.refreshes, "%" PRIu64 " vs %" PRIu64,
+                 sc.refreshes, sa.refreshes);
+    model_free(a);
+    model_free(b);
+    model_free(c);
+}
+
+/* By default (refresh_work 0, the daemon's setting) the work of the
+ * folds never refreshes W: after the warm-up, exactly one refresh per
+ * refresh_events folds, however cheap a refresh is against the folds. */
+Test(model, without_refresh_work_only_the_event_count_refreshes)
+{
+    struct model *m = model_with(4, 0, 2000, 5000);
+    cr_assert_eq(model_params(m)->refresh_work, 0);
+    struct planted p;
+    planted_init(&p, 600, 100, 4, 0.05, 17);
+    struct model_stats st;
+    uint64_t warm = 0;
+    for (int e = 0; e < 22000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, e), 0);
+        if (e + 1 == 2000) {
+            model_stats(m, &st);
+            warm = st.refreshes;
+        }
+    }
+    model_stats(m, &st);
+    /* The warm-up at 2000 starts the count again: then 7000, 12000,
+     * 17000, 22000. */
+    cr_assert_eq(st.refreshes - warm, 4, "%" PRIu64 " after the warm-up",
+                 st.refreshes - warm);
+    planted_free(&p);
+    model_free(m);
+}
+
+/* refresh_events = 0: the model never refreshes by itself after the
+ * warm-up, however much work the folds do. */
+Test(model, refresh_events_zero_leaves_refreshes_to_the_caller)
+{
+    struct model_params p0;
+    model_params_default(&p0);
+    p0.k = 4;
+    p0.warmup_events = 500;
+    p0.refresh_events = 0;
+    p0.refresh_work = MODEL_REFRESH_WORK;
+    struct model *m = model_new(&p0);
+    cr_assert_not_null(m);
+    struct planted p;
+    planted_init(&p, 300, 60, 4, 0.05, 18);
+    for (int e = 0; e < 600; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, e), 0);
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    uint64_t r = st.refreshes;
+    for (int e = 0; e < 20000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0, 600 + e), 0);
+    }
+    model_stats(m, &st);
+    cr_assert_eq(st.refreshes, r);
+    cr_assert_gt(m->work, 0);
+    planted_free(&p);
+    model_free(m);
+}
+
 /* ---- warm-up in idle time, restarts -------------------------------- */
 
 static void fold_planted(struct model *m, struct planted *p, int events,
@@ -1418,6 +1546,325 @@ Test(model, restart_slices_are_bounded_and_reach_the_same_model)
     cr_assert_eq(model_refine(b, 0), 0);
     model_free(a);
     model_free(b);
+}
+
+/* ---- topic identity ---------------------------------------------------- */
+
+/* cos(old column a, new column b) for every pair, over M rows of k. */
+static void column_cosines(uint32_t k, uint32_t M, const float *Wo,
+                           const float *Wn, double *C)
+{
+    double no[MODEL_K_MAX] = {0}, nn[MODEL_K_MAX] = {0};
+    memset(C, 0, (size_t)k * k * sizeof(double));
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t a = 0; a < k; a++) {
+            no[a] += (double)Wo[(size_t)i * k + a] * Wo[(size_t)i * k + a];
+            nn[a] += (double)Wn[(size_t)i * k + a] * Wn[(size_t)i * k + a];
+            for (uint32_t b = 0; b < k; b++)
+                C[(size_t)a * k + b] +=
+                    (double)Wo[(size_t)i * k + a] * Wn[(size_t)i * k + b];
+        }
+    for (uint32_t a = 0; a < k; a++)
+        for (uint32_t b = 0; b < k; b++)
+            C[(size_t)a * k + b] /= sqrt(no[a]) * sqrt(nn[b]);
+}
+
+/* A restart replaces W with columns of its own order (NNDSVDa's, by
+ * singular value): each new column must sit at the index of the old
+ * column it continues, i.e. the identity is the best assignment of the
+ * cosines old x new, and each new column's best old match is its own
+ * index. */
+Test(model, a_restart_keeps_each_topic_id)
+{
+    struct model *m = six_bundles(0, NULL);
+    const uint32_t k = 6;
+    double C[36];
+    uint32_t to[6];
+    float *before = NULL;
+    int restarted = 0;
+    for (int r = 0; r < 100000 && !restarted; r++) {
+        struct model_stats st;
+        uint32_t M = model_item_slots(m);
+        before = realloc(before, (size_t)M * k * sizeof(float));
+        memcpy(before, model_W(m), (size_t)M * k * sizeof(float));
+        model_stats(m, &st);
+        uint64_t f0 = st.refreshes, r0 = st.restarts, s0 = st.reseeded;
+        size_t n = model_refine(m, SIZE_MAX);
+        model_stats(m, &st);
+        if (st.restarts > r0) {
+            restarted = 1;
+            cr_assert_eq(st.reseeded - s0, k, "reseeded %lu",
+                         (unsigned long)(st.reseeded - s0));
+            column_cosines(k, M, before, model_W(m), C);
+            cr_assert_eq(match_assign(k, C, to), 0);
+            for (uint32_t j = 0; j < k; j++) {
+                cr_assert_eq(to[j], j, "old topic %u continues as %u", j,
+                             to[j]);
+                for (uint32_t a = 0; a < k; a++)
+                    cr_assert_geq(C[(size_t)j * k + j], C[(size_t)a * k + j],
+                                  "new %u is closer to old %u (%g) than to "
+                                  "old %u (%g)",
+                                  j, a, C[(size_t)a * k + j], j,
+                                  C[(size_t)j * k + j]);
+            }
+            /* The seed's own order was not the live one: the matching
+             * moved columns (or this test would not test it). */
+            cr_assert_gt(st.moved, 0);
+        }
+        if (!n && st.refreshes == f0)
+            break;
+    }
+    cr_assert(restarted, "no restart replaced W");
+    free(before);
+    model_free(m);
+}
+
+/* The warm-up's seed replaces a W that refreshes have already fitted to
+ * the data (a slow stream: refresh_events before warmup_events): the
+ * identity is the best assignment of the old topics to the new. */
+Test(model, the_warmup_seed_keeps_each_topic_id)
+{
+    const uint32_t k = 6;
+    struct model *m = model_with(k, 0, 30000, 2000);
+    struct planted p;
+    planted_init(&p, 1500, 300, 6, 0.0, 3);
+    fold_planted(m, &p, 29999, 1000);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_gt(st.refreshes, 10);
+    cr_assert_eq(st.reseeded, 0);
+    uint32_t M = model_item_slots(m);
+    float *before = malloc((size_t)M * k * sizeof(float));
+    memcpy(before, model_W(m), (size_t)M * k * sizeof(float));
+    fold_planted(m, &p, 1, 40000);
+    planted_free(&p);
+    model_stats(m, &st);
+    cr_assert_eq(st.reseeded, k, "no warm-up seed");
+    double C[36];
+    uint32_t to[6];
+    column_cosines(k, M, before, model_W(m), C);
+    cr_assert_eq(match_assign(k, C, to), 0);
+    /* The random start's refreshes may have merged two planted topics
+     * and split another, which the seed undoes: then no order keeps every
+     * column closest to its predecessor, and the best assignment as a
+     * whole is what ids can keep. */
+    for (uint32_t j = 0; j < k; j++)
+        cr_assert_eq(to[j], j, "old topic %u continues as %u", j, to[j]);
+    cr_assert_gt(st.moved, 0, "the seed's own order was the live one");
+    free(before);
+    model_free(m);
+}
+
+/* Relabelling the topics moves numbers and computes none: the loss, each
+ * user's h, W, A and B are the same bits in the new order, the state
+ * still passes model_load's checks, users whose segment index changed
+ * are marked, and undoing the relabelling gives a model that goes on bit
+ * for bit like one never relabelled. With heavy users (the W^T v cache
+ * and held shares) and H's column scales in play. */
+Test(model, relabelling_topics_changes_nothing_but_the_order)
+{
+    const uint32_t k = 6;
+    struct model *m = model_with(k, 0, 2000, 3000);
+    struct planted p;
+    planted_init(&p, 300, 200, 6, 0.05, 8);
+    fold_planted(m, &p, 20000, 1000);
+    model_refresh(m);
+    fold_planted(m, &p, 500, 21000);
+    struct buf s0 = save(m);
+    struct model *twin = model_load(s0.p, s0.n, NULL);
+    cr_assert_not_null(twin);
+    int scaled = 0, held = 0;
+    for (uint32_t j = 0; j < k; j++)
+        scaled |= m->hs[j] != 1;
+    for (uint32_t u = 0; u < model_user_slots(m); u++)
+        held |= (m->u[u].flags & MODEL_U_GB) != 0;
+    cr_assert(scaled && held && m->bc_n > 0, "scales %d, held %d, cache %u",
+              scaled, held, m->bc_n);
+
+    const uint32_t src[6] = {4, 0, 5, 2, 1, 3}, inv[6] = {1, 4, 3, 5, 0, 2};
+    const uint32_t M = model_item_slots(m), U = model_user_slots(m);
+    struct model_stats a, b;
+    model_stats(m, &a);
+    double *A0 = malloc(36 * sizeof(double)), *A1 = malloc(36 * sizeof(double));
+    double *B0 = malloc((size_t)M * k * sizeof(double));
+    double *B1 = malloc((size_t)M * k * sizeof(double));
+    float *W0 = malloc((size_t)M * k * sizeof(float));
+    struct model_user_view *v0 = malloc(U * sizeof(*v0));
+    model_A(m, A0);
+    model_B(m, B0);
+    memcpy(W0, model_W(m), (size_t)M * k * sizeof(float));
+    for (uint32_t u = 0; u < U; u++)
+        cr_assert_eq(model_user_get(m, u, &v0[u]), 0);
+
+    model_epoch_set(m, model_epoch(m) + 1);
+    model__topics_permute(m, src);
+    model_stats(m, &b);
+    /* The loss is the identity ||V||^2 - 2 <W, B> + <G, A> over the new
+     * order: the same terms summed in another order, equal to rounding. */
+    cr_assert(a.norm == b.norm);
+    cr_assert_float_eq(a.loss, b.loss, 1e-12 * a.norm);
+    cr_assert_float_eq(a.rel_loss, b.rel_loss, 1e-12);
+    cr_assert_eq(b.moved - a.moved, 6);
+    model_A(m, A1);
+    model_B(m, B1);
+    for (uint32_t j = 0; j < k; j++) {
+        for (uint32_t l = 0; l < k; l++)
+            cr_assert(A1[j * k + l] == A0[src[j] * k + src[l]]);
+        for (uint32_t i = 0; i < M; i++) {
+            cr_assert(model_W(m)[(size_t)i * k + j] ==
+                      W0[(size_t)i * k + src[j]]);
+            cr_assert(B1[(size_t)i * k + j] == B0[(size_t)i * k + src[j]]);
+        }
+    }
+    size_t marked = 0;
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view v;
+        cr_assert_eq(model_user_get(m, u, &v), 0);
+        for (uint32_t j = 0; j < k; j++)
+            cr_assert(v.h[j] == v0[u].h[src[j]], "user %u topic %u", u, j);
+        cr_assert_eq(src[v.segment], v0[u].segment);
+        cr_assert(v.share == v0[u].share);
+        if (v.segment != v0[u].segment) {
+            cr_assert_eq(v.changed, model_epoch(m), "user %u not marked", u);
+            marked++;
+        }
+    }
+    cr_assert_gt(marked, 0);
+    struct buf s1 = save(m);
+    struct model *re = model_load(s1.p, s1.n, NULL);
+    cr_assert_not_null(re, "the relabelled state fails model_load's checks");
+    model_free(re);
+
+    /* Undone, it goes on like the twin. */
+    model__topics_permute(m, inv);
+    for (int t = 0; t < 2; t++) {
+        struct model *x = t ? twin : m;
+        struct planted q;
+        planted_init(&q, 300, 200, 6, 0.05, 9);
+        fold_planted(x, &q, 3000, 30000);
+        refine_converge(x, 200);
+        planted_free(&q);
+    }
+    model_stats(m, &a);
+    model_stats(twin, &b);
+    cr_assert(a.loss == b.loss && a.rel_loss == b.rel_loss);
+    cr_assert_eq(memcmp(model_W(m), model_W(twin),
+                        (size_t)model_item_slots(m) * k * sizeof(float)),
+                 0);
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view x, y;
+        int rx = model_user_get(m, u, &x), ry = model_user_get(twin, u, &y);
+        cr_assert_eq(rx, ry);
+        if (!rx)
+            cr_assert_eq(memcmp(x.h, y.h, k * sizeof(float)), 0, "user %u", u);
+    }
+    planted_free(&p);
+    free(s0.p);
+    free(s1.p);
+    free(A0);
+    free(A1);
+    free(B0);
+    free(B1);
+    free(W0);
+    free(v0);
+    model_free(m);
+    model_free(twin);
+}
+
+/* A re-seed that brings the same topics in another order changes
+ * nothing: the matching puts every column back, so W, the loss and every
+ * later step stay bit for bit those of a twin re-seeded with the columns
+ * in their own order. */
+Test(model, reseed_with_the_same_topics_changes_nothing)
+{
+    struct model *m = six_bundles(10000, NULL);
+    refine_converge(m, 1000);
+    struct buf s0 = save(m);
+    struct model *twin = model_load(s0.p, s0.n, NULL);
+    cr_assert_not_null(twin);
+    const uint32_t k = 6, M = model_item_slots(m);
+    const uint32_t perm[6] = {3, 5, 0, 1, 4, 2};
+    float *W0 = malloc((size_t)M * k * sizeof(float));
+    float *Wn = malloc((size_t)M * k * sizeof(float));
+    memcpy(W0, model_W(m), (size_t)M * k * sizeof(float));
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t j = 0; j < k; j++)
+            Wn[(size_t)i * k + j] = W0[(size_t)i * k + perm[j]];
+    struct model_stats a, b;
+    model_stats(m, &a);
+    model__w_install(m, Wn, 1);
+    model_stats(m, &b);
+    cr_assert_eq(memcmp(model_W(m), W0, (size_t)M * k * sizeof(float)), 0,
+                 "the re-seeded columns are not back at their ids");
+    cr_assert_eq(b.reseeded - a.reseeded, k);
+    cr_assert_eq(b.moved - a.moved, 5, "perm has one fixed point: %lu moved",
+                 (unsigned long)(b.moved - a.moved));
+    cr_assert(a.rel_loss == b.rel_loss && a.loss == b.loss);
+    /* The twin's re-seed brings the same columns in their own order. */
+    model__w_install(twin, W0, 1);
+    /* Both go on alike: more events, refinement, and the same bytes. */
+    for (int t = 0; t < 2; t++) {
+        struct model *x = t ? twin : m;
+        struct trng r = {99};
+        struct planted p;
+        planted_init(&p, 1500, 300, 6, 0.0, 3);
+        for (int e = 0; e < 3000; e++) {
+            uint32_t u, i;
+            planted_event(&p, &u, &i);
+            cr_assert_eq(fold(x, u, i, 1 + trng_unif(&r), 40000 + e), 0);
+        }
+        refine_converge(x, 1000);
+        planted_free(&p);
+    }
+    struct buf s1 = save(m), s2 = save(twin);
+    cr_assert(bufs_equal(&s1, &s2), "the re-seeded model took another path");
+    free(s0.p);
+    free(s1.p);
+    free(s2.p);
+    free(W0);
+    free(Wn);
+    model_free(m);
+    model_free(twin);
+}
+
+/* Continuity against an earlier copy of W: 1 against itself, the cosine
+ * of the two columns after the model moved on (with new items, which the
+ * earlier copy has no rows for), 0 for an empty earlier version. */
+Test(model, topic_continuity_is_the_cosine_to_the_earlier_version)
+{
+    struct model *m = six_bundles(10000, NULL);
+    refine_converge(m, 1000);
+    const uint32_t k = 6, M0 = model_item_slots(m);
+    double cont[6], C[36];
+    float *W0 = malloc((size_t)M0 * k * sizeof(float));
+    memcpy(W0, model_W(m), (size_t)M0 * k * sizeof(float));
+    model_topic_continuity(m, W0, M0, cont);
+    for (uint32_t j = 0; j < k; j++)
+        cr_assert_float_eq(cont[j], 1.0, 1e-12, "topic %u: %.17g", j, cont[j]);
+    struct trng r = {5};
+    for (int e = 0; e < 2000; e++)
+        cr_assert_eq(fold(m, trng_below(&r, 1500), 300 + trng_below(&r, 40),
+                          1.0, 50000 + e),
+                     0);
+    model_refresh(m);
+    const uint32_t M = model_item_slots(m);
+    cr_assert_gt(M, M0);
+    float *Wp = calloc((size_t)M * k, sizeof(float));
+    memcpy(Wp, W0, (size_t)M0 * k * sizeof(float));
+    column_cosines(k, M, Wp, model_W(m), C);
+    model_topic_continuity(m, W0, M0, cont);
+    int moved = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        cr_assert_float_eq(cont[j], C[(size_t)j * k + j], 1e-9, "topic %u", j);
+        moved |= cont[j] < 0.999999;
+    }
+    cr_assert(moved, "the new items changed no topic");
+    model_topic_continuity(m, Wp, 0, cont);
+    for (uint32_t j = 0; j < k; j++)
+        cr_assert_eq(cont[j], 0.0);
+    free(W0);
+    free(Wp);
+    model_free(m);
 }
 
 /* Drives refinement until a restart is under way; returns the state saved
@@ -1692,6 +2139,54 @@ static const char *load_patched(const struct buf *s, size_t off,
     return err;
 }
 
+/* The state's refresh work counters (version 6) lie just before the
+ * generator's state and A, at this offset: the older layouts lack them. */
+#define STATE_WORK_OFF 244
+
+/* s in the layout of version 4 or 5: without the work counters and
+ * without the trailing evictions (which must be none: f64 0, u32 0). */
+static struct buf state_older(const struct buf *s, uint32_t version)
+{
+    static const uint8_t none[12];
+    cr_assert_geq(s->n, STATE_WORK_OFF + 16 + 20);
+    cr_assert(!memcmp(s->p + s->n - 20, none, 12), "evictions in the state");
+    struct buf o = {.n = s->n - 16 - 12};
+    o.p = malloc(o.n);
+    memcpy(o.p, s->p, STATE_WORK_OFF);
+    memcpy(o.p + STATE_WORK_OFF, s->p + STATE_WORK_OFF + 16,
+           s->n - STATE_WORK_OFF - 16 - 20);
+    memcpy(o.p + 8, &version, 4);
+    uint64_t sum = model__state_checksum(o.p, o.n - 8);
+    memcpy(o.p + o.n - 8, &sum, 8);
+    return o;
+}
+
+/* Version 5 is version 6 without the refresh work counters and the
+ * evictions: it loads, with them at zero, and the model goes on (its next
+ * automatic refresh by work comes when its counters say so). */
+Test(model, version_5_state_loads_with_work_counters_at_zero)
+{
+    struct model *m = model_with(6, 1000000, 500, 1000000);
+    stream_heavy(m, 1500, 97, 1);
+    cr_assert_gt(m->work, 0);
+    struct buf s = save(m);
+    cr_assert_eq(memcmp(s.p + STATE_WORK_OFF, &m->work, 8), 0);
+    struct buf o = state_older(&s, 5);
+    const char *err = NULL;
+    struct model *b = model_load(o.p, o.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    cr_assert_eq(b->work, 0);
+    cr_assert_eq(b->sync_rows, 0);
+    cr_assert_eq(b->refreshes, m->refreshes);
+    cr_assert_eq(b->evicted_weight, 0);
+    stream_heavy(b, 500, 98, 1);
+    assert_stats_exact(b, STATS_RTOL);
+    model_free(b);
+    free(o.p);
+    free(s.p);
+    model_free(m);
+}
+
 /* Version 4 is version 5 without shares held with g: such a state still
  * loads, one with them is refused. */
 Test(model, version_4_state_loads_without_held_shares)
@@ -1700,15 +2195,20 @@ Test(model, version_4_state_loads_without_held_shares)
     stream_heavy(m, 4000, 99, 1);
     model_refresh(m);
     cr_assert_eq(users_held_with_g(m), 0);
-    struct buf s = save(m);
+    struct buf s6 = save(m), s = state_older(&s6, 4);
     uint32_t v = 4;
     cr_assert_null(load_patched(&s, 8, &v, 4));
+    v = 6; /* the older layout read as the newer one */
+    cr_assert_not_null(load_patched(&s, 8, &v, 4));
+    v = 4;
     stream_heavy(m, 500, 100, 1);
     cr_assert_gt(users_held_with_g(m), 0);
-    struct buf t = save(m);
+    struct buf t6 = save(m), t = state_older(&t6, 4);
     cr_assert_str_eq(load_patched(&t, 8, &v, 4), "bad user flags");
     free(s.p);
     free(t.p);
+    free(s6.p);
+    free(t6.p);
     model_free(m);
 }
 
@@ -1716,15 +2216,15 @@ Test(model, load_checks_structure_behind_the_checksum)
 {
     struct buf s = small_state();
     /* Sanity: re-checksummed unchanged state loads. */
-    uint32_t v = 5;
+    uint32_t v = 6;
     cr_assert_null(load_patched(&s, 8, &v, 4));
     v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 6;
+    v = 7;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 5;
+    v = 6;
     cr_assert_str_eq(load_patched(&s, 12, &v, 4), "bad model parameters");
     v = 0;
     cr_assert_str_eq(load_patched(&s, 16, &v, 4), "bad model parameters");
@@ -1814,7 +2314,7 @@ Test(model, load_refuses_absurd_magnitudes)
     size_t off_b = find_once(&s, &b0, 8);
     size_t off_l = find_once(&s, &loss, 8);
     size_t off_n = find_once(&s, &norm, 8);
-    cr_assert_eq(off_a, 276); /* the layout no_profile_... relies on */
+    cr_assert_eq(off_a, 292); /* the layout no_profile_... relies on */
     /* h, then the one profile item (u32) and its value (f32). */
     size_t off_v = off_h + sizeof(h) + 4;
     float f;
@@ -1889,7 +2389,7 @@ Test(model, no_profile_means_zero_statistics)
     model_free(b);
     /* A = 0 exactly in the state: make its first entry a residue. */
     double zero = 0, tiny = 1e-20;
-    size_t off_a = 276;
+    size_t off_a = 292;
     cr_assert(!memcmp(s.p + off_a, &zero, 8));
     cr_assert_str_eq(load_patched(&s, off_a, &tiny, 8),
                      "statistics without data");

@@ -1,7 +1,7 @@
 /* test_records.c -- the published records and the dense snapshot: every
- * field and its msgpack type against DESIGN.md §3, the snapshot of a small
- * real model against the model, in memory, streamed and as a file, the
- * snapshot reader on good and corrupt input, and the JSON dump. */
+ * field and its msgpack type against docs/design.md §3, the snapshot of a
+ * small real model against the model, in memory, streamed and as a file,
+ * the snapshot reader on good and corrupt input, and the JSON dump. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -275,7 +275,7 @@ Test(records, segment_records_of_a_real_model)
 Test(records, topic_record_fields_and_types)
 {
     static const char *const keys[] = {"v",   "epoch", "topic", "k",
-                                       "top", "users", "mass"};
+                                       "top", "users", "mass",  "continuity"};
     struct model *m = model_small(0);
     struct records_enc *e = records_enc_new();
     uint64_t sizes[K];
@@ -290,16 +290,19 @@ Test(records, topic_record_fields_and_types)
         const void *buf;
         uint32_t n = model_topic_top(m, j, 5, items, weights);
 
-        cr_assert_eq(records_topic_encode(e, m, 4, j, 5, sizes[j], mass[j]), 0);
+        cr_assert_eq(
+            records_topic_encode(e, m, 4, j, 5, sizes[j], mass[j], 0.125 * j),
+            0);
         buf = records_enc_data(e, &len);
         doc_parse(&d, buf, len);
-        keys_exactly(&d.root, keys, 7);
+        keys_exactly(&d.root, keys, 8);
         cr_assert_eq(get_u(&d.root, "v"), 1);
         cr_assert_eq(get_u(&d.root, "epoch"), 4);
         cr_assert_eq(get_u(&d.root, "topic"), j);
         cr_assert_eq(get_u(&d.root, "k"), K);
         cr_assert_eq(get_u(&d.root, "users"), sizes[j]);
         cr_assert_eq(get_f64(&d.root, "mass"), mass[j]);
+        cr_assert_eq(get_f64(&d.root, "continuity"), 0.125 * j);
         const msgpack_object *top = get(&d.root, "top");
         cr_assert_eq(top->type, MSGPACK_OBJECT_ARRAY);
         cr_assert_eq(top->via.array.size, n);
@@ -323,12 +326,16 @@ Test(records, topic_record_fields_and_types)
     struct doc d;
     size_t len;
     const void *buf;
-    cr_assert_eq(records_topic_encode(e, m, 4, 0, 0, 1, 1.0), 0);
+    cr_assert_eq(records_topic_encode(e, m, 4, 0, 0, 1, 1.0, 1.0), 0);
     buf = records_enc_data(e, &len);
     doc_parse(&d, buf, len);
     cr_assert_eq(get(&d.root, "top")->via.array.size, 0);
     doc_free(&d);
-    cr_assert_eq(records_topic_encode(e, m, 4, K, 5, 0, 0), -EINVAL);
+    cr_assert_eq(records_topic_encode(e, m, 4, K, 5, 0, 0, 1.0), -EINVAL);
+    /* A continuity that is no cosine of non-negative columns is refused. */
+    cr_assert_eq(records_topic_encode(e, m, 4, 0, 5, 0, 0, NAN), -EINVAL);
+    cr_assert_eq(records_topic_encode(e, m, 4, 0, 5, 0, 0, -0.5), -EINVAL);
+    cr_assert_eq(records_topic_encode(e, m, 4, 0, 5, 0, 0, 1.0001), -EINVAL);
     records_enc_free(e);
     model_free(m);
 }
@@ -348,6 +355,7 @@ Test(records, manifest_fields_and_types)
                                        "weight_sum",
                                        "rejected",
                                        "loss",
+                                       "evicted_weight",
                                        "segments",
                                        "segment_sizes",
                                        "model"};
@@ -369,8 +377,9 @@ Test(records, manifest_fields_and_types)
     cr_assert_eq(records_manifest_encode(e, m, &mf), 0);
     buf = records_enc_data(e, &len);
     doc_parse(&d, buf, len);
-    keys_exactly(&d.root, keys, 14);
+    keys_exactly(&d.root, keys, 15);
     cr_assert_eq(get_u(&d.root, "v"), 1);
+    cr_assert_eq(get_f64(&d.root, "evicted_weight"), st.evicted_weight);
     cr_assert_eq(get_u(&d.root, "epoch"), 12);
     cr_assert_eq(get_i(&d.root, "ts"), 1700000000999);
     cr_assert_eq(get_u(&d.root, "k"), K);

@@ -57,4 +57,26 @@ awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }' || {
     grep '✗' "$tmp/security.out" >&2 || true
     fail "exposure $exposure > $max_exposure"
 }
+
+# The drop-in docs/operations.md gives for the HTTP secrets keeps the
+# unit valid and its exposure where it was.
+mkdir "$tmp/cred"
+awk '{ print } /^\[Service\]/ {
+    print "LoadCredential=tls.key:/etc/nmfd/tls.key"
+    print "LoadCredential=token:/etc/nmfd/token" }' \
+    "$tmp/nmfd.service" >"$tmp/cred/nmfd.service"
+grep -q '^LoadCredential=token:' "$tmp/cred/nmfd.service" ||
+    fail "the credential drop-in was not applied"
+if ! systemd-analyze verify "$tmp/cred/nmfd.service" >"$tmp/verify2.out" 2>&1 ||
+    [ -s "$tmp/verify2.out" ]; then
+    cat "$tmp/verify2.out" >&2
+    fail "systemd-analyze verify with LoadCredential="
+fi
+systemd-analyze security --offline=true "$tmp/cred/nmfd.service" \
+    >"$tmp/security2.out" 2>&1 || true
+exposure2=$(sed -n 's/.*Overall exposure level for nmfd\.service: \([0-9.]*\).*/\1/p' \
+    "$tmp/security2.out")
+echo "with LoadCredential=: overall exposure $exposure2"
+awk -v e="$exposure2" -v m="$max_exposure" 'BEGIN { exit !(e != "" && e <= m) }' ||
+    fail "exposure with LoadCredential= $exposure2 > $max_exposure"
 echo "ok"

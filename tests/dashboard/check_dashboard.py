@@ -256,6 +256,15 @@ def check_dom(html, truth, k):
         users = by_class(c, "users")
         if not users or number(users[0].all_text()) is None:
             fail("card %d shows no user count" % j)
+        cont = by_class(c, "cont")
+        m = re.fullmatch(r"continuity ([01]\.[0-9]{3})",
+                         cont[0].all_text().strip() if cont else "")
+        if not m:
+            fail("card %d shows no continuity: %r" %
+                 (j, cont[0].all_text() if cont else None))
+        if (float(m.group(1)) < 0.9) != ("changed" in c.classes()):
+            fail("card %d: continuity %s but marked changed: %s" %
+                 (j, m.group(1), "changed" in c.classes()))
         # The page shows at most 10, strongest first; most must be the
         # server's current top items for that topic (a live model may
         # reorder a few between the page's epoch and ours).
@@ -275,6 +284,42 @@ def check_dom(html, truth, k):
                             ("epoch", "users", "events", "rate", "lag",
                              "loss")))
     return None
+
+
+# Each card's topic id, colour and identity (a mark left on the element),
+# in page order, with the users it shows.
+CARDS_JS = """JSON.stringify(Array.prototype.map.call(
+  document.querySelectorAll('.topic-card'), function (c) {
+    if (c.__mark === undefined) c.__mark = Math.random();
+    return [c.getAttribute('data-topic'),
+            getComputedStyle(c).getPropertyValue('--c').trim(), c.__mark,
+            c.querySelector('.users').textContent,
+            c.classList.contains('changed')];
+  }))"""
+
+
+def check_stable(chrome, seconds, k):
+    """Over a few epochs every topic keeps its card (the same element),
+    its place (topic id order, whatever the sizes) and its colour; the
+    cards change only their numbers. Returns how many epochs went by, and
+    whether the sizes shown were ever out of id order and a card marked
+    changed (so that the check meant something)."""
+    e0 = int(chrome.eval("document.body.dataset.epoch"))
+    first = json.loads(chrome.eval(CARDS_JS))
+    unsorted = changed = False
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        time.sleep(0.05)
+        now = json.loads(chrome.eval(CARDS_JS))
+        if [c[:3] for c in now] != [c[:3] for c in first]:
+            fail("cards moved, recoloured or rebuilt between epochs:\n%s\n%s"
+                 % ([c[:2] for c in first], [c[:2] for c in now]))
+        sizes = [number(c[3]) for c in now]
+        unsorted |= sizes != sorted(sizes, reverse=True)
+        changed |= any(c[4] for c in now)
+    if [int(c[0]) for c in first] != list(range(k)):
+        fail("cards not in topic id order: %s" % [c[0] for c in first])
+    return int(chrome.eval("document.body.dataset.epoch")) - e0, unsorted, changed
 
 
 def main():
@@ -337,6 +382,15 @@ def main():
                 why = check_dom(html, truth, k)
                 if why:
                     fail(why)
+                epochs, unsorted, changed = check_stable(
+                    chrome_, 3.0 if fake else 8.0, k)
+                if fake is not None and not (epochs >= 10 and unsorted and
+                                             changed):
+                    fail("the stability check saw %d epochs, sizes out of "
+                         "order %s, a changed topic %s" %
+                         (epochs, unsorted, changed))
+                print("cards stable over %d epochs (sizes out of id order: "
+                      "%s)" % (epochs, unsorted))
                 if os.path.exists(shot):
                     os.unlink(shot)
                 chrome_.screenshot(shot)

@@ -112,11 +112,20 @@ static void on_tick(uv_timer_t *t)
         total += share[j] = fake_share(f, j);
     sizes = json_array();
     topics = json_array();
-    for (j = 0; j < f->k; j++) {
+    for (j = 0; j < f->k; j++)
+        json_array_append_new(
+            sizes, json_integer((json_int_t)(f->users * share[j] / total)));
+    /* The topics come in a rotating order (the page must key its cards by
+     * the topic id, not by the position), each with a continuity near 1
+     * but one topic's low every seventh epoch. */
+    for (int r = 0; r < f->k; r++) {
+        j = (int)((r + f->epoch) % (uint64_t)f->k);
         json_int_t n = (json_int_t)(f->users * share[j] / total);
         json_t *top = json_array();
+        double cont = f->epoch % 7 == 0 && j == (int)(f->epoch / 7 % f->k)
+                          ? 0.41
+                          : 0.999 - 0.002 * j;
 
-        json_array_append_new(sizes, json_integer(n));
         for (i = 0; i < FAKE_ITEMS; i++) {
             double w = 0.62 * pow(0.72, i) *
                        (1 + 0.04 * sin((double)f->epoch / 3.0 + i));
@@ -124,9 +133,9 @@ static void on_tick(uv_timer_t *t)
             json_array_append_new(top, json_pack("[s f]", fake_items[j][i], w));
         }
         json_array_append_new(
-            topics,
-            json_pack("{s:i s:I s:f s:o}", "topic", j, "users", n, "mass",
-                      f->events * share[j] / total * 0.8, "top", top));
+            topics, json_pack("{s:i s:I s:f s:f s:o}", "topic", j, "users", n,
+                              "mass", f->events * share[j] / total * 0.8,
+                              "continuity", cont, "top", top));
     }
     doc =
         json_pack("{s:I s:I s:i s:I s:I s:I s:I s:f s:I s:f s:o s:o}", "epoch",
@@ -197,7 +206,7 @@ int main(int argc, char **argv)
     f.loop = uv_default_loop();
     f.users = 4000;
     f.events = 250000;
-    rc = http_start(&f.http, f.loop, listen, &fake_provider, &f, err,
+    rc = http_start(&f.http, f.loop, listen, NULL, &fake_provider, &f, err,
                     sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "serve_fake: %s\n", err);

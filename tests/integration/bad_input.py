@@ -291,7 +291,8 @@ def config_errors(tmp):
     check(r.returncode == 2 and "missing.conf" in r.stderr.decode(),
           "missing config file: exit %d: %s" % (r.returncode, r.stderr.decode()))
     # [kafka] keys go to librdkafka; one it refuses is a config error too
-    # (DESIGN.md section 6): exit 2 with the place, also for --check-config.
+    # (docs/design.md section 6): exit 2 with the place, also for
+    # --check-config.
     path = os.path.join(tmp, "badkafka.conf")
     with open(path, "w") as f:
         f.write("[kafka]\nbootstrap.servers = 127.0.0.1:9\nno.such.property = 1\n")

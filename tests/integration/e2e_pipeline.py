@@ -2,7 +2,7 @@
 """End to end through Kafka: a planted stream goes from `nmfctl produce`
 (and kcat, producing JSON) through the standalone broker into nmfd; a
 python3-confluent-kafka consumer reads every record nmfd publishes, checks
-each against the contract (DESIGN.md section 3), and the segments must
+each against the contract (docs/design.md section 3), and the segments must
 agree with `nmfctl fit` on the same events and with the planted truth."""
 import csv
 import math
@@ -85,7 +85,7 @@ def main():
         check(manifests[0]["full"], "the first epoch after start must be full")
         last = manifests[-1]
         for key in ("v", "epoch", "ts", "k", "full", "users", "items", "events",
-                    "weight_sum", "rejected", "loss", "segments", "segment_sizes", "model"):
+                    "weight_sum", "rejected", "loss", "evicted_weight", "segments", "segment_sizes", "model"):
             check(key in last, "manifest lacks %s" % key)
         check(last["v"] == 1 and last["k"] == K, "manifest v/k")
         check(last["events"] == EVENTS + 3, "manifest events %d" % last["events"])
@@ -105,8 +105,10 @@ def main():
         check(len(final) == K, "epoch %d has %d topic records" % (last["epoch"], len(final)))
         for key, v, _ in topics[-K:]:
             check(key == ("topic-%d" % v["topic"]).encode(), "topic key %r" % key)
-            for f in ("v", "epoch", "topic", "k", "top", "users", "mass"):
+            for f in ("v", "epoch", "topic", "k", "top", "users", "mass",
+                      "continuity"):
                 check(f in v, "topic record lacks " + f)
+            check(0 <= v["continuity"] <= 1, "continuity %r" % v["continuity"])
             ws = [w for _, w in v["top"]]
             check(ws == sorted(ws, reverse=True), "top items not strongest first")
             check(0 < len(v["top"]) <= 20, "top has %d items" % len(v["top"]))

@@ -13,7 +13,9 @@ import urllib.request
 
 BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
 NMFCTL = os.environ.get("NMFCTL", os.path.join(os.getcwd(), "build", "ctl", "nmfctl"))
-DATA = os.environ.get("NMFD_DATA", os.path.join(os.getcwd(), "..", "shared", "data"))
+# The repository's data/ (tests/integration/../../data), or NMFD_DATA.
+DATA = os.environ.get("NMFD_DATA", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 SANITIZED = os.environ.get("NMFD_SANITIZED") == "1"
 
 # Group timing the mock coordinator needs (KAFKA-MOCK.md), and low-latency
@@ -279,3 +281,46 @@ def converged(port):
     """The idle refinement has nothing left to do (stale users re-solved,
     W refreshed to convergence, restarts tried)."""
     return metric(port, "nmfd_refining") == 0 and metric(port, "nmfd_stale_users") == 0
+
+
+# ---- the loss, computed from scratch ------------------------------------
+
+def read_events(path, limit=None):
+    """The first `limit` events of a CSV: [(user, item, weight, ts)]."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append((row["user"], row["item"], float(row["weight"]),
+                        int(row["ts"])))
+    return out
+
+
+def true_rel_loss(events, doc, half_life_ms=0):
+    """sum_u c_u ||v_u - W h_u||^2 / sum_u c_u ||v_u||^2 for the W and H of
+    a dense snapshot (docs/snapshot-format.md) and the events it folded,
+    computed from nothing but the two: v_u is every event of u summed,
+    decayed to u's latest time t_u (nothing evicted, nothing capped), c_u =
+    2^(-(T - t_u)/half_life) with T the latest time of all, as docs/design.md
+    section 1 weighs them. A dense residual, no identity."""
+    import numpy as np
+    k = doc["k"]
+    users = {u: n for n, u in enumerate(doc["users"])}
+    items = {i: n for n, i in enumerate(doc["items"])}
+    W = np.frombuffer(doc["W"], "<f4").reshape(len(items), k).astype(np.float64)
+    H = np.frombuffer(doc["H"], "<f4").reshape(len(users), k).astype(np.float64)
+    tu = {}
+    for u, _, _, t in events:
+        tu[u] = max(tu.get(u, t), t)
+    T = max(tu.values())
+    V = np.zeros((len(users), len(items)))
+    for u, i, w, t in events:
+        f = 2.0 ** (-(tu[u] - t) / half_life_ms) if half_life_ms > 0 else 1.0
+        V[users[u], items[i]] += w * f
+    c = np.ones(len(users))
+    if half_life_ms > 0:
+        for u, n in users.items():
+            c[n] = 2.0 ** (-(T - tu[u]) / half_life_ms)
+    R = V - H @ W.T
+    return float((c * (R * R).sum(axis=1)).sum() / (c * (V * V).sum(axis=1)).sum())

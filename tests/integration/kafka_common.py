@@ -9,8 +9,9 @@ import sys
 import tempfile
 import time
 
-DATA = os.environ.get("NMFD_DATA",
-                      os.path.join(os.getcwd(), "..", "shared", "data"))
+# The repository's data/ (tests/integration/../../data), or NMFD_DATA.
+DATA = os.environ.get("NMFD_DATA", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 NMFCTL = os.environ.get("NMFCTL", os.path.join(os.getcwd(), "build", "ctl", "nmfctl"))
 
 # KAFKA-MOCK.md: group timing and fetch tuning for the mock cluster.

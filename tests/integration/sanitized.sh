@@ -29,7 +29,7 @@ ninja -C "$builddir" daemon/nmfd ctl/nmfctl >/dev/null
 
 NMFD_BIN=$(cd "$builddir/daemon" && pwd)
 NMFCTL=$(cd "$builddir/ctl" && pwd)/nmfctl
-NMFD_DATA=${NMFD_DATA:-$src/../shared/data}
+NMFD_DATA=${NMFD_DATA:-$src/data}
 NMFD_SANITIZED=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -4,7 +4,7 @@ sizes, every run bounded by a timeout.
 
 Needs Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack) and the
 environment meson sets: NMFCTL (the path of nmfctl) and
-NMFD_DATA (the shared data sets, optional).
+NMFD_DATA (the data sets; default: the repository's data/).
 """
 
 import csv
@@ -21,7 +21,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 NMFCTL = os.environ.get("NMFCTL", "build/ctl/nmfctl")
-DATA = os.environ.get("NMFD_DATA", "")
+DATA = os.environ.get("NMFD_DATA", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 TIMEOUT = 120
 
 
@@ -438,14 +439,103 @@ class FitEval(Base):
         self.assertEqual(p.returncode, 1)
         self.assertIn(b"no.csv", p.stderr)
 
+    def rescaled(self, name, text, step_ms):
+        """The events of text, in the same order, ending at the same time
+        (the snapshot's ts is the last event's), step_ms apart."""
+        lines = text.splitlines()
+        n = len(lines) - 1
+        end = 10 ** 13  # milliseconds (>= 1e11) for every step below
+        out = [lines[0]]
+        for j, line in enumerate(lines[1:]):
+            u, i, w, _ = line.split(",")
+            out.append("%s,%s,%s,%d" % (u, i, w, end - (n - 1 - j) * step_ms))
+        return self.write(name, "\n".join(out) + "\n")
+
+    def test_same_model_whatever_the_timestamps(self):
+        # W is refreshed by work, never by the spacing of the timestamps:
+        # the same events a millisecond or a day apart (no decay) give the
+        # same bytes, and the same refreshes during the pass.
+        text = self.gen("--users", "2000", "--items", "300", "--k", "6",
+                        "--events", "40000", "--seed", "5").decode()
+        ms = self.rescaled("ms.csv", text, 1)
+        day = self.rescaled("day.csv", text, 86400000)
+        a, b = self.path("a.snap"), self.path("b.snap")
+        sets = ("--set", "model.k=6", "--set", "model.half_life=0")
+        sa = kv(self.fit(ms, a, *sets, "--refine-rounds", "20").stdout)
+        sb = kv(self.fit(day, b, *sets, "--refine-rounds", "20").stdout)
+        self.assertEqual(slurp(a, "rb"), slurp(b, "rb"))
+        self.assertEqual(sa["fold_refreshes"], sb["fold_refreshes"])
+        self.assertEqual(sa["loss"], sb["loss"])
+        # The warm-up's rounds and then refreshes by work, many more than
+        # the refresh_events bound alone would give (none in 40 k).
+        self.assertGreater(int(sa["fold_refreshes"]), 40)
+
+    def test_refreshes_follow_work(self):
+        # The same number of events; with ten times the items a refresh
+        # costs about ten times more, so the pass refreshes less often.
+        # Timestamps play no part (all equal here).
+        small = self.write("small.csv", self.gen(
+            "--users", "2000", "--items", "200", "--k", "6", "--events",
+            "40000", "--seed", "6").decode())
+        big = self.write("big.csv", self.gen(
+            "--users", "2000", "--items", "2000", "--k", "6", "--events",
+            "40000", "--seed", "6").decode())
+        snap = self.path("s.snap")
+        args = ("--set", "model.k=6", "--refine-rounds", "0")
+        fs = int(kv(self.fit(small, snap, *args).stdout)["fold_refreshes"])
+        fb = int(kv(self.fit(big, snap, *args).stdout)["fold_refreshes"])
+        self.assertGreater(fs, 2 * fb, "%d vs %d" % (fs, fb))
+        # refresh_events stays an upper bound on the gap.
+        fe = int(kv(self.fit(big, snap, *args, "--set",
+                             "model.refresh_events=1000").stdout)
+                 ["fold_refreshes"])
+        self.assertGreaterEqual(fe, 30)
+
+    def test_progress_only_on_a_terminal(self):
+        ev = self.write("ev.csv", self.gen(
+            "--users", "20000", "--items", "2000", "--k", "8", "--events",
+            "300000").decode())
+        snap = self.path("s.snap")
+        # Not a terminal: stderr stays empty.
+        p = self.fit(ev, snap, "--set", "model.k=8", "--refine-rounds", "0")
+        self.assertEqual(p.stderr, b"")
+        # On a terminal (a pty as stderr): the line is drawn and erased.
+        import pty
+        master, slave = pty.openpty()
+        try:
+            q = subprocess.Popen([NMFCTL, "fit", "--events", ev, "--out",
+                                  snap, "--set", "model.k=8",
+                                  "--refine-rounds", "0"],
+                                 stdout=subprocess.PIPE, stderr=slave)
+            os.close(slave)
+            slave = -1
+            got = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the pty
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            out, _ = q.communicate(timeout=TIMEOUT)
+        finally:
+            os.close(master)
+            if slave >= 0:
+                os.close(slave)
+        self.assertEqual(q.returncode, 0)
+        self.assertIn(b"fit: ", got)
+        self.assertRegex(got, rb"events, [0-9.]+[kM]?/s, [0-9.]+%, "
+                              rb"[0-9:]+ left")
+        self.assertTrue(got.endswith(b"\r\x1b[K"), got[-40:])
+        self.assertIn(b"events=300000", out)
+
     def test_help(self):
         for cmd in ("fit", "eval"):
             p = run(cmd, "--help", check=0)
             self.assertIn(b"below 1e11 are seconds", p.stdout)
 
-    @unittest.skipUnless(DATA and os.path.exists(
-        os.path.join(DATA, "bayesm_scotch.csv")), "no shared data")
-    def test_shared_data_set(self):
+    def test_real_data_set(self):
         ev = os.path.join(DATA, "bayesm_scotch.csv")
         snap = self.path("s.snap")
         st = kv(self.fit(ev, snap).stdout)
