@@ -565,8 +565,7 @@ static void server_metrics_init(struct server *s)
     metrics_process_register(m);
 }
 
-/* ---- start -----------------------------------------------------------------
- */
+/* ---- start --------------------------------------------------------------- */
 
 /* Whether the operator set a [kafka] key (file or --set). */
 static bool kafka_key_set(const struct server *s, const char *key)
@@ -824,11 +823,169 @@ static void server_shutdown_step(struct server *s)
             uv_close(handles[i], server_close_cb);
 }
 
+/* The embedded broker (--embedded-broker): the input and segment topics
+ * with the partitions asked for, the topic and manifest topics with one,
+ * and its address on stdout and in checkpoint.dir/bootstrap. */
+static int server_start_broker(struct server *s)
+{
+    const struct config *c = s->cfg;
+    size_t len = strlen(c->input.topics) + 256;
+    char *topics = malloc(len), err[512];
+    int parts =
+        s->opts->embedded_partitions > 0 ? s->opts->embedded_partitions : 4;
+    int rc;
+
+    if (!topics)
+        return -ENOMEM;
+    snprintf(topics, len, "%s,%s", c->input.topics, c->snapshot.topic_segments);
+    rc = broker_open(&s->broker, 1, topics, parts, s->opts->embedded_port, err,
+                     sizeof(err));
+    free(topics);
+    if (rc) {
+        log_err("embedded broker: %s", err);
+        return rc;
+    }
+    /* Records of one epoch in order: one partition. */
+    broker_topic_create(s->broker, c->snapshot.topic_topics, 1);
+    broker_topic_create(s->broker, c->snapshot.topic_manifest, 1);
+    if (c->input.dead_letter_topic[0])
+        broker_topic_create(s->broker, c->input.dead_letter_topic, 1);
+    printf("nmfd: embedded broker at %s\n", broker_bootstraps(s->broker));
+    fflush(stdout);
+    log_notice("embedded broker at %s", broker_bootstraps(s->broker));
+    rc = write_bootstrap_file(s);
+    if (rc)
+        log_warn("%s/bootstrap: %s", c->checkpoint.dir, strerror(-rc));
+    return 0;
+}
+
+/* The event decoder of the [input] section, into s->dec until ingest
+ * takes it. */
+static int server_decoder_new(struct server *s)
+{
+    const struct config *c = s->cfg;
+    struct event_type_weight *tw = calloc(c->input.nweights + 1, sizeof(*tw));
+    struct event_decoder_conf dc = {
+        .format = c->input.format == CONFIG_INPUT_MSGPACK ? EVENT_FORMAT_MSGPACK
+                  : c->input.format == CONFIG_INPUT_JSON  ? EVENT_FORMAT_JSON
+                                                          : EVENT_FORMAT_AUTO,
+        .field_user = c->input.field_user,
+        .field_item = c->input.field_item,
+        .field_weight = c->input.field_weight,
+        .field_type = c->input.field_type,
+        .field_ts = c->input.field_ts,
+        .types = tw,
+        .ntypes = c->input.nweights,
+        .max_events = (uint32_t)c->input.max_events_per_message,
+        .max_bytes = (size_t)c->input.max_message_bytes,
+        .max_depth = 8,
+    };
+    const char *why;
+
+    if (!tw)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->input.nweights; i++) {
+        tw[i].type = c->input.weights[i].type;
+        tw[i].weight = c->input.weights[i].weight;
+    }
+    why = event_decoder_conf_check(&dc);
+    if (why) {
+        free(tw);
+        log_err("input: %s", why);
+        return -EINVAL;
+    }
+    s->dec = event_decoder_new(&dc);
+    free(tw);
+    return s->dec ? 0 : -ENOMEM;
+}
+
+/* The output producer (transactional when snapshot.transactional) and,
+ * with input.dead_letter_topic, the dead-letter one. */
+static int server_start_output(struct server *s)
+{
+    static const struct kafka_out_cbs ocbs = {
+        server_on_out_ready, server_on_out_error, server_on_kafka_log,
+        server_on_out_closed};
+    const struct config *c = s->cfg;
+    struct kafka_conf *conf = kafka_conf_new();
+    char err[512], txid[512];
+
+    if (kafka_conf_fill(s, conf, false)) {
+        kafka_conf_free(conf);
+        return -EINVAL;
+    }
+    server_transactional_id(s, txid, sizeof(txid));
+    s->out =
+        kafka_out_new(&s->loop, conf, c->snapshot.transactional ? txid : NULL,
+                      &ocbs, s, err, sizeof(err));
+    if (!s->out) {
+        log_err("output producer: %s", err);
+        return -EINVAL;
+    }
+    if (c->input.dead_letter_topic[0]) {
+        conf = kafka_conf_new();
+        kafka_conf_fill(s, conf, false);
+        s->dlq =
+            kafka_out_new(&s->loop, conf, NULL, &ocbs, s, err, sizeof(err));
+        if (!s->dlq) {
+            log_err("dead-letter producer: %s", err);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The consumer: ingest takes the decoder and subscribes to the input
+ * topics. */
+static int server_start_input(struct server *s)
+{
+    static const struct ingest_cbs icbs = {server_on_error, server_on_kafka_log,
+                                           server_on_stats,
+                                           server_on_in_closed};
+    const struct config *c = s->cfg;
+    struct kafka_conf *conf = kafka_conf_new();
+    struct ingest_conf ic = {s->model, s->dec, s->dlq,
+                             c->input.dead_letter_topic};
+    char err[512];
+    int rc;
+
+    if (kafka_conf_fill(s, conf, true)) {
+        kafka_conf_free(conf);
+        return -EINVAL;
+    }
+    s->dec = NULL; /* ingest's now */
+    rc = ingest_start(s->ing, &ic, conf, c->input.topics, &icbs, s, err,
+                      sizeof(err));
+    if (rc)
+        log_err("%s", err);
+    return rc;
+}
+
+/* The HTTP endpoint, when http.listen names one. */
+static int server_start_http(struct server *s)
+{
+    const struct config *c = s->cfg;
+    char err[512];
+    int rc;
+
+    if (!c->http.listen[0])
+        return 0;
+    rc = views_start(s->views, &s->loop, c->http.listen, err, sizeof(err));
+    if (rc) {
+        log_err("http.listen %s: %s", c->http.listen, err);
+        return rc;
+    }
+    log_notice("http on %s (port %d)", c->http.listen, views_port(s->views));
+    return 0;
+}
+
+/* Start-up in order: the checkpoint directory, the embedded broker, the
+ * state, the decoder, the output (first, so the first epoch finds it
+ * ready), the publisher and the views on them, the input, HTTP; then
+ * READY=1. A failure stops there with its words logged. */
 static int server_start(struct server *s)
 {
     struct config *c = s->cfg;
-    char err[512];
-    struct kafka_conf *conf;
     int rc;
 
     rc = checkpoints_prepare(c->checkpoint.dir);
@@ -836,159 +993,31 @@ static int server_start(struct server *s)
         log_err("checkpoint.dir %s: %s", c->checkpoint.dir, strerror(-rc));
         return rc;
     }
-    if (s->opts->embedded_broker) {
-        size_t len = strlen(c->input.topics) + 256;
-        char *topics = malloc(len);
-        int parts =
-            s->opts->embedded_partitions > 0 ? s->opts->embedded_partitions : 4;
-        if (!topics)
-            return -ENOMEM;
-        snprintf(topics, len, "%s,%s", c->input.topics,
-                 c->snapshot.topic_segments);
-        rc = broker_open(&s->broker, 1, topics, parts, s->opts->embedded_port,
-                         err, sizeof(err));
-        free(topics);
-        if (rc) {
-            log_err("embedded broker: %s", err);
-            return rc;
-        }
-        /* Records of one epoch in order: one partition. */
-        broker_topic_create(s->broker, c->snapshot.topic_topics, 1);
-        broker_topic_create(s->broker, c->snapshot.topic_manifest, 1);
-        if (c->input.dead_letter_topic[0])
-            broker_topic_create(s->broker, c->input.dead_letter_topic, 1);
-        printf("nmfd: embedded broker at %s\n", broker_bootstraps(s->broker));
-        fflush(stdout);
-        log_notice("embedded broker at %s", broker_bootstraps(s->broker));
-        rc = write_bootstrap_file(s);
-        if (rc)
-            log_warn("%s/bootstrap: %s", c->checkpoint.dir, strerror(-rc));
-    }
-
-    rc = server_load_state(s);
-    if (rc)
+    if (s->opts->embedded_broker && (rc = server_start_broker(s)))
+        return rc;
+    if ((rc = server_load_state(s)) || (rc = server_decoder_new(s)) ||
+        (rc = server_start_output(s)))
         return rc;
 
-    {
-        struct event_type_weight *tw =
-            calloc(c->input.nweights + 1, sizeof(*tw));
-        struct event_decoder_conf dc = {
-            .format =
-                c->input.format == CONFIG_INPUT_MSGPACK ? EVENT_FORMAT_MSGPACK
-                : c->input.format == CONFIG_INPUT_JSON  ? EVENT_FORMAT_JSON
-                                                        : EVENT_FORMAT_AUTO,
-            .field_user = c->input.field_user,
-            .field_item = c->input.field_item,
-            .field_weight = c->input.field_weight,
-            .field_type = c->input.field_type,
-            .field_ts = c->input.field_ts,
-            .types = tw,
-            .ntypes = c->input.nweights,
-            .max_events = (uint32_t)c->input.max_events_per_message,
-            .max_bytes = (size_t)c->input.max_message_bytes,
-            .max_depth = 8,
-        };
-        const char *why;
-        if (!tw)
-            return -ENOMEM;
-        for (size_t i = 0; i < c->input.nweights; i++) {
-            tw[i].type = c->input.weights[i].type;
-            tw[i].weight = c->input.weights[i].weight;
-        }
-        why = event_decoder_conf_check(&dc);
-        if (why) {
-            free(tw);
-            log_err("input: %s", why);
-            return -EINVAL;
-        }
-        s->dec = event_decoder_new(&dc);
-        free(tw);
-        if (!s->dec)
-            return -ENOMEM;
-    }
+    struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics};
+    s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
+    if (!s->pub)
+        return -ENOMEM;
+    struct views_conf vc = {.model = s->model,
+                            .ing = s->ing,
+                            .metrics = s->metrics,
+                            .cfg = c,
+                            .epoch = &s->epoch,
+                            .health = server_health,
+                            .ready = server_ready,
+                            .ctx = s,
+                            .continuity = publisher_continuity(s->pub)};
+    s->views = views_new(&vc);
+    if (!s->views)
+        return -ENOMEM;
 
-    /* Output first, so the first epoch finds it ready. */
-    conf = kafka_conf_new();
-    if (kafka_conf_fill(s, conf, false)) {
-        kafka_conf_free(conf);
-        return -EINVAL;
-    }
-    {
-        static const struct kafka_out_cbs ocbs = {
-            server_on_out_ready, server_on_out_error, server_on_kafka_log,
-            server_on_out_closed};
-        char txid[512];
-        server_transactional_id(s, txid, sizeof(txid));
-        s->out = kafka_out_new(&s->loop, conf,
-                               c->snapshot.transactional ? txid : NULL, &ocbs,
-                               s, err, sizeof(err));
-        if (!s->out) {
-            log_err("output producer: %s", err);
-            return -EINVAL;
-        }
-        if (c->input.dead_letter_topic[0]) {
-            conf = kafka_conf_new();
-            kafka_conf_fill(s, conf, false);
-            s->dlq =
-                kafka_out_new(&s->loop, conf, NULL, &ocbs, s, err, sizeof(err));
-            if (!s->dlq) {
-                log_err("dead-letter producer: %s", err);
-                return -EINVAL;
-            }
-        }
-    }
-
-    {
-        struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics};
-        s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
-        if (!s->pub)
-            return -ENOMEM;
-    }
-
-    {
-        struct views_conf vc = {s->model,
-                                s->ing,
-                                s->metrics,
-                                c,
-                                &s->epoch,
-                                server_health,
-                                server_ready,
-                                s,
-                                publisher_continuity(s->pub)};
-        s->views = views_new(&vc);
-        if (!s->views)
-            return -ENOMEM;
-    }
-
-    conf = kafka_conf_new();
-    if (kafka_conf_fill(s, conf, true)) {
-        kafka_conf_free(conf);
-        return -EINVAL;
-    }
-    {
-        static const struct ingest_cbs icbs = {
-            server_on_error, server_on_kafka_log, server_on_stats,
-            server_on_in_closed};
-        struct ingest_conf ic = {s->model, s->dec, s->dlq,
-                                 c->input.dead_letter_topic};
-        s->dec = NULL; /* ingest's now */
-        rc = ingest_start(s->ing, &ic, conf, c->input.topics, &icbs, s, err,
-                          sizeof(err));
-        if (rc) {
-            log_err("%s", err);
-            return rc;
-        }
-    }
-
-    if (c->http.listen[0]) {
-        rc = views_start(s->views, &s->loop, c->http.listen, err, sizeof(err));
-        if (rc) {
-            log_err("http.listen %s: %s", c->http.listen, err);
-            return rc;
-        }
-        log_notice("http on %s (port %d)", c->http.listen,
-                   views_port(s->views));
-    }
+    if ((rc = server_start_input(s)) || (rc = server_start_http(s)))
+        return rc;
 
     s->ready = true;
     notify_ready();
