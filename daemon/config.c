@@ -34,11 +34,12 @@
 #include <syslog.h>
 
 #include <ini.h>
-#include <librdkafka/rdkafka.h>
 
 #include "config.h"
 #include "http.h"
 #include "http_auth.h"
+#include "kafka.h"
+#include "listen.h"
 #include "nmfd_build.h"
 
 #define MASK "********"
@@ -100,7 +101,6 @@ static const char *validate_topics(const char *value);
 static const char *validate_listen(const char *value);
 static const char *validate_readable(const char *value);
 static int apply_topics(struct config *c, char *msg, size_t len);
-static int apply_listen(struct config *c, char *msg, size_t len);
 
 #define OFF(field) offsetof(struct config, field)
 #define SEC        (UINT64_C(1000))
@@ -264,7 +264,6 @@ static const struct config_key config_table[] = {
      .def = "127.0.0.1:9464",
      .offset = OFF(http.listen),
      .validate = validate_listen,
-     .apply = apply_listen,
      .doc = "host:port or [v6]:port of the HTTP endpoint; empty = off. "
             "Beyond loopback the data routes need token_file or "
             "password_file (or allow_unauthenticated)."},
@@ -737,71 +736,6 @@ nomem:
     return -ENOMEM;
 }
 
-int config_listen_parse(const char *listen, char *host, size_t hostlen,
-                        uint16_t *port, const char **msg)
-{
-    const char *colon, *h = listen;
-    size_t hlen;
-    if (listen[0] == '[') {
-        const char *close = strchr(listen, ']');
-        if (!close) {
-            *msg = "missing ']' after the IPv6 address";
-            return -EINVAL;
-        }
-        h = listen + 1;
-        hlen = (size_t)(close - h);
-        if (close[1] != ':') {
-            *msg = "missing :port after ']'";
-            return -EINVAL;
-        }
-        colon = close + 1;
-        char v6[INET6_ADDRSTRLEN + 1];
-        struct in6_addr a6;
-        if (hlen == 0 || hlen >= sizeof(v6)) {
-            *msg = "bad IPv6 address";
-            return -EINVAL;
-        }
-        memcpy(v6, h, hlen);
-        v6[hlen] = '\0';
-        if (inet_pton(AF_INET6, v6, &a6) != 1) {
-            *msg = "bad IPv6 address";
-            return -EINVAL;
-        }
-    } else {
-        colon = strrchr(listen, ':');
-        if (!colon) {
-            *msg = "missing :port";
-            return -EINVAL;
-        }
-        hlen = (size_t)(colon - listen);
-        for (const char *q = listen; q < colon; q++) {
-            if (*q == ':') {
-                *msg = "an IPv6 address needs brackets: [addr]:port";
-                return -EINVAL;
-            }
-            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' &&
-                *q != '_') {
-                *msg = "bad host name";
-                return -EINVAL;
-            }
-        }
-    }
-    uint64_t p;
-    if (parse_uint(colon + 1, &p) || p > 65535) {
-        *msg = "port must be a number 0..65535";
-        return -EINVAL;
-    }
-    if (hlen >= hostlen) {
-        *msg = "host name too long";
-        return -EINVAL;
-    }
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    *port = (uint16_t)p;
-    *msg = NULL;
-    return 0;
-}
-
 static const char *validate_readable(const char *value)
 {
     FILE *f;
@@ -813,21 +747,6 @@ static const char *validate_readable(const char *value)
         return "cannot read the file";
     fclose(f);
     return NULL;
-}
-
-bool config_host_is_loopback(const char *host)
-{
-    struct in_addr a4;
-    struct in6_addr a6;
-
-    if (!strcasecmp(host, "localhost"))
-        return true;
-    if (inet_pton(AF_INET, host, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    if (inet_pton(AF_INET6, host, &a6) == 1)
-        return IN6_IS_ADDR_LOOPBACK(&a6) ||
-               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
-    return false;
 }
 
 void config_http_opts(const struct config *c, struct http_opts *o)
@@ -852,26 +771,7 @@ static const char *validate_listen(const char *value)
 {
     char host[256];
     uint16_t port;
-    const char *msg = NULL;
-    if (*value)
-        config_listen_parse(value, host, sizeof(host), &port, &msg);
-    return msg;
-}
-
-static int apply_listen(struct config *c, char *msg, size_t len)
-{
-    const char *why;
-    c->http.listen_host[0] = '\0';
-    c->http.listen_port = 0;
-    if (!*c->http.listen)
-        return 0;
-    if (config_listen_parse(c->http.listen, c->http.listen_host,
-                            sizeof(c->http.listen_host), &c->http.listen_port,
-                            &why)) {
-        snprintf(msg, len, "%s", why);
-        return -EINVAL;
-    }
-    return 0;
+    return *value ? listen_parse(value, host, sizeof(host), &port) : NULL;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -899,11 +799,7 @@ static int kafka_set(struct config *c, const char *key, const char *value,
     /* librdkafka judges its own keys, on a scratch conf, so a key it
      * refuses stops the start here with its place, like any other. */
     char kerr[256];
-    rd_kafka_conf_t *probe = rd_kafka_conf_new();
-    rd_kafka_conf_res_t res =
-        rd_kafka_conf_set(probe, key, value, kerr, sizeof(kerr));
-    rd_kafka_conf_destroy(probe);
-    if (res != RD_KAFKA_CONF_OK) {
+    if (kafka_conf_check(key, value, kerr, sizeof(kerr))) {
         snprintf(msg, len, "kafka.%s = %s: %s", key, value, kerr);
         return -EINVAL;
     }
@@ -1464,7 +1360,7 @@ static int http_check(const struct config *c, char *err, size_t errlen)
         return -EINVAL;
     }
     if (c->http.listen[0] && !creds && !c->http.allow_unauthenticated &&
-        !config_host_is_loopback(c->http.listen_host)) {
+        !listen_is_loopback(c->http.listen)) {
         snprintf(err, errlen,
                  "%s: http.listen = %s: beyond loopback the data routes "
                  "(/snapshot, /users, /events, /) need http.token_file or "

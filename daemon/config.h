@@ -41,7 +41,7 @@ struct config_weight {
 
 struct config {
     struct {
-        struct config_kv *kv; /* handed to rd_kafka_conf_set in order */
+        struct config_kv *kv; /* handed to librdkafka (io/) in order */
         size_t n;
     } kafka;
 
@@ -83,8 +83,6 @@ struct config {
 
     struct {
         char *listen;          /* "" = HTTP off */
-        char listen_host[256]; /* split from listen, brackets removed */
-        uint16_t listen_port;
         uint32_t max_connections;             /* all addresses */
         uint32_t max_connections_per_address; /* one address (IPv6: /64) */
         uint64_t header_timeout_ms; /* accept or keep-alive idle to headers */
@@ -151,18 +149,9 @@ int config_reload(struct config *running, const struct config *fresh,
  * "default"; NULL for an unknown key. */
 const char *config_origin(const struct config *c, const char *name);
 
-/* Parses "host:port", "[v6]:port" or ":port" (host "" = any). 0 or
- * -EINVAL with a static message in *msg. */
-int config_listen_parse(const char *listen, char *host, size_t hostlen,
-                        uint16_t *port, const char **msg);
-
 /* The [http] keys as http_start wants them; the strings stay c's. */
 struct http_opts;
 void config_http_opts(const struct config *c, struct http_opts *o);
-
-/* Whether listen_host reaches this host only (127.0.0.0/8, ::1,
- * "localhost"); an empty host (every interface) or another name is not. */
-bool config_host_is_loopback(const char *host);
 
 /* Values as text: durations ("500ms", "10s", "5m", "2h", "7d", "0"),
  * sizes ("512", "64k", "64KiB", "1M", "1MiB", "1G"), bools. 0 or -EINVAL. */

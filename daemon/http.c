@@ -50,6 +50,7 @@
 
 #include "dashboard.h"
 #include "http_auth.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -173,61 +174,6 @@ static const char http_csp[] =
     "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
 
 /* ---- listen address ---------------------------------------------------- */
-
-/* Splits "host:port", "[v6]:port" or ":port" into host (possibly empty)
- * and port. Returns NULL or a static message. */
-static const char *listen_split(const char *s, char *host, size_t hostlen,
-                                unsigned *port)
-{
-    const char *colon, *hs, *he, *p;
-    unsigned long v = 0;
-
-    if (!s || !*s)
-        return "empty address";
-    if (s[0] == '[') {
-        hs = s + 1;
-        he = strchr(hs, ']');
-        if (!he)
-            return "missing ']' after ipv6 address";
-        if (he[1] != ':')
-            return "missing port after ']'";
-        colon = he + 1;
-    } else {
-        hs = s;
-        colon = strrchr(s, ':');
-        if (!colon)
-            return "missing port (host:port)";
-        he = colon;
-        if (memchr(hs, ':', (size_t)(he - hs)))
-            return "ipv6 address needs brackets: [addr]:port";
-    }
-    if ((size_t)(he - hs) >= hostlen)
-        return "host name too long";
-    p = colon + 1;
-    if (!*p)
-        return "missing port (host:port)";
-    for (; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return "port is not a number";
-        v = v * 10 + (unsigned long)(*p - '0');
-        if (v > 65535)
-            return "port out of range 0..65535";
-    }
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    *port = (unsigned)v;
-    return NULL;
-}
-
-const char *http_listen_check(const char *listen)
-{
-    char host[256];
-    unsigned port;
-
-    if (!listen || !*listen)
-        return NULL;
-    return listen_split(listen, host, sizeof(host), &port);
-}
 
 /* Resolves host (empty = every interface, IPv6 with IPv4 mapped when the
  * host has IPv6) into ss. */
@@ -1493,7 +1439,7 @@ int http_start(struct http **out, uv_loop_t *loop, const char *listen,
     char host[256], dummy[1];
     struct http_opts defaults;
     const char *msg;
-    unsigned port;
+    uint16_t port;
     struct http *h = NULL;
     int rc;
 
@@ -1510,7 +1456,7 @@ int http_start(struct http **out, uv_loop_t *loop, const char *listen,
         http_opts_default(&defaults);
         o = &defaults;
     }
-    msg = listen_split(listen, host, sizeof(host), &port);
+    msg = listen_parse(listen, host, sizeof(host), &port);
     if (msg) {
         snprintf(err, errlen, "http.listen '%s': %s", listen ? listen : "",
                  msg);

@@ -76,10 +76,6 @@ int http_tls_check(const char *cert_file, const char *key_file, char *err,
  * error the running credentials stay. 0 or a negative errno with err. */
 int http_reload(struct http *h, char *err, size_t errlen);
 
-/* Validator for the http.listen config key: NULL if listen parses (or is
- * empty, which disables HTTP), else a static lowercase message. */
-const char *http_listen_check(const char *listen);
-
 /* The bound TCP port. */
 int http_port(const struct http *h);
 

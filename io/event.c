@@ -46,6 +46,7 @@
 #include "event.h"
 #include "model.h"
 #include "mpscan.h"
+#include "utf8.h"
 
 /* What the decoder lets through, the model must take. */
 _Static_assert(EVENT_ID_MAX == MODEL_ID_MAX, "id limits differ");
@@ -230,47 +231,6 @@ void event_decoder_destroy(struct event_decoder **d)
     *d = NULL;
 }
 
-/* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), no NUL. */
-static bool utf8_ok(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s, *e = p + n;
-
-    while (p < e) {
-        unsigned c = *p;
-        if (c >= 0x01 && c <= 0x7f) {
-            p++;
-            continue;
-        }
-        size_t k;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf)
-            k = 1;
-        else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            if (c == 0xe0)
-                lo = 0xa0;
-            else if (c == 0xed)
-                hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            if (c == 0xf0)
-                lo = 0x90;
-            else if (c == 0xf4)
-                hi = 0x8f;
-        } else
-            return false; /* NUL, continuation, 0xc0/0xc1, 0xf5.. */
-        if ((size_t)(e - p) <= k)
-            return false;
-        if (p[1] < lo || p[1] > hi)
-            return false;
-        for (size_t i = 2; i <= k; i++)
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-        p += k + 1;
-    }
-    return true;
-}
-
 static size_t u64_dec(char *out, uint64_t v)
 {
     char tmp[24];
@@ -301,7 +261,7 @@ static enum event_reason id_take(struct event_decoder *d, const struct val *v,
             return EVENT_EMPTY_ID;
         if (v->len > EVENT_ID_MAX)
             return EVENT_ID_TOO_LONG;
-        if (!utf8_ok(v->s, v->len))
+        if (!utf8_valid(v->s, v->len))
             return bad;
         *id = v->s;
         *len = v->len;

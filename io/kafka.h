@@ -1,11 +1,13 @@
-/* kafka.h -- Kafka in and out on a libuv loop: a consumer-group consumer
- * that hands every message to its owner without ever blocking the loop,
- * and an idempotent (optionally transactional) producer whose delivery
- * reports and transaction commits complete on the loop.
+/* kafka.h -- what Kafka in (kafka_in.h: a consumer-group consumer that
+ * hands every message to its owner without ever blocking the loop) and
+ * Kafka out (kafka_out.h: an idempotent, optionally transactional
+ * producer whose delivery reports and commits complete on the loop) share.
  *
  * Every callback runs on the loop thread. Functions returning int give 0 or
  * a negative errno; librdkafka error codes never leave io/ except through
- * kafka_errno(). A function that fails never calls its callback. */
+ * kafka_errno() (kafka_raw.h). A function that fails never calls its
+ * callback. Nothing here names a librdkafka type: daemon/ includes these
+ * headers and never sees one. */
 #ifndef NMFD_IO_KAFKA_H
 #define NMFD_IO_KAFKA_H
 
@@ -13,211 +15,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <librdkafka/rdkafka.h>
-#include <uv.h>
-
-/* librdkafka error -> 0 or a negative errno (-EIO when nothing fits). */
-int kafka_errno(rd_kafka_resp_err_t err);
-
-/* ---- consumer ---------------------------------------------------------- */
-
-struct kafka_in;
-
-struct kafka_in_cbs {
-    /* Every message in partition order; never an error or a partition EOF.
-     * msg and its payload are valid only during the call. Required. */
-    void (*on_message)(void *ctx, const rd_kafka_message_t *msg);
-    /* Partitions being added to the assignment. The owner may set
-     * parts->elems[i].offset (e.g. from its checkpoint) before returning;
-     * RD_KAFKA_OFFSET_INVALID keeps the committed offset, else
-     * auto.offset.reset. May be NULL. */
-    void (*on_assign)(void *ctx, rd_kafka_topic_partition_list_t *parts);
-    /* Partitions being removed; lost: they went without a clean handover
-     * (another member may already own them, do not commit for them).
-     * Messages of these partitions not yet delivered are dropped. */
-    void (*on_revoke)(void *ctx, const rd_kafka_topic_partition_list_t *parts,
-                      bool lost);
-    /* err: negative errno. fatal: the consumer is unusable, close it. */
-    void (*on_error)(void *ctx, int err, bool fatal, const char *reason);
-    /* librdkafka's log lines (syslog level), served on the loop. NULL:
-     * librdkafka prints them on stderr itself. */
-    void (*on_log)(void *ctx, int level, const char *fac, const char *msg);
-    /* New statistics were parsed (statistics.interval.ms); read them with
-     * kafka_in_lag(). May be NULL. */
-    void (*on_stats)(void *ctx);
-    /* After kafka_in_close(): the group was left, every handle closed; the
-     * kafka_in is freed right after this returns. May be NULL. */
-    void (*on_closed)(void *ctx);
-};
-
-/* Creates a consumer on conf, which it always takes over (also on
- * failure). Sets on top of the caller's keys: enable.auto.commit=false,
- * enable.auto.offset.store=false, the rebalance, error and stats
- * callbacks; statistics are parsed only if statistics.interval.ms > 0.
- * group.id is required, also for kafka_in_assign() (librdkafka has no
- * assignment without a group handle; nothing is committed unless asked).
- * Returns NULL with a message in err on failure. */
-struct kafka_in *kafka_in_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
-                              const struct kafka_in_cbs *cbs, void *ctx,
-                              char *err, size_t errlen);
-
-/* Messages handed over per loop iteration (default 1000); the rest waits
- * for the next iteration so the loop stays responsive. */
-void kafka_in_set_batch(struct kafka_in *k, unsigned batch);
-
-/* Whether the last iteration took a full batch, so that more messages
- * were waiting: the owner is behind its input. Work that can wait (nmfd's
- * refinement) yields while it is. */
-bool kafka_in_behind(const struct kafka_in *k);
-
-/* Joins the group for the comma-separated topics. -EINVAL an empty list
- * or entry, or after kafka_in_close; -errno from librdkafka. */
-int kafka_in_subscribe(struct kafka_in *k, const char *topics);
-
-/* Manual assignment, no group: each element's offset is where to start
- * (RD_KAFKA_OFFSET_BEGINNING, _END, or an offset). */
-int kafka_in_assign(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *parts);
-
-/* Asynchronous commit; offsets are the next offsets to read (last
- * processed + 1), as Kafka stores them. A failure comes to on_error. */
-int kafka_in_commit(struct kafka_in *k,
-                    const rd_kafka_topic_partition_list_t *offsets);
-
-/* Backpressure: pause stops fetching on every assigned partition (and on
- * partitions assigned while paused) and stops delivery at once, keeping
- * undelivered messages for resume, so nothing is lost or reordered. */
-int kafka_in_pause(struct kafka_in *k);
-int kafka_in_resume(struct kafka_in *k);
-bool kafka_in_paused(const struct kafka_in *k);
-
-/* Leaves the group (on_revoke is called for the assignment), closes the
- * loop handles and frees k in their close callback (on_closed first).
- * Does not block the loop. k must not be used afterwards. */
-void kafka_in_close(struct kafka_in *k);
-
-/* The underlying handle, for queries (rd_kafka_committed, metadata). Do
- * not poll it or change its assignment. */
-rd_kafka_t *kafka_in_handle(struct kafka_in *k);
-
+/* Longest topic name Kafka allows, and room for its NUL. */
 #define KAFKA_TOPIC_MAX 250
 
-/* Per-partition position and lag from the last statistics. */
-struct kafka_lag {
-    char topic[KAFKA_TOPIC_MAX];
+/* Special offsets (librdkafka's values). */
+#define KAFKA_OFFSET_BEGINNING (-2)   /* the oldest message kept */
+#define KAFKA_OFFSET_END       (-1)   /* the next message produced */
+#define KAFKA_OFFSET_INVALID   (-1001) /* none: committed, else reset */
+
+/* A client's configuration: librdkafka's properties, set by name; the
+ * owner never sees librdkafka's own type. kafka_in_new and kafka_out_new
+ * take it over. */
+struct kafka_conf;
+struct kafka_conf *kafka_conf_new(void);
+/* 0, or -EINVAL with librdkafka's words in err. */
+int kafka_conf_set(struct kafka_conf *conf, const char *key,
+                   const char *value, char *err, size_t errlen);
+void kafka_conf_free(struct kafka_conf *conf);
+/* Whether librdkafka accepts key = value, judged on a scratch conf: 0, or
+ * -EINVAL with its words in err. */
+int kafka_conf_check(const char *key, const char *value, char *err,
+                     size_t errlen);
+
+/* One partition of a topic and an offset: a position to start from, the
+ * next offset to read (commits), or KAFKA_OFFSET_*. */
+struct kafka_part {
+    const char *topic;
     int32_t partition;
-    int64_t position;  /* next offset to hand over, -1 unknown */
-    int64_t committed; /* committed offset, -1 unknown */
-    int64_t end;       /* high watermark (last stable offset when
-                          isolation.level=read_committed), -1 unknown */
-    int64_t lag;       /* end - position (or end - committed), -1 unknown */
+    int64_t offset;
 };
-
-/* Copies up to cap entries of the assigned partitions' lag; returns how
- * many there are (may exceed cap). 0 before the first statistics. */
-size_t kafka_in_lag(const struct kafka_in *k, struct kafka_lag *out,
-                    size_t cap);
-
-struct kafka_in_stats {
-    uint64_t messages;   /* handed to on_message */
-    uint64_t bytes;      /* their payload bytes */
-    uint64_t errors;     /* reported to on_error */
-    uint64_t rebalances; /* assign + revoke events */
-    int64_t lag;         /* sum of known partition lags, -1 unknown */
-    int brokers;         /* brokers in the last statistics, 0 unknown */
-    int brokers_up;      /* of them, connected (state UP) */
-};
-void kafka_in_stats(const struct kafka_in *k, struct kafka_in_stats *st);
-
-/* ---- producer ---------------------------------------------------------- */
-
-struct kafka_out;
-
-struct kafka_header {
-    const char *name;
-    const void *value;
-    size_t len;
-};
-
-/* Completion of kafka_out_commit/abort: 0, or -ECANCELED (the transaction
- * was aborted, its records must be produced again), -ENOTRECOVERABLE
- * (fatal: the producer is unusable), -ETIMEDOUT, other -errno. */
-typedef void (*kafka_out_done_cb)(void *ctx, int status);
-
-struct kafka_out_cbs {
-    /* Transactions were initialised (transactional) or not available, in
-     * which case the producer works idempotent and non-transactional and
-     * on_error has said why. Produce only after this. May be NULL. */
-    void (*on_ready)(void *ctx, bool transactional);
-    /* Delivery failures (after librdkafka's retries) and client errors. */
-    void (*on_error)(void *ctx, int err, bool fatal, const char *reason);
-    void (*on_log)(void *ctx, int level, const char *fac, const char *msg);
-    /* After kafka_out_close(): everything released; out is freed right
-     * after this returns. May be NULL. */
-    void (*on_closed)(void *ctx);
-};
-
-/* Creates a producer on conf, which it always takes over. Always
- * enable.idempotence=true and partitioner=murmur2_random (Java-compatible
- * keys) unless conf chose another partitioner. transactional_id NULL: not
- * transactional, ready at once (on_ready is still called, from the loop).
- * Otherwise transactions are initialised off the loop; if that fails the
- * producer falls back to non-transactional with a warning on on_error. */
-struct kafka_out *kafka_out_new(uv_loop_t *loop, rd_kafka_conf_t *conf,
-                                const char *transactional_id,
-                                const struct kafka_out_cbs *cbs, void *ctx,
-                                char *err, size_t errlen);
-
-bool kafka_out_ready(const struct kafka_out *out);
-bool kafka_out_transactional(const struct kafka_out *out);
-
-/* Opens a transaction (a no-op when not transactional). -EAGAIN not ready
- * yet, -EBUSY a transaction is open or a commit/abort is in flight,
- * -ENOTRECOVERABLE fatal. */
-int kafka_out_begin(struct kafka_out *out);
-
-/* Produces one record; key and value are copied. partition -1: by key
- * (murmur2), else that partition. hdrs may be NULL (nhdrs 0). Never
- * blocks: -ENOBUFS queue full, -EAGAIN not ready, -EBUSY a commit is in
- * flight, -EINVAL (transactional) no transaction open, -EMSGSIZE too
- * large, -ENOENT unknown topic/partition, other -errno. */
-int kafka_out_produce(struct kafka_out *out, const char *topic,
-                      int32_t partition, const void *key, size_t klen,
-                      const void *value, size_t vlen,
-                      const struct kafka_header *hdrs, size_t nhdrs);
-
-/* Produces a copy of a consumed message (key, value, timestamp) to topic
- * with headers nmfd.reason = reason and nmfd.source =
- * "topic/partition/offset". Same returns as kafka_out_produce. */
-int kafka_out_produce_dead(struct kafka_out *out, const char *topic,
-                           const rd_kafka_message_t *orig, const char *reason);
-
-/* Ends the epoch: transactional, commits off the loop (retrying a
- * retriable failure, aborting when the transaction must be aborted);
- * otherwise completes when every record produced so far is delivered or
- * failed. cb runs on the loop. -EBUSY another commit in flight, -EINVAL
- * (transactional) no transaction open, -ENOTRECOVERABLE fatal. No
- * produce for the next epoch before cb. */
-int kafka_out_commit(struct kafka_out *out, kafka_out_done_cb cb, void *ctx);
-/* Aborts the open transaction off the loop (transactional only). */
-int kafka_out_abort(struct kafka_out *out, kafka_out_done_cb cb, void *ctx);
-
-struct kafka_out_stats {
-    uint64_t produced;   /* accepted by kafka_out_produce */
-    uint64_t delivered;  /* delivery report OK */
-    uint64_t failed;     /* delivery report with an error */
-    uint64_t queue_full; /* -ENOBUFS returned */
-    uint64_t commits;    /* transactions committed (or epochs flushed) */
-    uint64_t aborts;     /* transactions aborted */
-};
-void kafka_out_stats(const struct kafka_out *out, struct kafka_out_stats *st);
-
-/* Delivers what is queued (up to timeout_ms, off the loop; an open
- * transaction is aborted), then releases the handle and the loop handles;
- * out is freed after on_closed. out must not be used afterwards. */
-void kafka_out_close(struct kafka_out *out, int timeout_ms);
-
-/* The underlying handle, for queries only. */
-rd_kafka_t *kafka_out_handle(struct kafka_out *out);
 
 #endif

@@ -33,6 +33,7 @@
 #include "atomic.h"
 #include "mpscan.h"
 #include "records.h"
+#include "utf8.h"
 
 #define RECORDS_CHUNK      (64u << 10) /* streaming piece */
 #define RECORDS_READ_DEPTH 8           /* a snapshot nests 2 deep */
@@ -1003,34 +1004,6 @@ void records_snapshot_destroy(struct records_snapshot **s)
 }
 
 /* ---- msgpack -> JSON lines ---- */
-
-/* Length of the valid UTF-8 sequence at p (NUL allowed), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned c = p[0], lo = 0x80, hi = 0xbf;
-    size_t k;
-
-    if (c <= 0x7f)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        k = 1;
-    else if (c >= 0xe0 && c <= 0xef) {
-        k = 2;
-        lo = c == 0xe0 ? 0xa0 : 0x80;
-        hi = c == 0xed ? 0x9f : 0xbf;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        k = 3;
-        lo = c == 0xf0 ? 0x90 : 0x80;
-        hi = c == 0xf4 ? 0x8f : 0xbf;
-    } else
-        return 0;
-    if (avail <= k || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i <= k; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return k + 1;
-}
 
 static void json_str(FILE *f, const char *s, size_t n)
 {

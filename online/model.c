@@ -771,83 +771,66 @@ MODEL_KI void model_b_row_k(struct model *m, const double *restrict g,
         bi[j] += a * g[j];
 }
 
-/*
- * One user's step: apply the event ev (if any) and drop the items marked
- * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
- * user's contribution to the statistics:
- *     A += c_new h_new h_new^T - c_old h_old h_old^T
- *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
- * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
- * (float) h, so the sums are those of the stored model.
- *
- * B's share, c_u v_u h_u^T, is replaced eagerly for light users (fewer
- * than MODEL_BCACHE_MIN entries) and lazily for heavy ones. Either way,
- * when c v_i stays as it was on every entry but the event's (no decay
- * since the last event, f = 1 and the same c, and nothing dropped), the
- * share is held with g, the h it was last exact with: the event changes
- * the rows of the entries it changes (B_i += (c v_i' - c v_i) g: O(k)
- * each), and one pass over the profile later moves the whole share from
- * g to the new h (model_b_move_k). A light user holds g on the stack and
- * makes that pass at the end of this step; a heavy user keeps g in its
- * cache slot until model_b_sync makes it, before the next HALS, so its
- * many events between refreshes pay one pass, not one each. Otherwise
- * (half-life set and time moving, or items dropped) the old share is
- * subtracted here in one pass over the old profile, and the new one added
- * at the end of this step (light) or by the sync (heavy).
- *
- * b = W^T v comes from the user's cache when valid (b <- f b + w W_i -
- * v_e W_e: O(k)), else from one pass over the profile. Needs any growth
- * reserved beforehand; cannot fail.
- */
-MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
-                                 const struct model_ev *ev, const uint8_t *drop,
+/* What the stages of one user's step (model_user_solve_k) hand each
+ * other. */
+struct model_step {
+    const struct model_ev *ev;
+    const uint8_t *drop;
+    double f;            /* the profile's decay since the user's last event */
+    float ff;            /* f as the float entries are scaled */
+    int64_t t_new;       /* the user's time after the step */
+    int64_t pos;         /* the event's entry in the profile, -1 none */
+    int64_t evict;       /* the entry the event replaces, -1 none */
+    int add;             /* the event is a new entry */
+    int eager;           /* B's share is put back in this step (light) */
+    float dropped;       /* an event too weak to evict the weakest entry */
+    double s_old, s_new; /* the frame weights of the old and new time */
+    const double *g;     /* the h B's share is held with; NULL: not held */
+    uint32_t out;        /* profile entries after the step */
+    double vtv;          /* v^T v after it, evicted mass included */
+    int moved;           /* some entry changed beyond f v + event */
+    float ve;            /* the evicted entry, decayed */
+    uint32_t ie;         /* and its item */
+    uint32_t sweeps;     /* of the solve */
+    uint32_t nn;         /* coordinates non-zero in the new or the old h */
+    double loss;         /* of the stored h */
+    uint64_t rows;       /* profile rows of W or B gone through (work) */
+};
+
+/* Stage 1, the share of B: held with g if no entry but the event's
+ * changes (a light user's g on the stack for this step, a heavy user's in
+ * its slot until the sync); otherwise it goes now, and light users put
+ * the new one back at the end of this step, heavy ones at the sync. Then
+ * where the event goes: a new entry, or in place of the weakest one. */
+MODEL_KI void model_step_share_k(struct model *m, uint32_t u,
+                                 struct model_step *st, double *restrict g_old,
                                  const uint32_t k)
 {
     struct model_user *us = &m->u[u];
-    float *restrict hu = m->H + (size_t)u * k;
-    double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX];
-    double an[MODEL_K_MAX], ao[MODEL_K_MAX], ho[MODEL_K_MAX], he[MODEL_K_MAX];
-    float hf[MODEL_K_MAX], ht[MODEL_K_MAX];
-    const double f = ev ? ev->f : 1.0;
-    const float ff = (float)f;
-    const int64_t t_new = ev ? ev->t : us->t;
-    const int64_t pos = ev ? ev->pos : -1;
-    int64_t evict = -1;
-    int add = 0;
-    float dropped = 0; /* an event too weak to evict the weakest entry */
-    const int had_profile = us->n > 0;
-    uint64_t rows = 0; /* profile rows of W or B gone through (work) */
+    const float *restrict hu = m->H + (size_t)u * k;
+    const struct model_ev *ev = st->ev;
 
-    /* The share of B: held with g if no entry but the event's changes
-     * (a light user's g on the stack for this step, a heavy user's in its
-     * slot until the sync); otherwise it goes now, and light users put
-     * the new one back at the end of this step, heavy ones at the sync. */
-    const int eager = us->n < MODEL_BCACHE_MIN && !drop;
-    const double s_old = model__frame_weight(m, us->t);
-    const double s_new = model__frame_weight(m, t_new);
-    double g_old[MODEL_K_MAX];
-    const double *g = NULL; /* the share held, if it is */
     if (us->flags & MODEL_U_INB) {
-        if (eager && f == 1.0 && s_old == s_new) {
+        if (st->eager && st->f == 1.0 && st->s_old == st->s_new) {
             model_b_units_k(m, hu, g_old, k);
-            g = g_old;
-        } else if (!eager && !drop && f == 1.0 && s_old == s_new &&
-                   us->bslot != POOL_NONE) {
+            st->g = g_old;
+        } else if (!st->eager && !st->drop && st->f == 1.0 &&
+                   st->s_old == st->s_new && us->bslot != POOL_NONE) {
             double *gs = m->bg + (size_t)us->bslot * k;
             if (!(us->flags & MODEL_U_GB)) {
                 model_b_units_k(m, hu, gs, k);
                 us->flags |= MODEL_U_GB;
             }
-            g = gs;
+            st->g = gs;
         } else {
             model_b_apply_k(m, u, -1, k);
             us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
-            rows += us->n;
+            st->rows += us->n;
         }
     }
-    if (ev && pos < 0 && ev->w >= FLT_MIN) {
+    if (ev && st->pos < 0 && ev->w >= FLT_MIN) {
         if (us->n < m->p.profile_max) {
-            add = 1;
+            st->add = 1;
             if (us->slab == POOL_NONE || us->n == pool_cap(us->cls))
                 model_profile_move(m, us);
         } else {
@@ -856,25 +839,64 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
              * means n >= profile_max >= 1 (model_params_check). */
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
             float minv;
-            evict = model_weakest(va, us->n, ff, &minv);
+            st->evict = model_weakest(va, us->n, st->ff, &minv);
             if (!(ev->w > minv)) {
-                evict = -1;
-                dropped = ev->w;
+                st->evict = -1;
+                st->dropped = ev->w;
             }
         }
     }
+}
 
-    /* The profile, updated in place; v^T v alongside. */
+/* Stage 2b, what the profile could not keep stays in v^T v
+ * (docs/design.md section 1: evicted mass is residual, never dropped):
+ * the evicted entry, or the event itself when it was the weakest. The
+ * user's earlier evictions decay with the profile; the recomputation of
+ * stage 2 counted the kept entries only. */
+MODEL_KI void model_step_residual(struct model *m, uint32_t u,
+                                  struct model_step *st)
+{
+    struct model_user *us = &m->u[u];
+    if (st->evict >= 0 || st->dropped > 0 || (us->flags & MODEL_U_EV)) {
+        double e_old = us->flags & MODEL_U_EV ? m->uev[u] : 0;
+        double e_new =
+            (double)st->ve * st->ve + (double)st->dropped * st->dropped;
+        if (st->ff != 1.0f || st->drop) {
+            e_old *= st->f * st->f;
+            st->vtv += e_old;
+        }
+        st->vtv += e_new;
+        float e = (float)(e_old + e_new);
+        m->uev[u] = e >= FLT_MIN ? e : 0;
+        us->flags = (uint8_t)(m->uev[u] > 0 ? us->flags | MODEL_U_EV
+                                            : us->flags & ~MODEL_U_EV);
+        m->evicted_weight += (double)st->ve + st->dropped;
+    }
+}
+
+/* Stage 2, the profile updated in place, v^T v alongside, and the rows
+ * of B a held share changes; then the residual (2b), the new entry, and
+ * the slab given back when the profile is empty. */
+MODEL_KI void model_step_profile_k(struct model *m, uint32_t u,
+                                   struct model_step *st, const uint32_t k)
+{
+    struct model_user *us = &m->u[u];
+    const struct model_ev *ev = st->ev;
+    const uint8_t *drop = st->drop;
+    const float ff = st->ff;
+    const int64_t pos = st->pos, evict = st->evict;
+    const double *g = st->g;
+    const double s_new = st->s_new;
     const uint32_t n = us->n;
     uint32_t *it =
         us->slab != POOL_NONE ? pool_items(&m->pool, us->cls, us->slab) : NULL;
     float *va =
         us->slab != POOL_NONE ? pool_vals(&m->pool, us->cls, us->slab) : NULL;
-    float ve = 0; /* the evicted entry, decayed */
+    float ve = 0;
     uint32_t ie = 0;
     uint32_t out = n;
     double vtv = us->vnorm;
-    int moved = 0; /* some entry changed beyond f v + event */
+    int moved = 0;
     if (ff != 1.0f || drop) {
         vtv = 0;
         out = 0;
@@ -930,26 +952,13 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             model_b_row_k(m, g, ev->item, s_new * ev->w, k);
         }
     }
-    /* What the profile could not keep stays in v^T v (docs/design.md section
-     * 1: evicted mass is residual, never dropped): the evicted entry, or
-     * the event itself when it was the weakest. The user's earlier
-     * evictions decay with the profile; the recomputation above counted
-     * the kept entries only. */
-    if (evict >= 0 || dropped > 0 || (us->flags & MODEL_U_EV)) {
-        double e_old = us->flags & MODEL_U_EV ? m->uev[u] : 0;
-        double e_new = (double)ve * ve + (double)dropped * dropped;
-        if (ff != 1.0f || drop) {
-            e_old *= f * f;
-            vtv += e_old;
-        }
-        vtv += e_new;
-        float e = (float)(e_old + e_new);
-        m->uev[u] = e >= FLT_MIN ? e : 0;
-        us->flags = (uint8_t)(m->uev[u] > 0 ? us->flags | MODEL_U_EV
-                                            : us->flags & ~MODEL_U_EV);
-        m->evicted_weight += (double)ve + dropped;
-    }
-    if (add) {
+    st->ve = ve;
+    st->ie = ie;
+    st->moved = moved;
+    st->vtv = vtv;
+    model_step_residual(m, u, st);
+    vtv = st->vtv;
+    if (st->add) {
         it = pool_items(&m->pool, us->cls, us->slab);
         va = pool_vals(&m->pool, us->cls, us->slab);
         it[out] = ev->item;
@@ -972,48 +981,71 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     } else if (!(vtv > 0)) {
         vtv = 0;
     }
+    st->out = out;
+    st->vtv = vtv;
+}
 
-    /* b = W^T v: from the cache when it is valid, else one pass. */
+/* Stage 3, b = W^T v: from the user's cache when it is valid (b <- f b +
+ * w W_i - v_e W_e: O(k)), else one pass over the profile. */
+MODEL_KI void model_step_wtv_k(struct model *m, uint32_t u,
+                               struct model_step *st, double *restrict b,
+                               const uint32_t k)
+{
+    struct model_user *us = &m->u[u];
+    const struct model_ev *ev = st->ev;
     double *bc = NULL;
-    if (us->bslot == POOL_NONE && out >= MODEL_BCACHE_MIN &&
+    if (us->bslot == POOL_NONE && st->out >= MODEL_BCACHE_MIN &&
         (m->bc_nfree || m->bc_n < m->bc_cap))
         us->bslot = model__bcache_take(m);
     if (us->bslot != POOL_NONE)
         bc = m->bc + (size_t)us->bslot * k;
-    if (bc && m->bc_gen[us->bslot] == m->wgen && !moved) {
-        rows += 1 + (evict >= 0);
+    if (bc && m->bc_gen[us->bslot] == m->wgen && !st->moved) {
+        const double f = st->f;
+        st->rows += 1 + (st->evict >= 0);
         for (uint32_t j = 0; j < k; j++)
             b[j] = f * bc[j];
-        if (ev && (pos >= 0 || add || evict >= 0)) {
+        if (ev && (st->pos >= 0 || st->add || st->evict >= 0)) {
             const float *restrict wi = m->W + (size_t)ev->item * k;
             double w = ev->w;
             for (uint32_t j = 0; j < k; j++)
                 b[j] += w * wi[j];
         }
-        if (evict >= 0) {
-            const float *restrict we = m->W + (size_t)ie * k;
-            double v = ve;
+        if (st->evict >= 0) {
+            const float *restrict we = m->W + (size_t)st->ie * k;
+            double v = st->ve;
             for (uint32_t j = 0; j < k; j++)
                 b[j] -= v * we[j];
         }
     } else {
         model_wtv_k(m, us, b, k);
-        rows += out;
+        st->rows += st->out;
     }
     if (bc) {
         memcpy(bc, b, k * sizeof(double));
         m->bc_gen[us->bslot] = m->wgen;
     }
+}
 
-    /* The solve, warm-started from the old h decayed like the profile
-     * (the true h: stored h times the column scales). */
+/* Stage 4, the solve (nnls.c), warm-started from the old h decayed like
+ * the profile (the true h: stored h times the column scales); ho is the
+ * old true h. Then h stored as float in H's scale, in hf; he, the true h
+ * the model keeps from now on, is exactly what later reads of H will
+ * give. */
+MODEL_KI void model_step_solve_k(struct model *m, uint32_t u,
+                                 struct model_step *st,
+                                 const double *restrict b, double *restrict ho,
+                                 double *restrict he, float *restrict hf,
+                                 const uint32_t k)
+{
+    const float *restrict hu = m->H + (size_t)u * k;
+    double h[MODEL_K_MAX], gh[MODEL_K_MAX];
     const double *restrict hs = m->hs, *restrict hsi = m->hsi;
     uint32_t sweeps = 0;
     for (uint32_t j = 0; j < k; j++)
         ho[j] = (double)hu[j] * hs[j];
-    if (vtv > 0) {
+    if (st->vtv > 0) {
         for (uint32_t j = 0; j < k; j++)
-            h[j] = ho[j] * f;
+            h[j] = ho[j] * st->f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
         sweeps = nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps,
@@ -1022,11 +1054,10 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
     }
-    /* Stored as float in H's scale; he, the true h the model keeps from
-     * now on, is exactly what later reads of H will give. Clamped to
-     * [FLT_MIN, MODEL_H_MAX] or +0 (NaN gives +0) by a minimum and a
-     * mask of the bits, which vectorise; written as conditionals, the
-     * loop kept a branch per coordinate. */
+    st->sweeps = sweeps;
+    /* Clamped to [FLT_MIN, MODEL_H_MAX] or +0 (NaN gives +0) by a minimum
+     * and a mask of the bits, which vectorise; written as conditionals,
+     * the loop kept a branch per coordinate. */
     for (uint32_t j = 0; j < k; j++) {
         float x = (float)(h[j] * hsi[j]);
         float y = x < MODEL_H_MAX ? x : MODEL_H_MAX;
@@ -1037,11 +1068,24 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         hf[j] = y;
         he[j] = (double)y * hs[j];
     }
+}
 
-    /* The coordinates where the new or the old h is non-zero, from one
-     * vector compare of each: the sums below run over them only (the
-     * other terms are exact zeros, so the sums are those over all k). */
-    uint32_t nz[MODEL_K_MAX], nn = 0;
+/* Stage 5, the loss of the stored h:
+ *     l = v^T v - 2 h^T b + h^T G h,
+ * over the coordinates where the new or the old h is non-zero (nz, from
+ * one vector compare of each; the other terms are exact zeros, so the
+ * sums are those over all k), with G h as a sum of columns (vector
+ * operations, no long reduction chain). A solve that did worse than h = 0
+ * gives h = 0. */
+MODEL_KI void model_step_loss_k(const struct model *m, struct model_step *st,
+                                const double *restrict b,
+                                const double *restrict ho, double *restrict he,
+                                float *restrict hf, uint32_t *restrict nz,
+                                const uint32_t k)
+{
+    double gh[MODEL_K_MAX];
+    const double vtv = st->vtv;
+    uint32_t nn = 0;
     {
         uint32_t mask[NNLS_MASK_WORDS];
         model_mask_nz2(k, he, ho, mask);
@@ -1049,8 +1093,6 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
             for (uint32_t bits = mask[w]; bits; bits &= bits - 1)
                 nz[nn++] = 32 * w + (uint32_t)__builtin_ctz(bits);
     }
-    /* The loss of the stored h: v^T v - 2 h^T b + h^T G h, with G h as a
-     * sum of columns (vector operations, no long reduction chain). */
     double hb = 0, hgh = 0;
     for (uint32_t j = 0; j < k; j++)
         gh[j] = 0;
@@ -1074,6 +1116,28 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     }
     if (!(loss > 0))
         loss = 0;
+    st->nn = nn;
+    st->loss = loss;
+}
+
+/* Stage 6, the user's contribution to the statistics replaced,
+ *     A += c_new h_new h_new^T - c_old h_old h_old^T
+ *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...,
+ * the new h and marks stored, B's share put back (light users) or left
+ * owed to the sync (heavy ones), and the step's work counted. */
+MODEL_KI void
+model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
+                    const double *restrict ho, const double *restrict he,
+                    const float *restrict hf, const uint32_t *restrict nz,
+                    int had_profile, const uint32_t k)
+{
+    struct model_user *us = &m->u[u];
+    float *restrict hu = m->H + (size_t)u * k;
+    double an[MODEL_K_MAX], ao[MODEL_K_MAX];
+    float ht[MODEL_K_MAX];
+    const double s_old = st->s_old, s_new = st->s_new;
+    const double loss = st->loss, vtv = st->vtv;
+    const uint32_t nn = st->nn, out = st->out;
 
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * ho[j];
@@ -1094,33 +1158,95 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     m->norm_s += s_new * vf - s_old * us->vnorm;
     us->loss = lf;
     us->vnorm = vf;
-    us->t = t_new;
+    us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
-    model_user_mark(m, us, ht, ev != NULL, k);
+    model_user_mark(m, us, ht, st->ev != NULL, k);
     if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
             m->stale--;
     }
-    if (eager && g) {
-        model_b_move_k(m, us, g, hf, s_new, k);
-        rows += out;
-    } else if (eager) {
+    if (st->eager && st->g) {
+        model_b_move_k(m, us, st->g, hf, s_new, k);
+        st->rows += out;
+    } else if (st->eager) {
         model_b_apply_k(m, u, 1, k);
         us->flags |= MODEL_U_INB;
-        rows += out;
+        st->rows += out;
     }
     if (model__owes_b(us))
         model_pend(m, u);
     m->dirty = 1;
     /* The step's multiply-adds: k per profile row, k^2 per sweep of the
      * solve plus two for the warm start and the statistics (A, loss). */
-    m->work += k * rows + (uint64_t)k * k * (sweeps + 2u);
+    m->work += k * st->rows + (uint64_t)k * k * (st->sweeps + 2u);
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
         if (!m->nprof)
             model_rebuild(m);
     }
+}
+
+/*
+ * One user's step: apply the event ev (if any) and drop the items marked
+ * in drop (if any) to the profile, re-solve h_u (nnls.c), and replace the
+ * user's contribution to the statistics:
+ *     A += c_new h_new h_new^T - c_old h_old h_old^T
+ *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...
+ * with l = v^T v - 2 h^T (W^T v) + h^T G h computed from the stored
+ * (float) h, so the sums are those of the stored model.
+ *
+ * B's share, c_u v_u h_u^T, is replaced eagerly for light users (fewer
+ * than MODEL_BCACHE_MIN entries) and lazily for heavy ones. Either way,
+ * when c v_i stays as it was on every entry but the event's (no decay
+ * since the last event, f = 1 and the same c, and nothing dropped), the
+ * share is held with g, the h it was last exact with: the event changes
+ * the rows of the entries it changes (B_i += (c v_i' - c v_i) g: O(k)
+ * each), and one pass over the profile later moves the whole share from
+ * g to the new h (model_b_move_k). A light user holds g on the stack and
+ * makes that pass at the end of this step; a heavy user keeps g in its
+ * cache slot until model_b_sync makes it, before the next HALS, so its
+ * many events between refreshes pay one pass, not one each. Otherwise
+ * (half-life set and time moving, or items dropped) the old share is
+ * subtracted here in one pass over the old profile, and the new one added
+ * at the end of this step (light) or by the sync (heavy).
+ *
+ * b = W^T v comes from the user's cache when valid (b <- f b + w W_i -
+ * v_e W_e: O(k)), else from one pass over the profile. Needs any growth
+ * reserved beforehand; cannot fail.
+ *
+ * The stages above, in order: the share of B (1), the profile (2, with
+ * the residual, 2b), b = W^T v (3), the solve (4), the loss (5), and the
+ * statistics (6). All are inlined: this is the fold's hot path.
+ */
+MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
+                                 const struct model_ev *ev, const uint8_t *drop,
+                                 const uint32_t k)
+{
+    struct model_user *us = &m->u[u];
+    double g_old[MODEL_K_MAX], b[MODEL_K_MAX], ho[MODEL_K_MAX], he[MODEL_K_MAX];
+    float hf[MODEL_K_MAX];
+    uint32_t nz[MODEL_K_MAX];
+    const int had_profile = us->n > 0;
+    struct model_step st = {
+        .ev = ev,
+        .drop = drop,
+        .f = ev ? ev->f : 1.0,
+        .t_new = ev ? ev->t : us->t,
+        .pos = ev ? ev->pos : -1,
+        .evict = -1,
+        .eager = us->n < MODEL_BCACHE_MIN && !drop,
+    };
+    st.ff = (float)st.f;
+    st.s_old = model__frame_weight(m, us->t);
+    st.s_new = model__frame_weight(m, st.t_new);
+
+    model_step_share_k(m, u, &st, g_old, k);
+    model_step_profile_k(m, u, &st, k);
+    model_step_wtv_k(m, u, &st, b, k);
+    model_step_solve_k(m, u, &st, b, ho, he, hf, k);
+    model_step_loss_k(m, &st, b, ho, he, hf, nz, k);
+    model_step_commit_k(m, u, &st, ho, he, hf, nz, had_profile, k);
 }
 
 ONLINE_KERNEL
@@ -1254,19 +1380,13 @@ static void model_rebuild(struct model *m)
         m->hs[j] = m->hsi[j] = 1;
 }
 
-/* Picks a heavy user (largest c_u ||v_u||^2 among a few drawn with the
- * model's generator) and sets column j of W to its normalised profile.
- * Returns 0 when no user has a profile. */
-static int model_resample(struct model *m, uint32_t j)
+int64_t model__heavy_user(const struct model *m, struct rng *rng)
 {
-    const uint32_t k = m->k;
-    uint32_t U = ids_slots(m->uids);
-    if (!ids_live(m->uids))
-        return 0;
+    const uint32_t U = ids_slots(m->uids);
     int64_t best = -1;
     double bw = 0;
-    for (int t = 0; t < 64; t++) {
-        uint32_t u = (uint32_t)rng_below(&m->rng, U);
+    for (int t = 0; t < MODEL_HEAVY_DRAWS && U; t++) {
+        uint32_t u = (uint32_t)rng_below(rng, U);
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n)
             continue;
@@ -1276,6 +1396,35 @@ static int model_resample(struct model *m, uint32_t j)
             best = u;
         }
     }
+    return best;
+}
+
+void model__column_from_user(const struct model *m, uint32_t u, float *W,
+                             size_t M, uint32_t j)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double nv = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        nv += (double)va[q] * va[q];
+    nv = sqrt(nv);
+    for (size_t i = 0; i < M; i++)
+        W[i * k + j] = 0;
+    for (uint32_t q = 0; q < us->n; q++)
+        W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+}
+
+/* Picks a heavy user (model__heavy_user with the model's generator; any
+ * user with a profile if none of the draws has one) and sets column j of
+ * W to its normalised profile. Returns 0 when no user has a profile. */
+static int model_resample(struct model *m, uint32_t j)
+{
+    uint32_t U = ids_slots(m->uids);
+    if (!ids_live(m->uids))
+        return 0;
+    int64_t best = model__heavy_user(m, &m->rng);
     if (best < 0) {
         uint32_t start = (uint32_t)rng_below(&m->rng, U);
         for (uint32_t c = 0; c < U && best < 0; c++) {
@@ -1286,18 +1435,7 @@ static int model_resample(struct model *m, uint32_t j)
     }
     if (best < 0)
         return 0;
-    const struct model_user *us = &m->u[best];
-    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-    const float *va = pool_vals(&m->pool, us->cls, us->slab);
-    double nv = 0;
-    for (uint32_t q = 0; q < us->n; q++)
-        nv += (double)va[q] * va[q];
-    nv = sqrt(nv);
-    size_t M = ids_slots(m->iids);
-    for (size_t i = 0; i < M; i++)
-        m->W[i * k + j] = 0;
-    for (uint32_t q = 0; q < us->n; q++)
-        m->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+    model__column_from_user(m, (uint32_t)best, m->W, ids_slots(m->iids), j);
     return 1;
 }
 

@@ -173,6 +173,14 @@ int model__items_grow(struct model *m, uint32_t need);
 uint64_t model__state_checksum(const void *buf, size_t len);
 /* Creates the empty model for params p (validated by the caller). */
 struct model *model__alloc(const struct model_params *p);
+/* The heaviest user (largest c_u ||v_u||^2) of MODEL_HEAVY_DRAWS slots
+ * drawn with rng, or -1 when none of them holds a profile (or there are no
+ * slots, then nothing is drawn). A dead column of W is reseeded from it. */
+#define MODEL_HEAVY_DRAWS 64
+int64_t model__heavy_user(const struct model *m, struct rng *rng);
+/* Column j of W (M rows, stride k) set to user u's profile at unit norm. */
+void model__column_from_user(const struct model *m, uint32_t u, float *W,
+                             size_t M, uint32_t j);
 
 /* model_restart.c. A new W (item slots x k, Wn) replaces the current
  * one, with match its columns first matched to the current columns: new

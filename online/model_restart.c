@@ -346,33 +346,9 @@ static void model_restart_update(struct model *m, struct model_restart *rs)
             continue;
         }
         /* Dead: the normalised profile of the heaviest of a few users. */
-        const uint32_t U = ids_slots(m->uids);
-        int64_t best = -1;
-        double bw = 0;
-        for (int t = 0; t < 64 && U; t++) {
-            uint32_t u = (uint32_t)rng_below(&rs->rng, U);
-            const struct model_user *us = &m->u[u];
-            if (!(us->flags & MODEL_U_LIVE) || !us->n)
-                continue;
-            double w = model__frame_weight(m, us->t) * us->vnorm;
-            if (best < 0 || w > bw) {
-                bw = w;
-                best = u;
-            }
-        }
-        if (best < 0)
-            continue;
-        const struct model_user *us = &m->u[best];
-        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-        const float *va = pool_vals(&m->pool, us->cls, us->slab);
-        double nv = 0;
-        for (uint32_t q = 0; q < us->n; q++)
-            nv += (double)va[q] * va[q];
-        nv = sqrt(nv);
-        for (uint32_t i = 0; i < M; i++)
-            rs->W[(size_t)i * k + j] = 0;
-        for (uint32_t q = 0; q < us->n; q++)
-            rs->W[(size_t)it[q] * k + j] = (float)(va[q] / nv);
+        int64_t best = model__heavy_user(m, &rs->rng);
+        if (best >= 0)
+            model__column_from_user(m, (uint32_t)best, rs->W, M, j);
     }
     memset(rs->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, rs->W, NULL, rs->G);

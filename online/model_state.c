@@ -580,7 +580,10 @@ static const char *state_evictions(struct state_reader *r, struct model *m,
     return NULL;
 }
 
-static const char *state_load(struct state_reader *r, struct model **out)
+/* The header, the format version and the parameters; the empty model
+ * they describe is allocated into *out (the caller frees it on error). */
+static const char *state_load_head(struct state_reader *r, struct model **out,
+                                   uint32_t *versionp)
 {
     char magic[8];
     uint32_t version = 0, k = 0;
@@ -597,11 +600,19 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "truncated";
     if (model_params_check(&p) || p.k != k)
         return "bad model parameters";
-    struct model *m = model__alloc(&p);
-    if (!m)
+    *out = model__alloc(&p);
+    if (!*out)
         return "out of memory";
-    *out = m;
+    *versionp = version;
+    return NULL;
+}
 
+/* The model's clocks, totals, counters, generator and k x k statistics,
+ * each checked against what a model can hold. */
+static const char *state_load_totals(struct state_reader *r, struct model *m,
+                                     uint32_t version)
+{
+    const uint32_t k = m->k;
     uint8_t pad = 0;
     SR(r, m->T);
     SR(r, m->T0);
@@ -643,8 +654,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "bad times";
     if (!state_time_ok(m->T) || !state_time_ok(m->T0) || m->T0 > m->T)
         return "bad times";
-    if (p.half_life_ms > 0 &&
-        (double)(m->T - m->T0) > MODEL_FRAME_SPAN * (double)p.half_life_ms)
+    if (m->p.half_life_ms > 0 &&
+        (double)(m->T - m->T0) > MODEL_FRAME_SPAN * (double)m->p.half_life_ms)
         return "bad time frame";
     if (!isfinite(m->loss_s) || !isfinite(m->norm_s) ||
         !isfinite(m->weight_sum) || !(m->weight_sum >= 0) ||
@@ -663,8 +674,15 @@ static const char *state_load(struct state_reader *r, struct model **out)
             return "bad column scales of h";
         m->hsi[j] = 1.0 / m->hs[j];
     }
+    return NULL;
+}
 
-    /* Items. */
+/* The item table: ids and last times, the free list, then W and B (a
+ * forgotten item holds zero rows). *Mp: the item slots. */
+static const char *state_load_items(struct state_reader *r, struct model *m,
+                                    uint32_t *Mp)
+{
+    const uint32_t k = m->k;
     uint32_t M = 0, nfree = 0;
     const char *err = state_ids(r, m, m->iids, 1, &M, &nfree);
     if (err)
@@ -707,9 +725,139 @@ static const char *state_load(struct state_reader *r, struct model **out)
                 return "forgotten item with a W or B row";
         }
     }
+    *Mp = M;
+    return NULL;
+}
 
-    /* Users. */
-    uint32_t U = 0;
+/* The cached products of a user record (b = W^T v, and g when B's share
+ * is held with it) in a slot of the cache. */
+static const char *state_load_user_cache(struct state_reader *r,
+                                         struct model *m, struct model_user *us,
+                                         uint8_t flags)
+{
+    const uint32_t k = m->k;
+    if (model__bcache_reserve(m))
+        return "out of memory";
+    us->bslot = model__bcache_take(m);
+    double *bc = m->bc + (size_t)us->bslot * k;
+    SR(r, m->bc_gen[us->bslot]);
+    sr_get(r, bc, k * sizeof(double));
+    if (!state_finite(bc, k))
+        return "bad cached product";
+    if (flags & MODEL_U_GB) {
+        double *g = m->bg + (size_t)us->bslot * k;
+        sr_get(r, g, k * sizeof(double));
+        for (uint32_t j = 0; j < k; j++)
+            if (!(g[j] >= 0 && g[j] < INFINITY))
+                return "bad h";
+    }
+    return NULL;
+}
+
+/* The n entries of a user's profile into a slab of the pool; stamp marks
+ * the items of user u's profile (an item twice is an error). */
+static const char *state_load_profile(struct state_reader *r, struct model *m,
+                                      struct model_user *us, uint32_t u,
+                                      uint32_t n, uint32_t M, uint32_t *stamp)
+{
+    uint32_t c = pool_class_for(n);
+    if (pool_reserve(&m->pool, c))
+        return "out of memory";
+    us->slab = pool_alloc(&m->pool, c);
+    us->cls = (uint8_t)c;
+    uint32_t *it = pool_items(&m->pool, c, us->slab);
+    float *va = pool_vals(&m->pool, c, us->slab);
+    sr_get(r, it, 4ull * n);
+    sr_get(r, va, 4ull * n);
+    us->n = (uint16_t)n;
+    for (uint32_t q = 0; q < n; q++) {
+        if (it[q] >= M || !ids_get(m->iids, it[q], NULL) ||
+            stamp[it[q]] == u + 1)
+            return "bad profile item";
+        if (!(va[q] >= FLT_MIN && va[q] <= MODEL_VALUE_MAX))
+            return "bad profile value";
+        stamp[it[q]] = u + 1;
+    }
+    return NULL;
+}
+
+/* One user record: id, clocks, loss, marks, flags, the cached products,
+ * h and the profile, each checked. An empty slot is a free one; *stale
+ * counts the users not re-solved since the last refresh. */
+static const char *state_load_user(struct state_reader *r, struct model *m,
+                                   uint32_t u, uint32_t version, uint32_t M,
+                                   uint32_t *stamp, uint64_t *stale)
+{
+    const uint32_t k = m->k;
+    const char *err;
+    uint16_t len = 0;
+    char id[MODEL_ID_MAX];
+    struct model_user *us = &m->u[u];
+    float *h = m->H + (size_t)u * k;
+    memset(us, 0, sizeof(*us));
+    us->slab = POOL_NONE;
+    us->bslot = POOL_NONE;
+    memset(h, 0, k * sizeof(float));
+    SR(r, len);
+    if (!len)
+        return NULL;
+    uint32_t n = 0;
+    uint8_t flags = 0, cached = 0;
+    if (len > MODEL_ID_MAX)
+        return "bad user id";
+    sr_get(r, id, len);
+    SR(r, us->t);
+    SR(r, us->changed);
+    SR(r, us->loss);
+    SR(r, us->vnorm);
+    SR(r, us->solved);
+    SR(r, n);
+    SR(r, us->mseg);
+    SR(r, us->mshare);
+    SR(r, us->msum);
+    SR(r, flags);
+    SR(r, cached);
+    const uint8_t known = version >= 5 ? MODEL_U_INB | MODEL_U_GB : MODEL_U_INB;
+    if (flags & ~known || cached > 1 ||
+        ((flags & MODEL_U_GB) && (!cached || !(flags & MODEL_U_INB))))
+        return "bad user flags";
+    if (us->mseg >= k || !(us->msum >= 0 && us->msum <= FLT_MAX))
+        return "bad user mark";
+    us->flags = (uint8_t)(MODEL_U_LIVE | flags);
+    if (model__owes_b(us))
+        m->pend_all = 1;
+    if (cached && (err = state_load_user_cache(r, m, us, flags)))
+        return err;
+    sr_get(r, h, k * sizeof(float));
+    if (r->bad)
+        return "truncated";
+    if (!state_time_ok(us->t) || us->t > m->T)
+        return "bad user time";
+    /* A solve never leaves a loss above |v|^2 (h = 0 gives that). */
+    if (!(us->loss >= 0 && us->loss <= us->vnorm) || !(us->vnorm <= FLT_MAX))
+        return "bad user loss";
+    for (uint32_t j = 0; j < k; j++)
+        if (!(h[j] >= 0 && h[j] <= MODEL_H_MAX))
+            return "bad h";
+    if (n > m->p.profile_max || !sr_has(r, 8ull * n))
+        return "bad profile";
+    if (n && (err = state_load_profile(r, m, us, u, n, M, stamp)))
+        return err;
+    if (us->solved != (uint32_t)m->refreshes)
+        (*stale)++;
+    int rc = ids_load_put(m->uids, u, id, len);
+    if (rc)
+        return rc == -EEXIST ? "duplicate user id" : "out of memory";
+    return NULL;
+}
+
+/* The user table: every record, the free list, the counts the records
+ * must agree with, then (from version 6) the users' evicted mass. */
+static const char *state_load_users(struct state_reader *r, struct model *m,
+                                    uint32_t version, uint32_t M)
+{
+    uint32_t U = 0, nfree = 0;
+    const char *err;
     if ((err = state_ids(r, m, m->uids, 0, &U, &nfree)))
         return err;
     uint32_t *stamp = M ? calloc(M, sizeof(uint32_t)) : NULL;
@@ -717,128 +865,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
         return "out of memory";
     uint64_t stale = 0;
     err = NULL;
-    for (uint32_t u = 0; u < U && !err; u++) {
-        uint16_t len = 0;
-        char id[MODEL_ID_MAX];
-        struct model_user *us = &m->u[u];
-        float *h = m->H + (size_t)u * k;
-        memset(us, 0, sizeof(*us));
-        us->slab = POOL_NONE;
-        us->bslot = POOL_NONE;
-        memset(h, 0, k * sizeof(float));
-        SR(r, len);
-        if (!len)
-            continue;
-        uint32_t n = 0;
-        uint8_t flags = 0, cached = 0;
-        if (len > MODEL_ID_MAX) {
-            err = "bad user id";
-            break;
-        }
-        sr_get(r, id, len);
-        SR(r, us->t);
-        SR(r, us->changed);
-        SR(r, us->loss);
-        SR(r, us->vnorm);
-        SR(r, us->solved);
-        SR(r, n);
-        SR(r, us->mseg);
-        SR(r, us->mshare);
-        SR(r, us->msum);
-        SR(r, flags);
-        SR(r, cached);
-        const uint8_t known =
-            version >= 5 ? MODEL_U_INB | MODEL_U_GB : MODEL_U_INB;
-        if (flags & ~known || cached > 1 ||
-            ((flags & MODEL_U_GB) && (!cached || !(flags & MODEL_U_INB)))) {
-            err = "bad user flags";
-            break;
-        }
-        if (us->mseg >= k || !(us->msum >= 0 && us->msum <= FLT_MAX)) {
-            err = "bad user mark";
-            break;
-        }
-        us->flags = (uint8_t)(MODEL_U_LIVE | flags);
-        if (model__owes_b(us))
-            m->pend_all = 1;
-        if (cached) {
-            if (model__bcache_reserve(m)) {
-                err = "out of memory";
-                break;
-            }
-            us->bslot = model__bcache_take(m);
-            double *bc = m->bc + (size_t)us->bslot * k;
-            SR(r, m->bc_gen[us->bslot]);
-            sr_get(r, bc, k * sizeof(double));
-            if (!state_finite(bc, k)) {
-                err = "bad cached product";
-                break;
-            }
-            if (flags & MODEL_U_GB) {
-                double *g = m->bg + (size_t)us->bslot * k;
-                sr_get(r, g, k * sizeof(double));
-                for (uint32_t j = 0; j < k; j++)
-                    if (!(g[j] >= 0 && g[j] < INFINITY))
-                        err = "bad h";
-                if (err)
-                    break;
-            }
-        }
-        sr_get(r, h, k * sizeof(float));
-        if (r->bad) {
-            err = "truncated";
-            break;
-        }
-        if (!state_time_ok(us->t) || us->t > m->T) {
-            err = "bad user time";
-            break;
-        }
-        /* A solve never leaves a loss above |v|^2 (h = 0 gives that). */
-        if (!(us->loss >= 0 && us->loss <= us->vnorm) ||
-            !(us->vnorm <= FLT_MAX)) {
-            err = "bad user loss";
-            break;
-        }
-        for (uint32_t j = 0; j < k; j++)
-            if (!(h[j] >= 0 && h[j] <= MODEL_H_MAX))
-                err = "bad h";
-        if (err)
-            break;
-        if (n > p.profile_max || !sr_has(r, 8ull * n)) {
-            err = "bad profile";
-            break;
-        }
-        if (n) {
-            uint32_t c = pool_class_for(n);
-            if (pool_reserve(&m->pool, c)) {
-                err = "out of memory";
-                break;
-            }
-            us->slab = pool_alloc(&m->pool, c);
-            us->cls = (uint8_t)c;
-            uint32_t *it = pool_items(&m->pool, c, us->slab);
-            float *va = pool_vals(&m->pool, c, us->slab);
-            sr_get(r, it, 4ull * n);
-            sr_get(r, va, 4ull * n);
-            us->n = (uint16_t)n;
-            for (uint32_t q = 0; q < n && !err; q++) {
-                if (it[q] >= M || !ids_get(m->iids, it[q], NULL) ||
-                    stamp[it[q]] == u + 1)
-                    err = "bad profile item";
-                else if (!(va[q] >= FLT_MIN && va[q] <= MODEL_VALUE_MAX))
-                    err = "bad profile value";
-                else
-                    stamp[it[q]] = u + 1;
-            }
-            if (err)
-                break;
-        }
-        if (us->solved != (uint32_t)m->refreshes)
-            stale++;
-        int rc = ids_load_put(m->uids, u, id, len);
-        if (rc)
-            err = rc == -EEXIST ? "duplicate user id" : "out of memory";
-    }
+    for (uint32_t u = 0; u < U && !err; u++)
+        err = state_load_user(r, m, u, version, M, stamp, &stale);
     free(stamp);
     if (err)
         return err;
@@ -849,6 +877,24 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if (m->cursor > U || m->reparams >= MODEL_REBUILD_EVERY)
         return "bad cursor";
     if (version >= 6 && (err = state_evictions(r, m, U)))
+        return err;
+    return NULL;
+}
+
+/* A model state, stage by stage: the header, the totals, the items, the
+ * users; then nothing may follow, and the whole must agree with itself
+ * (state_verify). NULL or what is wrong with it; *out, when set, is the
+ * caller's to free either way. */
+static const char *state_load(struct state_reader *r, struct model **out)
+{
+    uint32_t version = 0, M = 0;
+    const char *err = state_load_head(r, out, &version);
+    if (err)
+        return err;
+    struct model *m = *out;
+    if ((err = state_load_totals(r, m, version)) ||
+        (err = state_load_items(r, m, &M)) ||
+        (err = state_load_users(r, m, version, M)))
         return err;
     if (r->off != r->n)
         return "trailing bytes";

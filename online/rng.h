@@ -2,8 +2,9 @@
  *
  * xoshiro256** (Blackman & Vigna, "Scrambled linear pseudorandom number
  * generators", ACM TOMS 2021) seeded through splitmix64, so that a model
- * with the same seed draws the same numbers on every platform. Internal to
- * online/: the state is saved with the model.
+ * with the same seed draws the same numbers on every platform. The state
+ * is saved with the model. Header-only and dependency-free, so nmfctl gen
+ * draws its planted streams with the same generator.
  */
 #ifndef NMFD_ONLINE_RNG_H
 #define NMFD_ONLINE_RNG_H

@@ -25,6 +25,7 @@
 
 #include "http.h"
 #include "http_auth.h"
+#include "listen.h"
 #include "metrics.h"
 
 /* ---- the fixture: loop thread, fake provider ----------------------------- */
@@ -1623,12 +1624,12 @@ Test(http, start_errors)
     rc = http_start(&h, &loop, "127.0.0.1", NULL, &provider, NULL, err,
                     sizeof(err));
     cr_assert_eq(rc, -EINVAL);
-    cr_assert_not_null(strstr(err, "missing port"), "%s", err);
+    cr_assert_not_null(strstr(err, "missing :port"), "%s", err);
     cr_assert_null(h);
     cr_assert_eq(http_start(&h, &loop, "127.0.0.1:99999", NULL, &provider, NULL,
                             err, sizeof(err)),
                  -EINVAL);
-    cr_assert_not_null(strstr(err, "out of range"), "%s", err);
+    cr_assert_not_null(strstr(err, "0..65535"), "%s", err);
     cr_assert_eq(http_start(&h, &loop, "::1:9464", NULL, &provider, NULL, err,
                             sizeof(err)),
                  -EINVAL);
@@ -1661,18 +1662,25 @@ Test(http, start_errors)
     cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
     cr_assert_eq(uv_loop_close(&loop), 0);
 
-    cr_assert_null(http_listen_check(""));
-    cr_assert_null(http_listen_check("127.0.0.1:9464"));
-    cr_assert_null(http_listen_check("[::1]:9464"));
-    cr_assert_null(http_listen_check(":9464"));
-    cr_assert_null(http_listen_check("localhost:0"));
-    cr_assert_str_eq(http_listen_check("::1:9464"),
-                     "ipv6 address needs brackets: [addr]:port");
-    cr_assert_str_eq(http_listen_check("[::1:9464"),
-                     "missing ']' after ipv6 address");
-    cr_assert_str_eq(http_listen_check("[::1]"), "missing port after ']'");
-    cr_assert_str_eq(http_listen_check("host:"), "missing port (host:port)");
-    cr_assert_str_eq(http_listen_check("host:-1"), "port is not a number");
+    char host[256];
+    uint16_t port;
+#define PARSE(s) listen_parse(s, host, sizeof(host), &port)
+    cr_assert_str_eq(PARSE(""), "missing :port");
+    cr_assert_null(PARSE("127.0.0.1:9464"));
+    cr_assert_null(PARSE("[::1]:9464"));
+    cr_assert_null(PARSE(":9464"));
+    cr_assert_null(PARSE("localhost:0"));
+    cr_assert_str_eq(PARSE("::1:9464"),
+                     "an IPv6 address needs brackets: [addr]:port");
+    cr_assert_str_eq(PARSE("[::1:9464"), "missing ']' after the IPv6 address");
+    cr_assert_str_eq(PARSE("[::1]"), "missing :port after ']'");
+    cr_assert_str_eq(PARSE("host:"), "port must be a number 0..65535");
+    cr_assert_str_eq(PARSE("host:-1"), "port must be a number 0..65535");
+    cr_assert_str_eq(PARSE("host:65536"), "port must be a number 0..65535");
+    char small[4];
+    cr_assert_str_eq(listen_parse("hosts:1", small, sizeof(small), &port),
+                     "host name too long");
+#undef PARSE
 }
 
 static void listen_and_close(const char *listen)

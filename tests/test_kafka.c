@@ -1,4 +1,4 @@
-/* test_kafka.c -- io/broker and io/kafka against an in-process mock
+/* test_kafka.c -- io/broker, io/kafka_in and io/kafka_out against an in-process mock
  * cluster, on a real libuv loop.
  *
  * Suite kafka_ucmd needs no group join (fault command parsing, error
@@ -16,7 +16,7 @@
 #include <uv.h>
 
 #include "broker.h"
-#include "kafka.h"
+#include "kafka_raw.h"
 
 /* ---- helpers --------------------------------------------------------------
  */
@@ -85,9 +85,9 @@ static void teardown_broker(void)
 /* Producer confs (group NULL) carry no topic property on purpose: that is
  * the case where librdkafka reports the partitioner as unknown, and keys
  * must still land where Java puts them. */
-static rd_kafka_conf_t *conf_new(const char *group)
+static struct kafka_conf *conf_new(const char *group)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    struct kafka_conf *conf = kafka_conf_new();
     char errstr[256];
     const char *kv[][2] = {
         {"bootstrap.servers", broker_bootstraps(mock)},
@@ -100,21 +100,20 @@ static rd_kafka_conf_t *conf_new(const char *group)
 
     for (size_t i = 0; i < (group ? sizeof(kv) / sizeof(kv[0]) : 2); i++)
         cr_assert_eq(
-            rd_kafka_conf_set(conf, kv[i][0], kv[i][1], errstr, sizeof(errstr)),
-            RD_KAFKA_CONF_OK, "%s", errstr);
+            kafka_conf_set(conf, kv[i][0], kv[i][1], errstr, sizeof(errstr)),
+            0, "%s", errstr);
     if (group)
         cr_assert_eq(
-            rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr)),
-            RD_KAFKA_CONF_OK);
+            kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr)), 0);
     return conf;
 }
 
-static void conf_put(rd_kafka_conf_t *conf, const char *k, const char *v)
+static void conf_put(struct kafka_conf *conf, const char *k, const char *v)
 {
     char errstr[256];
 
-    cr_assert_eq(rd_kafka_conf_set(conf, k, v, errstr, sizeof(errstr)),
-                 RD_KAFKA_CONF_OK, "%s", errstr);
+    cr_assert_eq(kafka_conf_set(conf, k, v, errstr, sizeof(errstr)), 0, "%s",
+                 errstr);
 }
 
 /* ---- producer side ---------------------------------------------------- */
@@ -167,7 +166,7 @@ static const struct kafka_out_cbs prod_cbs = {
     .on_closed = p_closed,
 };
 
-static void prod_open(struct prod *p, rd_kafka_conf_t *conf, const char *txn)
+static void prod_open(struct prod *p, struct kafka_conf *conf, const char *txn)
 {
     char err[256];
 
@@ -229,17 +228,20 @@ struct cons {
     int64_t lastoff[8];
     bool order_ok;
     int behind; /* messages handed over while kafka_in_behind said so */
+    /* on_pass_end: how many, the most messages one pass handed over, and
+     * how many had been handed over at the last one */
+    int passes, in_pass, max_pass, at_pass_end;
 };
 
-static void c_message(void *ctx, const rd_kafka_message_t *m)
+static void c_message(void *ctx, const struct kafka_msg *m)
 {
     struct cons *c = ctx;
-    rd_kafka_headers_t *h = NULL;
     const void *v;
     size_t vlen;
 
     if (kafka_in_behind(c->in))
         c->behind++;
+    c->in_pass++;
     if (c->n < MAXMSG) {
         snprintf(c->keys[c->n], sizeof(c->keys[c->n]), "%.*s", (int)m->key_len,
                  (const char *)m->key);
@@ -252,14 +254,12 @@ static void c_message(void *ctx, const rd_kafka_message_t *m)
             c->order_ok = false;
         c->lastoff[m->partition] = m->offset;
     }
-    if (rd_kafka_message_headers((rd_kafka_message_t *)m, &h) == 0) {
-        if (rd_kafka_header_get_last(h, "nmfd.reason", &v, &vlen) == 0)
-            snprintf(c->reason, sizeof(c->reason), "%.*s", (int)vlen,
-                     (const char *)v);
-        if (rd_kafka_header_get_last(h, "nmfd.source", &v, &vlen) == 0)
-            snprintf(c->source, sizeof(c->source), "%.*s", (int)vlen,
-                     (const char *)v);
-    }
+    if (kafka_msg_header(m, "nmfd.reason", &v, &vlen) == 0)
+        snprintf(c->reason, sizeof(c->reason), "%.*s", (int)vlen,
+                 (const char *)v);
+    if (kafka_msg_header(m, "nmfd.source", &v, &vlen) == 0)
+        snprintf(c->source, sizeof(c->source), "%.*s", (int)vlen,
+                 (const char *)v);
     c->n++;
     if (c->n >= c->want)
         c->got_all = true;
@@ -270,20 +270,20 @@ static void c_message(void *ctx, const rd_kafka_message_t *m)
     }
 }
 
-static void c_assign(void *ctx, rd_kafka_topic_partition_list_t *parts)
+static void c_assign(void *ctx, struct kafka_part *parts, size_t n)
 {
     struct cons *c = ctx;
 
     c->assigns++;
     c->assigned = true;
-    for (int i = 0; i < parts->cnt; i++) {
-        int32_t p = parts->elems[i].partition;
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = parts[i].partition;
         if (p >= 0 && p < 8 && c->seek[p] >= 0)
-            parts->elems[i].offset = c->seek[p];
+            parts[i].offset = c->seek[p];
     }
 }
 
-static void c_revoke(void *ctx, const rd_kafka_topic_partition_list_t *parts,
+static void c_revoke(void *ctx, const struct kafka_part *parts, size_t n,
                      bool lost)
 {
     struct cons *c = ctx;
@@ -309,6 +309,17 @@ static void c_closed(void *ctx)
     ((struct cons *)ctx)->closed = true;
 }
 
+static void c_pass_end(void *ctx)
+{
+    struct cons *c = ctx;
+    cr_assert_gt(c->in_pass, 0, "a pass end without a message");
+    c->passes++;
+    if (c->in_pass > c->max_pass)
+        c->max_pass = c->in_pass;
+    c->in_pass = 0;
+    c->at_pass_end = c->n;
+}
+
 static const struct kafka_in_cbs cons_cbs = {
     .on_message = c_message,
     .on_assign = c_assign,
@@ -316,6 +327,7 @@ static const struct kafka_in_cbs cons_cbs = {
     .on_error = c_error,
     .on_stats = c_stats,
     .on_closed = c_closed,
+    .on_pass_end = c_pass_end,
 };
 
 static struct cons *cons_new(int want)
@@ -332,7 +344,7 @@ static struct cons *cons_new(int want)
     return c;
 }
 
-static void cons_open(struct cons *c, rd_kafka_conf_t *conf)
+static void cons_open(struct cons *c, struct kafka_conf *conf)
 {
     char err[256];
 
@@ -515,7 +527,7 @@ Test(kafka_uprod, bad_conf_is_reported)
 {
     char err[256];
     struct prod p;
-    rd_kafka_conf_t *conf = conf_new(NULL);
+    struct kafka_conf *conf = conf_new(NULL);
 
     /* acks=1 contradicts enable.idempotence: librdkafka refuses. */
     conf_put(conf, "acks", "1");
@@ -572,7 +584,7 @@ Test(kafka_uprod, delivery_failure_is_counted_and_reported)
 {
     struct prod p;
     struct kafka_out_stats st;
-    rd_kafka_conf_t *conf = conf_new(NULL);
+    struct kafka_conf *conf = conf_new(NULL);
     char err[128];
 
     conf_put(conf, "message.timeout.ms", "300");
@@ -604,7 +616,7 @@ Test(kafka_uprod, queue_full_is_enobufs)
 {
     struct prod p;
     struct kafka_out_stats st;
-    rd_kafka_conf_t *conf = conf_new(NULL);
+    struct kafka_conf *conf = conf_new(NULL);
     int r = 0, i;
 
     conf_put(conf, "queue.buffering.max.messages", "10");
@@ -688,7 +700,7 @@ Test(kafka_uprod, transactions_unavailable_fall_back)
 {
     struct prod p;
     struct kafka_out_stats st;
-    rd_kafka_conf_t *conf = conf_new(NULL);
+    struct kafka_conf *conf = conf_new(NULL);
     char err[256];
 
     /* No transaction coordinator to be found: init_transactions times out
@@ -770,7 +782,7 @@ Test(kafka_io, consumes_exactly_what_was_produced)
 {
     struct prod p;
     struct cons *c = cons_new(2000);
-    rd_kafka_conf_t *conf = conf_new("g-exact");
+    struct kafka_conf *conf = conf_new("g-exact");
     struct kafka_lag lag[8];
     struct kafka_in_stats ist;
     rd_kafka_topic_partition_list_t *offs;
@@ -796,6 +808,13 @@ Test(kafka_io, consumes_exactly_what_was_produced)
     cr_assert_gt(c->behind, 0);
     cr_assert_lt(c->behind, 2000);
     cr_assert(!kafka_in_behind(c->in));
+    /* Every pass that handed messages over ended with on_pass_end, the
+     * last one after the last message, and none handed over more than a
+     * batch. */
+    cr_assert_geq(c->passes, 2000 / 64);
+    cr_assert_leq(c->max_pass, 64);
+    cr_assert_eq(c->at_pass_end, 2000);
+    cr_assert_eq(c->in_pass, 0);
     /* Keys landed where Java's partitioner puts them. */
     for (int i = 0; i < c->n; i++)
         cr_assert_eq(
@@ -825,11 +844,14 @@ Test(kafka_io, consumes_exactly_what_was_produced)
     cr_assert_gt(ist.bytes, 2000 * 2);
 
     /* Commit what was read; the group stores it. */
+    struct kafka_part commit[4];
     offs = rd_kafka_topic_partition_list_new(4);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         rd_kafka_topic_partition_list_add(offs, "p4", i)->offset = lag[i].end;
-    cr_assert_eq(kafka_in_commit(c->in, offs), 0);
-    cr_assert_eq(kafka_in_commit(c->in, NULL), -EINVAL);
+        commit[i] = (struct kafka_part){"p4", i, lag[i].end};
+    }
+    cr_assert_eq(kafka_in_commit(c->in, commit, 4), 0);
+    cr_assert_eq(kafka_in_commit(c->in, NULL, 0), -EINVAL);
     for (int tries = 0; tries < 50; tries++) {
         bool ok = true;
         run_until(&never, 100);
@@ -923,7 +945,7 @@ struct dlq {
 
 static struct dlq dlq_ctx;
 
-static void dlq_message(void *ctx, const rd_kafka_message_t *m)
+static void dlq_message(void *ctx, const struct kafka_msg *m)
 {
     cr_assert_eq(kafka_out_produce_dead(dlq_ctx.p->out, "dlq", m, "bad_weight"),
                  0);
@@ -936,7 +958,7 @@ Test(kafka_io, dead_letter_headers_and_manual_assign)
     struct prod p;
     struct cons *src = cons_new(3), *dst = cons_new(3);
     struct kafka_in_cbs cbs = cons_cbs;
-    rd_kafka_topic_partition_list_t *parts;
+    struct kafka_part part;
     char err[256];
 
     cr_assert_eq(broker_topic_create(mock, "dlq", 1), 0);
@@ -949,11 +971,8 @@ Test(kafka_io, dead_letter_headers_and_manual_assign)
     src->in =
         kafka_in_new(&loop, conf_new("g-dlq-src"), &cbs, src, err, sizeof(err));
     cr_assert_not_null(src->in, "%s", err);
-    parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, "t1", 0)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-    cr_assert_eq(kafka_in_assign(src->in, parts), 0);
-    rd_kafka_topic_partition_list_destroy(parts);
+    part = (struct kafka_part){"t1", 0, KAFKA_OFFSET_BEGINNING};
+    cr_assert_eq(kafka_in_assign(src->in, &part, 1), 0);
     cr_assert(run_until(&src->got_all, 20000), "got %d", src->n);
     cr_assert_eq(dlq_ctx.produced, 3);
     p.done = false;
@@ -961,11 +980,8 @@ Test(kafka_io, dead_letter_headers_and_manual_assign)
     cr_assert(run_until(&p.done, 20000));
 
     cons_open(dst, conf_new("g-dlq-dst"));
-    parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, "dlq", 0)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-    cr_assert_eq(kafka_in_assign(dst->in, parts), 0);
-    rd_kafka_topic_partition_list_destroy(parts);
+    part = (struct kafka_part){"dlq", 0, KAFKA_OFFSET_BEGINNING};
+    cr_assert_eq(kafka_in_assign(dst->in, &part, 1), 0);
     cr_assert(run_until(&dst->got_all, 20000), "got %d", dst->n);
     cr_assert_str_eq(dst->reason, "bad_weight");
     cr_assert_str_eq(dst->source, "t1/0/2");
@@ -1000,7 +1016,7 @@ Test(kafka_io, survives_broker_down_and_up)
 {
     struct prod p;
     struct cons *c = cons_new(3000);
-    rd_kafka_conf_t *conf;
+    struct kafka_conf *conf;
     uv_timer_t t;
     bool never = false;
 
@@ -1042,7 +1058,7 @@ Test(kafka_uprod, log_lines_come_to_the_loop)
 {
     struct prod p;
     struct kafka_out_cbs cbs = prod_cbs;
-    rd_kafka_conf_t *conf = conf_new(NULL);
+    struct kafka_conf *conf = conf_new(NULL);
     char err[256];
 
     conf_put(conf, "debug", "metadata");
@@ -1066,25 +1082,25 @@ struct member {
     bool had;
 };
 
-static void m_assign(void *ctx, rd_kafka_topic_partition_list_t *parts)
+static void m_assign(void *ctx, struct kafka_part *parts, size_t n)
 {
     struct member *m = ctx;
-    m->owned += parts->cnt;
+    m->owned += (int)n;
     if (!m->had) {
         m->had = true;
         m->min_owned = m->owned;
     }
-    c_assign(ctx, parts);
+    c_assign(ctx, parts, n);
 }
 
-static void m_revoke(void *ctx, const rd_kafka_topic_partition_list_t *parts,
+static void m_revoke(void *ctx, const struct kafka_part *parts, size_t n,
                      bool lost)
 {
     struct member *m = ctx;
-    m->owned -= parts->cnt;
+    m->owned -= (int)n;
     if (m->had && m->owned < m->min_owned)
         m->min_owned = m->owned;
-    c_revoke(ctx, parts, lost);
+    c_revoke(ctx, parts, n, lost);
 }
 
 static bool balanced;
@@ -1099,7 +1115,7 @@ Test(kafka_io, cooperative_rebalance_is_incremental, .timeout = 120)
     struct prod p;
     struct member *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
     struct kafka_in_cbs cbs = cons_cbs;
-    rd_kafka_conf_t *conf;
+    struct kafka_conf *conf;
     char err[256];
     bool never = false;
 

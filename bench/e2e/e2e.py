@@ -220,13 +220,18 @@ class Run:
         self.logdir = logdir
         os.makedirs(logdir, exist_ok=True)
         self.ps = Procs(logdir)
-        self.bin = os.path.join(a.daemon_build or a.build, "daemon")
+        build = a.daemon_build or a.build
+        self.bin = os.path.join(build, "daemon")
+        # nmfctl lives in ctl/; revisions before the move built it in daemon/.
+        self.nmfctl = os.path.join(build, "ctl", "nmfctl")
+        if not os.path.exists(self.nmfctl):
+            self.nmfctl = self.nmfctl
 
     def broker(self):
         bf = os.path.join(self.logdir, "bootstrap")
         fifo = os.path.join(self.logdir, "broker.control")
         self.brk = self.ps.start(
-            [os.path.join(self.bin, "nmfctl"), "broker", "--partitions",
+            [self.nmfctl, "broker", "--partitions",
              str(self.a.partitions), "--topics", TOPIC + ",nmf.segments",
              "--bootstrap-file", bf, "--control", fifo], "broker")
         self.brokers = wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
@@ -275,7 +280,7 @@ class Run:
         return self.nmfd
 
     def producer_args(self, rate=None):
-        args = [os.path.join(self.bin, "nmfctl"), "produce", "--brokers", self.brokers,
+        args = [self.nmfctl, "produce", "--brokers", self.brokers,
                 "--topic", TOPIC, "--batch", str(self.a.batch)]
         if self.a.codec != "none":
             args += ["-X", "compression.codec=" + self.a.codec]

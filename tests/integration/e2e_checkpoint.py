@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, KAFKA_TEST_SETS, Procs, check, folded_all,  # noqa: E402
+from harness import (BIN, KAFKA_TEST_SETS, NMFCTL, Procs, check, folded_all,  # noqa: E402
                      inspect_checkpoint, metric, stop, wait_for)
 
 EVENTS = 5000
@@ -33,7 +33,7 @@ def main():
     with Procs() as ps:
         events = os.path.join(ps.tmp, "events.csv")
         with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", "300",
+            r = subprocess.run([NMFCTL, "gen", "--users", "300",
                                 "--items", "50", "--k", "3", "--events", str(EVENTS),
                                 "--seed", "2"], stdout=f, timeout=60)
         check(r.returncode == 0, "gen")

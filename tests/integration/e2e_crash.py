@@ -25,7 +25,7 @@ import time
 from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, Procs, check, fail, http_get, metric, stop, wait_for  # noqa: E402
+from harness import NMFCTL, Procs, check, fail, http_get, metric, stop, wait_for  # noqa: E402
 
 
 def watermarks(brokers, topic, partitions):
@@ -77,7 +77,7 @@ def main():
         # The stream is produced while nmfd folds it and is killed, over
         # about --seconds; the partitions are sized so the mock's ~5 MiB
         # retention keeps every event (checked below).
-        producer = ps.start([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
+        producer = ps.start([NMFCTL, "produce", "--brokers", brokers,
                              "--topic", "nmf.events", "-X", "linger.ms=50", "--rate",
                              str(max(1000, a.events // a.seconds)), events], "produce")
         mid = last = 0
@@ -107,7 +107,7 @@ def main():
                  "the model to hold every event")
         check(stop(d) == 0, "final nmfd did not stop cleanly:\n" + ps.log("final"))
 
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "inspect", "--checkpoint", state],
+        r = subprocess.run([NMFCTL, "inspect", "--checkpoint", state],
                            capture_output=True, timeout=120)
         check(r.returncode == 0, "inspect: %s" % r.stderr.decode())
         info = dict(line.split(" ", 1) for line in r.stdout.decode().splitlines()
@@ -117,7 +117,7 @@ def main():
         check(abs(float(info["weight_sum"]) - wsum) <= 1e-9 * wsum,
               "weight_sum %s != %r" % (info["weight_sum"], wsum))
 
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "inspect", "--checkpoint", state,
+        r = subprocess.run([NMFCTL, "inspect", "--checkpoint", state,
                             "--profiles"], capture_output=True, timeout=300)
         check(r.returncode == 0, "inspect --profiles: %s" % r.stderr.decode())
         got = {}

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, Procs, check, converged, folded_all, http_get, metric, wait_for  # noqa: E402
+from harness import NMFCTL, Procs, check, converged, folded_all, http_get, metric, wait_for  # noqa: E402
 
 K = 5
 SRC = os.environ.get("NMFD_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -28,7 +28,7 @@ def main():
         events = os.path.join(ps.tmp, "events.csv")
         truth = os.path.join(ps.tmp, "truth.csv")
         with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", "2000",
+            r = subprocess.run([NMFCTL, "gen", "--users", "2000",
                                 "--items", "100", "--k", str(K), "--events", "40000",
                                 "--seed", "5", "--noise", "0.02", "--truth", truth],
                                stdout=f, timeout=60)

@@ -16,7 +16,7 @@ import msgpack
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, Procs, check, fail, http_get, metric, metrics, stop, wait_for  # noqa: E402
+from harness import NMFCTL, Procs, check, fail, http_get, metric, metrics, stop, wait_for  # noqa: E402
 
 EVENTS = 30000
 PARTS = 4
@@ -59,7 +59,7 @@ def main():
     with Procs() as ps:
         events = os.path.join(ps.tmp, "events.csv")
         with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", "800",
+            r = subprocess.run([NMFCTL, "gen", "--users", "800",
                                 "--items", "200", "--k", "4", "--events", str(EVENTS),
                                 "--seed", "3"], stdout=f, timeout=60)
         check(r.returncode == 0, "nmfctl gen failed")

@@ -11,10 +11,9 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (BIN, DATA, KAFKA_TEST_SETS, Procs, check,  # noqa
+from harness import (BIN, DATA, KAFKA_TEST_SETS, NMFCTL, Procs, check,  # noqa
                      folded_all, metric, read_topic_all, stop, wait_for)
 
-NMFCTL = os.path.join(BIN, "nmfctl")
 NMFD = os.path.join(BIN, "nmfd")
 CSV = os.path.join(DATA, "bayesm_scotch.csv")
 

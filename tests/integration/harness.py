@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
+NMFCTL = os.environ.get("NMFCTL", os.path.join(os.getcwd(), "build", "ctl", "nmfctl"))
 # The repository's data/ (tests/integration/../../data), or NMFD_DATA.
 DATA = os.environ.get("NMFD_DATA", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
@@ -81,7 +82,7 @@ class Procs:
 
     def broker(self, partitions=4, topics="nmf.events"):
         bf = os.path.join(self.tmp, "bootstrap")
-        self.start([os.path.join(BIN, "nmfctl"), "broker", "--partitions",
+        self.start([NMFCTL, "broker", "--partitions",
                     str(partitions), "--topics", topics, "--bootstrap-file", bf],
                    "broker")
         return wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
@@ -106,7 +107,7 @@ class Procs:
         return int(m.group(1)) if m else None
 
     def produce(self, brokers, csv_path, topic="nmf.events", fmt="msgpack", extra=()):
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
+        r = subprocess.run([NMFCTL, "produce", "--brokers", brokers,
                             "--topic", topic, "--format", fmt] + list(extra) + [csv_path],
                            capture_output=True, timeout=300)
         check(r.returncode == 0, "nmfctl produce failed: %s" % r.stderr.decode())
@@ -119,7 +120,7 @@ def gen_planted(ps, users, items, k, events, seed):
     path = os.path.join(ps.tmp, "events.csv")
     truth = os.path.join(ps.tmp, "truth.csv")
     with open(path, "wb") as f:
-        r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", str(users),
+        r = subprocess.run([NMFCTL, "gen", "--users", str(users),
                             "--items", str(items), "--k", str(k), "--events",
                             str(events), "--seed", str(seed), "--truth", truth],
                            stdout=f, timeout=60)
@@ -134,7 +135,7 @@ def fit_segments(ps, events, k, sets=()):
     import msgpack
     import numpy as np
     out = os.path.join(ps.tmp, "fit.msgpack")
-    args = [os.path.join(BIN, "nmfctl"), "fit", "--events", events,
+    args = [NMFCTL, "fit", "--events", events,
             "--set", "model.k=%d" % k]
     for s in sets:
         args += ["--set", s]
@@ -192,7 +193,7 @@ def broker_with_control(ps, partitions=4, topics="nmf.events", name="broker"):
     """Starts `nmfctl broker --control FIFO`; returns (bootstrap, fifo)."""
     bf = os.path.join(ps.tmp, name + ".bootstrap")
     fifo = os.path.join(ps.tmp, name + ".control")
-    ps.start([os.path.join(BIN, "nmfctl"), "broker", "--partitions", str(partitions),
+    ps.start([NMFCTL, "broker", "--partitions", str(partitions),
               "--topics", topics, "--bootstrap-file", bf, "--control", fifo], name)
     brokers = wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
                        20, "the broker's bootstrap file")
@@ -263,7 +264,7 @@ def read_topic_all(brokers, topic, timeout=30, isolation="read_uncommitted"):
 def inspect_checkpoint(state):
     """`nmfctl inspect --checkpoint DIR` as {key: value-string}; offsets
     under "offsets" as a list of lines."""
-    r = subprocess.run([os.path.join(BIN, "nmfctl"), "inspect", "--checkpoint", state],
+    r = subprocess.run([NMFCTL, "inspect", "--checkpoint", state],
                        capture_output=True, timeout=120)
     check(r.returncode == 0, "nmfctl inspect: %s" % r.stderr.decode())
     info = {"offsets": []}

@@ -6,10 +6,9 @@ import socket
 import subprocess
 import time
 
-from harness import BIN, KAFKA_TEST_SETS, check, wait_for
+from harness import BIN, KAFKA_TEST_SETS, NMFCTL, check, wait_for
 
 NMFD = os.path.join(BIN, "nmfd")
-NMFCTL = os.path.join(BIN, "nmfctl")
 
 
 def start_embedded(ps, name, sets=(), listen="127.0.0.1:0"):

@@ -9,11 +9,10 @@ import sys
 import tempfile
 import time
 
-BIN = os.environ.get("NMFD_BIN", os.path.join(os.getcwd(), "build", "daemon"))
 # The repository's data/ (tests/integration/../../data), or NMFD_DATA.
 DATA = os.environ.get("NMFD_DATA", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
-NMFCTL = os.path.join(BIN, "nmfctl")
+NMFCTL = os.environ.get("NMFCTL", os.path.join(os.getcwd(), "build", "ctl", "nmfctl"))
 
 # KAFKA-MOCK.md: group timing and fetch tuning for the mock cluster.
 CONSUMER_TUNING = {

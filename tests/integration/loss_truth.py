@@ -25,7 +25,7 @@ import time
 import msgpack
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, DATA, Procs, check, gen_planted, http_get,  # noqa: E402
+from harness import (DATA, NMFCTL, Procs, check, gen_planted, http_get,  # noqa: E402
                      read_events, true_rel_loss)
 
 TOL = 0.01
@@ -41,7 +41,7 @@ def write_csv(path, events):
 
 def fit(ps, events_path, sets, name="fit"):
     out = os.path.join(ps.tmp, name + ".msgpack")
-    args = [os.path.join(BIN, "nmfctl"), "fit", "--events", events_path]
+    args = [NMFCTL, "fit", "--events", events_path]
     for s in sets:
         args += ["--set", s]
     r = subprocess.run(args + ["--out", out], capture_output=True, timeout=300)
@@ -144,7 +144,7 @@ def case_daemon(ps):
     brokers = ps.broker(partitions=1)
     d = ps.nmfd(brokers, ["snapshot.interval=500ms", "model.k=8",
                           "input.topics=nmf.events"])
-    prod = ps.start([os.path.join(BIN, "nmfctl"), "produce", "--brokers", brokers,
+    prod = ps.start([NMFCTL, "produce", "--brokers", brokers,
                      "--topic", "nmf.events", "--rate", "6000", path], "produce")
     seen = {}
     deadline = time.time() + 90

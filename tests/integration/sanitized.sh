@@ -25,14 +25,15 @@ if [ ! -f "$builddir/build.ninja" ]; then
     meson setup "$builddir" -Dbuildtype=debug \
         -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-ninja -C "$builddir" daemon/nmfd daemon/nmfctl >/dev/null
+ninja -C "$builddir" daemon/nmfd ctl/nmfctl >/dev/null
 
 NMFD_BIN=$(cd "$builddir/daemon" && pwd)
+NMFCTL=$(cd "$builddir/ctl" && pwd)/nmfctl
 NMFD_DATA=${NMFD_DATA:-$src/data}
 NMFD_SANITIZED=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-export NMFD_BIN NMFD_DATA NMFD_SANITIZED ASAN_OPTIONS UBSAN_OPTIONS
+export NMFD_BIN NMFCTL NMFD_DATA NMFD_SANITIZED ASAN_OPTIONS UBSAN_OPTIONS
 
 fail=0
 for t in "$@"; do

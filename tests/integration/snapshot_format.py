@@ -8,7 +8,7 @@ shapes, non-negativity, unit columns of W, A = H^T H without decay, the
 ids and the counts against the CSV.
 
 Needs Debian's /usr/bin/python3 (msgpack, numpy) and the environment meson
-sets: NMFD_BIN (the directory of nmfctl) and NMFD_SRC (the source tree).
+sets: NMFCTL (the path of nmfctl) and NMFD_SRC (the source tree).
 """
 
 import csv
@@ -24,7 +24,7 @@ import unittest
 import msgpack
 import numpy as np
 
-NMFCTL = os.path.join(os.environ.get("NMFD_BIN", "build/daemon"), "nmfctl")
+NMFCTL = os.environ.get("NMFCTL", "build/ctl/nmfctl")
 SRC = os.environ.get(
     "NMFD_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(SRC, "docs", "snapshot-format.md")

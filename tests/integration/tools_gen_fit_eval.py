@@ -3,7 +3,7 @@
 sizes, every run bounded by a timeout.
 
 Needs Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack) and the
-environment meson sets: NMFD_BIN (the directory holding nmfctl) and
+environment meson sets: NMFCTL (the path of nmfctl) and
 NMFD_DATA (the data sets; default: the repository's data/).
 """
 
@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-NMFCTL = os.path.join(os.environ.get("NMFD_BIN", "build/daemon"), "nmfctl")
+NMFCTL = os.environ.get("NMFCTL", "build/ctl/nmfctl")
 DATA = os.environ.get("NMFD_DATA", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "data"))
 TIMEOUT = 120

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (BIN, Procs, check, converged, folded_all,  # noqa: E402
+from harness import (NMFCTL, Procs, check, converged, folded_all,  # noqa: E402
                      http_get, metric, read_topic_all, stop, wait_for)
 
 K = 4
@@ -63,7 +63,7 @@ def main():
     with Procs() as ps:
         events = os.path.join(ps.tmp, "events.csv")
         with open(events, "wb") as f:
-            r = subprocess.run([os.path.join(BIN, "nmfctl"), "gen", "--users", "800",
+            r = subprocess.run([NMFCTL, "gen", "--users", "800",
                                 "--items", "120", "--k", str(K), "--events",
                                 str(FIRST + REST), "--seed", "11"],
                                stdout=f, timeout=60)

@@ -9,7 +9,7 @@
  * order, ts strictly increasing in milliseconds. With --drift a fraction
  * of the users move to another segment at one event; --truth records
  * every user's segment before and after. The output is a pure function
- * of the arguments and the seed (xoshiro256** seeded by splitmix64,
+ * of the arguments and the seed (rng.h: xoshiro256** seeded by splitmix64,
  * Walker alias tables, integer formatting), so a stream can be remade
  * anywhere. This file only writes CSV text: it never touches the model.
  */
@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "rng.h"
 
 #define GEN_T0_MS   1700000000000LL /* 2023-11-14T22:13:20Z */
 #define GEN_STEP_MS 100             /* one event every 100 ms */
@@ -50,58 +51,6 @@ static const char gen_usage[] =
     "  --drift-fraction F  that fraction (default 0.2)\n"
     "  --truth FILE        writes user,segment (plus after,switch_ts with\n"
     "                      --drift) for every user that has events\n";
-
-struct gen_rng {
-    uint64_t s[4];
-};
-
-static uint64_t gen_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static void gen_rng_seed(struct gen_rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        r->s[i] = gen_splitmix(&seed);
-}
-
-static uint64_t gen_rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-/* xoshiro256** (Blackman and Vigna 2018). */
-static uint64_t gen_rng_next(struct gen_rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = gen_rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = gen_rotl(s[3], 45);
-    return out;
-}
-
-/* Uniform in [0, 1) with 53 bits. */
-static double gen_rng_unit(struct gen_rng *r)
-{
-    return (double)(gen_rng_next(r) >> 11) * 0x1.0p-53;
-}
-
-/* Uniform in [0, n), n >= 1 (Lemire's multiply, bias below 2^-32 for the
- * sizes used here). */
-static uint64_t gen_rng_below(struct gen_rng *r, uint64_t n)
-{
-    __extension__ typedef unsigned __int128 u128;
-    return (uint64_t)(((u128)gen_rng_next(r) * n) >> 64);
-}
 
 /* Walker's alias table for a discrete distribution over n outcomes. */
 struct gen_alias {
@@ -162,10 +111,10 @@ out:
     return rc;
 }
 
-static uint32_t gen_alias_draw(const struct gen_alias *a, struct gen_rng *r)
+static uint32_t gen_alias_draw(const struct gen_alias *a, struct rng *r)
 {
-    uint32_t i = (uint32_t)gen_rng_below(r, a->n);
-    return gen_rng_unit(r) < a->prob[i] ? i : a->alias[i];
+    uint32_t i = (uint32_t)rng_below(r, a->n);
+    return rng_uniform(r) < a->prob[i] ? i : a->alias[i];
 }
 
 static void gen_alias_free(struct gen_alias *a)
@@ -262,7 +211,7 @@ static int gen_run(const struct gen_opts *o)
 {
     uint32_t nu = (uint32_t)o->users, ni = (uint32_t)o->items;
     uint32_t k = (uint32_t)o->k;
-    struct gen_rng rng;
+    struct rng rng;
     struct gen_alias ua = {0}, *ia = NULL;
     uint32_t *seg = NULL, *after = NULL, *perm = NULL, *start = NULL;
     uint8_t *seen = NULL;
@@ -270,7 +219,7 @@ static int gen_run(const struct gen_opts *o)
     size_t olen = 0, ocap = 1 << 20;
     int rc = 1;
 
-    gen_rng_seed(&rng, o->seed);
+    rng_seed(&rng, o->seed);
     seg = malloc(nu * sizeof(*seg));
     after = malloc(nu * sizeof(*after));
     seen = calloc(nu, 1);
@@ -283,13 +232,13 @@ static int gen_run(const struct gen_opts *o)
 
     /* Segments: a uniform draw per user. */
     for (uint32_t u = 0; u < nu; u++)
-        after[u] = seg[u] = (uint32_t)gen_rng_below(&rng, k);
+        after[u] = seg[u] = (uint32_t)rng_below(&rng, k);
     /* Bundles: shuffle the items, cut into k nearly equal blocks; the
      * first item of a block is its most popular. */
     for (uint32_t i = 0; i < ni; i++)
         perm[i] = i;
     for (uint32_t i = ni; i > 1; i--) {
-        uint32_t j = (uint32_t)gen_rng_below(&rng, i);
+        uint32_t j = (uint32_t)rng_below(&rng, i);
         uint32_t t = perm[i - 1];
         perm[i - 1] = perm[j];
         perm[j] = t;
@@ -304,12 +253,12 @@ static int gen_run(const struct gen_opts *o)
     /* Drifting users and their new segments, drawn up front so the
      * stream before the drift does not depend on --drift-fraction. */
     if (o->drift && k > 1) {
-        struct gen_rng drng;
-        gen_rng_seed(&drng, o->seed ^ 0x6472696674ULL);
+        struct rng drng;
+        rng_seed(&drng, o->seed ^ 0x6472696674ULL);
         for (uint32_t u = 0; u < nu; u++) {
-            if (gen_rng_unit(&drng) >= o->drift_fraction)
+            if (rng_uniform(&drng) >= o->drift_fraction)
                 continue;
-            uint32_t s = (uint32_t)gen_rng_below(&drng, k - 1);
+            uint32_t s = (uint32_t)rng_below(&drng, k - 1);
             after[u] = s >= seg[u] ? s + 1 : s;
         }
     }
@@ -322,8 +271,8 @@ static int gen_run(const struct gen_opts *o)
         uint32_t s = (o->drift && e >= o->drift_at) ? after[u] : seg[u];
         uint32_t item;
 
-        if (gen_rng_unit(&rng) < o->noise)
-            item = (uint32_t)gen_rng_below(&rng, ni);
+        if (rng_uniform(&rng) < o->noise)
+            item = (uint32_t)rng_below(&rng, ni);
         else
             item = perm[start[s] + gen_alias_draw(&ia[s], &rng)];
         seen[u] = 1;

@@ -22,7 +22,7 @@
 #include <uv.h>
 
 #include "ctl.h"
-#include "kafka.h"
+#include "kafka_raw.h"
 #include "records.h"
 
 #define CTL_DUMP_TIMEOUT_DEFAULT 10 /* seconds without a record */
@@ -122,7 +122,7 @@ static int ctl_dump_value(FILE *out, const void *buf, size_t len,
     return records_dump_json(out, buf, len, flags, err);
 }
 
-static void ctl_dump_on_message(void *ctx, const rd_kafka_message_t *m)
+static void ctl_dump_on_message(void *ctx, const struct kafka_msg *m)
 {
     struct ctl_dump *d = ctx;
     const char *err = NULL;
@@ -165,7 +165,7 @@ static void ctl_dump_on_message(void *ctx, const rd_kafka_message_t *m)
     if (r < 0) {
         d->bad++;
         fprintf(stderr, "nmfctl dump: %s/%d/%" PRId64 ": %s\n",
-                rd_kafka_topic_name(m->rkt), (int)m->partition, m->offset,
+                m->topic, (int)m->partition, m->offset,
                 err ? err : strerror(-r));
         if (r == -EIO) {
             d->exit_code = 1;
@@ -319,6 +319,22 @@ static rd_kafka_topic_partition_list_t *ctl_dump_partitions(rd_kafka_t *rk,
     return parts;
 }
 
+static int ctl_dump_assign(struct kafka_in *in,
+                           const rd_kafka_topic_partition_list_t *l)
+{
+    struct kafka_part *p = calloc((size_t)l->cnt, sizeof(*p));
+    int r;
+
+    if (!p)
+        return -ENOMEM;
+    for (int i = 0; i < l->cnt; i++)
+        p[i] = (struct kafka_part){l->elems[i].topic, l->elems[i].partition,
+                                   l->elems[i].offset};
+    r = kafka_in_assign(in, p, (size_t)l->cnt);
+    free(p);
+    return r;
+}
+
 int ctl_dump_main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -335,7 +351,7 @@ int ctl_dump_main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct ctl_dump d;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    struct kafka_conf *conf = kafka_conf_new();
     rd_kafka_topic_partition_list_t *parts = NULL;
     const char *brokers = NULL, *topic = NULL, *file = NULL;
     char err[512], errstr[512], group[64], *end;
@@ -391,8 +407,7 @@ int ctl_dump_main(int argc, char **argv)
                 goto usage;
             }
             *eq = '\0';
-            if (rd_kafka_conf_set(conf, optarg, eq + 1, errstr,
-                                  sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+            if (kafka_conf_set(conf, optarg, eq + 1, errstr, sizeof(errstr))) {
                 fprintf(stderr, "nmfctl dump: %s\n", errstr);
                 goto usage;
             }
@@ -447,8 +462,8 @@ int ctl_dump_main(int argc, char **argv)
             {"fetch.error.backoff.ms", "10"},
         };
         for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
-            if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], errstr,
-                                  sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+            if (kafka_conf_set(conf, kv[i][0], kv[i][1], errstr,
+                               sizeof(errstr))) {
                 fprintf(stderr, "nmfctl dump: %s\n", errstr);
                 goto usage;
             }
@@ -475,7 +490,7 @@ int ctl_dump_main(int argc, char **argv)
     if (!parts) {
         d.exit_code = 1;
         ctl_dump_close(&d);
-    } else if ((r = kafka_in_assign(d.in, parts)) < 0) {
+    } else if ((r = ctl_dump_assign(d.in, parts)) < 0) {
         fprintf(stderr, "nmfctl dump: assign: %s\n", strerror(-r));
         d.exit_code = 1;
         ctl_dump_close(&d);
@@ -498,8 +513,7 @@ int ctl_dump_main(int argc, char **argv)
     rc = d.exit_code ? d.exit_code : d.bad ? 1 : 0;
 
 out:
-    if (conf)
-        rd_kafka_conf_destroy(conf);
+    kafka_conf_free(conf);
     return rc;
 
 usage:

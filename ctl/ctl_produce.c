@@ -25,7 +25,7 @@
 
 #include "csv.h"
 #include "ctl.h"
-#include "kafka.h"
+#include "kafka_raw.h"
 #include "progress.h"
 
 #define CTL_PRODUCE_BATCH_MAX 100000
@@ -500,12 +500,11 @@ static void ctl_on_error(void *ctx, int err, bool fatal, const char *reason)
     }
 }
 
-static int ctl_conf_set(rd_kafka_conf_t *conf, const char *k, const char *v)
+static int ctl_conf_set(struct kafka_conf *conf, const char *k, const char *v)
 {
     char errstr[512];
 
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof(errstr)) !=
-        RD_KAFKA_CONF_OK) {
+    if (kafka_conf_set(conf, k, v, errstr, sizeof(errstr))) {
         fprintf(stderr, "nmfctl produce: %s\n", errstr);
         return -1;
     }
@@ -560,7 +559,7 @@ int ctl_produce_main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct ctl_produce *c;
-    rd_kafka_conf_t *conf;
+    struct kafka_conf *conf;
     const char *brokers = NULL;
     char err[512], *end;
     int opt, rc = 2;
@@ -572,7 +571,7 @@ int ctl_produce_main(int argc, char **argv)
         return 1;
     }
     c->batch = 1;
-    conf = rd_kafka_conf_new();
+    conf = kafka_conf_new();
     optind = 1;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
@@ -743,8 +742,7 @@ int ctl_produce_main(int argc, char **argv)
 out_csv:
     csv_close(c->csv);
 out_conf:
-    if (conf)
-        rd_kafka_conf_destroy(conf);
+    kafka_conf_free(conf);
     free(c);
     return rc;
 
