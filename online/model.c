@@ -1116,6 +1116,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
     /* The step's multiply-adds: k per profile row, k^2 per sweep of the
      * solve plus two for the warm start and the statistics (A, loss). */
     m->work += k * rows + (uint64_t)k * k * (sweeps + 2u);
+    m->work_all += k * rows + (uint64_t)k * k * (sweeps + 2u);
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
         if (!m->nprof)
@@ -1476,6 +1477,9 @@ void model_refresh(struct model *m)
     m->since_refresh = 0;
     m->work = 0;
     m->dirty = 0;
+    /* A refresh's cost, as model_refresh_due counts it. */
+    m->work_all += (uint64_t)k * k * (m->p.hals_sweeps + 1u) * M +
+                   (uint64_t)k * m->sync_rows + (uint64_t)k * k * k;
 }
 
 static void model_solve_all(struct model *m)
@@ -2230,11 +2234,17 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->restarts = m->restarts;
     st->reseeded = m->reseeded;
     st->moved = m->moved;
+    st->work = m->work_all;
 }
 
 uint64_t model_refreshes(const struct model *m)
 {
     return m->refreshes;
+}
+
+uint64_t model_work(const struct model *m)
+{
+    return m->work_all;
 }
 
 uint32_t model_user_slots(const struct model *m)
