@@ -1711,16 +1711,20 @@ static void model_warmup(struct model *m)
  *
  *     F >= refresh_work * C    or    folds >= refresh_events,
  *
- * so refreshes take at most 1 / (1 + refresh_work) of the time (half at
- * MODEL_REFRESH_WORK, 1.0, which the offline paths set) whatever the
+ * so refreshes take at most 1 / (1 + refresh_work) of the time (a fifth
+ * at MODEL_REFRESH_WORK, 4, which the offline paths set) whatever the
  * data, and W moves as often as that budget
  * allows: early in a stream, with few items, every few dozen events;
  * with many items and light users, every few thousand; refresh_events
  * bounds the gap when the folds are cheap against a huge item set (a
  * big catalogue with few active users). The ratio was measured
- * (docs/benchmarks.md): at 0.25 the pass ends 1-2% lower in loss on the
- * real data sets for twice the time, at 4 and 16 it ends 1-12% higher;
- * after the idle refinement all end within 0.1%.
+ * (docs/benchmarks.md): against 1, at 0.25 the pass ends 1-2% lower in
+ * loss on the real data sets for twice the time, at 4 and 16 it ends
+ * 1-12% higher (36% on glibc_changelog at 4); after the idle refinement
+ * run to convergence all end within 0.1%, after nmfctl fit's bounded one
+ * 4 ends 0-9% higher than 1 and the pass is 10-30% quicker where items
+ * are few and refreshes frequent, which is where fit was slowest against
+ * its peers.
  * Before the warm-up only refresh_events counts (the warm-up replaces W
  * anyway), and refresh_events = 0 turns automatic refreshes off (the
  * caller refreshes). Since F and C are counts of the model's own
