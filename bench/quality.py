@@ -4,8 +4,10 @@
 For every events CSV in the data directory (user,item,weight,ts; the
 *_items.csv name files are skipped) at rank k (default 16):
 
-  nmfd       nmfctl fit (one pass in file order through the daemon's
-             model, then its idle refinement), scored by nmfctl eval
+  nmfd       nmfctl fit --refine-work 0 (one pass in file order through
+             the daemon's model, then its idle refinement run to
+             convergence, as the daemon does when a stream goes quiet),
+             scored by nmfctl eval
   nmfd-pass  the same single pass without refinement (--refine-rounds 0)
   NMF        sklearn NMF(solver='cd'), run to convergence: the batch
              reference
@@ -30,8 +32,9 @@ snapshot; the two must agree.
 With --stream, a second comparison instead, of the streaming peers on
 the same stream, alternating runs (--runs, medians of the times):
 
-  fit        nmfctl fit, as it is (one pass, then the idle refinement);
-             its loss recomputed here from the dense snapshot
+  fit        nmfctl fit, as it is (one pass, then the idle refinement,
+             bounded by default to a quarter of the pass's work); its
+             loss recomputed here from the dense snapshot
   fit-pass   the same with --refine-rounds 0, the pass alone
   partial    MiniBatchNMF.partial_fit fed the events in file order: after
              every --chunk events (default 2000), one call on the current
@@ -41,6 +44,16 @@ the same stream, alternating runs (--runs, medians of the times):
              Its user factors are a final transform(X) (500 iterations)
              of the final X; the time is that of the partial_fit calls
              and the transform only, not of building the rows in Python.
+
+With --reach, for each stream: partial_fit's final loss and time as
+above, then the time nmfctl fit takes to get at or below that loss: the
+pass alone, fit as it is, then fit --refine-work 0 with --refine-rounds
+1, 2, 4, ..., the first that gets there (median of --runs). A stream
+where partial_fit takes very long (the planted 2 M-event one: over 1000
+s) need not run it each time: --baseline FILE (JSON) keeps each result
+with what it depends on (the file's sha256, k, the chunk, scikit-learn's
+version) and the host it ran on, and reuses it when they match;
+--partial-only only fills it.
 
 k is min(--k, items) there. Every loss is computed here, by the formula
 above, from X and the factors (nmfd's snapshot, scikit-learn's
@@ -52,7 +65,10 @@ Run with Debian's /usr/bin/python3 (numpy, scipy, scikit-learn, msgpack).
 import argparse
 import csv
 import glob
+import hashlib
+import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -131,13 +147,15 @@ def kv(line):
     return out
 
 
-def run_nmfd(nmfctl, path, k, rounds, snap, extra_sets):
+def run_nmfd(nmfctl, path, k, rounds, snap, extra_sets, work=None):
     cmd = [nmfctl, "fit", "--events", path, "--set", "model.k=%d" % k,
            "--out", snap]
     for s in extra_sets:
         cmd += ["--set", s]
     if rounds is not None:
         cmd += ["--refine-rounds", str(rounds)]
+    if work is not None:
+        cmd += ["--refine-work", str(work)]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.monotonic() - t0
@@ -285,6 +303,48 @@ def run_partial_stream(X, batches, k, seed):
     return sparse_loss(X, W, m.components_), secs
 
 
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blk in iter(lambda: f.read(1 << 20), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def baseline_key(path, k, chunk):
+    """What a recorded partial_fit result depends on: the stream's bytes,
+    k, the chunk, scikit-learn's version (the seed is fixed)."""
+    import sklearn
+    return {"file": os.path.basename(path), "sha256": file_digest(path),
+            "k": k, "chunk": chunk, "sklearn": sklearn.__version__}
+
+
+def baseline_load(fname, key):
+    """A recorded (loss, seconds) for key, or None."""
+    if not fname or not os.path.exists(fname):
+        return None
+    with open(fname) as f:
+        for rec in json.load(f):
+            if rec["key"] == key:
+                return rec
+    return None
+
+
+def baseline_save(fname, key, loss, secs):
+    recs = []
+    if os.path.exists(fname):
+        with open(fname) as f:
+            recs = [r for r in json.load(f) if r["key"] != key]
+    recs.append({"key": key, "loss": loss, "seconds": secs,
+                 "host": platform.node(), "cpus": os.cpu_count(),
+                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    tmp = fname + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(recs, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, fname)
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -356,6 +416,104 @@ def stream_main(args, paths):
     return 0
 
 
+def partial_baseline(args, path, users, items, X):
+    """partial_fit's final loss and time on the stream of path: taken from
+    --baseline when it holds a record for these bytes and settings (a
+    large stream takes partial_fit a long time), else run now and, with
+    --baseline, recorded there. Returns (loss, seconds, recorded?)."""
+    k = min(args.k, X.shape[1])
+    key = baseline_key(path, k, args.chunk) if args.baseline else None
+    rec = baseline_load(args.baseline, key) if key else None
+    if rec is not None:
+        return rec["loss"], rec["seconds"], rec["date"]
+    batches = stream_batches(read_stream(path, users, items), X.shape[0],
+                             X.shape[1], args.chunk)
+    (l, norm), secs = run_partial_stream(X, batches, k, 0)
+    if key:
+        baseline_save(args.baseline, key, l / norm, secs)
+    return l / norm, secs, None
+
+
+def reach_main(args, paths):
+    """For each stream: the time nmfctl fit takes to reach partial_fit's
+    final loss. fit runs as the pass alone (--refine-rounds 0), then as
+    it is (its default bound), then with --refine-work 0 --refine-rounds
+    1, 2, 4, ... (each a whole run from the file, --runs times, median
+    time) until the loss computed here from its snapshot is at most
+    partial_fit's; the first that gets there gives the time."""
+    head = ("| dataset | events | users | items | k | partial loss | s partial "
+            "| partial measured | fit run | fit loss | s fit | fit / "
+            "partial time |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    tmp = tempfile.mkdtemp(prefix="nmfd-reach-")
+    misses = []
+    for path in paths:
+        name = os.path.basename(path)[:-4]
+        users, items, X, events = read_events(path)
+        k = min(args.k, X.shape[1])
+        rel_pf, s_pf, when = partial_baseline(args, path, users, items, X)
+        if args.partial_only:
+            print("| %s | %d | %d | %d | %d | %s | %.2f | %s | | | | |" % (
+                name, events, X.shape[0], X.shape[1], k, fmt_loss(rel_pf),
+                s_pf, when or "now"), flush=True)
+            continue
+        snap = os.path.join(tmp, name + ".snap")
+        tries = [("pass", 0, None), ("default", None, None)]
+        r = 1
+        while r <= args.reach_max_rounds:
+            tries.append(("%d rounds" % r, r, 0))
+            r *= 2
+        found = None
+        for label, rounds, work in tries:
+            secs = []
+            for _ in range(args.runs):
+                _, _, s = run_nmfd(args.nmfctl, path, k, rounds, snap,
+                                   args.set, work)
+                secs.append(s)
+            W, H = snapshot_factors(snap, users, items)
+            l, norm = sparse_loss(X, W, H)
+            print("  %s: %s: loss %s, %.2f s" % (name, label,
+                                                 fmt_loss(l / norm),
+                                                 median(secs)),
+                  file=sys.stderr, flush=True)
+            if l / norm <= rel_pf:
+                found = (label, l / norm, median(secs))
+                break
+        if found is None:
+            misses.append(name)
+            print("| %s | %d | %d | %d | %d | %s | %.2f | %s | > %d rounds | "
+                  "not reached | | MISS |" % (
+                      name, events, X.shape[0], X.shape[1], k,
+                      fmt_loss(rel_pf), s_pf, when or "now",
+                      args.reach_max_rounds), flush=True)
+            continue
+        r, lf, sf = found
+        ok = sf <= args.reach_target * s_pf
+        if not ok:
+            misses.append(name)
+        print("| %s | %d | %d | %d | %d | %s | %.2f | %s | %s | %s | %.2f "
+              "| %.4f%s |" % (name, events, X.shape[0], X.shape[1], k,
+                              fmt_loss(rel_pf), s_pf, when or "now", r,
+                              fmt_loss(lf), sf, sf / s_pf,
+                              "" if ok else " MISS"), flush=True)
+    for f in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, f))
+    os.rmdir(tmp)
+    if args.partial_only:
+        return 0
+    print()
+    print("fit: median of %d runs of the first of: the pass alone, fit as "
+          "it is, fit --refine-work 0 --refine-rounds 1, 2, 4, ... whose "
+          "loss is at most partial_fit's; target: at most %g x partial_fit's "
+          "time" % (args.runs, args.reach_target))
+    if misses:
+        print("target missed: %s" % ", ".join(misses))
+        return 1
+    print("target met")
+    return 0
+
+
 def fmt_loss(rel):
     return "%.4f" % rel if rel >= 1e-4 else "%.2e" % rel
 
@@ -373,6 +531,21 @@ def main():
                     help="--stream: events per partial_fit call")
     ap.add_argument("--runs", type=int, default=3,
                     help="--stream: alternating runs per dataset")
+    ap.add_argument("--reach", action="store_true",
+                    help="time for nmfctl fit to reach partial_fit's "
+                    "final loss on the stream")
+    ap.add_argument("--reach-target", type=float, default=0.2,
+                    help="--reach: fit / partial_fit time to meet "
+                    "(default 0.2)")
+    ap.add_argument("--reach-max-rounds", type=int, default=512,
+                    help="--reach: give up past this many rounds")
+    ap.add_argument("--baseline", default=None,
+                    help="--reach, --stream: JSON file of recorded "
+                    "partial_fit results, reused when the stream's bytes "
+                    "and settings match, else written")
+    ap.add_argument("--partial-only", action="store_true",
+                    help="only run (or look up) partial_fit on each stream "
+                    "and record it in --baseline")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024,
                     help="MiniBatchNMF batch size in users (default 1024)")
@@ -397,6 +570,8 @@ def main():
     if not paths:
         print("quality: no events CSV in %s" % args.data, file=sys.stderr)
         return 2
+    if args.reach or args.partial_only:
+        return reach_main(args, paths)
     if args.stream:
         return stream_main(args, paths)
 
@@ -412,7 +587,7 @@ def main():
         users, items, X, events = read_events(path)
         snap = os.path.join(tmp, name + ".snap")
         fit, ev, s_nmfd = run_nmfd(args.nmfctl, path, args.k,
-                                   args.refine_rounds, snap, args.set)
+                                   args.refine_rounds, snap, args.set, 0)
         W, H = snapshot_factors(snap, users, items)
         (l_py, norm) = sparse_loss(X, W, H)
         rel_nmfd = float(ev["loss"])

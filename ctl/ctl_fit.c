@@ -9,9 +9,13 @@
  * fast as one of seconds and gives the same model), then runs the daemon's idle
  * refinement (model_refine with model.refine_users a slice) until it
  * reports convergence or a bound is hit, and writes the dense snapshot
- * atomically. Nothing in it reads a clock that could change the result:
- * the snapshot's ts is the last event time and the refinement bound is a
- * count of rounds, so the same file and keys give the same bytes.
+ * atomically. The bound that usually ends it is one of work (rule above
+ * fit_refine_done): a backfill is worth running only if it is quick, and
+ * the last rounds of a refinement run to convergence cost more than the
+ * pass for a few parts in a thousand of loss. Nothing in it reads a clock
+ * that could change the result: the snapshot's ts is the last event time
+ * and the refinement's bounds are counts of rounds and of the model's own
+ * operations, so the same file and keys give the same bytes.
  *
  * eval reads a snapshot and a CSV and computes the relative loss exactly
  * and sparsely (formula above ctl_eval_loss). It never builds a dense
@@ -22,6 +26,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +42,12 @@
 
 #define FIT_REJECTS_SHOWN 20    /* rejected lines printed, the rest counted */
 
+/* The refinement's work bound (fit_refine_done): its share of the pass's
+ * work, and the rounds it may always do after a pass that never
+ * refreshed W. */
+#define FIT_REFINE_WORK       0.25
+#define FIT_REFINE_MIN_ROUNDS 6
+
 static const char ts_rule[] =
     "The CSV has a header naming its columns: user and item are required,\n"
     "weight (default 1, a finite number >= 0), ts and type are optional.\n"
@@ -48,19 +59,21 @@ static const char ts_rule[] =
 
 static const char fit_usage[] =
     "usage: nmfctl fit --events FILE.csv [--set model.key=value]...\n"
-    "                  [--refine-rounds N] --out SNAPSHOT\n"
+    "                  [--refine-rounds N] [--refine-work R] --out SNAPSHOT\n"
     "\n"
     "Folds the events in file order through the daemon's model (the same\n"
     "code path, the same model.* keys and values as nmfd --set). W is\n"
     "refreshed by work done, never by event time: when the folds since the\n"
-    "last refresh cost as much as a refresh, or after model.refresh_events\n"
+    "last refresh cost four refreshes, or after model.refresh_events\n"
     "events (model.refresh_interval, a wall-clock period of the daemon,\n"
     "plays no part); model.ttl forgets by event time at each refresh. Then\n"
     "refines while idle the way the daemon does after a stream goes\n"
-    "quiet (model.refine_users users a step) until the model converges\n"
-    "or N rounds (W refreshes) are done, and writes the dense\n"
-    "snapshot to SNAPSHOT atomically. The result depends only on the file\n"
-    "and the keys: its ts is the last event time, not the clock.\n"
+    "quiet (model.refine_users users a step) until the model converges,\n"
+    "N rounds (W refreshes) are done, or the refinement has done R times\n"
+    "the work of the pass (the model's count of its operations, not time;\n"
+    "at least 6 rounds after a pass too short to warm up), and writes the\n"
+    "dense snapshot to SNAPSHOT atomically. The result depends only on\n"
+    "the file and the keys: its ts is the last event time, not the clock.\n"
     "Prints one summary line: key=value pairs. On a terminal, stderr shows\n"
     "the progress (events, rate, share of the file, time left).\n"
     "\n"
@@ -68,6 +81,9 @@ static const char fit_usage[] =
     "  --set model.K=V     a model key as in nmfd.conf (repeatable)\n"
     "  --refine-rounds N   bound on refinement rounds (default 500; 0 = "
     "none)\n"
+    "  --refine-work R     bound on the refinement's work, a multiple of the\n"
+    "                      pass's (default 0.25; 0 = none: refine to\n"
+    "                      convergence, as nmfd does when idle)\n"
     "  --out SNAPSHOT      the snapshot file (msgpack, docs/"
     "snapshot-format.md)\n"
     "\n";
@@ -105,7 +121,35 @@ struct fit_opts {
     char **sets;
     size_t nsets;
     uint64_t refine_rounds;
+    double refine_work;
 };
+
+/*
+ * When the refinement of a backfill stops, besides convergence
+ * (model_refine's refine_tol) and --refine-rounds: once it has done
+ * the rounds it may always do and its work (model_work: multiply-adds of
+ * re-solves, refreshes, seeds and restarts) reaches R times the work of
+ * the pass that folded the file, R = --refine-work. The pass is what the
+ * user asked for and already leaves the model near the loss it will end
+ * at; refinement beyond a fraction of it buys little (on the data sets of
+ * docs/benchmarks.md the last 0.1-1% of loss, and a restart trial that
+ * rarely wins, cost 3-25 times the pass). The rounds always allowed,
+ * FIT_REFINE_MIN_ROUNDS, are for a stream too short to warm up in the
+ * pass (it never refreshed W, which is still its random start): its
+ * refinement seeds W and needs a few batch rounds whatever the pass
+ * cost (on the two smallest data sets, 4 rounds take the loss from
+ * 0.5-0.6 to 0.005-0.13, 6 to 0.0005-0.07); after any other pass none
+ * are. A restart under
+ * way when the bound is hit is dropped unfinished; the live model, which
+ * it never touched, is what is written. Counting operations, not
+ * seconds, keeps the result a function of the file and the keys.
+ */
+static bool fit_refine_done(double r, uint64_t rounds, bool warm,
+                            uint64_t pass_work, uint64_t refine_work)
+{
+    return r > 0 && (warm || rounds >= FIT_REFINE_MIN_ROUNDS) &&
+           (double)refine_work >= r * (double)pass_work;
+}
 
 /* A rejected row: printed for the first few, counted always. */
 static void fit_reject(struct progress *pg, uint64_t *rejected,
@@ -133,6 +177,8 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     uint64_t expired = 0, expired_at = 0, fold_refreshes = 0;
     struct progress pg;
     bool converged = false;
+    const char *stop = "none";
+    uint64_t pass_work = 0;
     double t0 = ctl_now(), t1, t2;
     int rc = 1, n;
 
@@ -199,27 +245,35 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         expired += model_expire(m, st.now);
     }
     t1 = ctl_now();
-    model_stats(m, &st);
-    fold_refreshes = st.refreshes;
+    fold_refreshes = model_refreshes(m);
+    pass_work = model_work(m);
 
     /* Idle refinement: model_refine re-solves stale users a slice at a
      * time and refreshes W once none is stale; one round is one refresh
      * of W. It returns 0 only when nothing is stale and nothing moved. */
     converged = folded == 0; /* nothing to refine */
+    if (converged)
+        stop = "converged";
     if (cfg->model.refine_users > 0 && folded > 0) {
         /* A round is a call that refreshed W (a call may refresh more than
-         * once: the early warm-up, a restart); the bound counts rounds. */
+         * once: the early warm-up, a restart); the bound counts rounds.
+         * model_refreshes and model_work are O(1): model_stats, O(items k)
+         * for its loss, would cost as much as a slice of users. */
+        stop = "rounds";
         while (rounds < o->refine_rounds) {
-            uint64_t before;
+            uint64_t before = model_refreshes(m);
             size_t solved;
-            model_stats(m, &st);
-            before = st.refreshes;
+            if (fit_refine_done(o->refine_work, rounds, fold_refreshes > 0,
+                                pass_work, model_work(m) - pass_work)) {
+                stop = "work";
+                break;
+            }
             solved = model_refine(m, cfg->model.refine_users);
-            model_stats(m, &st);
-            if (st.refreshes != before)
+            if (model_refreshes(m) != before)
                 rounds++;
             else if (solved == 0) {
                 converged = true;
+                stop = "converged";
                 break;
             }
         }
@@ -241,10 +295,12 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
            " items=%" PRIu64 " expired=%" PRIu64
            " k=%u loss=%.9g evicted_weight=%.9g fold_refreshes=%" PRIu64
            " refine_rounds=%" PRIu64
-           " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
-           "seconds=%.3f out=%s\n",
+           " converged=%s refine_stop=%s refine_work=%.3f"
+           " fold_seconds=%.3f refine_seconds=%.3f seconds=%.3f out=%s\n",
            folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
            st.evicted_weight, fold_refreshes, rounds, converged ? "yes" : "no",
+           stop,
+           pass_work ? (double)(st.work - pass_work) / (double)pass_work : 0.0,
            t1 - t0, t2 - t1, ctl_now() - t0,
            o->out);
     if (fflush(stdout) != 0) {
@@ -260,16 +316,17 @@ out:
 
 int ctl_fit_main(int argc, char **argv)
 {
-    enum { O_EVENTS = 1, O_SET, O_ROUNDS, O_OUT, O_HELP };
+    enum { O_EVENTS = 1, O_SET, O_ROUNDS, O_WORK, O_OUT, O_HELP };
     static const struct option longopts[] = {
         {"events", required_argument, NULL, O_EVENTS},
         {"set", required_argument, NULL, O_SET},
         {"refine-rounds", required_argument, NULL, O_ROUNDS},
+        {"refine-work", required_argument, NULL, O_WORK},
         {"out", required_argument, NULL, O_OUT},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
-    struct fit_opts o = {.refine_rounds = 500};
+    struct fit_opts o = {.refine_rounds = 500, .refine_work = FIT_REFINE_WORK};
     struct config *cfg = NULL;
     char err[CONFIG_ERR_MAX];
     int c, rc = 2;
@@ -300,6 +357,17 @@ int ctl_fit_main(int argc, char **argv)
             if (!*a || *a == '-' ||
                 (o.refine_rounds = strtoull(a, &end, 10), *end || errno)) {
                 rc = ctl_bad("fit", "--refine-rounds wants a whole number", a);
+                goto out;
+            }
+            break;
+        }
+        case O_WORK: {
+            char *end;
+            errno = 0;
+            o.refine_work = strtod(a, &end);
+            if (!*a || *end || errno || !isfinite(o.refine_work) ||
+                o.refine_work < 0) {
+                rc = ctl_bad("fit", "--refine-work wants a number >= 0", a);
                 goto out;
             }
             break;

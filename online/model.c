@@ -1180,6 +1180,7 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     /* The step's multiply-adds: k per profile row, k^2 per sweep of the
      * solve plus two for the warm start and the statistics (A, loss). */
     m->work += k * st->rows + (uint64_t)k * k * (st->sweeps + 2u);
+    m->work_all += k * st->rows + (uint64_t)k * k * (st->sweeps + 2u);
     if (had_profile != (out > 0)) {
         m->nprof = out ? m->nprof + 1 : m->nprof - 1;
         if (!m->nprof)
@@ -1614,6 +1615,9 @@ void model_refresh(struct model *m)
     m->since_refresh = 0;
     m->work = 0;
     m->dirty = 0;
+    /* A refresh's cost, as model_refresh_due counts it. */
+    m->work_all += (uint64_t)k * k * (m->p.hals_sweeps + 1u) * M +
+                   (uint64_t)k * m->sync_rows + (uint64_t)k * k * k;
 }
 
 static void model_solve_all(struct model *m)
@@ -1845,16 +1849,20 @@ static void model_warmup(struct model *m)
  *
  *     F >= refresh_work * C    or    folds >= refresh_events,
  *
- * so refreshes take at most 1 / (1 + refresh_work) of the time (half at
- * MODEL_REFRESH_WORK, 1.0, which the offline paths set) whatever the
+ * so refreshes take at most 1 / (1 + refresh_work) of the time (a fifth
+ * at MODEL_REFRESH_WORK, 4, which the offline paths set) whatever the
  * data, and W moves as often as that budget
  * allows: early in a stream, with few items, every few dozen events;
  * with many items and light users, every few thousand; refresh_events
  * bounds the gap when the folds are cheap against a huge item set (a
  * big catalogue with few active users). The ratio was measured
- * (docs/benchmarks.md): at 0.25 the pass ends 1-2% lower in loss on the
- * real data sets for twice the time, at 4 and 16 it ends 1-12% higher;
- * after the idle refinement all end within 0.1%.
+ * (docs/benchmarks.md): against 1, at 0.25 the pass ends 1-2% lower in
+ * loss on the real data sets for twice the time, at 4 and 16 it ends
+ * 1-12% higher (36% on glibc_changelog at 4); after the idle refinement
+ * run to convergence all end within 0.1%, after nmfctl fit's bounded one
+ * 4 ends 0-9% higher than 1 and the pass is 10-30% quicker where items
+ * are few and refreshes frequent, which is where fit was slowest against
+ * its peers.
  * Before the warm-up only refresh_events counts (the warm-up replaces W
  * anyway), and refresh_events = 0 turns automatic refreshes off (the
  * caller refreshes). Since F and C are counts of the model's own
@@ -2379,11 +2387,17 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->restarts = m->restarts;
     st->reseeded = m->reseeded;
     st->moved = m->moved;
+    st->work = m->work_all;
 }
 
 uint64_t model_refreshes(const struct model *m)
 {
     return m->refreshes;
+}
+
+uint64_t model_work(const struct model *m)
+{
+    return m->work_all;
 }
 
 uint32_t model_user_slots(const struct model *m)

@@ -30,8 +30,11 @@
 #define MODEL_VALUE_MAX 1e18f
 
 /* The offline paths' refresh_work: a refresh once the re-solves since the
- * last one cost as much as one (measured, docs/benchmarks.md). */
-#define MODEL_REFRESH_WORK 1.0
+ * last one cost four refreshes (measured, docs/benchmarks.md: against 1,
+ * the pass of nmfctl fit is 10-30% quicker on the sets with few items,
+ * which refresh every few dozen events at 1, and its bounded refinement
+ * ends within a few parts in a thousand of the same loss). */
+#define MODEL_REFRESH_WORK 4.0
 
 struct model_params {
     uint32_t k;              /* rank, 1..MODEL_K_MAX (default 16) */
@@ -185,10 +188,18 @@ struct model_stats {
      * 1) gave another index than the one they were made at. */
     uint64_t reseeded;
     uint64_t moved;
+    /* Multiply-adds the model has done since it was made or loaded, by
+     * its own count (re-solves, W refreshes, seeds, restarts): a measure
+     * of work that does not depend on the machine, so that a caller can
+     * bound one phase by another (nmfctl fit bounds its refinement by
+     * its pass). */
+    uint64_t work;
 };
 void model_stats(const struct model *m, struct model_stats *st);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
 uint64_t model_refreshes(const struct model *m);
+/* model_stats' work, in O(1). */
+uint64_t model_work(const struct model *m);
 
 /* Users by dense index, 0 <= idx < model_user_slots(m). A forgotten slot
  * returns -ENOENT. id stays valid until the next mutating call; h points

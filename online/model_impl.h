@@ -136,6 +136,10 @@ struct model {
      * re-solves since the last refresh, and the profile rows the last
      * refresh's B sync went through. */
     uint64_t work, sync_rows;
+    /* Multiply-adds of every kind the model has done since it was made
+     * or loaded (model_stats' work): re-solves, refreshes, seeds and
+     * restarts, counted as above. Not saved in a state. */
+    uint64_t work_all;
     uint64_t refine_events;   /* events at the last refine-made refresh */
     double refine_prev;       /* relative loss then, -1 if none */
     uint32_t cursor;          /* next user the refine pass looks at */

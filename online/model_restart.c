@@ -74,6 +74,7 @@ static size_t model_nndsvd_feed(struct model *m, struct nndsvd *sv,
         done++;
         if (!us->n)
             continue;
+        m->work_all += 2u * (uint64_t)m->k * us->n;
         nndsvd_column(sv, pool_items(&m->pool, us->cls, us->slab),
                       pool_vals(&m->pool, us->cls, us->slab), us->n,
                       model__frame_weight(m, us->t));
@@ -286,7 +287,9 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
     }
     double a1 = m->p.alpha_h * m->p.l1_ratio;
     double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
-    nnls_solve(k, rs->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+    uint32_t sweeps =
+        nnls_solve(k, rs->G, b, a1, a2, m->p.nnls_sweeps, m->p.nnls_tol, h, gh);
+    m->work_all += 2u * (uint64_t)k * us->n + (uint64_t)k * k * (sweeps + 2u);
     double hb = 0, hgh = 0;
     for (uint32_t j = 0; j < k; j++) {
         hb += h[j] * b[j];
@@ -352,6 +355,7 @@ static void model_restart_update(struct model *m, struct model_restart *rs)
     }
     memset(rs->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, rs->W, NULL, rs->G);
+    m->work_all += (uint64_t)k * k * (m->p.hals_sweeps + 1u) * M;
 }
 
 /* The candidate replaces W, matched to the live columns

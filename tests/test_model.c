@@ -623,6 +623,55 @@ Test(model, loss_never_increases_across_refine_rounds)
     model_free(m);
 }
 
+/* model_work counts every kind of work and only work: it grows with
+ * folds, refreshes and refinement, never moves on a call that
+ * does nothing, agrees with model_stats and does not depend on the
+ * timestamps (the same events a day apart count the same). */
+Test(model, work_counts_each_phase)
+{
+    struct model *a = model_with(4, 0, 0, 0), *b = model_with(4, 0, 0, 0);
+    struct model_stats st;
+    cr_assert_eq(model_work(a), 0);
+    char u[16], it[16];
+    for (int e = 0; e < 3000; e++) {
+        int un = snprintf(u, sizeof(u), "u%d", e % 97);
+        int in = snprintf(it, sizeof(it), "i%d", (e * 7 + e / 97) % 31);
+        cr_assert_eq(model_fold(a, u, (size_t)un, it, (size_t)in, 1.0f,
+                                1700000000000 + e),
+                     0);
+        cr_assert_eq(model_fold(b, u, (size_t)un, it, (size_t)in, 1.0f,
+                                1700000000000 + (int64_t)e * 86400000),
+                     0);
+    }
+    uint64_t folded = model_work(a);
+    cr_assert_gt(folded, 0);
+    cr_assert_eq(model_work(b), folded, "timestamps changed the count");
+    model_stats(a, &st);
+    cr_assert_eq(st.work, folded);
+    model_stats(a, &st); /* reading is not work */
+    cr_assert_eq(model_work(a), folded);
+    model_refresh(a);
+    uint64_t refreshed = model_work(a);
+    cr_assert_gt(refreshed, folded, "a refresh costs work");
+    uint64_t last = refreshed;
+    /* As nmfctl fit drives it: until a call neither solves nor refreshes. */
+    int converged = 0;
+    for (int r = 0; r < 5000 && !converged; r++) {
+        uint64_t before = model_refreshes(a);
+        size_t solved = model_refine(a, 64);
+        cr_assert_geq(model_work(a), last);
+        last = model_work(a);
+        converged = solved == 0 && model_refreshes(a) == before;
+    }
+    cr_assert(converged);
+    cr_assert_gt(last, refreshed, "refinement costs work");
+    /* Converged: another call does nothing and costs nothing. */
+    cr_assert_eq(model_refine(a, 64), 0);
+    cr_assert_eq(model_work(a), last);
+    model_free(a);
+    model_free(b);
+}
+
 /* The per-event solves satisfy the KKT conditions of their NNLS problem
  * (checked on a model asked to solve to high precision). */
 Test(model, each_solve_meets_kkt)

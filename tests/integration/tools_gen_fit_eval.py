@@ -378,6 +378,59 @@ class FitEval(Base):
         self.assertGreater(e0, 0)
         self.assertLessEqual(float(st2["loss"]), float(st["loss"]) + 1e-6)
 
+    def test_refine_work_bound(self):
+        # A stream long enough to warm up in the pass: by default the
+        # refinement stops on its work bound, at a quarter of the pass's
+        # work or a round past it, below the pass's loss; unbounded (0)
+        # it runs to convergence, lower still; a larger bound lies between.
+        ev = self.write("ev.csv", self.gen(
+            "--users", "2000", "--items", "200", "--k", "6", "--events",
+            "30000", "--noise", "0.3").decode())
+        snap = self.path("s.snap")
+        sets = ("--set", "model.k=6")
+        p0 = kv(self.fit(ev, snap, *sets, "--refine-rounds", "0").stdout)
+        self.assertEqual(p0["refine_stop"], "rounds")
+        self.assertGreater(int(p0["fold_refreshes"]), 0)
+        d = kv(self.fit(ev, snap, *sets).stdout)
+        self.assertEqual(d["refine_stop"], "work")
+        self.assertEqual(d["converged"], "no")
+        self.assertGreaterEqual(float(d["refine_work"]), 0.25)
+        self.assertLess(float(d["refine_work"]), 1.0)
+        loss_d = float(kv(run("eval", "--snapshot", snap, "--events", ev,
+                              check=0).stdout)["loss"])
+        self.assertLess(loss_d, float(p0["loss"]))
+        u = kv(self.fit(ev, snap, *sets, "--refine-work", "0").stdout)
+        self.assertEqual(u["refine_stop"], "converged")
+        self.assertEqual(u["converged"], "yes")
+        self.assertGreater(float(u["refine_work"]), float(d["refine_work"]))
+        self.assertLess(float(u["loss"]), loss_d)
+        m = kv(self.fit(ev, snap, *sets, "--refine-work", "2").stdout)
+        self.assertIn(m["refine_stop"], ("work", "converged"))
+        self.assertLessEqual(float(m["loss"]), loss_d + 1e-9)
+        self.assertGreaterEqual(float(m["loss"]), float(u["loss"]) - 1e-9)
+        # The bound counts operations, not time: the same bytes again.
+        with open(snap, "rb") as f:
+            first = f.read()
+        self.fit(ev, snap, *sets, "--refine-work", "2")
+        with open(snap, "rb") as f:
+            self.assertEqual(f.read(), first)
+
+    def test_refine_work_short_stream(self):
+        # Too short to warm up in the pass (W still its random start): the
+        # refinement seeds W and always gets its first 6 rounds, however
+        # small the bound.
+        ev = self.write("ev.csv", self.gen(
+            "--users", "300", "--items", "60", "--k", "4", "--events",
+            "5000").decode())
+        snap = self.path("s.snap")
+        p0 = kv(self.fit(ev, snap, "--set", "model.k=4", "--refine-rounds",
+                         "0").stdout)
+        self.assertEqual(int(p0["fold_refreshes"]), 0)
+        st = kv(self.fit(ev, snap, "--set", "model.k=4", "--refine-work",
+                         "1e-9").stdout)
+        self.assertGreaterEqual(int(st["refine_rounds"]), 6)
+        self.assertLess(float(st["loss"]), 0.5 * float(p0["loss"]))
+
     def test_fit_bad_usage(self):
         ev = self.write("ev.csv", "user,item,weight,ts\na,x,1,1\n")
         out = self.path("s.snap")
@@ -395,6 +448,12 @@ class FitEval(Base):
             ("--events", ev, "--out", out, "--set", "model.k"),
             ("--events", ev, "--out", out, "--refine-rounds", "x"),
             ("--events", ev, "--out", out, "--refine-rounds", "-1"),
+            ("--events", ev, "--out", out, "--refine-work", "x"),
+            ("--events", ev, "--out", out, "--refine-work", "-0.5"),
+            ("--events", ev, "--out", out, "--refine-work", "nan"),
+            ("--events", ev, "--out", out, "--refine-work", "inf"),
+            ("--events", ev, "--out", out, "--refine-work", ""),
+            ("--events", ev, "--out", out, "--refine-work"),
             ("--events", ev, "--out"),
             ("--events", ev, "--out", "-"),
         ]
