@@ -59,6 +59,13 @@ struct model_params {
     double refine_tol;       /* model_refine stops refreshing when a round
                                 improves the relative loss by less than
                                 this fraction */
+    double holdout;          /* share of (user, item) pairs, chosen by a
+                                salted hash, kept out of the fold and
+                                scored as held-out error; 0 = none (the
+                                default), below 1 */
+    uint64_t holdout_salt;   /* which pairs: another salt holds out
+                                another share-F set (the folds of a
+                                cross-validation); 0 by default */
 };
 
 /* Defaults of docs/design.md section 6. */
@@ -185,8 +192,21 @@ struct model_stats {
      * 1) gave another index than the one they were made at. */
     uint64_t reseeded;
     uint64_t moved;
+    /* With params.holdout: the held-out matrix V_ho scored against the
+     * current W and H over its entries (holdout.c),
+     *     holdout_loss = ||V_ho - W H||^2 / ||V_ho||^2 on those entries,
+     * in O(entries k). Held-out events count in events and weight_sum
+     * (everything accepted), and in holdout_events. */
+    double holdout_loss;
+    double holdout_norm;     /* ||V_ho||^2 */
+    uint64_t holdout_pairs;  /* entries scored */
+    uint64_t holdout_events; /* events held out since the model began */
 };
 void model_stats(const struct model *m, struct model_stats *st);
+/* Whether the pair is held out by this model (params.holdout and
+ * holdout_salt): such events never reach a profile, A or B. */
+int model_holdout_held(const struct model *m, const char *user,
+                       size_t user_len, const char *item, size_t item_len);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
 uint64_t model_refreshes(const struct model *m);
 
