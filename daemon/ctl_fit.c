@@ -242,11 +242,14 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
            " k=%u loss=%.9g evicted_weight=%.9g fold_refreshes=%" PRIu64
            " refine_rounds=%" PRIu64
            " converged=%s fold_seconds=%.3f refine_seconds=%.3f "
-           "seconds=%.3f out=%s\n",
+           "seconds=%.3f",
            folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
            st.evicted_weight, fold_refreshes, rounds, converged ? "yes" : "no",
-           t1 - t0, t2 - t1, ctl_now() - t0,
-           o->out);
+           t1 - t0, t2 - t1, ctl_now() - t0);
+    if (p->holdout > 0)
+        printf(" holdout_loss=%.9g holdout_events=%" PRIu64, st.holdout_loss,
+               st.holdout_events);
+    printf(" out=%s\n", o->out);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));
         goto out;

@@ -29,6 +29,8 @@ static const struct {
      "--out SNAPSHOT"},
     {"eval", ctl_eval_main, "--snapshot FILE --events FILE.csv"},
     {"inspect", ctl_inspect_main, "--checkpoint DIR [--profiles]"},
+    {"recommend", ctl_recommend_main,
+     "--snapshot FILE --user ID [--n N] [--events FILE.csv]"},
 };
 
 static void usage(FILE *out)

@@ -49,6 +49,7 @@
 #include "model.h"
 #include "notify.h"
 #include "records.h"
+#include "recommend.h"
 
 #define SERVER_PUBLISH_SLICE 20000 /* segment records per loop tick */
 #define SERVER_STATUS_MS     5000
@@ -1416,9 +1417,17 @@ static int http_topics(void *ctx, char **out)
     return *out ? 0 : -ENOMEM;
 }
 
+static int http_recommend(void *ctx, const char *id, const char *n,
+                          char **out)
+{
+    struct server *s = ctx;
+    server_flush(s);
+    return recommend_json(s->model, id, n, out);
+}
+
 static const struct http_provider server_http = {
-    http_metrics,  http_health, http_ready,
-    http_snapshot, http_user,   http_topics,
+    http_metrics,  http_health, http_ready,  http_snapshot,
+    http_user,     http_topics, http_recommend,
 };
 
 static void server_on_http_closed(void *arg)

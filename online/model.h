@@ -268,6 +268,20 @@ void model_topic_continuity(const struct model *m, const float *prev,
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 
+/* Recommendations (recommend.c). The n rows i of W (M rows of k floats)
+ * with the largest positive score w_i . h, leaving out the rows listed in
+ * ex (nex indices, sorted ascending), strongest first (ties: lower index
+ * first), into items and scores (n each). Returns how many (fewer than n
+ * when fewer rows score above 0). One pass over W; no allocation. */
+uint32_t model_top_scores(const float *W, uint32_t M, uint32_t k,
+                          const float *h, const uint32_t *ex, uint32_t nex,
+                          uint32_t n, uint32_t *items, float *scores);
+/* The same for a user of the model (index as model_user_find gives),
+ * leaving out its profile's items: how many, -ENOENT (no such user) or
+ * -ENOMEM (a sorted copy of the profile is the only allocation). */
+int model_recommend(const struct model *m, uint32_t user, uint32_t n,
+                    uint32_t *items, float *scores);
+
 /* The complete state, for checkpoints: no I/O, the writer is the
  * caller's. model_load refuses anything inconsistent (returns NULL and
  * sets *err to a static message) and never returns half a model: bad
