@@ -12,5 +12,6 @@ int ctl_fit_main(int argc, char **argv);
 int ctl_eval_main(int argc, char **argv);
 int ctl_inspect_main(int argc, char **argv);
 int ctl_recommend_main(int argc, char **argv);
+int ctl_rank_main(int argc, char **argv);
 
 #endif
