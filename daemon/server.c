@@ -665,6 +665,8 @@ static void server_sse_epoch(struct server *s)
                   "segment_sizes", sizes, "topics", topics);
     if (!doc)
         return;
+    if (model_params(s->model)->holdout > 0)
+        json_object_set_new(doc, "holdout_loss", json_real(st.holdout_loss));
     text = json_dumps(doc, JSON_COMPACT);
     if (text)
         http_sse_broadcast(s->http, "epoch", text);

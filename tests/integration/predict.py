@@ -5,6 +5,7 @@ a restart from its checkpoint, refuses a checkpoint whose share differs;
 GET /users/ID/recommend answers the top n outside the profile, strongest
 first, and 404/400 to every bad request; nmfctl recommend agrees with a
 numpy computation from the snapshot and refuses every bad argument."""
+import http.client
 import json
 import os
 import subprocess
@@ -53,6 +54,23 @@ def daemon_side(ps):
     check(last["events"] == EVENTS, "events %r" % last["events"])
     print("holdout_loss %.4f (metric), %.4f (manifest)" %
           (ho, last["holdout_loss"]))
+
+    # The dashboard's feed carries it too (a card beside the loss).
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    conn.request("GET", "/events")
+    resp = conn.getresponse()
+    check(resp.status == 200, "/events answered %d" % resp.status)
+    seen = []
+    while len(seen) < 20 and not (seen and seen[-1] > 0):
+        line = resp.fp.readline().decode()
+        check(line != "", "/events ended")
+        if line.startswith("data: "):
+            data = json.loads(line[6:])
+            check(isinstance(data.get("holdout_loss"), float),
+                  "epoch event: %r" % sorted(data))
+            seen.append(data["holdout_loss"])
+    conn.close()
+    check(seen[-1] > 0, "holdout_loss in the epoch events: %r" % seen)
 
     # Recommendations: a user with a profile.
     with open(events) as f:
