@@ -94,11 +94,12 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
     }
     qsort(lat, (size_t)requests, sizeof(double), cmp);
     printf("items=%u k=%u n=%u requests=%d p50_ms=%.3f p99_ms=%.3f "
-           "max_ms=%.3f W_MB=%.1f mean_returned=%.1f scan_best_ms=%.3f build_s=%.1f\n",
+           "max_ms=%.3f W_MB=%.1f mean_returned=%.1f scan_best_ms=%.3f "
+           "build_s=%.1f\n",
            model_item_slots(m), k, n, requests, lat[requests / 2],
            lat[(size_t)(requests * 0.99)], lat[requests - 1],
-           (double)model_item_slots(m) * k * 4 / 1e6,
-           (double)got / requests, scan, build / 1e3);
+           (double)model_item_slots(m) * k * 4 / 1e6, (double)got / requests,
+           scan, build / 1e3);
     free(out);
     free(sc);
     free(lat);
@@ -117,8 +118,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (argc <= 4)
-        return bench(k, n, requests, 100000) ||
-               bench(k, n, requests, 1000000);
+        return bench(k, n, requests, 100000) || bench(k, n, requests, 1000000);
     for (int a = 4; a < argc; a++)
         if (bench(k, n, requests, (uint32_t)atol(argv[a])))
             return 1;

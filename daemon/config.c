@@ -196,8 +196,13 @@ static const struct config_key config_table[] = {
           "(bots, crawlers), far above real heavy users; past it the "
           "weakest entry is evicted, counted (nmfd_evicted_weight) and kept "
           "in the loss as residual."),
-    {.section = "model", .name = "holdout", .type = CT_DOUBLE, .def = "0",
-     .offset = OFF(model.params.holdout), .dmin = 0, .dmax = 1,
+    {.section = "model",
+     .name = "holdout",
+     .type = CT_DOUBLE,
+     .def = "0",
+     .offset = OFF(model.params.holdout),
+     .dmin = 0,
+     .dmax = 1,
      .validate = validate_below_one,
      .doc = "Share of (user, item) pairs, chosen by a hash of the two ids, "
             "kept out of the fold and scored as held-out error "

@@ -35,7 +35,7 @@
 #include "progress.h"
 #include "records.h"
 
-#define FIT_REJECTS_SHOWN 20    /* rejected lines printed, the rest counted */
+#define FIT_REJECTS_SHOWN 20 /* rejected lines printed, the rest counted */
 
 static const char ts_rule[] =
     "The CSV has a header naming its columns: user and item are required,\n"
@@ -108,8 +108,7 @@ struct fit_opts {
 };
 
 /* A rejected row: printed for the first few, counted always. */
-static void fit_reject(struct progress *pg, uint64_t *rejected,
-                       const char *msg)
+static void fit_reject(struct progress *pg, uint64_t *rejected, const char *msg)
 {
     progress_end(pg); /* the message goes on a line of its own */
     if (++*rejected <= FIT_REJECTS_SHOWN)

@@ -33,8 +33,8 @@
 #include "model.h"
 #include "progress.h"
 
-#define RANK_KS_MAX    MODEL_K_MAX
-#define RANK_FOLDS_MAX 20
+#define RANK_KS_MAX        MODEL_K_MAX
+#define RANK_FOLDS_MAX     20
 #define RANK_REJECTS_SHOWN 20
 
 static const char rank_usage[] =
@@ -299,7 +299,7 @@ static int rank_plot(const char *path, const struct rank_row *rw, uint32_t n,
         ymax = 1;
     ymax *= 1.05;
     double kmin = rw[0].k, kmax = rw[n - 1].k > kmin ? rw[n - 1].k : kmin + 1;
-#define PX(k) (L + ((k) - kmin) / (kmax - kmin) * (W - L - R))
+#define PX(k) (L + ((k)-kmin) / (kmax - kmin) * (W - L - R))
 #define PY(y) (H - B - (y) / ymax * (H - T - B))
     fprintf(f,
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" "
@@ -331,8 +331,9 @@ static int rank_plot(const char *path, const struct rank_row *rw, uint32_t n,
     static const char *const name[2] = {"training loss",
                                         "held-out error (mean, 1 se)"};
     for (int c = 0; c < 2; c++) {
-        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" "
-                   "points=\"",
+        fprintf(f,
+                "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" "
+                "points=\"",
                 colour[c]);
         for (uint32_t i = 0; i < n; i++)
             fprintf(f, "%.1f,%.1f ", PX(rw[i].k),
@@ -350,8 +351,7 @@ static int rank_plot(const char *path, const struct rank_row *rw, uint32_t n,
                         PX(rw[i].k), PY(y - rw[i].se), PX(rw[i].k),
                         PY(y + rw[i].se), colour[c]);
         }
-        fprintf(f,
-                "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n",
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n",
                 W - R - 200, T + 16.0 * c, colour[c], name[c]);
     }
 #undef PX
@@ -366,8 +366,16 @@ static int rank_plot(const char *path, const struct rank_row *rw, uint32_t n,
 
 int ctl_rank_main(int argc, char **argv)
 {
-    enum { O_EVENTS = 1, O_K, O_HOLDOUT, O_FOLDS, O_SET, O_ROUNDS, O_PLOT,
-           O_HELP };
+    enum {
+        O_EVENTS = 1,
+        O_K,
+        O_HOLDOUT,
+        O_FOLDS,
+        O_SET,
+        O_ROUNDS,
+        O_PLOT,
+        O_HELP
+    };
     static const struct option longopts[] = {
         {"events", required_argument, NULL, O_EVENTS},
         {"k", required_argument, NULL, O_K},
@@ -545,8 +553,7 @@ int ctl_rank_main(int argc, char **argv)
            "holdout_se", "seconds");
     for (uint32_t i = 0; i < nk; i++)
         printf("%5u %12.6f %12.6f %12.6f %9.2f%s\n", rw[i].k, rw[i].train,
-               rw[i].ho, rw[i].se, rw[i].seconds,
-               i == best ? "  best" : "");
+               rw[i].ho, rw[i].se, rw[i].seconds, i == best ? "  best" : "");
     if (plot && rank_plot(plot, rw, nk, rw[choice].k))
         goto out;
     printf("k=%u\n", rw[choice].k);

@@ -207,16 +207,16 @@ int ctl_recommend_main(int argc, char **argv)
     }
     if (events && rec_exclusions(s, events, user, &ex, &nex))
         goto out;
-    uint32_t got = model_top_scores(s->W, s->nitems, s->k,
-                                    s->H + (size_t)u * s->k, ex, nex, n,
-                                    items, scores);
+    uint32_t got =
+        model_top_scores(s->W, s->nitems, s->k, s->H + (size_t)u * s->k, ex,
+                         nex, n, items, scores);
     json_t *arr = json_array();
     for (uint32_t q = 0; arr && q < got; q++)
         json_array_append_new(arr, json_pack("[s% f]", s->items[items[q]],
                                              s->item_lens[items[q]],
                                              (double)scores[q]));
-    json_t *doc = arr ? json_pack("{s:s s:o}", "user", user, "items", arr)
-                      : NULL;
+    json_t *doc =
+        arr ? json_pack("{s:s s:o}", "user", user, "items", arr) : NULL;
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     if (!text) {

@@ -973,8 +973,7 @@ static enum MHD_Result route_user(struct http *h, struct MHD_Connection *c,
         /* /users/ID/recommend: the id is what comes before. */
         char enc[3 * HTTP_ID_MAX + 1];
         if (rl - 10 > 3 * HTTP_ID_MAX)
-            return reply_text(h, c, MHD_HTTP_BAD_REQUEST,
-                              "user id too long\n");
+            return reply_text(h, c, MHD_HTTP_BAD_REQUEST, "user id too long\n");
         memcpy(enc, raw, rl - 10);
         enc[rl - 10] = '\0';
         rc = path_decode(enc, id, HTTP_ID_MAX);
@@ -993,8 +992,8 @@ static enum MHD_Result route_user(struct http *h, struct MHD_Connection *c,
         return reply_json(h, c, rc, json, "no such user\n");
     }
     rc = h->p.recommend_json(
-        h->ctx, id,
-        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "n"), &json);
+        h->ctx, id, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "n"),
+        &json);
     if (rc == -EINVAL)
         return reply_text(h, c, MHD_HTTP_BAD_REQUEST,
                           "bad n: a whole number of at least 1\n");

@@ -60,9 +60,8 @@ int recommend_json(const struct model *m, const char *id, const char *n_text,
     for (int q = 0; arr && q < got; q++) {
         size_t len;
         const char *item = model_item_id(m, items[q], &len);
-        if (item &&
-            json_array_append_new(
-                arr, json_pack("[s% f]", item, len, (double)scores[q]))) {
+        if (item && json_array_append_new(arr, json_pack("[s% f]", item, len,
+                                                         (double)scores[q]))) {
             json_decref(arr);
             return -ENOMEM;
         }

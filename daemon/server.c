@@ -1419,8 +1419,7 @@ static int http_topics(void *ctx, char **out)
     return *out ? 0 : -ENOMEM;
 }
 
-static int http_recommend(void *ctx, const char *id, const char *n,
-                          char **out)
+static int http_recommend(void *ctx, const char *id, const char *n, char **out)
 {
     struct server *s = ctx;
     server_flush(s);
@@ -1428,8 +1427,8 @@ static int http_recommend(void *ctx, const char *id, const char *n,
 }
 
 static const struct http_provider server_http = {
-    http_metrics,  http_health, http_ready,  http_snapshot,
-    http_user,     http_topics, http_recommend,
+    http_metrics, http_health, http_ready,     http_snapshot,
+    http_user,    http_topics, http_recommend,
 };
 
 static void server_on_http_closed(void *arg)

@@ -147,9 +147,9 @@ static int ho_reserve(struct holdout *h)
     if (h->n == UINT32_MAX - 1)
         return -ENOMEM;
     if (h->n == h->cap) {
-        uint32_t cap = h->cap ? (h->cap > UINT32_MAX / 2 ? UINT32_MAX - 1
-                                                         : 2 * h->cap)
-                              : 64;
+        uint32_t cap =
+            h->cap ? (h->cap > UINT32_MAX / 2 ? UINT32_MAX - 1 : 2 * h->cap)
+                   : 64;
         uint32_t *eu = realloc(h->eu, (size_t)cap * sizeof(*eu));
         if (eu)
             h->eu = eu;
@@ -314,8 +314,8 @@ size_t holdout_bytes(const struct holdout *h)
     if (!h)
         return 0;
     return sizeof(*h) + ids_bytes(h->users) + ids_bytes(h->items) +
-           (size_t)h->cap * (2 * sizeof(uint32_t) + sizeof(double) +
-                             sizeof(int64_t)) +
+           (size_t)h->cap *
+               (2 * sizeof(uint32_t) + sizeof(double) + sizeof(int64_t)) +
            ((size_t)h->mask + 1) * sizeof(uint32_t);
 }
 

@@ -27,9 +27,9 @@ int holdout_add(struct holdout *h, const char *user, size_t user_len,
                 int64_t half_life_ms);
 
 struct holdout_score {
-    double loss;     /* sum over held-out entries of (v - w_i . h_u)^2 */
-    double norm;     /* sum of v^2 */
-    uint64_t pairs;  /* entries scored */
+    double loss;    /* sum over held-out entries of (v - w_i . h_u)^2 */
+    double norm;    /* sum of v^2 */
+    uint64_t pairs; /* entries scored */
 };
 /* The held-out matrix against the model's current W and H. */
 void holdout_score(const struct holdout *h, const struct model *m,
@@ -44,8 +44,7 @@ size_t holdout_bytes(const struct holdout *h);
  * checksummed writer); holdout_load reads n bytes at p into an empty
  * holdout, sets *used, and returns NULL or a static message. */
 void holdout_save(const struct holdout *h,
-                  void (*put)(void *ctx, const void *p, size_t len),
-                  void *ctx);
+                  void (*put)(void *ctx, const void *p, size_t len), void *ctx);
 const char *holdout_load(struct holdout *h, const uint8_t *p, size_t n,
                          size_t *used);
 

@@ -2255,8 +2255,8 @@ void model_stats(const struct model *m, struct model_stats *st)
     }
 }
 
-int model_holdout_held(const struct model *m, const char *user,
-                       size_t user_len, const char *item, size_t item_len)
+int model_holdout_held(const struct model *m, const char *user, size_t user_len,
+                       const char *item, size_t item_len)
 {
     return m->ho && holdout_pair_held(m->p.holdout, m->p.holdout_salt, user,
                                       user_len, item, item_len);

@@ -175,17 +175,17 @@ struct model_stats {
      * weighted by recency as the objective of model.c is, with ||V||^2
      * counting the mass profiles evicted (all of it residual); not a sum
      * of the losses users had when last solved, against older W's. */
-    double loss;        /* sum_u c_u ||v_u - W h_u||^2 */
-    double norm;        /* sum_u c_u ||v_u||^2 */
-    double rel_loss;    /* loss / norm, 0 when norm is 0 */
+    double loss;           /* sum_u c_u ||v_u - W h_u||^2 */
+    double norm;           /* sum_u c_u ||v_u||^2 */
+    double rel_loss;       /* loss / norm, 0 when norm is 0 */
     double evicted_weight; /* profile values evicted at profile_max (and
                               events too weak to evict), valued when
                               evicted, since the model began */
-    int64_t now;        /* latest event time seen */
-    uint64_t stale;     /* users not re-solved since the last refresh;
-                           every live user while a restart is under way
-                           (model_refine: any h may still change) */
-    uint64_t restarts;  /* restarts that replaced W */
+    int64_t now;           /* latest event time seen */
+    uint64_t stale;        /* users not re-solved since the last refresh;
+                              every live user while a restart is under way
+                              (model_refine: any h may still change) */
+    uint64_t restarts;     /* restarts that replaced W */
     /* Topic identity, since the model was made or loaded: columns of W
      * re-seeded (a restart's or a seed's k, a resampled dead column's
      * one), and those the matching to the old columns (DESIGN.md section
@@ -205,8 +205,8 @@ struct model_stats {
 void model_stats(const struct model *m, struct model_stats *st);
 /* Whether the pair is held out by this model (params.holdout and
  * holdout_salt): such events never reach a profile, A or B. */
-int model_holdout_held(const struct model *m, const char *user,
-                       size_t user_len, const char *item, size_t item_len);
+int model_holdout_held(const struct model *m, const char *user, size_t user_len,
+                       const char *item, size_t item_len);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
 uint64_t model_refreshes(const struct model *m);
 

@@ -91,8 +91,7 @@ typedef int rec_i8 __attribute__((vector_size(32)));
 /* The eight lane sums of a[0..8), as one vector: pairwise interleaved
  * adds (a transpose and sum in three steps), instead of eight horizontal
  * sums that would cost more than the row's multiply-adds at k = 16. */
-static inline __attribute__((always_inline)) rec_v8
-rec_sum8(const rec_v8 *a)
+static inline __attribute__((always_inline)) rec_v8 rec_sum8(const rec_v8 *a)
 {
     const rec_i8 lo1 = {0, 8, 1, 9, 2, 10, 3, 11},
                  hi1 = {4, 12, 5, 13, 6, 14, 7, 15},
@@ -225,8 +224,8 @@ int model_recommend(const struct model *m, uint32_t user, uint32_t n,
         memcpy(ex, it, (size_t)np * sizeof(*ex));
         qsort(ex, np, sizeof(*ex), rec_cmp_u32);
     }
-    uint32_t cnt = model_top_scores(m->W, ids_slots(m->iids), m->k, v.h, ex,
-                                    np, n, items, scores);
+    uint32_t cnt = model_top_scores(m->W, ids_slots(m->iids), m->k, v.h, ex, np,
+                                    n, items, scores);
     free(ex);
     return (int)cnt;
 }

@@ -133,7 +133,8 @@ Test(holdout, share_and_salt_choose_the_pairs)
  * are the same model: W, A, B, every h and profile, bit for bit. */
 static void check_never_folded(int64_t half_life)
 {
-    struct model *x = model_ho(0.2, 7, half_life), *y = model_ho(0, 0, half_life);
+    struct model *x = model_ho(0.2, 7, half_life),
+                 *y = model_ho(0, 0, half_life);
     uint64_t s = 42, held = 0, total = 30000;
     int64_t ts = 1000;
     for (uint64_t n = 0; n < total; n++) {
