@@ -1,17 +1,24 @@
 /* ctl_rank.c -- nmfctl rank: held-out validation of the rank k.
  *
  * NMF's classic pitfall is choosing k without validation. rank reads the
- * CSV once into memory, then for every k asked and every fold fits the
- * model the way nmfctl fit does (model_fold per event, W refreshed by
- * work, the idle refinement to convergence) with model.holdout = F and
- * the fold number as the hash's salt, so each fold holds out another
- * share F of the (user, item) pairs, never folded, and scores the model
- * on them (holdout_loss, online/holdout.c): the rank is validated by
- * predicting entries the model never saw (Owen & Perry, Ann. Appl. Stat.
- * 2009). It prints a table of k, training loss, held-out error (mean
- * over folds), its standard error and time, and last the choice: the
- * smallest k whose held-out error is within one standard error of the
- * best (the one-standard-error rule; Hastie, Tibshirani & Friedman, The
+ * CSV once into memory, then for every k asked and every fold validates
+ * k by bi-cross-validation (Owen & Perry, "Bi-cross-validation of the
+ * SVD and the nonnegative matrix factorization", Ann. Appl. Stat. 2009):
+ * a hash salted by the fold holds out a share F of the users whole; the
+ * model is fitted the way nmfctl fit does (model_fold per event, W
+ * refreshed by work, the idle refinement to convergence) on the other
+ * users' events only; then each held-out user's h is solved on one half
+ * of the items and its error measured on the other half, zeros included,
+ * and the other way round (model_bcv_score, online/holdout.c). Held-out
+ * pairs (model.holdout) would not do here: the fold sees a missing pair
+ * as a zero to fit, and a larger k fits those zeros better, so their
+ * error grows with k past the true rank on skewed streams.
+ *
+ * It prints a table of k, training loss, held-out error (mean over
+ * folds), its standard error, the standard error of its difference from
+ * the best k paired by fold, and time; last the choice: the smallest k
+ * whose held-out error is within one (paired) standard error of the best
+ * (the one-standard-error rule; Hastie, Tibshirani & Friedman, The
  * Elements of Statistical Learning, section 7.10), so that a larger k
  * must earn its place. --plot draws both curves as SVG.
  *
@@ -42,20 +49,23 @@ static const char rank_usage[] =
     "                   [--holdout F] [--folds N] [--set model.key=value]...\n"
     "                   [--refine-rounds N] [--plot FILE.svg]\n"
     "\n"
-    "Held-out validation of the rank. Reads the events once, then for\n"
-    "each k and each of N folds (default 3) fits the model as nmfctl fit\n"
-    "does, holding out a share F (default 0.1) of the (user, item) pairs,\n"
-    "chosen by a hash salted by the fold, and scores it on them:\n"
-    "||V_ho - WH||^2 / ||V_ho||^2 over the held-out entries. Prints a\n"
-    "table (k, training loss, held-out error as the mean over folds, its\n"
-    "standard error, seconds per k) and, last, k=N: the smallest k whose\n"
-    "held-out error is within one standard error of the best.\n"
+    "Bi-cross-validation of the rank. Reads the events once, then for\n"
+    "each k and each of N folds (default 3) holds out a share F (default\n"
+    "0.2) of the users, chosen by a hash salted by the fold, fits the\n"
+    "model on the other users as nmfctl fit does, solves each held-out\n"
+    "user on one half of the items and scores it on the other half,\n"
+    "zeros included, and the other way round: ||V_T - W_T H||^2 /\n"
+    "||V_T||^2 over the held-out users. Prints a table (k, training\n"
+    "loss, held-out error as the mean over folds, its standard error,\n"
+    "the standard error of its difference from the best k paired by\n"
+    "fold, seconds per k) and, last, k=N: the smallest k whose held-out\n"
+    "error is within one paired standard error of the best.\n"
     "On a terminal, stderr shows the progress.\n"
     "\n"
     "  --events FILE.csv   events (read once; '-' for stdin)\n"
     "  --k LIST            ranks to try: 2,4,8 or FROM:TO or FROM:TO:STEP\n"
-    "  --holdout F         share of pairs held out, 0 < F < 1 (default "
-    "0.1)\n"
+    "  --holdout F         share of users held out, 0 < F < 1 (default "
+    "0.2)\n"
     "  --folds N           folds, 1..20 (default 3; 1 gives no spread)\n"
     "  --set model.K=V     a model key as in nmfd.conf (not k, holdout)\n"
     "  --refine-rounds N   refinement bound per fit (default 500)\n"
@@ -207,10 +217,13 @@ static int rank_read(const char *path, struct rank_events *E)
 
 struct rank_fit {
     double train, holdout, seconds;
+    uint64_t users;
 };
 
-/* One fit as nmfctl fit runs it (ctl_fit.c fit_run): fold in file order,
- * W refreshed by work, expiry at refreshes, refinement to convergence. */
+/* One fold as nmfctl fit runs a fit (ctl_fit.c fit_run) on the training
+ * users: fold in file order, W refreshed by work, expiry at refreshes,
+ * refinement to convergence; the held-out users' events go to the
+ * bi-cross-validation matrix instead, scored against the final W. */
 static int rank_fit_one(const struct rank_events *E, const struct config *cfg,
                         uint32_t k, double share, uint32_t fold,
                         uint64_t rounds_max, struct progress *pg,
@@ -218,32 +231,37 @@ static int rank_fit_one(const struct rank_events *E, const struct config *cfg,
 {
     struct model_params p = cfg->model.params;
     struct model_stats st;
+    struct model_bcv_score bs;
     uint64_t expired_at = 0, rounds = 0;
     double t0 = progress_now();
+    int rc = 1;
     p.k = k;
-    p.holdout = share;
-    p.holdout_salt = fold;
+    p.holdout = 0;
     p.refresh_work = MODEL_REFRESH_WORK;
     struct model *m = model_new(&p);
-    if (!m) {
+    struct model_bcv *b = model_bcv_new(share, fold);
+    if (!m || !b) {
         progress_end(pg);
         const char *why = model_params_check(&p);
         fprintf(stderr, "nmfctl rank: cannot create the model: %s\n",
                 why ? why : "out of memory");
-        return why ? 2 : 1;
+        rc = why ? 2 : 1;
+        goto out;
     }
     for (size_t e = 0; e < E->n; e++) {
         const struct model_event *x = &E->ev[e];
-        int rc = model_fold(m, x->user, x->user_len, x->item, x->item_len,
-                            x->weight, x->ts);
-        if (rc == -ENOMEM) {
+        int r;
+        if (model_bcv_user_held(b, x->user, x->user_len))
+            r = model_bcv_add(b, x->user, x->user_len, x->item, x->item_len,
+                              x->weight, x->ts, p.half_life_ms);
+        else
+            r = model_fold(m, x->user, x->user_len, x->item, x->item_len,
+                           x->weight, x->ts);
+        if (r == -ENOMEM) {
             progress_end(pg);
             fprintf(stderr, "nmfctl rank: out of memory\n");
-            model_free(m);
-            return 1;
+            goto out;
         }
-        /* Refused events (ids too long, out of range) are counted once,
-         * by the caller, as fit counts them. */
         if (p.ttl_ms > 0 && model_refreshes(m) != expired_at) {
             model_expire(m, x->ts);
             expired_at = model_refreshes(m);
@@ -265,16 +283,27 @@ static int rank_fit_one(const struct rank_events *E, const struct config *cfg,
                 break;
         }
     model_stats(m, &st);
+    if (model_bcv_score(b, m, &bs)) {
+        progress_end(pg);
+        fprintf(stderr, "nmfctl rank: out of memory\n");
+        goto out;
+    }
     out->train = st.rel_loss;
-    out->holdout = st.holdout_loss;
+    out->holdout = bs.norm > 0 ? bs.loss / bs.norm : 0;
+    out->users = bs.users;
     out->seconds = progress_now() - t0;
+    rc = 0;
+out:
+    model_bcv_free(b);
     model_free(m);
-    return 0;
+    return rc;
 }
 
 struct rank_row {
     uint32_t k;
     double train, ho, se, seconds;
+    double fold[RANK_FOLDS_MAX]; /* held-out error per fold */
+    double dse; /* standard error of ho - ho_best, paired by fold */
 };
 
 /* Both curves against k, with the held-out error's standard error as
@@ -389,7 +418,7 @@ int ctl_rank_main(int argc, char **argv)
     };
     const char *events = NULL, *plot = NULL, *kspec = NULL, *msg;
     uint32_t ks[RANK_KS_MAX], nk = 0, folds = 3;
-    double share = 0.1;
+    double share = 0.2;
     uint64_t rounds = 500;
     char **sets = calloc((size_t)argc + 1, sizeof(*sets));
     size_t nsets = 0;
@@ -512,13 +541,21 @@ int ctl_rank_main(int argc, char **argv)
     uint64_t done = 0;
     progress_start(&pg, stderr, "rank", (int64_t)(E.n * nk * folds));
     for (uint32_t i = 0; i < nk; i++) {
-        double ho[RANK_FOLDS_MAX], tr = 0, t = 0, mean = 0, var = 0;
+        double *ho = rw[i].fold, tr = 0, t = 0, mean = 0, var = 0;
         for (uint32_t f = 0; f < folds; f++) {
             struct rank_fit fit;
             int r = rank_fit_one(&E, cfg, ks[i], share, f, rounds, &pg, &done,
                                  &fit);
             if (r) {
                 rc = r;
+                goto out;
+            }
+            if (!fit.users) {
+                progress_end(&pg);
+                fprintf(stderr,
+                        "nmfctl rank: %s: fold %u holds out no user; "
+                        "raise --holdout or give more users\n",
+                        events, f + 1);
                 goto out;
             }
             ho[f] = fit.holdout;
@@ -529,31 +566,43 @@ int ctl_rank_main(int argc, char **argv)
         mean /= folds;
         for (uint32_t f = 0; f < folds; f++)
             var += (ho[f] - mean) * (ho[f] - mean);
-        rw[i] = (struct rank_row){
-            .k = ks[i],
-            .train = tr / folds,
-            .ho = mean,
-            .se = folds > 1 ? sqrt(var / (folds - 1) / folds) : 0,
-            .seconds = t,
-        };
+        rw[i].k = ks[i];
+        rw[i].train = tr / folds;
+        rw[i].ho = mean;
+        rw[i].se = folds > 1 ? sqrt(var / (folds - 1) / folds) : 0;
+        rw[i].seconds = t;
     }
     progress_end(&pg);
 
+    /* The one-standard-error rule on paired differences: every k is
+     * scored on the same folds, so the fold-to-fold level (which users
+     * are held out) is common to all k; the spread that matters is that
+     * of ho_k - ho_best over the folds. */
     uint32_t best = 0, choice;
     for (uint32_t i = 1; i < nk; i++)
         if (rw[i].ho < rw[best].ho)
             best = i;
+    for (uint32_t i = 0; i < nk; i++) {
+        double d[RANK_FOLDS_MAX], dm = 0, dv = 0;
+        for (uint32_t f = 0; f < folds; f++)
+            dm += (d[f] = rw[i].fold[f] - rw[best].fold[f]);
+        dm /= folds;
+        for (uint32_t f = 0; f < folds; f++)
+            dv += (d[f] - dm) * (d[f] - dm);
+        rw[i].dse = folds > 1 ? sqrt(dv / (folds - 1) / folds) : 0;
+    }
     for (choice = 0; choice < best; choice++)
-        if (rw[choice].ho <= rw[best].ho + rw[best].se)
+        if (rw[choice].ho <= rw[best].ho + rw[choice].dse)
             break;
-    printf("# %zu events (%" PRIu64 " rejected), held out %g of the pairs, "
-           "%u folds\n",
+    printf("# %zu events (%" PRIu64 " rejected), held out %g of the users "
+           "against half the items, %u folds\n",
            E.n, E.rejected, share, folds);
-    printf("%5s %12s %12s %12s %9s\n", "k", "train_loss", "holdout_loss",
-           "holdout_se", "seconds");
+    printf("%5s %12s %12s %12s %12s %9s\n", "k", "train_loss",
+           "holdout_loss", "holdout_se", "diff_se", "seconds");
     for (uint32_t i = 0; i < nk; i++)
-        printf("%5u %12.6f %12.6f %12.6f %9.2f%s\n", rw[i].k, rw[i].train,
-               rw[i].ho, rw[i].se, rw[i].seconds, i == best ? "  best" : "");
+        printf("%5u %12.6f %12.6f %12.6f %12.6f %9.2f%s\n", rw[i].k,
+               rw[i].train, rw[i].ho, rw[i].se, rw[i].dse, rw[i].seconds,
+               i == best ? "  best" : "");
     if (plot && rank_plot(plot, rw, nk, rw[choice].k))
         goto out;
     printf("k=%u\n", rw[choice].k);

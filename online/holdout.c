@@ -29,10 +29,13 @@
 #include "holdout.h"
 #include "ids.h"
 #include "model_impl.h"
+#include "nnls.h"
 
 /* The fixed salt of the pair hash (any constant; changing it changes
  * which pairs every model holds out). */
 #define HOLDOUT_SALT 0x6e6d66642d686f21ull
+/* Coordinate-descent sweeps bounding a held-out user's cold solve. */
+#define HOLDOUT_BCV_SWEEPS 500
 
 struct holdout {
     double share;
@@ -292,6 +295,250 @@ void holdout_score(const struct holdout *h, const struct model *m,
     }
     free(mu);
     free(mi);
+}
+
+/*
+ * Bi-cross-validation of the rank (Owen & Perry, "Bi-cross-validation of
+ * the SVD and the nonnegative matrix factorization", Ann. Appl. Stat. 3(2),
+ * 2009, section 5). The held-out pairs above are scored as missing
+ * entries, but a fold that never saw a pair treats it as a zero it should
+ * fit: with a few heavy users, a larger k fits those zeros better and the
+ * held-out error rises with k past the true rank. BCV needs no masked fit.
+ * Hold out whole users U (rows of V^T) and split the items into halves S
+ * and T; fit W on the other users only, by the ordinary fold; then for
+ * each held-out user u, fit its code on S alone and predict T:
+ *     h_u = argmin_{h >= 0} 1/2 ||v_uS - W_S h||^2 + l1 |h|_1 + l2/2 |h|^2
+ *         = NNLS on G_S = W_S^T W_S and b_S = W_S^T v_uS,
+ *     err_u = ||v_uT - W_T h_u||^2
+ *           = ||v_uT||^2 - 2 h_u . (W_T^T v_uT) + h_u^T G_T h_u,
+ * which counts every item of T, zeros included, in O(nnz_u k + k^2) with
+ * G_S, G_T formed once per fit in O(M k^2). The halves then swap roles
+ * (fit on T, score S), as the paper's full BCV uses every held-out block,
+ * and the score is
+ *     sum_u (err_uT + err_uS) / sum_u (||v_uT||^2 + ||v_uS||^2).
+ * A k too small misses structure in T; a k too large fits noise in S that
+ * does not carry over to T, so the error has its minimum near the rank.
+ */
+static inline uint64_t ho_bcv_hash(uint64_t salt, uint64_t side, const char *s,
+                                   size_t n)
+{
+    return ho_mix(ho_mix(ho_bytes(s, n) ^ HOLDOUT_SALT ^ side) ^
+                  ho_mix(salt + 1));
+}
+
+int holdout_bcv_user_held(double share, uint64_t salt, const char *user,
+                          size_t len)
+{
+    return (double)(ho_bcv_hash(salt, 0x75, user, len) >> 11) * 0x1p-53 < share;
+}
+
+int holdout_bcv_item_scored(uint64_t salt, const char *item, size_t len)
+{
+    return (int)(ho_bcv_hash(salt, 0x69, item, len) >> 63);
+}
+
+void holdout_bcv_grams(uint32_t k, const float *W, uint32_t M,
+                       const uint8_t *scored, double *GS, double *GT)
+{
+    memset(GS, 0, (size_t)k * k * sizeof(*GS));
+    memset(GT, 0, (size_t)k * k * sizeof(*GT));
+    for (uint32_t i = 0; i < M; i++) {
+        const float *w = W + (size_t)i * k;
+        double *G = scored[i] ? GT : GS;
+        for (uint32_t a = 0; a < k; a++) {
+            double wa = w[a];
+            if (wa == 0)
+                continue;
+            for (uint32_t c = a; c < k; c++)
+                G[(size_t)a * k + c] += wa * (double)w[c];
+        }
+    }
+    for (uint32_t a = 0; a < k; a++)
+        for (uint32_t c = 0; c < a; c++) {
+            GS[(size_t)a * k + c] = GS[(size_t)c * k + a];
+            GT[(size_t)a * k + c] = GT[(size_t)c * k + a];
+        }
+}
+
+double holdout_bcv_user(uint32_t k, const float *W, const double *GS,
+                        const double *GT, const int64_t *row,
+                        const uint8_t *scored, const double *v, uint32_t n,
+                        double l1, double l2, uint32_t sweeps, double tol,
+                        double *scratch, double *norm)
+{
+    double *bS = scratch, *bT = scratch + k, *h = scratch + 2 * k,
+           *gh = scratch + 3 * k;
+    double vT = 0, vS = 0;
+    for (uint32_t j = 0; j < k; j++)
+        bS[j] = bT[j] = h[j] = 0;
+    for (uint32_t e = 0; e < n; e++) {
+        if (scored[e])
+            vT += v[e] * v[e];
+        else
+            vS += v[e] * v[e];
+        if (row[e] < 0)
+            continue;
+        const float *w = W + (size_t)row[e] * k;
+        double *b = scored[e] ? bT : bS;
+        for (uint32_t j = 0; j < k; j++)
+            b[j] += v[e] * (double)w[j];
+    }
+    *norm = vT;
+    if (vS > 0)
+        nnls_solve(k, GS, bS, l1, l2, sweeps, tol, h, gh);
+    double err = vT;
+    for (uint32_t a = 0; a < k; a++) {
+        if (h[a] == 0)
+            continue;
+        double gth = 0;
+        for (uint32_t c = 0; c < k; c++)
+            gth += GT[(size_t)a * k + c] * h[c];
+        err += h[a] * (gth - 2 * bT[a]);
+    }
+    return err > 0 ? err : 0;
+}
+
+/* The held-out users' matrix is a struct holdout of whole rows. */
+struct model_bcv {
+    double share;
+    uint64_t salt;
+    struct holdout *h;
+};
+
+struct model_bcv *model_bcv_new(double share, uint64_t salt)
+{
+    struct model_bcv *b = calloc(1, sizeof(*b));
+    if (!b || !(b->h = holdout_new(share, salt))) {
+        free(b);
+        return NULL;
+    }
+    b->share = share;
+    b->salt = salt;
+    return b;
+}
+
+void model_bcv_free(struct model_bcv *b)
+{
+    if (!b)
+        return;
+    holdout_free(b->h);
+    free(b);
+}
+
+int model_bcv_user_held(const struct model_bcv *b, const char *user,
+                        size_t len)
+{
+    return holdout_bcv_user_held(b->share, b->salt, user, len);
+}
+
+int model_bcv_add(struct model_bcv *b, const char *user, size_t user_len,
+                  const char *item, size_t item_len, double weight, int64_t ts,
+                  int64_t half_life_ms)
+{
+    if (!user || !item || !user_len || !item_len || !(weight >= 0) ||
+        isinf(weight))
+        return -EINVAL;
+    if (user_len > MODEL_ID_MAX || item_len > MODEL_ID_MAX)
+        return -ENAMETOOLONG;
+    if (ts < 0 || ts > MODEL_TS_MAX || weight > MODEL_WEIGHT_MAX)
+        return -ERANGE;
+    return holdout_add(b->h, user, user_len, item, item_len, weight, ts,
+                       half_life_ms);
+}
+
+/* Groups the entries by user (a counting sort), looks each item up once
+ * in the model and in the halves, and scores user by user. With a
+ * half-life every entry is valued at the latest time seen, as
+ * holdout_score does; with a ttl, entries the model would have forgotten
+ * are left out. */
+int model_bcv_score(const struct model_bcv *b, const struct model *m,
+                    struct model_bcv_score *out)
+{
+    const struct holdout *h = b->h;
+    const uint32_t k = m->k, M = ids_slots(m->iids);
+    const uint32_t U = ids_slots(h->users), I = ids_slots(h->items);
+    const int64_t hl = m->p.half_life_ms;
+    int64_t now = m->has_time ? m->T : 0;
+    int rc = -ENOMEM;
+    memset(out, 0, sizeof(*out));
+    for (uint32_t e = 0; e < h->n; e++)
+        if (h->et[e] > now)
+            now = h->et[e];
+    uint32_t *start = calloc((size_t)U + 1, sizeof(*start));
+    uint32_t *order = malloc(((size_t)h->n + 1) * sizeof(*order));
+    int64_t *mi = malloc(((size_t)I + 1) * sizeof(*mi));
+    uint8_t *ti = malloc((size_t)I + 1);
+    uint8_t *tm = calloc((size_t)M + 1, 1);
+    int64_t *row = malloc(((size_t)h->n + 1) * sizeof(*row));
+    uint8_t *sc = malloc((size_t)h->n + 1);
+    double *v = malloc(((size_t)h->n + 1) * sizeof(*v));
+    double *G = malloc((2 * (size_t)k * k + 4 * (size_t)k) * sizeof(*G));
+    if (!start || !order || !mi || !ti || !tm || !row || !sc || !v || !G)
+        goto out;
+    for (uint32_t i = 0; i < M; i++) {
+        size_t len;
+        const char *s = ids_get(m->iids, i, &len);
+        tm[i] = s ? (uint8_t)holdout_bcv_item_scored(b->salt, s, len) : 0;
+    }
+    for (uint32_t i = 0; i < I; i++) {
+        size_t len;
+        const char *s = ids_get(h->items, i, &len);
+        mi[i] = ids_find(m->iids, s, len);
+        ti[i] = (uint8_t)holdout_bcv_item_scored(b->salt, s, len);
+    }
+    for (uint32_t e = 0; e < h->n; e++)
+        start[h->eu[e] + 1]++;
+    for (uint32_t u = 0; u < U; u++)
+        start[u + 1] += start[u];
+    for (uint32_t e = 0; e < h->n; e++)
+        order[start[h->eu[e]]++] = e;
+    for (uint32_t u = U; u > 0; u--)
+        start[u] = start[u - 1];
+    start[0] = 0;
+    double *GS = G, *GT = G + (size_t)k * k, *scratch = GT + (size_t)k * k;
+    holdout_bcv_grams(k, m->W, M, tm, GS, GT);
+    const double l1 = m->p.alpha_h * m->p.l1_ratio;
+    const double l2 = m->p.alpha_h * (1 - m->p.l1_ratio);
+    for (uint32_t u = 0; u < U; u++) {
+        uint32_t n = 0;
+        for (uint32_t x = start[u]; x < start[u + 1]; x++) {
+            uint32_t e = order[x];
+            if (m->p.ttl_ms > 0 && h->et[e] < now - m->p.ttl_ms)
+                continue;
+            row[n] = mi[h->ei[e]];
+            sc[n] = ti[h->ei[e]];
+            v[n] = h->ev[e] * ho_decay(now - h->et[e], hl);
+            n++;
+        }
+        if (!n)
+            continue;
+        double norm;
+        /* A cold start: the solve runs to convergence, not to the
+         * fold's warm-started bound. Then the halves swap roles. */
+        out->loss += holdout_bcv_user(k, m->W, GS, GT, row, sc, v, n, l1, l2,
+                                      HOLDOUT_BCV_SWEEPS, m->p.nnls_tol,
+                                      scratch, &norm);
+        out->norm += norm;
+        for (uint32_t e = 0; e < n; e++)
+            sc[e] = !sc[e];
+        out->loss += holdout_bcv_user(k, m->W, GT, GS, row, sc, v, n, l1, l2,
+                                      HOLDOUT_BCV_SWEEPS, m->p.nnls_tol,
+                                      scratch, &norm);
+        out->norm += norm;
+        out->users++;
+    }
+    rc = 0;
+out:
+    free(start);
+    free(order);
+    free(mi);
+    free(ti);
+    free(tm);
+    free(row);
+    free(sc);
+    free(v);
+    free(G);
+    return rc;
 }
 
 uint64_t holdout_events(const struct holdout *h)

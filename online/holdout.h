@@ -43,6 +43,29 @@ size_t holdout_bytes(const struct holdout *h);
 /* State section: holdout_save writes through put (model_state.c's
  * checksummed writer); holdout_load reads n bytes at p into an empty
  * holdout, sets *used, and returns NULL or a static message. */
+/* Bi-cross-validation of the rank (the equation above holdout_bcv_user in
+ * holdout.c). Whether a user's row is held out under (share, salt), and
+ * whether an item lies in the scored half T under salt: pure functions of
+ * the bytes, independent of each other and of holdout_pair_held. */
+int holdout_bcv_user_held(double share, uint64_t salt, const char *user,
+                          size_t len);
+int holdout_bcv_item_scored(uint64_t salt, const char *item, size_t len);
+
+/* G_S = W_S^T W_S and G_T = W_T^T W_T (k x k each, row-major) over the M
+ * rows of W (row-major, k floats a row), scored[i] putting row i in T. */
+void holdout_bcv_grams(uint32_t k, const float *W, uint32_t M,
+                       const uint8_t *scored, double *GS, double *GT);
+
+/* One held-out user: n entries, entry e of value v[e] on W's row row[e]
+ * (-1: an item W has no row for, a zero row), in T if scored[e]. Solves
+ * h on the entries in S and returns the squared error over T, zeros
+ * included; *norm gets ||v_T||^2. scratch holds 4 k doubles. */
+double holdout_bcv_user(uint32_t k, const float *W, const double *GS,
+                        const double *GT, const int64_t *row,
+                        const uint8_t *scored, const double *v, uint32_t n,
+                        double l1, double l2, uint32_t sweeps, double tol,
+                        double *scratch, double *norm);
+
 void holdout_save(const struct holdout *h,
                   void (*put)(void *ctx, const void *p, size_t len), void *ctx);
 const char *holdout_load(struct holdout *h, const uint8_t *p, size_t n,

@@ -207,6 +207,37 @@ void model_stats(const struct model *m, struct model_stats *st);
  * holdout_salt): such events never reach a profile, A or B. */
 int model_holdout_held(const struct model *m, const char *user, size_t user_len,
                        const char *item, size_t item_len);
+/* Bi-cross-validation of the rank (Owen & Perry, Ann. Appl. Stat. 2009;
+ * holdout.c): a share of the users, chosen by a hash salted by salt, is
+ * held out whole; the caller folds only the other users' events into a
+ * model and adds the held-out users' events here (model_bcv_add, valued
+ * as a profile is, half_life_ms 0 = none). model_bcv_score then splits
+ * the items in two halves by a hash with the same salt, solves each
+ * held-out user's h on the half S against the model's W_S, and scores
+ * the prediction W_T h on the other half T, zeros included, and the
+ * other way round (h on T, scored on S):
+ *     loss = sum_u ||v_uT - W_T h_uS||^2 + ||v_uS - W_S h_uT||^2,
+ *     norm = sum_u ||v_u||^2.
+ * The model is only read. */
+struct model_bcv;
+struct model_bcv_score {
+    double loss;    /* the sum above */
+    double norm;    /* sum of ||v_u||^2 over the held-out users */
+    uint64_t users; /* held-out users scored */
+};
+/* NULL on -ENOMEM; share in (0, 1). */
+struct model_bcv *model_bcv_new(double share, uint64_t salt);
+void model_bcv_free(struct model_bcv *b);
+/* 1 if the user's events belong to the held-out rows, else 0. */
+int model_bcv_user_held(const struct model_bcv *b, const char *user,
+                        size_t len);
+/* Errors as model_fold's (nothing added on error). */
+int model_bcv_add(struct model_bcv *b, const char *user, size_t user_len,
+                  const char *item, size_t item_len, double weight, int64_t ts,
+                  int64_t half_life_ms);
+/* 0 or -ENOMEM. */
+int model_bcv_score(const struct model_bcv *b, const struct model *m,
+                    struct model_bcv_score *out);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
 uint64_t model_refreshes(const struct model *m);
 

@@ -11,6 +11,7 @@
 
 #include "model.h"
 #include "model_impl.h"
+#include "nnls.h"
 #include "rng.h"
 
 #define USERS 300
@@ -379,5 +380,283 @@ Test(holdout, zero_share_writes_the_plain_state)
     cr_assert_eq(st.holdout_events, 0);
     cr_assert_eq(st.holdout_loss, 0);
     free(a.p);
+    model_free(m);
+}
+
+/* Bi-cross-validation. A dense reference for one held-out user: the NNLS
+ * by enumerating the supports of h (k = 4: 16 unconstrained least
+ * squares on W_S restricted to the support, keeping the feasible one of
+ * least objective), then the error over every item of T, zeros included,
+ * from the dense v. Independent of nnls.c and of the Gram shortcut. */
+#define BM 40
+#define BK 4
+
+static int solve_small(int n, double a[BK][BK + 1], double *x)
+{
+    for (int c = 0; c < n; c++) {
+        int p = c;
+        for (int r = c + 1; r < n; r++)
+            if (fabs(a[r][c]) > fabs(a[p][c]))
+                p = r;
+        if (fabs(a[p][c]) < 1e-12)
+            return -1;
+        for (int j = 0; j <= n; j++) {
+            double t = a[c][j];
+            a[c][j] = a[p][j];
+            a[p][j] = t;
+        }
+        for (int r = 0; r < n; r++)
+            if (r != c) {
+                double f = a[r][c] / a[c][c];
+                for (int j = c; j <= n; j++)
+                    a[r][j] -= f * a[c][j];
+            }
+    }
+    for (int c = 0; c < n; c++)
+        x[c] = a[c][n] / a[c][c];
+    return 0;
+}
+
+static double dense_bcv(const float *W, const double *v, const uint8_t *T,
+                        double *vnorm)
+{
+    double best = INFINITY, h[BK] = {0};
+    for (int sup = 0; sup < 1 << BK; sup++) {
+        int idx[BK], n = 0;
+        for (int j = 0; j < BK; j++)
+            if (sup >> j & 1)
+                idx[n++] = j;
+        double a[BK][BK + 1] = {{0}}, x[BK] = {0}, hh[BK] = {0};
+        for (int i = 0; i < BM; i++) {
+            if (T[i])
+                continue;
+            for (int r = 0; r < n; r++) {
+                for (int c = 0; c < n; c++)
+                    a[r][c] += (double)W[i * BK + idx[r]] * W[i * BK + idx[c]];
+                a[r][n] += (double)W[i * BK + idx[r]] * v[i];
+            }
+        }
+        if (n && solve_small(n, a, x))
+            continue;
+        int ok = 1;
+        for (int r = 0; r < n; r++) {
+            ok &= x[r] >= 0;
+            hh[idx[r]] = x[r];
+        }
+        if (!ok)
+            continue;
+        double obj = 0;
+        for (int i = 0; i < BM; i++) {
+            if (T[i])
+                continue;
+            double p = 0;
+            for (int j = 0; j < BK; j++)
+                p += (double)W[i * BK + j] * hh[j];
+            obj += (v[i] - p) * (v[i] - p);
+        }
+        if (obj < best) {
+            best = obj;
+            memcpy(h, hh, sizeof(h));
+        }
+    }
+    double err = 0;
+    *vnorm = 0;
+    for (int i = 0; i < BM; i++) {
+        if (!T[i])
+            continue;
+        double p = 0;
+        for (int j = 0; j < BK; j++)
+            p += (double)W[i * BK + j] * h[j];
+        err += (v[i] - p) * (v[i] - p);
+        *vnorm += v[i] * v[i];
+    }
+    return err;
+}
+
+Test(holdout, bcv_user_equals_dense_computation)
+{
+    uint64_t s = 42;
+    for (int trial = 0; trial < 50; trial++) {
+        float W[BM * BK];
+        double v[BM], GS[BK * BK], GT[BK * BK], scratch[4 * BK];
+        uint8_t T[BM], sc[BM + 2];
+        int64_t row[BM + 2];
+        double val[BM + 2];
+        uint32_t n = 0;
+        for (int i = 0; i < BM * BK; i++) /* sparse-ish, non-negative */
+            W[i] = rng_splitmix64(&s) % 3 ? 0.0f
+                                          : (float)(rng_splitmix64(&s) >> 40) /
+                                                0x1p24f;
+        for (int i = 0; i < BM; i++) {
+            T[i] = rng_splitmix64(&s) & 1;
+            v[i] = rng_splitmix64(&s) % 4 ? 0
+                                          : 1 + (double)(rng_splitmix64(&s) %
+                                                         5);
+            if (v[i] > 0) {
+                row[n] = i;
+                sc[n] = T[i];
+                val[n++] = v[i];
+            }
+        }
+        /* Items W has no row for: one in S (no say in h), one in T (all
+         * error). */
+        row[n] = -1;
+        sc[n] = 0;
+        val[n++] = 7;
+        row[n] = -1;
+        sc[n] = 1;
+        val[n++] = 3;
+        holdout_bcv_grams(BK, W, BM, T, GS, GT);
+        double norm, dnorm;
+        double got = holdout_bcv_user(BK, W, GS, GT, row, sc, val, n, 0, 0,
+                                      10000, 1e-14, scratch, &norm);
+        double want = dense_bcv(W, v, T, &dnorm) + 9;
+        dnorm += 9;
+        cr_assert_float_eq(norm, dnorm, 1e-12 * dnorm);
+        cr_assert_float_eq(got, want, 1e-6 * (want + 1), "trial %d: %.12g %.12g",
+                           trial, got, want);
+    }
+}
+
+Test(holdout, bcv_halves_and_users_follow_the_hash)
+{
+    uint32_t held = 0, scored = 0, moved = 0;
+    for (int i = 0; i < 20000; i++) {
+        char id[32];
+        size_t n = (size_t)snprintf(id, sizeof(id), "id-%d", i);
+        held += (uint32_t)holdout_bcv_user_held(0.2, 1, id, n);
+        scored += (uint32_t)holdout_bcv_item_scored(1, id, n);
+        moved += holdout_bcv_item_scored(1, id, n) !=
+                 holdout_bcv_item_scored(2, id, n);
+        cr_assert_eq(holdout_bcv_user_held(0.2, 1, id, n),
+                     holdout_bcv_user_held(0.2, 1, id, n));
+    }
+    cr_assert(held > 3700 && held < 4300, "held %u of 20000", held);
+    cr_assert(scored > 9600 && scored < 10400, "scored %u", scored);
+    /* Another salt splits the items another way. */
+    cr_assert(moved > 9600 && moved < 10400, "moved %u", moved);
+}
+
+Test(holdout, bcv_add_refuses_bad_events)
+{
+    struct model_bcv *b = model_bcv_new(0.2, 0);
+    char longid[MODEL_ID_MAX + 1];
+    memset(longid, 'x', sizeof(longid));
+    cr_assert_not_null(b);
+    cr_assert_eq(model_bcv_add(b, "", 0, "i", 1, 1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, NULL, 1, 1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, -1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, NAN, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, INFINITY, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, longid, sizeof(longid), "i", 1, 1, 1, 0),
+                 -ENAMETOOLONG);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, 1, -1, 0), -ERANGE);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, 2e12, 1, 0), -ERANGE);
+    /* Nothing was added: an empty score. */
+    struct model *m = model_ho(0, 0, 0);
+    struct model_bcv_score bs;
+    cr_assert_eq(model_bcv_score(b, m, &bs), 0);
+    cr_assert(bs.users == 0 && bs.norm == 0 && bs.loss == 0);
+    model_free(m);
+    model_bcv_free(b);
+}
+
+/* The whole path: the training users folded, the held-out users added
+ * (never reaching the model), and model_bcv_score equal to the same
+ * computation from the dense held-out matrix, the model's W and both
+ * halves in turn. */
+Test(holdout, bcv_score_equals_direct_computation)
+{
+    struct model *m = model_ho(0, 0, 0);
+    struct model_bcv *b = model_bcv_new(0.25, 5);
+    double *v = calloc((size_t)USERS * ITEMS, sizeof(double));
+    uint8_t *hu = calloc(USERS, 1);
+    uint64_t s = 11;
+    int64_t ts = 5000;
+    cr_assert(m && b && v && hu);
+    for (int n = 0; n < 20000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        if (model_bcv_user_held(b, e.user, e.ul)) {
+            cr_assert_eq(model_bcv_add(b, e.user, e.ul, e.item, e.il, e.w,
+                                       e.ts, 0),
+                         0);
+            v[(size_t)e.u * ITEMS + e.i] += e.w;
+            hu[e.u] = 1;
+        } else {
+            cr_assert_eq(fold_ev(m, &e), 0);
+        }
+    }
+    for (int r = 0; r < 3; r++)
+        model_refine(m, SIZE_MAX);
+    const float *W = model_W(m);
+    const uint32_t M = model_item_slots(m);
+    uint8_t *T = calloc(M, 1);
+    for (uint32_t i = 0; i < M; i++) {
+        size_t len;
+        const char *id = model_item_id(m, i, &len);
+        T[i] = (uint8_t)holdout_bcv_item_scored(5, id, len);
+    }
+    double G[2][K * K] = {{0}};
+    for (uint32_t i = 0; i < M; i++)
+        for (int a = 0; a < K; a++)
+            for (int c = 0; c < K; c++)
+                G[T[i]][a * K + c] += (double)W[i * K + a] * W[i * K + c];
+    double loss = 0, norm = 0;
+    uint64_t users = 0;
+    for (uint32_t u = 0; u < USERS; u++) {
+        char us[32];
+        int ul = snprintf(us, sizeof(us), "user-%u", u);
+        if (!hu[u]) {
+            cr_assert_eq(model_bcv_user_held(b, us, (size_t)ul), 0);
+            continue;
+        }
+        cr_assert_lt(model_user_find(m, us, (size_t)ul), 0);
+        users++;
+        for (int side = 0; side < 2; side++) { /* fit on !side, score side */
+            double bf[K] = {0}, bs[K] = {0}, h[K] = {0}, gh[K];
+            for (uint32_t i = 0; i < M; i++) {
+                size_t len;
+                const char *id = model_item_id(m, i, &len);
+                char num[32];
+                memcpy(num, id + 5, len - 5);
+                num[len - 5] = 0;
+                double x = v[(size_t)u * ITEMS + (uint32_t)atoi(num)];
+                for (int j = 0; j < K; j++)
+                    (T[i] == side ? bs : bf)[j] += x * W[i * K + j];
+            }
+            nnls_solve(K, G[!side], bf, 0, 0, 500, model_params(m)->nnls_tol,
+                       h, gh);
+            /* ||v_side - W_side h||^2 over every item of the side. */
+            double hgh = 0, hb = 0, vv = 0;
+            for (int a = 0; a < K; a++) {
+                hb += h[a] * bs[a];
+                for (int c = 0; c < K; c++)
+                    hgh += h[a] * G[side][a * K + c] * h[c];
+            }
+            for (uint32_t i = 0; i < ITEMS; i++) {
+                char is[32];
+                int il = snprintf(is, sizeof(is), "item-%u", i);
+                double x = v[(size_t)u * ITEMS + i];
+                if (holdout_bcv_item_scored(5, is, (size_t)il) == side)
+                    vv += x * x;
+            }
+            loss += vv - 2 * hb + hgh;
+            norm += vv;
+        }
+    }
+    struct model_bcv_score bs;
+    cr_assert_eq(model_bcv_score(b, m, &bs), 0);
+    cr_assert_eq(bs.users, users);
+    cr_assert(users > 40, "%lu held-out users", (unsigned long)users);
+    cr_assert_float_eq(bs.norm, norm, 1e-9 * norm);
+    cr_assert_float_eq(bs.loss, loss, 1e-6 * loss, "score %.9g direct %.9g",
+                       bs.loss, loss);
+    /* A planted stream at its rank predicts the other half well. */
+    cr_assert(bs.loss / bs.norm < 0.5, "bcv error %g", bs.loss / bs.norm);
+    free(T);
+    free(v);
+    free(hu);
+    model_bcv_free(b);
     model_free(m);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """nmfctl rank through the real binary: one table row per k with the
 training loss, held-out error and its spread, a last line k=N that
-follows the one-standard-error rule from the printed table, a plot that
+follows the one-standard-error rule (on the standard error of the
+difference from the best, paired by fold) from the printed table, a plot that
 is well-formed SVG marking the choice, the same result on a second run,
 and every bad argument refused with exit 2 (1 for a missing or empty
 file)."""
@@ -25,11 +26,12 @@ def table(out):
     check(lines[0].startswith("# ") and "held out 0.2" in lines[0],
           "first line %r" % lines[0])
     check(lines[1].split() == ["k", "train_loss", "holdout_loss",
-                               "holdout_se", "seconds"], "head %r" % lines[1])
+                               "holdout_se", "diff_se", "seconds"],
+          "head %r" % lines[1])
     check(lines[-1].startswith("k="), "last line %r" % lines[-1])
     rows = [l.split() for l in lines[2:-1]]
-    return ([(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]))
-             for r in rows], int(lines[-1][2:]), rows)
+    return ([(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+              float(r[5])) for r in rows], int(lines[-1][2:]), rows)
 
 
 def main():
@@ -43,13 +45,14 @@ def main():
         check(r.returncode == 0, "rank: %r" % r.stderr)
         rows, choice, raw = table(r.stdout)
         check([x[0] for x in rows] == [2, 4, 6], "ks %r" % rows)
-        for k, tr, ho, se, sec in rows:
-            check(0 <= tr < 1 and 0 < ho and se >= 0 and sec >= 0,
-                  "row %r" % ((k, tr, ho, se, sec),))
+        for k, tr, ho, se, dse, sec in rows:
+            check(0 <= tr < 1 and 0 < ho and se >= 0 and dse >= 0 and
+                  sec >= 0, "row %r" % ((k, tr, ho, se, dse, sec),))
         # The training loss falls with k on the same data.
         check(rows[0][1] > rows[-1][1], "training loss %r" % rows)
         best = min(rows, key=lambda x: x[2])
-        want = next(x[0] for x in rows if x[2] <= best[2] + best[3])
+        check(best[4] == 0, "the best's paired se %r" % (best,))
+        want = next(x[0] for x in rows if x[2] <= best[2] + x[4])
         check(choice == want, "k=%d, the rule gives %d" % (choice, want))
         check([r_ for r_ in raw if r_[-1] == "best"][0][0] == str(best[0]),
               "best marked")
@@ -63,13 +66,17 @@ def main():
                     "--folds", "3")
         check(again.returncode == 0, "list form: %r" % again.stderr)
         rows2, choice2, _ = table(again.stdout)
-        check([x[:4] for x in rows2] == [x[:4] for x in rows] and
+        check([x[:5] for x in rows2] == [x[:5] for x in rows] and
               choice2 == choice, "not reproducible: %r vs %r" % (rows2, rows))
         print("rank: k=%d; %s" % (choice, rows))
 
         empty = os.path.join(ps.tmp, "empty.csv")
         with open(empty, "w") as f:
             f.write("user,item,weight,ts\n")
+        # One user, whom no fold at a share of 0.2 holds out.
+        one = os.path.join(ps.tmp, "one.csv")
+        with open(one, "w") as f:
+            f.write("user,item,weight,ts\nu0,i0,1,1\nu0,i1,1,2\n")
         E = ["--events", events]
         bad = [([], 2, "--events FILE.csv is required"),
                (E, 2, "--k LIST|FROM:TO[:STEP] is required"),
@@ -103,6 +110,7 @@ def main():
                (["--events", os.path.join(ps.tmp, "none.csv"), "--k", "2"], 1,
                 "none.csv"),
                (["--events", empty, "--k", "2"], 1, "no events"),
+               (["--events", one, "--k", "2"], 1, "holds out no user"),
                (E + ["--k", "2", "--plot", os.path.join(ps.tmp, "no", "x.svg")],
                 1, "x.svg")]
         for args, code, text in bad:
