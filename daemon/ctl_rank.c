@@ -50,7 +50,7 @@ static const char rank_usage[] =
     "                   [--refine-rounds N] [--plot FILE.svg]\n"
     "\n"
     "Bi-cross-validation of the rank. Reads the events once, then for\n"
-    "each k and each of N folds (default 3) holds out a share F (default\n"
+    "each k and each of N folds (default 5) holds out a share F (default\n"
     "0.2) of the users, chosen by a hash salted by the fold, fits the\n"
     "model on the other users as nmfctl fit does, solves each held-out\n"
     "user on one half of the items and scores it on the other half,\n"
@@ -66,7 +66,7 @@ static const char rank_usage[] =
     "  --k LIST            ranks to try: 2,4,8 or FROM:TO or FROM:TO:STEP\n"
     "  --holdout F         share of users held out, 0 < F < 1 (default "
     "0.2)\n"
-    "  --folds N           folds, 1..20 (default 3; 1 gives no spread)\n"
+    "  --folds N           folds, 1..20 (default 5; 1 gives no spread)\n"
     "  --set model.K=V     a model key as in nmfd.conf (not k, holdout)\n"
     "  --refine-rounds N   refinement bound per fit (default 500)\n"
     "  --plot FILE.svg     both curves, the choice marked\n"
@@ -417,7 +417,7 @@ int ctl_rank_main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *events = NULL, *plot = NULL, *kspec = NULL, *msg;
-    uint32_t ks[RANK_KS_MAX], nk = 0, folds = 3;
+    uint32_t ks[RANK_KS_MAX], nk = 0, folds = 5;
     double share = 0.2;
     uint64_t rounds = 500;
     char **sets = calloc((size_t)argc + 1, sizeof(*sets));
@@ -597,8 +597,8 @@ int ctl_rank_main(int argc, char **argv)
     printf("# %zu events (%" PRIu64 " rejected), held out %g of the users "
            "against half the items, %u folds\n",
            E.n, E.rejected, share, folds);
-    printf("%5s %12s %12s %12s %12s %9s\n", "k", "train_loss",
-           "holdout_loss", "holdout_se", "diff_se", "seconds");
+    printf("%5s %12s %12s %12s %12s %9s\n", "k", "train_loss", "holdout_loss",
+           "holdout_se", "diff_se", "seconds");
     for (uint32_t i = 0; i < nk; i++)
         printf("%5u %12.6f %12.6f %12.6f %12.6f %9.2f%s\n", rw[i].k,
                rw[i].train, rw[i].ho, rw[i].se, rw[i].dse, rw[i].seconds,

@@ -6,12 +6,15 @@
  * A or B. The model is then scored on what it never saw, as
  *     holdout_loss = sum_(u,i) in ho (V_ho[i,u] - w_i . h_u)^2
  *                    / sum_(u,i) in ho V_ho[i,u]^2,
- * the validation of the rank by predicting missing entries (Owen & Perry,
- * "Bi-cross-validation of the SVD and the NMF", Ann. Appl. Stat. 2009;
- * Kanagal & Sindhwani, "Rank selection in low-rank matrix approximations",
- * NIPS workshop 2010), with each prediction one dot product. This file owns
+ * missing entries predicted by one dot product each (Kanagal & Sindhwani,
+ * "Rank selection in low-rank matrix approximations", NIPS workshop 2010).
+ * The fold sees a held-out pair as an empty cell, a zero to fit, so this
+ * score watches a live model but does not choose k; the bi-cross-
+ * validation below (whole users held out, scored on half the items) does,
+ * for nmfctl rank. This file owns
  * the held-out matrix (its own user and item ids, one entry per pair, its
- * value decayed as a profile is) and its state section; it reads the
+ * value decayed as a profile is; the same structure holds the held-out
+ * users' rows of bi-cross-validation) and its state section; it reads the
  * model's W and H to score and must never change the model.
  *
  * Scoring costs O(entries k) plus one id lookup per held-out user and
@@ -425,8 +428,7 @@ void model_bcv_free(struct model_bcv *b)
     free(b);
 }
 
-int model_bcv_user_held(const struct model_bcv *b, const char *user,
-                        size_t len)
+int model_bcv_user_held(const struct model_bcv *b, const char *user, size_t len)
 {
     return holdout_bcv_user_held(b->share, b->salt, user, len);
 }
@@ -515,15 +517,15 @@ int model_bcv_score(const struct model_bcv *b, const struct model *m,
         double norm;
         /* A cold start: the solve runs to convergence, not to the
          * fold's warm-started bound. Then the halves swap roles. */
-        out->loss += holdout_bcv_user(k, m->W, GS, GT, row, sc, v, n, l1, l2,
-                                      HOLDOUT_BCV_SWEEPS, m->p.nnls_tol,
-                                      scratch, &norm);
+        out->loss +=
+            holdout_bcv_user(k, m->W, GS, GT, row, sc, v, n, l1, l2,
+                             HOLDOUT_BCV_SWEEPS, m->p.nnls_tol, scratch, &norm);
         out->norm += norm;
         for (uint32_t e = 0; e < n; e++)
             sc[e] = !sc[e];
-        out->loss += holdout_bcv_user(k, m->W, GT, GS, row, sc, v, n, l1, l2,
-                                      HOLDOUT_BCV_SWEEPS, m->p.nnls_tol,
-                                      scratch, &norm);
+        out->loss +=
+            holdout_bcv_user(k, m->W, GT, GS, row, sc, v, n, l1, l2,
+                             HOLDOUT_BCV_SWEEPS, m->p.nnls_tol, scratch, &norm);
         out->norm += norm;
         out->users++;
     }

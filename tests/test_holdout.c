@@ -484,14 +484,14 @@ Test(holdout, bcv_user_equals_dense_computation)
         double val[BM + 2];
         uint32_t n = 0;
         for (int i = 0; i < BM * BK; i++) /* sparse-ish, non-negative */
-            W[i] = rng_splitmix64(&s) % 3 ? 0.0f
-                                          : (float)(rng_splitmix64(&s) >> 40) /
-                                                0x1p24f;
+            W[i] = rng_splitmix64(&s) % 3
+                       ? 0.0f
+                       : (float)(rng_splitmix64(&s) >> 40) / 0x1p24f;
         for (int i = 0; i < BM; i++) {
             T[i] = rng_splitmix64(&s) & 1;
-            v[i] = rng_splitmix64(&s) % 4 ? 0
-                                          : 1 + (double)(rng_splitmix64(&s) %
-                                                         5);
+            v[i] = rng_splitmix64(&s) % 4
+                       ? 0
+                       : 1 + (double)(rng_splitmix64(&s) % 5);
             if (v[i] > 0) {
                 row[n] = i;
                 sc[n] = T[i];
@@ -513,8 +513,8 @@ Test(holdout, bcv_user_equals_dense_computation)
         double want = dense_bcv(W, v, T, &dnorm) + 9;
         dnorm += 9;
         cr_assert_float_eq(norm, dnorm, 1e-12 * dnorm);
-        cr_assert_float_eq(got, want, 1e-6 * (want + 1), "trial %d: %.12g %.12g",
-                           trial, got, want);
+        cr_assert_float_eq(got, want, 1e-6 * (want + 1),
+                           "trial %d: %.12g %.12g", trial, got, want);
     }
 }
 
@@ -578,9 +578,8 @@ Test(holdout, bcv_score_equals_direct_computation)
         struct ev e;
         next_event(&s, &ts, &e);
         if (model_bcv_user_held(b, e.user, e.ul)) {
-            cr_assert_eq(model_bcv_add(b, e.user, e.ul, e.item, e.il, e.w,
-                                       e.ts, 0),
-                         0);
+            cr_assert_eq(
+                model_bcv_add(b, e.user, e.ul, e.item, e.il, e.w, e.ts, 0), 0);
             v[(size_t)e.u * ITEMS + e.i] += e.w;
             hu[e.u] = 1;
         } else {
@@ -625,8 +624,8 @@ Test(holdout, bcv_score_equals_direct_computation)
                 for (int j = 0; j < K; j++)
                     (T[i] == side ? bs : bf)[j] += x * W[i * K + j];
             }
-            nnls_solve(K, G[!side], bf, 0, 0, 500, model_params(m)->nnls_tol,
-                       h, gh);
+            nnls_solve(K, G[!side], bf, 0, 0, 500, model_params(m)->nnls_tol, h,
+                       gh);
             /* ||v_side - W_side h||^2 over every item of the side. */
             double hgh = 0, hb = 0, vv = 0;
             for (int a = 0; a < K; a++) {
