@@ -11,5 +11,7 @@ int ctl_gen_main(int argc, char **argv);
 int ctl_fit_main(int argc, char **argv);
 int ctl_eval_main(int argc, char **argv);
 int ctl_inspect_main(int argc, char **argv);
+int ctl_recommend_main(int argc, char **argv);
+int ctl_rank_main(int argc, char **argv);
 
 #endif

@@ -40,7 +40,7 @@
 #include "progress.h"
 #include "records.h"
 
-#define FIT_REJECTS_SHOWN 20    /* rejected lines printed, the rest counted */
+#define FIT_REJECTS_SHOWN 20 /* rejected lines printed, the rest counted */
 
 /* The refinement's work bound (fit_refine_done): its share of the pass's
  * work, and the rounds it may always do after a pass that never
@@ -152,8 +152,7 @@ static bool fit_refine_done(double r, uint64_t rounds, bool warm,
 }
 
 /* A rejected row: printed for the first few, counted always. */
-static void fit_reject(struct progress *pg, uint64_t *rejected,
-                       const char *msg)
+static void fit_reject(struct progress *pg, uint64_t *rejected, const char *msg)
 {
     progress_end(pg); /* the message goes on a line of its own */
     if (++*rejected <= FIT_REJECTS_SHOWN)
@@ -296,13 +295,16 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
            " k=%u loss=%.9g evicted_weight=%.9g fold_refreshes=%" PRIu64
            " refine_rounds=%" PRIu64
            " converged=%s refine_stop=%s refine_work=%.3f"
-           " fold_seconds=%.3f refine_seconds=%.3f seconds=%.3f out=%s\n",
+           " fold_seconds=%.3f refine_seconds=%.3f seconds=%.3f",
            folded, rejected, st.users, st.items, expired, p->k, st.rel_loss,
            st.evicted_weight, fold_refreshes, rounds, converged ? "yes" : "no",
            stop,
            pass_work ? (double)(st.work - pass_work) / (double)pass_work : 0.0,
-           t1 - t0, t2 - t1, ctl_now() - t0,
-           o->out);
+           t1 - t0, t2 - t1, ctl_now() - t0);
+    if (p->holdout > 0)
+        printf(" holdout_loss=%.9g holdout_events=%" PRIu64, st.holdout_loss,
+               st.holdout_events);
+    printf(" out=%s\n", o->out);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl fit: stdout: %s\n", strerror(errno));
         goto out;

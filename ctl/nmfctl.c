@@ -29,6 +29,11 @@ static const struct {
      "--out SNAPSHOT"},
     {"eval", ctl_eval_main, "--snapshot FILE --events FILE.csv"},
     {"inspect", ctl_inspect_main, "--checkpoint DIR [--profiles]"},
+    {"rank", ctl_rank_main,
+     "--events FILE.csv --k LIST|FROM:TO[:STEP] [--holdout F] [--folds N] "
+     "[--set model.key=value]... [--plot FILE.svg]"},
+    {"recommend", ctl_recommend_main,
+     "--snapshot FILE --user ID [--n N] [--events FILE.csv]"},
 };
 
 static void usage(FILE *out)

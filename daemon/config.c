@@ -99,6 +99,7 @@ static const struct config_enum level_enums[] = {
 
 static const char *validate_topics(const char *value);
 static const char *validate_listen(const char *value);
+static const char *validate_below_one(const char *value);
 static const char *validate_readable(const char *value);
 static int apply_topics(struct config *c, char *msg, size_t len);
 
@@ -195,6 +196,17 @@ static const struct config_key config_table[] = {
           "(bots, crawlers), far above real heavy users; past it the "
           "weakest entry is evicted, counted (nmfd_evicted_weight) and kept "
           "in the loss as residual."),
+    {.section = "model",
+     .name = "holdout",
+     .type = CT_DOUBLE,
+     .def = "0",
+     .offset = OFF(model.params.holdout),
+     .dmin = 0,
+     .dmax = 1,
+     .validate = validate_below_one,
+     .doc = "Share of (user, item) pairs, chosen by a hash of the two ids, "
+            "kept out of the fold and scored as held-out error "
+            "(holdout_loss, nmfd_holdout_loss); below 1; 0 = none."},
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
           "nmfd refreshes W this often on the wall clock, if anything was "
@@ -734,6 +746,11 @@ static int apply_topics(struct config *c, char *msg, size_t len)
 nomem:
     snprintf(msg, len, "out of memory");
     return -ENOMEM;
+}
+
+static const char *validate_below_one(const char *value)
+{
+    return strtod(value, NULL) < 1 ? NULL : "must be below 1";
 }
 
 static const char *validate_readable(const char *value)

@@ -911,9 +911,21 @@ static enum MHD_Result route_user(struct http *h, struct MHD_Connection *c,
     char id[HTTP_ID_MAX + 1], *json = NULL;
     int rc;
 
-    if (!h->p.user_json)
+    size_t rl = strlen(raw);
+    bool rec = rl >= 10 && !strcmp(raw + rl - 10, "/recommend");
+    if (rec ? !h->p.recommend_json : !h->p.user_json)
         return reply_text(h, c, MHD_HTTP_NOT_FOUND, "not found\n");
-    rc = path_decode(raw, id, HTTP_ID_MAX);
+    if (rec) {
+        /* /users/ID/recommend: the id is what comes before. */
+        char enc[3 * HTTP_ID_MAX + 1];
+        if (rl - 10 > 3 * HTTP_ID_MAX)
+            return reply_text(h, c, MHD_HTTP_BAD_REQUEST, "user id too long\n");
+        memcpy(enc, raw, rl - 10);
+        enc[rl - 10] = '\0';
+        rc = path_decode(enc, id, HTTP_ID_MAX);
+    } else {
+        rc = path_decode(raw, id, HTTP_ID_MAX);
+    }
     if (rc == -ENAMETOOLONG)
         return reply_text(h, c, MHD_HTTP_BAD_REQUEST, "user id too long\n");
     if (rc < 0)
@@ -921,7 +933,18 @@ static enum MHD_Result route_user(struct http *h, struct MHD_Connection *c,
                           "bad percent-encoding in user id\n");
     if (rc == 0)
         return reply_text(h, c, MHD_HTTP_BAD_REQUEST, "empty user id\n");
-    rc = h->p.user_json(h->ctx, id, &json);
+    if (!rec) {
+        rc = h->p.user_json(h->ctx, id, &json);
+        return reply_json(h, c, rc, json, "no such user\n");
+    }
+    rc = h->p.recommend_json(
+        h->ctx, id, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "n"),
+        &json);
+    if (rc == -EINVAL)
+        return reply_text(h, c, MHD_HTTP_BAD_REQUEST,
+                          "bad n: a whole number of at least 1\n");
+    if (rc == -ERANGE)
+        return reply_text(h, c, MHD_HTTP_BAD_REQUEST, "n over its bound\n");
     return reply_json(h, c, rc, json, "no such user\n");
 }
 

@@ -32,6 +32,11 @@ struct http_provider {
     int (*user_json)(void *ctx, const char *id, char **json);
     /* JSON for all topics; *json malloc'd, http frees it. */
     int (*topics_json)(void *ctx, char **json);
+    /* Recommendations for one user (id as for user_json; n the query's
+     * raw n, NULL if absent); *json malloc'd. -ENOENT gives 404, -EINVAL
+     * (a bad n) and -ERANGE (n over its bound) 400. */
+    int (*recommend_json)(void *ctx, const char *id, const char *n,
+                          char **json);
 };
 
 /* Limits and access. http_opts_default fills the defaults of the [http]

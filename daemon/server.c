@@ -381,6 +381,13 @@ static double gauge_evicted(void *ctx)
     return st.evicted_weight;
 }
 
+static double gauge_holdout(void *ctx)
+{
+    struct model_stats st;
+    model_stats(((struct server *)ctx)->model, &st);
+    return st.holdout_loss;
+}
+
 static double gauge_stale(void *ctx)
 {
     struct model_stats st;
@@ -513,6 +520,11 @@ static void server_metrics_init(struct server *s)
                      "Profile values evicted at model.profile_max since the "
                      "model began (kept in the loss as residual).",
                      NULL, gauge_evicted, s);
+    if (s->cfg->model.params.holdout > 0)
+        metrics_gauge_fn(m, "nmfd_holdout_loss",
+                         "||V_ho - WH||^2 / ||V_ho||^2 on the held-out pairs "
+                         "(model.holdout) for the current W and H.",
+                         NULL, gauge_holdout, s);
     metrics_gauge_fn(m, "nmfd_stale_users",
                      "Users not re-solved since the last W refresh.", NULL,
                      gauge_stale, s);
@@ -702,6 +714,14 @@ static int server_load_state(struct server *s)
                 log_err("checkpoint has model.k=%u but the configuration "
                         "says %u; start with --ignore-checkpoint to refit",
                         have->k, s->cfg->model.params.k);
+                model_free(m);
+                return -EINVAL;
+            }
+            if (have->holdout != s->cfg->model.params.holdout) {
+                log_err("checkpoint has model.holdout=%g but the "
+                        "configuration says %g; the held-out pairs would "
+                        "change: start with --ignore-checkpoint to refit",
+                        have->holdout, s->cfg->model.params.holdout);
                 model_free(m);
                 return -EINVAL;
             }

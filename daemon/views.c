@@ -27,6 +27,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "recommend.h"
 #include "records.h"
 
 #define VIEWS_SSE_TOPS 10 /* top items per topic on the dashboard */
@@ -137,6 +138,8 @@ void views_epoch(struct views *s, const struct model_stats *st, double rate)
         topics);
     if (!doc)
         return;
+    if (model_params(s->c.model)->holdout > 0)
+        json_object_set_new(doc, "holdout_loss", json_real(st->holdout_loss));
     text = json_dumps(doc, JSON_COMPACT);
     if (text)
         http_sse_broadcast(s->http, "epoch", text);
@@ -248,9 +251,17 @@ static int http_topics(void *ctx, char **out)
     return *out ? 0 : -ENOMEM;
 }
 
+/* Folding happens at the end of each consumer pass (ingest.c), so the
+ * model read here holds every event decoded. */
+static int http_recommend(void *ctx, const char *id, const char *n, char **out)
+{
+    struct views *s = ctx;
+    return recommend_json(s->c.model, id, n, out);
+}
+
 static const struct http_provider views_http = {
-    http_metrics,  http_health, http_ready,
-    http_snapshot, http_user,   http_topics,
+    http_metrics, http_health, http_ready,     http_snapshot,
+    http_user,    http_topics, http_recommend,
 };
 
 /* ---- life ---------------------------------------------------------------- */

@@ -286,7 +286,8 @@ static int pk_f32_body(msgpack_packer *pk, const float *v, size_t n)
 static int pk_model(msgpack_packer *pk, const struct model_params *p,
                     int64_t refresh_interval_ms)
 {
-    if (msgpack_pack_map(pk, 14 + (refresh_interval_ms > 0)) < 0 ||
+    if (msgpack_pack_map(pk, 14 + (refresh_interval_ms > 0) +
+                                 (p->holdout > 0)) < 0 ||
         pk_kv_u64(pk, "k", p->k) < 0 ||
         pk_kv_i64(pk, "half_life", p->half_life_ms) < 0 ||
         pk_kv_f64(pk, "alpha_h", p->alpha_h) < 0 ||
@@ -304,6 +305,8 @@ static int pk_model(msgpack_packer *pk, const struct model_params *p,
         return -1;
     if (refresh_interval_ms > 0 &&
         pk_kv_i64(pk, "refresh_interval", refresh_interval_ms) < 0)
+        return -1;
+    if (p->holdout > 0 && pk_kv_f64(pk, "holdout", p->holdout) < 0)
         return -1;
     return 0;
 }
@@ -402,7 +405,9 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
     }
     model_stats(m, &st);
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 15) < 0 ||
+    /* holdout_loss only with held-out pairs (DESIGN section 3). */
+    const int ho = p->holdout > 0;
+    if (msgpack_pack_map(&pk, 15 + ho) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_u64(&pk, "epoch", mf->ep->epoch) < 0 ||
         pk_kv_i64(&pk, "ts", mf->ep->ts) < 0 || pk_kv_u64(&pk, "k", p->k) < 0 ||
@@ -415,6 +420,7 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
         pk_kv_u64(&pk, "rejected", mf->rejected) < 0 ||
         pk_kv_f64(&pk, "loss", st.rel_loss) < 0 ||
         pk_kv_f64(&pk, "evicted_weight", st.evicted_weight) < 0 ||
+        (ho && pk_kv_f64(&pk, "holdout_loss", st.holdout_loss) < 0) ||
         pk_kv_u64(&pk, "segments", mf->segments) < 0 ||
         pk_key(&pk, "segment_sizes") < 0 || msgpack_pack_array(&pk, p->k) < 0)
         return enc_fail(e);

@@ -170,6 +170,8 @@ const char *model_params_check(const struct model_params *p)
         return "refine_tol must be finite and >= 0";
     if (!isfinite(p->refresh_work) || p->refresh_work < 0)
         return "refresh_work must be finite and >= 0";
+    if (!(p->holdout >= 0 && p->holdout < 1))
+        return "holdout must be in [0, 1)";
     return NULL;
 }
 
@@ -196,6 +198,10 @@ struct model *model__alloc(const struct model_params *p)
     }
     for (uint32_t j = 0; j < m->k; j++)
         m->bcol[j] = m->hs[j] = m->hsi[j] = 1;
+    if (p->holdout > 0 && !(m->ho = holdout_new(p->holdout, p->holdout_salt))) {
+        model_free(m);
+        return NULL;
+    }
     rng_seed(&m->rng, p->seed);
     m->refine_prev = -1;
     return m;
@@ -213,6 +219,7 @@ void model_free(struct model *m)
     if (!m)
         return;
     model__restart_drop(m);
+    holdout_free(m->ho);
     ids_free(m->uids);
     ids_free(m->iids);
     free(m->u);
@@ -1940,6 +1947,12 @@ static int model_fold_checked(struct model *m, const char *user,
                               const char *item, size_t item_len, uint64_t ih,
                               int64_t ii, double weight, int64_t ts)
 {
+    /* A held-out pair goes to the held-out matrix and nowhere else: not
+     * the profile, A, B, the time or the counters that decide refreshes. */
+    if (m->ho && holdout_pair_held(m->p.holdout, m->p.holdout_salt, user,
+                                   user_len, item, item_len))
+        return holdout_add(m->ho, user, user_len, item, item_len, weight, ts,
+                           m->p.half_life_ms);
     /* Reserve every growth first: a failure leaves the model unchanged. */
     if (ui < 0)
         ui = ids_find_hash(m->uids, user, user_len, uh);
@@ -2388,6 +2401,23 @@ void model_stats(const struct model *m, struct model_stats *st)
     st->reseeded = m->reseeded;
     st->moved = m->moved;
     st->work = m->work_all;
+    if (m->ho) {
+        struct holdout_score hs;
+        holdout_score(m->ho, m, &hs);
+        st->events += holdout_events(m->ho);
+        st->weight_sum += holdout_weight_sum(m->ho);
+        st->holdout_events = holdout_events(m->ho);
+        st->holdout_norm = hs.norm;
+        st->holdout_pairs = hs.pairs;
+        st->holdout_loss = hs.norm > 0 ? hs.loss / hs.norm : 0;
+    }
+}
+
+int model_holdout_held(const struct model *m, const char *user, size_t user_len,
+                       const char *item, size_t item_len)
+{
+    return m->ho && holdout_pair_held(m->p.holdout, m->p.holdout_salt, user,
+                                      user_len, item, item_len);
 }
 
 uint64_t model_refreshes(const struct model *m)
@@ -2643,5 +2673,6 @@ void model_memory(const struct model *m, struct model_memory *mm)
     for (uint32_t u = 0; u < U; u++)
         mm->profile_entries += m->u[u].n;
     mm->total = sizeof(*m) + 4 * (size_t)k * k * sizeof(double) + mm->users +
-                mm->items + mm->profiles + model__restart_bytes(m);
+                mm->items + mm->profiles + model__restart_bytes(m) +
+                holdout_bytes(m->ho);
 }

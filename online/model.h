@@ -62,6 +62,13 @@ struct model_params {
     double refine_tol;       /* model_refine stops refreshing when a round
                                 improves the relative loss by less than
                                 this fraction */
+    double holdout;          /* share of (user, item) pairs, chosen by a
+                                salted hash, kept out of the fold and
+                                scored as held-out error; 0 = none (the
+                                default), below 1 */
+    uint64_t holdout_salt;   /* which pairs: another salt holds out
+                                another share-F set (the folds of a
+                                cross-validation); 0 by default */
 };
 
 /* Defaults of docs/design.md section 6. */
@@ -171,17 +178,17 @@ struct model_stats {
      * weighted by recency as the objective of model.c is, with ||V||^2
      * counting the mass profiles evicted (all of it residual); not a sum
      * of the losses users had when last solved, against older W's. */
-    double loss;        /* sum_u c_u ||v_u - W h_u||^2 */
-    double norm;        /* sum_u c_u ||v_u||^2 */
-    double rel_loss;    /* loss / norm, 0 when norm is 0 */
+    double loss;           /* sum_u c_u ||v_u - W h_u||^2 */
+    double norm;           /* sum_u c_u ||v_u||^2 */
+    double rel_loss;       /* loss / norm, 0 when norm is 0 */
     double evicted_weight; /* profile values evicted at profile_max (and
                               events too weak to evict), valued when
                               evicted, since the model began */
-    int64_t now;        /* latest event time seen */
-    uint64_t stale;     /* users not re-solved since the last refresh;
-                           every live user while a restart is under way
-                           (model_refine: any h may still change) */
-    uint64_t restarts;  /* restarts that replaced W */
+    int64_t now;           /* latest event time seen */
+    uint64_t stale;        /* users not re-solved since the last refresh;
+                              every live user while a restart is under way
+                              (model_refine: any h may still change) */
+    uint64_t restarts;     /* restarts that replaced W */
     /* Topic identity, since the model was made or loaded: columns of W
      * re-seeded (a restart's or a seed's k, a resampled dead column's
      * one), and those the matching to the old columns (DESIGN.md section
@@ -194,8 +201,53 @@ struct model_stats {
      * bound one phase by another (nmfctl fit bounds its refinement by
      * its pass). */
     uint64_t work;
+
+    /* With params.holdout: the held-out matrix V_ho scored against the
+     * current W and H over its entries (holdout.c),
+     *     holdout_loss = ||V_ho - W H||^2 / ||V_ho||^2 on those entries,
+     * in O(entries k). Held-out events count in events and weight_sum
+     * (everything accepted), and in holdout_events. */
+    double holdout_loss;
+    double holdout_norm;     /* ||V_ho||^2 */
+    uint64_t holdout_pairs;  /* entries scored */
+    uint64_t holdout_events; /* events held out since the model began */
 };
 void model_stats(const struct model *m, struct model_stats *st);
+/* Whether the pair is held out by this model (params.holdout and
+ * holdout_salt): such events never reach a profile, A or B. */
+int model_holdout_held(const struct model *m, const char *user, size_t user_len,
+                       const char *item, size_t item_len);
+/* Bi-cross-validation of the rank (Owen & Perry, Ann. Appl. Stat. 2009;
+ * holdout.c): a share of the users, chosen by a hash salted by salt, is
+ * held out whole; the caller folds only the other users' events into a
+ * model and adds the held-out users' events here (model_bcv_add, valued
+ * as a profile is, half_life_ms 0 = none). model_bcv_score then splits
+ * the items in two halves by a hash with the same salt, solves each
+ * held-out user's h on the half S against the model's W_S, and scores
+ * the prediction W_T h on the other half T, zeros included, and the
+ * other way round (h on T, scored on S):
+ *     loss = sum_u ||v_uT - W_T h_uS||^2 + ||v_uS - W_S h_uT||^2,
+ *     norm = sum_u ||v_u||^2.
+ * The model is only read. */
+struct model_bcv;
+struct model_bcv_score {
+    double loss;    /* the sum above */
+    double norm;    /* sum of ||v_u||^2 over the held-out users */
+    uint64_t users; /* held-out users scored */
+};
+/* NULL on -ENOMEM; share in (0, 1). */
+struct model_bcv *model_bcv_new(double share, uint64_t salt);
+void model_bcv_free(struct model_bcv *b);
+/* 1 if the user's events belong to the held-out rows, else 0. */
+int model_bcv_user_held(const struct model_bcv *b, const char *user,
+                        size_t len);
+/* Errors as model_fold's (nothing added on error). */
+int model_bcv_add(struct model_bcv *b, const char *user, size_t user_len,
+                  const char *item, size_t item_len, double weight, int64_t ts,
+                  int64_t half_life_ms);
+/* 0 or -ENOMEM. */
+int model_bcv_score(const struct model_bcv *b, const struct model *m,
+                    struct model_bcv_score *out);
 /* W refreshes so far: model_stats' refreshes without its O(items k). */
 uint64_t model_refreshes(const struct model *m);
 /* model_stats' work, in O(1). */
@@ -258,6 +310,20 @@ void model_topic_continuity(const struct model *m, const float *prev,
                             uint32_t rows, double *cont);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
+
+/* Recommendations (recommend.c). The n rows i of W (M rows of k floats)
+ * with the largest positive score w_i . h, leaving out the rows listed in
+ * ex (nex indices, sorted ascending), strongest first (ties: lower index
+ * first), into items and scores (n each). Returns how many (fewer than n
+ * when fewer rows score above 0). One pass over W; no allocation. */
+uint32_t model_top_scores(const float *W, uint32_t M, uint32_t k,
+                          const float *h, const uint32_t *ex, uint32_t nex,
+                          uint32_t n, uint32_t *items, float *scores);
+/* The same for a user of the model (index as model_user_find gives),
+ * leaving out its profile's items: how many, -ENOENT (no such user) or
+ * -ENOMEM (a sorted copy of the profile is the only allocation). */
+int model_recommend(const struct model *m, uint32_t user, uint32_t n,
+                    uint32_t *items, float *scores);
 
 /* The complete state, for checkpoints: no I/O, the writer is the
  * caller's. model_load refuses anything inconsistent (returns NULL and

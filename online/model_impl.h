@@ -5,6 +5,7 @@
 
 #include <math.h>
 
+#include "holdout.h"
 #include "ids.h"
 #include "model.h"
 #include "pool.h"
@@ -152,6 +153,8 @@ struct model {
      * state): columns of W re-seeded, and how many of those the matching
      * gave another index than the one they were made at. */
     uint64_t reseeded, moved;
+    /* The held-out pairs (holdout.c), NULL when params.holdout is 0. */
+    struct holdout *ho;
 };
 
 /* Whether the sync owes B the live user's share: held with a g, or out. */

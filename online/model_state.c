@@ -29,6 +29,8 @@
  *          k f32 h, n u32 items, n f32 values], nfree u32 free list
  *   evictions (version 6): f64 evicted weight, u32 count, count x (u32
  *          user slot, increasing, f32 evicted mass within its vnorm)
+ *   held-out pairs (version 7): f64 share, u64 salt, the section of
+ *          holdout.c (holdout_save)
  *   u64 checksum of everything before it
  */
 #include <errno.h>
@@ -49,7 +51,10 @@
  * at 0, so the first refresh after the load may come a little later than
  * it would have) and without the evictions (none was counted then), 4 is
  * 5 without g. */
-#define STATE_VERSION 6u
+#define STATE_VERSION 7u
+/* A model without held-out pairs writes version 6: its state is byte for
+ * byte what it was before version 7 existed. */
+#define STATE_VERSION_PLAIN 6u
 #define STATE_BUF     65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
@@ -173,6 +178,11 @@ static void sw_put(struct state_writer *w, const void *p, size_t len)
 
 #define SW(w, x) sw_put((w), &(x), sizeof(x))
 
+static void sw_put_cb(void *ctx, const void *p, size_t len)
+{
+    sw_put(ctx, p, len);
+}
+
 static void sw_u8(struct state_writer *w, uint8_t x)
 {
     SW(w, x);
@@ -232,7 +242,7 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sh_init(&w.h);
 
     sw_put(&w, STATE_MAGIC, 8);
-    sw_u32(&w, STATE_VERSION);
+    sw_u32(&w, m->ho ? STATE_VERSION : STATE_VERSION_PLAIN);
     sw_u32(&w, k);
     sw_params(&w, &m->p);
     sw_i64(&w, m->T);
@@ -328,6 +338,11 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
             continue;
         sw_u32(&w, u);
         sw_put(&w, &m->uev[u], sizeof(float));
+    }
+    if (m->ho) {
+        sw_f64(&w, m->p.holdout);
+        sw_u64(&w, m->p.holdout_salt);
+        holdout_save(m->ho, sw_put_cb, &w);
     }
     sw_flush(&w);
     if (!w.err) {
@@ -577,6 +592,30 @@ static const char *state_evictions(struct state_reader *r, struct model *m,
         m->u[u].flags |= MODEL_U_EV;
         prev = u;
     }
+    return NULL;
+}
+
+/* The held-out pairs: a share in (0, 1) (a model without them writes
+ * version 6), their salt, then holdout.c's section. */
+static const char *state_holdout(struct state_reader *r, struct model *m)
+{
+    double share = 0;
+    uint64_t salt = 0;
+    SR(r, share);
+    SR(r, salt);
+    if (r->bad)
+        return "truncated";
+    if (!(share > 0 && share < 1))
+        return "bad held-out share";
+    m->p.holdout = share;
+    m->p.holdout_salt = salt;
+    if (!(m->ho = holdout_new(share, salt)))
+        return "out of memory";
+    size_t used = 0;
+    const char *err = holdout_load(m->ho, r->p + r->off, r->n - r->off, &used);
+    if (err)
+        return err;
+    r->off += used;
     return NULL;
 }
 
@@ -894,7 +933,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
     struct model *m = *out;
     if ((err = state_load_totals(r, m, version)) ||
         (err = state_load_items(r, m, &M)) ||
-        (err = state_load_users(r, m, version, M)))
+        (err = state_load_users(r, m, version, M)) ||
+        (version >= 7 && (err = state_holdout(r, m))))
         return err;
     if (r->off != r->n)
         return "trailing bytes";

@@ -460,6 +460,12 @@ Test(config_errors, out_of_range)
                "1..1000");
     load_fails("[model]\nl1_ratio = 1.5\n",
                "t.conf:2: model.l1_ratio = 1.5: out of range, allowed 0..1");
+    load_fails("[model]\nholdout = 1\n",
+               "t.conf:2: model.holdout = 1: must be below 1");
+    load_fails("[model]\nholdout = -0.1\n",
+               "t.conf:2: model.holdout = -0.1: out of range, allowed 0..1");
+    load_fails("[model]\nholdout = 2\n",
+               "t.conf:2: model.holdout = 2: out of range, allowed 0..1");
     load_fails("[model]\nalpha_h = -0.1\n",
                "t.conf:2: model.alpha_h = -0.1: out of range, allowed >= 0");
     load_fails("[input]\nmax_message_bytes = 128M\n",

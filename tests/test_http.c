@@ -125,8 +125,27 @@ static int p_topics(void *ctx, char **json)
     return *json ? 0 : -ENOMEM;
 }
 
+/* The route hands over the id and the raw n; the provider's verdicts
+ * on n (daemon/recommend.c) become 400s. */
+static int p_recommend(void *ctx, const char *id, const char *n, char **json)
+{
+    struct fx *fx = ctx;
+
+    snprintf(fx->last_id, sizeof(fx->last_id), "%s", id);
+    if (!strcmp(id, "missing"))
+        return -ENOENT;
+    if (n && !strcmp(n, "bad"))
+        return -EINVAL;
+    if (n && !strcmp(n, "huge"))
+        return -ERANGE;
+    json_t *doc = json_pack("{s:s s:s}", "user", id, "n", n ? n : "(none)");
+    *json = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    return 0;
+}
+
 static const struct http_provider provider = {
-    p_metrics, p_health, p_ready, p_snapshot, p_user, p_topics,
+    p_metrics, p_health, p_ready, p_snapshot, p_user, p_topics, p_recommend,
 };
 
 static void on_async(uv_async_t *a)
@@ -611,6 +630,36 @@ Test(http, every_route_answers, .timeout = 30)
                                       "5\n"),
                        "%s", P.body);
     cr_assert_not_null(strstr(P.body, "nmfd_http_sse_clients 0\n"));
+
+    fx_stop(fx);
+    fx_free(fx);
+}
+
+Test(http, recommend_route, .timeout = 30)
+{
+    struct fx *fx = fx_start();
+
+    get1(fx, "/users/alice/recommend?n=5", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(P.body, "{\"user\":\"alice\",\"n\":\"5\"}");
+    get1(fx, "/users/a%20b/recommend", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(P.body, "{\"user\":\"a b\",\"n\":\"(none)\"}");
+    get1(fx, "/users/missing/recommend", &P);
+    cr_assert_eq(P.status, 404);
+    get1(fx, "/users/alice/recommend?n=bad", &P);
+    cr_assert_eq(P.status, 400);
+    cr_assert_str_eq(P.body, "bad n: a whole number of at least 1\n");
+    get1(fx, "/users/alice/recommend?n=huge", &P);
+    cr_assert_eq(P.status, 400);
+    cr_assert_str_eq(P.body, "n over its bound\n");
+    get1(fx, "/users//recommend", &P);
+    cr_assert_eq(P.status, 400);
+    cr_assert_str_eq(P.body, "empty user id\n");
+    /* A user whose id is "recommend" is still a user. */
+    get1(fx, "/users/recommend", &P);
+    cr_assert_eq(P.status, 200);
+    cr_assert_str_eq(P.body, "{\"user\":\"recommend\",\"segment\":2}");
 
     fx_stop(fx);
     fx_free(fx);

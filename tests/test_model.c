@@ -2270,7 +2270,7 @@ Test(model, load_checks_structure_behind_the_checksum)
     v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 7;
+    v = 8;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
     v = 6;

@@ -427,6 +427,48 @@ Test(records, manifest_fields_and_types)
     model_free(m);
 }
 
+/* With model.holdout the manifest carries holdout_loss and the model map
+ * the share; without, neither (the test above). */
+Test(records, manifest_holdout_loss)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = K;
+    p.warmup_events = 0;
+    p.refresh_events = 100;
+    p.holdout = 0.25;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    char u[32], it[32];
+    for (int x = 0; x < 400; x++) {
+        snprintf(u, sizeof(u), "user-%d", x % NUSERS);
+        snprintf(it, sizeof(it), "item-%d",
+                 (x % NUSERS % K) * (NITEMS / K) + x % (NITEMS / K));
+        cr_assert_eq(model_fold(m, u, strlen(u), it, strlen(it), 1, 1000 + x),
+                     0);
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert(st.holdout_pairs > 0 && st.holdout_loss > 0);
+    struct records_enc *e = records_enc_new();
+    struct records_epoch ep = {.epoch = 1, .ts = 1, .refresh_interval_ms = 0};
+    struct records_manifest mf = {.ep = &ep, .segments = 0};
+    struct doc d;
+    size_t len;
+    cr_assert_eq(records_manifest_encode(e, m, &mf), 0);
+    const void *buf = records_enc_data(e, &len);
+    doc_parse(&d, buf, len);
+    cr_assert_eq(d.root.via.map.size, 16);
+    cr_assert_eq(get_f64(&d.root, "holdout_loss"), st.holdout_loss);
+    cr_assert_eq(get_u(&d.root, "events"), 400);
+    const msgpack_object *mo = get(&d.root, "model");
+    cr_assert_eq(mo->via.map.size, NMODEL_KEYS + 1);
+    cr_assert_eq(get_f64(mo, "holdout"), 0.25);
+    doc_free(&d);
+    records_enc_free(e);
+    model_free(m);
+}
+
 /* ---- dense snapshot ---- */
 
 /* Checks a snapshot document against the model it was taken from. */

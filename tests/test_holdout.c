@@ -1,0 +1,661 @@
+/* test_holdout.c -- held-out pairs: they never reach the fold (checked
+ * against a model fed only the other pairs), their score equals a direct
+ * computation from the dense W and h, and they survive a save and load. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "model_impl.h"
+#include "nnls.h"
+#include "rng.h"
+
+#define USERS 300
+#define ITEMS 80
+#define K     4
+
+struct buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+
+static int buf_write(void *ctx, const void *data, size_t len)
+{
+    struct buf *b = ctx;
+    if (b->n + len > b->cap) {
+        b->cap = (b->n + len) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, data, len);
+    b->n += len;
+    return 0;
+}
+
+static struct buf save(const struct model *m)
+{
+    struct buf b = {0};
+    cr_assert_eq(model_save(m, buf_write, &b), 0);
+    return b;
+}
+
+static struct model *model_ho(double share, uint64_t salt, int64_t half_life)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = K;
+    p.half_life_ms = half_life;
+    p.warmup_events = 2000;
+    p.refresh_events = 3000;
+    p.holdout = share;
+    p.holdout_salt = salt;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    return m;
+}
+
+/* One event of a planted stream: user u of segment u % K engages with
+ * its segment's items, 10% noise. */
+struct ev {
+    char user[32], item[32];
+    size_t ul, il;
+    uint32_t u, i;
+    double w;
+    int64_t ts;
+};
+
+static void next_event(uint64_t *s, int64_t *ts, struct ev *e)
+{
+    uint64_t a = rng_splitmix64(s), b = rng_splitmix64(s);
+    e->u = (uint32_t)(a % USERS);
+    if ((b >> 40) % 10 == 0)
+        e->i = (uint32_t)(b % ITEMS);
+    else
+        e->i = (e->u % K) * (ITEMS / K) + (uint32_t)(b % (ITEMS / K));
+    e->ul = (size_t)snprintf(e->user, sizeof(e->user), "user-%u", e->u);
+    e->il = (size_t)snprintf(e->item, sizeof(e->item), "item-%u", e->i);
+    e->w = 0.5 + (double)(a >> 59) / 8.0;
+    *ts += 1 + (int64_t)(b >> 60);
+    e->ts = *ts;
+}
+
+static int fold_ev(struct model *m, const struct ev *e)
+{
+    return model_fold(m, e->user, e->ul, e->item, e->il, e->w, e->ts);
+}
+
+Test(holdout, params_refused)
+{
+    struct model_params p;
+    model_params_default(&p);
+    cr_assert_eq(p.holdout, 0);
+    p.holdout = 1;
+    cr_assert_str_eq(model_params_check(&p), "holdout must be in [0, 1)");
+    p.holdout = -0.1;
+    cr_assert_not_null(model_params_check(&p));
+    p.holdout = NAN;
+    cr_assert_not_null(model_params_check(&p));
+    cr_assert_null(model_new(&p));
+    p.holdout = 0.999;
+    cr_assert_null(model_params_check(&p));
+}
+
+Test(holdout, share_and_salt_choose_the_pairs)
+{
+    struct model *a = model_ho(0.2, 0, 0), *b = model_ho(0.2, 1, 0),
+                 *z = model_ho(0, 0, 0);
+    int held = 0, both = 0, again = 0;
+    const int n = 20000;
+    for (int x = 0; x < n; x++) {
+        char u[32], i[32];
+        int ul = snprintf(u, sizeof(u), "u%d", x % 997);
+        int il = snprintf(i, sizeof(i), "i%d", x / 997);
+        int ha = model_holdout_held(a, u, (size_t)ul, i, (size_t)il);
+        int hb = model_holdout_held(b, u, (size_t)ul, i, (size_t)il);
+        held += ha;
+        both += ha && hb;
+        again += ha == model_holdout_held(a, u, (size_t)ul, i, (size_t)il);
+        cr_assert_not(model_holdout_held(z, u, (size_t)ul, i, (size_t)il));
+    }
+    /* Binomial(20000, 0.2): sd 57. Another salt is another, independent
+     * set: overlap about 0.04 n. */
+    cr_assert(abs(held - n / 5) < 400, "held %d", held);
+    cr_assert(abs(both - n / 25) < 250, "both %d", both);
+    cr_assert_eq(again, n);
+    model_free(a);
+    model_free(b);
+    model_free(z);
+}
+
+/* The model with held-out pairs and a model fed only the other pairs
+ * are the same model: W, A, B, every h and profile, bit for bit. */
+static void check_never_folded(int64_t half_life)
+{
+    struct model *x = model_ho(0.2, 7, half_life),
+                 *y = model_ho(0, 0, half_life);
+    uint64_t s = 42, held = 0, total = 30000;
+    int64_t ts = 1000;
+    for (uint64_t n = 0; n < total; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(x, &e), 0);
+        if (model_holdout_held(x, e.user, e.ul, e.item, e.il))
+            held++;
+        else
+            cr_assert_eq(fold_ev(y, &e), 0);
+    }
+    cr_assert(held > total / 10 && held < total * 3 / 10);
+    struct model_stats sx, sy;
+    model_stats(x, &sx);
+    model_stats(y, &sy);
+    cr_assert_eq(sx.events, total);
+    cr_assert_eq(sx.holdout_events, held);
+    cr_assert_eq(sy.events + held, total);
+    cr_assert_eq(sx.refreshes, sy.refreshes);
+    cr_assert(sx.holdout_pairs > 0 && sx.holdout_loss > 0);
+    cr_assert_eq(sy.holdout_pairs, 0);
+
+    const uint32_t M = model_item_slots(x), U = model_user_slots(x);
+    cr_assert_eq(M, model_item_slots(y));
+    cr_assert_eq(U, model_user_slots(y));
+    cr_assert_eq(memcmp(model_W(x), model_W(y), (size_t)M * K * sizeof(float)),
+                 0);
+    double Ax[K * K], Ay[K * K];
+    model_A(x, Ax);
+    model_A(y, Ay);
+    cr_assert_eq(memcmp(Ax, Ay, sizeof(Ax)), 0);
+    double *Bx = calloc((size_t)M * K, sizeof(double));
+    double *By = calloc((size_t)M * K, sizeof(double));
+    model_B(x, Bx);
+    model_B(y, By);
+    cr_assert_eq(memcmp(Bx, By, (size_t)M * K * sizeof(double)), 0);
+    free(Bx);
+    free(By);
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view vx, vy;
+        cr_assert_eq(model_user_get(x, u, &vx), model_user_get(y, u, &vy));
+        cr_assert_eq(vx.id_len, vy.id_len);
+        cr_assert_eq(memcmp(vx.id, vy.id, vx.id_len), 0);
+        cr_assert_eq(memcmp(vx.h, vy.h, K * sizeof(float)), 0);
+        const uint32_t *ix, *iy;
+        const float *fx, *fy;
+        uint32_t nx, ny;
+        model_user_profile(x, u, &ix, &fx, &nx);
+        model_user_profile(y, u, &iy, &fy, &ny);
+        cr_assert_eq(nx, ny);
+        for (uint32_t q = 0; q < nx; q++) {
+            size_t len;
+            const char *it = model_item_id(x, ix[q], &len);
+            /* No held-out pair in any profile. */
+            cr_assert_not(model_holdout_held(x, vx.id, vx.id_len, it, len));
+            cr_assert_eq(ix[q], iy[q]);
+            cr_assert_eq(memcmp(&fx[q], &fy[q], sizeof(float)), 0);
+        }
+    }
+    model_free(x);
+    model_free(y);
+}
+
+Test(holdout, held_out_pairs_never_reach_the_fold)
+{
+    check_never_folded(0);
+}
+
+Test(holdout, held_out_pairs_never_reach_the_fold_with_decay)
+{
+    check_never_folded(5000);
+}
+
+/* The score from scratch: the held-out matrix summed (and decayed to the
+ * latest time) by the test, the prediction from the dense W and h. */
+static void check_score(int64_t half_life)
+{
+    struct model *m = model_ho(0.25, 3, half_life);
+    double *v = calloc((size_t)USERS * ITEMS, sizeof(double));
+    int64_t *vt = calloc((size_t)USERS * ITEMS, sizeof(int64_t));
+    uint64_t s = 9;
+    int64_t ts = 5000;
+    for (int n = 0; n < 20000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(m, &e), 0);
+        if (model_holdout_held(m, e.user, e.ul, e.item, e.il)) {
+            size_t c = (size_t)e.u * ITEMS + e.i;
+            if (half_life > 0 && vt[c])
+                v[c] *= exp2(-(double)(e.ts - vt[c]) / (double)half_life);
+            v[c] += e.w;
+            vt[c] = e.ts;
+        }
+    }
+    for (int r = 0; r < 3; r++)
+        model_refine(m, SIZE_MAX); /* a score for a W after the stream */
+    /* Item numbers to the model's item indices. */
+    int64_t idx[ITEMS];
+    for (uint32_t i = 0; i < ITEMS; i++)
+        idx[i] = -1;
+    for (uint32_t i = 0; i < model_item_slots(m); i++) {
+        size_t len;
+        const char *id = model_item_id(m, i, &len);
+        char num[32];
+        memcpy(num, id + 5, len - 5); /* ids are not NUL-terminated */
+        num[len - 5] = 0;
+        idx[atoi(num)] = i;
+    }
+    const float *W = model_W(m);
+    double loss = 0, norm = 0;
+    uint64_t pairs = 0;
+    for (uint32_t u = 0; u < USERS; u++) {
+        char us[32];
+        int ul = snprintf(us, sizeof(us), "user-%u", u);
+        int64_t mu = model_user_find(m, us, (size_t)ul);
+        struct model_user_view view;
+        if (mu >= 0)
+            cr_assert_eq(model_user_get(m, (uint32_t)mu, &view), 0);
+        for (uint32_t i = 0; i < ITEMS; i++) {
+            size_t c = (size_t)u * ITEMS + i;
+            if (!vt[c])
+                continue;
+            double val = v[c], p = 0;
+            if (half_life > 0)
+                val *= exp2(-(double)(ts - vt[c]) / (double)half_life);
+            if (mu >= 0 && idx[i] >= 0) {
+                for (uint32_t j = 0; j < K; j++)
+                    p += (double)W[idx[i] * K + j] * view.h[j];
+                if (half_life > 0)
+                    p *= exp2(-(double)(ts - view.ts) / (double)half_life);
+            }
+            loss += (val - p) * (val - p);
+            norm += val * val;
+            pairs++;
+        }
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.holdout_pairs, pairs);
+    cr_assert(pairs > 100);
+    cr_assert_float_eq(st.holdout_norm, norm, 1e-9 * norm);
+    cr_assert_float_eq(st.holdout_loss, loss / norm, 1e-5 * loss / norm,
+                       "model %.9g direct %.9g", st.holdout_loss, loss / norm);
+    /* A planted stream is predictable: well under the null prediction's 1. */
+    cr_assert(st.holdout_loss < 0.9, "holdout_loss %g", st.holdout_loss);
+    free(v);
+    free(vt);
+    model_free(m);
+}
+
+Test(holdout, score_equals_direct_computation)
+{
+    check_score(0);
+}
+
+Test(holdout, score_equals_direct_computation_with_decay)
+{
+    check_score(20000);
+}
+
+Test(holdout, survives_save_and_load)
+{
+    struct model *m = model_ho(0.2, 5, 0);
+    uint64_t s = 1;
+    int64_t ts = 1;
+    for (int n = 0; n < 8000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(m, &e), 0);
+    }
+    struct buf a = save(m);
+    uint32_t version;
+    memcpy(&version, a.p + 8, 4);
+    cr_assert_eq(version, 7);
+    const char *err = NULL;
+    struct model *l = model_load(a.p, a.n, &err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_eq(model_params(l)->holdout, 0.2);
+    cr_assert_eq(model_params(l)->holdout_salt, 5);
+    struct buf b = save(l);
+    cr_assert(a.n == b.n && !memcmp(a.p, b.p, a.n));
+    struct model_stats s1, s2;
+    model_stats(m, &s1);
+    model_stats(l, &s2);
+    cr_assert_eq(s1.holdout_loss, s2.holdout_loss);
+    cr_assert_eq(s1.holdout_events, s2.holdout_events);
+    cr_assert_eq(s1.events, s2.events);
+    /* Both go on alike: the loaded model holds out the same pairs. */
+    for (int n = 0; n < 2000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(m, &e), 0);
+        cr_assert_eq(fold_ev(l, &e), 0);
+    }
+    free(a.p);
+    free(b.p);
+    a = save(m);
+    b = save(l);
+    cr_assert(a.n == b.n && !memcmp(a.p, b.p, a.n));
+
+    /* A bad share or a cut section is refused. */
+    double share = 0.2;
+    uint8_t *at = memmem(a.p, a.n, &share, sizeof(share));
+    cr_assert_not_null(at);
+    double bad[] = {0, 1, -0.5, NAN};
+    for (size_t q = 0; q < sizeof(bad) / sizeof(bad[0]); q++) {
+        memcpy(at, &bad[q], sizeof(double));
+        uint64_t sum = model__state_checksum(a.p, a.n - 8);
+        memcpy(a.p + a.n - 8, &sum, 8);
+        cr_assert_null(model_load(a.p, a.n, &err));
+        cr_assert_str_eq(err, "bad held-out share");
+    }
+    memcpy(at, &share, sizeof(double));
+    size_t cut = a.n - 8 - 10;
+    uint64_t sum = model__state_checksum(a.p, cut);
+    memcpy(a.p + cut, &sum, 8);
+    cr_assert_null(model_load(a.p, cut + 8, &err));
+    cr_assert_str_eq(err, "bad held-out entries"); /* fewer than it counts */
+    free(a.p);
+    free(b.p);
+    model_free(m);
+    model_free(l);
+}
+
+/* Without held-out pairs the state is version 6, as before version 7. */
+Test(holdout, zero_share_writes_the_plain_state)
+{
+    struct model *m = model_ho(0, 0, 0);
+    uint64_t s = 1;
+    int64_t ts = 1;
+    for (int n = 0; n < 3000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(m, &e), 0);
+    }
+    struct buf a = save(m);
+    uint32_t version;
+    memcpy(&version, a.p + 8, 4);
+    cr_assert_eq(version, 6);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.holdout_events, 0);
+    cr_assert_eq(st.holdout_loss, 0);
+    free(a.p);
+    model_free(m);
+}
+
+/* Bi-cross-validation. A dense reference for one held-out user: the NNLS
+ * by enumerating the supports of h (k = 4: 16 unconstrained least
+ * squares on W_S restricted to the support, keeping the feasible one of
+ * least objective), then the error over every item of T, zeros included,
+ * from the dense v. Independent of nnls.c and of the Gram shortcut. */
+#define BM 40
+#define BK 4
+
+static int solve_small(int n, double a[BK][BK + 1], double *x)
+{
+    for (int c = 0; c < n; c++) {
+        int p = c;
+        for (int r = c + 1; r < n; r++)
+            if (fabs(a[r][c]) > fabs(a[p][c]))
+                p = r;
+        if (fabs(a[p][c]) < 1e-12)
+            return -1;
+        for (int j = 0; j <= n; j++) {
+            double t = a[c][j];
+            a[c][j] = a[p][j];
+            a[p][j] = t;
+        }
+        for (int r = 0; r < n; r++)
+            if (r != c) {
+                double f = a[r][c] / a[c][c];
+                for (int j = c; j <= n; j++)
+                    a[r][j] -= f * a[c][j];
+            }
+    }
+    for (int c = 0; c < n; c++)
+        x[c] = a[c][n] / a[c][c];
+    return 0;
+}
+
+static double dense_bcv(const float *W, const double *v, const uint8_t *T,
+                        double *vnorm)
+{
+    double best = INFINITY, h[BK] = {0};
+    for (int sup = 0; sup < 1 << BK; sup++) {
+        int idx[BK], n = 0;
+        for (int j = 0; j < BK; j++)
+            if (sup >> j & 1)
+                idx[n++] = j;
+        double a[BK][BK + 1] = {{0}}, x[BK] = {0}, hh[BK] = {0};
+        for (int i = 0; i < BM; i++) {
+            if (T[i])
+                continue;
+            for (int r = 0; r < n; r++) {
+                for (int c = 0; c < n; c++)
+                    a[r][c] += (double)W[i * BK + idx[r]] * W[i * BK + idx[c]];
+                a[r][n] += (double)W[i * BK + idx[r]] * v[i];
+            }
+        }
+        if (n && solve_small(n, a, x))
+            continue;
+        int ok = 1;
+        for (int r = 0; r < n; r++) {
+            ok &= x[r] >= 0;
+            hh[idx[r]] = x[r];
+        }
+        if (!ok)
+            continue;
+        double obj = 0;
+        for (int i = 0; i < BM; i++) {
+            if (T[i])
+                continue;
+            double p = 0;
+            for (int j = 0; j < BK; j++)
+                p += (double)W[i * BK + j] * hh[j];
+            obj += (v[i] - p) * (v[i] - p);
+        }
+        if (obj < best) {
+            best = obj;
+            memcpy(h, hh, sizeof(h));
+        }
+    }
+    double err = 0;
+    *vnorm = 0;
+    for (int i = 0; i < BM; i++) {
+        if (!T[i])
+            continue;
+        double p = 0;
+        for (int j = 0; j < BK; j++)
+            p += (double)W[i * BK + j] * h[j];
+        err += (v[i] - p) * (v[i] - p);
+        *vnorm += v[i] * v[i];
+    }
+    return err;
+}
+
+Test(holdout, bcv_user_equals_dense_computation)
+{
+    uint64_t s = 42;
+    for (int trial = 0; trial < 50; trial++) {
+        float W[BM * BK];
+        double v[BM], GS[BK * BK], GT[BK * BK], scratch[4 * BK];
+        uint8_t T[BM], sc[BM + 2];
+        int64_t row[BM + 2];
+        double val[BM + 2];
+        uint32_t n = 0;
+        for (int i = 0; i < BM * BK; i++) /* sparse-ish, non-negative */
+            W[i] = rng_splitmix64(&s) % 3
+                       ? 0.0f
+                       : (float)(rng_splitmix64(&s) >> 40) / 0x1p24f;
+        for (int i = 0; i < BM; i++) {
+            T[i] = rng_splitmix64(&s) & 1;
+            v[i] = rng_splitmix64(&s) % 4
+                       ? 0
+                       : 1 + (double)(rng_splitmix64(&s) % 5);
+            if (v[i] > 0) {
+                row[n] = i;
+                sc[n] = T[i];
+                val[n++] = v[i];
+            }
+        }
+        /* Items W has no row for: one in S (no say in h), one in T (all
+         * error). */
+        row[n] = -1;
+        sc[n] = 0;
+        val[n++] = 7;
+        row[n] = -1;
+        sc[n] = 1;
+        val[n++] = 3;
+        holdout_bcv_grams(BK, W, BM, T, GS, GT);
+        double norm, dnorm;
+        double got = holdout_bcv_user(BK, W, GS, GT, row, sc, val, n, 0, 0,
+                                      10000, 1e-14, scratch, &norm);
+        double want = dense_bcv(W, v, T, &dnorm) + 9;
+        dnorm += 9;
+        cr_assert_float_eq(norm, dnorm, 1e-12 * dnorm);
+        cr_assert_float_eq(got, want, 1e-6 * (want + 1),
+                           "trial %d: %.12g %.12g", trial, got, want);
+    }
+}
+
+Test(holdout, bcv_halves_and_users_follow_the_hash)
+{
+    uint32_t held = 0, scored = 0, moved = 0;
+    for (int i = 0; i < 20000; i++) {
+        char id[32];
+        size_t n = (size_t)snprintf(id, sizeof(id), "id-%d", i);
+        held += (uint32_t)holdout_bcv_user_held(0.2, 1, id, n);
+        scored += (uint32_t)holdout_bcv_item_scored(1, id, n);
+        moved += holdout_bcv_item_scored(1, id, n) !=
+                 holdout_bcv_item_scored(2, id, n);
+        cr_assert_eq(holdout_bcv_user_held(0.2, 1, id, n),
+                     holdout_bcv_user_held(0.2, 1, id, n));
+    }
+    cr_assert(held > 3700 && held < 4300, "held %u of 20000", held);
+    cr_assert(scored > 9600 && scored < 10400, "scored %u", scored);
+    /* Another salt splits the items another way. */
+    cr_assert(moved > 9600 && moved < 10400, "moved %u", moved);
+}
+
+Test(holdout, bcv_add_refuses_bad_events)
+{
+    struct model_bcv *b = model_bcv_new(0.2, 0);
+    char longid[MODEL_ID_MAX + 1];
+    memset(longid, 'x', sizeof(longid));
+    cr_assert_not_null(b);
+    cr_assert_eq(model_bcv_add(b, "", 0, "i", 1, 1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, NULL, 1, 1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, -1, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, NAN, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, INFINITY, 1, 0), -EINVAL);
+    cr_assert_eq(model_bcv_add(b, longid, sizeof(longid), "i", 1, 1, 1, 0),
+                 -ENAMETOOLONG);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, 1, -1, 0), -ERANGE);
+    cr_assert_eq(model_bcv_add(b, "u", 1, "i", 1, 2e12, 1, 0), -ERANGE);
+    /* Nothing was added: an empty score. */
+    struct model *m = model_ho(0, 0, 0);
+    struct model_bcv_score bs;
+    cr_assert_eq(model_bcv_score(b, m, &bs), 0);
+    cr_assert(bs.users == 0 && bs.norm == 0 && bs.loss == 0);
+    model_free(m);
+    model_bcv_free(b);
+}
+
+/* The whole path: the training users folded, the held-out users added
+ * (never reaching the model), and model_bcv_score equal to the same
+ * computation from the dense held-out matrix, the model's W and both
+ * halves in turn. */
+Test(holdout, bcv_score_equals_direct_computation)
+{
+    struct model *m = model_ho(0, 0, 0);
+    struct model_bcv *b = model_bcv_new(0.25, 5);
+    double *v = calloc((size_t)USERS * ITEMS, sizeof(double));
+    uint8_t *hu = calloc(USERS, 1);
+    uint64_t s = 11;
+    int64_t ts = 5000;
+    cr_assert(m && b && v && hu);
+    for (int n = 0; n < 20000; n++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        if (model_bcv_user_held(b, e.user, e.ul)) {
+            cr_assert_eq(
+                model_bcv_add(b, e.user, e.ul, e.item, e.il, e.w, e.ts, 0), 0);
+            v[(size_t)e.u * ITEMS + e.i] += e.w;
+            hu[e.u] = 1;
+        } else {
+            cr_assert_eq(fold_ev(m, &e), 0);
+        }
+    }
+    for (int r = 0; r < 3; r++)
+        model_refine(m, SIZE_MAX);
+    const float *W = model_W(m);
+    const uint32_t M = model_item_slots(m);
+    uint8_t *T = calloc(M, 1);
+    for (uint32_t i = 0; i < M; i++) {
+        size_t len;
+        const char *id = model_item_id(m, i, &len);
+        T[i] = (uint8_t)holdout_bcv_item_scored(5, id, len);
+    }
+    double G[2][K * K] = {{0}};
+    for (uint32_t i = 0; i < M; i++)
+        for (int a = 0; a < K; a++)
+            for (int c = 0; c < K; c++)
+                G[T[i]][a * K + c] += (double)W[i * K + a] * W[i * K + c];
+    double loss = 0, norm = 0;
+    uint64_t users = 0;
+    for (uint32_t u = 0; u < USERS; u++) {
+        char us[32];
+        int ul = snprintf(us, sizeof(us), "user-%u", u);
+        if (!hu[u]) {
+            cr_assert_eq(model_bcv_user_held(b, us, (size_t)ul), 0);
+            continue;
+        }
+        cr_assert_lt(model_user_find(m, us, (size_t)ul), 0);
+        users++;
+        for (int side = 0; side < 2; side++) { /* fit on !side, score side */
+            double bf[K] = {0}, bs[K] = {0}, h[K] = {0}, gh[K];
+            for (uint32_t i = 0; i < M; i++) {
+                size_t len;
+                const char *id = model_item_id(m, i, &len);
+                char num[32];
+                memcpy(num, id + 5, len - 5);
+                num[len - 5] = 0;
+                double x = v[(size_t)u * ITEMS + (uint32_t)atoi(num)];
+                for (int j = 0; j < K; j++)
+                    (T[i] == side ? bs : bf)[j] += x * W[i * K + j];
+            }
+            nnls_solve(K, G[!side], bf, 0, 0, 500, model_params(m)->nnls_tol, h,
+                       gh);
+            /* ||v_side - W_side h||^2 over every item of the side. */
+            double hgh = 0, hb = 0, vv = 0;
+            for (int a = 0; a < K; a++) {
+                hb += h[a] * bs[a];
+                for (int c = 0; c < K; c++)
+                    hgh += h[a] * G[side][a * K + c] * h[c];
+            }
+            for (uint32_t i = 0; i < ITEMS; i++) {
+                char is[32];
+                int il = snprintf(is, sizeof(is), "item-%u", i);
+                double x = v[(size_t)u * ITEMS + i];
+                if (holdout_bcv_item_scored(5, is, (size_t)il) == side)
+                    vv += x * x;
+            }
+            loss += vv - 2 * hb + hgh;
+            norm += vv;
+        }
+    }
+    struct model_bcv_score bs;
+    cr_assert_eq(model_bcv_score(b, m, &bs), 0);
+    cr_assert_eq(bs.users, users);
+    cr_assert(users > 40, "%lu held-out users", (unsigned long)users);
+    cr_assert_float_eq(bs.norm, norm, 1e-9 * norm);
+    cr_assert_float_eq(bs.loss, loss, 1e-6 * loss, "score %.9g direct %.9g",
+                       bs.loss, loss);
+    /* A planted stream at its rank predicts the other half well. */
+    cr_assert(bs.loss / bs.norm < 0.5, "bcv error %g", bs.loss / bs.norm);
+    free(T);
+    free(v);
+    free(hu);
+    model_bcv_free(b);
+    model_free(m);
+}
