@@ -715,6 +715,7 @@ static int server_load_state(struct server *s)
                         "says %u; start with --ignore-checkpoint to refit",
                         have->k, s->cfg->model.params.k);
                 model_free(m);
+                checkpoint_offsets_free(seek, nseek);
                 return -EINVAL;
             }
             if (have->holdout != s->cfg->model.params.holdout) {
@@ -723,6 +724,7 @@ static int server_load_state(struct server *s)
                         "change: start with --ignore-checkpoint to refit",
                         have->holdout, s->cfg->model.params.holdout);
                 model_free(m);
+                checkpoint_offsets_free(seek, nseek);
                 return -EINVAL;
             }
             s->model = m;
