@@ -87,6 +87,7 @@
 #include "model_impl.h"
 #include "nnls_impl.h"
 #include "simd.h"
+#include "topn.h"
 
 _Static_assert(sizeof(struct model_user) == 48, "48 bytes per user record");
 
@@ -2527,35 +2528,6 @@ void model_B(const struct model *m, double *out)
     }
 }
 
-/* Is (wa, ia) stronger than (wb, ib)? Larger weight, then lower index. */
-static inline int model_top_before(float wa, uint32_t ia, float wb, uint32_t ib)
-{
-    return wa > wb || (wa == wb && ia < ib);
-}
-
-static void model_top_sift(uint32_t *items, float *w, uint32_t n, uint32_t i)
-{
-    /* A min-heap on strength: the root is the weakest kept. */
-    for (;;) {
-        uint32_t l = 2 * i + 1, r = l + 1, s = i;
-        if (l < n && model_top_before(w[s], items[s], w[l], items[l]))
-            s = l;
-        if (r < n && model_top_before(w[s], items[s], w[r], items[r]))
-            s = r;
-        if (s == i)
-            return;
-        float tw = w[i];
-        uint32_t ti = items[i];
-        w[i] = w[s];
-        items[i] = items[s];
-        w[s] = tw;
-        items[s] = ti;
-        i = s;
-    }
-}
-
-/* The n largest entries of column j by a bounded min-heap held in the
- * caller's arrays (O(M log n), no full sort), then heap-sorted. */
 uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
                          uint32_t *items, float *weights)
 {
@@ -2565,42 +2537,10 @@ uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
     uint32_t cnt = 0;
     for (uint32_t i = 0; i < M; i++) {
         float w = m->W[(size_t)i * k + j];
-        if (!(w > 0))
-            continue;
-        if (cnt < n) {
-            /* Sift up. */
-            uint32_t c = cnt++;
-            items[c] = i;
-            weights[c] = w;
-            while (c > 0) {
-                uint32_t p = (c - 1) / 2;
-                if (!model_top_before(weights[p], items[p], weights[c],
-                                      items[c]))
-                    break;
-                float tw = weights[p];
-                uint32_t ti = items[p];
-                weights[p] = weights[c];
-                items[p] = items[c];
-                weights[c] = tw;
-                items[c] = ti;
-                c = p;
-            }
-        } else if (model_top_before(w, i, weights[0], items[0])) {
-            weights[0] = w;
-            items[0] = i;
-            model_top_sift(items, weights, cnt, 0);
-        }
+        if (w > 0)
+            topn_offer(items, weights, n, &cnt, w, i);
     }
-    /* Heap sort: repeatedly move the weakest to the end. */
-    for (uint32_t e = cnt; e > 1; e--) {
-        float tw = weights[0];
-        uint32_t ti = items[0];
-        weights[0] = weights[e - 1];
-        items[0] = items[e - 1];
-        weights[e - 1] = tw;
-        items[e - 1] = ti;
-        model_top_sift(items, weights, e - 1, 0);
-    }
+    topn_sort(items, weights, cnt);
     return cnt;
 }
 

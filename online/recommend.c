@@ -20,49 +20,7 @@
 
 #include "model_impl.h"
 #include "simd.h"
-
-/* Is (sa, ia) stronger than (sb, ib)? Larger score, then lower index. */
-static inline int rec_before(float sa, uint32_t ia, float sb, uint32_t ib)
-{
-    return sa > sb || (sa == sb && ia < ib);
-}
-
-/* Min-heap on strength over (items, s)[0..n): the root is the weakest. */
-static void rec_sift_down(uint32_t *items, float *s, uint32_t n, uint32_t i)
-{
-    for (;;) {
-        uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && rec_before(s[m], items[m], s[l], items[l]))
-            m = l;
-        if (r < n && rec_before(s[m], items[m], s[r], items[r]))
-            m = r;
-        if (m == i)
-            return;
-        float ts = s[i];
-        uint32_t ti = items[i];
-        s[i] = s[m];
-        items[i] = items[m];
-        s[m] = ts;
-        items[m] = ti;
-        i = m;
-    }
-}
-
-static void rec_sift_up(uint32_t *items, float *s, uint32_t c)
-{
-    while (c > 0) {
-        uint32_t p = (c - 1) / 2;
-        if (!rec_before(s[p], items[p], s[c], items[c]))
-            return;
-        float ts = s[p];
-        uint32_t ti = items[p];
-        s[p] = s[c];
-        items[p] = items[c];
-        s[c] = ts;
-        items[c] = ti;
-        c = p;
-    }
-}
+#include "topn.h"
 
 static int rec_excluded(const uint32_t *ex, uint32_t nex, uint32_t i)
 {
@@ -175,29 +133,12 @@ uint32_t model_top_scores(const float *W, uint32_t M, uint32_t k,
             uint32_t i = i0 + r;
             if (nex && rec_excluded(ex, nex, i))
                 continue;
-            if (cnt < n) {
-                items[cnt] = i;
-                scores[cnt] = s[r];
-                rec_sift_up(items, scores, cnt++);
-            } else {
-                items[0] = i;
-                scores[0] = s[r];
-                rec_sift_down(items, scores, cnt, 0);
-            }
+            topn_offer(items, scores, n, &cnt, s[r], i);
             if (cnt == n)
                 thr = scores[0];
         }
     }
-    /* Heap sort: the weakest moves to the end each time. */
-    for (uint32_t e = cnt; e > 1; e--) {
-        float ts = scores[0];
-        uint32_t ti = items[0];
-        scores[0] = scores[e - 1];
-        items[0] = items[e - 1];
-        scores[e - 1] = ts;
-        items[e - 1] = ti;
-        rec_sift_down(items, scores, e - 1, 0);
-    }
+    topn_sort(items, scores, cnt);
     return cnt;
 }
 
