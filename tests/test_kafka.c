@@ -17,6 +17,7 @@
 
 #include "broker.h"
 #include "kafka_raw.h"
+#include "run_until.h"
 
 /* ---- helpers --------------------------------------------------------------
  */
@@ -24,26 +25,9 @@
 static uv_loop_t loop;
 static struct broker *mock;
 
-static void tick(uv_timer_t *t)
-{
-}
-
-/* Runs the loop until *flag is true or ms pass; returns *flag. A repeating
- * timer keeps uv_run(ONCE) from sleeping forever. */
 static bool run_until(volatile bool *flag, int ms)
 {
-    uv_timer_t t;
-    uint64_t end;
-
-    uv_update_time(&loop);
-    end = uv_now(&loop) + (uint64_t)ms;
-    uv_timer_init(&loop, &t);
-    uv_timer_start(&t, tick, 10, 10);
-    while (!*flag && uv_now(&loop) < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return *flag;
+    return run_until_on(&loop, flag, ms);
 }
 
 static void walk_report(uv_handle_t *h, void *arg)

@@ -18,28 +18,14 @@
 #include "metrics.h"
 #include "model.h"
 #include "publisher.h"
+#include "run_until.h"
 
 static uv_loop_t loop;
 static struct broker *mock;
 
-static void tick(uv_timer_t *t)
-{
-}
-
 static bool run_until(volatile bool *flag, int ms)
 {
-    uv_timer_t t;
-    uint64_t end;
-
-    uv_update_time(&loop);
-    end = uv_now(&loop) + (uint64_t)ms;
-    uv_timer_init(&loop, &t);
-    uv_timer_start(&t, tick, 10, 10);
-    while (!*flag && uv_now(&loop) < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return *flag;
+    return run_until_on(&loop, flag, ms);
 }
 
 static void setup(void)
