@@ -44,28 +44,26 @@ static int rec_excluded(const uint32_t *ex, uint32_t nex, uint32_t i)
  * so no such call exists. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float rec_v8 __attribute__((vector_size(32), aligned(4)));
-typedef int rec_i8 __attribute__((vector_size(32)));
 
 /* The eight lane sums of a[0..8), as one vector: pairwise interleaved
  * adds (a transpose and sum in three steps), instead of eight horizontal
- * sums that would cost more than the row's multiply-adds at k = 16. */
+ * sums that would cost more than the row's multiply-adds at k = 16.
+ * __builtin_shufflevector: GCC 12 and clang (the fuzz build) alike. */
 static inline __attribute__((always_inline)) rec_v8 rec_sum8(const rec_v8 *a)
 {
-    const rec_i8 lo1 = {0, 8, 1, 9, 2, 10, 3, 11},
-                 hi1 = {4, 12, 5, 13, 6, 14, 7, 15},
-                 lo2 = {0, 1, 8, 9, 2, 3, 10, 11},
-                 hi2 = {4, 5, 12, 13, 6, 7, 14, 15},
-                 lo3 = {0, 1, 2, 3, 8, 9, 10, 11},
-                 hi3 = {4, 5, 6, 7, 12, 13, 14, 15};
     rec_v8 x[4], y[2];
     for (int q = 0; q < 4; q++)
-        x[q] = __builtin_shuffle(a[2 * q], a[2 * q + 1], lo1) +
-               __builtin_shuffle(a[2 * q], a[2 * q + 1], hi1);
+        x[q] = __builtin_shufflevector(a[2 * q], a[2 * q + 1], 0, 8, 1, 9, 2,
+                                       10, 3, 11) +
+               __builtin_shufflevector(a[2 * q], a[2 * q + 1], 4, 12, 5, 13,
+                                       6, 14, 7, 15);
     for (int q = 0; q < 2; q++)
-        y[q] = __builtin_shuffle(x[2 * q], x[2 * q + 1], lo2) +
-               __builtin_shuffle(x[2 * q], x[2 * q + 1], hi2);
-    return __builtin_shuffle(y[0], y[1], lo3) +
-           __builtin_shuffle(y[0], y[1], hi3);
+        y[q] = __builtin_shufflevector(x[2 * q], x[2 * q + 1], 0, 1, 8, 9, 2,
+                                       3, 10, 11) +
+               __builtin_shufflevector(x[2 * q], x[2 * q + 1], 4, 5, 12, 13,
+                                       6, 7, 14, 15);
+    return __builtin_shufflevector(y[0], y[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(y[0], y[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
 /* s[r] = w_(i0+r) . h for r < nb: per row, REC_LANES independent partial
