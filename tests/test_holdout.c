@@ -13,34 +13,11 @@
 #include "model_impl.h"
 #include "nnls.h"
 #include "rng.h"
+#include "state_buf.h"
 
 #define USERS 300
 #define ITEMS 80
 #define K     4
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static int buf_write(void *ctx, const void *data, size_t len)
-{
-    struct buf *b = ctx;
-    if (b->n + len > b->cap) {
-        b->cap = (b->n + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, data, len);
-    b->n += len;
-    return 0;
-}
-
-static struct buf save(const struct model *m)
-{
-    struct buf b = {0};
-    cr_assert_eq(model_save(m, buf_write, &b), 0);
-    return b;
-}
 
 static struct model *model_ho(double share, uint64_t salt, int64_t half_life)
 {
@@ -316,7 +293,7 @@ Test(holdout, survives_save_and_load)
     cr_assert_eq(model_params(l)->holdout, 0.2);
     cr_assert_eq(model_params(l)->holdout_salt, 5);
     struct buf b = save(l);
-    cr_assert(a.n == b.n && !memcmp(a.p, b.p, a.n));
+    cr_assert(bufs_equal(&a, &b));
     struct model_stats s1, s2;
     model_stats(m, &s1);
     model_stats(l, &s2);
@@ -334,7 +311,7 @@ Test(holdout, survives_save_and_load)
     free(b.p);
     a = save(m);
     b = save(l);
-    cr_assert(a.n == b.n && !memcmp(a.p, b.p, a.n));
+    cr_assert(bufs_equal(&a, &b));
 
     /* A bad share or a cut section is refused. */
     double share = 0.2;

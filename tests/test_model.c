@@ -14,6 +14,7 @@
 #include "match.h"
 #include "model_impl.h"
 #include "rng.h"
+#include "state_buf.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -259,35 +260,6 @@ static double ari(const uint32_t *a, const uint32_t *b, size_t n, uint32_t K)
     free(ra);
     free(rb);
     return (sij - exp) / (0.5 * (sa + sb) - exp);
-}
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static int buf_write(void *ctx, const void *data, size_t len)
-{
-    struct buf *b = ctx;
-    if (b->n + len > b->cap) {
-        b->cap = (b->n + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, data, len);
-    b->n += len;
-    return 0;
-}
-
-static struct buf save(const struct model *m)
-{
-    struct buf b = {0};
-    cr_assert_eq(model_save(m, buf_write, &b), 0);
-    return b;
-}
-
-static int bufs_equal(const struct buf *a, const struct buf *b)
-{
-    return a->n == b->n && !memcmp(a->p, b->p, a->n);
 }
 
 /* ---- parameters and refused input ------------------------------------ */
