@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "model.h"
 
 #define BATCH 256
@@ -76,15 +77,9 @@ static double cpu_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double median(double *x, int n)
 {
-    qsort(x, n, sizeof(double), cmp_double);
+    qsort(x, n, sizeof(double), bench_cmp_double);
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
@@ -197,7 +192,7 @@ int main(int argc, char **argv)
         double total = now_ns() - t0;
         crate[run] = events / ((cpu_ns() - c0) * 1e-9);
         rate[run] = events / (total * 1e-9);
-        qsort(lat, nb, sizeof(double), cmp_double);
+        qsort(lat, nb, sizeof(double), bench_cmp_double);
         med[run] = lat[nb / 2];
         p99[run] = lat[(size_t)(nb * 0.99)];
         struct model_memory mm;

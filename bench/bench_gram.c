@@ -13,20 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "hals.h"
-
-static double cpu_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 #define REPS 5
 
@@ -52,19 +40,19 @@ int main(int argc, char **argv)
     double t[3][REPS];
     for (int r = 0; r < REPS; r++) {
         memset(G1, 0, (size_t)k * k * sizeof(double));
-        double a = cpu_ms();
+        double a = bench_cpu_ms();
         hals_gram((uint32_t)k, rows, W, NULL, G1);
-        t[0][r] = cpu_ms() - a;
-        a = cpu_ms();
+        t[0][r] = bench_cpu_ms() - a;
+        a = bench_cpu_ms();
         for (size_t i = 0; i < rows * k; i++)
             Wd[i] = W[i];
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, k, (int)rows, 1.0,
                     Wd, k, 0.0, G2, k);
-        t[1][r] = cpu_ms() - a;
-        a = cpu_ms();
+        t[1][r] = bench_cpu_ms() - a;
+        a = bench_cpu_ms();
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, k, (int)rows, 1.0f,
                     W, k, 0.0f, G3, k);
-        t[2][r] = cpu_ms() - a;
+        t[2][r] = bench_cpu_ms() - a;
     }
     double e2 = 0, e3 = 0;
     for (int j = 0; j < k; j++) {
@@ -75,7 +63,7 @@ int main(int argc, char **argv)
         }
     }
     for (int v = 0; v < 3; v++)
-        qsort(t[v], REPS, sizeof(double), cmp);
+        qsort(t[v], REPS, sizeof(double), bench_cmp_double);
     printf("k %d rows %zu (median of %d, CPU ms)\n", k, rows, REPS);
     printf("  online hals_gram, float W -> double G: %.1f ms\n",
            t[0][REPS / 2]);

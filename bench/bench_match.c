@@ -15,22 +15,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "hals.h"
 #include "match.h"
 #include "model_impl.h"
-
-static double cpu_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 #define REPS 5
 
@@ -73,15 +61,15 @@ int main(int argc, char **argv)
 
     double tm[REPS], ta[REPS], tg[REPS];
     for (int rep = 0; rep < REPS; rep++) {
-        double t0 = cpu_ms();
+        double t0 = bench_cpu_ms();
         model__match((uint32_t)rows, (uint32_t)k, Wo, (size_t)k, all, Wn,
                      (size_t)k, all, to);
-        double t1 = cpu_ms();
+        double t1 = bench_cpu_ms();
         match_assign((uint32_t)k, S, to + 0 * k);
-        double t2 = cpu_ms();
+        double t2 = bench_cpu_ms();
         memset(G, 0, (size_t)k * k * sizeof(double));
         hals_gram((uint32_t)k, (uint32_t)rows, Wo, NULL, G);
-        double t3 = cpu_ms();
+        double t3 = bench_cpu_ms();
         tm[rep] = t1 - t0;
         ta[rep] = t2 - t1;
         tg[rep] = t3 - t2;
@@ -94,9 +82,9 @@ int main(int argc, char **argv)
                     to[j], perm[j]);
             return 1;
         }
-    qsort(tm, REPS, sizeof(double), cmp);
-    qsort(ta, REPS, sizeof(double), cmp);
-    qsort(tg, REPS, sizeof(double), cmp);
+    qsort(tm, REPS, sizeof(double), bench_cmp_double);
+    qsort(ta, REPS, sizeof(double), bench_cmp_double);
+    qsort(tg, REPS, sizeof(double), bench_cmp_double);
     printf("k %d rows %zu (median of %d, CPU ms)\n", k, rows, REPS);
     printf("  model__match (cosines + assignment): %.2f ms\n", tm[REPS / 2]);
     printf("  match_assign alone (k x k):          %.3f ms\n", ta[REPS / 2]);

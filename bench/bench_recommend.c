@@ -18,21 +18,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "model.h"
 #include "rng.h"
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
 {
@@ -45,7 +33,7 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
     uint32_t users = items / 20 ? items / 20 : 1;
     struct rng r;
     rng_seed(&r, 7);
-    double t0 = now_ms();
+    double t0 = bench_wall_ms();
     for (uint32_t e = 0; e < items + items / 2; e++) {
         char us[24], is[24];
         /* Users in k groups, each group's items a run of ids: the data
@@ -66,7 +54,7 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
     }
     for (int x = 0; x < 3; x++)
         model_refine(m, SIZE_MAX);
-    double build = now_ms() - t0;
+    double build = bench_wall_ms() - t0;
     uint32_t *out = malloc(n * sizeof(uint32_t));
     float *sc = malloc(n * sizeof(float));
     double *lat = malloc((size_t)requests * sizeof(double));
@@ -74,9 +62,9 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
     uint64_t got = 0;
     for (int q = 0; q < requests; q++) {
         uint32_t u = (uint32_t)rng_below(&r, U);
-        double a = now_ms();
+        double a = bench_wall_ms();
         int c = model_recommend(m, u, n, out, sc);
-        lat[q] = now_ms() - a;
+        lat[q] = bench_wall_ms() - a;
         got += c > 0 ? (uint64_t)c : 0;
     }
     /* The scan alone, with no profile to leave out, for comparison. */
@@ -85,14 +73,14 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items)
     for (int q = 0; q < 20; q++) {
         if (model_user_get(m, (uint32_t)rng_below(&r, U), &v))
             continue;
-        double a = now_ms();
+        double a = bench_wall_ms();
         model_top_scores(model_W(m), model_item_slots(m), k, v.h, NULL, 0, n,
                          out, sc);
-        a = now_ms() - a;
+        a = bench_wall_ms() - a;
         if (a < scan)
             scan = a;
     }
-    qsort(lat, (size_t)requests, sizeof(double), cmp);
+    qsort(lat, (size_t)requests, sizeof(double), bench_cmp_double);
     printf("items=%u k=%u n=%u requests=%d p50_ms=%.3f p99_ms=%.3f "
            "max_ms=%.3f W_MB=%.1f mean_returned=%.1f scan_best_ms=%.3f "
            "build_s=%.1f\n",
