@@ -173,9 +173,13 @@ def run_nmfd(nmfctl, path, k, rounds, snap, extra_sets, work=None):
 
 def snapshot_factors(snap, users, items):
     """W (users x k) and H (k x items) in scikit-learn's orientation from
-    a dense snapshot; ids the snapshot lacks get zero factors."""
+    a dense snapshot file; ids the snapshot lacks get zero factors."""
     with open(snap, "rb") as f:
-        doc = msgpack.unpackb(f.read(), raw=False)
+        return doc_factors(msgpack.unpackb(f.read(), raw=False), users, items)
+
+
+def doc_factors(doc, users, items):
+    """The same from a decoded dense snapshot (docs/snapshot-format.md)."""
     k = doc["k"]
     su, si = doc["users"], doc["items"]
     Wm = np.frombuffer(doc["W"], "<f4").reshape(len(si), k)
