@@ -245,8 +245,10 @@ void checkpoints_fork(struct checkpoints *cp, struct model *m, uint64_t epoch)
 void checkpoints_snapshot_file(struct checkpoints *cp, struct model *m,
                                uint64_t epoch)
 {
-    struct records_epoch ep = {epoch, (int64_t)now_ms(),
-                               (int64_t)cp->cfg->model.refresh_interval_ms};
+    struct records_epoch ep = {
+        .epoch = epoch,
+        .ts = (int64_t)now_ms(),
+        .refresh_interval_ms = (int64_t)cp->cfg->model.refresh_interval_ms};
     pid_t pid;
     if (cp->snapfile.pid > 0)
         return; /* the previous file is still being written: skip */

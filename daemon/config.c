@@ -269,6 +269,30 @@ static const struct config_key config_table[] = {
           checkpoint.interval_ms,
           "A checkpoint is written this often and at a clean stop."),
 
+    /* [cluster] */
+    K_BOOL("cluster", "enabled", "false", false, cluster.enabled,
+           "Share one W with the other processes of kafka.group.id "
+           "(docs/operations.md, \"A group of processes\"); needs "
+           "model.half_life = 0. Off: a second process in the group "
+           "refuses to start."),
+    K_STR("cluster", "stats_topic", "nmf.stats", true, false,
+          cluster.stats_topic,
+          "Each member's partition statistics, to the leader (1 partition)."),
+    K_STR("cluster", "model_topic", "nmf.model", true, false,
+          cluster.model_topic,
+          "Each version of the group's W, from the leader (1 partition)."),
+    K_STR("cluster", "state_topic", "nmf.state", true, false,
+          cluster.state_topic,
+          "Users' state by input partition, for the member that takes a "
+          "partition over (the input's partition count)."),
+    K_INT(CT_DURATION, "cluster", "interval", "1s", 100, 1 * HOUR, false,
+          cluster.interval_ms,
+          "Statistics are sent, and W refreshed by the leader, this often."),
+    K_INT(CT_DURATION, "cluster", "restore_timeout", "60s", 1 * SEC, 1 * HOUR,
+          false, cluster.restore_timeout_ms,
+          "A partition's state must be read back within this, or the "
+          "member stops rather than fold on a part of it."),
+
     /* [http] */
     {.section = "http",
      .name = "listen",
@@ -1448,6 +1472,35 @@ int config_check(const struct config *c, char *err, size_t errlen)
                          outputs[i]);
                 return -EINVAL;
             }
+    if (c->cluster.enabled) {
+        if (c->model.params.half_life_ms > 0) {
+            snprintf(err, errlen,
+                     "%s: cluster.enabled = true needs model.half_life = 0 "
+                     "(the members' statistics are summed as they are)",
+                     origin_of(c, "model.half_life"));
+            return -EINVAL;
+        }
+        const char *ct[] = {c->cluster.stats_topic, c->cluster.model_topic,
+                            c->cluster.state_topic};
+        static const char *const cn[] = {"cluster.stats_topic",
+                                         "cluster.model_topic",
+                                         "cluster.state_topic"};
+        for (size_t i = 0; i < 3; i++) {
+            for (size_t j = 0; j < 4; j++)
+                if (!strcmp(ct[i], outv[j]) || in_topics(c, ct[i])) {
+                    snprintf(err, errlen,
+                             "%s: %s = %s: also an input or output topic",
+                             origin_of(c, cn[i]), cn[i], ct[i]);
+                    return -EINVAL;
+                }
+            for (size_t j = i + 1; j < 3; j++)
+                if (!strcmp(ct[i], ct[j])) {
+                    snprintf(err, errlen, "%s: %s = %s: same topic as %s",
+                             origin_of(c, cn[j]), cn[j], ct[j], cn[i]);
+                    return -EINVAL;
+                }
+        }
+    }
     return http_check(c, err, errlen);
 }
 

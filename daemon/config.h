@@ -81,6 +81,14 @@ struct config {
         uint64_t interval_ms; /* reloadable */
     } checkpoint;
 
+    /* A group of processes sharing one W (docs/design.md section 8). */
+    struct {
+        bool enabled;
+        char *stats_topic, *model_topic, *state_topic;
+        uint64_t interval_ms; /* statistics out, W in, this often */
+        uint64_t restore_timeout_ms; /* a partition's state, at most */
+    } cluster;
+
     struct {
         char *listen;          /* "" = HTTP off */
         uint32_t max_connections;             /* all addresses */

@@ -189,8 +189,10 @@ static int publish_finish(struct publisher *p)
     uint32_t k = model_params(p->c.model)->k;
     uint64_t *sizes = calloc(k, sizeof(*sizes));
     double *mass = calloc(k, sizeof(*mass));
-    struct records_epoch ep = {p->epoch, (int64_t)now_ms(),
-                               (int64_t)c->model.refresh_interval_ms};
+    struct records_epoch ep = {
+        .epoch = p->epoch,
+        .ts = (int64_t)now_ms(),
+        .refresh_interval_ms = (int64_t)c->model.refresh_interval_ms};
     struct ingest_stats is;
     char key[RECORDS_KEY_MAX];
     size_t klen;

@@ -174,8 +174,9 @@ static int http_snapshot(void *ctx, const void **buf, size_t *len,
     uint64_t epoch = *s->c.epoch;
     if (!s->snap || s->snap->epoch != epoch) {
         struct records_epoch ep = {
-            epoch, (int64_t)now_ms(),
-            (int64_t)s->c.cfg->model.refresh_interval_ms};
+            .epoch = epoch,
+            .ts = (int64_t)now_ms(),
+            .refresh_interval_ms = (int64_t)s->c.cfg->model.refresh_interval_ms};
         struct snapbuf *b = calloc(1, sizeof(*b));
         if (!b)
             return -ENOMEM;

@@ -45,4 +45,8 @@ struct kafka_part {
     int64_t offset;
 };
 
+/* The partition Kafka's Java client (and nmfd's producers, murmur2_random)
+ * gives a non-empty key among n partitions. */
+int32_t kafka_key_partition(const void *key, size_t len, int32_t n);
+
 #endif

@@ -818,3 +818,28 @@ rd_kafka_t *kafka_in_handle(struct kafka_in *k)
 {
     return k->rk;
 }
+
+/* The partition count of topic from the cluster's metadata: a blocking
+ * request, bounded by timeout_ms; for start-up checks and rebalances,
+ * which are rare. */
+int kafka_in_partition_count(struct kafka_in *k, const char *topic,
+                             int timeout_ms)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(k->rk, topic, NULL);
+    rd_kafka_resp_err_t e;
+    int n;
+
+    if (!rkt)
+        return -ENOMEM;
+    e = rd_kafka_metadata(k->rk, 0, rkt, &md, timeout_ms);
+    rd_kafka_topic_destroy(rkt);
+    if (e)
+        return kafka_errno(e);
+    if (md->topic_cnt != 1 || md->topics[0].err)
+        n = md->topic_cnt == 1 ? kafka_errno(md->topics[0].err) : -ENOENT;
+    else
+        n = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    return n;
+}

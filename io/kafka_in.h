@@ -133,4 +133,10 @@ struct kafka_in_stats {
 };
 void kafka_in_stats(const struct kafka_in *k, struct kafka_in_stats *st);
 
+/* The partition count of topic (0 or more), from a metadata request that
+ * blocks up to timeout_ms: -ETIMEDOUT, -ENOENT an unknown topic, other
+ * -errno. For checks at start and on a rebalance, not per message. */
+int kafka_in_partition_count(struct kafka_in *k, const char *topic,
+                             int timeout_ms);
+
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "kafka.h"
 #include "kafka_util.h"
 
 _Static_assert(KAFKA_OFFSET_BEGINNING == RD_KAFKA_OFFSET_BEGINNING &&
@@ -216,4 +217,11 @@ struct kafka_part *kafka__parts_array(const rd_kafka_topic_partition_list_t *l)
         p[i].offset = l->elems[i].offset;
     }
     return p;
+}
+
+int32_t kafka_key_partition(const void *key, size_t len, int32_t n)
+{
+    /* librdkafka's own murmur2 partitioner; it reads neither the topic
+     * nor the opaques. */
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
 }

@@ -457,9 +457,19 @@ static int snap_pack(msgpack_packer *pk, const struct model *m,
     if (nu * k * 4 > UINT32_MAX || ni * k * 4 > UINT32_MAX)
         return -EFBIG;
     model_stats(m, &st);
+    const int group = ep->model_version > 0;
+    if (group) {
+        st.events = ep->events;
+        st.weight_sum = ep->weight_sum;
+        st.rel_loss = ep->loss;
+    }
 
-    if (msgpack_pack_map(pk, 13) < 0 ||
+    if (msgpack_pack_map(pk, 13 + 2 * group) < 0 ||
         pk_kv_u64(pk, "v", RECORDS_VERSION) < 0 ||
+        (group && (pk_kv_u64(pk, "model_version", ep->model_version) < 0 ||
+                   pk_key(pk, "cluster") < 0 ||
+                   msgpack_pack_str_with_body(pk, ep->cluster,
+                                              strlen(ep->cluster)) < 0)) ||
         pk_kv_u64(pk, "epoch", ep->epoch) < 0 ||
         pk_kv_i64(pk, "ts", ep->ts) < 0 || pk_kv_u64(pk, "k", k) < 0 ||
         pk_kv_u64(pk, "events", st.events) < 0 ||
@@ -937,6 +947,21 @@ struct records_snapshot *records_snapshot_read(const void *buf, size_t len,
         bin_floats(obj_get(&root, "A"), (size_t)s->k * s->k, &s->A, false, "A",
                    err) < 0)
         goto fail;
+    o = obj_get(&root, "model_version");
+    if (o != NULL && !obj_u64(o, &s->model_version)) {
+        *err = "model_version is not an unsigned integer";
+        goto fail;
+    }
+    o = obj_get(&root, "cluster");
+    if (o != NULL) {
+        if (o->type != MSGPACK_OBJECT_STR ||
+            o->via.str.size >= sizeof(s->cluster)) {
+            *err = "cluster is not a string of at most 255 bytes";
+            goto fail;
+        }
+        memcpy(s->cluster, o->via.str.ptr, o->via.str.size);
+        s->cluster[o->via.str.size] = 0;
+    }
     o = obj_get(&root, "model");
     if (params_read(o, &s->params, err) < 0)
         goto fail;
@@ -1007,6 +1032,244 @@ void records_snapshot_destroy(struct records_snapshot **s)
 {
     records_snapshot_free(*s);
     *s = NULL;
+}
+
+/* ---- a partition's statistics (the group's stats topic) ---- */
+
+static int pk_f64_bin(msgpack_packer *pk, const double *v, size_t n)
+{
+    unsigned char tmp[1024];
+
+    if (msgpack_pack_bin(pk, n * 8) < 0)
+        return -1;
+    while (n > 0) {
+        size_t m = n < sizeof(tmp) / 8 ? n : sizeof(tmp) / 8;
+        for (size_t i = 0; i < m; i++) {
+            uint64_t u;
+            memcpy(&u, &v[i], 8);
+            for (int b = 0; b < 8; b++)
+                tmp[8 * i + b] = (unsigned char)(u >> (8 * b));
+        }
+        if (msgpack_pack_bin_body(pk, tmp, m * 8) < 0)
+            return -1;
+        v += m;
+        n -= m;
+    }
+    return 0;
+}
+
+static double f64_from_le(const unsigned char *p)
+{
+    uint64_t u = 0;
+    double d;
+
+    for (int b = 7; b >= 0; b--)
+        u = u << 8 | p[b];
+    memcpy(&d, &u, 8);
+    return d;
+}
+
+static int pk_kv_str(msgpack_packer *pk, const char *k, const char *v)
+{
+    if (pk_key(pk, k) < 0)
+        return -1;
+    return msgpack_pack_str_with_body(pk, v, strlen(v));
+}
+
+static int stats_row_live(const struct model *m, const double *B, uint32_t k,
+                          uint32_t i)
+{
+    size_t len;
+
+    if (model_item_id(m, i, &len) == NULL)
+        return 0;
+    for (uint32_t j = 0; j < k; j++)
+        if (B[(size_t)i * k + j] != 0)
+            return 1;
+    return 0;
+}
+
+int records_stats_encode(struct records_enc *e, const struct records_stats *h,
+                         const struct model *m, const double *A,
+                         const double *B)
+{
+    const uint32_t k = model_params(m)->k, islots = model_item_slots(m);
+    msgpack_packer pk;
+    uint32_t n = 0;
+    size_t len;
+
+    for (uint32_t i = 0; i < islots; i++)
+        n += (uint32_t)stats_row_live(m, B, k, i);
+    if ((uint64_t)n * k * 8 > UINT32_MAX)
+        return -EFBIG;
+    enc_start(e, &pk);
+    if (msgpack_pack_map(&pk, 15) < 0 ||
+        pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
+        pk_kv_str(&pk, "cluster", h->cluster) < 0 ||
+        pk_kv_str(&pk, "owner", h->owner) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
+        pk_kv_i64(&pk, "partition", h->part) < 0 ||
+        pk_kv_u64(&pk, "seq", h->seq) < 0 || pk_kv_i64(&pk, "ts", h->ts) < 0 ||
+        pk_kv_i64(&pk, "offset", h->offset) < 0 ||
+        pk_kv_u64(&pk, "events", h->events) < 0 ||
+        pk_kv_f64(&pk, "weight_sum", h->weight_sum) < 0 ||
+        pk_kv_f64(&pk, "norm", h->norm) < 0 ||
+        pk_kv_u64(&pk, "users", h->users) < 0 || pk_key(&pk, "A") < 0 ||
+        pk_f64_bin(&pk, A, (size_t)k * k) < 0 || pk_key(&pk, "items") < 0 ||
+        msgpack_pack_array(&pk, n) < 0)
+        return enc_fail(e);
+    for (uint32_t i = 0; i < islots; i++) {
+        if (!stats_row_live(m, B, k, i))
+            continue;
+        const char *id = model_item_id(m, i, &len);
+        if (msgpack_pack_str_with_body(&pk, id, len) < 0)
+            return enc_fail(e);
+    }
+    if (pk_key(&pk, "B") < 0 || msgpack_pack_bin(&pk, (size_t)n * k * 8) < 0)
+        return enc_fail(e);
+    for (uint32_t i = 0; i < islots; i++) {
+        if (!stats_row_live(m, B, k, i))
+            continue;
+        unsigned char tmp[8 * MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++) {
+            uint64_t u;
+            memcpy(&u, &B[(size_t)i * k + j], 8);
+            for (int b = 0; b < 8; b++)
+                tmp[8 * j + b] = (unsigned char)(u >> (8 * b));
+        }
+        if (msgpack_pack_bin_body(&pk, tmp, (size_t)k * 8) < 0)
+            return enc_fail(e);
+    }
+    return 0;
+}
+
+static int bin_doubles(const msgpack_object *o, size_t n, double **out,
+                       const char *name, const char **err)
+{
+    static __thread char msg[80];
+    const unsigned char *p;
+    double *v;
+
+    if (o == NULL || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n * 8) {
+        snprintf(msg, sizeof(msg), "%s is missing or not a bin of %zu bytes",
+                 name, n * 8);
+        *err = msg;
+        return -EBADMSG;
+    }
+    v = malloc(sizeof(double) * (n ? n : 1));
+    if (v == NULL) {
+        *err = "out of memory";
+        return -ENOMEM;
+    }
+    p = (const unsigned char *)o->via.bin.ptr;
+    for (size_t i = 0; i < n; i++) {
+        v[i] = f64_from_le(p + 8 * i);
+        if (!isfinite(v[i]) || (name[0] == 'B' && v[i] < 0)) {
+            snprintf(msg, sizeof(msg), "%s[%zu] is %s", name, i,
+                     isfinite(v[i]) ? "negative" : "not finite");
+            free(v);
+            *err = msg;
+            return -EBADMSG;
+        }
+    }
+    *out = v;
+    return 0;
+}
+
+static int obj_str_copy(const msgpack_object *o, char *out, size_t cap)
+{
+    if (o == NULL || o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 ||
+        o->via.str.size >= cap)
+        return -1;
+    memcpy(out, o->via.str.ptr, o->via.str.size);
+    out[o->via.str.size] = 0;
+    return 0;
+}
+
+struct records_stats *records_stats_read(const void *buf, size_t len,
+                                         const char **err)
+{
+    struct records_stats *s = NULL;
+    msgpack_zone *zone = NULL;
+    msgpack_object root;
+    const msgpack_object *items;
+    const char *dummy;
+    size_t end;
+    uint64_t v, k;
+    int64_t part;
+
+    if (err == NULL)
+        err = &dummy;
+    if (mp_unpack_one(buf, len, RECORDS_READ_DEPTH, &zone, &root, &end, err) <
+        0)
+        goto fail;
+    if (end != len || root.type != MSGPACK_OBJECT_MAP) {
+        *err = "not one msgpack map";
+        goto fail;
+    }
+    if (!obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_VERSION) {
+        *err = "no version or an unsupported one";
+        goto fail;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    if (obj_str_copy(obj_get(&root, "cluster"), s->cluster,
+                     sizeof(s->cluster)) < 0 ||
+        obj_str_copy(obj_get(&root, "owner"), s->owner, sizeof(s->owner)) <
+            0) {
+        *err = "cluster or owner missing or not a string";
+        goto fail;
+    }
+    if (!obj_u64(obj_get(&root, "k"), &k) || k < 1 || k > MODEL_K_MAX) {
+        *err = "k is missing or not in 1..256";
+        goto fail;
+    }
+    s->k = (uint32_t)k;
+    if (!obj_i64(obj_get(&root, "partition"), &part) || part < 0 ||
+        part > INT32_MAX || !obj_u64(obj_get(&root, "seq"), &s->seq) ||
+        !obj_i64(obj_get(&root, "ts"), &s->ts) ||
+        !obj_i64(obj_get(&root, "offset"), &s->offset) ||
+        !obj_u64(obj_get(&root, "events"), &s->events) ||
+        !obj_num(obj_get(&root, "weight_sum"), &s->weight_sum) ||
+        !obj_num(obj_get(&root, "norm"), &s->norm) ||
+        !obj_u64(obj_get(&root, "users"), &s->users) ||
+        !isfinite(s->weight_sum) || !isfinite(s->norm) || s->norm < 0) {
+        *err = "partition, seq, ts, offset, events, weight_sum, norm or "
+               "users missing or out of range";
+        goto fail;
+    }
+    s->part = (int32_t)part;
+    items = obj_get(&root, "items");
+    if (items == NULL || items->type != MSGPACK_OBJECT_ARRAY) {
+        *err = "items missing or not an array";
+        goto fail;
+    }
+    s->nitems = items->via.array.size;
+    if (ids_copy(items, &s->items, &s->item_lens, "item", err) < 0 ||
+        bin_doubles(obj_get(&root, "A"), (size_t)s->k * s->k, &s->A, "A",
+                    err) < 0 ||
+        bin_doubles(obj_get(&root, "B"), (size_t)s->nitems * s->k, &s->B, "B",
+                    err) < 0)
+        goto fail;
+    msgpack_zone_free(zone);
+    return s;
+fail:
+    msgpack_zone_free(zone);
+    records_stats_free(s);
+    return NULL;
+}
+
+void records_stats_free(struct records_stats *s)
+{
+    if (s == NULL)
+        return;
+    free(s->items);
+    free(s->item_lens);
+    free(s->A);
+    free(s->B);
+    free(s);
 }
 
 /* ---- msgpack -> JSON lines ---- */

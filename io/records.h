@@ -17,6 +17,7 @@
 
 #define RECORDS_VERSION 1  /* the "v" of every record */
 #define RECORDS_KEY_MAX 32 /* bytes for a topic or manifest key + NUL */
+#define RECORDS_CLUSTER_MAX 256 /* bytes of a group name + NUL */
 
 /* Keys: "topic-J" and the epoch in decimal, NUL-terminated. Return the
  * length without the NUL. (A segment record's key is the user id.) */
@@ -29,6 +30,14 @@ struct records_epoch {
     int64_t ts;                  /* ms since the Unix epoch, epoch cut */
     int64_t refresh_interval_ms; /* model.refresh_interval; added to the
                                     "model" map when > 0 */
+    /* A group's W (docs/design.md section 8) when model_version > 0: the
+     * snapshot adds "model_version" and "cluster", and its events,
+     * weight_sum and loss are these, the group's, not the model's. */
+    uint64_t model_version;
+    const char *cluster;
+    uint64_t events;
+    double weight_sum;
+    double loss;
 };
 
 /* A reusable encode buffer (plus scratch for the topic encoder). Every
@@ -116,6 +125,9 @@ struct records_snapshot {
     float *A;
     /* From the "model" map; defaults for absent keys. */
     struct model_params params;
+    /* A group's W: its version and the group's name; 0 and "" if absent. */
+    uint64_t model_version;
+    char cluster[RECORDS_CLUSTER_MAX];
 };
 
 /* NULL and *err set to a static message on anything inconsistent (wrong
@@ -143,5 +155,42 @@ void records_snapshot_destroy(struct records_snapshot **s);
  * -ENOMEM. Values before the bad one are written. */
 int records_dump_json(FILE *out, const void *buf, size_t len, unsigned flags,
                       const char **err);
+
+/* One partition's statistics on the group's stats topic (docs/design.md
+ * section 8, docs/snapshot-format.md): the exact A_p, B_p (the rows of
+ * the items its users hold) and sums of the users of input partition
+ * `part`, complete up to input offset `offset`.
+ * {"v":1,"cluster","owner","k","partition","seq","ts","offset","events",
+ *  "weight_sum","norm","users","A":bin k*k f64 LE,"items":[n],
+ *  "B":bin n*k f64 LE} */
+struct records_stats {
+    char cluster[RECORDS_CLUSTER_MAX];
+    char owner[RECORDS_CLUSTER_MAX]; /* the member that sent it */
+    uint32_t k;
+    int32_t part;
+    uint64_t seq;      /* the owner's count of its stats records */
+    int64_t ts;        /* when it was taken, ms */
+    int64_t offset;    /* the partition's next input offset */
+    uint64_t events;   /* events of the partition folded */
+    double weight_sum; /* their weights */
+    double norm;       /* sum of ||v_u||^2 */
+    uint64_t users;
+    /* Read back only: */
+    uint32_t nitems;
+    char **items;
+    size_t *item_lens;
+    double *A; /* k x k */
+    double *B; /* nitems x k */
+};
+/* Encodes h's fields with A (k x k) and the non-zero rows of B (the
+ * model's item slots x k, from model_part_stats). */
+int records_stats_encode(struct records_enc *e, const struct records_stats *h,
+                         const struct model *m, const double *A,
+                         const double *B);
+/* NULL with *err on anything malformed (a negative or non-finite B, a
+ * bin of the wrong length, ...). */
+struct records_stats *records_stats_read(const void *buf, size_t len,
+                                         const char **err);
+void records_stats_free(struct records_stats *s);
 
 #endif

@@ -583,7 +583,7 @@ static void model_b_settle(struct model *m, uint32_t u)
 }
 
 /* Marks user u as one the sync may owe B. */
-static inline void model_pend(struct model *m, uint32_t u)
+void model__pend(struct model *m, uint32_t u)
 {
     m->pend[u / 64] |= (uint64_t)1 << (u % 64);
 }
@@ -610,7 +610,7 @@ static void model_b_sync_user(struct model *m, uint32_t u)
  * index order, so that B is exact before HALS reads it. The pending bits
  * spare reading every user: with a million of them, a 48 MB walk per
  * refresh for the few thousand that changed. */
-static void model_b_sync(struct model *m)
+void model__b_sync(struct model *m)
 {
     uint32_t U = ids_slots(m->uids);
     size_t words = ((size_t)U + 63) / 64;
@@ -1183,7 +1183,7 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
         st->rows += out;
     }
     if (model__owes_b(us))
-        model_pend(m, u);
+        model__pend(m, u);
     m->dirty = 1;
     /* The step's multiply-adds: k per profile row, k^2 per sweep of the
      * solve plus two for the warm start and the statistics (A, loss). */
@@ -1266,7 +1266,7 @@ static void model_user_solve(struct model *m, uint32_t u,
 }
 
 /* Forgets a user: subtracts its contribution and frees its slot. */
-static void model_user_remove(struct model *m, uint32_t u)
+void model__user_remove(struct model *m, uint32_t u)
 {
     const uint32_t k = m->k;
     struct model_user *us = &m->u[u];
@@ -1299,8 +1299,8 @@ static void model_user_remove(struct model *m, uint32_t u)
     m->dirty = 1;
 }
 
-static uint32_t model_user_add(struct model *m, const char *id, size_t len,
-                               int64_t ts)
+uint32_t model__user_add(struct model *m, const char *id, size_t len,
+                         int64_t ts)
 {
     uint32_t u = ids_insert(m->uids, id, len);
     struct model_user *us = &m->u[u];
@@ -1319,8 +1319,8 @@ static uint32_t model_user_add(struct model *m, const char *id, size_t len,
  * entry of a unit column spread over the live items, so that users of
  * brand-new items get a non-zero h and the item enters the next refresh;
  * G follows the new row exactly. */
-static uint32_t model_item_add(struct model *m, const char *id, size_t len,
-                               int64_t ts)
+uint32_t model__item_add(struct model *m, const char *id, size_t len,
+                         int64_t ts)
 {
     const uint32_t k = m->k;
     uint32_t i = ids_insert(m->iids, id, len);
@@ -1532,7 +1532,7 @@ void model_refresh(struct model *m)
 
     model__restart_drop(m);
     m->sync_rows = 0;
-    model_b_sync(m);
+    model__b_sync(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
@@ -2000,11 +2000,11 @@ static int model_fold_checked(struct model *m, const char *user,
             model_frame_move(m, ts);
     }
     if (ii < 0)
-        ii = model_item_add(m, item, item_len, ts);
+        ii = model__item_add(m, item, item_len, ts);
     else if (ts > m->item_t[ii])
         m->item_t[ii] = ts;
     if (ui < 0)
-        ui = model_user_add(m, user, user_len, ts);
+        ui = model__user_add(m, user, user_len, ts);
 
     const struct model_user *us = &m->u[ui];
     struct model_ev ev = {.item = (uint32_t)ii, .pos = pos, .f = 1, .t = us->t};
@@ -2024,6 +2024,8 @@ static int model_fold_checked(struct model *m, const char *user,
     m->weight_sum += weight;
     m->since_refresh++;
 
+    if (m->follower)
+        return 0; /* W comes from the group (group.c) */
     if (m->p.warmup_events && !m->warm_done && m->events >= m->p.warmup_events)
         model_warmup(m);
     else if (model_refresh_due(m))
@@ -2190,6 +2192,8 @@ size_t model_refine(struct model *m, size_t max_users)
         }
         return done;
     }
+    if (m->follower)
+        return 0; /* every h is solved; W is the group's to change */
     /* The stream went quiet before warmup_events (a whole round of
      * refinement went by without an event): the warm-up's seed replaces
      * W, and the refinement's own rounds, one refresh per call, are its
@@ -2260,7 +2264,7 @@ size_t model_expire(struct model *m, int64_t now)
             continue;
         if (us->t < cut) {
             model__restart_drop(m);
-            model_user_remove(m, u);
+            model__user_remove(m, u);
             gone++;
             continue;
         }

@@ -337,4 +337,63 @@ typedef int (*model_write_fn)(void *ctx, const void *buf, size_t len);
 int model_save(const struct model *m, model_write_fn write, void *ctx);
 struct model *model_load(const void *buf, size_t len, const char **err);
 
+/* A group of processes sharing one W (docs/design.md section 8; group.c).
+ * A follower never changes W itself (no warm-up, refresh or restart, in
+ * model_fold or model_refine): it takes the group's W by
+ * model_w_install. Requires half_life_ms = 0 for the statistics. */
+void model_follow(struct model *m, int on);
+int model_following(const struct model *m);
+/* Sets the rows of W of the n items named (adding the items not yet
+ * known); rows of other items stay. Every user becomes stale against it,
+ * as after a refresh. -EINVAL a bad id or a value that is negative or not
+ * finite (nothing changed), -ENOMEM. */
+int model_w_install(struct model *m, uint32_t n, const char *const *ids,
+                    const size_t *lens, const float *W);
+/* The index of an item, added (with a random row of W) if new; -EINVAL a
+ * bad id, -ENOMEM. */
+int64_t model_item_ensure(struct model *m, const char *id, size_t len);
+/* Forgets a user with its contribution to A and B; -ENOENT if the slot
+ * is not live. */
+int model_user_forget(struct model *m, uint32_t idx);
+/* The exact statistics of the users u with part_of(id_u) == part:
+ *     A = sum_u h_u h_u^T (k x k), B = sum_u v_u h_u^T (item slots x k),
+ * sums->norm = sum_u ||v_u||^2, sums->users. A and B are the caller's,
+ * overwritten. -EINVAL with half_life_ms > 0. */
+struct model_part_sums {
+    double norm;
+    uint64_t users;
+};
+int model_part_stats(const struct model *m,
+                     int32_t (*part_of)(void *ctx, const char *id, size_t len),
+                     void *ctx, int32_t part, double *A, double *B,
+                     struct model_part_sums *sums);
+/* The leader's model (no users): takes the group's A (k x k) and B (item
+ * slots x k), for the next model_refresh. -EINVAL if it holds users or
+ * half_life_ms > 0. */
+int model_stats_set(struct model *m, const double *A, const double *B);
+/* ||V - W H||^2 from the statistics held and norm = ||V||^2. */
+double model_stats_loss(const struct model *m, double norm);
+
+/* A user's sums, for handing it over: ||v - W h||^2 at its last solve,
+ * ||v||^2 and the mass its profile evicted. -ENOENT if not live. */
+int model_user_sums(const struct model *m, uint32_t idx, float *loss,
+                    float *vnorm, float *evicted);
+/* A user handed over from another model: its profile, h (true values,
+ * k of them), time and sums, exactly as model_user_get, model_user_profile
+ * and model_user_sums gave them there. Its contribution enters A and B
+ * with that h; it is stale against this W. -EINVAL a bad field, -EEXIST
+ * the user is here, -ENOMEM (model unchanged). */
+struct model_user_state {
+    const char *id;
+    size_t id_len;
+    int64_t t;
+    const float *h;
+    uint32_t n;
+    const char *const *items;
+    const size_t *item_lens;
+    const float *values;
+    float loss, vnorm, evicted;
+};
+int model_user_put(struct model *m, const struct model_user_state *st);
+
 #endif

@@ -128,6 +128,7 @@ struct model {
      * added with weight 2^((t - T0) / half_life). */
     int64_t T, T0;
     uint8_t has_time, warm_done, dirty;
+    uint8_t follower; /* W comes from a group's leader (group.c) */
     double loss_s, norm_s;
     uint64_t events;
     double weight_sum;
@@ -172,6 +173,16 @@ static inline double model__frame_weight(const struct model *m, int64_t t)
 }
 
 int model__users_grow(struct model *m, uint32_t need);
+/* Shared with group.c: the B sync before W changes, a user's removal with
+ * its contribution, and a new item (random row of W). */
+void model__b_sync(struct model *m);
+void model__user_remove(struct model *m, uint32_t u);
+uint32_t model__user_add(struct model *m, const char *id, size_t len,
+                         int64_t ts);
+/* Marks user u as one the B sync may owe. */
+void model__pend(struct model *m, uint32_t u);
+uint32_t model__item_add(struct model *m, const char *id, size_t len,
+                         int64_t ts);
 /* Ensures a cache slot can be taken without allocating: 0 or -ENOMEM. */
 int model__bcache_reserve(struct model *m);
 uint32_t model__bcache_take(struct model *m);
