@@ -58,7 +58,7 @@ int main(int argc, char **argv)
     const char *dir = argc > 6 ? argv[6] : "/tmp/nmfd-bench-ckpt";
     struct model_params p;
     struct checkpoint_meta meta = {1, 0, 0, 0};
-    struct checkpoint_offset off = {(char *)"nmf.events", 0, 0};
+    struct checkpoint_offset off = {.topic = (char *)"nmf.events"};
     double stall[64], child[64], inproc[64];
     char err[512], u[32], it[32];
     uint64_t x = 88172645463325252ull;

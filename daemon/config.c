@@ -378,7 +378,7 @@ static const struct config_key config_table[] = {
 #define NKEYS (sizeof(config_table) / sizeof(config_table[0]))
 
 static const char *const sections[] = {
-    "kafka", "input", "model", "snapshot", "checkpoint", "http", "log",
+    "kafka", "input", "model", "snapshot", "checkpoint", "cluster", "http", "log",
 };
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 

@@ -37,6 +37,8 @@ struct part {
     int32_t partition;
     int64_t next;      /* next offset to fold, -1: nothing folded yet */
     int64_t committed; /* last offset committed to Kafka */
+    uint64_t events;   /* events of the partition folded (checkpointed) */
+    double weight;     /* their weights */
     bool assigned;
     struct metric *lag;
 };
@@ -53,6 +55,7 @@ struct fold_batch {
     size_t n, used;
     struct model_event ev[INGEST_BATCH];
     int rc[INGEST_BATCH];
+    uint32_t part[INGEST_BATCH]; /* index in ingest's parts, or UINT32_MAX */
     char ids[INGEST_BATCH * 2 * (MODEL_ID_MAX + 1)];
 };
 
@@ -84,6 +87,7 @@ struct ingest {
     uint64_t folded; /* since start */
 
     struct log_ratelimit reject_rl;
+    int32_t keyed_parts; /* > 0: events must be on their user's partition */
 
     struct {
         struct metric *consumed, *folded, *weight,
@@ -177,6 +181,8 @@ struct checkpoint_offset *ingest_offsets(struct ingest *s, size_t *n)
         o[k].topic = s->parts[i].topic; /* borrowed */
         o[k].partition = s->parts[i].partition;
         o[k].offset = s->parts[i].next;
+        o[k].events = s->parts[i].events;
+        o[k].weight = s->parts[i].weight;
         k++;
     }
     for (size_t j = 0; j < s->nseek; j++) {
@@ -255,7 +261,11 @@ struct fold_ctx {
     struct ingest *s;
     enum event_reason first;
     uint64_t folded;
+    uint32_t part;     /* index of the message's partition, or UINT32_MAX */
+    int32_t partition; /* the message's partition */
 };
+
+static void fold_reject(void *arg, enum event_reason r);
 
 static void fold_batch(struct ingest *s)
 {
@@ -281,6 +291,10 @@ static void fold_batch(struct ingest *s)
         }
         weight += b->ev[i].weight;
         folded++;
+        if (b->part[i] != UINT32_MAX) {
+            s->parts[b->part[i]].events++;
+            s->parts[b->part[i]].weight += b->ev[i].weight;
+        }
     }
     metric_add(s->m.weight, weight);
     metric_add(s->m.folded, (double)folded);
@@ -295,6 +309,12 @@ static void fold_event(void *arg, const struct event *ev)
     struct fold_batch *b = &s->batch;
     struct model_event *e;
 
+    if (s->keyed_parts > 0 &&
+        kafka_key_partition(ev->user, ev->user_len, s->keyed_parts) !=
+            fc->partition) {
+        fold_reject(arg, EVENT_WRONG_PARTITION);
+        return;
+    }
     if (b->n == INGEST_BATCH ||
         b->used + ev->user_len + ev->item_len + 2 > sizeof(b->ids))
         fold_batch(s);
@@ -309,6 +329,7 @@ static void fold_event(void *arg, const struct event *ev)
     b->used += ev->item_len + 1;
     e->weight = ev->weight;
     e->ts = ev->ts;
+    b->part[b->n - 1] = fc->part;
     fc->folded++;
 }
 
@@ -337,9 +358,11 @@ static void fold_reject(void *arg, enum event_reason r)
 static void ingest_on_message(void *ctx, const struct kafka_msg *msg)
 {
     struct ingest *s = ctx;
-    struct fold_ctx fc = {s, EVENT_OK, 0};
     const char *topic = msg->topic;
     struct part *p = part_get(s, topic, msg->partition);
+    struct fold_ctx fc = {s, EVENT_OK, 0,
+                          p ? (uint32_t)(p - s->parts) : UINT32_MAX,
+                          msg->partition};
     int64_t ts = msg->ts;
     if (ts < 0)
         ts = (int64_t)now_ms();
@@ -395,18 +418,31 @@ static void ingest_on_assign(void *ctx, struct kafka_part *parts, size_t n)
                 if (s->seek[j].partition == tp->partition &&
                     !strcmp(s->seek[j].topic, tp->topic)) {
                     tp->offset = s->seek[j].offset;
-                    if (p)
+                    if (p) {
                         p->next = s->seek[j].offset;
+                        p->events = s->seek[j].events;
+                        p->weight = s->seek[j].weight;
+                    }
                 }
-        log_info("assigned %s/%" PRId32 " from offset %" PRId64, tp->topic,
-                 tp->partition, tp->offset);
     }
+    /* The owner may restore partitions from elsewhere and move the
+     * offsets (a group's state topic). */
+    if (s->cbs.on_assign)
+        s->cbs.on_assign(s->ctx, parts, n);
+    for (size_t i = 0; i < n; i++)
+        log_info("assigned %s/%" PRId32 " from offset %" PRId64,
+                 parts[i].topic, parts[i].partition, parts[i].offset);
 }
 
 static void ingest_on_revoke(void *ctx, const struct kafka_part *parts,
                              size_t n, bool lost)
 {
     struct ingest *s = ctx;
+    /* What was decoded is folded first: the owner may hand the
+     * partitions' state over now. */
+    fold_batch(s);
+    if (s->cbs.on_revoke)
+        s->cbs.on_revoke(s->ctx, parts, n, lost);
     for (size_t i = 0; i < n; i++) {
         struct part *p = part_get(s, parts[i].topic, parts[i].partition);
         if (p && p->assigned) {
@@ -555,6 +591,43 @@ int ingest_start(struct ingest *s, const struct ingest_conf *c,
     if (rc)
         snprintf(err, errlen, "subscribe %s: %s", topics, strerror(-rc));
     return rc;
+}
+
+void ingest_set_keyed(struct ingest *s, int32_t nparts)
+{
+    s->keyed_parts = nparts;
+}
+
+int ingest_part_get(struct ingest *s, const char *topic, int32_t partition,
+                    int64_t *next, uint64_t *events, double *weight)
+{
+    struct part *p = part_find(s, topic, partition);
+    if (!p)
+        return -ENOENT;
+    *next = p->next;
+    *events = p->events;
+    *weight = p->weight;
+    return 0;
+}
+
+int ingest_part_set(struct ingest *s, const char *topic, int32_t partition,
+                    int64_t next, uint64_t events, double weight)
+{
+    struct part *p = part_get(s, topic, partition);
+    if (!p)
+        return -ENOMEM;
+    p->next = next;
+    p->events = events;
+    p->weight = weight;
+    /* A checkpoint's offset for it no longer says what the model holds. */
+    for (size_t j = 0; j < s->nseek; j++)
+        if (s->seek[j].partition == partition &&
+            !strcmp(s->seek[j].topic, topic)) {
+            free(s->seek[j].topic);
+            s->seek[j] = s->seek[--s->nseek];
+            j--;
+        }
+    return 0;
 }
 
 void ingest_stats(const struct ingest *s, struct ingest_stats *st)

@@ -29,6 +29,13 @@ struct ingest_cbs {
     void (*on_stats)(void *ctx, const struct kafka_in_stats *st);
     /* After ingest_close(): the consumer is gone. */
     void (*on_closed)(void *ctx);
+    /* Partitions assigned, after ingest set each offset from its own
+     * position: the owner may move it (ingest_part_set too). May be NULL. */
+    void (*on_assign)(void *ctx, struct kafka_part *parts, size_t n);
+    /* Partitions going (lost: without a clean handover), after the events
+     * decoded so far are folded. May be NULL. */
+    void (*on_revoke)(void *ctx, const struct kafka_part *parts, size_t n,
+                      bool lost);
 };
 
 struct ingest_conf {
@@ -57,6 +64,19 @@ int ingest_start(struct ingest *ing, const struct ingest_conf *c,
                  struct kafka_conf *conf, const char *topics,
                  const struct ingest_cbs *cbs, void *ctx, char *err,
                  size_t errlen);
+
+/* In a group (docs/design.md section 8): with nparts > 0, an event whose
+ * user's key would go to another partition of nparts than its message's
+ * is rejected (wrong_partition), never folded. */
+void ingest_set_keyed(struct ingest *ing, int32_t nparts);
+/* A partition's position (next offset to fold, -1 none), events folded
+ * and their weight: 0, or -ENOENT if never seen. */
+int ingest_part_get(struct ingest *ing, const char *topic, int32_t partition,
+                    int64_t *next, uint64_t *events, double *weight);
+/* Sets them (a restore, or a partition handed over: -1, 0, 0); the
+ * checkpoint's offset for it is dropped. 0 or -ENOMEM. */
+int ingest_part_set(struct ingest *ing, const char *topic, int32_t partition,
+                    int64_t next, uint64_t events, double weight);
 
 struct ingest_stats {
     uint64_t consumed; /* messages, checkpointed */

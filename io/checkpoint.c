@@ -19,7 +19,9 @@
  *   body
  *     u64 epoch, u64 rejected, u64 consumed, i64 written_ms
  *     u32 offset count, then per offset: u32 topic length, topic bytes,
- *         i32 partition, i64 offset
+ *         i32 partition, i64 offset, and from format 2 on u64 events and
+ *         f64 weight (the partition's events folded and their weights,
+ *         which a group of processes sums; format 1 reads as zero)
  *     the model (model_save), up to the end of the body
  *
  * Writing goes to a temp file in the same directory, fsync, rename over
@@ -33,6 +35,7 @@
 #include "errf.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +45,7 @@
 #include <zlib.h>
 
 #define CKPT_MAGIC       "NMFDCKPT"
-#define CKPT_VERSION     1u
+#define CKPT_VERSION     2u
 #define CKPT_HEADER      40u
 #define CKPT_TOPIC_MAX   4096u
 #define CKPT_OFFSETS_MAX 1000000u
@@ -186,9 +189,13 @@ int checkpoint_write(const char *dir, const struct checkpoint_meta *meta,
         put_u32(rec, (uint32_t)tl);
         writer_put(w, rec, 4);
         writer_put(w, offs[i].topic, tl);
+        uint64_t wbits;
+        memcpy(&wbits, &offs[i].weight, 8);
         put_u32(rec, (uint32_t)offs[i].partition);
         put_u64(rec + 4, (uint64_t)offs[i].offset);
-        writer_put(w, rec, 12);
+        put_u64(rec + 12, offs[i].events);
+        put_u64(rec + 20, wbits);
+        writer_put(w, rec, 28);
     }
     rc = model_save(m, writer_put, w);
     if (!rc)
@@ -254,15 +261,19 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
     const char *why = NULL;
     uint64_t body_len;
     size_t n = 0, i = 0;
+    uint32_t version;
+    size_t rec;
     int rc = -EBADMSG;
 
     if (len < CKPT_HEADER || memcmp(p, CKPT_MAGIC, 8))
         return io_errf(err, errlen, -EBADMSG,
                        "not an nmfd checkpoint (bad magic)");
-    if (get_u32(p + 8) != CKPT_VERSION)
+    version = get_u32(p + 8);
+    if (version < 1 || version > CKPT_VERSION)
         return io_errf(err, errlen, -EPROTO,
-                       "checkpoint format version %u, this nmfd reads %u",
-                       get_u32(p + 8), CKPT_VERSION);
+                       "checkpoint format version %u, this nmfd reads 1 to %u",
+                       version, CKPT_VERSION);
+    rec = version >= 2 ? 28 : 12;
     if (get_u32(p + 12) != CKPT_HEADER)
         return io_errf(err, errlen, -EBADMSG, "bad checkpoint header length");
     body_len = get_u64(p + 16);
@@ -302,7 +313,7 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
     for (i = 0; i < n; i++) {
         uint32_t tl;
         if (end - p < 4 || (tl = get_u32(p)) == 0 || tl > CKPT_TOPIC_MAX ||
-            (size_t)(end - p) < 4 + (size_t)tl + 12) {
+            (size_t)(end - p) < 4 + (size_t)tl + rec) {
             why = "checkpoint offset record out of bounds";
             goto bad;
         }
@@ -321,8 +332,14 @@ int checkpoint_parse(const void *buf, size_t len, struct checkpoint_meta *meta,
         p += 4 + tl;
         offs[i].partition = (int32_t)get_u32(p);
         offs[i].offset = (int64_t)get_u64(p + 4);
-        p += 12;
-        if (offs[i].partition < 0 || offs[i].offset < 0) {
+        if (rec == 28) {
+            uint64_t wbits = get_u64(p + 20);
+            offs[i].events = get_u64(p + 12);
+            memcpy(&offs[i].weight, &wbits, 8);
+        }
+        p += rec;
+        if (offs[i].partition < 0 || offs[i].offset < 0 ||
+            !(offs[i].weight >= 0) || !isfinite(offs[i].weight)) {
             free(offs[i].topic);
             offs[i].topic = NULL;
             why = "checkpoint offset out of range";

@@ -15,6 +15,8 @@ struct checkpoint_offset {
     char *topic;
     int32_t partition;
     int64_t offset;
+    uint64_t events; /* events of the partition folded (format 2) */
+    double weight;   /* their weights (format 2) */
 };
 
 /* Daemon counters that must survive a restart with the model. */

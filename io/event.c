@@ -84,6 +84,7 @@ static const char *const reason_names[EVENT_REASON_COUNT] = {
     [EVENT_MISSING_TYPE] = "missing_type",
     [EVENT_WEIGHT_TOO_LARGE] = "weight_too_large",
     [EVENT_MODEL_REFUSED] = "model_refused",
+    [EVENT_WRONG_PARTITION] = "wrong_partition",
 };
 
 const char *event_reason_name(enum event_reason r)

@@ -56,6 +56,10 @@ enum event_reason {
     EVENT_MODEL_REFUSED,    /* model_refused: decoded, but the model said
                                no (never expected: the decoder checks what
                                the model checks; the daemon counts it) */
+    EVENT_WRONG_PARTITION,  /* wrong_partition: in a group of processes,
+                               an event on another partition than its
+                               user's key gives (the input is not keyed
+                               by user; the daemon checks it) */
     EVENT_REASON_COUNT
 };
 

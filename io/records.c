@@ -1272,6 +1272,245 @@ void records_stats_free(struct records_stats *s)
     free(s);
 }
 
+/* ---- a partition's users (the group's state topic) ---- */
+
+static int pk_state_head(msgpack_packer *pk, const struct records_state *h,
+                         uint32_t k, uint32_t extra)
+{
+    if (msgpack_pack_map(pk, 6 + extra) < 0 ||
+        pk_kv_u64(pk, "v", RECORDS_VERSION) < 0 ||
+        pk_kv_str(pk, "cluster", h->cluster) < 0 || pk_kv_u64(pk, "k", k) < 0 ||
+        pk_kv_i64(pk, "partition", h->part) < 0 ||
+        pk_kv_u64(pk, "gen", h->gen) < 0)
+        return -1;
+    return pk_kv_str(pk, "kind", h->marker ? "marker" : "users");
+}
+
+int records_state_users_encode(struct records_enc *e,
+                               const struct records_state *h,
+                               const struct model *m,
+                               int32_t (*part_of)(void *ctx, const char *id,
+                                                  size_t len),
+                               void *ctx, uint32_t *cursor, size_t max_bytes,
+                               uint32_t *nusers)
+{
+    const uint32_t k = model_params(m)->k, U = model_user_slots(m);
+    msgpack_packer pk;
+    struct model_user_view v;
+    uint32_t u = *cursor, n = 0;
+    size_t bytes = 0;
+
+    /* Count first: msgpack wants the array's length before it. */
+    for (; u < U && bytes < max_bytes; u++) {
+        if (model_user_get(m, u, &v) || part_of(ctx, v.id, v.id_len) != h->part)
+            continue;
+        bytes += 64 + v.id_len + (size_t)k * 4 + (size_t)v.nprofile * 24;
+        n++;
+    }
+    enc_start(e, &pk);
+    if (pk_state_head(&pk, h, k, 2) < 0 || pk_kv_u64(&pk, "chunk", h->chunk) < 0 ||
+        pk_key(&pk, "users") < 0 || msgpack_pack_array(&pk, n) < 0)
+        return enc_fail(e);
+    for (uint32_t w = *cursor; w < u; w++) {
+        const uint32_t *it;
+        const float *va;
+        uint32_t np;
+        float loss, vnorm, ev;
+        size_t len;
+        if (model_user_get(m, w, &v) || part_of(ctx, v.id, v.id_len) != h->part)
+            continue;
+        model_user_profile(m, w, &it, &va, &np);
+        model_user_sums(m, w, &loss, &vnorm, &ev);
+        if (msgpack_pack_array(&pk, 8) < 0 ||
+            msgpack_pack_str_with_body(&pk, v.id, v.id_len) < 0 ||
+            msgpack_pack_int64(&pk, v.ts) < 0 ||
+            msgpack_pack_bin(&pk, (size_t)k * 4) < 0 ||
+            pk_f32_body(&pk, v.h, k) < 0 || msgpack_pack_array(&pk, np) < 0)
+            return enc_fail(e);
+        for (uint32_t q = 0; q < np; q++) {
+            const char *id = model_item_id(m, it[q], &len);
+            if (msgpack_pack_str_with_body(&pk, id, len) < 0)
+                return enc_fail(e);
+        }
+        if (msgpack_pack_bin(&pk, (size_t)np * 4) < 0 ||
+            pk_f32_body(&pk, va, np) < 0 || msgpack_pack_float(&pk, loss) < 0 ||
+            msgpack_pack_float(&pk, vnorm) < 0 ||
+            msgpack_pack_float(&pk, ev) < 0)
+            return enc_fail(e);
+    }
+    *cursor = u;
+    *nusers = n;
+    return 0;
+}
+
+int records_state_marker_encode(struct records_enc *e,
+                                const struct records_state *h, uint32_t k)
+{
+    msgpack_packer pk;
+
+    enc_start(e, &pk);
+    if (pk_state_head(&pk, h, k, 6) < 0 ||
+        pk_kv_u64(&pk, "chunks", h->chunk) < 0 ||
+        pk_kv_u64(&pk, "users", h->users) < 0 ||
+        pk_kv_i64(&pk, "offset", h->offset) < 0 ||
+        pk_kv_u64(&pk, "events", h->events) < 0 ||
+        pk_kv_f64(&pk, "weight_sum", h->weight_sum) < 0 ||
+        pk_kv_i64(&pk, "ts", h->ts) < 0)
+        return enc_fail(e);
+    return 0;
+}
+
+static int state_user_read(const msgpack_object *o, uint32_t k,
+                           struct model_user_state *st, float *h,
+                           const char ***items, size_t **lens, float **vals,
+                           uint32_t *cap)
+{
+    const msgpack_object *a = o->via.array.ptr;
+    double x;
+
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 8 ||
+        a[0].type != MSGPACK_OBJECT_STR || a[0].via.str.size == 0 ||
+        a[0].via.str.size > MODEL_ID_MAX || !obj_i64(&a[1], &st->t) ||
+        a[2].type != MSGPACK_OBJECT_BIN || a[2].via.bin.size != k * 4 ||
+        a[3].type != MSGPACK_OBJECT_ARRAY || a[4].type != MSGPACK_OBJECT_BIN ||
+        a[4].via.bin.size != a[3].via.array.size * 4)
+        return -EBADMSG;
+    st->id = a[0].via.str.ptr;
+    st->id_len = a[0].via.str.size;
+    for (uint32_t j = 0; j < k; j++)
+        h[j] = f32_from_le((const unsigned char *)a[2].via.bin.ptr + 4 * j);
+    st->h = h;
+    st->n = a[3].via.array.size;
+    if (st->n > *cap) {
+        uint32_t c = st->n;
+        const char **ni = realloc(*items, c * sizeof(**items));
+        if (ni)
+            *items = ni;
+        size_t *nl = realloc(*lens, c * sizeof(**lens));
+        if (nl)
+            *lens = nl;
+        float *nv = realloc(*vals, c * sizeof(**vals));
+        if (nv)
+            *vals = nv;
+        if (!ni || !nl || !nv)
+            return -ENOMEM;
+        *cap = c;
+    }
+    for (uint32_t q = 0; q < st->n; q++) {
+        const msgpack_object *it = &a[3].via.array.ptr[q];
+        if (it->type != MSGPACK_OBJECT_STR)
+            return -EBADMSG;
+        (*items)[q] = it->via.str.ptr;
+        (*lens)[q] = it->via.str.size;
+        (*vals)[q] =
+            f32_from_le((const unsigned char *)a[4].via.bin.ptr + 4 * q);
+    }
+    st->items = *items;
+    st->item_lens = *lens;
+    st->values = *vals;
+    if (!obj_num(&a[5], &x))
+        return -EBADMSG;
+    st->loss = (float)x;
+    if (!obj_num(&a[6], &x))
+        return -EBADMSG;
+    st->vnorm = (float)x;
+    if (!obj_num(&a[7], &x))
+        return -EBADMSG;
+    st->evicted = (float)x;
+    return 0;
+}
+
+int records_state_read(const void *buf, size_t len, struct records_state *h,
+                       records_state_user_fn each, void *ctx, const char **err)
+{
+    msgpack_zone *zone = NULL;
+    msgpack_object root;
+    const msgpack_object *o;
+    const char *dummy;
+    size_t end;
+    uint64_t v, k;
+    int64_t part;
+    int rc = -EBADMSG;
+
+    if (err == NULL)
+        err = &dummy;
+    memset(h, 0, sizeof(*h));
+    if (mp_unpack_one(buf, len, RECORDS_READ_DEPTH, &zone, &root, &end, err) <
+        0)
+        goto out;
+    if (end != len || root.type != MSGPACK_OBJECT_MAP ||
+        !obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_VERSION) {
+        *err = "not one msgpack map of version 1";
+        goto out;
+    }
+    if (obj_str_copy(obj_get(&root, "cluster"), h->cluster,
+                     sizeof(h->cluster)) < 0 ||
+        !obj_u64(obj_get(&root, "k"), &k) || k < 1 || k > MODEL_K_MAX ||
+        !obj_i64(obj_get(&root, "partition"), &part) || part < 0 ||
+        part > INT32_MAX || !obj_u64(obj_get(&root, "gen"), &h->gen)) {
+        *err = "cluster, k, partition or gen missing or out of range";
+        goto out;
+    }
+    h->k = (uint32_t)k;
+    h->part = (int32_t)part;
+    o = obj_get(&root, "kind");
+    if (o && obj_key_is(o, "marker")) {
+        uint64_t chunks;
+        h->marker = true;
+        if (!obj_u64(obj_get(&root, "chunks"), &chunks) ||
+            chunks > UINT32_MAX ||
+            !obj_u64(obj_get(&root, "users"), &h->users) ||
+            !obj_i64(obj_get(&root, "offset"), &h->offset) ||
+            !obj_u64(obj_get(&root, "events"), &h->events) ||
+            !obj_num(obj_get(&root, "weight_sum"), &h->weight_sum) ||
+            !obj_i64(obj_get(&root, "ts"), &h->ts) || h->offset < 0) {
+            *err = "a marker without chunks, users, offset, events, "
+                   "weight_sum or ts";
+            goto out;
+        }
+        h->chunk = (uint32_t)chunks;
+        rc = 0;
+        goto out;
+    }
+    if (!o || !obj_key_is(o, "users")) {
+        *err = "kind is neither users nor marker";
+        goto out;
+    }
+    uint64_t chunk;
+    o = obj_get(&root, "users");
+    if (!obj_u64(obj_get(&root, "chunk"), &chunk) || chunk > UINT32_MAX ||
+        o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
+        *err = "chunk or users missing";
+        goto out;
+    }
+    h->chunk = (uint32_t)chunk;
+    h->users = o->via.array.size;
+    rc = 0;
+    if (each) {
+        float hv[MODEL_K_MAX];
+        const char **items = NULL;
+        size_t *lens = NULL;
+        float *vals = NULL;
+        uint32_t cap = 0;
+        for (uint32_t i = 0; i < o->via.array.size && rc == 0; i++) {
+            struct model_user_state st;
+            memset(&st, 0, sizeof(st));
+            rc = state_user_read(&o->via.array.ptr[i], h->k, &st, hv, &items,
+                                 &lens, &vals, &cap);
+            if (rc)
+                *err = rc == -ENOMEM ? "out of memory" : "a malformed user";
+            else if ((rc = each(ctx, &st)) != 0)
+                *err = "a user the model refused";
+        }
+        free(items);
+        free(lens);
+        free(vals);
+    }
+out:
+    msgpack_zone_free(zone);
+    return rc;
+}
+
 /* ---- msgpack -> JSON lines ---- */
 
 static void json_str(FILE *f, const char *s, size_t n)

@@ -193,4 +193,46 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
                                          const char **err);
 void records_stats_free(struct records_stats *s);
 
+
+/* A partition's users on the group's state topic (docs/design.md
+ * section 8): chunks of users, then a marker saying the state of input
+ * partition `part` is complete up to input offset `offset` with `chunk`
+ * chunks of generation `gen` before it.
+ * users:  {"v":1,"cluster","k","partition","gen","kind":"users","chunk",
+ *          "users":[[id,t,h bin k f32,[item ids],values bin f32,loss,
+ *                    vnorm,evicted],...]}
+ * marker: {"v":1,"cluster","k","partition","gen","kind":"marker","chunks",
+ *          "users","offset","events","weight_sum","ts"} */
+struct records_state {
+    char cluster[RECORDS_CLUSTER_MAX];
+    uint32_t k;
+    int32_t part;
+    uint64_t gen;
+    bool marker;
+    uint32_t chunk;   /* users: its index; marker: the chunk count */
+    uint64_t users;   /* users: in the chunk; marker: in all */
+    int64_t offset;   /* marker: the partition's next input offset */
+    uint64_t events;  /* marker: the partition's events folded */
+    double weight_sum;
+    int64_t ts;
+};
+/* One chunk of the users u >= *cursor of partition h->part, up to about
+ * max_bytes; *cursor moves past them, *nusers says how many. */
+int records_state_users_encode(struct records_enc *e,
+                               const struct records_state *h,
+                               const struct model *m,
+                               int32_t (*part_of)(void *ctx, const char *id,
+                                                  size_t len),
+                               void *ctx, uint32_t *cursor, size_t max_bytes,
+                               uint32_t *nusers);
+int records_state_marker_encode(struct records_enc *e,
+                                const struct records_state *h, uint32_t k);
+/* Reads the head into h; for a chunk, calls each (if not NULL) with every
+ * user (valid during the call), stopping at its first non-zero return.
+ * 0, or -EBADMSG/-ENOMEM/each's with *err. */
+typedef int (*records_state_user_fn)(void *ctx,
+                                     const struct model_user_state *st);
+int records_state_read(const void *buf, size_t len, struct records_state *h,
+                       records_state_user_fn each, void *ctx, const char **err);
+
 #endif
