@@ -43,7 +43,7 @@ static void ctl_broker_usage(FILE *out)
 {
     fprintf(out,
             "usage: nmfctl broker [--partitions N] [--topics a,b] "
-            "[--brokers N]\n"
+            "[--brokers N] [--cluster]\n"
             "                     [--port PORT] [--bootstrap-file F] "
             "[--control FIFO]\n"
             "\n"
@@ -56,6 +56,10 @@ static void ctl_broker_usage(FILE *out)
             "  --topics a,b        topics to create (default %s)\n"
             "  --brokers N         brokers in the cluster, ids 1..N "
             "(default 1)\n"
+            "  --cluster           also the topics of a group of nmfd "
+            "processes: nmf.stats\n"
+            "                      and nmf.model with one partition, "
+            "nmf.state with N\n"
             "  --port PORT         a fixed bootstrap address, "
             "127.0.0.1:PORT, relayed to the\n"
             "                      first broker (whose own port is "
@@ -183,6 +187,7 @@ int ctl_broker_main(int argc, char **argv)
         {"bootstrap-file", required_argument, NULL, 'f'},
         {"control", required_argument, NULL, 'c'},
         {"port", required_argument, NULL, 'P'},
+        {"cluster", no_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -191,6 +196,7 @@ int ctl_broker_main(int argc, char **argv)
     const char *bootfile = NULL, *control = NULL;
     long partitions = 4, nbrokers = 1, port = 0;
     bool fifo_made = false, boot_written = false, loop_ok = false;
+    bool cluster = false;
     char err[256], *end;
     int opt, rc = 1, r, fd = -1;
 
@@ -228,6 +234,9 @@ int ctl_broker_main(int argc, char **argv)
         case 't':
             topics = optarg;
             break;
+        case 'C':
+            cluster = true;
+            break;
         case 'f':
             bootfile = optarg;
             break;
@@ -259,6 +268,13 @@ int ctl_broker_main(int argc, char **argv)
         return r == -EINVAL || r == -EEXIST ? 2 : 1;
     }
 
+    if (cluster &&
+        ((r = broker_topic_create(c.b, "nmf.stats", 1)) ||
+         (r = broker_topic_create(c.b, "nmf.model", 1)) ||
+         (r = broker_topic_create(c.b, "nmf.state", (int)partitions)))) {
+        fprintf(stderr, "nmfctl broker: cluster topics: %s\n", strerror(-r));
+        goto out;
+    }
     if ((r = uv_loop_init(&c.loop)) < 0) {
         fprintf(stderr, "nmfctl broker: %s\n", uv_strerror(r));
         goto out;

@@ -593,6 +593,13 @@ int ingest_start(struct ingest *s, const struct ingest_conf *c,
     return rc;
 }
 
+int ingest_partition_count(struct ingest *s, const char *topic)
+{
+    if (!s->in)
+        return -ENOTCONN;
+    return kafka_in_partition_count(s->in, topic, 5000);
+}
+
 void ingest_set_keyed(struct ingest *s, int32_t nparts)
 {
     s->keyed_parts = nparts;

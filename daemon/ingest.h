@@ -69,6 +69,9 @@ int ingest_start(struct ingest *ing, const struct ingest_conf *c,
  * user's key would go to another partition of nparts than its message's
  * is rejected (wrong_partition), never folded. */
 void ingest_set_keyed(struct ingest *ing, int32_t nparts);
+/* The partition count of an input topic (a blocking metadata request of
+ * at most 5 s): >= 0 or -errno. */
+int ingest_partition_count(struct ingest *ing, const char *topic);
 /* A partition's position (next offset to fold, -1 none), events folded
  * and their weight: 0, or -ENOENT if never seen. */
 int ingest_part_get(struct ingest *ing, const char *topic, int32_t partition,

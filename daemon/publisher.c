@@ -198,9 +198,21 @@ static int publish_finish(struct publisher *p)
     size_t klen;
     int rc = -ENOMEM;
 
+    struct records_group g;
+    bool grouped = false;
     if (!sizes || !mass)
         goto out;
-    model_segment_sizes(p->c.model, sizes, mass);
+    if (p->c.group) {
+        /* A member that is not the leader publishes its users' segments
+         * only: topics and the manifest describe the whole group. */
+        if (!p->c.group(p->c.group_ctx, &g, sizes, mass)) {
+            rc = 0;
+            goto out;
+        }
+        grouped = true;
+    } else {
+        model_segment_sizes(p->c.model, sizes, mass);
+    }
     topics_track(p);
     for (uint32_t j = p->finished; j < k; j++) {
         rc = records_topic_encode(p->enc, p->c.model, p->epoch, j,
@@ -216,7 +228,7 @@ static int publish_finish(struct publisher *p)
     }
     ingest_stats(p->c.ing, &is);
     struct records_manifest mf = {&ep, p->full, is.rejected, p->segments,
-                                  sizes};
+                                  sizes, grouped ? &g : NULL};
     rc = records_manifest_encode(p->enc, p->c.model, &mf);
     if (!rc) {
         klen = records_manifest_key(key, p->epoch);

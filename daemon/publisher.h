@@ -13,6 +13,7 @@ struct ingest;
 struct kafka_out;
 struct metrics;
 struct model;
+struct records_group;
 
 struct publisher;
 
@@ -22,6 +23,12 @@ struct publisher_conf {
     struct ingest *ing;       /* the rejected count for the manifest */
     const struct config *cfg; /* snapshot.*, model.refresh_interval_ms */
     struct metrics *metrics;  /* records, epochs and failures counted */
+    /* In a group of processes (NULL alone): whether this member publishes
+     * the topic records and the manifest (the leader does), and then the
+     * group's totals, segment sizes and masses (k each) for them. */
+    bool (*group)(void *ctx, struct records_group *g, uint64_t *sizes,
+                  double *mass);
+    void *group_ctx;
 };
 
 /* An epoch ended: status 0 published (committed), else why it was not

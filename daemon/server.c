@@ -44,6 +44,7 @@
 #include "config.h"
 #include "event.h"
 #include "checkpoints.h"
+#include "cluster.h"
 #include "ingest.h"
 #include "publisher.h"
 #include "upkeep.h"
@@ -90,6 +91,10 @@ struct server {
     uint64_t mem_ms;         /* when it was taken, 0 = never */
 
     struct publisher *pub;
+    struct cluster *cluster; /* cluster.enabled: a member of a group */
+    struct cluster *cluster_closed; /* closed, freed at the end */
+    bool refused;            /* another process owns part of the input */
+    bool assigned_once;      /* alone: the whole input was assigned once */
 
     struct checkpoints *ckpt;
 
@@ -157,6 +162,13 @@ static void server_on_stats(void *ctx, const struct kafka_in_stats *ks)
             log_notice("kafka: brokers reachable again");
         s->broker_down = down;
     }
+}
+
+static void server_on_cluster_closed(void *ctx)
+{
+    struct server *s = ctx;
+    s->closing--;
+    server_shutdown_step(s);
 }
 
 static void server_on_in_closed(void *ctx)
@@ -227,8 +239,11 @@ static void on_epoch_timer(uv_timer_t *t)
 static void on_ckpt_timer(uv_timer_t *t)
 {
     struct server *s = t->data;
-    if (!s->stopping)
-        checkpoints_fork(s->ckpt, s->model, s->epoch);
+    if (s->stopping)
+        return;
+    checkpoints_fork(s->ckpt, s->model, s->epoch);
+    if (s->cluster)
+        cluster_state_write(s->cluster);
 }
 
 static void on_sigchld(uv_signal_t *h, int sig)
@@ -630,6 +645,12 @@ static int kafka_conf_fill(struct server *s, struct kafka_conf *conf,
                                    sizeof(err));
         }
     }
+    if (consumer && c->cluster.enabled &&
+        !kafka_key_set(s, "partition.assignment.strategy"))
+        /* A rebalance moves only the partitions that change owner: the
+         * others keep folding, and their users' state stays put. */
+        kafka_conf_set(conf, "partition.assignment.strategy",
+                       "cooperative-sticky", err, sizeof(err));
     if (consumer) {
         /* A new group reads its topics from the start: events produced
          * before the first start are events too. The checkpoint's offsets
@@ -667,6 +688,26 @@ static void server_transactional_id(const struct server *s, char *out,
     snprintf(out, len, "nmfd-%s-%s-%08lx", group, host,
              (unsigned long)crc32(0, (const unsigned char *)c->checkpoint.dir,
                                   (unsigned)strlen(c->checkpoint.dir)));
+}
+
+static const char *server_group(const struct server *s)
+{
+    for (size_t i = 0; i < s->cfg->kafka.n; i++)
+        if (!strcmp(s->cfg->kafka.kv[i].key, "group.id"))
+            return s->cfg->kafka.kv[i].value;
+    return "nmfd";
+}
+
+static uint64_t server_model_version(void *ctx)
+{
+    const struct server *s = ctx;
+    return cluster_model_version(s->cluster);
+}
+
+static char *server_group_json(void *ctx)
+{
+    const struct server *s = ctx;
+    return s->cluster ? cluster_status_json(s->cluster) : NULL;
 }
 
 static int write_bootstrap_file(struct server *s)
@@ -803,10 +844,21 @@ static void server_shutdown_step(struct server *s)
         return;
     if (ingest_running(s->ing)) {
         checkpoints_wait(s->ckpt);
-        if (s->ready && checkpoints_write(s->ckpt, s->model, s->epoch) == 0)
+        if (s->ready && !s->refused &&
+            checkpoints_write(s->ckpt, s->model, s->epoch) == 0)
             ingest_commit_now(s->ing);
         s->closing++;
         ingest_close(s->ing);
+        return;
+    }
+    if (s->cluster) {
+        /* After the consumer: its revocation hands the partitions' state
+         * over through the group's producer. */
+        struct cluster *cl = s->cluster;
+        s->cluster = NULL;
+        s->closing++;
+        cluster_close(cl, server_on_cluster_closed, s);
+        s->cluster_closed = cl;
         return;
     }
     if (s->out) {
@@ -872,6 +924,11 @@ static int server_start_broker(struct server *s)
     broker_topic_create(s->broker, c->snapshot.topic_manifest, 1);
     if (c->input.dead_letter_topic[0])
         broker_topic_create(s->broker, c->input.dead_letter_topic, 1);
+    if (c->cluster.enabled) {
+        broker_topic_create(s->broker, c->cluster.stats_topic, 1);
+        broker_topic_create(s->broker, c->cluster.model_topic, 1);
+        broker_topic_create(s->broker, c->cluster.state_topic, parts);
+    }
     printf("nmfd: embedded broker at %s\n", broker_bootstraps(s->broker));
     fflush(stdout);
     log_notice("embedded broker at %s", broker_bootstraps(s->broker));
@@ -957,13 +1014,120 @@ static int server_start_output(struct server *s)
     return 0;
 }
 
+static struct kafka_conf *server_kafka_conf(void *ctx, bool consumer)
+{
+    struct kafka_conf *conf = kafka_conf_new();
+    if (conf && kafka_conf_fill(ctx, conf, consumer)) {
+        kafka_conf_free(conf);
+        return NULL;
+    }
+    return conf;
+}
+
+static void server_on_cluster_fatal(void *ctx, const char *why)
+{
+    struct server *s = ctx;
+    log_err("cluster: %s; stopping rather than fold on a part of it", why);
+    s->refused = true;
+    server_stop(s, 1);
+}
+
+static void server_on_cluster_w(void *ctx)
+{
+    struct server *s = ctx;
+    upkeep_kick(s->upkeep);
+}
+
+/* cluster.enabled: this process is a member of the group named by
+ * kafka.group.id (cluster.c). Its checks refuse a start on topics that
+ * cannot work. */
+static int server_start_cluster(struct server *s)
+{
+    const struct config *c = s->cfg;
+    const char *group = "nmfd";
+    char err[1024];
+    for (size_t i = 0; i < c->kafka.n; i++)
+        if (!strcmp(c->kafka.kv[i].key, "group.id"))
+            group = c->kafka.kv[i].value;
+    struct cluster_conf cc = {.cfg = c,
+                              .model = s->model,
+                              .ing = s->ing,
+                              .metrics = s->metrics,
+                              .group_id = group,
+                              .kafka_conf = server_kafka_conf,
+                              .ctx = s,
+                              .on_fatal = server_on_cluster_fatal,
+                              .on_w = server_on_cluster_w};
+    s->cluster = cluster_new(&s->loop, &cc);
+    if (!s->cluster)
+        return -ENOMEM;
+    int rc = cluster_start(s->cluster, err, sizeof(err));
+    if (rc)
+        log_err("cluster: %s", err);
+    return rc;
+}
+
+/* Alone (cluster.enabled = false), this process must own every input
+ * partition: a second process in the group would fold half the users
+ * into a second W, and segment j would mean two things. The first
+ * assignment decides: a process that starts beside another refuses to
+ * start; one that sees another arrive later says so loudly (the newcomer
+ * refuses, and the partitions come back). */
+static void server_on_assign(void *ctx, struct kafka_part *parts, size_t n)
+{
+    struct server *s = ctx;
+    if (s->cluster) {
+        cluster_on_assign(s->cluster, parts, n);
+        return;
+    }
+    int total = 0;
+    for (size_t i = 0; i < s->cfg->input.ntopics; i++) {
+        int c = ingest_partition_count(s->ing, s->cfg->input.topic[i]);
+        if (c < 0) {
+            log_warn("input %s: partition count: %s", s->cfg->input.topic[i],
+                     strerror(-c));
+            return;
+        }
+        total += c;
+    }
+    struct ingest_stats is;
+    ingest_stats(s->ing, &is);
+    if (is.assigned >= (size_t)total) {
+        s->assigned_once = true;
+        return;
+    }
+    if (!s->assigned_once) {
+        log_err("another process consumes group %s: this one was given %zu "
+                "of the %d input partitions. Alone, each would build its own "
+                "W. Refusing to start: set cluster.enabled = true on every "
+                "process of the group (docs/operations.md, \"A group of "
+                "processes\"), or give this one another kafka.group.id",
+                server_group(s), is.assigned, total);
+        s->refused = true;
+        ingest_pause(s->ing);
+        server_stop(s, 1);
+        return;
+    }
+    log_err("another process joined group %s without cluster.enabled: it "
+            "holds %d of the %d input partitions for now",
+            server_group(s), total - (int)is.assigned, total);
+}
+
+static void server_on_revoke(void *ctx, const struct kafka_part *parts,
+                             size_t n, bool lost)
+{
+    struct server *s = ctx;
+    if (s->cluster)
+        cluster_on_revoke(s->cluster, parts, n, lost);
+}
+
 /* The consumer: ingest takes the decoder and subscribes to the input
  * topics. */
 static int server_start_input(struct server *s)
 {
-    static const struct ingest_cbs icbs = {server_on_error, server_on_kafka_log,
-                                           server_on_stats,
-                                           server_on_in_closed};
+    static const struct ingest_cbs icbs = {
+        server_on_error,     server_on_kafka_log, server_on_stats,
+        server_on_in_closed, server_on_assign,    server_on_revoke};
     const struct config *c = s->cfg;
     struct kafka_conf *conf = kafka_conf_new();
     struct ingest_conf ic = {s->model, s->dec, s->dlq,
@@ -1021,7 +1185,11 @@ static int server_start(struct server *s)
         (rc = server_start_output(s)))
         return rc;
 
-    struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics};
+    if (c->cluster.enabled && (rc = server_start_cluster(s)))
+        return rc;
+    struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics,
+                                s->cluster ? cluster_publish_view : NULL,
+                                s->cluster};
     s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
     if (!s->pub)
         return -ENOMEM;
@@ -1033,7 +1201,11 @@ static int server_start(struct server *s)
                             .health = server_health,
                             .ready = server_ready,
                             .ctx = s,
-                            .continuity = publisher_continuity(s->pub)};
+                            .continuity = publisher_continuity(s->pub),
+                            .group = s->cluster ? server_group(s) : NULL,
+                            .model_version =
+                                s->cluster ? server_model_version : NULL,
+                            .group_json = s->cluster ? server_group_json : NULL};
     s->views = views_new(&vc);
     if (!s->views)
         return -ENOMEM;
@@ -1138,6 +1310,7 @@ int server_run(const struct server_opts *o, struct config *cfg)
         log_warn("loop closed with handles open: %s", uv_strerror(rc));
 
     code = s->exit_code;
+    cluster_free(s->cluster ? s->cluster : s->cluster_closed);
     broker_free(s->broker);
     model_free(s->model);
     event_decoder_free(s->dec);

@@ -226,6 +226,12 @@ void upkeep_close(struct upkeep *u)
     uv_close((uv_handle_t *)&u->settle, upkeep_on_close);
 }
 
+void upkeep_kick(struct upkeep *u)
+{
+    if (u && !u->stopped && u->c.cfg->model.refine_users)
+        uv_idle_start(&u->refine, on_refine);
+}
+
 bool upkeep_refining(const struct upkeep *u)
 {
     return u && uv_is_active((const uv_handle_t *)&u->refine);

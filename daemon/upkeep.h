@@ -30,4 +30,8 @@ void upkeep_close(struct upkeep *u);
 /* Whether idle time goes to refinement now. */
 bool upkeep_refining(const struct upkeep *u);
 
+/* W changed under the users from outside (a group's new version): the
+ * idle refinement starts now, not at the next quiet spell. */
+void upkeep_kick(struct upkeep *u);
+
 #endif

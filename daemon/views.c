@@ -140,6 +140,13 @@ void views_epoch(struct views *s, const struct model_stats *st, double rate)
         return;
     if (model_params(s->c.model)->holdout > 0)
         json_object_set_new(doc, "holdout_loss", json_real(st->holdout_loss));
+    if (s->c.group_json) {
+        char *g = s->c.group_json(s->c.ctx);
+        json_t *gj = g ? json_loads(g, 0, NULL) : NULL;
+        free(g);
+        if (gj)
+            json_object_set_new(doc, "group", gj);
+    }
     text = json_dumps(doc, JSON_COMPACT);
     if (text)
         http_sse_broadcast(s->http, "epoch", text);
@@ -177,6 +184,11 @@ static int http_snapshot(void *ctx, const void **buf, size_t *len,
             .epoch = epoch,
             .ts = (int64_t)now_ms(),
             .refresh_interval_ms = (int64_t)s->c.cfg->model.refresh_interval_ms};
+        /* A member's: the group's W and its own users' H. */
+        if (s->c.model_version) {
+            ep.model_version = s->c.model_version(s->c.ctx);
+            ep.cluster = s->c.group;
+        }
         struct snapbuf *b = calloc(1, sizeof(*b));
         if (!b)
             return -ENOMEM;

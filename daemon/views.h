@@ -28,6 +28,12 @@ struct views_conf {
     void *ctx;
     /* Each topic's continuity in the last epoch (k values), or NULL: 1. */
     const double *continuity;
+    /* In a group of processes (NULL alone): the group's name, the version
+     * of W folded with, and the members as JSON (malloc'd) for the
+     * dashboard. */
+    const char *group;
+    uint64_t (*model_version)(void *ctx);
+    char *(*group_json)(void *ctx);
 };
 
 /* Creates the views and loads snapshot.item_names (on failure it warns

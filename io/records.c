@@ -242,6 +242,13 @@ static int pk_kv_f64(msgpack_packer *pk, const char *k, double v)
     return msgpack_pack_double(pk, v);
 }
 
+static int pk_kv_str(msgpack_packer *pk, const char *k, const char *v)
+{
+    if (pk_key(pk, k) < 0)
+        return -1;
+    return msgpack_pack_str_with_body(pk, v, strlen(v));
+}
+
 /* float32 little-endian, whatever the host. */
 static void f32_le(unsigned char *out, float f)
 {
@@ -404,11 +411,22 @@ int records_manifest_encode(struct records_enc *e, const struct model *m,
         sizes = e->sizes;
     }
     model_stats(m, &st);
+    const struct records_group *g = mf->group;
+    if (g) {
+        st.users = g->users;
+        st.items = g->items;
+        st.events = g->events;
+        st.weight_sum = g->weight_sum;
+        st.rel_loss = g->loss;
+    }
     enc_start(e, &pk);
     /* holdout_loss only with held-out pairs (DESIGN section 3). */
     const int ho = p->holdout > 0;
-    if (msgpack_pack_map(&pk, 15 + ho) < 0 ||
+    if (msgpack_pack_map(&pk, 15 + ho + 3 * (g != NULL)) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
+        (g && (pk_kv_u64(&pk, "model_version", g->model_version) < 0 ||
+               pk_kv_str(&pk, "cluster", g->cluster) < 0 ||
+               pk_kv_u64(&pk, "partitions", g->partitions) < 0)) ||
         pk_kv_u64(&pk, "epoch", mf->ep->epoch) < 0 ||
         pk_kv_i64(&pk, "ts", mf->ep->ts) < 0 || pk_kv_u64(&pk, "k", p->k) < 0 ||
         pk_key(&pk, "full") < 0 ||
@@ -458,7 +476,7 @@ static int snap_pack(msgpack_packer *pk, const struct model *m,
         return -EFBIG;
     model_stats(m, &st);
     const int group = ep->model_version > 0;
-    if (group) {
+    if (group && ep->group_totals) {
         st.events = ep->events;
         st.weight_sum = ep->weight_sum;
         st.rel_loss = ep->loss;
@@ -1069,13 +1087,6 @@ static double f64_from_le(const unsigned char *p)
     return d;
 }
 
-static int pk_kv_str(msgpack_packer *pk, const char *k, const char *v)
-{
-    if (pk_key(pk, k) < 0)
-        return -1;
-    return msgpack_pack_str_with_body(pk, v, strlen(v));
-}
-
 static int stats_row_live(const struct model *m, const double *B, uint32_t k,
                           uint32_t i)
 {
@@ -1103,7 +1114,7 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
     if ((uint64_t)n * k * 8 > UINT32_MAX)
         return -EFBIG;
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 15) < 0 ||
+    if (msgpack_pack_map(&pk, 17) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
         pk_kv_str(&pk, "cluster", h->cluster) < 0 ||
         pk_kv_str(&pk, "owner", h->owner) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
@@ -1113,7 +1124,14 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
         pk_kv_u64(&pk, "events", h->events) < 0 ||
         pk_kv_f64(&pk, "weight_sum", h->weight_sum) < 0 ||
         pk_kv_f64(&pk, "norm", h->norm) < 0 ||
-        pk_kv_u64(&pk, "users", h->users) < 0 || pk_key(&pk, "A") < 0 ||
+        pk_kv_u64(&pk, "users", h->users) < 0 || pk_key(&pk, "sizes") < 0 ||
+        msgpack_pack_array(&pk, k) < 0)
+        return enc_fail(e);
+    for (uint32_t j = 0; j < k; j++)
+        if (msgpack_pack_uint64(&pk, h->sizes[j]) < 0)
+            return enc_fail(e);
+    if (pk_key(&pk, "mass") < 0 || pk_f64_bin(&pk, h->mass, k) < 0 ||
+        pk_key(&pk, "A") < 0 ||
         pk_f64_bin(&pk, A, (size_t)k * k) < 0 || pk_key(&pk, "items") < 0 ||
         msgpack_pack_array(&pk, n) < 0)
         return enc_fail(e);
@@ -1241,6 +1259,22 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
         goto fail;
     }
     s->part = (int32_t)part;
+    const msgpack_object *sz = obj_get(&root, "sizes");
+    if (sz == NULL || sz->type != MSGPACK_OBJECT_ARRAY ||
+        sz->via.array.size != s->k) {
+        *err = "sizes missing or not k counts";
+        goto fail;
+    }
+    for (uint32_t j = 0; j < s->k; j++)
+        if (!obj_u64(&sz->via.array.ptr[j], &s->sizes[j])) {
+            *err = "sizes holds a value that is not a count";
+            goto fail;
+        }
+    double *mass = NULL;
+    if (bin_doubles(obj_get(&root, "mass"), s->k, &mass, "mass", err) < 0)
+        goto fail;
+    memcpy(s->mass, mass, s->k * sizeof(double));
+    free(mass);
     items = obj_get(&root, "items");
     if (items == NULL || items->type != MSGPACK_OBJECT_ARRAY) {
         *err = "items missing or not an array";

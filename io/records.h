@@ -30,11 +30,13 @@ struct records_epoch {
     int64_t ts;                  /* ms since the Unix epoch, epoch cut */
     int64_t refresh_interval_ms; /* model.refresh_interval; added to the
                                     "model" map when > 0 */
-    /* A group's W (docs/design.md section 8) when model_version > 0: the
-     * snapshot adds "model_version" and "cluster", and its events,
-     * weight_sum and loss are these, the group's, not the model's. */
+    /* In a group (docs/design.md section 8), model_version > 0: the
+     * snapshot adds "model_version" and "cluster"; with group_totals
+     * (the model topic's W) its events, weight_sum and loss are these,
+     * the group's, not the model's. */
     uint64_t model_version;
     const char *cluster;
+    bool group_totals;
     uint64_t events;
     double weight_sum;
     double loss;
@@ -69,12 +71,24 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
                          uint64_t epoch, uint32_t topic, uint32_t top_n,
                          uint64_t users, double mass, double continuity);
 
+/* A group's totals for its manifest (the leader's): they replace the
+ * model's users, items, events, weight_sum and loss, and add
+ * "model_version", "cluster" and "partitions". */
+struct records_group {
+    const char *cluster;
+    uint64_t model_version;
+    uint64_t users, items, events;
+    double weight_sum, loss;
+    uint32_t partitions; /* input partitions whose statistics it sums */
+};
+
 struct records_manifest {
     const struct records_epoch *ep;
     bool full;
     uint64_t rejected;             /* events rejected since the start */
     uint64_t segments;             /* segment records in this epoch */
     const uint64_t *segment_sizes; /* k counts; NULL: computed from m */
+    const struct records_group *group; /* a group's leader; NULL alone */
 };
 
 /* {"v":1,"epoch","ts","k","full","users","items","events","weight_sum",
@@ -161,8 +175,8 @@ int records_dump_json(FILE *out, const void *buf, size_t len, unsigned flags,
  * the items its users hold) and sums of the users of input partition
  * `part`, complete up to input offset `offset`.
  * {"v":1,"cluster","owner","k","partition","seq","ts","offset","events",
- *  "weight_sum","norm","users","A":bin k*k f64 LE,"items":[n],
- *  "B":bin n*k f64 LE} */
+ *  "weight_sum","norm","users","sizes":[k],"mass":bin k f64 LE,
+ *  "A":bin k*k f64 LE,"items":[n],"B":bin n*k f64 LE} */
 struct records_stats {
     char cluster[RECORDS_CLUSTER_MAX];
     char owner[RECORDS_CLUSTER_MAX]; /* the member that sent it */
@@ -175,6 +189,8 @@ struct records_stats {
     double weight_sum; /* their weights */
     double norm;       /* sum of ||v_u||^2 */
     uint64_t users;
+    uint64_t sizes[MODEL_K_MAX]; /* users by segment */
+    double mass[MODEL_K_MAX];    /* sum of h_j */
     /* Read back only: */
     uint32_t nitems;
     char **items;

@@ -123,8 +123,16 @@ int model_part_stats(const struct model *m,
             continue;
         double h[MODEL_K_MAX];
         const float *hu = m->H + (size_t)u * k;
-        for (uint32_t j = 0; j < k; j++)
+        uint32_t seg = 0;
+        for (uint32_t j = 0; j < k; j++) {
             h[j] = (double)hu[j] * m->hs[j];
+            /* The segment as model_segment_sizes finds it, in float. */
+            float fj = (float)h[j], fs = (float)h[seg];
+            if (fj > fs)
+                seg = j;
+            sums->mass[j] += fj;
+        }
+        sums->sizes[seg]++;
         for (uint32_t j = 0; j < k; j++)
             for (uint32_t l = 0; l < k; l++)
                 A[(size_t)j * k + l] += h[j] * h[l];
@@ -277,4 +285,11 @@ int model_user_put(struct model *m, const struct model_user_state *st)
     m->stale++;
     m->dirty = 1;
     return 0;
+}
+
+int model_restart_try(struct model *m)
+{
+    if (m->rs || m->follower || !model__seedable(m))
+        return -EAGAIN;
+    return model__restart_begin(m);
 }

@@ -1530,6 +1530,8 @@ void model_refresh(struct model *m)
     double colsq[MODEL_K_MAX], mult[MODEL_K_MAX];
     double maxdiag = 0;
 
+    if (m->follower)
+        return; /* the group's leader refreshes W (group.c) */
     model__restart_drop(m);
     m->sync_rows = 0;
     model__b_sync(m);
@@ -1842,6 +1844,14 @@ static void model_warmup(struct model *m)
         free(old);
     }
     m->warm_done = 1;
+}
+
+void model_warm(struct model *m)
+{
+    uint8_t f = m->follower;
+    m->follower = 0;
+    model_warmup(m);
+    m->follower = f;
 }
 
 /*

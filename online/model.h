@@ -339,8 +339,8 @@ struct model *model_load(const void *buf, size_t len, const char **err);
 
 /* A group of processes sharing one W (docs/design.md section 8; group.c).
  * A follower never changes W itself (no warm-up, refresh or restart, in
- * model_fold or model_refine): it takes the group's W by
- * model_w_install. Requires half_life_ms = 0 for the statistics. */
+ * model_fold or model_refine; model_refresh does nothing): it takes the
+ * group's W by model_w_install. Requires half_life_ms = 0 for the statistics. */
 void model_follow(struct model *m, int on);
 int model_following(const struct model *m);
 /* Sets the rows of W of the n items named (adding the items not yet
@@ -352,6 +352,14 @@ int model_w_install(struct model *m, uint32_t n, const char *const *ids,
 /* The index of an item, added (with a random row of W) if new; -EINVAL a
  * bad id, -ENOMEM. */
 int64_t model_item_ensure(struct model *m, const char *id, size_t len);
+/* The warm-up now, whatever warmup_events says: W seeded by NNDSVDa from
+ * the profiles, then batch alternating NNLS (model.c). A group's leader
+ * seeds the group's first W this way from its own partitions' users. */
+void model_warm(struct model *m);
+/* Begins model_refine's restart now, whatever its schedule (the
+ * following model_refine calls run it): 0, or -EAGAIN (one is under way,
+ * a follower, or too few profiles to seed from), -ENOMEM. */
+int model_restart_try(struct model *m);
 /* Forgets a user with its contribution to A and B; -ENOENT if the slot
  * is not live. */
 int model_user_forget(struct model *m, uint32_t idx);
@@ -362,6 +370,8 @@ int model_user_forget(struct model *m, uint32_t idx);
 struct model_part_sums {
     double norm;
     uint64_t users;
+    uint64_t sizes[MODEL_K_MAX]; /* users by segment, as model_segment_sizes */
+    double mass[MODEL_K_MAX];    /* sum of h_j, as model_segment_sizes */
 };
 int model_part_stats(const struct model *m,
                      int32_t (*part_of)(void *ctx, const char *id, size_t len),

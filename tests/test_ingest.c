@@ -291,9 +291,14 @@ static void rig_open(struct rig *r, const char *group)
     r->m = model_k4();
     r->ing = ingest_new(&loop, r->mt);
     cr_assert_not_null(r->ing);
-    struct views_conf vc = {r->m,      r->ing,     r->mt,     r->cfg,
-                            &r->epoch, rig_health, rig_ready, r,
-                            NULL};
+    struct views_conf vc = {.model = r->m,
+                            .ing = r->ing,
+                            .metrics = r->mt,
+                            .cfg = r->cfg,
+                            .epoch = &r->epoch,
+                            .health = rig_health,
+                            .ready = rig_ready,
+                            .ctx = r};
     r->v = views_new(&vc);
     cr_assert_not_null(r->v);
     struct ingest_conf ic = {r->m, decoder(), NULL, NULL};

@@ -118,7 +118,8 @@ static void rig_open(struct rig *r, const char *txn, const char *max_bytes)
                      0, "%s", err);
     r->out = kafka_out_new(&loop, conf, txn, &cbs, r, err, sizeof(err));
     cr_assert_not_null(r->out, "%s", err);
-    struct publisher_conf pc = {r->m, r->out, r->ing, r->cfg, r->mt};
+    struct publisher_conf pc = {.model = r->m, .out = r->out, .ing = r->ing,
+                                .cfg = r->cfg, .metrics = r->mt};
     r->pub = publisher_new(&loop, &pc, r_done, r);
     cr_assert_not_null(r->pub);
 }

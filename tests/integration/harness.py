@@ -80,11 +80,11 @@ class Procs:
         except OSError:
             return ""
 
-    def broker(self, partitions=4, topics="nmf.events"):
+    def broker(self, partitions=4, topics="nmf.events", cluster=False):
         bf = os.path.join(self.tmp, "bootstrap")
         self.start([NMFCTL, "broker", "--partitions",
-                    str(partitions), "--topics", topics, "--bootstrap-file", bf],
-                   "broker")
+                    str(partitions), "--topics", topics, "--bootstrap-file", bf]
+                   + (["--cluster"] if cluster else []), "broker")
         return wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
                         20, "the broker's bootstrap file")
 

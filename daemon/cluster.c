@@ -1,0 +1,1420 @@
+/* cluster.c -- a group of nmfd processes sharing one W (docs/design.md
+ * section 8).
+ *
+ * Kafka is the whole of the distributed machinery; nothing here elects,
+ * pings or counts members by itself:
+ *  - the input's consumer group gives each member its partitions, and a
+ *    member owns the users whose key lands there (ingest rejects an event
+ *    whose user belongs to another partition);
+ *  - every member sends, each cluster.interval, the exact statistics of
+ *    each of its partitions (online/group.c) to the stats topic, whole:
+ *    a record replaces the partition's previous one, so nothing is summed
+ *    twice and a partition whose owner died keeps its last exact figures
+ *    until the next owner sends its own;
+ *  - the leader is whichever member a second consumer group ("<group>
+ *    .leader", one partition) assigns the stats topic to. It reads every
+ *    partition's latest record, sums them into a model that holds no
+ *    users, refreshes W there (HALS, normalisation, topic identity, as a
+ *    single process does) and publishes each version to the model topic;
+ *  - every member, the leader too, follows the model topic and folds
+ *    against the newest W (model_w_install);
+ *  - a partition's users' state goes to the state topic, to the same
+ *    partition number, in chunks followed by a marker naming the input
+ *    offset it is complete up to: with every checkpoint, and when the
+ *    partition is revoked. A member assigned a partition reads it back,
+ *    takes the last complete state unless its own checkpoint is further
+ *    on, and resumes the input at that offset: nothing folded twice,
+ *    nothing lost, whoever died when. Markers, not transactions: the
+ *    broker the tests run on does not hide aborted transactions.
+ *
+ * It owns the group's clients (one producer, the model follower, the
+ * leader's consumer), the timer, the leader's model and the partitions'
+ * statistics. It never folds: the fold is ingest's.
+ */
+#include "cluster.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "ingest.h"
+#include "kafka_in.h"
+#include "kafka_out.h"
+#include "kafka_read.h"
+#include "log.h"
+#include "metrics.h"
+#include "model.h"
+#include "records.h"
+
+/* A full round of statistics at least this many intervals apart, even
+ * when nothing changed: a new leader has every partition within it. */
+#define CLUSTER_FULL_EVERY 10
+/* Bytes of users per state chunk (the broker's message limit is 1 MB by
+ * default). */
+#define CLUSTER_CHUNK_BYTES (512 * 1024)
+/* Metadata requests at start. */
+#define CLUSTER_META_MS 10000
+
+enum { CL_STATS, CL_MODEL, CL_STATE, CL_NREJ };
+static const char *const rej_names[CL_NREJ] = {"stats", "model", "state"};
+
+struct cluster {
+    uv_loop_t *loop;
+    struct cluster_conf c;
+    char owner[200]; /* this member's name in its records */
+    const char *topic; /* the input topic */
+    int32_t nparts;
+    uint32_t k;
+
+    struct kafka_out *out;
+    struct kafka_in *win; /* the model topic */
+    struct kafka_in *lin; /* the stats topic, in the leader's group */
+    uv_timer_t timer;
+    struct records_enc *enc;
+    unsigned closing;
+    void (*done)(void *);
+    void *done_arg;
+    bool stopping;
+
+    /* Following W. */
+    uint64_t version;      /* installed */
+    uint64_t seen_version; /* newest seen on the topic */
+    void *w_pending;       /* the newest record of the last pass */
+    size_t w_pending_len;
+    void *w_last; /* the installed record (a new leader starts from it) */
+    size_t w_last_len;
+    int64_t w_ts; /* its statistics' time, ms */
+
+    /* Owning partitions. */
+    bool *owned;
+    bool assigned_once;
+    uint64_t seq;
+    uint64_t sent_work, sent_events;
+    unsigned since_full;
+    double *A, *B;
+    size_t bcap; /* doubles in B */
+
+    /* Leading. */
+    bool leader;
+    struct model *lead;
+    struct records_stats **ps; /* each partition's latest, nparts */
+    bool stats_new;
+    uint64_t published;
+    int64_t newest_stats_ts;
+    bool seeded;   /* the first W was tried from the warm-up */
+    uint64_t pub_events; /* the group's events at the last version */
+    uint64_t restart_events; /* the group's events at the last restart */
+    unsigned idle_rounds;    /* refreshes since the events last changed */
+    double pub_loss;     /* and its relative loss */
+    float *w_prev; /* the W of the last version published */
+    size_t w_prev_n;
+
+    bool rej_logged[CL_NREJ];
+    struct {
+        struct metric *leader, *version, *version_lag, *w_age, *owned,
+            *restore_seconds, *restored_users, *restored_bytes,
+            *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
+            *members, *state_written, *handovers;
+    } m;
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int32_t part_of(void *ctx, const char *id, size_t len)
+{
+    const struct cluster *cl = ctx;
+    return kafka_key_partition(id, len, cl->nparts);
+}
+
+/* A record from elsewhere that must not be used: counted, logged once per
+ * kind (a misconfigured neighbour would otherwise flood the log). */
+static void reject(struct cluster *cl, int what, const char *fmt,
+                   const char *why)
+{
+    metric_inc(cl->m.rejected[what]);
+    if (!cl->rej_logged[what]) {
+        cl->rej_logged[what] = true;
+        log_warn("cluster: %s record refused: %s (counted in "
+                 "nmfd_cluster_rejected_total; logged once)",
+                 rej_names[what], why ? why : fmt);
+    }
+}
+
+/* ---- following W ------------------------------------------------------ */
+
+static int install_w(struct cluster *cl, struct model *into, const void *buf,
+                     size_t len, uint64_t *version, int64_t *ts)
+{
+    const char *why = NULL;
+    struct records_snapshot *s = records_snapshot_read(buf, len, &why);
+    int rc = -EBADMSG;
+
+    if (!s) {
+        reject(cl, CL_MODEL, "%s", why);
+        return -EBADMSG;
+    }
+    if (strcmp(s->cluster, cl->c.group_id) || !s->model_version) {
+        reject(cl, CL_MODEL, "", "another group's W, or no model_version");
+        goto out;
+    }
+    if (s->k != cl->k) {
+        reject(cl, CL_MODEL, "", "a W of another k");
+        goto out;
+    }
+    rc = model_w_install(into, s->nitems, (const char *const *)s->items,
+                         s->item_lens, s->W);
+    if (rc) {
+        reject(cl, CL_MODEL, "", strerror(-rc));
+        goto out;
+    }
+    *version = s->model_version;
+    *ts = s->ts;
+out:
+    records_snapshot_free(s);
+    return rc;
+}
+
+static void win_message(void *ctx, const struct kafka_msg *msg)
+{
+    struct cluster *cl = ctx;
+    void *copy = malloc(msg->len ? msg->len : 1);
+    if (!copy) {
+        log_warn("cluster: W record: %s", strerror(ENOMEM));
+        return;
+    }
+    memcpy(copy, msg->payload, msg->len);
+    free(cl->w_pending);
+    cl->w_pending = copy;
+    cl->w_pending_len = msg->len;
+}
+
+/* Only the newest version of a pass is installed: a member catching up
+ * re-solves its users once, not once per version. */
+static void win_pass_end(void *ctx)
+{
+    struct cluster *cl = ctx;
+    uint64_t v = 0;
+    int64_t ts = 0;
+    if (!cl->w_pending)
+        return;
+    if (install_w(cl, cl->c.model, cl->w_pending, cl->w_pending_len, &v,
+                  &ts) == 0) {
+        if (v > cl->seen_version)
+            cl->seen_version = v;
+        cl->version = v;
+        cl->w_ts = ts;
+        free(cl->w_last);
+        cl->w_last = cl->w_pending;
+        cl->w_last_len = cl->w_pending_len;
+        cl->w_pending = NULL;
+        metric_set(cl->m.version, (double)v);
+        metric_set(cl->m.w_age, (double)(wall_ms() - ts) / 1000.0);
+        log_debug("cluster: W version %" PRIu64 " installed", v);
+        if (cl->c.on_w)
+            cl->c.on_w(cl->c.ctx);
+    } else {
+        metric_inc(cl->m.w_refused);
+        free(cl->w_pending);
+        cl->w_pending = NULL;
+    }
+}
+
+/* ---- leading ----------------------------------------------------------- */
+
+static void lead_drop(struct cluster *cl)
+{
+    model_free(cl->lead);
+    cl->lead = NULL;
+    free(cl->w_prev);
+    cl->w_prev = NULL;
+    cl->w_prev_n = 0;
+    for (int32_t p = 0; cl->ps && p < cl->nparts; p++) {
+        records_stats_free(cl->ps[p]);
+        cl->ps[p] = NULL;
+    }
+    cl->stats_new = false;
+}
+
+static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
+{
+    struct cluster *cl = ctx;
+    if (!n)
+        return;
+    lead_drop(cl);
+    struct model_params p = cl->c.cfg->model.params;
+    cl->lead = model_new(&p);
+    if (!cl->lead) {
+        log_err("cluster: leader: %s", strerror(ENOMEM));
+        return;
+    }
+    /* The group's W goes on from the newest version this member has. */
+    uint64_t v;
+    int64_t ts;
+    if (cl->w_last)
+        install_w(cl, cl->lead, cl->w_last, cl->w_last_len, &v, &ts);
+    cl->published = cl->seen_version;
+    cl->seeded = false;
+    cl->pub_events = 0;
+    cl->pub_loss = 1;
+    cl->restart_events = 0;
+    /* Every partition's latest statistics are somewhere in what the topic
+     * keeps: read it all (each record replaces the one before). */
+    for (size_t i = 0; i < n; i++)
+        parts[i].offset = KAFKA_OFFSET_BEGINNING;
+    cl->leader = true;
+    metric_set(cl->m.leader, 1);
+    log_notice("cluster: this member leads group %s (W from version %" PRIu64
+               ")",
+               cl->c.group_id, cl->published);
+}
+
+static void lin_revoke(void *ctx, const struct kafka_part *parts, size_t n,
+                       bool lost)
+{
+    struct cluster *cl = ctx;
+    (void)parts;
+    (void)lost;
+    if (!n || !cl->leader)
+        return;
+    lead_drop(cl);
+    cl->leader = false;
+    metric_set(cl->m.leader, 0);
+    log_notice("cluster: this member no longer leads");
+}
+
+static void lin_message(void *ctx, const struct kafka_msg *msg)
+{
+    struct cluster *cl = ctx;
+    const char *why = NULL;
+    if (!cl->leader)
+        return;
+    struct records_stats *s = records_stats_read(msg->payload, msg->len, &why);
+    if (!s) {
+        reject(cl, CL_STATS, "", why);
+        return;
+    }
+    if (strcmp(s->cluster, cl->c.group_id)) {
+        reject(cl, CL_STATS, "", "statistics of another group");
+    } else if (s->k != cl->k) {
+        reject(cl, CL_STATS, "", "statistics of another k");
+    } else if (s->part >= cl->nparts) {
+        reject(cl, CL_STATS, "", "a partition the input does not have");
+    } else {
+        records_stats_free(cl->ps[s->part]);
+        cl->ps[s->part] = s;
+        cl->stats_new = true;
+        if (s->ts > cl->newest_stats_ts)
+            cl->newest_stats_ts = s->ts;
+        return;
+    }
+    records_stats_free(s);
+}
+
+/* The leader's W out as the next version, with the group's totals. */
+static int lead_publish(struct cluster *cl, int64_t ts, uint64_t events,
+                        double weight, double loss)
+{
+    struct model *lm = cl->lead;
+    const uint32_t k = cl->k;
+    struct records_epoch ep = {
+        .epoch = cl->published + 1,
+        .ts = ts,
+        .model_version = cl->published + 1,
+        .cluster = cl->c.group_id,
+        .group_totals = true,
+        .events = events,
+        .weight_sum = weight,
+        .loss = loss,
+    };
+    int rc = records_snapshot_encode(cl->enc, lm, &ep);
+    size_t len;
+    const void *data = records_enc_data(cl->enc, &len);
+    if (!rc)
+        rc = kafka_out_produce(cl->out, cl->c.cfg->cluster.model_topic, 0, "w",
+                               1, data, len, NULL, 0);
+    if (rc) {
+        log_warn("cluster: W version %" PRIu64 " not published: %s",
+                 ep.model_version, strerror(-rc));
+        return rc;
+    }
+    cl->published = ep.model_version;
+    if (cl->published > cl->seen_version)
+        cl->seen_version = cl->published;
+    metric_inc(cl->m.w_published);
+    size_t wn = (size_t)model_item_slots(lm) * k;
+    float *keep = realloc(cl->w_prev, (wn ? wn : 1) * sizeof(float));
+    if (keep) {
+        memcpy(keep, model_W(lm), wn * sizeof(float));
+        cl->w_prev = keep;
+        cl->w_prev_n = wn;
+    }
+    return 0;
+}
+
+/* The group's first W, as a single process's warm-up makes it: NNDSVDa
+ * of the profiles, then batch alternating NNLS, on the users of the
+ * leader's own partitions (a sample of all users, the partitions being
+ * by a hash of the user). From there the group's rounds (members
+ * re-solve, the leader refreshes) go on as a single process's do; a
+ * random start would leave them in a poorer local minimum. */
+/* A model of its own holding copies of this member's users (the
+ * leader's sample of the group). NULL out of memory; *n users. */
+static struct model *sample_model(struct cluster *cl, uint32_t *nusers)
+{
+    const struct model *m = cl->c.model;
+    struct model_params p = cl->c.cfg->model.params;
+    struct model *t = model_new(&p);
+    uint32_t U = model_user_slots(m), n = 0;
+    int rc = 0;
+
+    if (!t)
+        return NULL;
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view v;
+        const uint32_t *it;
+        const float *va;
+        uint32_t np;
+        if (model_user_get(m, u, &v) || model_user_profile(m, u, &it, &va, &np))
+            continue;
+        const char **iid = malloc((np + 1) * sizeof(*iid));
+        size_t *il = malloc((np + 1) * sizeof(*il));
+        if (!iid || !il) {
+            free(iid);
+            free(il);
+            goto out;
+        }
+        for (uint32_t q = 0; q < np; q++)
+            iid[q] = model_item_id(m, it[q], &il[q]);
+        struct model_user_state st = {.id = v.id, .id_len = v.id_len,
+                                      .t = v.ts, .h = v.h, .n = np,
+                                      .items = iid, .item_lens = il,
+                                      .values = va};
+        model_user_sums(m, u, &st.loss, &st.vnorm, &st.evicted);
+        rc = model_user_put(t, &st);
+        free(iid);
+        free(il);
+        if (rc)
+            goto out;
+        n++;
+    }
+    *nusers = n;
+    return t;
+out:
+    model_free(t);
+    return NULL;
+}
+
+/* Installs t's W into the leader's model. */
+static int lead_take_w(struct cluster *cl, const struct model *t)
+{
+    uint32_t M = model_item_slots(t), n = 0;
+    const char **ids = malloc((M + 1) * sizeof(*ids));
+    size_t *lens = malloc((M + 1) * sizeof(*lens));
+    float *W = malloc(((size_t)M * cl->k + 1) * sizeof(float));
+    int rc = -ENOMEM;
+    if (!ids || !lens || !W)
+        goto out;
+    for (uint32_t i = 0; i < M; i++) {
+        ids[n] = model_item_id(t, i, &lens[n]);
+        if (!ids[n])
+            continue;
+        memcpy(W + (size_t)n * cl->k, model_W(t) + (size_t)i * cl->k,
+               cl->k * sizeof(float));
+        n++;
+    }
+    rc = model_w_install(cl->lead, n, ids, lens, W);
+out:
+    free(ids);
+    free(lens);
+    free(W);
+    return rc;
+}
+
+static int lead_seed(struct cluster *cl)
+{
+    uint32_t n = 0;
+    struct model *t = sample_model(cl, &n);
+    int rc;
+    if (!t)
+        return -ENOMEM;
+    if (n < cl->k) {
+        model_free(t);
+        return -EAGAIN; /* too few users of its own: HALS from the start */
+    }
+    model_warm(t);
+    rc = lead_take_w(cl, t);
+    model_free(t);
+    return rc;
+}
+
+/* At the group's convergence, the escape a single process tries at its
+ * own (model_refine's restart): on the leader's sample, from the group's
+ * W, the single-process refinement runs to convergence, restart trial
+ * included (an NNDSVDa seed of the sample, kept only if it beats the
+ * current W there by 0.1%). If the restart replaced W, that W becomes
+ * the group's next version, and the group's rounds go on from it. Only
+ * while the sample is small enough to refine on the loop at once. */
+#define CLUSTER_RESTART_USERS 200000
+#define CLUSTER_IDLE_ROUNDS 5
+static bool lead_restart(struct cluster *cl)
+{
+    uint32_t n = 0, M = model_item_slots(cl->lead), m = 0;
+    struct model *t;
+    struct model_stats st;
+    bool took = false;
+
+    if (model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
+        return false;
+    t = sample_model(cl, &n);
+    if (!t)
+        return false;
+    const char **ids = malloc((M + 1) * sizeof(*ids));
+    size_t *lens = malloc((M + 1) * sizeof(*lens));
+    float *W = malloc(((size_t)M * cl->k + 1) * sizeof(float));
+    if (n >= cl->k && ids && lens && W) {
+        for (uint32_t i = 0; i < M; i++) {
+            ids[m] = model_item_id(cl->lead, i, &lens[m]);
+            if (!ids[m])
+                continue;
+            memcpy(W + (size_t)m * cl->k, model_W(cl->lead) + (size_t)i * cl->k,
+                   cl->k * sizeof(float));
+            m++;
+        }
+        if (model_w_install(t, m, ids, lens, W) == 0) {
+            /* The sample's users solved against the group's W, then the
+             * restart's trial against it. */
+            while (model_refine(t, 1u << 30))
+                ;
+            if (model_restart_try(t) == 0)
+                for (int round = 0; round < 100000; round++) {
+                    uint64_t r0 = model_refreshes(t);
+                    if (model_refine(t, 1u << 30) == 0 &&
+                        model_refreshes(t) == r0)
+                        break;
+                }
+            model_stats(t, &st);
+            if (st.restarts > 0 && lead_take_w(cl, t) == 0)
+                took = true;
+        }
+    }
+    free(ids);
+    free(lens);
+    free(W);
+    model_free(t);
+    return took;
+}
+
+/* The group's statistics into the leader's model, W refreshed, the new
+ * version out. */
+static void lead_refresh(struct cluster *cl)
+{
+    const uint32_t k = cl->k;
+    struct model *lm = cl->lead;
+    double A[MODEL_K_MAX * MODEL_K_MAX], norm = 0, weight = 0;
+    uint64_t users = 0, events = 0;
+    uint32_t parts = 0;
+
+    if (!lm || !cl->stats_new)
+        return;
+    memset(A, 0, sizeof(double) * k * k);
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        for (uint32_t i = 0; i < s->nitems; i++)
+            if (model_item_ensure(lm, s->items[i], s->item_lens[i]) < 0) {
+                log_warn("cluster: leader: %s", strerror(ENOMEM));
+                return;
+            }
+    }
+    size_t need = (size_t)model_item_slots(lm) * k;
+    double *B = calloc(need ? need : 1, sizeof(double));
+    if (!B) {
+        log_warn("cluster: leader: %s", strerror(ENOMEM));
+        return;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        for (size_t q = 0; q < (size_t)k * k; q++)
+            A[q] += s->A[q];
+        for (uint32_t i = 0; i < s->nitems; i++) {
+            int64_t r = model_item_ensure(lm, s->items[i], s->item_lens[i]);
+            for (uint32_t j = 0; j < k; j++)
+                B[(size_t)r * k + j] += s->B[(size_t)i * k + j];
+        }
+        norm += s->norm;
+        weight += s->weight_sum;
+        users += s->users;
+        events += s->events;
+        parts++;
+    }
+    if (!users) {
+        free(B);
+        return; /* nothing to fit yet */
+    }
+    if (!cl->published && !cl->seeded) {
+        /* No W yet: the warm-up's, once the group has folded as many
+         * events as a single process's warm-up waits for. */
+        uint64_t wu = cl->c.cfg->model.params.warmup_events;
+        if (events < wu) {
+            free(B);
+            return;
+        }
+        int rc = lead_seed(cl);
+        cl->seeded = true;
+        if (rc == 0) {
+            free(B);
+            cl->stats_new = false;
+            if (lead_publish(cl, wall_ms(), events, weight, 1) == 0) {
+                cl->pub_events = events;
+                cl->pub_loss = 1;
+            }
+            log_notice("cluster: the group's first W seeded from %s's users",
+                       cl->owner);
+            return;
+        }
+        if (rc != -EAGAIN)
+            log_warn("cluster: seeding W: %s", strerror(-rc));
+    }
+    model_stats_set(lm, A, B);
+    free(B);
+    model_refresh(lm);
+    cl->stats_new = false;
+    /* A new version when the data changed (new events, new items), or
+     * when it lowers the group's loss by more than model.refine_tol of
+     * it: the rule of a single process's idle refinement, so an idle
+     * group converges and then stays quiet. */
+    double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
+    size_t wn = (size_t)model_item_slots(lm) * k;
+    cl->idle_rounds = events == cl->pub_events ? cl->idle_rounds + 1 : 0;
+    bool converged =
+        events == cl->pub_events && wn == cl->w_prev_n &&
+        !(cl->pub_loss - rel > cl->c.cfg->model.params.refine_tol * cl->pub_loss);
+    /* Once the stream is quiet (a few rounds without an event) or the
+     * rounds converged, and the data has doubled since the last try: the
+     * restart of a single process, on the leader's sample. A group's
+     * round takes a cluster.interval, not microseconds, so it does not
+     * wait for the rounds to creep to refine_tol first. */
+    if ((converged || cl->idle_rounds >= CLUSTER_IDLE_ROUNDS) && events &&
+        events >= 2 * cl->restart_events) {
+        cl->restart_events = events;
+        if (lead_restart(cl)) {
+            log_notice("cluster: a restart on this member's users found a "
+                       "better W; the group goes on from it");
+            converged = false;
+            rel = 1;
+        }
+    }
+    if (converged)
+        return;
+    if (lead_publish(cl, cl->newest_stats_ts, events, weight, rel) == 0) {
+        cl->pub_events = events;
+        cl->pub_loss = rel;
+    }
+    (void)parts;
+}
+
+bool cluster_publish_view(void *arg, struct records_group *g, uint64_t *sizes,
+                          double *mass)
+{
+    struct cluster *cl = arg;
+    const uint32_t k = cl->k;
+    if (!cl->leader || !cl->lead)
+        return false;
+    memset(g, 0, sizeof(*g));
+    g->cluster = cl->c.group_id;
+    g->model_version = cl->version;
+    double norm = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        sizes[j] = 0;
+        mass[j] = 0;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        g->users += s->users;
+        g->events += s->events;
+        g->weight_sum += s->weight_sum;
+        norm += s->norm;
+        g->partitions++;
+        for (uint32_t j = 0; j < k; j++) {
+            sizes[j] += s->sizes[j];
+            mass[j] += s->mass[j];
+        }
+    }
+    struct model_stats st;
+    model_stats(cl->lead, &st);
+    g->items = st.items;
+    g->loss = norm > 0 ? model_stats_loss(cl->lead, norm) / norm : 0;
+    return true;
+}
+
+/* ---- owning partitions ------------------------------------------------- */
+
+static int stats_scratch(struct cluster *cl)
+{
+    size_t need = (size_t)model_item_slots(cl->c.model) * cl->k + 1;
+    if (!cl->A && !(cl->A = malloc(sizeof(double) * cl->k * cl->k)))
+        return -ENOMEM;
+    if (need > cl->bcap) {
+        double *b = realloc(cl->B, need * sizeof(double));
+        if (!b)
+            return -ENOMEM;
+        cl->B = b;
+        cl->bcap = need;
+    }
+    return 0;
+}
+
+static void stats_send(struct cluster *cl)
+{
+    uint64_t work = model_work(cl->c.model), events = 0;
+    int32_t owned = 0;
+
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        int64_t next;
+        uint64_t ev;
+        double w;
+        if (cl->owned[p] &&
+            !ingest_part_get(cl->c.ing, cl->topic, p, &next, &ev, &w))
+            events += ev;
+        owned += cl->owned[p];
+    }
+    metric_set(cl->m.owned, owned);
+    if (!owned)
+        return;
+    if (work == cl->sent_work && events == cl->sent_events &&
+        ++cl->since_full < CLUSTER_FULL_EVERY)
+        return;
+    if (stats_scratch(cl)) {
+        log_warn("cluster: statistics: %s", strerror(ENOMEM));
+        return;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        if (!cl->owned[p])
+            continue;
+        struct model_part_sums sums;
+        struct records_stats h;
+        int64_t next = -1;
+        memset(&h, 0, sizeof(h));
+        if (model_part_stats(cl->c.model, part_of, cl, p, cl->A, cl->B,
+                             &sums))
+            return;
+        ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
+                        &h.weight_sum);
+        snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
+        snprintf(h.owner, sizeof(h.owner), "%s", cl->owner);
+        h.part = p;
+        h.seq = ++cl->seq;
+        h.ts = wall_ms();
+        h.offset = next;
+        h.norm = sums.norm;
+        h.users = sums.users;
+        memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
+        memcpy(h.mass, sums.mass, sizeof(h.mass));
+        int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B);
+        size_t len;
+        const void *data = records_enc_data(cl->enc, &len);
+        char key[16];
+        int kl = snprintf(key, sizeof(key), "%" PRId32, p);
+        if (!rc)
+            rc = kafka_out_produce(cl->out, cl->c.cfg->cluster.stats_topic, 0,
+                                   key, (size_t)kl, data, len, NULL, 0);
+        if (rc) {
+            log_warn("cluster: statistics of partition %" PRId32 ": %s", p,
+                     strerror(-rc));
+            return; /* all again on the next tick */
+        }
+        metric_inc(cl->m.stats_sent);
+    }
+    cl->sent_work = work;
+    cl->sent_events = events;
+    cl->since_full = 0;
+}
+
+/* Forgets the users of partition p (another member has them now). */
+static uint64_t drop_users(struct cluster *cl, int32_t p)
+{
+    struct model *m = cl->c.model;
+    uint64_t n = 0;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v) == 0 &&
+            part_of(cl, v.id, v.id_len) == p && model_user_forget(m, u) == 0)
+            n++;
+    }
+    return n;
+}
+
+static int state_produce(struct cluster *cl, int32_t p, const char *key)
+{
+    size_t len;
+    const void *data = records_enc_data(cl->enc, &len);
+    return kafka_out_produce(cl->out, cl->c.cfg->cluster.state_topic, p, key,
+                             1, data, len, NULL, 0);
+}
+
+/* The state of partition p, now: its users in chunks, then the marker. */
+static int state_write(struct cluster *cl, int32_t p)
+{
+    struct records_state h;
+    int64_t next = -1;
+    uint64_t events = 0;
+    double weight = 0;
+    uint32_t cursor = 0, n = 0;
+    int rc;
+
+    if (ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight) ||
+        next < 0)
+        return 0; /* nothing folded: nothing to hand over */
+    memset(&h, 0, sizeof(h));
+    snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
+    h.part = p;
+    h.gen = (uint64_t)wall_ms() << 16 | ((uint64_t)getpid() & 0xffff);
+    do {
+        rc = records_state_users_encode(cl->enc, &h, cl->c.model, part_of, cl,
+                                        &cursor, CLUSTER_CHUNK_BYTES, &n);
+        if (!rc)
+            rc = state_produce(cl, p, "u");
+        if (rc)
+            goto fail;
+        h.users += n;
+        h.chunk++;
+    } while (cursor < model_user_slots(cl->c.model));
+    h.marker = true;
+    h.offset = next;
+    h.events = events;
+    h.weight_sum = weight;
+    h.ts = wall_ms();
+    rc = records_state_marker_encode(cl->enc, &h, cl->k);
+    if (!rc)
+        rc = state_produce(cl, p, "m");
+    if (rc)
+        goto fail;
+    metric_inc(cl->m.state_written);
+    return 0;
+fail:
+    log_warn("cluster: state of partition %" PRId32 " not written: %s", p,
+             strerror(-rc));
+    return rc;
+}
+
+void cluster_state_write(struct cluster *cl)
+{
+    for (int32_t p = 0; p < cl->nparts; p++)
+        if (cl->owned[p])
+            state_write(cl, p);
+}
+
+/* What a partition's state topic holds: the records of the generation
+ * being read, and the last complete one. */
+struct scan_buf {
+    uint64_t gen;
+    uint32_t n, cap;
+    void **rec;
+    size_t *len;
+};
+
+struct scan {
+    struct cluster *cl;
+    int32_t p;
+    struct scan_buf cur, best;
+    struct records_state marker;
+    bool have;
+};
+
+static void scan_buf_free(struct scan_buf *b)
+{
+    for (uint32_t i = 0; i < b->n; i++)
+        free(b->rec[i]);
+    free(b->rec);
+    free(b->len);
+    memset(b, 0, sizeof(*b));
+}
+
+static int scan_message(void *ctx, const struct kafka_msg *msg)
+{
+    struct scan *sc = ctx;
+    struct cluster *cl = sc->cl;
+    struct records_state h;
+    const char *why = NULL;
+
+    if (records_state_read(msg->payload, msg->len, &h, NULL, NULL, &why)) {
+        reject(cl, CL_STATE, "", why);
+        return 0;
+    }
+    if (strcmp(h.cluster, cl->c.group_id) || h.k != cl->k || h.part != sc->p) {
+        reject(cl, CL_STATE, "",
+               "state of another group, another k or another partition");
+        return 0;
+    }
+    if (h.marker) {
+        if (h.gen == sc->cur.gen && h.chunk == sc->cur.n && h.chunk) {
+            scan_buf_free(&sc->best);
+            sc->best = sc->cur;
+            memset(&sc->cur, 0, sizeof(sc->cur));
+            sc->marker = h;
+            sc->have = true;
+        }
+        return 0;
+    }
+    if (h.gen != sc->cur.gen || h.chunk != sc->cur.n) {
+        /* A new generation (or one whose chunks came out of order, which
+         * one writer never does): start it afresh. */
+        scan_buf_free(&sc->cur);
+        if (h.chunk != 0)
+            return 0;
+        sc->cur.gen = h.gen;
+    }
+    if (sc->cur.n == sc->cur.cap) {
+        uint32_t cap = sc->cur.cap ? 2 * sc->cur.cap : 8;
+        void **r = realloc(sc->cur.rec, cap * sizeof(*r));
+        if (!r)
+            return -ENOMEM;
+        sc->cur.rec = r;
+        size_t *l = realloc(sc->cur.len, cap * sizeof(*l));
+        if (!l)
+            return -ENOMEM;
+        sc->cur.len = l;
+        sc->cur.cap = cap;
+    }
+    void *copy = malloc(msg->len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, msg->payload, msg->len);
+    sc->cur.rec[sc->cur.n] = copy;
+    sc->cur.len[sc->cur.n++] = msg->len;
+    return 0;
+}
+
+/* A user of the partition being restored (sc->p), never another's. */
+static int import_user(void *ctx, const struct model_user_state *st)
+{
+    struct scan *sc = ctx;
+    if (part_of(sc->cl, st->id, st->id_len) != sc->p)
+        return -EINVAL;
+    return model_user_put(sc->cl->c.model, st);
+}
+
+/* Restores partition p from the state topic if its last complete state is
+ * further on than what this member holds; sets *offset to where the input
+ * resumes. 0, or -errno (fatal: the partition must not be folded). */
+static int restore(struct cluster *cl, int32_t p, int64_t *offset)
+{
+    struct scan sc = {.cl = cl, .p = p};
+    struct kafka_read_stats rs;
+    char err[512];
+    int64_t next = -1;
+    uint64_t events = 0;
+    double weight = 0, t0 = mono_s();
+    struct kafka_conf *conf = cl->c.kafka_conf(cl->c.ctx, true);
+    int rc;
+
+    if (!conf)
+        return -EINVAL;
+    rc = kafka_read_partition(conf, cl->c.cfg->cluster.state_topic, p,
+                              (int)cl->c.cfg->cluster.restore_timeout_ms,
+                              scan_message, &sc, &rs, err, sizeof(err));
+    if (rc) {
+        log_err("cluster: partition %" PRId32 ": state: %s", p, err);
+        goto out;
+    }
+    ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight);
+    if (sc.have && sc.marker.offset > next) {
+        uint64_t dropped = drop_users(cl, p), users = 0;
+        size_t bytes = 0;
+        for (uint32_t i = 0; i < sc.best.n && !rc; i++) {
+            struct records_state h;
+            const char *why = NULL;
+            rc = records_state_read(sc.best.rec[i], sc.best.len[i], &h,
+                                    import_user, &sc, &why);
+            if (rc)
+                log_err("cluster: partition %" PRId32 ": state chunk %u: %s",
+                        p, i, why ? why : strerror(-rc));
+            users += h.users;
+            bytes += sc.best.len[i];
+        }
+        if (rc)
+            goto out;
+        ingest_part_set(cl->c.ing, cl->topic, p, sc.marker.offset,
+                        sc.marker.events, sc.marker.weight_sum);
+        *offset = sc.marker.offset;
+        double dt = mono_s() - t0;
+        metric_set(cl->m.restore_seconds, dt);
+        metric_add(cl->m.restored_users, (double)users);
+        metric_add(cl->m.restored_bytes, (double)bytes);
+        log_notice("cluster: partition %" PRId32 " restored: %" PRIu64
+                   " users, %zu bytes in %.3f s, input from offset %" PRId64
+                   " (%" PRIu64 " local users replaced)",
+                   p, users, bytes, dt, *offset, dropped);
+    } else if (next >= 0) {
+        *offset = next;
+        log_info("cluster: partition %" PRId32 " from this member's own "
+                 "state, offset %" PRId64,
+                 p, next);
+    } else {
+        /* No state anywhere: the partition's history is read again. */
+        drop_users(cl, p);
+        ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
+        *offset = KAFKA_OFFSET_BEGINNING;
+        log_info("cluster: partition %" PRId32 " has no state yet: "
+                 "reading its input from the start",
+                 p);
+    }
+out:
+    scan_buf_free(&sc.cur);
+    scan_buf_free(&sc.best);
+    return rc;
+}
+
+void cluster_on_assign(struct cluster *cl, struct kafka_part *parts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = parts[i].partition;
+        if (strcmp(parts[i].topic, cl->topic) || p < 0 || p >= cl->nparts)
+            continue;
+        int64_t off = KAFKA_OFFSET_BEGINNING;
+        if (restore(cl, p, &off)) {
+            if (cl->c.on_fatal)
+                cl->c.on_fatal(cl->c.ctx, "a partition's state could not be "
+                                          "read back");
+            return;
+        }
+        parts[i].offset = off;
+        cl->owned[p] = true;
+    }
+    if (!cl->assigned_once) {
+        /* The local checkpoint may hold users of partitions that are
+         * another member's now. */
+        cl->assigned_once = true;
+        for (int32_t p = 0; p < cl->nparts; p++) {
+            int64_t next;
+            uint64_t ev;
+            double w;
+            if (cl->owned[p])
+                continue;
+            uint64_t d = drop_users(cl, p);
+            if (!ingest_part_get(cl->c.ing, cl->topic, p, &next, &ev, &w))
+                ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
+            if (d)
+                log_info("cluster: %" PRIu64 " users of partition %" PRId32
+                         " are another member's",
+                         d, p);
+        }
+    }
+    cl->sent_work = ~0ull; /* statistics of the new partitions at once */
+}
+
+void cluster_on_revoke(struct cluster *cl, const struct kafka_part *parts,
+                       size_t n, bool lost)
+{
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = parts[i].partition;
+        if (strcmp(parts[i].topic, cl->topic) || p < 0 || p >= cl->nparts ||
+            !cl->owned[p])
+            continue;
+        /* A clean handover: the next owner starts from this state. Lost,
+         * it may own the partition already; its own restore stands. */
+        if (!lost && state_write(cl, p) == 0)
+            metric_inc(cl->m.handovers);
+        uint64_t d = drop_users(cl, p);
+        ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
+        cl->owned[p] = false;
+        log_info("cluster: partition %" PRId32 " %s: %" PRIu64
+                 " users handed on",
+                 p, lost ? "lost" : "revoked", d);
+    }
+}
+
+/* ---- the timer ---------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+    struct cluster *cl = t->data;
+    struct kafka_lag lag[1];
+    if (cl->stopping)
+        return;
+    stats_send(cl);
+    if (cl->leader)
+        lead_refresh(cl);
+    if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
+        metric_set(cl->m.version_lag, (double)lag[0].lag);
+    if (cl->version)
+        metric_set(cl->m.w_age, (double)(wall_ms() - cl->w_ts) / 1000.0);
+    if (cl->leader) {
+        /* Members: the distinct owners of the partitions' statistics. */
+        uint32_t members = 0;
+        for (int32_t p = 0; p < cl->nparts; p++) {
+            if (!cl->ps[p])
+                continue;
+            bool seen = false;
+            for (int32_t q = 0; q < p && !seen; q++)
+                seen = cl->ps[q] && !strcmp(cl->ps[q]->owner, cl->ps[p]->owner);
+            members += !seen;
+        }
+        metric_set(cl->m.members, members);
+    }
+}
+
+/* ---- start and stop ------------------------------------------------------ */
+
+/* librdkafka's warnings, but not CONFWARN: the group's clients share
+ * [kafka], whose consumer keys a producer ignores, and says so. */
+static void noop_log(void *ctx, int level, const char *fac, const char *msg)
+{
+    (void)ctx;
+    if (level <= 4 && strcmp(fac, "CONFWARN"))
+        log_msg(level, "cluster kafka: %s: %s", fac, msg);
+}
+
+static void cl_error(void *ctx, int err, bool fatal, const char *reason)
+{
+    (void)ctx;
+    log_msg(fatal ? LOG_ERR : LOG_WARNING, "cluster kafka: %s (%s)", reason,
+            strerror(-err));
+}
+
+static void closed_one(struct cluster *cl)
+{
+    if (cl->closing && --cl->closing == 0 && cl->done)
+        cl->done(cl->done_arg);
+}
+
+static void in_closed(void *ctx)
+{
+    closed_one(ctx);
+}
+
+static void out_closed(void *ctx)
+{
+    closed_one(ctx);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    closed_one(h->data);
+}
+
+static struct metric *counter(struct cluster *cl, const char *name,
+                              const char *help, const char *labels)
+{
+    return metrics_counter(cl->c.metrics, name, help, labels);
+}
+
+static struct metric *gauge(struct cluster *cl, const char *name,
+                            const char *help)
+{
+    return metrics_gauge(cl->c.metrics, name, help, NULL);
+}
+
+struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
+{
+    struct cluster *cl = calloc(1, sizeof(*cl));
+    char host[256] = "localhost";
+    if (!cl)
+        return NULL;
+    cl->loop = loop;
+    cl->c = *c;
+    cl->k = c->cfg->model.params.k;
+    cl->topic = c->cfg->input.topic[0];
+    cl->enc = records_enc_new();
+    if (!cl->enc) {
+        free(cl);
+        return NULL;
+    }
+    gethostname(host, sizeof(host) - 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(cl->owner, sizeof(cl->owner), "%s-%ld-%06lx", host,
+             (long)getpid(), (unsigned long)(ts.tv_nsec & 0xffffff));
+    cl->m.leader = gauge(cl, "nmfd_cluster_leader",
+                         "1 while this member refreshes the group's W.");
+    cl->m.version = gauge(cl, "nmfd_cluster_model_version",
+                          "The version of the group's W this member folds "
+                          "with.");
+    cl->m.version_lag = gauge(cl, "nmfd_cluster_version_lag",
+                              "Versions of W published and not yet read.");
+    cl->m.w_age = gauge(cl, "nmfd_cluster_w_age_seconds",
+                        "Seconds from the newest statistics the installed W "
+                        "was built from to now.");
+    cl->m.owned = gauge(cl, "nmfd_cluster_partitions",
+                        "Input partitions this member owns.");
+    cl->m.members = gauge(cl, "nmfd_cluster_members",
+                          "Members whose statistics the leader holds "
+                          "(leader only).");
+    cl->m.restore_seconds = gauge(cl, "nmfd_cluster_restore_seconds",
+                                  "Seconds the last restore of a partition's "
+                                  "state took.");
+    cl->m.restored_users = counter(cl, "nmfd_cluster_restored_users_total",
+                                   "Users restored from the state topic.",
+                                   NULL);
+    cl->m.restored_bytes = counter(cl, "nmfd_cluster_restored_bytes_total",
+                                   "Bytes of state read back.", NULL);
+    cl->m.stats_sent = counter(cl, "nmfd_cluster_stats_sent_total",
+                               "Partition statistics sent.", NULL);
+    cl->m.w_published = counter(cl, "nmfd_cluster_w_published_total",
+                                "Versions of W this member published as "
+                                "leader.",
+                                NULL);
+    cl->m.w_refused = counter(cl, "nmfd_cluster_w_refused_total",
+                              "Versions of W this member could not use (it "
+                              "kept its last good W).",
+                              NULL);
+    cl->m.state_written = counter(cl, "nmfd_cluster_state_written_total",
+                                  "Partition states written.", NULL);
+    cl->m.handovers = counter(cl, "nmfd_cluster_handovers_total",
+                              "Partitions handed over at a revocation.", NULL);
+    for (int r = 0; r < CL_NREJ; r++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "record=\"%s\"", rej_names[r]);
+        cl->m.rejected[r] =
+            counter(cl, "nmfd_cluster_rejected_total",
+                    "Records of the group's topics refused (another group, "
+                    "another k, malformed).",
+                    labels);
+    }
+    return cl;
+}
+
+/* A topic's partition count must be want (or, want 0, that of the
+ * input). */
+static int check_topic(struct cluster *cl, const char *key, const char *topic,
+                       int want, char *err, size_t errlen)
+{
+    int n = kafka_in_partition_count(cl->win, topic, CLUSTER_META_MS);
+    if (n < 0) {
+        snprintf(err, errlen, "%s = %s: %s", key, topic, strerror(-n));
+        return n;
+    }
+    if (n != want) {
+        snprintf(err, errlen,
+                 "%s = %s has %d partitions; the group needs %d (%s): create "
+                 "it so before any member starts (docs/operations.md, \"A "
+                 "group of processes\")",
+                 key, topic, n, want,
+                 want == 1 ? "one leader reads it in order"
+                           : "as many as the input, co-partitioned");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cluster_start(struct cluster *cl, char *err, size_t errlen)
+{
+    static const struct kafka_in_cbs wcbs = {
+        win_message, NULL, NULL, cl_error, noop_log, NULL, in_closed,
+        win_pass_end};
+    static const struct kafka_in_cbs lcbs = {
+        lin_message, lin_assign, lin_revoke, cl_error, noop_log, NULL,
+        in_closed, NULL};
+    static const struct kafka_out_cbs ocbs = {NULL, cl_error, noop_log,
+                                              out_closed};
+    const struct config *cfg = cl->c.cfg;
+    char why[512], gid[512];
+    struct kafka_conf *conf;
+    int rc;
+
+    if (cfg->input.ntopics != 1) {
+        snprintf(err, errlen,
+                 "cluster.enabled needs exactly one input topic (input.topics "
+                 "= %s): a user's partition must name its owner",
+                 cfg->input.topics);
+        return -EINVAL;
+    }
+    /* The model follower, first: its handle asks the metadata too. */
+    conf = cl->c.kafka_conf(cl->c.ctx, true);
+    snprintf(gid, sizeof(gid), "%s.model.%s", cl->c.group_id, cl->owner);
+    if (!conf || kafka_conf_set(conf, "group.id", gid, why, sizeof(why))) {
+        kafka_conf_free(conf);
+        snprintf(err, errlen, "cluster: model follower: %s", why);
+        return -EINVAL;
+    }
+    cl->win = kafka_in_new(cl->loop, conf, &wcbs, cl, why, sizeof(why));
+    if (!cl->win) {
+        snprintf(err, errlen, "cluster: model follower: %s", why);
+        return -EINVAL;
+    }
+    cl->closing++; /* counted as open: closed_one on close */
+    int n = kafka_in_partition_count(cl->win, cl->topic, CLUSTER_META_MS);
+    if (n <= 0) {
+        snprintf(err, errlen, "input.topics = %s: %s", cl->topic,
+                 n < 0 ? strerror(-n) : "no partitions");
+        return n < 0 ? n : -EINVAL;
+    }
+    cl->nparts = n;
+    if ((rc = check_topic(cl, "cluster.stats_topic", cfg->cluster.stats_topic,
+                          1, err, errlen)) ||
+        (rc = check_topic(cl, "cluster.model_topic", cfg->cluster.model_topic,
+                          1, err, errlen)) ||
+        (rc = check_topic(cl, "cluster.state_topic", cfg->cluster.state_topic,
+                          n, err, errlen)))
+        return rc;
+    cl->owned = calloc((size_t)n, sizeof(*cl->owned));
+    cl->ps = calloc((size_t)n, sizeof(*cl->ps));
+    if (!cl->owned || !cl->ps)
+        return -ENOMEM;
+    struct kafka_part wp = {cfg->cluster.model_topic, 0,
+                            KAFKA_OFFSET_BEGINNING};
+    if ((rc = kafka_in_assign(cl->win, &wp, 1))) {
+        snprintf(err, errlen, "cluster: follow %s: %s",
+                 cfg->cluster.model_topic, strerror(-rc));
+        return rc;
+    }
+
+    conf = cl->c.kafka_conf(cl->c.ctx, false);
+    if (!conf) {
+        snprintf(err, errlen, "cluster: producer: bad [kafka]");
+        return -EINVAL;
+    }
+    kafka_conf_set(conf, "message.max.bytes", "16777216", why, sizeof(why));
+    kafka_conf_set(conf, "linger.ms", "5", why, sizeof(why));
+    cl->out = kafka_out_new(cl->loop, conf, NULL, &ocbs, cl, why, sizeof(why));
+    if (!cl->out) {
+        snprintf(err, errlen, "cluster: producer: %s", why);
+        return -EINVAL;
+    }
+    cl->closing++;
+
+    conf = cl->c.kafka_conf(cl->c.ctx, true);
+    snprintf(gid, sizeof(gid), "%s.leader", cl->c.group_id);
+    if (!conf || kafka_conf_set(conf, "group.id", gid, why, sizeof(why))) {
+        kafka_conf_free(conf);
+        snprintf(err, errlen, "cluster: leader's consumer: %s", why);
+        return -EINVAL;
+    }
+    cl->lin = kafka_in_new(cl->loop, conf, &lcbs, cl, why, sizeof(why));
+    if (!cl->lin) {
+        snprintf(err, errlen, "cluster: leader's consumer: %s", why);
+        return -EINVAL;
+    }
+    cl->closing++;
+    if ((rc = kafka_in_subscribe(cl->lin, cfg->cluster.stats_topic))) {
+        snprintf(err, errlen, "cluster: subscribe %s: %s",
+                 cfg->cluster.stats_topic, strerror(-rc));
+        return rc;
+    }
+
+    model_follow(cl->c.model, 1);
+    ingest_set_keyed(cl->c.ing, n);
+    uv_timer_init(cl->loop, &cl->timer);
+    cl->timer.data = cl;
+    cl->closing++;
+    uv_timer_start(&cl->timer, on_tick, cfg->cluster.interval_ms,
+                   cfg->cluster.interval_ms);
+    log_notice("cluster: member %s of group %s, %d input partitions", cl->owner,
+               cl->c.group_id, n);
+    return 0;
+}
+
+bool cluster_is_leader(const struct cluster *cl)
+{
+    return cl && cl->leader;
+}
+
+uint64_t cluster_model_version(const struct cluster *cl)
+{
+    return cl ? cl->version : 0;
+}
+
+char *cluster_status_json(const struct cluster *cl)
+{
+    json_t *o = json_object(), *parts = json_array(), *owned = json_array();
+    if (!o || !parts || !owned) {
+        json_decref(o);
+        json_decref(parts);
+        json_decref(owned);
+        return NULL;
+    }
+    json_object_set_new(o, "member", json_string(cl->owner));
+    json_object_set_new(o, "group", json_string(cl->c.group_id));
+    json_object_set_new(o, "leader", json_boolean(cl->leader));
+    json_object_set_new(o, "model_version", json_integer((json_int_t)cl->version));
+    for (int32_t p = 0; p < cl->nparts; p++)
+        if (cl->owned[p])
+            json_array_append_new(owned, json_integer(p));
+    json_object_set_new(o, "partitions_owned", owned);
+    int64_t now = wall_ms();
+    for (int32_t p = 0; cl->leader && p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        json_t *e = json_object();
+        json_object_set_new(e, "partition", json_integer(p));
+        if (s) {
+            json_object_set_new(e, "owner", json_string(s->owner));
+            json_object_set_new(e, "users", json_integer((json_int_t)s->users));
+            json_object_set_new(e, "events",
+                                json_integer((json_int_t)s->events));
+            json_object_set_new(e, "age_s",
+                                json_real((double)(now - s->ts) / 1000.0));
+        }
+        json_array_append_new(parts, e);
+    }
+    json_object_set_new(o, "partitions", parts);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+void cluster_close(struct cluster *cl, void (*done)(void *arg), void *arg)
+{
+    cl->stopping = true;
+    cl->done = done;
+    cl->done_arg = arg;
+    unsigned open = cl->closing;
+    if (!open) {
+        done(arg);
+        return;
+    }
+    if (cl->win) {
+        kafka_in_close(cl->win);
+        cl->win = NULL;
+    }
+    if (cl->lin) {
+        kafka_in_close(cl->lin);
+        cl->lin = NULL;
+    }
+    if (cl->out) {
+        kafka_out_close(cl->out, 5000);
+        cl->out = NULL;
+    }
+    if (!uv_is_closing((uv_handle_t *)&cl->timer) && cl->timer.loop)
+        uv_close((uv_handle_t *)&cl->timer, timer_closed);
+}
+
+void cluster_free(struct cluster *cl)
+{
+    if (!cl)
+        return;
+    lead_drop(cl);
+    free(cl->ps);
+    free(cl->owned);
+    free(cl->A);
+    free(cl->B);
+    free(cl->w_pending);
+    free(cl->w_last);
+    free(cl->w_prev);
+    records_enc_free(cl->enc);
+    free(cl);
+}
