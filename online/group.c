@@ -98,6 +98,14 @@ int model_user_forget(struct model *m, uint32_t idx)
     if (idx >= ids_slots(m->uids) || !(m->u[idx].flags & MODEL_U_LIVE))
         return -ENOENT;
     model__user_remove(m, idx);
+    if (!m->nprof) {
+        /* The last profile gone: the sums are exactly zero, not the
+         * rounding the subtractions left (a saved state checks it). */
+        const uint32_t k = m->k;
+        memset(m->A, 0, (size_t)k * k * sizeof(double));
+        memset(m->B, 0, (size_t)ids_slots(m->iids) * k * sizeof(double));
+        m->loss_s = m->norm_s = 0;
+    }
     return 0;
 }
 

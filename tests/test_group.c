@@ -93,6 +93,11 @@ static void row_of(const struct model *m, const double *B, const char *id,
     memset(out, 0, K * sizeof(double));
 }
 
+static int save_cb(void *ctx, const void *buf, size_t len)
+{
+    return fwrite(buf, 1, len, ctx) == len ? 0 : -EIO;
+}
+
 static double rel(double a, double b)
 {
     return fabs(a - b) / (fabs(a) + fabs(b) + 1e-300);
@@ -206,6 +211,25 @@ Test(group, a_partition_moves_with_its_contributions)
         }
     }
     cr_assert_eq(gone, before.sums.users);
+    /* Every user forgotten: the state saves and loads (a state with no
+     * profile must have exactly zero statistics). */
+    {
+        struct model *c = model_k(1);
+        hand_over(a, c, 2);
+        for (uint32_t u = 0; u < model_user_slots(c); u++)
+            model_user_forget(c, u);
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        cr_assert_eq(model_save(c, save_cb, f), 0);
+        fclose(f);
+        const char *why = NULL;
+        struct model *back = model_load(buf, len, &why);
+        cr_assert_not_null(back, "%s", why);
+        model_free(back);
+        free(buf);
+        model_free(c);
+    }
     for (uint32_t u = 0; u < model_user_slots(a); u++) {
         struct model_user_view v;
         if (model_user_get(a, u, &v) == -ENOENT) {
