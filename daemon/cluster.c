@@ -113,6 +113,7 @@ struct cluster {
     uint64_t pub_events; /* the group's events at the last version */
     uint64_t restart_events; /* the group's events at the last restart */
     unsigned idle_rounds;    /* refreshes since the events last changed */
+    uint64_t round_events;   /* the group's events at the last refresh */
     double pub_loss;     /* and its relative loss */
     float *w_prev; /* the W of the last version published */
     size_t w_prev_n;
@@ -576,9 +577,10 @@ static void lead_refresh(struct cluster *cl)
     }
     if (!cl->published && !cl->seeded) {
         /* No W yet: the warm-up's, once the group has folded as many
-         * events as a single process's warm-up waits for. */
+         * events as a single process's warm-up waits for, or the stream
+         * went quiet before. */
         uint64_t wu = cl->c.cfg->model.params.warmup_events;
-        if (events < wu) {
+        if (events < wu && cl->idle_rounds < CLUSTER_IDLE_ROUNDS) {
             free(B);
             return;
         }
@@ -608,7 +610,6 @@ static void lead_refresh(struct cluster *cl)
      * group converges and then stays quiet. */
     double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
     size_t wn = (size_t)model_item_slots(lm) * k;
-    cl->idle_rounds = events == cl->pub_events ? cl->idle_rounds + 1 : 0;
     bool converged =
         events == cl->pub_events && wn == cl->w_prev_n &&
         !(cl->pub_loss - rel > cl->c.cfg->model.params.refine_tol * cl->pub_loss);
@@ -1058,8 +1059,19 @@ static void on_tick(uv_timer_t *t)
     if (cl->stopping)
         return;
     stats_send(cl);
-    if (cl->leader)
+    if (cl->leader) {
+        /* Ticks since the group's events last changed: the stream is
+         * quiet after CLUSTER_IDLE_ROUNDS of them, and one more round of
+         * refresh then seeds or restarts (lead_refresh). */
+        uint64_t ev = 0;
+        for (int32_t p = 0; p < cl->nparts; p++)
+            ev += cl->ps[p] ? cl->ps[p]->events : 0;
+        cl->idle_rounds = ev == cl->round_events ? cl->idle_rounds + 1 : 0;
+        cl->round_events = ev;
+        if (cl->idle_rounds == CLUSTER_IDLE_ROUNDS)
+            cl->stats_new = true;
         lead_refresh(cl);
+    }
     if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
         metric_set(cl->m.version_lag, (double)lag[0].lag);
     if (cl->version)

@@ -80,11 +80,11 @@ class Procs:
         except OSError:
             return ""
 
-    def broker(self, partitions=4, topics="nmf.events", cluster=False):
-        bf = os.path.join(self.tmp, "bootstrap")
+    def broker(self, partitions=4, topics="nmf.events", cluster=False, name="broker"):
+        bf = os.path.join(self.tmp, "bootstrap" if name == "broker" else name + ".bootstrap")
         self.start([NMFCTL, "broker", "--partitions",
                     str(partitions), "--topics", topics, "--bootstrap-file", bf]
-                   + (["--cluster"] if cluster else []), "broker")
+                   + (["--cluster"] if cluster else []), name)
         return wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(),
                         20, "the broker's bootstrap file")
 
