@@ -1351,6 +1351,11 @@ uint64_t cluster_model_version(const struct cluster *cl)
     return cl ? cl->version : 0;
 }
 
+uint64_t cluster_version_of(void *cl)
+{
+    return cluster_model_version(cl);
+}
+
 char *cluster_status_json(const struct cluster *cl)
 {
     json_t *o = json_object(), *parts = json_array(), *owned = json_array();

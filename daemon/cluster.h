@@ -65,6 +65,8 @@ bool cluster_publish_view(void *cl, struct records_group *g, uint64_t *sizes,
 bool cluster_is_leader(const struct cluster *cl);
 /* The version of W this member folds with (0 before the first). */
 uint64_t cluster_model_version(const struct cluster *cl);
+/* The same as a hook (publisher_conf.model_version). */
+uint64_t cluster_version_of(void *cl);
 
 /* JSON for the dashboard and /status: this member and, on the leader,
  * every partition's owner. malloc'd, NULL out of memory. */

@@ -298,6 +298,10 @@ int publisher_start(struct publisher *p, uint64_t epoch)
         p->since_full = 0;
     p->next_full = false;
     p->since = model_epoch(p->c.model);
+    /* The W every record of this epoch is computed with. */
+    if (p->c.model_version)
+        records_enc_set_model_version(p->enc,
+                                      p->c.model_version(p->c.group_ctx));
     p->cursor = 0;
     p->segments = 0;
     p->finished = 0;

@@ -28,6 +28,9 @@ struct publisher_conf {
      * group's totals, segment sizes and masses (k each) for them. */
     bool (*group)(void *ctx, struct records_group *g, uint64_t *sizes,
                   double *mass);
+    /* The version of W the member folds with, which every record of an
+     * epoch carries (model_version). */
+    uint64_t (*model_version)(void *ctx);
     void *group_ctx;
 };
 

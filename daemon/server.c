@@ -1187,9 +1187,15 @@ static int server_start(struct server *s)
 
     if (c->cluster.enabled && (rc = server_start_cluster(s)))
         return rc;
-    struct publisher_conf pc = {s->model, s->out, s->ing, c, s->metrics,
-                                s->cluster ? cluster_publish_view : NULL,
-                                s->cluster};
+    struct publisher_conf pc = {
+        .model = s->model,
+        .out = s->out,
+        .ing = s->ing,
+        .cfg = c,
+        .metrics = s->metrics,
+        .group = s->cluster ? cluster_publish_view : NULL,
+        .model_version = s->cluster ? cluster_version_of : NULL,
+        .group_ctx = s->cluster};
     s->pub = publisher_new(&s->loop, &pc, server_on_published, s);
     if (!s->pub)
         return -ENOMEM;

@@ -52,6 +52,7 @@ size_t records_manifest_key(char out[RECORDS_KEY_MAX], uint64_t epoch)
 /* ---- sinks: a growing buffer, or chunks through a callback ---- */
 
 struct records_enc {
+    uint64_t model_version; /* > 0: segment and topic records say it */
     char *data;
     size_t len, cap;
     int err; /* why the last append failed */
@@ -160,6 +161,11 @@ void records_enc_destroy(struct records_enc **e)
 {
     records_enc_free(*e);
     *e = NULL;
+}
+
+void records_enc_set_model_version(struct records_enc *e, uint64_t v)
+{
+    e->model_version = v;
 }
 
 const void *records_enc_data(const struct records_enc *e, size_t *len)
@@ -328,8 +334,10 @@ int records_segment_encode(struct records_enc *e, uint64_t epoch, uint32_t k,
     if (u == NULL || u->id == NULL || u->h == NULL || k == 0)
         return -EINVAL;
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 7) < 0 ||
+    if (msgpack_pack_map(&pk, 7 + (e->model_version > 0)) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
+        (e->model_version &&
+         pk_kv_u64(&pk, "model_version", e->model_version) < 0) ||
         pk_kv_u64(&pk, "epoch", epoch) < 0 || pk_key(&pk, "user") < 0 ||
         msgpack_pack_str_with_body(&pk, u->id, u->id_len) < 0 ||
         pk_key(&pk, "h") < 0 || msgpack_pack_array(&pk, k) < 0)
@@ -373,8 +381,10 @@ int records_topic_encode(struct records_enc *e, const struct model *m,
         }
     }
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 8) < 0 ||
+    if (msgpack_pack_map(&pk, 8 + (e->model_version > 0)) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
+        (e->model_version &&
+         pk_kv_u64(&pk, "model_version", e->model_version) < 0) ||
         pk_kv_u64(&pk, "epoch", epoch) < 0 ||
         pk_kv_u64(&pk, "topic", topic) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
         pk_key(&pk, "top") < 0 || msgpack_pack_array(&pk, live) < 0)

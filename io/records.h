@@ -50,6 +50,10 @@ struct records_enc *records_enc_new(void);
 void records_enc_free(struct records_enc *e);
 void records_enc_destroy(struct records_enc **e);
 
+/* In a group (docs/design.md section 8): the segment and topic records
+ * encoded from now on carry "model_version" = v (0: none, alone). */
+void records_enc_set_model_version(struct records_enc *e, uint64_t v);
+
 /* The last encoded value; valid until the next encode, release or free. */
 const void *records_enc_data(const struct records_enc *e, size_t *len);
 /* Hands the last value's malloc'd buffer over (free() it, or produce it
