@@ -17,7 +17,7 @@ rate (events / fit seconds, median of --runs alternating runs).
 Run with Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack):
     bench/robust.py --nmfctl build/ctl/nmfctl [--clean]
 Prints one line per variant; the exit status is 0 whatever the figures
-(docs/benchmarks.md, section 6, has them and the targets).
+(docs/benchmarks.md, section 8, has them and the targets).
 """
 
 import argparse

