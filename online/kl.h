@@ -17,8 +17,8 @@ double kl_divergence(uint32_t k, const float *W, const double *s,
                      const double *h, double *wh);
 /* h = argmin_{h >= 0} D(v || W h), warm-started from h (k doubles), at
  * most sweeps passes over the coordinates, stopping when the largest
- * change is at most tol times the largest h. wh: n doubles of scratch,
- * W h on return. Returns the passes made. */
+ * change is at most tol times the largest h. wh: 2n doubles of scratch,
+ * W h in the first n on return. Returns the passes made. */
 uint32_t kl_solve(uint32_t k, const float *W, const double *s,
                   const uint32_t *it, const float *va, uint32_t n, double *h,
                   uint32_t sweeps, double tol, double *wh);

@@ -224,7 +224,7 @@ struct model *model__alloc(const struct model_params *p)
         m->pool.aux = 1;
         m->kb = calloc(p->k, sizeof(double));
         m->kls = calloc(p->k, sizeof(double));
-        m->klwh = calloc(p->profile_max + 1u, sizeof(double));
+        m->klwh = calloc(2 * (p->profile_max + 1u), sizeof(double));
     }
     if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol || !m->hs ||
         !m->hsi ||
@@ -892,8 +892,80 @@ struct model_step {
     double loss;         /* of the stored h */
     uint64_t rows;       /* profile rows of W or B gone through (work) */
     int kl;              /* loss = kl: the KL solve and share (kl.c) */
+    int lazy;            /* kl: the event changes v only (model_kl_lazy) */
     double d_old;        /* the user's l21 weight before (1 without) */
 };
+
+/*
+ * loss = kl: whether a heavy user's event may leave h and its share as
+ * they are. A KL solve reads the whole profile at each Newton sweep,
+ * O(|v| k sweeps), where the Frobenius fold of a heavy user costs O(k^2)
+ * from its cached W^T v; so a heavy user's solve is deferred until its
+ * profile has moved enough to be worth one: until v^T v crosses into
+ * another of MODEL_KL_LAZY_STEPS geometric buckets per octave (the
+ * exponent and top mantissa bits of the float v^T v, so the rule needs
+ * no state and is the same after a load), or the event needs what only a
+ * solve gives (a new slab, an eviction, decay, a profile under
+ * MODEL_KL_LAZY_MIN entries, an item whose (W h)_i is 0). A deferred
+ * event keeps the share in B exactly as it went in (a new entry's ratio
+ * is 0 until the next solve), updates the user's divergence by the one
+ * entry's term, D += v' log(v'/x) - v' - (v log(v/x) - v) with x = (W h)_i
+ * (O(k)), and leaves the user stale, so that the refresh's sync brings its
+ * ratios to the current v and W and the idle refinement re-solves it. The
+ * amortised cost of a heavy user's event falls from O(|v| k sweeps) to
+ * O(k) plus one solve per bucket.
+ */
+#define MODEL_KL_LAZY_MIN   32
+#define MODEL_KL_LAZY_SHIFT 20 /* 23 - 3: 8 buckets per octave of v^T v */
+
+static inline uint32_t model_kl_bucket(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof(b));
+    return b >> MODEL_KL_LAZY_SHIFT;
+}
+
+/* The decision above, and the change of the user's divergence into
+ * st->loss when the event is deferred. */
+MODEL_KI int model_kl_lazy_k(const struct model *m, uint32_t u,
+                             struct model_step *st, const uint32_t k)
+{
+    const struct model_user *us = &m->u[u];
+    const struct model_ev *ev = st->ev;
+    if (!ev || st->drop || st->f != 1.0 || st->s_old != st->s_new ||
+        !(us->flags & MODEL_U_INB) || us->n < MODEL_KL_LAZY_MIN ||
+        !(ev->w >= FLT_MIN))
+        return 0;
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double v = 0, vtv = us->vnorm;
+    if (ev->pos >= 0) {
+        v = va[ev->pos];
+        double vn = v + ev->w;
+        if (vn > MODEL_VALUE_MAX)
+            return 0;
+        vtv += vn * vn - v * v;
+    } else {
+        if (us->n >= m->p.profile_max || us->n >= pool_cap(us->cls))
+            return 0;
+        vtv += (double)ev->w * ev->w;
+    }
+    if (!(vtv < FLT_MAX) ||
+        model_kl_bucket((float)vtv) != model_kl_bucket(us->vnorm))
+        return 0;
+    const float *restrict wi = m->W + (size_t)ev->item * k;
+    const float *restrict hu = m->H + (size_t)u * k;
+    double x = 0;
+    for (uint32_t j = 0; j < k; j++)
+        x += (double)wi[j] * ((double)hu[j] * m->hs[j]);
+    if (!(x > 0))
+        return 0;
+    const double vn = v + ev->w;
+    double d = vn * log(vn / x) - vn - (v > 0 ? v * log(v / x) - v : 0);
+    st->loss = (double)us->loss + d;
+    if (!(st->loss > 0))
+        st->loss = 0;
+    return 1;
+}
 
 /* Stage 1, the share of B: held with g if no entry but the event's
  * changes (a light user's g on the stack for this step, a heavy user's in
@@ -910,14 +982,16 @@ MODEL_KI void model_step_share_k(struct model *m, uint32_t u,
 
     /* loss = kl: the share goes now, with the ratios of the last solve,
      * before the profile changes under them. */
-    if (st->kl && (us->flags & MODEL_U_INB)) {
+    if (st->kl)
+        st->lazy = model_kl_lazy_k(m, u, st, k);
+    if (st->kl && !st->lazy && (us->flags & MODEL_U_INB)) {
         for (uint32_t j = 0; j < k; j++)
             g_old[j] = (double)hu[j] * m->hs[j];
         model_kl_share_k(m, us, g_old, -st->s_old, k);
         us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
         st->rows += us->n;
     }
-    if (us->flags & MODEL_U_INB) {
+    if (!st->kl && (us->flags & MODEL_U_INB)) {
         if (st->eager && st->f == 1.0 && st->s_old == st->s_new) {
             model_b_units_k(m, hu, st->d_old, g_old, k);
             st->g = g_old;
@@ -1296,12 +1370,21 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
     model_user_mark(m, us, ht, st->ev != NULL, k);
-    if (us->solved != (uint32_t)m->refreshes) {
+    if (st->lazy) {
+        /* h not re-solved: the user is stale until it is (the sync and
+         * the refinement look for those). */
+        if (us->solved == (uint32_t)m->refreshes) {
+            us->solved = (uint32_t)m->refreshes - 1u;
+            m->stale++;
+        }
+    } else if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
             m->stale--;
     }
-    if (st->kl) {
+    if (st->lazy) {
+        /* The share stays in B as it went in. */
+    } else if (st->kl) {
         model_kl_ratios(m, us, m->klwh);
         model_kl_share_k(m, us, he, s_new, k);
         us->flags |= MODEL_U_INB;
@@ -1386,9 +1469,23 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
 
     model_step_share_k(m, u, &st, g_old, k);
     model_step_profile_k(m, u, &st, k);
-    model_step_wtv_k(m, u, &st, b, k);
-    model_step_solve_k(m, u, &st, b, ho, he, hf, k);
-    model_step_loss_k(m, u, &st, b, ho, he, hf, nz, k);
+    if (st.lazy) {
+        /* loss = kl, deferred (model_kl_lazy_k): h as it was, a new
+         * entry's ratio 0, the divergence already in st.loss. */
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++) {
+            hf[j] = hu[j];
+            ho[j] = he[j] = (double)hu[j] * m->hs[j];
+        }
+        if (st.add)
+            pool_aux(&m->pool, us->cls, us->slab)[st.out - 1] = 0;
+        st.nn = 0;
+        st.rows += 1;
+    } else {
+        model_step_wtv_k(m, u, &st, b, k);
+        model_step_solve_k(m, u, &st, b, ho, he, hf, k);
+        model_step_loss_k(m, u, &st, b, ho, he, hf, nz, k);
+    }
     model_step_commit_k(m, u, &st, ho, he, hf, nz, had_profile, k);
 }
 
@@ -1836,7 +1933,7 @@ int model__kl_load(struct model *m)
     if (!m->kb) {
         m->kb = calloc(m->k, sizeof(double));
         m->kls = calloc(m->k, sizeof(double));
-        m->klwh = calloc(m->p.profile_max + 1u, sizeof(double));
+        m->klwh = calloc(2 * (m->p.profile_max + 1u), sizeof(double));
         if (!m->kb || !m->kls || !m->klwh)
             return -ENOMEM;
     }

@@ -170,7 +170,7 @@ struct model {
     /* loss = kl (model.c): kb = sum_u c_u h_u, the denominators of the
      * multiplicative update, in B's stored frame and column scales
      * (true kb_j = kb[j] bcol[j] scale); kls, W's column sums (kept with
-     * G); klwh, profile_max doubles of scratch for the solve. B holds
+     * G); klwh, 2 (profile_max + 1) doubles of scratch for the solve. B holds
      * the numerators sum_u c_u q_u h_u^T instead of sum_u c_u v_u h_u^T,
      * with q_u in the profile slabs' aux floats. */
     double *kb, *kls, *klwh;

@@ -65,7 +65,7 @@ Test(kl, divergence_is_the_dense_sum)
     seed = 1;
     const uint32_t M = 80, k = 6, n = 15;
     float *W = random_W(M, k, 0.3);
-    double s[6], h[6], wh[15];
+    double s[6], h[6], wh[30];
     uint32_t it[15];
     float va[15];
     kl_colsums(k, M, W, s);
@@ -120,7 +120,7 @@ Test(kl, solve_meets_kkt_cold_and_warm)
     seed = 2;
     const uint32_t M = 120, k = 8;
     float *W = random_W(M, k, 0.5);
-    double s[8], wh[40];
+    double s[8], wh[80];
     uint32_t it[40];
     float va[40];
     kl_colsums(k, M, W, s);
@@ -154,7 +154,7 @@ Test(kl, solve_recovers_an_exact_fit)
     seed = 3;
     const uint32_t M = 50, k = 4;
     float *W = random_W(M, k, 0.0);
-    double s[4], h_true[4] = {1.5, 0, 2.0, 0.25}, h[4] = {0}, wh[50];
+    double s[4], h_true[4] = {1.5, 0, 2.0, 0.25}, h[4] = {0}, wh[100];
     uint32_t it[50];
     float va[50];
     kl_colsums(k, M, W, s);
@@ -181,7 +181,7 @@ Test(kl, empty_and_uncovered_profiles)
 {
     const uint32_t k = 3;
     float W[4 * 3] = {1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1};
-    double s[3], h[3] = {1, 2, 3}, wh[2];
+    double s[3], h[3] = {1, 2, 3}, wh[4];
     kl_colsums(k, 4, W, s);
     cr_assert_eq(kl_solve(k, W, s, NULL, NULL, 0, h, 10, 1e-9, wh), 0);
     cr_assert(h[0] == 0 && h[1] == 0 && h[2] == 0);
