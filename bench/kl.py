@@ -6,7 +6,8 @@ For every events CSV in the data directory (the *_items.csv name files
 are skipped) at rank k = min(--k, items):
 
   nmfd   nmfctl fit --set model.loss=kl (one pass in file order through
-         the daemon's model, then its idle refinement), its divergence
+         the daemon's model, then its idle refinement, to convergence
+         unless --refine-work bounds it), its divergence
          recomputed here from the dense snapshot (and nmfctl eval's
          checked against it)
   NMF    sklearn NMF(beta_loss='kullback-leibler', solver='mu',
@@ -64,6 +65,10 @@ def main():
     ap.add_argument("--max-iter", type=int, default=5000)
     ap.add_argument("--tol", type=float, default=1e-7)
     ap.add_argument("--refine-rounds", type=int, default=None)
+    ap.add_argument("--refine-work", type=float, default=0,
+                    help="nmfctl fit's bound on the refinement, a share of "
+                    "the pass's work; 0 (default here) refines to "
+                    "convergence")
     ap.add_argument("--only", default=None, help="one data set's name")
     a = ap.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -80,7 +85,8 @@ def main():
             k = min(a.k, len(items))
             snap = os.path.join(tmp, name + ".snap")
             fit, ev, secs = run_nmfd(a.nmfctl, path, k, a.refine_rounds,
-                                     snap, ["model.loss=kl"])
+                                     snap, ["model.loss=kl"],
+                                     work=a.refine_work)
             W, H = snapshot_factors(snap, users, items)
             d, n = kl_div(X, W, H)
             mine = d / n

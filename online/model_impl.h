@@ -219,6 +219,15 @@ static inline double model__uweight(const struct model *m, float loss,
     return 1.0 / ((r > e ? r : e) * pow((double)vnorm, 0.5 * MODEL_L21_GAMMA));
 }
 
+/* robust = l21: a user's term of the objective, ||r|| / ||v||^gamma,
+ * from its squared loss and v^T v (robust.c). */
+static inline double model__l21_term(double loss, double vnorm)
+{
+    if (!(loss > 0) || !(vnorm > 0))
+        return 0;
+    return sqrt(loss) / pow(vnorm, 0.5 * MODEL_L21_GAMMA);
+}
+
 /* robust.c: sum_u c_u ||v_u - W h_u||^2 and sum_u c_u ||v_u||^2 in the
  * stored frame, by a pass over the users. */
 void model__loss_users(const struct model *m, double *loss, double *norm);

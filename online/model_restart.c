@@ -306,7 +306,7 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
     /* robust = l21: the l21 objective, and the share weighted by the
      * inverse of this round's residual (robust.c). */
     const int l21 = m->p.robust == MODEL_ROBUST_L21;
-    rs->loss += c * (l21 ? sqrt(loss) : loss);
+    rs->loss += c * (l21 ? model__l21_term(loss, vtv) : loss);
     if (l21)
         c *= model__uweight(m, (float)loss, (float)vtv);
     for (uint32_t j = 0; j < k; j++)

@@ -129,7 +129,7 @@ void model_robust_summary(const struct model *m, double below,
     out->mean = mean;
 }
 
-/* sum_u c_u sqrt(loss_u): what a restart's candidate must beat under
+/* sum_u c_u ||r_u|| / ||v_u||^gamma: what a restart's candidate must beat under
  * robust = l21 (model_restart.c compares objectives, not squared losses,
  * or it would put back the fit to the outliers robust keeps out). */
 double model__l21_objective(const struct model *m)
@@ -138,7 +138,8 @@ double model__l21_objective(const struct model *m)
     for (uint32_t u = 0, U = ids_slots(m->uids); u < U; u++) {
         const struct model_user *us = &m->u[u];
         if ((us->flags & MODEL_U_LIVE) && us->loss > 0)
-            s += model__frame_weight(m, us->t) * sqrt((double)us->loss);
+            s += model__frame_weight(m, us->t) *
+                 model__l21_term(us->loss, us->vnorm);
     }
     return s;
 }
