@@ -221,7 +221,6 @@ Test(kl_model, heavy_users_defer_their_solve)
     for (int e = 0; e < 300; e++) {
         float before[16];
         memcpy(before, m->H + (size_t)idx * k, k * sizeof(float));
-        uint32_t was = m->u[idx].solved;
         char is[32];
         int il = snprintf(is, sizeof(is), "item-%u", below(50));
         cr_assert_eq(model_fold(m, id, strlen(id), is, (size_t)il, 1, ++ts), 0);
@@ -229,7 +228,6 @@ Test(kl_model, heavy_users_defer_their_solve)
         if (m->u[idx].solved != (uint32_t)m->refreshes) {
             deferred++;
             cr_assert(same, "a deferred event moved h");
-            (void)was;
             if (!solved)
                 continue; /* its loss is still that of the W before */
             /* The stored divergence is that of the profile as it is. */
