@@ -13,7 +13,9 @@
  * to model_fold_batch (same results, with look-ahead prefetching).
  *
  *   bench_fold [users items k events [runs [zipf_s [single|batch
- *               [profile_max]]]]]
+ *               [profile_max [none|l21|kl]]]]]]]
+ * The last is model.robust (none, l21) or model.loss = kl (default none:
+ * Frobenius, not robust).
  *   defaults:   100000 10000 16 1000000 3 0.8 batch (model default)
  */
 #include <math.h>
@@ -107,6 +109,10 @@ int main(int argc, char **argv)
     double zs = argc > 6 ? atof(argv[6]) : 0.8;
     int batch = argc > 7 ? strcmp(argv[7], "single") != 0 : 1;
     uint32_t profile_max = argc > 8 ? (uint32_t)atol(argv[8]) : 0;
+    uint32_t robust = argc > 9 && !strcmp(argv[9], "l21") ? MODEL_ROBUST_L21
+                                                          : MODEL_ROBUST_NONE;
+    uint32_t loss = argc > 9 && !strcmp(argv[9], "kl") ? MODEL_LOSS_KL
+                                                       : MODEL_LOSS_FROBENIUS;
     if (!users || !items || !k || k > MODEL_K_MAX || items < k || !events ||
         runs < 1 || runs > 20) {
         fprintf(stderr, "usage: bench_fold [users items k events [runs "
@@ -155,6 +161,8 @@ int main(int argc, char **argv)
         model_params_default(&p);
         if (profile_max)
             p.profile_max = profile_max;
+        p.robust = robust;
+        p.loss = loss;
         p.k = k;
         struct model *m = model_new(&p);
         double t0 = now_ns(), c0 = cpu_ns();

@@ -18,7 +18,9 @@
  * operations, so the same file and keys give the same bytes.
  *
  * eval reads a snapshot and a CSV and computes the relative loss exactly
- * and sparsely (formula above ctl_eval_loss). It never builds a dense
+ * and sparsely (formula above ctl_eval_loss), or under model.loss = kl
+ * the divergence per unit of weight (ctl_eval_kl), as the snapshot's
+ * model map says. It never builds a dense
  * matrix and never changes the snapshot.
  *
  * Both own their model, reader and maps; neither touches Kafka.
@@ -96,7 +98,9 @@ static const char eval_usage[] =
     "(no decay). Ids are matched as strings; a CSV user or item missing\n"
     "from the snapshot counts with zero factors, snapshot ids absent from\n"
     "the CSV are outside the matrix. Computed exactly and sparsely in\n"
-    "double precision. Prints one line of key=value pairs.\n"
+    "double precision. When the snapshot's model map says loss = kl, the\n"
+    "loss is instead the divergence D(V || W H) per unit of weight\n"
+    "(D / sum V; measure=kl). Prints one line of key=value pairs.\n"
     "\n";
 
 static double ctl_now(void)
@@ -230,12 +234,9 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
          * runs is not: at each refresh, so its cost follows the work too
          * (with timestamps a day apart, a sweep per minute of event time
          * would be a sweep per event). */
-        if (p->ttl_ms > 0) {
-            model_stats(m, &st);
-            if (st.refreshes != expired_at) {
-                expired += model_expire(m, row.ts);
-                expired_at = st.refreshes;
-            }
+        if (p->ttl_ms > 0 && model_refreshes(m) != expired_at) {
+            expired += model_expire(m, row.ts);
+            expired_at = model_refreshes(m);
         }
     }
     progress_end(&pg);
@@ -615,6 +616,49 @@ static void ctl_eval_loss(const struct records_snapshot *s,
     free(gh);
 }
 
+/* The same matrix under model.loss = kl (the snapshot's model map says
+ * so): the generalised Kullback-Leibler divergence
+ *
+ *   D(V || P) = sum_{(i,u): V_iu != 0} (V_iu log(V_iu / P_iu) - V_iu)
+ *               + (sum_{i in rows} w_i)^T (sum_{u in columns} h_u)
+ *
+ * since sum_iu P_iu factors through the row sums of W and H: O(nnz k +
+ * (M + U) k). norm is sum V, so loss / norm is the divergence per unit of
+ * weight, the figure the daemon reports; infinite when some V_iu > 0 has
+ * P_iu = 0 (an id the snapshot lacks). */
+static void ctl_eval_kl(const struct records_snapshot *s,
+                        const struct eval_cell *cells, size_t ncells,
+                        const uint8_t *item_in, const uint8_t *user_in,
+                        struct eval_result *res)
+{
+    uint32_t k = s->k;
+    double sw[256] = {0}, sh[256] = {0};
+
+    memset(res, 0, sizeof(*res));
+    for (size_t c = 0; c < ncells; c++) {
+        const struct eval_cell *e = &cells[c];
+        double p = 0;
+        if (e->item < s->nitems && e->user < s->nusers) {
+            const float *w = s->W + (size_t)e->item * k;
+            const float *h = s->H + (size_t)e->user * k;
+            for (uint32_t j = 0; j < k; j++)
+                p += (double)w[j] * h[j];
+        }
+        res->norm += e->v;
+        if (e->v > 0)
+            res->cross += p > 0 ? e->v * log(e->v / p) - e->v : INFINITY;
+    }
+    for (uint32_t i = 0; i < s->nitems; i++)
+        for (uint32_t j = 0; j < k && item_in[i]; j++)
+            sw[j] += s->W[(size_t)i * k + j];
+    for (uint32_t u = 0; u < s->nusers; u++)
+        for (uint32_t j = 0; j < k && user_in[u]; j++)
+            sh[j] += s->H[(size_t)u * k + j];
+    for (uint32_t j = 0; j < k; j++)
+        res->trace += sw[j] * sh[j];
+    res->loss = res->cross + res->trace;
+}
+
 int ctl_eval_main(int argc, char **argv)
 {
     enum { O_SNAPSHOT = 1, O_EVENTS, O_HELP };
@@ -755,15 +799,20 @@ int ctl_eval_main(int argc, char **argv)
     items_missing = items.n - s->nitems;
 
     struct eval_result res;
-    ctl_eval_loss(s, cells, nnz, item_in, user_in, &res);
+    const bool kl = s->params.loss == MODEL_LOSS_KL;
+    if (kl)
+        ctl_eval_kl(s, cells, nnz, item_in, user_in, &res);
+    else
+        ctl_eval_loss(s, cells, nnz, item_in, user_in, &res);
     double rel = res.norm > 0 ? res.loss / res.norm : 0;
     printf("events=%" PRIu64 " rejected=%" PRIu64 " users=%" PRIu64
            " items=%" PRIu64 " nnz=%zu k=%u users_missing=%" PRIu64
            " items_missing=%" PRIu64 " norm=%.17g loss_abs=%.17g "
-           "loss=%.12g seconds=%.3f\n",
+           "loss=%.12g seconds=%.3f measure=%s\n",
            nevents, rejected, users_matched + users_missing,
            items_matched + items_missing, nnz, s->k, users_missing,
-           items_missing, res.norm, res.loss, rel, ctl_now() - t0);
+           items_missing, res.norm, res.loss, rel, ctl_now() - t0,
+           kl ? "kl" : "frobenius");
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nmfctl eval: stdout: %s\n", strerror(errno));
         goto out;

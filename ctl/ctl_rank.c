@@ -525,6 +525,14 @@ int ctl_rank_main(int argc, char **argv)
         fprintf(stderr, "nmfctl rank: %s\n", err);
         goto out;
     }
+    if (cfg->model.params.loss == MODEL_LOSS_KL) {
+        /* The score below is a squared error and its held-out users are
+         * solved by NNLS: it would rank a KL fit by what it does not
+         * minimise. */
+        fprintf(stderr, "nmfctl rank: model.loss = kl is not supported: the "
+                        "bi-cross-validation scores squared error\n");
+        goto out;
+    }
 
     rc = 1;
     if (rank_read(events, &E))

@@ -97,6 +97,22 @@ static const struct config_enum level_enums[] = {
     {"info", LOG_INFO}, {"debug", LOG_DEBUG},     {NULL, 0},
 };
 
+static const struct config_enum robust_enums[] = {
+    {"none", MODEL_ROBUST_NONE},
+    {"l21", MODEL_ROBUST_L21},
+    {NULL, 0},
+};
+_Static_assert(sizeof(((struct model_params *)0)->robust) == sizeof(int),
+               "model.robust is stored as a config enum (int)");
+
+static const struct config_enum loss_enums[] = {
+    {"frobenius", MODEL_LOSS_FROBENIUS},
+    {"kl", MODEL_LOSS_KL},
+    {NULL, 0},
+};
+_Static_assert(sizeof(((struct model_params *)0)->loss) == sizeof(int),
+               "model.loss is stored as a config enum (int)");
+
 static const char *validate_topics(const char *value);
 static const char *validate_listen(const char *value);
 static const char *validate_below_one(const char *value);
@@ -207,6 +223,17 @@ static const struct config_key config_table[] = {
      .doc = "Share of (user, item) pairs, chosen by a hash of the two ids, "
             "kept out of the fold and scored as held-out error "
             "(holdout_loss, nmfd_holdout_loss); below 1; 0 = none."},
+    K_ENUM("model", "loss", "frobenius", loss_enums, false, model.params.loss,
+           "kl: the generalised Kullback-Leibler divergence D(V||WH), the "
+           "Poisson likelihood of counts (clicks, views, purchases); the "
+           "loss is then reported as D per unit of weight. Not with "
+           "robust = l21, alpha_h, alpha_w or holdout."),
+    K_ENUM("model", "robust", "none", robust_enums, false, model.params.robust,
+           "l21: each user's share of the topics weighted by the inverse "
+           "of its residual (Kong, Ding & Huang, CIKM 2011) and of its "
+           "volume to the power 0.35, so that a few ids clicking "
+           "everything (bots, crawlers) cannot capture topics; /users/ID "
+           "and nmfd_robust_* show the weights."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
           "nmfd refreshes W this often on the wall clock, if anything was "
@@ -1421,8 +1448,38 @@ static bool in_topics(const struct config *c, const char *t)
     return false;
 }
 
+/* model.loss = kl: what its solve and its update of W do not have. The
+ * key blamed is the one set away from its default. */
+static int loss_check(const struct config *c, char *err, size_t errlen)
+{
+    const struct model_params *p = &c->model.params;
+    if (p->loss != MODEL_LOSS_KL)
+        return 0;
+    const char *other = p->robust != MODEL_ROBUST_NONE ? "model.robust"
+                        : p->alpha_h > 0               ? "model.alpha_h"
+                        : p->alpha_w > 0               ? "model.alpha_w"
+                        : p->holdout > 0               ? "model.holdout"
+                                                       : NULL;
+    if (!other)
+        return 0;
+    const char *why =
+        p->robust != MODEL_ROBUST_NONE
+            ? "the l21 weights are defined on the squared residual"
+        : p->holdout > 0 ? "the held-out error is a squared error"
+                         : "the KL solve and update of W have no penalty";
+    const char *o = origin_of(c, "model.loss");
+    if (!strcmp(o, "default"))
+        o = origin_of(c, other);
+    snprintf(err, errlen, "%s: model.loss = kl: cannot be used with %s (%s)", o,
+             other, why);
+    return -EINVAL;
+}
+
 int config_check(const struct config *c, char *err, size_t errlen)
 {
+    int lrc = loss_check(c, err, errlen);
+    if (lrc)
+        return lrc;
     const char *msg = model_params_check(&c->model.params);
     if (msg) {
         snprintf(err, errlen, "[model]: %s", msg);

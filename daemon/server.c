@@ -403,6 +403,25 @@ static double gauge_holdout(void *ctx)
     return st.holdout_loss;
 }
 
+/* model.robust = l21: a pass over the users per scrape. */
+#define SERVER_OUTLIER_WEIGHT 0.25
+
+static double gauge_outliers(void *ctx)
+{
+    struct model_robust_summary rs;
+    model_robust_summary(((struct server *)ctx)->model, SERVER_OUTLIER_WEIGHT,
+                         &rs);
+    return (double)rs.below;
+}
+
+static double gauge_lowest_weight(void *ctx)
+{
+    struct model_robust_summary rs;
+    model_robust_summary(((struct server *)ctx)->model, SERVER_OUTLIER_WEIGHT,
+                         &rs);
+    return rs.lowest;
+}
+
 static double gauge_stale(void *ctx)
 {
     struct model_stats st;
@@ -540,6 +559,14 @@ static void server_metrics_init(struct server *s)
                          "||V_ho - WH||^2 / ||V_ho||^2 on the held-out pairs "
                          "(model.holdout) for the current W and H.",
                          NULL, gauge_holdout, s);
+    metrics_gauge_fn(m, "nmfd_robust_outliers",
+                     "model.robust = l21: users whose weight is under 0.25 of "
+                     "the mean (0 without robust).",
+                     NULL, gauge_outliers, s);
+    metrics_gauge_fn(m, "nmfd_robust_lowest_weight",
+                     "model.robust = l21: the lowest user weight relative to "
+                     "the mean (1 without robust).",
+                     NULL, gauge_lowest_weight, s);
     metrics_gauge_fn(m, "nmfd_stale_users",
                      "Users not re-solved since the last W refresh.", NULL,
                      gauge_stale, s);
@@ -764,6 +791,33 @@ static int server_load_state(struct server *s)
                         "configuration says %g; the held-out pairs would "
                         "change: start with --ignore-checkpoint to refit",
                         have->holdout, s->cfg->model.params.holdout);
+                model_free(m);
+                checkpoint_offsets_free(seek, nseek);
+                return -EINVAL;
+            }
+            if (have->robust != s->cfg->model.params.robust) {
+                /* Weighted statistics do not convert: a refit. */
+                log_err("checkpoint has model.robust=%s but the "
+                        "configuration says %s; start with "
+                        "--ignore-checkpoint to refit",
+                        have->robust == MODEL_ROBUST_L21 ? "l21" : "none",
+                        s->cfg->model.params.robust == MODEL_ROBUST_L21
+                            ? "l21"
+                            : "none");
+                model_free(m);
+                checkpoint_offsets_free(seek, nseek);
+                return -EINVAL;
+            }
+            if (have->loss != s->cfg->model.params.loss) {
+                /* The statistics of one loss are not those of the
+                 * other: a refit. */
+                log_err("checkpoint has model.loss=%s but the "
+                        "configuration says %s; start with "
+                        "--ignore-checkpoint to refit",
+                        have->loss == MODEL_LOSS_KL ? "kl" : "frobenius",
+                        s->cfg->model.params.loss == MODEL_LOSS_KL
+                            ? "kl"
+                            : "frobenius");
                 model_free(m);
                 checkpoint_offsets_free(seek, nseek);
                 return -EINVAL;

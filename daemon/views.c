@@ -234,10 +234,11 @@ int views_user(struct views *s, const char *id, char **out)
                 json_array_append_new(
                     prof, json_pack("[s% f]", item, len, (double)values[i]));
         }
-    doc = json_pack("{s:s% s:i s:f s:o s:I s:I s:o}", "user", u.id, u.id_len,
-                    "segment", (json_int_t)u.segment, "share", (double)u.share,
-                    "h", h, "ts", (json_int_t)u.ts, "epoch",
-                    (json_int_t)u.changed, "profile", prof);
+    doc = json_pack("{s:s% s:i s:f s:o s:I s:I s:o s:f s:f}", "user", u.id,
+                    u.id_len, "segment", (json_int_t)u.segment, "share",
+                    (double)u.share, "h", h, "ts", (json_int_t)u.ts, "epoch",
+                    (json_int_t)u.changed, "profile", prof, "weight",
+                    (double)u.weight, "weight_raw", (double)u.weight_raw);
     if (!doc)
         return -ENOMEM;
     *out = json_dumps(doc, JSON_COMPACT);

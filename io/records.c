@@ -299,7 +299,9 @@ static int pk_f32_body(msgpack_packer *pk, const float *v, size_t n)
 static int pk_model(msgpack_packer *pk, const struct model_params *p,
                     int64_t refresh_interval_ms)
 {
-    if (msgpack_pack_map(pk, 14 + (refresh_interval_ms > 0) +
+    const char *robust = p->robust == MODEL_ROBUST_L21 ? "l21" : "none";
+    const char *loss = p->loss == MODEL_LOSS_KL ? "kl" : "frobenius";
+    if (msgpack_pack_map(pk, 16 + (refresh_interval_ms > 0) +
                                  (p->holdout > 0)) < 0 ||
         pk_kv_u64(pk, "k", p->k) < 0 ||
         pk_kv_i64(pk, "half_life", p->half_life_ms) < 0 ||
@@ -314,7 +316,11 @@ static int pk_model(msgpack_packer *pk, const struct model_params *p,
         pk_kv_u64(pk, "nnls_sweeps", p->nnls_sweeps) < 0 ||
         pk_kv_f64(pk, "nnls_tol", p->nnls_tol) < 0 ||
         pk_kv_u64(pk, "hals_sweeps", p->hals_sweeps) < 0 ||
-        pk_kv_f64(pk, "refine_tol", p->refine_tol) < 0)
+        pk_kv_f64(pk, "refine_tol", p->refine_tol) < 0 ||
+        pk_key(pk, "robust") < 0 ||
+        msgpack_pack_str_with_body(pk, robust, strlen(robust)) < 0 ||
+        pk_key(pk, "loss") < 0 ||
+        msgpack_pack_str_with_body(pk, loss, strlen(loss)) < 0)
         return -1;
     if (refresh_interval_ms > 0 &&
         pk_kv_i64(pk, "refresh_interval", refresh_interval_ms) < 0)
@@ -879,6 +885,22 @@ static int params_read(const msgpack_object *mo, struct model_params *p,
     RD_D("nnls_tol", nnls_tol);
     RD_U("hals_sweeps", hals_sweeps);
     RD_D("refine_tol", refine_tol);
+    if ((o = obj_get(mo, "robust")) != NULL) {
+        if (obj_key_is(o, "none"))
+            p->robust = MODEL_ROBUST_NONE;
+        else if (obj_key_is(o, "l21"))
+            p->robust = MODEL_ROBUST_L21;
+        else
+            goto bad;
+    }
+    if ((o = obj_get(mo, "loss")) != NULL) {
+        if (obj_key_is(o, "frobenius"))
+            p->loss = MODEL_LOSS_FROBENIUS;
+        else if (obj_key_is(o, "kl"))
+            p->loss = MODEL_LOSS_KL;
+        else
+            goto bad;
+    }
 #undef RD_U
 #undef RD_I
 #undef RD_D

@@ -76,6 +76,17 @@
  * ||v - W h||^2 = v^T v - 2 h^T (W^T v) + h^T G h; its recency-weighted
  * sum over users divided by sum_u c_u ||v_u||^2 is the relative loss.
  * Everything is a deterministic function of the calls and the seed.
+ *
+ * loss = kl. The objective becomes sum_u c_u D(v_u || W h_u), the
+ * generalised Kullback-Leibler divergence. The same fold solves h by
+ * kl.c's coordinate Newton solve (no b, no G), B holds the statistics
+ * of the multiplicative update of W instead of v h^T, each user's share
+ * replaced at its re-solve from the ratios kept in its profile slab
+ * (model_kl_share_k), and the refresh is that update (model_kl_update,
+ * whose comment says what is exact and what is not); the rest (columns,
+ * scales, frame, refinement, dead columns, matching) is shared. The
+ * restart is off (its rounds are Frobenius), and the reported loss is
+ * the divergence per unit of weight by a pass over the users.
  */
 #include <errno.h>
 #include <float.h>
@@ -84,6 +95,7 @@
 #include <string.h>
 
 #include "hals.h"
+#include "kl.h"
 #include "model_impl.h"
 #include "nnls_impl.h"
 #include "simd.h"
@@ -134,6 +146,8 @@ void model_params_default(struct model_params *p)
     p->l1_ratio = 0;
     p->profile_max = 16384;
     p->refresh_events = 200000;
+    p->robust = MODEL_ROBUST_NONE;
+    p->loss = MODEL_LOSS_FROBENIUS;
     p->ttl_ms = 0;
     p->seed = 1;
     p->warmup_events = 10000;
@@ -173,6 +187,20 @@ const char *model_params_check(const struct model_params *p)
         return "refresh_work must be finite and >= 0";
     if (!(p->holdout >= 0 && p->holdout < 1))
         return "holdout must be in [0, 1)";
+    if (p->robust != MODEL_ROBUST_NONE && p->robust != MODEL_ROBUST_L21)
+        return "robust must be none or l21";
+    if (p->loss != MODEL_LOSS_FROBENIUS && p->loss != MODEL_LOSS_KL)
+        return "loss must be frobenius or kl";
+    /* kl: its solve and its update of W have no penalty, and the l21
+     * weights are defined on the squared residual. */
+    if (p->loss == MODEL_LOSS_KL && p->robust != MODEL_ROBUST_NONE)
+        return "loss = kl does not support robust = l21";
+    if (p->loss == MODEL_LOSS_KL && (p->alpha_h > 0 || p->alpha_w > 0))
+        return "loss = kl does not support alpha_h or alpha_w";
+    /* holdout.c scores and nmfctl rank validates by squared error, the
+     * loss kl does not minimise. */
+    if (p->loss == MODEL_LOSS_KL && p->holdout > 0)
+        return "loss = kl does not support holdout";
     return NULL;
 }
 
@@ -192,8 +220,15 @@ struct model *model__alloc(const struct model_params *p)
     m->bcol = calloc(p->k, sizeof(double));
     m->hs = calloc(p->k, sizeof(double));
     m->hsi = calloc(p->k, sizeof(double));
+    if (p->loss == MODEL_LOSS_KL) {
+        m->pool.aux = 1;
+        m->kb = calloc(p->k, sizeof(double));
+        m->kls = calloc(p->k, sizeof(double));
+        m->klwh = calloc(2 * (p->profile_max + 1u), sizeof(double));
+    }
     if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol || !m->hs ||
-        !m->hsi) {
+        !m->hsi ||
+        (p->loss == MODEL_LOSS_KL && (!m->kb || !m->kls || !m->klwh))) {
         model_free(m);
         return NULL;
     }
@@ -235,6 +270,9 @@ void model_free(struct model *m)
     free(m->bcol);
     free(m->hs);
     free(m->hsi);
+    free(m->kb);
+    free(m->kls);
+    free(m->klwh);
     free(m->bc);
     free(m->bc_gen);
     free(m->bg);
@@ -380,6 +418,8 @@ static void model_bcol_fold(struct model *m)
             bi[j] = fabs(x) < 0x1p-900 ? 0 : x;
         }
     }
+    for (uint32_t j = 0; j < k && m->kb; j++)
+        m->kb[j] *= m->bcol[j];
     for (uint32_t j = 0; j < k; j++)
         m->bcol[j] = 1;
 }
@@ -532,6 +572,7 @@ MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
             any |= g[j] != 0;
         }
     } else {
+        s *= model__uweight(m, us->loss, us->vnorm);
         for (uint32_t j = 0; j < k; j++) {
             c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j];
             any |= hu[j] != 0;
@@ -549,8 +590,9 @@ static void model_b_apply(struct model *m, uint32_t u, double sign)
 }
 
 /* A share held with g brought to h, in one pass over the profile:
- *     B += c_u v_u (h / bcol - g)^T       (B's stored units)
- * equal to subtracting c v g^T and adding c v h^T, with half the rows. */
+ *     B += c_u v_u (d_u h / bcol - g)^T       (B's stored units)
+ * equal to subtracting c v g^T and adding c d v h^T, with half the rows;
+ * d_u is the user's weight for its current loss (1 without robust). */
 MODEL_KI void model_b_move_k(struct model *m, const struct model_user *us,
                              const double *restrict g, const float *restrict h,
                              double s, const uint32_t k)
@@ -559,8 +601,9 @@ MODEL_KI void model_b_move_k(struct model *m, const struct model_user *us,
         return;
     double c[MODEL_K_MAX];
     int any = 0;
+    const double sd = s * model__uweight(m, us->loss, us->vnorm);
     for (uint32_t j = 0; j < k; j++) {
-        c[j] = s * ((double)h[j] * m->hs[j]) / m->bcol[j] - s * g[j];
+        c[j] = sd * ((double)h[j] * m->hs[j]) / m->bcol[j] - s * g[j];
         any |= c[j] != 0;
     }
     if (any)
@@ -760,13 +803,58 @@ MODEL_KI uint32_t model_weakest(const float *restrict va, uint32_t n, float f,
     return 0; /* not reached: some entry holds the minimum */
 }
 
-/* g = h in B's stored units, (h_j hs_j) / bcol_j: the g a share is held
- * with. */
+/*
+ * loss = kl: the user's share of the statistics of the multiplicative
+ * update of W (see model_kl_update), added with s > 0 or taken out with
+ * s < 0: B's row it[q] += s q_q h / bcol and kb += s h / bcol (B's
+ * stored units), with q the profile's ratios v_i / (W h)_i as stored in
+ * the slab's aux floats at the user's last solve, and h the true h.
+ */
+MODEL_KI void model_kl_share_k(struct model *m, const struct model_user *us,
+                               const double *restrict h, double s,
+                               const uint32_t k)
+{
+    double c[MODEL_K_MAX];
+    int any = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        c[j] = s * h[j] / m->bcol[j];
+        m->kb[j] += c[j];
+        any |= c[j] != 0;
+    }
+    if (!any || !us->n)
+        return;
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *qa = pool_aux(&m->pool, us->cls, us->slab);
+    for (uint32_t q = 0; q < us->n; q++) {
+        double *restrict bi = m->B + (size_t)it[q] * k;
+        const double x = qa[q];
+        for (uint32_t j = 0; j < k; j++)
+            bi[j] += x * c[j];
+    }
+}
+
+/* loss = kl: q_i = v_i / (W h)_i into the slab's aux floats, from wh
+ * (W h over the profile); 0 where W h is 0 (no gradient to follow). */
+static void model_kl_ratios(struct model *m, const struct model_user *us,
+                            const double *wh)
+{
+    if (!us->n)
+        return;
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    float *qa = pool_aux(&m->pool, us->cls, us->slab);
+    for (uint32_t q = 0; q < us->n; q++) {
+        double x = wh[q] > 0 ? va[q] / wh[q] : 0;
+        qa[q] = x < MODEL_KL_QMAX ? (float)x : MODEL_KL_QMAX;
+    }
+}
+
+/* g = d h in B's stored units, (d h_j hs_j) / bcol_j: the g a share is
+ * held with (d the user's weight, 1 without robust). */
 MODEL_KI void model_b_units_k(const struct model *m, const float *restrict h,
-                              double *restrict g, const uint32_t k)
+                              double d, double *restrict g, const uint32_t k)
 {
     for (uint32_t j = 0; j < k; j++)
-        g[j] = ((double)h[j] * m->hs[j]) / m->bcol[j];
+        g[j] = d * ((double)h[j] * m->hs[j]) / m->bcol[j];
 }
 
 /* B's row i += a g: the entry of item i in a share held with g changed
@@ -803,7 +891,81 @@ struct model_step {
     uint32_t nn;         /* coordinates non-zero in the new or the old h */
     double loss;         /* of the stored h */
     uint64_t rows;       /* profile rows of W or B gone through (work) */
+    int kl;              /* loss = kl: the KL solve and share (kl.c) */
+    int lazy;            /* kl: the event changes v only (model_kl_lazy) */
+    double d_old;        /* the user's l21 weight before (1 without) */
 };
+
+/*
+ * loss = kl: whether a heavy user's event may leave h and its share as
+ * they are. A KL solve reads the whole profile at each Newton sweep,
+ * O(|v| k sweeps), where the Frobenius fold of a heavy user costs O(k^2)
+ * from its cached W^T v; so a heavy user's solve is deferred until its
+ * profile has moved enough to be worth one: until v^T v crosses into
+ * another of MODEL_KL_LAZY_STEPS geometric buckets per octave (the
+ * exponent and top mantissa bits of the float v^T v, so the rule needs
+ * no state and is the same after a load), or the event needs what only a
+ * solve gives (a new slab, an eviction, decay, a profile under
+ * MODEL_KL_LAZY_MIN entries, an item whose (W h)_i is 0). A deferred
+ * event keeps the share in B exactly as it went in (a new entry's ratio
+ * is 0 until the next solve), updates the user's divergence by the one
+ * entry's term, D += v' log(v'/x) - v' - (v log(v/x) - v) with x = (W h)_i
+ * (O(k)), and leaves the user stale, so that the refresh's sync brings its
+ * ratios to the current v and W and the idle refinement re-solves it. The
+ * amortised cost of a heavy user's event falls from O(|v| k sweeps) to
+ * O(k) plus one solve per bucket.
+ */
+#define MODEL_KL_LAZY_MIN   32
+#define MODEL_KL_LAZY_SHIFT 20 /* 23 - 3: 8 buckets per octave of v^T v */
+
+static inline uint32_t model_kl_bucket(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof(b));
+    return b >> MODEL_KL_LAZY_SHIFT;
+}
+
+/* The decision above, and the change of the user's divergence into
+ * st->loss when the event is deferred. */
+MODEL_KI int model_kl_lazy_k(const struct model *m, uint32_t u,
+                             struct model_step *st, const uint32_t k)
+{
+    const struct model_user *us = &m->u[u];
+    const struct model_ev *ev = st->ev;
+    if (!ev || st->drop || st->f != 1.0 || st->s_old != st->s_new ||
+        !(us->flags & MODEL_U_INB) || us->n < MODEL_KL_LAZY_MIN ||
+        !(ev->w >= FLT_MIN))
+        return 0;
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    double v = 0, vtv = us->vnorm;
+    if (ev->pos >= 0) {
+        v = va[ev->pos];
+        double vn = v + ev->w;
+        if (vn > MODEL_VALUE_MAX)
+            return 0;
+        vtv += vn * vn - v * v;
+    } else {
+        if (us->n >= m->p.profile_max || us->n >= pool_cap(us->cls))
+            return 0;
+        vtv += (double)ev->w * ev->w;
+    }
+    if (!(vtv < FLT_MAX) ||
+        model_kl_bucket((float)vtv) != model_kl_bucket(us->vnorm))
+        return 0;
+    const float *restrict wi = m->W + (size_t)ev->item * k;
+    const float *restrict hu = m->H + (size_t)u * k;
+    double x = 0;
+    for (uint32_t j = 0; j < k; j++)
+        x += (double)wi[j] * ((double)hu[j] * m->hs[j]);
+    if (!(x > 0))
+        return 0;
+    const double vn = v + ev->w;
+    double d = vn * log(vn / x) - vn - (v > 0 ? v * log(v / x) - v : 0);
+    st->loss = (double)us->loss + d;
+    if (!(st->loss > 0))
+        st->loss = 0;
+    return 1;
+}
 
 /* Stage 1, the share of B: held with g if no entry but the event's
  * changes (a light user's g on the stack for this step, a heavy user's in
@@ -818,15 +980,26 @@ MODEL_KI void model_step_share_k(struct model *m, uint32_t u,
     const float *restrict hu = m->H + (size_t)u * k;
     const struct model_ev *ev = st->ev;
 
-    if (us->flags & MODEL_U_INB) {
+    /* loss = kl: the share goes now, with the ratios of the last solve,
+     * before the profile changes under them. */
+    if (st->kl)
+        st->lazy = model_kl_lazy_k(m, u, st, k);
+    if (st->kl && !st->lazy && (us->flags & MODEL_U_INB)) {
+        for (uint32_t j = 0; j < k; j++)
+            g_old[j] = (double)hu[j] * m->hs[j];
+        model_kl_share_k(m, us, g_old, -st->s_old, k);
+        us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
+        st->rows += us->n;
+    }
+    if (!st->kl && (us->flags & MODEL_U_INB)) {
         if (st->eager && st->f == 1.0 && st->s_old == st->s_new) {
-            model_b_units_k(m, hu, g_old, k);
+            model_b_units_k(m, hu, st->d_old, g_old, k);
             st->g = g_old;
         } else if (!st->eager && !st->drop && st->f == 1.0 &&
                    st->s_old == st->s_new && us->bslot != POOL_NONE) {
             double *gs = m->bg + (size_t)us->bslot * k;
             if (!(us->flags & MODEL_U_GB)) {
-                model_b_units_k(m, hu, gs, k);
+                model_b_units_k(m, hu, st->d_old, gs, k);
                 us->flags |= MODEL_U_GB;
             }
             st->g = gs;
@@ -994,7 +1167,8 @@ MODEL_KI void model_step_profile_k(struct model *m, uint32_t u,
 }
 
 /* Stage 3, b = W^T v: from the user's cache when it is valid (b <- f b +
- * w W_i - v_e W_e: O(k)), else one pass over the profile. */
+ * w W_i - v_e W_e: O(k)), else one pass over the profile. Not under kl,
+ * whose solve reads W's rows itself. */
 MODEL_KI void model_step_wtv_k(struct model *m, uint32_t u,
                                struct model_step *st, double *restrict b,
                                const uint32_t k)
@@ -1002,6 +1176,11 @@ MODEL_KI void model_step_wtv_k(struct model *m, uint32_t u,
     struct model_user *us = &m->u[u];
     const struct model_ev *ev = st->ev;
     double *bc = NULL;
+    if (st->kl) {
+        for (uint32_t j = 0; j < k; j++)
+            b[j] = 0;
+        return;
+    }
     if (us->bslot == POOL_NONE && st->out >= MODEL_BCACHE_MIN &&
         (m->bc_nfree || m->bc_n < m->bc_cap))
         us->bslot = model__bcache_take(m);
@@ -1056,8 +1235,17 @@ MODEL_KI void model_step_solve_k(struct model *m, uint32_t u,
             h[j] = ho[j] * st->f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
         double a2 = m->p.alpha_h * (1 - m->p.l1_ratio);
-        sweeps = nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps,
-                             m->p.nnls_tol, h, gh);
+        if (st->kl) {
+            const struct model_user *us = &m->u[u];
+            sweeps = kl_solve(k, m->W, m->kls,
+                              pool_items(&m->pool, us->cls, us->slab),
+                              pool_vals(&m->pool, us->cls, us->slab), st->out,
+                              h, m->p.nnls_sweeps, m->p.nnls_tol, m->klwh);
+            st->rows += (uint64_t)st->out * sweeps;
+        } else {
+            sweeps = nnls__solve(k, m->G, b, a1, a2, m->p.nnls_sweeps,
+                                 m->p.nnls_tol, h, gh);
+        }
     } else {
         for (uint32_t j = 0; j < k; j++)
             h[j] = 0;
@@ -1085,8 +1273,8 @@ MODEL_KI void model_step_solve_k(struct model *m, uint32_t u,
  * sums are those over all k), with G h as a sum of columns (vector
  * operations, no long reduction chain). A solve that did worse than h = 0
  * gives h = 0. */
-MODEL_KI void model_step_loss_k(const struct model *m, struct model_step *st,
-                                const double *restrict b,
+MODEL_KI void model_step_loss_k(const struct model *m, uint32_t u,
+                                struct model_step *st, const double *restrict b,
                                 const double *restrict ho, double *restrict he,
                                 float *restrict hf, uint32_t *restrict nz,
                                 const uint32_t k)
@@ -1104,18 +1292,27 @@ MODEL_KI void model_step_loss_k(const struct model *m, struct model_step *st,
     double hb = 0, hgh = 0;
     for (uint32_t j = 0; j < k; j++)
         gh[j] = 0;
-    for (uint32_t q = 0; q < nn; q++) {
+    for (uint32_t q = 0; q < nn && !st->kl; q++) {
         double hl = he[nz[q]];
         const double *restrict gl = m->G + (size_t)nz[q] * k;
         for (uint32_t j = 0; j < k; j++)
             gh[j] += gl[j] * hl;
     }
-    for (uint32_t q = 0; q < nn; q++) {
+    for (uint32_t q = 0; q < nn && !st->kl; q++) {
         hb += he[nz[q]] * b[nz[q]];
         hgh += he[nz[q]] * gh[nz[q]];
     }
     double loss = vtv - 2 * hb + hgh;
-    if (!(loss <= vtv)) {
+    if (st->kl) {
+        /* D(v || W h) of the stored h, and W h left in klwh for the
+         * ratios of the share. */
+        const struct model_user *us = &m->u[u];
+        loss = st->out ? kl_divergence(k, m->W, m->kls,
+                                       pool_items(&m->pool, us->cls, us->slab),
+                                       pool_vals(&m->pool, us->cls, us->slab),
+                                       st->out, he, m->klwh)
+                       : 0;
+    } else if (!(loss <= vtv)) {
         /* h = 0 is feasible with loss |v|^2: a solve stopped early from
          * a poor start (or a degenerate W) never does worse than that. */
         for (uint32_t j = 0; j < k; j++)
@@ -1129,10 +1326,11 @@ MODEL_KI void model_step_loss_k(const struct model *m, struct model_step *st,
 }
 
 /* Stage 6, the user's contribution to the statistics replaced,
- *     A += c_new h_new h_new^T - c_old h_old h_old^T
+ *     A += c_new d_new h_new h_new^T - c_old d_old h_old h_old^T
  *     loss += c_new l_new - c_old l_old, norm += c_new |v_new|^2 - ...,
- * the new h and marks stored, B's share put back (light users) or left
- * owed to the sync (heavy ones), and the step's work counted. */
+ * (d the user's l21 weight, 1 without robust) the new h and marks
+ * stored, B's share put back (light users, and every user under kl) or
+ * left owed to the sync (heavy ones), and the step's work counted. */
 MODEL_KI void
 model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
                     const double *restrict ho, const double *restrict he,
@@ -1143,13 +1341,18 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     float *restrict hu = m->H + (size_t)u * k;
     double an[MODEL_K_MAX], ao[MODEL_K_MAX];
     float ht[MODEL_K_MAX];
-    const double s_old = st->s_old, s_new = st->s_new;
+    const double s_old = st->s_old, s_new = st->s_new, d_old = st->d_old;
     const double loss = st->loss, vtv = st->vtv;
     const uint32_t nn = st->nn, out = st->out;
+    /* Per user in float (the sums use exactly the stored values, and the
+     * weight follows from them). */
+    float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
+    float vf = vtv < FLT_MAX ? (float)vtv : FLT_MAX;
+    const double d_new = model__uweight(m, lf, vf);
 
     for (uint32_t j = 0; j < k; j++) {
-        ao[j] = s_old * ho[j];
-        an[j] = s_new * he[j];
+        ao[j] = s_old * d_old * ho[j];
+        an[j] = s_new * d_new * he[j];
         ht[j] = (float)he[j];
     }
     double *restrict A = m->A;
@@ -1159,9 +1362,7 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
         for (uint32_t l = 0; l < k; l++)
             aj[l] += anj * he[l] - aoj * ho[l];
     }
-    /* Per user in float (the sums use exactly the stored values). */
-    float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
-    float vf = vtv < FLT_MAX ? (float)vtv : FLT_MAX;
+    m->dsum += d_new - d_old;
     m->loss_s += s_new * lf - s_old * us->loss;
     m->norm_s += s_new * vf - s_old * us->vnorm;
     us->loss = lf;
@@ -1169,12 +1370,26 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
     model_user_mark(m, us, ht, st->ev != NULL, k);
-    if (us->solved != (uint32_t)m->refreshes) {
+    if (st->lazy) {
+        /* h not re-solved: the user is stale until it is (the sync and
+         * the refinement look for those). */
+        if (us->solved == (uint32_t)m->refreshes) {
+            us->solved = (uint32_t)m->refreshes - 1u;
+            m->stale++;
+        }
+    } else if (us->solved != (uint32_t)m->refreshes) {
         us->solved = (uint32_t)m->refreshes;
         if (m->stale)
             m->stale--;
     }
-    if (st->eager && st->g) {
+    if (st->lazy) {
+        /* The share stays in B as it went in. */
+    } else if (st->kl) {
+        model_kl_ratios(m, us, m->klwh);
+        model_kl_share_k(m, us, he, s_new, k);
+        us->flags |= MODEL_U_INB;
+        st->rows += out;
+    } else if (st->eager && st->g) {
         model_b_move_k(m, us, st->g, hf, s_new, k);
         st->rows += out;
     } else if (st->eager) {
@@ -1245,6 +1460,8 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         .pos = ev ? ev->pos : -1,
         .evict = -1,
         .eager = us->n < MODEL_BCACHE_MIN && !drop,
+        .kl = model__kl(m),
+        .d_old = model__uweight(m, us->loss, us->vnorm),
     };
     st.ff = (float)st.f;
     st.s_old = model__frame_weight(m, us->t);
@@ -1252,9 +1469,23 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
 
     model_step_share_k(m, u, &st, g_old, k);
     model_step_profile_k(m, u, &st, k);
-    model_step_wtv_k(m, u, &st, b, k);
-    model_step_solve_k(m, u, &st, b, ho, he, hf, k);
-    model_step_loss_k(m, &st, b, ho, he, hf, nz, k);
+    if (st.lazy) {
+        /* loss = kl, deferred (model_kl_lazy_k): h as it was, a new
+         * entry's ratio 0, the divergence already in st.loss. */
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++) {
+            hf[j] = hu[j];
+            ho[j] = he[j] = (double)hu[j] * m->hs[j];
+        }
+        if (st.add)
+            pool_aux(&m->pool, us->cls, us->slab)[st.out - 1] = 0;
+        st.nn = 0;
+        st.rows += 1;
+    } else {
+        model_step_wtv_k(m, u, &st, b, k);
+        model_step_solve_k(m, u, &st, b, ho, he, hf, k);
+        model_step_loss_k(m, u, &st, b, ho, he, hf, nz, k);
+    }
     model_step_commit_k(m, u, &st, ho, he, hf, nz, had_profile, k);
 }
 
@@ -1271,9 +1502,19 @@ void model__user_remove(struct model *m, uint32_t u)
     const uint32_t k = m->k;
     struct model_user *us = &m->u[u];
     float *hu = m->H + (size_t)u * k;
+    if (model__kl(m) && (us->flags & MODEL_U_INB)) {
+        double h[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = (double)hu[j] * m->hs[j];
+        model_kl_share_k(m, us, h, -model__frame_weight(m, us->t), k);
+        us->flags &= (uint8_t) ~(MODEL_U_INB | MODEL_U_GB);
+    }
     if (us->flags & MODEL_U_INB)
         model_b_apply(m, u, -1);
     double s_old = model__frame_weight(m, us->t);
+    double d_old = model__uweight(m, us->loss, us->vnorm);
+    m->dsum -= d_old;
+    s_old *= d_old;
     if (us->slab != POOL_NONE)
         pool_release(&m->pool, us->cls, us->slab);
     if (us->bslot != POOL_NONE)
@@ -1284,8 +1525,8 @@ void model__user_remove(struct model *m, uint32_t u)
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
             m->A[(size_t)j * k + l] -= s_old * ho[j] * ho[l];
-    m->loss_s -= s_old * us->loss;
-    m->norm_s -= s_old * us->vnorm;
+    m->loss_s -= model__frame_weight(m, us->t) * us->loss;
+    m->norm_s -= model__frame_weight(m, us->t) * us->vnorm;
     m->uev[u] = 0;
     if (us->solved != (uint32_t)m->refreshes && m->stale)
         m->stale--;
@@ -1334,6 +1575,8 @@ uint32_t model__item_add(struct model *m, const char *id, size_t len,
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
             m->G[(size_t)j * k + l] += (double)wi[j] * wi[l];
+    for (uint32_t j = 0; j < k && m->kls; j++)
+        m->kls[j] += wi[j];
     m->item_t[i] = ts;
     return i;
 }
@@ -1351,8 +1594,11 @@ static void model_rebuild(struct model *m)
         memset(m->B, 0, (size_t)ids_slots(m->iids) * k * sizeof(double));
     for (uint32_t j = 0; j < k; j++)
         m->bcol[j] = 1;
+    for (uint32_t j = 0; j < k && m->kb; j++)
+        m->kb[j] = 0;
     m->loss_s = 0;
     m->norm_s = 0;
+    m->dsum = 0;
     uint32_t U = ids_slots(m->uids);
     double an[MODEL_K_MAX];
     for (uint32_t u = 0; u < U; u++) {
@@ -1366,9 +1612,28 @@ static void model_rebuild(struct model *m)
             hu[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
         }
         double s = model__frame_weight(m, us->t);
+        double d = model__uweight(m, us->loss, us->vnorm);
+        m->dsum += d;
         for (uint32_t j = 0; j < k; j++)
-            an[j] = s * (double)hu[j];
-        if (us->n) {
+            an[j] = s * d * (double)hu[j];
+        if (model__kl(m)) {
+            /* The ratios against the current W, then the share. */
+            double h[MODEL_K_MAX];
+            for (uint32_t j = 0; j < k; j++)
+                h[j] = (double)hu[j];
+            if (us->n) {
+                const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+                for (uint32_t q = 0; q < us->n; q++) {
+                    const float *wi = m->W + (size_t)it[q] * k;
+                    double x = 0;
+                    for (uint32_t j = 0; j < k; j++)
+                        x += wi[j] * h[j];
+                    m->klwh[q] = x;
+                }
+                model_kl_ratios(m, us, m->klwh);
+            }
+            MODEL_BY_K(k, model_kl_share_k, m, us, h, s);
+        } else if (us->n) {
             const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
             const float *va = pool_vals(&m->pool, us->cls, us->slab);
             for (uint32_t q = 0; q < us->n; q++) {
@@ -1521,6 +1786,186 @@ static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
  * and its h entries, A row/column and B column set to zero. G = W^T W is
  * recomputed at the end and every user becomes stale.
  */
+/*
+ * loss = kl: W refreshed by one multiplicative update from online
+ * statistics, the online KL NMF of Lefevre, Bach & Fevotte ("Online
+ * algorithms for nonnegative matrix factorization with the Itakura-Saito
+ * divergence", WASPAA 2011, whose updates are those of the beta
+ * divergences, KL being beta = 1):
+ *     W_ij <- W_ij * KA_ij / kb_j,
+ *     KA_ij = sum_u c_u h_uj v_ui / (W h_u)_i,   kb_j = sum_u c_u h_uj,
+ * the update of Lee & Seung (NIPS 2001) with its sums over users kept as
+ * running statistics: each re-solve takes the user's old share out and
+ * puts the new one in (model_kl_share_k), as the Frobenius path does
+ * for A and B. We chose it over the general-divergence framework of
+ * Zhao, Tan & Xu (arXiv 1608.00075), which takes a projected stochastic
+ * gradient step per user with a step size to tune, because this update
+ * has no step size, keeps W >= 0 by construction and is the batch
+ * algorithm's exact step whenever every share is current.
+ *
+ * A share's ratios are taken at the W of the user's last solve. Taken
+ * as they are, as in the paper, the shares of users not re-solved since
+ * W moved keep asking for the same correction at every refresh, and W
+ * compounds it: measured on the MovieLens prefix at the work-based
+ * refresh rate, h ran to 1e12 and most users ended with h = 0 and an
+ * infinite divergence. So each refresh first brings those shares to the
+ * current W (model_kl_sync, one pass over their profiles, charged to the
+ * refresh by the work rule): the update is then the exact batch step of
+ * Lee & Seung on the current H, and between refreshes KA stays exact as
+ * users are re-solved. What is not exact is H, as in the Frobenius path:
+ * a user's h is the solve at its last event or refinement. kb is exact
+ * for the current h. W_ij is floored at MODEL_KL_WMIN (relative
+ * to its column's largest entry) so that (W h)_i stays positive and an
+ * entry the update zeroed can come back; dead items (zero rows) stay 0.
+ * In B's stored units both sums carry the same column scales and frame,
+ * which cancel in the ratio. Columns then go to unit L2 norm as in
+ * model_refresh; colsq receives their squared norms. O(items k).
+ */
+#define MODEL_KL_WMIN 1e-12f
+
+/* loss = kl, before the update: the share of every user whose ratios
+ * were taken at an older W (not re-solved since the last refresh, or W
+ * replaced since, kl_wgen) taken out and put back with the ratios of the
+ * current W and its current h, so that KA is exact for the W the update
+ * multiplies. One pass over those profiles, counted in sync_rows (the
+ * refresh-by-work rule charges it to the refresh). */
+static void model_kl_sync(struct model *m)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    const int all = m->kl_wgen != m->wgen;
+    double h[MODEL_K_MAX];
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n ||
+            (!all && us->solved == (uint32_t)m->refreshes))
+            continue;
+        const double c = model__frame_weight(m, us->t);
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = (double)m->H[(size_t)u * k + j] * m->hs[j];
+        if (us->flags & MODEL_U_INB)
+            MODEL_BY_K(k, model_kl_share_k, m, us, h, -c);
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            const float *wi = m->W + (size_t)it[q] * k;
+            double x = 0;
+            for (uint32_t j = 0; j < k; j++)
+                x += wi[j] * h[j];
+            m->klwh[q] = x;
+        }
+        model_kl_ratios(m, us, m->klwh);
+        MODEL_BY_K(k, model_kl_share_k, m, us, h, c);
+        us->flags |= MODEL_U_INB;
+        m->sync_rows += 2u * us->n;
+    }
+    m->kl_wgen = m->wgen + 1; /* the refresh's own bump follows */
+}
+
+static void model_kl_update(struct model *m, const uint8_t *skip, double *colsq)
+{
+    const uint32_t k = m->k;
+    const size_t M = ids_slots(m->iids);
+    double r[MODEL_K_MAX];
+    float wmax[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++) {
+        r[j] = !skip[j] && m->kb[j] > 0 ? 1.0 / m->kb[j] : 0;
+        wmax[j] = 0;
+    }
+    for (size_t i = 0; i < M; i++) {
+        float *restrict wi = m->W + i * k;
+        const double *restrict bi = m->B + i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            if (skip[j])
+                continue;
+            double x = wi[j] * (bi[j] > 0 ? bi[j] * r[j] : 0);
+            float y = x < MODEL_W_MAX ? (float)x : MODEL_W_MAX;
+            wi[j] = isfinite(x) ? y : 0;
+            if (wi[j] > wmax[j])
+                wmax[j] = wi[j];
+        }
+    }
+    for (size_t i = 0; i < M; i++) {
+        float *restrict wi = m->W + i * k;
+        const int live = ids_get(m->iids, (uint32_t)i, NULL) != NULL;
+        for (uint32_t j = 0; j < k; j++) {
+            if (skip[j])
+                continue;
+            float lo = MODEL_KL_WMIN * wmax[j];
+            if (live && wi[j] < lo)
+                wi[j] = lo;
+            colsq[j] += (double)wi[j] * wi[j];
+        }
+    }
+}
+
+void model__kl_colsums(struct model *m)
+{
+    if (model__kl(m))
+        kl_colsums(m->k, ids_slots(m->iids), m->W, m->kls);
+}
+
+void model__loss_kl(const struct model *m, double *loss, double *norm)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    double sl = 0, sn = 0;
+    for (uint32_t u = 0; u < U; u++) {
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n)
+            continue;
+        double c = model__frame_weight(m, us->t), h[MODEL_K_MAX], vs = 0;
+        const float *hu = m->H + (size_t)u * k;
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = (double)hu[j] * m->hs[j];
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++)
+            vs += va[q];
+        sl += c * kl_divergence(k, m->W, m->kls, it, va, us->n, h, m->klwh);
+        sn += c * vs;
+    }
+    *loss = sl;
+    *norm = sn;
+}
+
+int model__kl_load(struct model *m)
+{
+    if (!model__kl(m))
+        return 0;
+    if (!m->kb) {
+        m->kb = calloc(m->k, sizeof(double));
+        m->kls = calloc(m->k, sizeof(double));
+        m->klwh = calloc(2 * (m->p.profile_max + 1u), sizeof(double));
+        if (!m->kb || !m->kls || !m->klwh)
+            return -ENOMEM;
+    }
+    if (!m->pool.aux) {
+        /* Every profile into a pool whose slabs have the ratios' room. */
+        struct pool np;
+        memset(&np, 0, sizeof(np));
+        np.aux = 1;
+        for (uint32_t u = 0, U = ids_slots(m->uids); u < U; u++) {
+            struct model_user *us = &m->u[u];
+            if (us->slab == POOL_NONE)
+                continue;
+            if (pool_reserve(&np, us->cls)) {
+                pool_free(&np);
+                return -ENOMEM;
+            }
+            uint32_t s = pool_alloc(&np, us->cls);
+            memcpy(pool_items(&np, us->cls, s),
+                   pool_items(&m->pool, us->cls, us->slab),
+                   us->n * sizeof(uint32_t));
+            memcpy(pool_vals(&np, us->cls, s),
+                   pool_vals(&m->pool, us->cls, us->slab),
+                   us->n * sizeof(float));
+            us->slab = s;
+        }
+        pool_free(&m->pool);
+        m->pool = np;
+    }
+    model__kl_colsums(m);
+    return 0;
+}
+
 void model_refresh(struct model *m)
 {
     const uint32_t k = m->k;
@@ -1535,6 +1980,8 @@ void model_refresh(struct model *m)
     model__restart_drop(m);
     m->sync_rows = 0;
     model__b_sync(m);
+    if (model__kl(m))
+        model_kl_sync(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
@@ -1550,7 +1997,9 @@ void model_refresh(struct model *m)
         colsq[j] = 0;
         mult[j] = 1;
     }
-    if (M && any) {
+    if (M && any && model__kl(m)) {
+        model_kl_update(m, skip, colsq);
+    } else if (M && any) {
         double scale = model_scale(m);
         double a1 = m->p.alpha_w * m->p.l1_ratio / scale;
         double a2 = m->p.alpha_w * (1 - m->p.l1_ratio) / scale;
@@ -1607,6 +2056,8 @@ void model_refresh(struct model *m)
             for (size_t i = 0; i < M; i++)
                 m->B[i * k + j] = 0;
             m->bcol[j] = 1;
+            if (m->kb)
+                m->kb[j] = 0;
             for (uint32_t u = 0; u < U; u++)
                 m->H[(size_t)u * k + j] = 0;
             m->hs[j] = m->hsi[j] = 1;
@@ -1616,6 +2067,7 @@ void model_refresh(struct model *m)
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, rescale ? inv : NULL, m->G);
+    model__kl_colsums(m);
     if (rebuild) {
         model_rebuild(m);
         m->reparams = 0;
@@ -1781,8 +2233,10 @@ void model__topics_permute(struct model *m, const uint32_t *src)
         memcpy(b, x, k * sizeof(double));
         memcpy(g, y, k * sizeof(double));
     }
-    double *kv[] = {m->bcol, m->hs, m->hsi};
+    double *kv[] = {m->bcol, m->hs, m->hsi, m->kb, m->kls};
     for (size_t v = 0; v < sizeof(kv) / sizeof(kv[0]); v++) {
+        if (!kv[v])
+            continue; /* kb and kls: loss = kl only */
         for (uint32_t j = 0; j < k; j++)
             x[j] = kv[v][src[j]];
         memcpy(kv[v], x, k * sizeof(double));
@@ -1903,8 +2357,11 @@ static int model_refresh_due(const struct model *m)
         return 1;
     if (m->p.refresh_work <= 0 || (m->p.warmup_events && !m->warm_done))
         return 0;
-    double cost = (double)(k * k) * (m->p.hals_sweeps + 1.0) *
-                      (double)ids_slots(m->iids) +
+    /* loss = kl: the multiplicative update, the floor and the column
+     * sums are three passes of k over the item rows, then G. */
+    double rowc = model__kl(m) ? (double)k * (k + 3.0)
+                               : (double)(k * k) * (m->p.hals_sweeps + 1.0);
+    double cost = rowc * (double)ids_slots(m->iids) +
                   (double)(k * m->sync_rows) + (double)(k * k * k);
     return (double)m->work >= m->p.refresh_work * cost;
 }
@@ -1992,8 +2449,8 @@ static int model_fold_checked(struct model *m, const char *user,
             if ((rc = pool_reserve(&m->pool, c)))
                 return rc;
         }
-        if (us->bslot == POOL_NONE && us->n + 1u >= MODEL_BCACHE_MIN &&
-            (rc = model__bcache_reserve(m)))
+        if (!model__kl(m) && us->bslot == POOL_NONE &&
+            us->n + 1u >= MODEL_BCACHE_MIN && (rc = model__bcache_reserve(m)))
             return rc;
     }
 
@@ -2266,6 +2723,7 @@ size_t model_expire(struct model *m, int64_t now)
         }
         memset(m->G, 0, (size_t)k * k * sizeof(double));
         hals_gram(k, M, m->W, NULL, m->G);
+        model__kl_colsums(m);
         m->wgen++;
     }
     for (uint32_t u = 0; u < U; u++) {
@@ -2318,9 +2776,9 @@ void model_epoch_set(struct model *m, uint64_t epoch)
 }
 
 /* What user u's share of B still owes, per topic: its h (times H's
- * column scales) less, for a held share (MODEL_U_GB), the g it was last
- * added with (times B's column scales). A user whose share is owed
- * (model__owes_b) adds d_j v_ui to B's row i, column j. */
+ * column scales and its l21 weight) less, for a held share (MODEL_U_GB),
+ * the g it was last added with (times B's column scales). A user whose
+ * share is owed (model__owes_b) adds d_j v_ui to B's row i, column j. */
 static void model_owed_h(const struct model *m, uint32_t u, double *d)
 {
     const uint32_t k = m->k;
@@ -2328,8 +2786,9 @@ static void model_owed_h(const struct model *m, uint32_t u, double *d)
     const float *hu = m->H + (size_t)u * k;
     const double *g =
         us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
+    const double w = model__uweight(m, us->loss, us->vnorm);
     for (uint32_t j = 0; j < k; j++)
-        d[j] = (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
+        d[j] = w * (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
 }
 
 /*
@@ -2354,6 +2813,25 @@ static void model_loss(const struct model *m, struct model_stats *out)
     for (uint32_t j = 0; j < k; j++)
         c[j] = m->bcol[j] * scale;
     double wb = 0;
+    if (model__kl(m)) {
+        /* D(V || W H) per unit of weight, by a pass over the users. */
+        double l, nrm;
+        model__loss_kl(m, &l, &nrm);
+        out->norm = nrm * scale;
+        out->loss = l * scale;
+        out->rel_loss = out->norm > 0 ? out->loss / out->norm : 0;
+        return;
+    }
+    if (m->p.robust == MODEL_ROBUST_L21) {
+        /* A and B are weighted: the identity below would give the
+         * weighted loss, so the true one comes from the users. */
+        double l, nrm;
+        model__loss_users(m, &l, &nrm);
+        out->norm = nrm * scale;
+        out->loss = l * scale;
+        out->rel_loss = out->norm > 0 ? out->loss / out->norm : 0;
+        return;
+    }
     for (size_t i = 0; i < M; i++) {
         const float *restrict wi = m->W + i * k;
         const double *restrict bi = m->B + i * k;
@@ -2468,6 +2946,12 @@ int model_user_get(const struct model *m, uint32_t idx,
     v->ts = us->t;
     v->changed = us->changed;
     v->nprofile = us->n;
+    double d = model__uweight(m, us->loss, us->vnorm);
+    double mean = m->nprof && m->dsum > 0 ? m->dsum / m->nprof : 0;
+    v->weight_raw = (float)d;
+    v->weight = m->p.robust != MODEL_ROBUST_L21 ? (float)d
+                : mean > 0                      ? (float)(d / mean)
+                                                : 0;
     return 0;
 }
 

@@ -47,6 +47,14 @@ struct model_params {
                                 ids; what it evicts stays in the loss */
     uint64_t refresh_events; /* W refresh after this many folds at most;
                                 0 = only by the caller */
+    uint32_t robust;         /* MODEL_ROBUST_NONE (default) or
+                                MODEL_ROBUST_L21: each user's share of A
+                                and B weighted by the inverse of its
+                                residual (model.c, robust.c) */
+    uint32_t loss;           /* MODEL_LOSS_FROBENIUS (default) or
+                                MODEL_LOSS_KL: the generalised
+                                Kullback-Leibler divergence (model.c,
+                                kl.c) */
     double refresh_work;     /* also refresh once the re-solves since the
                                 last refresh did this many times the work
                                 of a refresh (model_refresh_due); 0 = off,
@@ -70,6 +78,13 @@ struct model_params {
                                 another share-F set (the folds of a
                                 cross-validation); 0 by default */
 };
+
+/* model.robust (docs/design.md section 6). */
+#define MODEL_ROBUST_NONE 0u
+#define MODEL_ROBUST_L21  1u
+/* model.loss (docs/design.md section 6). */
+#define MODEL_LOSS_FROBENIUS 0u
+#define MODEL_LOSS_KL        1u
 
 /* Defaults of docs/design.md section 6. */
 void model_params_default(struct model_params *p);
@@ -259,12 +274,18 @@ uint64_t model_work(const struct model *m);
 struct model_user_view {
     const char *id;
     size_t id_len;
-    const float *h;          /* k values (in hbuf after model_user_get) */
-    uint32_t segment;        /* argmax_j h[j] */
-    float share;             /* h[segment] / sum(h); 0 if h == 0 */
-    int64_t ts;              /* last event time */
-    uint64_t changed;        /* epoch of the last mark (see model_epoch) */
-    uint32_t nprofile;       /* profile entries */
+    const float *h;    /* k values (in hbuf after model_user_get) */
+    uint32_t segment;  /* argmax_j h[j] */
+    float share;       /* h[segment] / sum(h); 0 if h == 0 */
+    int64_t ts;        /* last event time */
+    uint64_t changed;  /* epoch of the last mark (see model_epoch) */
+    uint32_t nprofile; /* profile entries */
+    /* robust = l21: the user's weight in A and B over the mean weight of
+     * the users with a profile (1 is a typical user, an outlier is far
+     * below), and the weight itself, 1 / max(||v - W h||, eps ||v||);
+     * both 1 without robust, 0 without a profile. */
+    float weight;
+    float weight_raw;
     float hbuf[MODEL_K_MAX]; /* h, which the model keeps in scaled form */
 };
 uint32_t model_user_slots(const struct model *m);
@@ -308,6 +329,17 @@ uint32_t model_topic_top(const struct model *m, uint32_t j, uint32_t n,
  * since counts as the same row (a forgotten item's row is zero). */
 void model_topic_continuity(const struct model *m, const float *prev,
                             uint32_t rows, double *cont);
+/* robust = l21: the users' weights, relative to their mean (as
+ * model_user_view.weight), in one pass over the users: how many users
+ * with a profile weigh less than below, and the lowest weight (1 and 0
+ * without robust or without users). */
+struct model_robust_summary {
+    uint64_t below; /* users with a relative weight under the threshold */
+    double lowest;  /* the smallest relative weight */
+    double mean;    /* the mean raw weight */
+};
+void model_robust_summary(const struct model *m, double below,
+                          struct model_robust_summary *out);
 /* Users per segment (k counts) and topic mass sum_u h_u[j] (k values). */
 void model_segment_sizes(const struct model *m, uint64_t *sizes, double *mass);
 

@@ -71,7 +71,6 @@ struct model_user {
  * events (k doubles), updated in O(k) per event while W is unchanged. */
 #define MODEL_BCACHE_MIN 32
 
-
 /* NNDSVDa seeds (model_restart.c): subspace iterations; a restart's
  * rounds of alternating NNLS at most, its convergence tolerance (or
  * refine_tol if larger), and by how much (relative) it must beat the live
@@ -82,6 +81,16 @@ struct model_user {
 #define MODEL_RESTART_MARGIN 1e-3
 
 struct model_restart;
+
+/* robust = l21: a user's residual counts at least this share of its
+ * profile's norm in its weight, 1 / (max(||v - W h||, eps ||v||)
+ * ||v||^gamma), so that a user fitted almost exactly cannot take an
+ * unbounded weight (the smoothing of the reweighting); and the weight is
+ * discounted by the profile's norm to the power MODEL_L21_GAMMA, so that
+ * heavy ids that click at random (bots) cannot keep a topic of their own
+ * by their volume (robust.c). */
+#define MODEL_L21_EPS   0.05
+#define MODEL_L21_GAMMA 0.35
 
 struct model {
     struct model_params p;
@@ -156,7 +165,29 @@ struct model {
     uint64_t reseeded, moved;
     /* The held-out pairs (holdout.c), NULL when params.holdout is 0. */
     struct holdout *ho;
+    /* robust = l21: sum of the weights of the users with a profile, kept
+     * with every re-solve (recomputed at a rebuild and a load). */
+    double dsum;
+    /* loss = kl (model.c): kb = sum_u c_u h_u, the denominators of the
+     * multiplicative update, in B's stored frame and column scales
+     * (true kb_j = kb[j] bcol[j] scale); kls, W's column sums (kept with
+     * G); klwh, 2 (profile_max + 1) doubles of scratch for the solve. B holds
+     * the numerators sum_u c_u q_u h_u^T instead of sum_u c_u v_u h_u^T,
+     * with q_u in the profile slabs' aux floats. */
+    double *kb, *kls, *klwh;
+    /* wgen after the last refresh's sync (model_kl_sync): another value
+     * means W was replaced since and every share is resynced. */
+    uint64_t kl_wgen;
 };
+
+/* loss = kl: a stored ratio v_i / (W h)_i saturates here (W h can be
+ * as small as the floor of model_kl_update). */
+#define MODEL_KL_QMAX 1e30f
+
+static inline int model__kl(const struct model *m)
+{
+    return m->p.loss == MODEL_LOSS_KL;
+}
 
 /* Whether the sync owes B the live user's share: held with a g, or out. */
 static inline int model__owes_b(const struct model_user *us)
@@ -171,6 +202,48 @@ static inline double model__frame_weight(const struct model *m, int64_t t)
         return 1.0;
     return exp2((double)(t - m->T0) / (double)m->p.half_life_ms);
 }
+
+/* The user's weight in A and B (robust.c): 1 without robust; with l21
+ * 1 / (max(||v - W h||, MODEL_L21_EPS ||v||) ||v||^MODEL_L21_GAMMA) from
+ * the loss and v^T v stored with the user, so that the weight a share was
+ * added with is known again, bit for bit, when it is taken out. 0
+ * without a profile. */
+static inline double model__uweight(const struct model *m, float loss,
+                                    float vnorm)
+{
+    if (m->p.robust != MODEL_ROBUST_L21)
+        return 1.0;
+    if (!(vnorm > 0))
+        return 0.0;
+    double r = sqrt(loss > 0 ? (double)loss : 0.0);
+    double e = MODEL_L21_EPS * sqrt((double)vnorm);
+    return 1.0 / ((r > e ? r : e) * pow((double)vnorm, 0.5 * MODEL_L21_GAMMA));
+}
+
+/* robust = l21: a user's term of the objective, ||r|| / ||v||^gamma,
+ * from its squared loss and v^T v (robust.c). */
+static inline double model__l21_term(double loss, double vnorm)
+{
+    if (!(loss > 0) || !(vnorm > 0))
+        return 0;
+    return sqrt(loss) / pow(vnorm, 0.5 * MODEL_L21_GAMMA);
+}
+
+/* robust.c: sum_u c_u ||v_u - W h_u||^2 and sum_u c_u ||v_u||^2 in the
+ * stored frame, by a pass over the users. */
+void model__loss_users(const struct model *m, double *loss, double *norm);
+/* model.c, loss = kl: sum_u c_u D(v_u || W h_u) and sum_u c_u sum_i v_ui
+ * in the stored frame, by a pass over the users against the current W. */
+void model__loss_kl(const struct model *m, double *loss, double *norm);
+/* model.c, loss = kl: W's column sums into kls, after W changed. */
+void model__kl_colsums(struct model *m);
+/* model.c, loss = kl, in a load (model_state.c): the KL arrays made,
+ * the profiles moved to slabs with the ratios' room, W's column sums.
+ * 0 or -ENOMEM. */
+int model__kl_load(struct model *m);
+/* robust.c: the l21 objective of the live model as its users were last
+ * solved, sum_u c_u ||v_u - W h_u|| in the stored frame. */
+double model__l21_objective(const struct model *m);
 
 int model__users_grow(struct model *m, uint32_t need);
 /* Shared with group.c: the B sync before W changes, a user's removal with

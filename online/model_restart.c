@@ -75,9 +75,13 @@ static size_t model_nndsvd_feed(struct model *m, struct nndsvd *sv,
         if (!us->n)
             continue;
         m->work_all += 2u * (uint64_t)m->k * us->n;
+        /* robust = l21: the weight of h = 0, 1 / ||v||, so that the
+         * seed sees every user at one scale and a few heavy outliers
+         * cannot take its columns (robust.c). */
         nndsvd_column(sv, pool_items(&m->pool, us->cls, us->slab),
                       pool_vals(&m->pool, us->cls, us->slab), us->n,
-                      model__frame_weight(m, us->t));
+                      model__frame_weight(m, us->t) *
+                          model__uweight(m, us->vnorm, us->vnorm));
     }
     return done;
 }
@@ -203,6 +207,7 @@ void model__w_install(struct model *m, const float *Wn, int match)
     m->reseeded += k;
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, NULL, m->G);
+    model__kl_colsums(m);
     m->wgen++;
 }
 
@@ -233,7 +238,8 @@ void model__restart_drop(struct model *m)
 
 int model__restart_due(const struct model *m)
 {
-    return !m->rs && m->events > m->restart_events &&
+    /* loss = kl: the restart's rounds are alternating NNLS (Frobenius). */
+    return !model__kl(m) && !m->rs && m->events > m->restart_events &&
            m->events / 2 >= m->restart_events && model__seedable(m);
 }
 
@@ -296,7 +302,13 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
         hgh += h[j] * gh[j];
     }
     double loss = vtv - 2 * hb + hgh;
-    rs->loss += c * (loss > 0 ? (loss < vtv ? loss : vtv) : 0);
+    loss = loss > 0 ? (loss < vtv ? loss : vtv) : 0;
+    /* robust = l21: the l21 objective, and the share weighted by the
+     * inverse of this round's residual (robust.c). */
+    const int l21 = m->p.robust == MODEL_ROBUST_L21;
+    rs->loss += c * (l21 ? model__l21_term(loss, vtv) : loss);
+    if (l21)
+        c *= model__uweight(m, (float)loss, (float)vtv);
     for (uint32_t j = 0; j < k; j++)
         ch[j] = c * h[j];
     for (uint32_t j = 0; j < k; j++) {
@@ -386,6 +398,8 @@ static void model_restart_round_end(struct model *m, struct model_restart *rs)
     if ((rs->prev >= 0 && rs->prev - rel <= tol * rs->prev) ||
         rs->rounds >= MODEL_RESTART_ROUNDS) {
         double inc = m->norm_s > 0 && m->loss_s > 0 ? m->loss_s / m->norm_s : 0;
+        if (m->p.robust == MODEL_ROBUST_L21 && m->norm_s > 0)
+            inc = model__l21_objective(m) / m->norm_s;
         m->restart_events = m->events;
         if (rel < inc * (1 - MODEL_RESTART_MARGIN))
             model_restart_install(m, rs);

@@ -30,7 +30,12 @@
  *   evictions (version 6): f64 evicted weight, u32 count, count x (u32
  *          user slot, increasing, f32 evicted mass within its vnorm)
  *   held-out pairs (version 7): f64 share, u64 salt, the section of
- *          holdout.c (holdout_save)
+ *          holdout.c (holdout_save); in version 8 a share of 0 stands
+ *          for none, with nothing after it
+ *   variant (version 8): u32 robust (0 none, 1 l21; the users' weights
+ *          follow from their loss and vnorm, robust.c), u32 loss (0
+ *          frobenius, 1 kl); with kl, f64 kb[k] and each live user's
+ *          n f32 ratios q, in slot order (B then holds sum c q h^T)
  *   u64 checksum of everything before it
  */
 #include <errno.h>
@@ -46,16 +51,20 @@
 #error "model_state.c writes its arrays in native order: little-endian only"
 #endif
 
-#define STATE_MAGIC   "NMFDMODL"
-/* Reads 4 and 5 too: 5 is 6 without the refresh work counters (they start
- * at 0, so the first refresh after the load may come a little later than
- * it would have) and without the evictions (none was counted then), 4 is
- * 5 without g. */
-#define STATE_VERSION 7u
-/* A model without held-out pairs writes version 6: its state is byte for
- * byte what it was before version 7 existed. */
-#define STATE_VERSION_PLAIN 6u
-#define STATE_BUF     65536
+#define STATE_MAGIC "NMFDMODL"
+/* Reads 4 to 7 too: 7 is 8 without the variant (robust = none, loss =
+ * frobenius, the only ones then) and always with held-out pairs, 6 is 7
+ * without them, 5 is 6 without the refresh work counters (they start at
+ * 0, so the first refresh after the load may come a little later than it
+ * would have) and without the evictions (none was counted then), 4 is 5
+ * without g. */
+#define STATE_VERSION 8u
+/* A model of the default variant writes version 7 with held-out pairs
+ * and 6 without: its state is byte for byte what it was before the next
+ * version existed. */
+#define STATE_VERSION_HOLDOUT 7u
+#define STATE_VERSION_PLAIN   6u
+#define STATE_BUF             65536
 
 /* A streaming 64-bit checksum in the style of xxHash64's rounds: detects
  * corruption, not tampering. */
@@ -242,7 +251,11 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sh_init(&w.h);
 
     sw_put(&w, STATE_MAGIC, 8);
-    sw_u32(&w, m->ho ? STATE_VERSION : STATE_VERSION_PLAIN);
+    const int variant =
+        m->p.robust != MODEL_ROBUST_NONE || m->p.loss != MODEL_LOSS_FROBENIUS;
+    sw_u32(&w, variant ? STATE_VERSION
+               : m->ho ? STATE_VERSION_HOLDOUT
+                       : STATE_VERSION_PLAIN);
     sw_u32(&w, k);
     sw_params(&w, &m->p);
     sw_i64(&w, m->T);
@@ -343,6 +356,21 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
         sw_f64(&w, m->p.holdout);
         sw_u64(&w, m->p.holdout_salt);
         holdout_save(m->ho, sw_put_cb, &w);
+    } else if (variant) {
+        sw_f64(&w, 0);
+    }
+    if (variant) {
+        sw_u32(&w, m->p.robust);
+        sw_u32(&w, m->p.loss);
+    }
+    if (model__kl(m)) {
+        sw_put(&w, m->kb, (size_t)k * sizeof(double));
+        for (uint32_t u = 0; u < U; u++) {
+            const struct model_user *us = &m->u[u];
+            if ((us->flags & MODEL_U_LIVE) && us->n)
+                sw_put(&w, pool_aux(&m->pool, us->cls, us->slab),
+                       us->n * sizeof(float));
+        }
     }
     sw_flush(&w);
     if (!w.err) {
@@ -496,13 +524,22 @@ static const char *state_verify(struct model *m)
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE))
             continue;
+        if (!model__kl(m) && !(us->loss <= us->vnorm)) {
+            err = "bad user loss";
+            break;
+        }
         const float *hu = m->H + (size_t)u * k;
         double h[MODEL_K_MAX];
         for (uint32_t j = 0; j < k; j++)
             h[j] = (double)hu[j] * m->hs[j];
         double c = model__frame_weight(m, us->t), vsum = 0;
+        const double d = model__uweight(m, us->loss, us->vnorm);
+        m->dsum += d;
         if (us->n) {
-            const float *va = pool_vals(&m->pool, us->cls, us->slab);
+            /* loss = kl: B holds c q h^T, q the stored ratios. */
+            const float *va = model__kl(m)
+                                  ? pool_aux(&m->pool, us->cls, us->slab)
+                                  : pool_vals(&m->pool, us->cls, us->slab);
             for (uint32_t q = 0; q < us->n; q++)
                 vsum += va[q];
             m->nprof++;
@@ -510,7 +547,7 @@ static const char *state_verify(struct model *m)
         const double *g =
             us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
         for (uint32_t j = 0; j < k; j++) {
-            double cj = c * h[j];
+            double cj = c * d * h[j];
             if (g)
                 bsum[j] += c * g[j] * m->bcol[j] * vsum;
             else if (us->flags & MODEL_U_INB)
@@ -596,12 +633,18 @@ static const char *state_evictions(struct state_reader *r, struct model *m,
 }
 
 /* The held-out pairs: a share in (0, 1) (a model without them writes
- * version 6), their salt, then holdout.c's section. */
-static const char *state_holdout(struct state_reader *r, struct model *m)
+ * version 6, or in version 8 a share of 0 and nothing else), their salt,
+ * then holdout.c's section. */
+static const char *state_holdout(struct state_reader *r, struct model *m,
+                                 uint32_t version)
 {
     double share = 0;
     uint64_t salt = 0;
     SR(r, share);
+    if (r->bad)
+        return "truncated";
+    if (version >= 8 && share == 0 && !signbit(share))
+        return NULL;
     SR(r, salt);
     if (r->bad)
         return "truncated";
@@ -617,6 +660,45 @@ static const char *state_holdout(struct state_reader *r, struct model *m)
         return err;
     r->off += used;
     return NULL;
+}
+
+/* loss = kl: kb, then each live user's ratios q (n f32 >= 0), into
+ * profile slabs that have their room (model__kl_load). */
+static const char *state_kl(struct state_reader *r, struct model *m)
+{
+    const uint32_t k = m->k, U = ids_slots(m->uids);
+    if (model__kl_load(m))
+        return "out of memory";
+    sr_get(r, m->kb, (size_t)k * sizeof(double));
+    for (uint32_t j = 0; j < k; j++)
+        if (!(isfinite(m->kb[j]) && m->kb[j] >= 0))
+            return "bad KL statistics";
+    for (uint32_t u = 0; u < U && !r->bad; u++) {
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n)
+            continue;
+        float *qa = pool_aux(&m->pool, us->cls, us->slab);
+        sr_get(r, qa, us->n * sizeof(float));
+        for (uint32_t q = 0; q < us->n && !r->bad; q++)
+            if (!(qa[q] >= 0 && qa[q] <= MODEL_KL_QMAX))
+                return "bad KL ratios";
+    }
+    return r->bad ? "truncated" : NULL;
+}
+
+/* The variant (version 8): robust and loss, a pair the parameters'
+ * check accepts and not the default one (which writes 6 or 7), then
+ * kl's section. */
+static const char *state_variant(struct state_reader *r, struct model *m)
+{
+    SR(r, m->p.robust);
+    SR(r, m->p.loss);
+    if (r->bad)
+        return "truncated";
+    if (model_params_check(&m->p) ||
+        (m->p.robust == MODEL_ROBUST_NONE && m->p.loss == MODEL_LOSS_FROBENIUS))
+        return "bad model variant";
+    return model__kl(m) ? state_kl(r, m) : NULL;
 }
 
 /* The header, the format version and the parameters; the empty model
@@ -872,8 +954,10 @@ static const char *state_load_user(struct state_reader *r, struct model *m,
         return "truncated";
     if (!state_time_ok(us->t) || us->t > m->T)
         return "bad user time";
-    /* A solve never leaves a loss above |v|^2 (h = 0 gives that). */
-    if (!(us->loss >= 0 && us->loss <= us->vnorm) || !(us->vnorm <= FLT_MAX))
+    /* A solve never leaves a loss above |v|^2 (h = 0 gives that):
+     * checked by state_verify, which knows model.loss (a KL loss,
+     * D(v || W h), has no such bound). */
+    if (!(us->loss >= 0 && us->loss <= FLT_MAX) || !(us->vnorm <= FLT_MAX))
         return "bad user loss";
     for (uint32_t j = 0; j < k; j++)
         if (!(h[j] >= 0 && h[j] <= MODEL_H_MAX))
@@ -921,9 +1005,10 @@ static const char *state_load_users(struct state_reader *r, struct model *m,
 }
 
 /* A model state, stage by stage: the header, the totals, the items, the
- * users; then nothing may follow, and the whole must agree with itself
- * (state_verify). NULL or what is wrong with it; *out, when set, is the
- * caller's to free either way. */
+ * users, the held-out pairs (7 and 8) and the variant (8); then nothing
+ * may follow, and the whole must agree with itself (state_verify). NULL
+ * or what is wrong with it; *out, when set, is the caller's to free
+ * either way. */
 static const char *state_load(struct state_reader *r, struct model **out)
 {
     uint32_t version = 0, M = 0;
@@ -934,7 +1019,8 @@ static const char *state_load(struct state_reader *r, struct model **out)
     if ((err = state_load_totals(r, m, version)) ||
         (err = state_load_items(r, m, &M)) ||
         (err = state_load_users(r, m, version, M)) ||
-        (version >= 7 && (err = state_holdout(r, m))))
+        (version >= 7 && (err = state_holdout(r, m, version))) ||
+        (version >= 8 && (err = state_variant(r, m))))
         return err;
     if (r->off != r->n)
         return "trailing bytes";

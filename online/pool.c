@@ -33,7 +33,7 @@ int pool_reserve(struct pool *p, uint32_t c)
     size_t cap = pc->cap ? pc->cap + (size_t)pc->cap / 2 : (c < 12 ? 1024 : 16);
     if (cap > 0xffffff00u)
         return -ENOMEM;
-    size_t n = cap * 2 * pool_caps[c];
+    size_t n = cap * (2 + p->aux) * pool_caps[c];
     uint32_t *words = realloc(pc->words, n * sizeof(*words));
     if (!words)
         return -ENOMEM;
@@ -62,7 +62,8 @@ size_t pool_bytes(const struct pool *p)
 {
     size_t b = 0;
     for (int c = 0; c < POOL_CLASSES; c++)
-        b += (size_t)p->c[c].cap * 2 * pool_caps[c] * sizeof(uint32_t) +
+        b += (size_t)p->c[c].cap * (2 + p->aux) * pool_caps[c] *
+                 sizeof(uint32_t) +
              (size_t)p->c[c].cap * sizeof(uint32_t);
     return b;
 }

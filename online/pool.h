@@ -25,6 +25,10 @@ struct pool_class {
 
 struct pool {
     struct pool_class c[POOL_CLASSES];
+    /* 0, or 1: each slab also holds one float per entry after the values
+     * (pool_aux), for what a mode keeps per profile entry (model.c's KL
+     * share). Set before the first slab is reserved. */
+    uint32_t aux;
 };
 
 static inline uint32_t pool_cap(uint32_t c)
@@ -44,13 +48,21 @@ static inline uint32_t pool_class_for(uint32_t n)
 static inline uint32_t *pool_items(const struct pool *p, uint32_t c,
                                    uint32_t slab)
 {
-    return p->c[c].words + (size_t)slab * 2 * pool_caps[c];
+    return p->c[c].words + (size_t)slab * (2 + p->aux) * pool_caps[c];
 }
 
 static inline float *pool_vals(const struct pool *p, uint32_t c, uint32_t slab)
 {
-    return (float *)(void *)(p->c[c].words + (size_t)slab * 2 * pool_caps[c] +
+    return (float *)(void *)(p->c[c].words +
+                             (size_t)slab * (2 + p->aux) * pool_caps[c] +
                              pool_caps[c]);
+}
+
+/* The slab's extra float per entry (only with aux = 1). */
+static inline float *pool_aux(const struct pool *p, uint32_t c, uint32_t slab)
+{
+    return (float *)(void *)(p->c[c].words + (size_t)slab * 3 * pool_caps[c] +
+                             2 * (size_t)pool_caps[c]);
 }
 
 void pool_free(struct pool *p);

@@ -521,6 +521,71 @@ Test(config_errors, bad_enum)
     load_fails("[log]\nlevel = loud\n",
                "t.conf:2: log.level = loud: bad value, allowed err, warning, "
                "notice, info, debug");
+    load_fails("[model]\nrobust = huber\n",
+               "t.conf:2: model.robust = huber: bad value, allowed none, l21");
+}
+
+Test(config, robust_l21_lands_in_the_model)
+{
+    struct config *c = config_new();
+    char err[256];
+    cr_assert_eq(c->model.params.robust, MODEL_ROBUST_NONE);
+    cr_assert_eq(config_set(c, "model.robust=l21", err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(c->model.params.robust, MODEL_ROBUST_L21);
+    config_free(c);
+}
+
+Test(config, loss_kl_lands_in_the_model)
+{
+    struct config *c = config_new();
+    char err[CONFIG_ERR_MAX];
+    cr_assert_eq(c->model.params.loss, MODEL_LOSS_FROBENIUS);
+    cr_assert_eq(config_set(c, "model.loss=kl", err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(c->model.params.loss, MODEL_LOSS_KL);
+    cr_assert_eq(config_check(c, err, sizeof(err)), 0, "%s", err);
+    config_free(c);
+    load_fails("[model]\nloss = poisson\n",
+               "t.conf:2: model.loss = poisson: bad value, allowed "
+               "frobenius, kl");
+}
+
+/* What loss = kl cannot do is refused at start, at the line that asked
+ * for kl (or at the other key's line when kl came from elsewhere). */
+Test(config_errors, loss_kl_refuses_what_it_cannot_do)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c =
+        load("[model]\nloss = kl\nrobust = l21\n", 0, err, sizeof(err));
+    cr_assert_eq(config_check(c, err, sizeof(err)), -EINVAL);
+    cr_assert_str_eq(err, "t.conf:2: model.loss = kl: cannot be used with "
+                          "model.robust (the l21 weights are defined on the "
+                          "squared residual)");
+    config_free(c);
+
+    c = load("[model]\nalpha_h = 0.1\n", 0, err, sizeof(err));
+    cr_assert_eq(config_set(c, "model.loss=kl", err, sizeof(err)), 0);
+    cr_assert_eq(config_check(c, err, sizeof(err)), -EINVAL);
+    cr_assert_str_eq(err, "--set: model.loss = kl: cannot be used with "
+                          "model.alpha_h (the KL solve and update of W have "
+                          "no penalty)");
+    config_free(c);
+
+    c = load("[model]\nalpha_w = 0.5\n", 0, err, sizeof(err));
+    c->model.params.loss = MODEL_LOSS_KL; /* as if from a default */
+    cr_assert_eq(config_check(c, err, sizeof(err)), -EINVAL);
+    cr_assert_str_eq(err, "t.conf:2: model.loss = kl: cannot be used with "
+                          "model.alpha_w (the KL solve and update of W have "
+                          "no penalty)");
+    config_free(c);
+
+    c = load("[model]\nloss = kl\nholdout = 0.1\n", 0, err, sizeof(err));
+    cr_assert_eq(config_check(c, err, sizeof(err)), -EINVAL);
+    cr_assert_str_eq(err, "t.conf:2: model.loss = kl: cannot be used with "
+                          "model.holdout (the held-out error is a squared "
+                          "error)");
+    config_free(c);
 }
 
 Test(config_errors, bad_weight)

@@ -23,6 +23,9 @@
 #define NITEMS 24
 #define NUSERS 48
 
+static uint32_t small_robust = MODEL_ROBUST_NONE;  /* model.robust */
+static uint32_t small_loss = MODEL_LOSS_FROBENIUS; /* model.loss */
+
 static struct model *model_small(int64_t ttl_ms)
 {
     struct model_params p;
@@ -35,6 +38,8 @@ static struct model *model_small(int64_t ttl_ms)
     p.refresh_events = 100;
     p.ttl_ms = ttl_ms;
     p.seed = 7;
+    p.robust = small_robust;
+    p.loss = small_loss;
     m = model_new(&p);
     cr_assert_not_null(m);
     for (int round = 0; round < 3; round++)
@@ -147,7 +152,7 @@ static const char *const model_keys[] = {
     "k",           "half_life",     "alpha_h",        "alpha_w",
     "l1_ratio",    "profile_max",   "refresh_events", "ttl",
     "seed",        "warmup_events", "nnls_sweeps",    "nnls_tol",
-    "hals_sweeps", "refine_tol",
+    "hals_sweeps", "refine_tol",    "robust",         "loss",
 };
 #define NMODEL_KEYS (sizeof(model_keys) / sizeof(model_keys[0]))
 
@@ -172,6 +177,10 @@ static void check_model_map(const msgpack_object *mo,
     cr_assert_eq(get_f64(mo, "nnls_tol"), p->nnls_tol);
     cr_assert_eq(get_u(mo, "hals_sweeps"), p->hals_sweeps);
     cr_assert_eq(get_f64(mo, "refine_tol"), p->refine_tol);
+    const char *robust = p->robust == MODEL_ROBUST_L21 ? "l21" : "none";
+    cr_assert(str_is(get(mo, "robust"), robust, strlen(robust)));
+    const char *loss = p->loss == MODEL_LOSS_KL ? "kl" : "frobenius";
+    cr_assert(str_is(get(mo, "loss"), loss, strlen(loss)));
     if (refresh > 0)
         cr_assert_eq(get_i(mo, "refresh_interval"), refresh);
 }
@@ -344,21 +353,11 @@ Test(records, topic_record_fields_and_types)
 
 Test(records, manifest_fields_and_types)
 {
-    static const char *const keys[] = {"v",
-                                       "epoch",
-                                       "ts",
-                                       "k",
-                                       "full",
-                                       "users",
-                                       "items",
-                                       "events",
-                                       "weight_sum",
-                                       "rejected",
-                                       "loss",
-                                       "evicted_weight",
-                                       "segments",
-                                       "segment_sizes",
-                                       "model"};
+    static const char *const keys[] = {
+        "v",          "epoch",         "ts",    "k",
+        "full",       "users",         "items", "events",
+        "weight_sum", "rejected",      "loss",  "evicted_weight",
+        "segments",   "segment_sizes", "model"};
     struct model *m = model_small(0);
     struct records_enc *e = records_enc_new();
     struct records_epoch ep = {
@@ -697,9 +696,41 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
+/* Under model.loss = kl the model map says so, the snapshot's loss is
+ * the divergence per unit of weight, and both are read back. */
+Test(records, snapshot_of_a_kl_model_says_kl)
+{
+    small_loss = MODEL_LOSS_KL;
+    struct model *m = model_small(0);
+    small_loss = MODEL_LOSS_FROBENIUS;
+    struct records_epoch ep = {.epoch = 2, .ts = 9};
+    const char *err = NULL;
+    char path[128];
+    size_t len;
+    cr_assert_not_null(mkdtemp(tmpdir));
+    snprintf(path, sizeof(path), "%s/snap.msgpack", tmpdir);
+    cr_assert_eq(records_snapshot_save(m, &ep, path), 0);
+    char *buf = slurp(path, &len);
+    check_snapshot(buf, len, m, &ep);
+    struct records_snapshot *s = records_snapshot_load(path, &err);
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(s->params.loss, MODEL_LOSS_KL);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(s->loss, st.rel_loss);
+    cr_assert_gt(s->loss, 0);
+    records_snapshot_free(s);
+    free(buf);
+    unlink(path);
+    rmdir(tmpdir);
+    model_free(m);
+}
+
 Test(records, snapshot_file_atomic_and_read_back)
 {
+    small_robust = MODEL_ROBUST_L21; /* the variant is read back too */
     struct model *m = model_small(0);
+    small_robust = MODEL_ROBUST_NONE;
     struct records_epoch ep = {.epoch = 5, .ts = 77};
     struct records_snapshot *s;
     const char *err = NULL;
@@ -730,6 +761,7 @@ Test(records, snapshot_file_atomic_and_read_back)
     cr_assert_eq(s->params.k, K);
     cr_assert_eq(s->params.seed, 7);
     cr_assert_eq(s->params.refresh_events, 100);
+    cr_assert_eq(s->params.robust, MODEL_ROBUST_L21);
     uint32_t r = 0;
     for (uint32_t u = 0; u < model_user_slots(m); u++) {
         struct model_user_view v;

@@ -3,7 +3,8 @@
 one; it restarts from it and resumes at the stored offsets (no event
 folded twice), and keeps them in the checkpoints it writes before the
 group assigns its partitions; a corrupt, truncated or incompatible (other model.k)
-checkpoint is refused with a clear error and exit 1, never half-loaded;
+checkpoint is refused with a clear error and exit 1, never half-loaded
+(nor one of another model.robust);
 --ignore-checkpoint starts a fresh model on purpose."""
 import os
 import shutil
@@ -84,6 +85,8 @@ def main():
             ("truncated", good[:len(good) - 100], [], "truncated"),
             ("not a checkpoint", b"hello, world\n" * 10, [], "bad magic"),
             ("other k", good, ["model.k=8"], "model.k=4"),
+            ("other robust", good, ["model.k=4", "model.robust=l21"],
+             "checkpoint has model.robust=none but the configuration says l21"),
         ]
         for name, data, extra, want in cases:
             bad = os.path.join(ps.tmp, "bad-" + name.replace(" ", "-"))

@@ -324,3 +324,25 @@ def true_rel_loss(events, doc, half_life_ms=0):
             c[n] = 2.0 ** (-(T - tu[u]) / half_life_ms)
     R = V - H @ W.T
     return float((c * (R * R).sum(axis=1)).sum() / (c * (V * V).sum(axis=1)).sum())
+
+
+def true_rel_kl(events, doc):
+    """D(V || W H) / sum V for the W and H of a dense snapshot and the
+    events it folded (no decay), from nothing but the two: the
+    generalised Kullback-Leibler divergence of model.loss = kl over every
+    item and user of the snapshot, dense:
+    sum_iu V log(V / P) - V + P with P = W H (0 log 0 = 0)."""
+    import numpy as np
+    k = doc["k"]
+    users = {u: n for n, u in enumerate(doc["users"])}
+    items = {i: n for n, i in enumerate(doc["items"])}
+    W = np.frombuffer(doc["W"], "<f4").reshape(len(items), k).astype(np.float64)
+    H = np.frombuffer(doc["H"], "<f4").reshape(len(users), k).astype(np.float64)
+    V = np.zeros((len(users), len(items)))
+    for u, i, w, _ in events:
+        V[users[u], items[i]] += w
+    P = H @ W.T
+    nz = V > 0
+    d = float((V[nz] * np.log(V[nz] / P[nz]) - V[nz]).sum() + P.sum())
+    return d / float(V.sum())
+

@@ -40,6 +40,9 @@ def main():
         plot = os.path.join(ps.tmp, "rank.svg")
         r = run("--events", events, "--k", "2:6:2,", "--holdout", "0.2")
         check(r.returncode == 2, "2:6:2, accepted")
+        r = run("--events", events, "--k", "2,4", "--set", "model.loss=kl")
+        check(r.returncode == 2 and b"model.loss = kl is not supported" in
+              r.stderr, "kl accepted: %r" % r.stderr)
         r = run("--events", events, "--k", "2:6:2", "--holdout", "0.2",
                 "--folds", "3", "--plot", plot)
         check(r.returncode == 0, "rank: %r" % r.stderr)

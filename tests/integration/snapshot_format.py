@@ -36,7 +36,7 @@ SNAPSHOT_KEYS = {"v", "epoch", "ts", "k", "events", "weight_sum", "loss",
 MODEL_KEYS = {"k", "half_life", "alpha_h", "alpha_w", "l1_ratio",
               "profile_max", "refresh_events", "ttl", "seed",
               "warmup_events", "nnls_sweeps", "nnls_tol", "hals_sweeps",
-              "refine_tol"}
+              "refine_tol", "robust", "loss"}
 
 
 def nmfctl(*args, stdin=None):
@@ -97,6 +97,8 @@ class SnapshotFormat(unittest.TestCase):
         self.assertLessEqual(MODEL_KEYS, set(doc["model"]))
         self.assertLessEqual(set(doc["model"]), MODEL_KEYS | {"refresh_interval"})
         self.assertEqual(doc["model"]["k"], K)
+        self.assertEqual(doc["model"]["robust"], "none")
+        self.assertEqual(doc["model"]["loss"], "frobenius")
         self.assertEqual(self.ns["K"], K)
 
     def test_shapes_and_values(self):

@@ -1,0 +1,400 @@
+/* test_kl_model.c -- model.loss = kl in the model (online/model.c): the
+ * statistics of the multiplicative update against a computation from
+ * scratch after thousands of folds (with decay, evictions and expiry),
+ * the ratios of the users solved since the last refresh against the
+ * current W, the reported loss against a dense computation, the fit on
+ * a planted stream, the saved state and the refused combinations. */
+#include <criterion/criterion.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kl.h"
+#include "model.h"
+#include "model_impl.h"
+#include "rng.h"
+
+static uint64_t kl_seed;
+
+static uint32_t below(uint32_t n)
+{
+    return (uint32_t)((double)(rng_splitmix64(&kl_seed) >> 11) * 0x1.0p-53 * n);
+}
+
+static struct model *kl_model(uint32_t k, int64_t half_life, uint32_t pmax,
+                              int64_t ttl)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = k;
+    p.half_life_ms = half_life;
+    p.warmup_events = 1000;
+    p.refresh_events = 0; /* the test refreshes */
+    p.profile_max = pmax;
+    p.ttl_ms = ttl;
+    p.loss = MODEL_LOSS_KL;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    return m;
+}
+
+/* Planted counts: user u of segment u % K clicks its segment's items
+ * (10% anywhere), weight 1 or 2; ts moves every tick events; a refresh
+ * every `refresh` events. */
+static int64_t stream(struct model *m, uint32_t users, uint32_t items,
+                      uint32_t K, int events, int tick, int refresh, int64_t ts,
+                      uint64_t seed)
+{
+    kl_seed = seed;
+    uint32_t span = items / K;
+    for (int e = 0; e < events; e++) {
+        if (e % tick == 0)
+            ts += 1 + below(20);
+        uint32_t u = below(users);
+        uint32_t i = below(10) ? (u % K) * span + below(span) : below(items);
+        char us[32], is[32];
+        int ul = snprintf(us, sizeof(us), "user-%u", u);
+        int il = snprintf(is, sizeof(is), "item-%u", i);
+        cr_assert_eq(
+            model_fold(m, us, (size_t)ul, is, (size_t)il, 1.0 + below(2), ts),
+            0);
+        if (refresh && e % refresh == refresh - 1)
+            model_refresh(m);
+    }
+    return ts;
+}
+
+/* The true statistics from scratch, from the users' stored ratios and h:
+ * KA = sum_u c_u q_u h_u^T (items x k) and kb = sum_u c_u h_u, against
+ * the model's (model_B gives the true KA; kb from its stored form).
+ * Then the ratios of every user solved since the last refresh against
+ * v / (W h) with the current W. */
+static void assert_kl_stats(const struct model *m, double rtol)
+{
+    const uint32_t k = m->k, M = model_item_slots(m), U = model_user_slots(m);
+    struct model_stats st;
+    model_stats(m, &st);
+    double scale = m->p.half_life_ms > 0
+                       ? exp2(-(double)(m->T - m->T0) / m->p.half_life_ms)
+                       : 1.0;
+    double *ka = calloc((size_t)M * k, sizeof(double));
+    double *got = calloc((size_t)M * k, sizeof(double));
+    double kb[MODEL_K_MAX] = {0};
+    uint32_t checked = 0;
+    for (uint32_t u = 0; u < U; u++) {
+        const struct model_user *us = &m->u[u];
+        if (!(us->flags & MODEL_U_LIVE) || !us->n)
+            continue;
+        cr_assert(us->flags & MODEL_U_INB);
+        double c = model__frame_weight(m, us->t) * scale, h[MODEL_K_MAX];
+        for (uint32_t j = 0; j < k; j++) {
+            h[j] = (double)m->H[(size_t)u * k + j] * m->hs[j];
+            kb[j] += c * h[j];
+        }
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        const float *qa = pool_aux(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            for (uint32_t j = 0; j < k; j++)
+                ka[(size_t)it[q] * k + j] += c * qa[q] * h[j];
+            if (us->solved != (uint32_t)m->refreshes)
+                continue;
+            /* Solved against the current W: q = v / (W h). */
+            double wh = 0;
+            for (uint32_t j = 0; j < k; j++)
+                wh += (double)m->W[(size_t)it[q] * k + j] * h[j];
+            double want = wh > 0 ? va[q] / wh : 0;
+            cr_assert(fabs(qa[q] - want) <= 1e-5 * want + 1e-30,
+                      "user %u ratio %g, v / (W h) = %g", u, qa[q], want);
+            checked++;
+        }
+    }
+    cr_assert_gt(checked, 0, "no user solved since the last refresh");
+    model_B(m, got);
+    double amax = 0, dmax = 0;
+    for (size_t x = 0; x < (size_t)M * k; x++) {
+        amax = fabs(ka[x]) > amax ? fabs(ka[x]) : amax;
+        dmax = fabs(ka[x] - got[x]) > dmax ? fabs(ka[x] - got[x]) : dmax;
+    }
+    cr_assert_gt(amax, 0);
+    cr_assert(dmax <= rtol * amax, "KA off by %g of %g", dmax, amax);
+    double bmax = 0, bd = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        double mine = m->kb[j] * m->bcol[j] * scale;
+        bmax = fabs(kb[j]) > bmax ? fabs(kb[j]) : bmax;
+        bd = fabs(kb[j] - mine) > bd ? fabs(kb[j] - mine) : bd;
+    }
+    cr_assert(bd <= rtol * bmax, "kb off by %g of %g", bd, bmax);
+    free(ka);
+    free(got);
+}
+
+/* D(V || W H) / sum V over dense rows: every item, every live user. */
+static double dense_rel_kl(const struct model *m)
+{
+    const uint32_t k = m->k, M = model_item_slots(m), U = model_user_slots(m);
+    const float *W = model_W(m);
+    double d = 0, n = 0;
+    double *v = calloc(M ? M : 1, sizeof(double));
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view uv;
+        if (model_user_get(m, u, &uv))
+            continue;
+        const uint32_t *it;
+        const float *va;
+        uint32_t np;
+        cr_assert_eq(model_user_profile(m, u, &it, &va, &np), 0);
+        if (!np)
+            continue;
+        double c = model__frame_weight(m, m->u[u].t);
+        memset(v, 0, M * sizeof(double));
+        for (uint32_t q = 0; q < np; q++)
+            v[it[q]] = va[q];
+        for (uint32_t i = 0; i < M; i++) {
+            double p = 0;
+            for (uint32_t j = 0; j < k; j++)
+                p += (double)W[(size_t)i * k + j] * uv.h[j];
+            d += c * (v[i] > 0 ? v[i] * log(v[i] / p) - v[i] + p : p);
+            n += c * v[i];
+        }
+    }
+    free(v);
+    return d / n;
+}
+
+Test(kl_model, statistics_match_a_computation_from_scratch)
+{
+    /* Decay (the frame and f != 1), evictions (profile_max 6) and
+     * refreshes between the folds. */
+    struct model *m = kl_model(6, 500, 6, 0);
+    int64_t ts = stream(m, 300, 120, 6, 8000, 3, 700, 1000, 7);
+    assert_kl_stats(m, 1e-9);
+    /* A refresh, then a few more folds: KA mixes the two W's, still the
+     * exact sum of the stored shares. */
+    model_refresh(m);
+    ts = stream(m, 300, 120, 6, 500, 3, 0, ts, 8);
+    assert_kl_stats(m, 1e-9);
+    /* Forgetting users and items takes their shares out. */
+    model_expire(m, ts);
+    struct model_params p = *model_params(m);
+    cr_assert_eq(p.ttl_ms, 0);
+    model_free(m);
+
+    m = kl_model(6, 0, 64, 200);
+    ts = stream(m, 300, 120, 6, 6000, 2, 500, 1000, 9);
+    ts = stream(m, 100, 120, 6, 3000, 2, 0, ts, 10);
+    size_t gone = model_expire(m, ts);
+    cr_assert_gt(gone, 0);
+    ts = stream(m, 100, 120, 6, 300, 2, 0, ts, 11);
+    assert_kl_stats(m, 1e-9);
+    model_free(m);
+}
+
+/* A heavy user's events between the buckets of its v^T v leave h and its
+ * share as they were (model_kl_lazy_k): the user turns stale, its stored
+ * divergence follows its profile exactly for that h, the statistics stay
+ * the sum of the stored shares, and the next refresh brings its ratios to
+ * its current profile. */
+Test(kl_model, heavy_users_defer_their_solve)
+{
+    struct model *m = kl_model(4, 0, 1000, 0);
+    int64_t ts = stream(m, 40, 200, 4, 6000, 1, 1000, 1000, 21);
+    model_refresh(m);
+    uint32_t idx = UINT32_MAX;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view uv;
+        if (!model_user_get(m, u, &uv) && uv.nprofile >= 40) {
+            idx = u;
+            break;
+        }
+    }
+    cr_assert_neq(idx, UINT32_MAX, "no heavy user");
+    struct model_user_view uv;
+    cr_assert_eq(model_user_get(m, idx, &uv), 0);
+    char id[64];
+    snprintf(id, sizeof(id), "%.*s", (int)uv.id_len, uv.id);
+    const uint32_t k = m->k;
+    int deferred = 0, solved = 0, checked = 0;
+    for (int e = 0; e < 300; e++) {
+        float before[16];
+        memcpy(before, m->H + (size_t)idx * k, k * sizeof(float));
+        char is[32];
+        int il = snprintf(is, sizeof(is), "item-%u", below(50));
+        cr_assert_eq(model_fold(m, id, strlen(id), is, (size_t)il, 1, ++ts), 0);
+        int same = !memcmp(before, m->H + (size_t)idx * k, k * sizeof(float));
+        if (m->u[idx].solved != (uint32_t)m->refreshes) {
+            deferred++;
+            cr_assert(same, "a deferred event moved h");
+            if (!solved)
+                continue; /* its loss is still that of the W before */
+            /* The stored divergence is that of the profile as it is. */
+            double h[16], wh[2048];
+            for (uint32_t j = 0; j < k; j++)
+                h[j] = (double)m->H[(size_t)idx * k + j] * m->hs[j];
+            const struct model_user *us = &m->u[idx];
+            double d = kl_divergence(
+                k, m->W, m->kls, pool_items(&m->pool, us->cls, us->slab),
+                pool_vals(&m->pool, us->cls, us->slab), us->n, h, wh);
+            cr_assert_float_eq(us->loss, d, 1e-4 * d);
+            checked++;
+        } else {
+            solved++;
+        }
+    }
+    cr_log_info("heavy user: %d events deferred, %d solved", deferred, solved);
+    cr_assert_gt(deferred, 200);
+    cr_assert_gt(solved, 0);
+    cr_assert_gt(checked, 100);
+    /* The refresh syncs the deferred user: its ratios are v / (W h) of
+     * its current profile (assert_kl_stats checks every user solved or
+     * synced since the refresh). */
+    model_refresh(m);
+    cr_assert_neq(m->u[idx].solved, (uint32_t)m->refreshes);
+    model_refine(m, SIZE_MAX);
+    cr_assert_eq(m->u[idx].solved, (uint32_t)m->refreshes);
+    assert_kl_stats(m, 1e-9);
+    model_free(m);
+}
+
+Test(kl_model, reported_loss_is_the_divergence_per_unit_of_weight)
+{
+    struct model *m = kl_model(5, 0, 16384, 0);
+    stream(m, 200, 100, 5, 5000, 1, 400, 1000, 3);
+    model_refine(m, SIZE_MAX);
+    struct model_stats st;
+    model_stats(m, &st);
+    double want = dense_rel_kl(m);
+    cr_assert(fabs(st.rel_loss - want) <= 1e-6 * want, "%g vs %g", st.rel_loss,
+              want);
+    /* And with decay, each user weighted by its recency. */
+    model_free(m);
+    m = kl_model(5, 300, 16384, 0);
+    stream(m, 200, 100, 5, 5000, 1, 400, 1000, 4);
+    model_stats(m, &st);
+    want = dense_rel_kl(m);
+    cr_assert(fabs(st.rel_loss - want) <= 1e-6 * want, "%g vs %g", st.rel_loss,
+              want);
+    model_free(m);
+}
+
+/* The refinement converges: on planted counts the idle re-solves and
+ * refreshes bring the divergence well below the one-pass model's, and
+ * each user's segment is its planted one up to a relabelling. */
+Test(kl_model, refinement_fits_planted_counts)
+{
+    struct model *m = kl_model(4, 0, 16384, 0);
+    stream(m, 400, 80, 4, 20000, 1, 1000, 1000, 5);
+    struct model_stats st;
+    model_stats(m, &st);
+    double before = st.rel_loss;
+    for (int r = 0; r < 200 && model_refine(m, SIZE_MAX); r++)
+        ;
+    model_stats(m, &st);
+    cr_assert_lt(st.rel_loss, before);
+    cr_assert(fabs(st.rel_loss - dense_rel_kl(m)) <= 1e-6 * st.rel_loss);
+    /* Planted segment s -> the model's segment of its users. */
+    int32_t map[4] = {-1, -1, -1, -1};
+    uint32_t agree = 0, total = 0;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view uv;
+        if (model_user_get(m, u, &uv))
+            continue;
+        /* "user-N", not NUL-terminated. */
+        uint32_t n = 0;
+        for (size_t c = 5; c < uv.id_len; c++)
+            n = 10 * n + (uint32_t)(uv.id[c] - '0');
+        uint32_t planted = n % 4;
+        if (map[planted] < 0)
+            map[planted] = (int32_t)uv.segment;
+        agree += (int32_t)uv.segment == map[planted];
+        total++;
+    }
+    cr_assert_gt(agree, 0.95 * total, "%u of %u", agree, total);
+    model_free(m);
+}
+
+struct buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+
+static int buf_write(void *ctx, const void *data, size_t len)
+{
+    struct buf *b = ctx;
+    if (b->n + len > b->cap) {
+        b->cap = (b->n + len) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, data, len);
+    b->n += len;
+    return 0;
+}
+
+static struct buf save(const struct model *m)
+{
+    struct buf b = {0};
+    cr_assert_eq(model_save(m, buf_write, &b), 0);
+    return b;
+}
+
+Test(kl_model, state_carries_the_ratios)
+{
+    struct model *m = kl_model(5, 400, 16384, 0);
+    int64_t ts = stream(m, 150, 100, 5, 6000, 1, 600, 1000, 15);
+    struct buf s = save(m);
+    const char *err = NULL;
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    cr_assert_eq(model_params(b)->loss, MODEL_LOSS_KL);
+    struct buf t = save(b);
+    cr_assert(s.n == t.n && !memcmp(s.p, t.p, s.n));
+    /* Both go on identically, refreshes included. */
+    stream(m, 150, 100, 5, 2000, 1, 600, ts, 16);
+    stream(b, 150, 100, 5, 2000, 1, 600, ts, 16);
+    struct buf s2 = save(m), t2 = save(b);
+    cr_assert(s2.n == t2.n && !memcmp(s2.p, t2.p, s2.n));
+    assert_kl_stats(b, 1e-9);
+    /* A ratio that no solve makes is refused. */
+    float bad = -1;
+    memcpy(s.p + s.n - 12, &bad, 4);
+    uint64_t sum = model__state_checksum(s.p, s.n - 8);
+    memcpy(s.p + s.n - 8, &sum, 8);
+    cr_assert_null(model_load(s.p, s.n, &err));
+    cr_assert_str_eq(err, "bad KL ratios");
+    free(s.p);
+    free(t.p);
+    free(s2.p);
+    free(t2.p);
+    model_free(m);
+    model_free(b);
+}
+
+Test(kl_model, refuses_what_it_cannot_do)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.loss = MODEL_LOSS_KL;
+    cr_assert_null(model_params_check(&p));
+    p.robust = MODEL_ROBUST_L21;
+    cr_assert_str_eq(model_params_check(&p),
+                     "loss = kl does not support robust = l21");
+    cr_assert_null(model_new(&p));
+    p.robust = MODEL_ROBUST_NONE;
+    p.alpha_h = 0.1;
+    cr_assert_str_eq(model_params_check(&p),
+                     "loss = kl does not support alpha_h or alpha_w");
+    p.alpha_h = 0;
+    p.alpha_w = 0.1;
+    cr_assert_not_null(model_params_check(&p));
+    p.alpha_w = 0;
+    p.holdout = 0.1;
+    cr_assert_str_eq(model_params_check(&p),
+                     "loss = kl does not support holdout");
+    cr_assert_null(model_new(&p));
+    p.holdout = 0;
+    p.loss = 2;
+    cr_assert_str_eq(model_params_check(&p), "loss must be frobenius or kl");
+}
