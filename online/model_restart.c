@@ -203,6 +203,7 @@ void model__w_install(struct model *m, const float *Wn, int match)
     m->reseeded += k;
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, NULL, m->G);
+    model__w_changed(m, 0, M);
     m->wgen++;
 }
 
