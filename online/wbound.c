@@ -12,13 +12,15 @@
  * every row it writes, and a row whose copy lags W could be missed.
  *
  * Quantisation (non-negative W, as the model's is): row i gets the step
- * s_i = max_j w_ij / 255 rounded up to a float, and codes
- * c_ij = ceil(w_ij / s_i) in 0..255, checked so that c_ij s_i >= w_ij
- * holds exactly (c s is exact in double: 8 by 24 bits). For h >= 0,
+ * s_i, the least power of two with 255 s_i >= max_j w_ij (so at most
+ * twice max_j w_ij / 255), and codes c_ij = ceil(w_ij / s_i) in 0..255,
+ * computed exactly: w / s is a float when s is a power of two (a row of
+ * entries below 2^-118 gets mx / 255 rounded up instead, its codes
+ * checked in double). So c_ij s_i >= w_ij exactly, and for h >= 0,
  *
  *     R_i = s_i sum_j c_ij h_j  >=  sum_j w_ij h_j = S_i,
  *
- * and R_i - S_i <= s_i |h|_1 (upward rounding costs less than a step per
+ * with R_i - S_i < s_i |h|_1 (upward rounding costs less than a step per
  * entry). Two rows are special: an all-zero row (a forgotten item, a
  * slot not yet used) has step -inf and codes 1, so its bound is -inf
  * whatever h > 0 is: its score, 0, is never recommended (only positive
@@ -142,39 +144,75 @@ size_t wbound_bytes(const struct wbound *b)
                 : 0;
 }
 
-/* Row i's step and codes (codes into c, k of them), from its k floats. */
-static float wbound_quantise(const float *w, uint32_t k, uint8_t *c)
+/* Row i's step and codes (codes into c, k of them), from its k floats.
+ * The loops over k are branch-free so that they vectorise: a refresh
+ * re-quantises every row. */
+static inline __attribute__((always_inline)) float
+wbound_quantise(const float *w, uint32_t k, uint8_t *c)
 {
-    float mx = 0;
-    int bad = 0;
+    /* The largest entry by its bits: non-negative floats order as their
+     * bit patterns, and a negative one (but -0), an infinity or a NaN
+     * has bits at 0x7f800000 or above, so one integer maximum finds both
+     * the step and a bad row. */
+    uint32_t mb = 0;
     for (uint32_t j = 0; j < k; j++) {
-        bad |= !(w[j] >= 0 && w[j] <= 0x1.fffffep127f);
-        mx = w[j] > mx ? w[j] : mx;
+        uint32_t x;
+        memcpy(&x, &w[j], sizeof(x));
+        x = x == 0x80000000u ? 0 : x;
+        mb = x > mb ? x : mb;
     }
-    if (bad || !(mx > 0)) {
+    if (mb >= 0x7f800000u || mb == 0) {
         for (uint32_t j = 0; j < k; j++)
             c[j] = 1;
-        return bad ? INFINITY : -INFINITY;
+        return mb ? INFINITY : -INFINITY;
     }
-    /* 255 s >= mx exactly, so no code need exceed 255. */
+    float mx;
+    memcpy(&mx, &mb, sizeof(mx));
+    if (mb >= 9u << 23) {
+        /* s = 2^e, the least power of two with 255 s >= mx: w / s is
+         * then exact in float, and so is its ceiling, with no division.
+         * mx's exponent E (mx in [2^E, 2^(E+1))) gives 2^(E-7) or, when
+         * mx > 255 2^(E-7), 2^(E-6); both normal floats here. */
+        uint32_t sb = ((mb >> 23) - 7) << 23;
+        float s;
+        memcpy(&s, &sb, sizeof(s));
+        s = mx > 255 * s ? 2 * s : s;
+        float inv = 1 / s;
+        for (uint32_t j = 0; j < k; j++) {
+            float x = w[j] * inv;
+            int32_t t = (int32_t)x;
+            t += (float)t < x;
+            c[j] = (uint8_t)t;
+        }
+        return s;
+    }
+    /* mx below 2^-118: w / s would leave the normal range. The step is
+     * mx / 255 rounded up to a float (one ulp up when the nearest was
+     * below), and the codes come from double. */
     double sd = (double)mx / 255;
     float s = (float)sd;
-    if ((double)s < sd)
-        s = nextafterf(s, INFINITY);
-    double inv = 1.0 / (double)s;
+    if ((double)s < sd) {
+        uint32_t bits;
+        memcpy(&bits, &s, sizeof(bits));
+        bits++;
+        memcpy(&s, &bits, sizeof(s));
+    }
+    sd = s;
+    double inv = 1.0 / sd;
     for (uint32_t j = 0; j < k; j++) {
-        double t = ceil((double)w[j] * inv);
-        t = t > 255 ? 255 : t;
-        /* w inv is within a few ulps of w / s: one step up at most. */
-        t += t * (double)s < (double)w[j];
-        c[j] = (uint8_t)t;
+        /* w inv is within a few ulps of w / s (< 256): its floor is
+         * ceil(w / s) or one below, which the exact test t s < w (8 by 24
+         * bits, exact in double) moves up. */
+        int32_t t = (int32_t)((double)w[j] * inv);
+        t += (double)t * sd < (double)w[j];
+        c[j] = (uint8_t)(t < 255 ? t : 255);
     }
     return s;
 }
 
 /* Chunk c's column maxima over W's rows in use, into cm (k floats). */
-static void wbound_chunk_max(const float *W, uint32_t k, uint32_t M, uint32_t c,
-                             float *cm)
+static inline __attribute__((always_inline)) void
+wbound_chunk_max(const float *W, uint32_t k, uint32_t M, uint32_t c, float *cm)
 {
     uint32_t r0 = c * WBOUND_CHUNK, r1 = r0 + WBOUND_CHUNK;
     r1 = r1 < M ? r1 : M;
@@ -187,19 +225,11 @@ static void wbound_chunk_max(const float *W, uint32_t k, uint32_t M, uint32_t c,
     }
 }
 
-static void wbound_chunk_put(struct wbound *b, uint32_t c, const float *cm)
+static inline __attribute__((always_inline)) void
+wbound_set_k(struct wbound *b, const float *W, uint32_t k, uint32_t M,
+             uint32_t i0, uint32_t i1)
 {
-    for (uint32_t j = 0; j < b->k; j++)
-        b->cmax[wbound_cm(b->k, c, j)] = cm[j];
-}
-
-void wbound_set(struct wbound *b, const float *W, uint32_t M, uint32_t i0,
-                uint32_t i1)
-{
-    const uint32_t k = b->k;
     uint8_t c[256];
-    if (i0 >= i1)
-        return;
     for (uint32_t i = i0; i < i1; i++) {
         float s = wbound_quantise(W + (size_t)i * k, k, c);
         uint8_t *blk = b->q + (size_t)(i / WBOUND_BLOCK) * WBOUND_BLOCK * k;
@@ -210,7 +240,29 @@ void wbound_set(struct wbound *b, const float *W, uint32_t M, uint32_t i0,
     float cm[256];
     for (uint32_t ch = i0 / WBOUND_CHUNK; ch <= (i1 - 1) / WBOUND_CHUNK; ch++) {
         wbound_chunk_max(W, k, M, ch, cm);
-        wbound_chunk_put(b, ch, cm);
+        for (uint32_t j = 0; j < k; j++)
+            b->cmax[wbound_cm(k, ch, j)] = cm[j];
+    }
+}
+
+/* A refresh re-quantises every row: the common k are compiled with k
+ * known, so that the loops over k unroll and vectorise. */
+ONLINE_KERNEL
+void wbound_set(struct wbound *b, const float *W, uint32_t M, uint32_t i0,
+                uint32_t i1)
+{
+    if (i0 >= i1)
+        return;
+    switch (b->k) {
+    case 16:
+        wbound_set_k(b, W, 16, M, i0, i1);
+        break;
+    case 32:
+        wbound_set_k(b, W, 32, M, i0, i1);
+        break;
+    default:
+        wbound_set_k(b, W, b->k, M, i0, i1);
+        break;
     }
 }
 

@@ -195,7 +195,7 @@ static void check_pruned(const struct wbound *b, const float *W, uint32_t M,
                          const float *h, uint64_t seed)
 {
     uint64_t r = seed;
-    uint32_t nex = 0, *ex = malloc((M / 3 + M / 10 + 2) * sizeof(uint32_t));
+    uint32_t nex = 0, *ex = malloc((M + 1) * sizeof(uint32_t));
     for (uint32_t i = 0; i < M; i++)
         if ((i < 1000 && i % 3 == 0) || unit(&r) < 0.1)
             ex[nex++] = i;
