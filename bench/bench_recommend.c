@@ -13,7 +13,13 @@
  * model_recommend for a random user, timed on the wall clock, the way GET
  * /users/ID/recommend calls it (one core, the caller's thread). Then the
  * same requests by the full scan, for comparison, each answer checked to
- * be the same items and scores bit for bit (mismatches=0).
+ * be the same items and scores bit for bit (mismatches=0). Last, what
+ * each bound leaves to read at the answer's n-th score thr, for the same
+ * requests: the share of the chunks of 64 rows whose bound from the
+ * column maxima beats wbound_floor(thr) (chunks_left), and the share of
+ * rows whose 8-bit bound does (rows_left), over the rows of all chunks;
+ * and the CPU time to re-quantise all M rows (requantise_ms), what
+ * keeping the copy adds to a refresh.
  *
  *   bench_recommend [--shuffled] [--events FILE] [k [n [requests
  *                   [items...]]]]
@@ -29,6 +35,7 @@
 #include "csv.h"
 #include "model.h"
 #include "rng.h"
+#include "wbound.h"
 
 static int bench_u32_cmp(const void *a, const void *b)
 {
@@ -136,6 +143,20 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items,
     /* The same requests by the full scan over W, with the profile left
      * out as model_recommend does it, and the answers compared. */
     int mismatches = 0;
+    struct wbound wb = {0};
+    if (wbound_reserve(&wb, k, M)) {
+        model_free(m);
+        return 1;
+    }
+    /* What a refresh adds: every row re-quantised, best of 3 (CPU). */
+    double requant = 1e300;
+    for (int x = 0; x < 3; x++) {
+        double a = bench_cpu_ms();
+        wbound_set(&wb, model_W(m), M, 0, M);
+        a = bench_cpu_ms() - a;
+        requant = a < requant ? a : requant;
+    }
+    double chunks_left = 0, rows_left = 0;
     for (int q = 0; q < requests; q++) {
         struct model_user_view v;
         const uint32_t *pi;
@@ -149,27 +170,47 @@ static int bench(uint32_t k, uint32_t n, int requests, uint32_t items,
         memcpy(ex, pi, np * sizeof(uint32_t));
         qsort(ex, np, sizeof(uint32_t), bench_u32_cmp);
         double a = bench_wall_ms();
-        uint32_t c = model_top_scores(model_W(m), M, k, v.h, ex, np, n, ref,
-                                      sr);
+        uint32_t c =
+            model_top_scores(model_W(m), M, k, v.h, ex, np, n, ref, sr);
         full[q] = bench_wall_ms() - a;
         free(ex);
         int cp = model_recommend(m, who[q], n, out, sc);
-        mismatches += cp != (int)c ||
-                      memcmp(out, ref, c * sizeof(uint32_t)) ||
+        mismatches += cp != (int)c || memcmp(out, ref, c * sizeof(uint32_t)) ||
                       memcmp(sc, sr, c * sizeof(float));
+        float lo = wbound_floor(c == n ? sr[n - 1] : 0, k);
+        for (uint32_t G = 0; G * WBOUND_GROUP * WBOUND_CHUNK < M; G++) {
+            float cb[WBOUND_GROUP], bnd[WBOUND_CHUNK];
+            wbound_chunks(&wb, v.h, G, cb);
+            for (uint32_t x = 0; x < WBOUND_GROUP; x++) {
+                uint32_t i0 = (G * WBOUND_GROUP + x) * WBOUND_CHUNK;
+                if (i0 >= M)
+                    break;
+                chunks_left += cb[x] > lo;
+                wbound_scan(&wb, v.h, i0, lo, bnd);
+                for (uint32_t y = 0; y < WBOUND_CHUNK; y++)
+                    rows_left += bnd[y] > lo;
+            }
+        }
     }
+    wbound_free(&wb);
+    double nch = (double)((M + WBOUND_CHUNK - 1) / WBOUND_CHUNK) * requests;
     qsort(lat, (size_t)requests, sizeof(double), bench_cmp_double);
     qsort(full, (size_t)requests, sizeof(double), bench_cmp_double);
     /* The copy: k + 4 bytes a row, and k floats per chunk of 64 rows. */
     double copy_mb = ((double)M * (k + 4) + (double)M / 64 * k * 4) / 1e6;
     printf("items=%u%s k=%u n=%u requests=%d p50_ms=%.3f p99_ms=%.3f "
            "max_ms=%.3f full_p50_ms=%.3f full_p99_ms=%.3f W_MB=%.1f "
-           "copy_MB=%.1f mean_returned=%.1f mismatches=%d build_s=%.1f\n",
-           M, events ? " (events)" : shuffled ? " (shuffled)" : "", k, n,
-           requests, lat[requests / 2], lat[(size_t)(requests * 0.99)],
+           "copy_MB=%.1f mean_returned=%.1f mismatches=%d chunks_left=%.3f%% "
+           "rows_left=%.4f%% requantise_ms=%.1f build_s=%.1f\n",
+           M,
+           events     ? " (events)"
+           : shuffled ? " (shuffled)"
+                      : "",
+           k, n, requests, lat[requests / 2], lat[(size_t)(requests * 0.99)],
            lat[requests - 1], full[requests / 2],
            full[(size_t)(requests * 0.99)], (double)M * k * 4 / 1e6, copy_mb,
-           (double)got / requests, mismatches, build / 1e3);
+           (double)got / requests, mismatches, 100 * chunks_left / nch,
+           100 * rows_left / (nch * WBOUND_CHUNK), requant, build / 1e3);
     free(out);
     free(ref);
     free(sc);
