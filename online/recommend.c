@@ -3,16 +3,22 @@
  * The model predicts user u's engagement with item i as the dot product
  * w_i . h_u (V ~= W H, docs/design.md section 1). A recommendation is the
  * n items of highest prediction that are not in the user's profile,
- * strongest first. This file owns that scan and nothing else: it reads
- * W, h and the profile, changes nothing, and allocates only in the size
- * of the profile, never of the item count.
+ * strongest first. This file owns the two scans that find them and
+ * nothing else: they read W (and its 8-bit copy, wbound.c), h and the
+ * profile, change nothing, and allocate only in the size of the profile,
+ * never of the item count.
  *
- * Cost: one pass over W's rows (M k multiply-adds, the rows read once in
- * order, so the scan runs at memory bandwidth once W outgrows the cache),
- * a threshold compare per row, and O(log n) heap work plus a binary
- * search in the sorted profile only for the rows that beat the n-th best
- * so far (a few n log(M/n) on a random order). The heap is the caller's
- * n-entry output. Measured by bench/bench_recommend.c.
+ * The full scan (model_top_scores; nmfctl recommend on a snapshot, and
+ * the reference every answer must equal): one pass over W's rows (M k
+ * multiply-adds, the rows read once in order, so the scan runs at memory
+ * bandwidth once W outgrows the cache), a threshold compare per row, and
+ * O(log n) heap work plus a binary search in the sorted profile only for
+ * the rows that beat the n-th best so far (a few n log(M/n) on a random
+ * order). The heap is the caller's n-entry output.
+ *
+ * The pruned scan (wbound_top_scores; model_recommend): the same answer,
+ * bit for bit, reading the copy's bounds first and W only where a bound
+ * can beat the n-th best. Both measured by bench/bench_recommend.c.
  */
 #include <errno.h>
 #include <math.h>

@@ -4,9 +4,10 @@
  * A recommendation needs the n rows of W with the largest w_i . h, and a
  * float32 scan of W reads M k 4 bytes (64 MB at 1 M items, k = 16): at
  * memory bandwidth that alone is several milliseconds. This copy is a
- * quarter of W (k + 4 bytes a row, 20 MB at 1 M items, k = 16); a scan of
- * it bounds each score from above, so that only the rows whose bound can
- * beat the n-th best exact score are scored from W (recommend.c). It owns
+ * third of W (k + 4 bytes a row and k floats per 64 rows: 21 MB at 1 M
+ * items, k = 16); a scan of it bounds each score from above, so that only
+ * the rows whose bound can beat the n-th best exact score are scored from
+ * W (recommend.c), and most of it goes unread. It owns
  * the codes, the quantisation and the bound kernel. It must follow W
  * exactly: the model calls wbound_set (through model__w_changed) for
  * every row it writes, and a row whose copy lags W could be missed.

@@ -410,7 +410,10 @@ Test(recommend, pruned_scan_follows_w)
     cr_assert_eq(wbound_top_scores(&b, W, M, h, NULL, 0, 1, it, sc), 1);
     cr_assert_eq(it[0], best);
     check_pruned(&b, W, M, h, 3);
-    /* Grown: the old rows kept, new rows added one by one. */
+    /* Grown: the old rows kept, new rows added one by one; never to
+     * another k. */
+    cr_assert_eq(wbound_reserve(&b, K + 1, 20000), -EINVAL);
+    cr_assert(wbound_matches(&b, W, M));
     cr_assert_eq(wbound_reserve(&b, K, 20000), 0);
     cr_assert(wbound_matches(&b, W, M));
     for (uint32_t i = M; i < 20000; i++) {
