@@ -145,6 +145,8 @@ size_t wbound_bytes(const struct wbound *b)
                 : 0;
 }
 
+typedef uint32_t wb_u32x8 __attribute__((vector_size(32), aligned(4)));
+
 /* Row i's step and codes (codes into c, k of them), from its k floats.
  * The loops over k are branch-free so that they vectorise: a refresh
  * re-quantises every row. */
@@ -155,8 +157,22 @@ wbound_quantise(const float *w, uint32_t k, uint8_t *c)
      * bit patterns, and a negative one (but -0), an infinity or a NaN
      * has bits at 0x7f800000 or above, so one integer maximum finds both
      * the step and a bad row. */
-    uint32_t mb = 0;
-    for (uint32_t j = 0; j < k; j++) {
+    uint32_t mb = 0, j0 = 0;
+    if (k % 8 == 0) {
+        /* Eight lanes at a time (GCC does not vectorise this maximum
+         * by itself), then across the lanes. */
+        wb_u32x8 m = {0};
+        for (; j0 < k; j0 += 8) {
+            wb_u32x8 x;
+            memcpy(&x, &w[j0], sizeof(x));
+            x &= ~(wb_u32x8)(x == 0x80000000u);
+            wb_u32x8 gt = (wb_u32x8)(x > m);
+            m = (x & gt) | (m & ~gt);
+        }
+        for (uint32_t l = 0; l < 8; l++)
+            mb = m[l] > mb ? m[l] : mb;
+    }
+    for (uint32_t j = j0; j < k; j++) {
         uint32_t x;
         memcpy(&x, &w[j], sizeof(x));
         x = x == 0x80000000u ? 0 : x;
