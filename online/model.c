@@ -1347,7 +1347,8 @@ static uint32_t model_item_add(struct model *m, const char *id, size_t len,
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
             m->G[(size_t)j * k + l] += (double)wi[j] * wi[l];
-    model__w_changed(m, i, i + 1);
+    /* The slot is new or was freed by expiry, which zeroed its row. */
+    wbound_add(&m->wb, m->W, i);
     m->item_t[i] = ts;
     return i;
 }

@@ -184,7 +184,8 @@ int model__items_grow(struct model *m, uint32_t need);
 /* Rows [i0, i1) of W were written: every write of W calls this before
  * anything reads the model again, so that the 8-bit copy (wbound.c)
  * follows it; a row whose copy lags could be left out of a user's
- * recommendations. */
+ * recommendations. (A new item's row, written where the row was zero,
+ * goes through wbound_add, the same in O(k).) */
 void model__w_changed(struct model *m, uint32_t i0, uint32_t i1);
 /* Whether the copy matches W row for row (for the tests: O(M k)). */
 int model__w_copy_ok(const struct model *m);

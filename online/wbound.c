@@ -291,6 +291,26 @@ void wbound_set(struct wbound *b, const float *W, uint32_t M, uint32_t i0,
     }
 }
 
+void wbound_add(struct wbound *b, const float *W, uint32_t i)
+{
+    const uint32_t k = b->k;
+    uint8_t c[256];
+    const float *w = W + (size_t)i * k;
+    float s = wbound_quantise(w, k, c);
+    uint8_t *blk = b->q + (size_t)(i / WBOUND_BLOCK) * WBOUND_BLOCK * k;
+    for (uint32_t j = 0; j < k; j++)
+        blk[(size_t)j * WBOUND_BLOCK + i % WBOUND_BLOCK] = c[j];
+    b->scale[i] = s;
+    /* The row was zero or not in use: the chunk's maxima can only grow,
+     * from 0 (a chunk with no row in use had -inf), as
+     * wbound_chunk_max would find them. */
+    for (uint32_t j = 0; j < k; j++) {
+        float *cm = &b->cmax[wbound_cm(k, i / WBOUND_CHUNK, j)];
+        float x = *cm < 0 ? 0 : *cm;
+        *cm = w[j] != w[j] ? INFINITY : w[j] > x ? w[j] : x;
+    }
+}
+
 int wbound_matches(const struct wbound *b, const float *W, uint32_t M)
 {
     const uint32_t k = b->k;

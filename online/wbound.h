@@ -37,6 +37,9 @@ void wbound_free(struct wbound *b);
  * the maxima of their chunks over W's rows [0, M) (M >= i1). */
 void wbound_set(struct wbound *b, const float *W, uint32_t M, uint32_t i0,
                 uint32_t i1);
+/* Row i (< M) written where it was all zero or not in use (a new item):
+ * wbound_set(b, W, M, i, i + 1) in O(k), without reading the chunk. */
+void wbound_add(struct wbound *b, const float *W, uint32_t i);
 /* Bytes held. */
 size_t wbound_bytes(const struct wbound *b);
 /* Whether the copy of rows [0, M) is what wbound_set would make of W:

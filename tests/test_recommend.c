@@ -419,9 +419,22 @@ Test(recommend, pruned_scan_follows_w)
     for (uint32_t i = M; i < 20000; i++) {
         for (uint32_t j = 0; j < K; j++)
             W[(size_t)i * K + j] = (float)unit(&r);
-        wbound_set(&b, W, i + 1, i, i + 1);
+        if (i % 2)
+            wbound_set(&b, W, i + 1, i, i + 1);
+        else
+            wbound_add(&b, W, i);
     }
     M = 20000;
+    cr_assert(wbound_matches(&b, W, M));
+    /* A zeroed row taken again (expiry, then a new item), in O(k). */
+    memset(W + (size_t)4321 * K, 0, K * sizeof(float));
+    wbound_set(&b, W, M, 4321, 4322);
+    for (uint32_t j = 0; j < K; j++)
+        W[(size_t)4321 * K + j] = j == 3 ? NAN : (float)(2 * unit(&r));
+    wbound_add(&b, W, 4321);
+    cr_assert(wbound_matches(&b, W, M));
+    W[(size_t)4321 * K + 3] = 0.5f;
+    wbound_set(&b, W, M, 4321, 4322);
     cr_assert(wbound_matches(&b, W, M));
     check_pruned(&b, W, M, h, 4);
     /* Refreshed: every row. */
