@@ -227,7 +227,7 @@ static int rec_cmp_u32(const void *a, const void *b)
  * rows of W (512 bytes at k = 16) per group holding a candidate: at most
  * about n ln(M / n) groups on a random order from a bar of 0, plus the
  * rows whose bound, but not score, beats the bar; from the seeded bar,
- * 57 groups and 37 chunks' codes on average at 1 M items, n = 10, on
+ * 58 groups and 38 chunks' codes on average at 1 M items, n = 10, on
  * bench_recommend's planted model.
  *
  * h must be non-negative and finite for the bound to hold: otherwise (no
