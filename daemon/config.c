@@ -1530,6 +1530,17 @@ int config_check(const struct config *c, char *err, size_t errlen)
                 return -EINVAL;
             }
     if (c->cluster.enabled) {
+        if (c->model.params.loss != MODEL_LOSS_FROBENIUS ||
+            c->model.params.robust != MODEL_ROBUST_NONE) {
+            snprintf(err, errlen,
+                     "%s: cluster.enabled = true needs model.loss = "
+                     "frobenius and model.robust = none (the group sums the "
+                     "statistics of the Frobenius loss)",
+                     origin_of(c, c->model.params.loss != MODEL_LOSS_FROBENIUS
+                                      ? "model.loss"
+                                      : "model.robust"));
+            return -EINVAL;
+        }
         if (c->model.params.half_life_ms > 0) {
             snprintf(err, errlen,
                      "%s: cluster.enabled = true needs model.half_life = 0 "

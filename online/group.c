@@ -84,6 +84,7 @@ int model_w_install(struct model *m, uint32_t n, const char *const *ids,
     }
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, ids_slots(m->iids), m->W, NULL, m->G);
+    model__w_changed(m, 0, ids_slots(m->iids));
     m->wgen++;
     m->refreshes++;
     m->stale = ids_live(m->uids);

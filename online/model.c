@@ -262,6 +262,7 @@ void model_free(struct model *m)
     free(m->uev);
     free(m->Hraw);
     free(m->Wraw);
+    wbound_free(&m->wb);
     free(m->Braw);
     free(m->item_t);
     free(m->A);
@@ -356,6 +357,16 @@ int model__users_grow(struct model *m, uint32_t need)
     return 0;
 }
 
+void model__w_changed(struct model *m, uint32_t i0, uint32_t i1)
+{
+    wbound_set(&m->wb, m->W, ids_slots(m->iids), i0, i1);
+}
+
+int model__w_copy_ok(const struct model *m)
+{
+    return wbound_matches(&m->wb, m->W, ids_slots(m->iids));
+}
+
 int model__items_grow(struct model *m, uint32_t need)
 {
     if (need <= m->icap)
@@ -379,6 +390,8 @@ int model__items_grow(struct model *m, uint32_t need)
     if (!t)
         return -ENOMEM;
     m->item_t = t;
+    if (wbound_reserve(&m->wb, m->k, cap))
+        return -ENOMEM;
     m->icap = cap;
     return 0;
 }
@@ -1577,6 +1590,8 @@ uint32_t model__item_add(struct model *m, const char *id, size_t len,
             m->G[(size_t)j * k + l] += (double)wi[j] * wi[l];
     for (uint32_t j = 0; j < k && m->kls; j++)
         m->kls[j] += wi[j];
+    /* The slot is new or was freed by expiry, which zeroed its row. */
+    wbound_add(&m->wb, m->W, i);
     m->item_t[i] = ts;
     return i;
 }
@@ -2068,6 +2083,7 @@ void model_refresh(struct model *m)
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, rescale ? inv : NULL, m->G);
     model__kl_colsums(m);
+    model__w_changed(m, 0, M);
     if (rebuild) {
         model_rebuild(m);
         m->reparams = 0;
@@ -2218,6 +2234,7 @@ void model__topics_permute(struct model *m, const uint32_t *src)
         memcpy(wi, f, k * sizeof(float));
         memcpy(bi, x, k * sizeof(double));
     }
+    model__w_changed(m, 0, M);
     for (uint32_t u = 0; u < U; u++) {
         float *hu = m->H + (size_t)u * k;
         for (uint32_t j = 0; j < k; j++)
@@ -2720,6 +2737,7 @@ size_t model_expire(struct model *m, int64_t now)
                 continue;
             drop[i] = 1;
             memset(m->W + (size_t)i * k, 0, k * sizeof(float));
+            model__w_changed(m, i, i + 1);
         }
         memset(m->G, 0, (size_t)k * k * sizeof(double));
         hals_gram(k, M, m->W, NULL, m->G);
@@ -3104,7 +3122,7 @@ void model_memory(const struct model *m, struct model_memory *mm)
         ((size_t)m->ucap + 63) / 64 * sizeof(uint64_t) + ids_bytes(m->uids);
     mm->items = (size_t)m->icap *
                     (k * sizeof(float) + k * sizeof(double) + sizeof(int64_t)) +
-                ids_bytes(m->iids);
+                ids_bytes(m->iids) + wbound_bytes(&m->wb);
     mm->users += (size_t)m->bc_cap * (2 * k * sizeof(double) + 12);
     mm->profiles = pool_bytes(&m->pool);
     uint32_t U = ids_slots(m->uids);

@@ -10,6 +10,7 @@
 #include "model.h"
 #include "pool.h"
 #include "rng.h"
+#include "wbound.h"
 
 /* Renormalise the time frame of A, B and the loss sums when the newest
  * event is this many half-lives past the frame origin. */
@@ -105,6 +106,10 @@ struct model {
     float *uev;
     uint32_t ucap;
     float *W;  /* icap x k, row-major */
+    /* An 8-bit copy of W bounding each score from above, for the
+     * recommendations' scan: rows kept exactly in step with W by
+     * model__w_changed, room for icap rows. */
+    struct wbound wb;
     double *B; /* icap x k; true B[:, j] = B[:, j] * bcol[j] * scale */
     void *Hraw, *Wraw, *Braw; /* the allocations H, W and B lie in */
     int64_t *item_t;          /* latest event time per item */
@@ -260,6 +265,14 @@ uint32_t model__item_add(struct model *m, const char *id, size_t len,
 int model__bcache_reserve(struct model *m);
 uint32_t model__bcache_take(struct model *m);
 int model__items_grow(struct model *m, uint32_t need);
+/* Rows [i0, i1) of W were written: every write of W calls this before
+ * anything reads the model again, so that the 8-bit copy (wbound.c)
+ * follows it; a row whose copy lags could be left out of a user's
+ * recommendations. (A new item's row, written where the row was zero,
+ * goes through wbound_add, the same in O(k).) */
+void model__w_changed(struct model *m, uint32_t i0, uint32_t i1);
+/* Whether the copy matches W row for row (for the tests: O(M k)). */
+int model__w_copy_ok(const struct model *m);
 /* The checksum model_save appends to a state of len bytes. */
 uint64_t model__state_checksum(const void *buf, size_t len);
 /* Creates the empty model for params p (validated by the caller). */

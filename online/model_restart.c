@@ -208,6 +208,7 @@ void model__w_install(struct model *m, const float *Wn, int match)
     memset(m->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, m->W, NULL, m->G);
     model__kl_colsums(m);
+    model__w_changed(m, 0, M);
     m->wgen++;
 }
 

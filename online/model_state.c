@@ -846,6 +846,7 @@ static const char *state_load_items(struct state_reader *r, struct model *m,
                 return "forgotten item with a W or B row";
         }
     }
+    model__w_changed(m, 0, M);
     *Mp = M;
     return NULL;
 }

@@ -180,8 +180,48 @@ static double max_abs(const double *x, size_t n)
  * Folds, refines and expiry alone keep them to ~1e-15. */
 #define STATS_RTOL 1e-6
 
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The recommendations' 8-bit copy follows W (every write of W went
+ * through model__w_changed), and model_recommend's pruned scan answers
+ * what the full scan over W does, bit for bit, for some live users. */
+static void assert_recommend_exact(const struct model *m)
+{
+    cr_assert(model__w_copy_ok(m), "the 8-bit copy of W lags W");
+    uint32_t k = model_params(m)->k, M = model_item_slots(m);
+    uint32_t U = model_user_slots(m), step = U / 16 ? U / 16 : 1;
+    uint32_t it[20], ir[20], ex[4096];
+    float sc[20], sr[20];
+    for (uint32_t u = 0; u < U; u += step) {
+        struct model_user_view v;
+        const uint32_t *pi;
+        const float *pv;
+        uint32_t np;
+        if (model_user_get(m, u, &v))
+            continue;
+        model_user_profile(m, u, &pi, &pv, &np);
+        if (np > 4096)
+            continue;
+        memcpy(ex, pi, np * sizeof(*ex));
+        qsort(ex, np, sizeof(*ex), u32_cmp);
+        int got = model_recommend(m, u, 20, it, sc);
+        uint32_t want =
+            model_top_scores(model_W(m), M, k, v.h, ex, np, 20, ir, sr);
+        cr_assert_eq(got, (int)want, "user %u: %d vs %u", u, got, want);
+        for (uint32_t q = 0; q < want; q++)
+            cr_assert(it[q] == ir[q] && !memcmp(&sc[q], &sr[q], sizeof(float)),
+                      "user %u at %u: %u %.9g vs %u %.9g", u, q, it[q],
+                      (double)sc[q], ir[q], (double)sr[q]);
+    }
+}
+
 static void assert_stats_exact(const struct model *m, double rtol)
 {
+    assert_recommend_exact(m);
     uint32_t k = model_params(m)->k, M = model_item_slots(m);
     double *A = malloc(k * k * sizeof(double));
     double *Ar = malloc(k * k * sizeof(double));
