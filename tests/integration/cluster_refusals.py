@@ -4,7 +4,8 @@
 - a second process in a group with cluster.enabled off: it refuses to
   start (exit 1, a clear error), and the first keeps every partition and
   every event;
-- cluster.enabled with model.half_life > 0: a configuration error (2);
+- cluster.enabled with model.half_life > 0, or with model.loss = kl: a
+  configuration error (2);
 - a cluster topic with a partition count that cannot work: exit 1 naming
   the topic, its count and the count needed;
 - on the group's topics, written here with python3-confluent-kafka: a W
@@ -102,6 +103,11 @@ def main():
                              "checkpoint.dir=" + os.path.join(ps.tmp, "hl")], "halflife")
         check(rc == 2 and "cluster.enabled = true needs model.half_life = 0" in log,
               "half_life with the group: exit %r\n%s" % (rc, log[-1500:]))
+        rc, log = exits(ps, [os.path.join(BIN, "nmfd"), "--set", "cluster.enabled=true",
+                             "--set", "model.loss=kl", "--set",
+                             "checkpoint.dir=" + os.path.join(ps.tmp, "kl")], "kl")
+        check(rc == 2 and "cluster.enabled = true needs model.loss = frobenius" in log,
+              "kl with the group: exit %r\n%s" % (rc, log[-1500:]))
         # nmf.stats made with the input's four partitions.
         bf = os.path.join(ps.tmp, "bad-bootstrap")
         ps.start([NMFCTL, "broker", "--partitions", str(PARTS), "--topics",
