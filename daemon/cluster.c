@@ -1012,14 +1012,13 @@ void cluster_on_assign(struct cluster *cl, struct kafka_part *parts, size_t n)
          * another member's now. */
         cl->assigned_once = true;
         for (int32_t p = 0; p < cl->nparts; p++) {
-            int64_t next;
-            uint64_t ev;
-            double w;
             if (cl->owned[p])
                 continue;
             uint64_t d = drop_users(cl, p);
-            if (!ingest_part_get(cl->c.ing, cl->topic, p, &next, &ev, &w))
-                ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
+            /* Its position and counts go with its users, the checkpoint's
+             * entry too: kept, they would say this member holds events it
+             * no longer has. */
+            ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
             if (d)
                 log_info("cluster: %" PRIu64 " users of partition %" PRId32
                          " are another member's",

@@ -620,12 +620,17 @@ int ingest_part_get(struct ingest *s, const char *topic, int32_t partition,
 int ingest_part_set(struct ingest *s, const char *topic, int32_t partition,
                     int64_t next, uint64_t events, double weight)
 {
-    struct part *p = part_get(s, topic, partition);
-    if (!p)
+    /* Forgetting a partition never seen since the start: only its
+     * checkpoint entry goes. */
+    struct part *p = next < 0 && !events ? part_find(s, topic, partition)
+                                         : part_get(s, topic, partition);
+    if (!p && !(next < 0 && !events))
         return -ENOMEM;
-    p->next = next;
-    p->events = events;
-    p->weight = weight;
+    if (p) {
+        p->next = next;
+        p->events = events;
+        p->weight = weight;
+    }
     /* A checkpoint's offset for it no longer says what the model holds. */
     for (size_t j = 0; j < s->nseek; j++)
         if (s->seek[j].partition == partition &&
