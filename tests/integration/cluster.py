@@ -70,6 +70,10 @@ def main():
                 check(np.array_equal(W[it], W0[it]),
                       "%s and %s differ on W[%s] at version %d"
                       % (d.name, ms[0].name, it, s["model_version"]))
+        # Every item reached W, whichever member saw it first.
+        every_item = {i for _, i in V}
+        check(set(W0) == every_item, "W holds %d items, the stream %d"
+              % (len(W0), len(every_item)))
         users = [set(s["users"]) for s in snaps]
         for i in range(3):
             for j in range(i + 1, 3):
