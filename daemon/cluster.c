@@ -149,15 +149,14 @@ static int32_t part_of(void *ctx, const char *id, size_t len)
 
 /* A record from elsewhere that must not be used: counted, logged once per
  * kind (a misconfigured neighbour would otherwise flood the log). */
-static void reject(struct cluster *cl, int what, const char *fmt,
-                   const char *why)
+static void reject(struct cluster *cl, int what, const char *why)
 {
     metric_inc(cl->m.rejected[what]);
     if (!cl->rej_logged[what]) {
         cl->rej_logged[what] = true;
         log_warn("cluster: %s record refused: %s (counted in "
                  "nmfd_cluster_rejected_total; logged once)",
-                 rej_names[what], why ? why : fmt);
+                 rej_names[what], why ? why : "malformed");
     }
 }
 
@@ -171,21 +170,21 @@ static int install_w(struct cluster *cl, struct model *into, const void *buf,
     int rc = -EBADMSG;
 
     if (!s) {
-        reject(cl, CL_MODEL, "%s", why);
+        reject(cl, CL_MODEL, why);
         return -EBADMSG;
     }
     if (strcmp(s->cluster, cl->c.group_id) || !s->model_version) {
-        reject(cl, CL_MODEL, "", "another group's W, or no model_version");
+        reject(cl, CL_MODEL, "another group's W, or no model_version");
         goto out;
     }
     if (s->k != cl->k) {
-        reject(cl, CL_MODEL, "", "a W of another k");
+        reject(cl, CL_MODEL, "a W of another k");
         goto out;
     }
     rc = model_w_install(into, s->nitems, (const char *const *)s->items,
                          s->item_lens, s->W);
     if (rc) {
-        reject(cl, CL_MODEL, "", strerror(-rc));
+        reject(cl, CL_MODEL, strerror(-rc));
         goto out;
     }
     *version = s->model_version;
@@ -311,15 +310,15 @@ static void lin_message(void *ctx, const struct kafka_msg *msg)
         return;
     struct records_stats *s = records_stats_read(msg->payload, msg->len, &why);
     if (!s) {
-        reject(cl, CL_STATS, "", why);
+        reject(cl, CL_STATS, why);
         return;
     }
     if (strcmp(s->cluster, cl->c.group_id)) {
-        reject(cl, CL_STATS, "", "statistics of another group");
+        reject(cl, CL_STATS, "statistics of another group");
     } else if (s->k != cl->k) {
-        reject(cl, CL_STATS, "", "statistics of another k");
+        reject(cl, CL_STATS, "statistics of another k");
     } else if (s->part >= cl->nparts) {
-        reject(cl, CL_STATS, "", "a partition the input does not have");
+        reject(cl, CL_STATS, "a partition the input does not have");
     } else {
         records_stats_free(cl->ps[s->part]);
         cl->ps[s->part] = s;
@@ -425,25 +424,25 @@ out:
     return NULL;
 }
 
-/* Installs t's W into the leader's model. */
-static int lead_take_w(struct cluster *cl, const struct model *t)
+/* Installs from's W into to, row by item id (model_w_install). */
+static int copy_w(struct model *to, const struct model *from, uint32_t k)
 {
-    uint32_t M = model_item_slots(t), n = 0;
+    uint32_t M = model_item_slots(from), n = 0;
     const char **ids = malloc((M + 1) * sizeof(*ids));
     size_t *lens = malloc((M + 1) * sizeof(*lens));
-    float *W = malloc(((size_t)M * cl->k + 1) * sizeof(float));
+    float *W = malloc(((size_t)M * k + 1) * sizeof(float));
     int rc = -ENOMEM;
     if (!ids || !lens || !W)
         goto out;
     for (uint32_t i = 0; i < M; i++) {
-        ids[n] = model_item_id(t, i, &lens[n]);
+        ids[n] = model_item_id(from, i, &lens[n]);
         if (!ids[n])
             continue;
-        memcpy(W + (size_t)n * cl->k, model_W(t) + (size_t)i * cl->k,
-               cl->k * sizeof(float));
+        memcpy(W + (size_t)n * k, model_W(from) + (size_t)i * k,
+               k * sizeof(float));
         n++;
     }
-    rc = model_w_install(cl->lead, n, ids, lens, W);
+    rc = model_w_install(to, n, ids, lens, W);
 out:
     free(ids);
     free(lens);
@@ -463,7 +462,7 @@ static int lead_seed(struct cluster *cl)
         return -EAGAIN; /* too few users of its own: HALS from the start */
     }
     model_warm(t);
-    rc = lead_take_w(cl, t);
+    rc = copy_w(cl->lead, t, cl->k);
     model_free(t);
     return rc;
 }
@@ -479,7 +478,7 @@ static int lead_seed(struct cluster *cl)
 #define CLUSTER_IDLE_ROUNDS 5
 static bool lead_restart(struct cluster *cl)
 {
-    uint32_t n = 0, M = model_item_slots(cl->lead), m = 0;
+    uint32_t n = 0;
     struct model *t;
     struct model_stats st;
     bool took = false;
@@ -489,38 +488,22 @@ static bool lead_restart(struct cluster *cl)
     t = sample_model(cl, &n);
     if (!t)
         return false;
-    const char **ids = malloc((M + 1) * sizeof(*ids));
-    size_t *lens = malloc((M + 1) * sizeof(*lens));
-    float *W = malloc(((size_t)M * cl->k + 1) * sizeof(float));
-    if (n >= cl->k && ids && lens && W) {
-        for (uint32_t i = 0; i < M; i++) {
-            ids[m] = model_item_id(cl->lead, i, &lens[m]);
-            if (!ids[m])
-                continue;
-            memcpy(W + (size_t)m * cl->k, model_W(cl->lead) + (size_t)i * cl->k,
-                   cl->k * sizeof(float));
-            m++;
-        }
-        if (model_w_install(t, m, ids, lens, W) == 0) {
-            /* The sample's users solved against the group's W, then the
-             * restart's trial against it. */
-            while (model_refine(t, 1u << 30))
-                ;
-            if (model_restart_try(t) == 0)
-                for (int round = 0; round < 100000; round++) {
-                    uint64_t r0 = model_refreshes(t);
-                    if (model_refine(t, 1u << 30) == 0 &&
-                        model_refreshes(t) == r0)
-                        break;
-                }
-            model_stats(t, &st);
-            if (st.restarts > 0 && lead_take_w(cl, t) == 0)
-                took = true;
-        }
+    if (n >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
+        /* The sample's users solved against the group's W, then the
+         * restart's trial against it. */
+        while (model_refine(t, 1u << 30))
+            ;
+        if (model_restart_try(t) == 0)
+            for (int round = 0; round < 100000; round++) {
+                uint64_t r0 = model_refreshes(t);
+                if (model_refine(t, 1u << 30) == 0 &&
+                    model_refreshes(t) == r0)
+                    break;
+            }
+        model_stats(t, &st);
+        if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
+            took = true;
     }
-    free(ids);
-    free(lens);
-    free(W);
     model_free(t);
     return took;
 }
@@ -864,11 +847,11 @@ static int scan_message(void *ctx, const struct kafka_msg *msg)
     const char *why = NULL;
 
     if (records_state_read(msg->payload, msg->len, &h, NULL, NULL, &why)) {
-        reject(cl, CL_STATE, "", why);
+        reject(cl, CL_STATE, why);
         return 0;
     }
     if (strcmp(h.cluster, cl->c.group_id) || h.k != cl->k || h.part != sc->p) {
-        reject(cl, CL_STATE, "",
+        reject(cl, CL_STATE,
                "state of another group, another k or another partition");
         return 0;
     }
