@@ -2,8 +2,11 @@
  * dense snapshot, offline.
  *
  * Reads the snapshot (docs/snapshot-format.md), finds the user's h and
- * runs the same top-N scan over W as GET /users/ID/recommend
- * (model_top_scores in online/recommend.c), printing the same JSON. A
+ * runs the full top-N scan over W (model_top_scores in
+ * online/recommend.c), whose answer GET /users/ID/recommend's pruned scan
+ * gives bit for bit, printing the same JSON. One request per run, after
+ * decoding all of W: the 8-bit copy the daemon prunes with would cost
+ * more to build than the one scan it would save. A
  * dense snapshot holds no profiles, so what the user already has comes
  * from --events, the CSV the snapshot was fitted on: every item the user
  * has a row for there is left out, as the daemon leaves out the profile.
