@@ -1,8 +1,10 @@
 /* ctl_fit.c -- nmfctl fit and nmfctl eval: the daemon's model run offline
  * on a CSV file, and the exact loss of a snapshot on a CSV file.
  *
- * fit folds the events in file order through model_fold, the very call
- * the daemon makes per event, with the model keys parsed by the daemon's
+ * fit folds the events in file order through model_fold_next, told the
+ * row after each (one row is read ahead) so that a run of one user's rows
+ * is solved once, as the daemon's batch fold does for a run in a consumer
+ * batch (model_fold_batch), with the model keys parsed by the daemon's
  * own config table (config_set), lets the model refresh W by the work
  * done (the rule above model_refresh_due in online/model.c: never by the
  * spacing of the timestamps, so a backfill of years of events runs as
@@ -165,6 +167,55 @@ static void fit_reject(struct progress *pg, uint64_t *rejected, const char *msg)
         fprintf(stderr, "nmfctl fit: more rejected rows, counting only\n");
 }
 
+/* A row held while the next is read: its ids copied out of the reader's
+ * buffer (an id longer than the model takes is kept one byte too long,
+ * enough for the model to refuse it). */
+struct fit_row {
+    struct csv_row r;
+    char user[MODEL_ID_MAX + 1], item[MODEL_ID_MAX + 1];
+};
+
+/* The next row into fr, CSV-level rejects reported and skipped: 1 a row,
+ * 0 the end, -1 a read error (reported). */
+static int fit_read(struct csv_reader *r, struct fit_row *fr,
+                    struct progress *pg, uint64_t *rejected)
+{
+    int n;
+    while ((n = csv_next(r, &fr->r)) != 0) {
+        if (n == -EINVAL) {
+            fit_reject(pg, rejected, csv_error(r));
+            continue;
+        }
+        if (n < 0) {
+            progress_end(pg);
+            fprintf(stderr, "nmfctl fit: %s\n", csv_error(r));
+            return -1;
+        }
+        size_t ul = fr->r.user_len < sizeof(fr->user) ? fr->r.user_len
+                                                      : sizeof(fr->user);
+        size_t il = fr->r.item_len < sizeof(fr->item) ? fr->r.item_len
+                                                      : sizeof(fr->item);
+        memcpy(fr->user, fr->r.user, ul);
+        memcpy(fr->item, fr->r.item, il);
+        fr->r.user = fr->user;
+        fr->r.user_len = ul;
+        fr->r.item = fr->item;
+        fr->r.item_len = il;
+        return 1;
+    }
+    return 0;
+}
+
+static struct model_event fit_event(const struct fit_row *fr)
+{
+    return (struct model_event){.user = fr->r.user,
+                                .user_len = fr->r.user_len,
+                                .item = fr->r.item,
+                                .item_len = fr->r.item_len,
+                                .weight = fr->r.weight,
+                                .ts = fr->r.ts};
+}
+
 static int fit_run(const struct fit_opts *o, struct config *cfg)
 {
     /* Offline, W is refreshed by work done (online/model.c, above
@@ -173,7 +224,7 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
     const struct model_params *p = &params;
     struct model *m = NULL;
     struct csv_reader *r = NULL;
-    struct csv_row row;
+    struct fit_row rows[2], *cur = &rows[0], *next = &rows[1], *swap;
     struct model_stats st;
     char err[CONFIG_ERR_MAX];
     uint64_t rejected = 0, folded = 0, rounds = 0;
@@ -199,18 +250,15 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         goto out;
     }
     progress_start(&pg, stderr, "fit", csv_size(r));
-    while ((n = csv_next(r, &row)) != 0) {
-        if (n == -EINVAL) {
-            fit_reject(&pg, &rejected, csv_error(r));
-            continue;
-        }
-        if (n < 0) {
-            progress_end(&pg);
-            fprintf(stderr, "nmfctl fit: %s\n", csv_error(r));
+    /* One row read ahead: the model solves a user once per run of its
+     * consecutive events (model_fold_next). */
+    int have = fit_read(r, cur, &pg, &rejected), more;
+    for (; have > 0; swap = cur, cur = next, next = swap, have = more) {
+        const struct csv_row row = cur->r;
+        if ((more = fit_read(r, next, &pg, &rejected)) < 0)
             goto out;
-        }
-        n = model_fold(m, row.user, row.user_len, row.item, row.item_len,
-                       row.weight, row.ts);
+        const struct model_event e = fit_event(cur), en = fit_event(next);
+        n = model_fold_next(m, &e, more ? &en : NULL);
         if (n == -EINVAL || n == -ENAMETOOLONG || n == -ERANGE) {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s:%" PRIu64 ": %s", o->events,
@@ -229,7 +277,7 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
         }
         folded++;
         progress_poll(&pg, folded, csv_offset(r));
-        /* The model refreshes W by itself, by work (model_fold). What
+        /* The model refreshes W by itself, by work (model_fold_next). What
          * model.ttl forgets is a matter of event time, but when the sweep
          * runs is not: at each refresh, so its cost follows the work too
          * (with timestamps a day apart, a sweep per minute of event time
@@ -239,6 +287,8 @@ static int fit_run(const struct fit_opts *o, struct config *cfg)
             expired_at = model_refreshes(m);
         }
     }
+    if (have < 0)
+        goto out;
     progress_end(&pg);
     if (p->ttl_ms > 0 && folded > 0) {
         model_stats(m, &st);

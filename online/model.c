@@ -134,6 +134,7 @@ struct model_ev {
     double f;    /* decay factor of the profile */
     float w;     /* weight, decayed to the user's time if older */
     int64_t t;   /* the user's new time */
+    int defer;   /* the user's next event follows: h is solved there */
 };
 
 void model_params_default(struct model_params *p)
@@ -906,6 +907,7 @@ struct model_step {
     uint64_t rows;       /* profile rows of W or B gone through (work) */
     int kl;              /* loss = kl: the KL solve and share (kl.c) */
     int lazy;            /* kl: the event changes v only (model_kl_lazy) */
+    int defer;           /* h kept as it was: the next event solves it */
     double d_old;        /* the user's l21 weight before (1 without) */
 };
 
@@ -1243,7 +1245,13 @@ MODEL_KI void model_step_solve_k(struct model *m, uint32_t u,
     uint32_t sweeps = 0;
     for (uint32_t j = 0; j < k; j++)
         ho[j] = (double)hu[j] * hs[j];
-    if (st->vtv > 0) {
+    if (st->defer) {
+        /* The next event is this user's: h stays, decayed like the
+         * profile, and the loss and the statistics below are exact for
+         * it; the next event's solve starts from it. */
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = ho[j] * st->f;
+    } else if (st->vtv > 0) {
         for (uint32_t j = 0; j < k; j++)
             h[j] = ho[j] * st->f;
         double a1 = m->p.alpha_h * m->p.l1_ratio;
@@ -1383,7 +1391,7 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
     model_user_mark(m, us, ht, st->ev != NULL, k);
-    if (st->lazy) {
+    if (st->lazy || st->defer) {
         /* h not re-solved: the user is stale until it is (the sync and
          * the refinement look for those). */
         if (us->solved == (uint32_t)m->refreshes) {
@@ -1474,6 +1482,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         .evict = -1,
         .eager = us->n < MODEL_BCACHE_MIN && !drop,
         .kl = model__kl(m),
+        .defer = ev && ev->defer,
         .d_old = model__uweight(m, us->loss, us->vnorm),
     };
     st.ff = (float)st.f;
@@ -2430,7 +2439,7 @@ static int model_event_check(const char *user, size_t user_len,
 static int model_fold_checked(struct model *m, const char *user,
                               size_t user_len, uint64_t uh, int64_t ui,
                               const char *item, size_t item_len, uint64_t ih,
-                              int64_t ii, double weight, int64_t ts)
+                              int64_t ii, double weight, int64_t ts, int defer)
 {
     /* A held-out pair goes to the held-out matrix and nowhere else: not
      * the profile, A, B, the time or the counters that decide refreshes. */
@@ -2491,7 +2500,11 @@ static int model_fold_checked(struct model *m, const char *user,
         ui = model__user_add(m, user, user_len, ts);
 
     const struct model_user *us = &m->u[ui];
-    struct model_ev ev = {.item = (uint32_t)ii, .pos = pos, .f = 1, .t = us->t};
+    struct model_ev ev = {.item = (uint32_t)ii,
+                          .pos = pos,
+                          .f = 1,
+                          .t = us->t,
+                          .defer = defer && !model__kl(m)};
     double w = weight;
     if (ts > us->t) {
         ev.t = ts;
@@ -2510,9 +2523,17 @@ static int model_fold_checked(struct model *m, const char *user,
 
     if (m->follower)
         return 0; /* W comes from the group (group.c) */
-    if (m->p.warmup_events && !m->warm_done && m->events >= m->p.warmup_events)
+    int warm = m->p.warmup_events && !m->warm_done &&
+               m->events >= m->p.warmup_events;
+    int refresh = !warm && model_refresh_due(m);
+    /* A deferred solve is made before W moves: the refresh then sees the
+     * user as a fold of each event would have left it, and a heavy
+     * user's long run still teaches W its items as it goes. */
+    if (ev.defer && (warm || refresh))
+        model_user_solve(m, (uint32_t)ui, NULL, NULL);
+    if (warm)
         model_warmup(m);
-    else if (model_refresh_due(m))
+    else if (refresh)
         model_refresh(m);
     return 0;
 }
@@ -2525,7 +2546,31 @@ int model_fold(struct model *m, const char *user, size_t user_len,
         return rc;
     return model_fold_checked(
         m, user, user_len, ids_hash_id(m->uids, user, user_len), -1, item,
-        item_len, ids_hash_id(m->iids, item, item_len), -1, weight, ts);
+        item_len, ids_hash_id(m->iids, item, item_len), -1, weight, ts, 0);
+}
+
+/* Whether next is a valid event of the same user as e: then e's fold may
+ * leave h_u to next's (model_user_solve_k, st->defer). */
+static int model_next_same(const struct model_event *e,
+                           const struct model_event *next)
+{
+    return next && next->user_len == e->user_len &&
+           !memcmp(next->user, e->user, e->user_len) &&
+           !model_event_check(next->user, next->user_len, next->item,
+                              next->item_len, next->weight, next->ts);
+}
+
+int model_fold_next(struct model *m, const struct model_event *e,
+                    const struct model_event *next)
+{
+    int rc = model_event_check(e->user, e->user_len, e->item, e->item_len,
+                               e->weight, e->ts);
+    if (rc)
+        return rc;
+    return model_fold_checked(
+        m, e->user, e->user_len, ids_hash_id(m->uids, e->user, e->user_len),
+        -1, e->item, e->item_len, ids_hash_id(m->iids, e->item, e->item_len),
+        -1, e->weight, e->ts, model_next_same(e, next));
 }
 
 /* Look-ahead distance (events) between the batch pipeline's stages. */
@@ -2641,9 +2686,16 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
                 model_prefetch_rows(m, pf[(i + d / 2 + 1) % MODEL_PF_RING].ui);
             const struct model_pf *p = &pf[i % MODEL_PF_RING];
             const struct model_event *x = &ev[i];
+            /* The user's next event is the next one: one solve for both
+             * (model_fold_next). */
+            const struct model_pf *q = &pf[(i + 1) % MODEL_PF_RING];
+            int defer = i + 1 < n && q->ok && q->uh == p->uh &&
+                        ev[i + 1].user_len == x->user_len &&
+                        !memcmp(ev[i + 1].user, x->user, x->user_len);
             int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
                                                p->ui, x->item, x->item_len,
-                                               p->ih, p->ii, x->weight, x->ts)
+                                               p->ih, p->ii, x->weight, x->ts,
+                                               defer)
                           : model_event_check(x->user, x->user_len, x->item,
                                               x->item_len, x->weight, x->ts);
             if (rc)

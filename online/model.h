@@ -122,8 +122,21 @@ struct model_event {
     int64_t ts;
 };
 
-/* Folds ev[0..n) in order with exactly the effect of n model_fold calls
- * (same results, same refreshes), but faster: it looks ahead and brings
+/* model_fold of e, told the event that comes next (NULL: none known).
+ * When next is a valid event of the same user, h_u is not re-solved for
+ * e: the profile, the loss and A and B change exactly as for the h_u it
+ * had (decayed), and next's fold solves it once for both. A run of one
+ * user's events then costs one solve, not one each, and the state after
+ * the run is a model_fold of each event but the intermediate h. If next
+ * never comes (it is refused for lack of memory), u is left stale, as
+ * after a refresh, and the idle refinement solves it. */
+int model_fold_next(struct model *m, const struct model_event *e,
+                    const struct model_event *next);
+
+/* Folds ev[0..n) in order with exactly the effect of model_fold_next on
+ * each event, told the one after it (same results, same refreshes; one
+ * solve per run of a user's consecutive events), but faster: it looks
+ * ahead and brings
  * the memory of upcoming events (id table slots and records, user state,
  * profiles, W rows) into cache while folding the current one. rc, if not
  * NULL, receives each event's model_fold result. Returns the number of

@@ -2072,20 +2072,31 @@ Test(model, batch_fold_equals_sequential_folds)
         ev[e] = (struct model_event){ids[e][0],  (size_t)ul,    ids[e][1],
                                      (size_t)il, 0.5 + (e % 7), 1000 + e};
     }
-    /* Refused events in the middle, and a user seen twice in a row. */
+    /* Refused events in the middle, a user seen twice in a row, runs of
+     * one user's events (one across a batch's end, one with a refused
+     * event after its first), and a run cut by a refused one. */
     ev[10].weight = NAN;
     ev[20].user_len = 0;
     ev[30].item_len = MODEL_ID_MAX + 1;
     ev[41] = ev[40];
+    for (int e = 101; e < 140; e++)
+        ev[e].user = ev[100].user, ev[e].user_len = ev[100].user_len;
+    for (int e = 660; e < 680; e++)
+        ev[e].user = ev[659].user, ev[e].user_len = ev[659].user_len;
+    for (int e = 901; e < 906; e++)
+        ev[e].user = ev[900].user, ev[e].user_len = ev[900].user_len;
+    ev[903].weight = -1;
     size_t ok = 0;
     for (int e = 0; e < N; e++)
-        ok += model_fold(a, ev[e].user, ev[e].user_len, ev[e].item,
-                         ev[e].item_len, ev[e].weight, ev[e].ts) == 0;
+        ok += model_fold_next(a, &ev[e],
+                              (e + 1) % 333 && e + 1 < N ? &ev[e + 1] : NULL) ==
+              0;
     size_t done = 0;
     for (int e = 0; e < N; e += 333)
         done += model_fold_batch(b, ev + e, e + 333 <= N ? 333 : N - e, rc + e);
     cr_assert_eq(done, ok);
-    cr_assert_eq(ok, N - 3);
+    cr_assert_eq(ok, N - 4);
+    cr_assert_eq(rc[903], -EINVAL);
     cr_assert_eq(rc[10], -EINVAL);
     cr_assert_eq(rc[20], -EINVAL);
     cr_assert_eq(rc[30], -ENAMETOOLONG);
@@ -2097,6 +2108,79 @@ Test(model, batch_fold_equals_sequential_folds)
     planted_free(&p);
     model_free(a);
     model_free(b);
+}
+
+/* A run of one user's events folded with model_fold_next: one solve for
+ * the run, the statistics and the reported loss exact all along (every
+ * event of a run but the last leaves h as it was), and the run's end
+ * gives the h a fold of the whole profile gives. */
+Test(model, a_run_of_one_users_events_is_solved_once_and_stays_exact)
+{
+    int64_t hls[2] = {0, 4000};
+    for (int c = 0; c < 2; c++) {
+        struct model *m = model_with(5, hls[c], 1000, 3000);
+        struct model *r = model_with(5, hls[c], 1000, 3000);
+        stream_mixed(m, 3000, 31 + c, c);
+        stream_mixed(r, 3000, 31 + c, c);
+        char is[40][32];
+        struct model_event ev[40];
+        for (int e = 0; e < 40; e++) {
+            int il = snprintf(is[e], 32, "item-%d", (e * 7) % 120);
+            ev[e] = (struct model_event){"user-7", 6, is[e], (size_t)il,
+                                         0.5 + (e % 3), 200000 + 10 * e};
+        }
+        struct model_stats st;
+        double loss, norm;
+        for (int e = 0; e < 40; e++) {
+            uint64_t wm = model_work(m), wr = model_work(r);
+            uint64_t rm = model_refreshes(m);
+            cr_assert_eq(model_fold_next(m, &ev[e], e + 1 < 40 ? &ev[e + 1]
+                                                               : NULL),
+                         0);
+            cr_assert_eq(model_fold(r, ev[e].user, ev[e].user_len, ev[e].item,
+                                    ev[e].item_len, ev[e].weight, ev[e].ts),
+                         0);
+            if (e + 1 < 40 && model_refreshes(m) == rm)
+                cr_assert_lt(model_work(m) - wm, model_work(r) - wr,
+                             "event %d: a deferred event did a solve's work",
+                             e);
+            if (e % 9 == 0) {
+                assert_stats_exact(m, STATS_RTOL);
+                model_stats(m, &st);
+                direct_loss(m, &loss, &norm);
+                cr_assert_float_eq(st.loss, loss, 1e-6 * norm,
+                                   "event %d: loss %g vs %g", e, st.loss, loss);
+            }
+        }
+        assert_stats_exact(m, STATS_RTOL);
+        model_stats(m, &st);
+        cr_assert_eq(st.stale, 0, "the run's last event solves its user");
+        /* Both end on a solve of the same profile against the same W. */
+        cr_assert_eq(model_refreshes(m), model_refreshes(r));
+        struct model_user_view vm, vr;
+        int64_t um = model_user_find(m, "user-7", 6);
+        int64_t ur = model_user_find(r, "user-7", 6);
+        cr_assert(um >= 0 && ur >= 0);
+        cr_assert_eq(model_user_get(m, (uint32_t)um, &vm), 0);
+        cr_assert_eq(model_user_get(r, (uint32_t)ur, &vr), 0);
+        cr_assert_eq(vm.nprofile, vr.nprofile);
+        for (int j = 0; j < 5; j++)
+            cr_assert_float_eq(vm.h[j], vr.h[j], 1e-3 * (fabsf(vr.h[j]) + 1e-3),
+                               "h[%d] %g vs %g", j, vm.h[j], vr.h[j]);
+        /* A run whose next event never comes: the user is left stale,
+         * and the idle refinement solves it. */
+        struct model_event cut = {"user-9", 6, "item-3", 6, 2.0, 300000};
+        struct model_event never = {"user-9", 6, "item-4", 6, 1.0, 300001};
+        cr_assert_eq(model_fold_next(m, &cut, &never), 0);
+        model_stats(m, &st);
+        cr_assert_eq(st.stale, 1);
+        assert_stats_exact(m, STATS_RTOL);
+        cr_assert_eq(model_refine(m, 1000), 1);
+        model_stats(m, &st);
+        cr_assert_eq(st.stale, 0);
+        model_free(m);
+        model_free(r);
+    }
 }
 
 Test(model, save_load_round_trip_behaves_identically)
