@@ -2549,15 +2549,28 @@ int model_fold(struct model *m, const char *user, size_t user_len,
         item_len, ids_hash_id(m->iids, item, item_len), -1, weight, ts, 0);
 }
 
-/* Whether next is a valid event of the same user as e: then e's fold may
- * leave h_u to next's (model_user_solve_k, st->defer). */
-static int model_next_same(const struct model_event *e,
+/* Whether next, a valid event, reaches the profile of its user: not when
+ * its pair is held out (model_fold_checked), whose events never re-solve
+ * anyone. */
+static int model_next_folds(const struct model *m,
+                            const struct model_event *next)
+{
+    return !m->ho || !holdout_pair_held(m->p.holdout, m->p.holdout_salt,
+                                        next->user, next->user_len,
+                                        next->item, next->item_len);
+}
+
+/* Whether next is a valid event of the same user as e that reaches its
+ * profile: then e's fold may leave h_u to next's (model_user_solve_k,
+ * st->defer). */
+static int model_next_same(const struct model *m, const struct model_event *e,
                            const struct model_event *next)
 {
     return next && next->user_len == e->user_len &&
            !memcmp(next->user, e->user, e->user_len) &&
            !model_event_check(next->user, next->user_len, next->item,
-                              next->item_len, next->weight, next->ts);
+                              next->item_len, next->weight, next->ts) &&
+           model_next_folds(m, next);
 }
 
 int model_fold_next(struct model *m, const struct model_event *e,
@@ -2570,7 +2583,7 @@ int model_fold_next(struct model *m, const struct model_event *e,
     return model_fold_checked(
         m, e->user, e->user_len, ids_hash_id(m->uids, e->user, e->user_len),
         -1, e->item, e->item_len, ids_hash_id(m->iids, e->item, e->item_len),
-        -1, e->weight, e->ts, model_next_same(e, next));
+        -1, e->weight, e->ts, model_next_same(m, e, next));
 }
 
 /* Look-ahead distance (events) between the batch pipeline's stages. */
@@ -2691,7 +2704,8 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
             const struct model_pf *q = &pf[(i + 1) % MODEL_PF_RING];
             int defer = i + 1 < n && q->ok && q->uh == p->uh &&
                         ev[i + 1].user_len == x->user_len &&
-                        !memcmp(ev[i + 1].user, x->user, x->user_len);
+                        !memcmp(ev[i + 1].user, x->user, x->user_len) &&
+                        model_next_folds(m, &ev[i + 1]);
             int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
                                                p->ui, x->item, x->item_len,
                                                p->ih, p->ii, x->weight, x->ts,

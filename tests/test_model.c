@@ -2183,6 +2183,41 @@ Test(model, a_run_of_one_users_events_is_solved_once_and_stays_exact)
     }
 }
 
+/* A run's solve is never left to a held-out event, which reaches no
+ * profile: with no refresh, every user ends solved. */
+Test(model, a_run_never_waits_on_a_held_out_event)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = 4;
+    p.warmup_events = 0;
+    p.refresh_events = 0;
+    p.holdout = 0.4;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    enum { N = 3000 };
+    static char ids[N][2][32];
+    static struct model_event ev[N];
+    for (int e = 0; e < N; e++) {
+        int ul = snprintf(ids[e][0], 32, "user-%d", e / 6);
+        int il = snprintf(ids[e][1], 32, "item-%d", (e * 13) % 97);
+        ev[e] = (struct model_event){ids[e][0],  (size_t)ul, ids[e][1],
+                                     (size_t)il, 1.0,        1000 + e};
+    }
+    for (int e = 0; e < N; e += 500)
+        cr_assert_eq(model_fold_batch(m, ev + e, 250, NULL), 250);
+    for (int e = 250; e < N; e += 500)
+        for (int i = e; i < e + 250; i++)
+            cr_assert_eq(model_fold_next(m, &ev[i], i + 1 < e + 250 ? &ev[i + 1]
+                                                                    : NULL),
+                         0);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_gt(st.holdout_events, N / 5);
+    cr_assert_eq(st.stale, 0, "%" PRIu64 " users left unsolved", st.stale);
+    model_free(m);
+}
+
 Test(model, save_load_round_trip_behaves_identically)
 {
     struct model_params p;
