@@ -232,7 +232,7 @@ static const struct config_key config_table[] = {
            "l21: a user whose residual per unit of its norm is far above "
            "the typical user's (ids clicking many items at random: bots, "
            "crawlers) has its share of the topics discounted, down to "
-           "1/32, so that it cannot capture topics; every other user "
+           "1/256, so that it cannot capture topics; every other user "
            "weighs 1, as with none; /users/ID and nmfd_robust_* show the "
            "weights."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,

@@ -90,14 +90,14 @@ struct model_restart;
 
 /* robust = l21 (robust.c): user u's weight is 1 while q_u = ||r_u||^4 /
  * ||v_u||^2 is at most Q = MODEL_L21_C^4 times the users' median q, and
- * Q / q_u above but never below 2^-5 (a code of MODEL_L21_STEPS steps
+ * Q / q_u above but never below 2^-8 (a code of MODEL_L21_STEPS steps
  * per halving, at most MODEL_L21_CODE_MAX); the median is read from a
  * histogram of MODEL_L21_BINS bins on q's float bits (the exponent and
  * the top 3 bits of the mantissa: 8 bins per doubling). */
 #define MODEL_L21_C        1.75
 #define MODEL_L21_STEPS    16
 #define MODEL_L21_BINS     2048
-#define MODEL_L21_CODE_MAX 80
+#define MODEL_L21_CODE_MAX 128
 
 struct model {
     struct model_params p;

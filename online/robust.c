@@ -33,15 +33,21 @@
  * population: with q_u = ||r_u||^4 / ||v_u||^2 (= s^4) and its median
  * over the users,
  *     d_u = 1                  if q_u <= Q = C^4 median_u q_u,
- *     d_u = max(Q / q_u, 2^-5) above,
+ *     d_u = max(Q / q_u, 2^-8) above,
  * C = MODEL_L21_C = 1.75 (s up to 1.75 times its median weighs 1): on a
- * clean stream nearly every user weighs 1 and l21 is none; bots weigh
- * about 1/30. d is the reweighting of sum_u c_u rho(||r_u||^2) with rho
- * (L) = L up to t = sqrt(Q ||v_u||^2), then 2 t - t^2 / L
- * (model__l21_term), whose slope is d; the floor 2^-5 keeps a heavy
- * genuine user the topics happen not to fit from being written off for
- * good (without it, a redescending weight, glibc's heaviest authors lost
- * their topics: loss 5.5 times none's).
+ * clean stream nearly every user weighs 1 and l21 is none; the bots of
+ * the planted stream weigh about 1/30. d is the reweighting of sum_u c_u
+ * rho(||r_u||^2) with rho(L) = L up to t = sqrt(Q ||v_u||^2), then
+ * 2 t - t^2 / L (model__l21_term), whose slope is Q / q, the weight
+ * above the floor. The floor keeps a heavy genuine user the topics
+ * happen not to fit from being written off for good, and lets heavy bots
+ * keep some pull: a bot's pull on W, d ||v||^2 = Q / (||r|| / ||v||)^4,
+ * grows as its relative noise falls with its volume. Measured
+ * (docs/benchmarks.md, section 8): without a floor glibc's converged
+ * loss is 5.5 times none's; at 2^-5 1.01 times, but 5 or 10 bots with
+ * as many events as the users together take a topic; at 2^-8 they do
+ * not, and glibc is 2.1 times none's converged (1.5 with the volume
+ * discount before, 1.9 against its 5.9 under fit's default bound).
  *
  * Q moves with the population: it is set at each refresh (0, every
  * weight 1, before the first) from a histogram of q kept exact with
