@@ -729,9 +729,13 @@ static const char *state_variant(struct state_reader *r, struct model *m,
         return "truncated";
     if (!(m->l21_q >= 0 && m->l21_q < 1e300))
         return "bad robust threshold";
-    for (uint32_t u = 0, U = ids_slots(m->uids); u < U && !r->bad; u++)
-        if (m->u[u].flags & MODEL_U_LIVE)
-            SR(r, m->u[u].wq);
+    for (uint32_t u = 0, U = ids_slots(m->uids); u < U && !r->bad; u++) {
+        if (!(m->u[u].flags & MODEL_U_LIVE))
+            continue;
+        SR(r, m->u[u].wq);
+        if (m->u[u].wq > MODEL_L21_CODE_MAX)
+            return "bad robust weight";
+    }
     if (r->bad)
         return "truncated";
     model__l21_recount(m);

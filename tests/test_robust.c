@@ -457,6 +457,14 @@ Test(robust, state_keeps_the_variant)
     memcpy(s.p + s.n - 8, &sum, 8);
     cr_assert_null(model_load(s.p, s.n, &err));
     cr_assert_str_eq(err, "bad model variant");
+    /* A weight code beyond the floor's. */
+    uint32_t l21 = MODEL_ROBUST_L21;
+    memcpy(s.p + s.n - 8 - live - 8 - 8, &l21, 4);
+    s.p[s.n - 9] = MODEL_L21_CODE_MAX + 1;
+    sum = model__state_checksum(s.p, s.n - 8);
+    memcpy(s.p + s.n - 8, &sum, 8);
+    cr_assert_null(model_load(s.p, s.n, &err));
+    cr_assert_str_eq(err, "bad robust weight");
     free(s.p);
     free(t.p);
     free(s2.p);
