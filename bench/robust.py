@@ -15,7 +15,7 @@ robust costs where there is nothing to be robust against: loss and fold
 rate (events / fit seconds, median of --runs alternating runs).
 
 Run with Debian's /usr/bin/python3 (numpy, scikit-learn, msgpack):
-    bench/robust.py --nmfctl build/ctl/nmfctl [--clean]
+    bench/robust.py --nmfctl build/ctl/nmfctl [--clean] [--refine-work 0]
 Prints one line per variant; the exit status is 0 whatever the figures
 (docs/benchmarks.md, section 8, has them and the targets).
 """
@@ -119,8 +119,12 @@ def main():
     ap.add_argument("--clean", action="store_true")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--refine-work", help="nmfctl fit's --refine-work "
+                    "(0: refine to convergence; default: fit's own)")
     a = ap.parse_args()
     extra = sum((["--set", s] for s in a.set), [])
+    if a.refine_work is not None:
+        extra += ["--refine-work", a.refine_work]
     with tempfile.TemporaryDirectory() as d:
         path, seg, rows = make_stream(a.nmfctl, d, a.users, a.items, a.k,
                                       a.events, 0 if a.clean else a.bots,

@@ -229,11 +229,12 @@ static const struct config_key config_table[] = {
            "loss is then reported as D per unit of weight. Not with "
            "robust = l21, alpha_h, alpha_w or holdout."),
     K_ENUM("model", "robust", "none", robust_enums, false, model.params.robust,
-           "l21: each user's share of the topics weighted by the inverse "
-           "of its residual (Kong, Ding & Huang, CIKM 2011) and of its "
-           "volume to the power 0.35, so that a few ids clicking "
-           "everything (bots, crawlers) cannot capture topics; /users/ID "
-           "and nmfd_robust_* show the weights."),
+           "l21: a user whose residual per unit of its norm is far above "
+           "the typical user's (ids clicking many items at random: bots, "
+           "crawlers) has its share of the topics discounted, down to "
+           "1/256, so that it cannot capture topics; every other user "
+           "weighs 1, as with none; /users/ID and nmfd_robust_* show the "
+           "weights."),
     K_INT(CT_DURATION, "model", "refresh_interval", "5s", 0, 1 * DAY, false,
           model.refresh_interval_ms,
           "nmfd refreshes W this often on the wall clock, if anything was "

@@ -273,6 +273,10 @@ int model_user_put(struct model *m, const struct model_user_state *st)
     free(it);
     us->loss = st->loss;
     us->vnorm = st->vnorm;
+    /* robust = l21: in at weight 1 (code 0) until its next solve. */
+    model__l21_count(m, us->loss, us->vnorm, 1);
+    if (us->vnorm > 0 && m->p.robust == MODEL_ROBUST_L21)
+        m->dsum += 1;
     if (st->evicted > 0) {
         m->uev[u] = st->evicted;
         us->flags |= MODEL_U_EV;

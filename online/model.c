@@ -227,9 +227,12 @@ struct model *model__alloc(const struct model_params *p)
         m->kls = calloc(p->k, sizeof(double));
         m->klwh = calloc(2 * (p->profile_max + 1u), sizeof(double));
     }
+    if (p->robust == MODEL_ROBUST_L21)
+        m->l21_hist = calloc(MODEL_L21_BINS, sizeof(uint32_t));
     if (!m->uids || !m->iids || !m->A || !m->G || !m->S || !m->bcol || !m->hs ||
         !m->hsi ||
-        (p->loss == MODEL_LOSS_KL && (!m->kb || !m->kls || !m->klwh))) {
+        (p->loss == MODEL_LOSS_KL && (!m->kb || !m->kls || !m->klwh)) ||
+        (p->robust == MODEL_ROBUST_L21 && !m->l21_hist)) {
         model_free(m);
         return NULL;
     }
@@ -275,6 +278,7 @@ void model_free(struct model *m)
     free(m->kb);
     free(m->kls);
     free(m->klwh);
+    free(m->l21_hist);
     free(m->bc);
     free(m->bc_gen);
     free(m->bg);
@@ -586,7 +590,7 @@ MODEL_KI void model_b_apply_k(struct model *m, uint32_t u, double sign,
             any |= g[j] != 0;
         }
     } else {
-        s *= model__uweight(m, us->loss, us->vnorm);
+        s *= model__uweight(m, us);
         for (uint32_t j = 0; j < k; j++) {
             c[j] = s * ((double)hu[j] * m->hs[j]) / m->bcol[j];
             any |= hu[j] != 0;
@@ -615,7 +619,7 @@ MODEL_KI void model_b_move_k(struct model *m, const struct model_user *us,
         return;
     double c[MODEL_K_MAX];
     int any = 0;
-    const double sd = s * model__uweight(m, us->loss, us->vnorm);
+    const double sd = s * model__uweight(m, us);
     for (uint32_t j = 0; j < k; j++) {
         c[j] = sd * ((double)h[j] * m->hs[j]) / m->bcol[j] - s * g[j];
         any |= c[j] != 0;
@@ -1369,7 +1373,10 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
      * weight follows from them). */
     float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
     float vf = vtv < FLT_MAX ? (float)vtv : FLT_MAX;
-    const double d_new = model__uweight(m, lf, vf);
+    const uint8_t wq = model__l21_code(m, lf, vf);
+    const double d_new = m->p.robust != MODEL_ROBUST_L21 ? 1.0
+                         : vf > 0                        ? model__l21_decode(wq)
+                                                         : 0.0;
 
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * d_old * ho[j];
@@ -1386,8 +1393,11 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     m->dsum += d_new - d_old;
     m->loss_s += s_new * lf - s_old * us->loss;
     m->norm_s += s_new * vf - s_old * us->vnorm;
+    model__l21_count(m, us->loss, us->vnorm, -1);
+    model__l21_count(m, lf, vf, 1);
     us->loss = lf;
     us->vnorm = vf;
+    us->wq = wq;
     us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
     model_user_mark(m, us, ht, st->ev != NULL, k);
@@ -1483,7 +1493,7 @@ MODEL_KI void model_user_solve_k(struct model *m, uint32_t u,
         .eager = us->n < MODEL_BCACHE_MIN && !drop,
         .kl = model__kl(m),
         .defer = ev && ev->defer,
-        .d_old = model__uweight(m, us->loss, us->vnorm),
+        .d_old = model__uweight(m, us),
     };
     st.ff = (float)st.f;
     st.s_old = model__frame_weight(m, us->t);
@@ -1534,8 +1544,9 @@ void model__user_remove(struct model *m, uint32_t u)
     if (us->flags & MODEL_U_INB)
         model_b_apply(m, u, -1);
     double s_old = model__frame_weight(m, us->t);
-    double d_old = model__uweight(m, us->loss, us->vnorm);
+    double d_old = model__uweight(m, us);
     m->dsum -= d_old;
+    model__l21_count(m, us->loss, us->vnorm, -1);
     s_old *= d_old;
     if (us->slab != POOL_NONE)
         pool_release(&m->pool, us->cls, us->slab);
@@ -1636,7 +1647,7 @@ static void model_rebuild(struct model *m)
             hu[j] = x >= FLT_MIN ? (x <= MODEL_H_MAX ? x : MODEL_H_MAX) : 0;
         }
         double s = model__frame_weight(m, us->t);
-        double d = model__uweight(m, us->loss, us->vnorm);
+        double d = model__uweight(m, us);
         m->dsum += d;
         for (uint32_t j = 0; j < k; j++)
             an[j] = s * d * (double)hu[j];
@@ -2006,6 +2017,8 @@ void model_refresh(struct model *m)
     model__b_sync(m);
     if (model__kl(m))
         model_kl_sync(m);
+    if (m->p.robust == MODEL_ROBUST_L21)
+        model__l21_threshold(m);
     m->wgen++;
     for (uint32_t j = 0; j < k; j++)
         for (uint32_t l = 0; l < k; l++)
@@ -2870,7 +2883,7 @@ static void model_owed_h(const struct model *m, uint32_t u, double *d)
     const float *hu = m->H + (size_t)u * k;
     const double *g =
         us->flags & MODEL_U_GB ? m->bg + (size_t)us->bslot * k : NULL;
-    const double w = model__uweight(m, us->loss, us->vnorm);
+    const double w = model__uweight(m, us);
     for (uint32_t j = 0; j < k; j++)
         d[j] = w * (double)hu[j] * m->hs[j] - (g ? g[j] * m->bcol[j] : 0);
 }
@@ -3030,7 +3043,7 @@ int model_user_get(const struct model *m, uint32_t idx,
     v->ts = us->t;
     v->changed = us->changed;
     v->nprofile = us->n;
-    double d = model__uweight(m, us->loss, us->vnorm);
+    double d = model__uweight(m, us);
     double mean = m->nprof && m->dsum > 0 ? m->dsum / m->nprof : 0;
     v->weight_raw = (float)d;
     v->weight = m->p.robust != MODEL_ROBUST_L21 ? (float)d

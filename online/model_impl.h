@@ -3,7 +3,9 @@
 #ifndef NMFD_ONLINE_MODEL_IMPL_H
 #define NMFD_ONLINE_MODEL_IMPL_H
 
+#include <float.h>
 #include <math.h>
+#include <string.h>
 
 #include "holdout.h"
 #include "ids.h"
@@ -53,6 +55,9 @@ struct model_user {
     uint8_t cls;
     uint8_t flags; /* MODEL_U_* */
     uint8_t mseg;  /* segment at the last mark */
+    /* robust = l21: the code of the weight the user's share of A and B
+     * went in with, 2^(-wq / MODEL_L21_STEPS) (robust.c); 0 otherwise. */
+    uint8_t wq;
 };
 
 /* A re-solve marks the user when its share moves by more than this
@@ -83,15 +88,16 @@ struct model_user {
 
 struct model_restart;
 
-/* robust = l21: a user's residual counts at least this share of its
- * profile's norm in its weight, 1 / (max(||v - W h||, eps ||v||)
- * ||v||^gamma), so that a user fitted almost exactly cannot take an
- * unbounded weight (the smoothing of the reweighting); and the weight is
- * discounted by the profile's norm to the power MODEL_L21_GAMMA, so that
- * heavy ids that click at random (bots) cannot keep a topic of their own
- * by their volume (robust.c). */
-#define MODEL_L21_EPS   0.05
-#define MODEL_L21_GAMMA 0.35
+/* robust = l21 (robust.c): user u's weight is 1 while q_u = ||r_u||^4 /
+ * ||v_u||^2 is at most Q = MODEL_L21_C^4 times the users' median q, and
+ * Q / q_u above but never below 2^-8 (a code of MODEL_L21_STEPS steps
+ * per halving, at most MODEL_L21_CODE_MAX); the median is read from a
+ * histogram of MODEL_L21_BINS bins on q's float bits (the exponent and
+ * the top 3 bits of the mantissa: 8 bins per doubling). */
+#define MODEL_L21_C        1.75
+#define MODEL_L21_STEPS    16
+#define MODEL_L21_BINS     2048
+#define MODEL_L21_CODE_MAX 128
 
 struct model {
     struct model_params p;
@@ -173,6 +179,13 @@ struct model {
     /* robust = l21: sum of the weights of the users with a profile, kept
      * with every re-solve (recomputed at a rebuild and a load). */
     double dsum;
+    /* robust = l21: the threshold Q on q (0 until the first refresh:
+     * every weight 1), set at each refresh from the users' median q;
+     * the histogram of the q of the users with a profile (l21_users of
+     * them) it is read from, kept with every re-solve. */
+    double l21_q;
+    uint32_t *l21_hist;
+    uint32_t l21_users;
     /* loss = kl (model.c): kb = sum_u c_u h_u, the denominators of the
      * multiplicative update, in B's stored frame and column scales
      * (true kb_j = kb[j] bcol[j] scale); kls, W's column sums (kept with
@@ -208,31 +221,97 @@ static inline double model__frame_weight(const struct model *m, int64_t t)
     return exp2((double)(t - m->T0) / (double)m->p.half_life_ms);
 }
 
-/* The user's weight in A and B (robust.c): 1 without robust; with l21
- * 1 / (max(||v - W h||, MODEL_L21_EPS ||v||) ||v||^MODEL_L21_GAMMA) from
- * the loss and v^T v stored with the user, so that the weight a share was
- * added with is known again, bit for bit, when it is taken out. 0
- * without a profile. */
-static inline double model__uweight(const struct model *m, float loss,
-                                    float vnorm)
+/* robust = l21: q = ||r||^4 / ||v||^2 from the loss and v^T v stored
+ * with the user, and its histogram bin. */
+static inline double model__l21_qof(float loss, float vnorm)
+{
+    double l = loss > 0 ? (double)loss : 0.0;
+    return l * l / (double)vnorm;
+}
+
+static inline uint32_t model__l21_bin(double q)
+{
+    float f = q < FLT_MAX ? (float)q : FLT_MAX;
+    uint32_t b;
+    memcpy(&b, &f, sizeof(b));
+    return b >> 20; /* q >= 0: the sign bit is 0 */
+}
+
+/* The histogram with the user at (loss, vnorm) added (dir 1) or taken
+ * out (-1); users without a profile are not in it. */
+static inline void model__l21_count(struct model *m, float loss, float vnorm,
+                                    int dir)
+{
+    if (m->p.robust != MODEL_ROBUST_L21 || !(vnorm > 0))
+        return;
+    m->l21_hist[model__l21_bin(model__l21_qof(loss, vnorm))] += (uint32_t)dir;
+    m->l21_users += (uint32_t)dir;
+}
+
+/* The weight code of a user solved to (loss, vnorm) under the current
+ * threshold: 0 (weight 1) at q <= Q, else log2(q / Q) halvings. */
+static inline uint8_t model__l21_code(const struct model *m, float loss,
+                                      float vnorm)
+{
+    if (m->p.robust != MODEL_ROBUST_L21 || !(m->l21_q > 0) || !(vnorm > 0))
+        return 0;
+    double q = model__l21_qof(loss, vnorm);
+    if (!(q > m->l21_q))
+        return 0;
+    double c = MODEL_L21_STEPS * log2(q / m->l21_q) + 0.5;
+    return c < MODEL_L21_CODE_MAX ? (uint8_t)c : MODEL_L21_CODE_MAX;
+}
+
+static inline double model__l21_decode(uint8_t wq)
+{
+    return wq ? exp2(-(double)wq / MODEL_L21_STEPS) : 1.0;
+}
+
+/* The weight the user's share of A and B went in with (robust.c): 1
+ * without robust; with l21 the one its stored code says, 0 without a
+ * profile. */
+static inline double model__uweight(const struct model *m,
+                                    const struct model_user *us)
+{
+    if (m->p.robust != MODEL_ROBUST_L21)
+        return 1.0;
+    if (!(us->vnorm > 0))
+        return 0.0;
+    return model__l21_decode(us->wq);
+}
+
+/* The weight a user solved to (loss, vnorm) would take now (the
+ * restart's candidates). */
+static inline double model__l21_weight(const struct model *m, float loss,
+                                       float vnorm)
 {
     if (m->p.robust != MODEL_ROBUST_L21)
         return 1.0;
     if (!(vnorm > 0))
         return 0.0;
-    double r = sqrt(loss > 0 ? (double)loss : 0.0);
-    double e = MODEL_L21_EPS * sqrt((double)vnorm);
-    return 1.0 / ((r > e ? r : e) * pow((double)vnorm, 0.5 * MODEL_L21_GAMMA));
+    return model__l21_decode(model__l21_code(m, loss, vnorm));
 }
 
-/* robust = l21: a user's term of the objective, ||r|| / ||v||^gamma,
- * from its squared loss and v^T v (robust.c). */
-static inline double model__l21_term(double loss, double vnorm)
+/* robust = l21: a user's term of the objective whose reweighting the
+ * weights are, from its squared loss L and v^T v: L up to the threshold
+ * t = sqrt(Q v^T v) of L (where q = Q), then 2 t - t^2 / L, whose slope
+ * (t / L)^2 = Q / q is the weight (robust.c). */
+static inline double model__l21_term(const struct model *m, double loss,
+                                     double vnorm)
 {
     if (!(loss > 0) || !(vnorm > 0))
         return 0;
-    return sqrt(loss) / pow(vnorm, 0.5 * MODEL_L21_GAMMA);
+    if (!(m->l21_q > 0))
+        return loss;
+    double t = sqrt(m->l21_q * vnorm);
+    return loss <= t ? loss : 2 * t - t * t / loss;
 }
+
+/* robust.c: the threshold Q from the histogram (at a refresh). */
+void model__l21_threshold(struct model *m);
+/* robust.c: the histogram and the sum of the weights from the users
+ * (a load). */
+void model__l21_recount(struct model *m);
 
 /* robust.c: sum_u c_u ||v_u - W h_u||^2 and sum_u c_u ||v_u||^2 in the
  * stored frame, by a pass over the users. */
@@ -246,8 +325,8 @@ void model__kl_colsums(struct model *m);
  * the profiles moved to slabs with the ratios' room, W's column sums.
  * 0 or -ENOMEM. */
 int model__kl_load(struct model *m);
-/* robust.c: the l21 objective of the live model as its users were last
- * solved, sum_u c_u ||v_u - W h_u|| in the stored frame. */
+/* robust.c: the robust objective of the live model as its users were
+ * last solved, sum_u c_u rho(||v_u - W h_u||^2) in the stored frame. */
 double model__l21_objective(const struct model *m);
 
 int model__users_grow(struct model *m, uint32_t need);

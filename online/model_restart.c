@@ -75,13 +75,12 @@ static size_t model_nndsvd_feed(struct model *m, struct nndsvd *sv,
         if (!us->n)
             continue;
         m->work_all += 2u * (uint64_t)m->k * us->n;
-        /* robust = l21: the weight of h = 0, 1 / ||v||, so that the
-         * seed sees every user at one scale and a few heavy outliers
-         * cannot take its columns (robust.c). */
+        /* robust = l21: the weight of h = 0 (residual v), so that a
+         * few heavy outliers cannot take the seed's columns (robust.c). */
         nndsvd_column(sv, pool_items(&m->pool, us->cls, us->slab),
                       pool_vals(&m->pool, us->cls, us->slab), us->n,
                       model__frame_weight(m, us->t) *
-                          model__uweight(m, us->vnorm, us->vnorm));
+                          model__l21_weight(m, us->vnorm, us->vnorm));
     }
     return done;
 }
@@ -106,6 +105,8 @@ int model__seed_nndsvd(struct model *m, int match)
     const uint32_t k = m->k, M = ids_slots(m->iids);
     if (!model__seedable(m))
         return -EINVAL;
+    if (m->p.robust == MODEL_ROBUST_L21 && !(m->l21_q > 0))
+        model__l21_threshold(m);
     struct nndsvd *sv = nndsvd_new(k, M, MODEL_NNDSVD_ITERS, &m->rng);
     uint8_t *live = model_live_items(m, M);
     float *Wn = malloc(((size_t)M * k + 1) * sizeof(float));
@@ -304,12 +305,12 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
     }
     double loss = vtv - 2 * hb + hgh;
     loss = loss > 0 ? (loss < vtv ? loss : vtv) : 0;
-    /* robust = l21: the l21 objective, and the share weighted by the
-     * inverse of this round's residual (robust.c). */
+    /* robust = l21: the robust objective, and the share weighted by
+     * this round's residual (robust.c). */
     const int l21 = m->p.robust == MODEL_ROBUST_L21;
-    rs->loss += c * (l21 ? model__l21_term(loss, vtv) : loss);
+    rs->loss += c * (l21 ? model__l21_term(m, loss, vtv) : loss);
     if (l21)
-        c *= model__uweight(m, (float)loss, (float)vtv);
+        c *= model__l21_weight(m, (float)loss, (float)vtv);
     for (uint32_t j = 0; j < k; j++)
         ch[j] = c * h[j];
     for (uint32_t j = 0; j < k; j++) {

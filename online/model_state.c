@@ -32,10 +32,13 @@
  *   held-out pairs (version 7): f64 share, u64 salt, the section of
  *          holdout.c (holdout_save); in version 8 a share of 0 stands
  *          for none, with nothing after it
- *   variant (version 8): u32 robust (0 none, 1 l21; the users' weights
- *          follow from their loss and vnorm, robust.c), u32 loss (0
+ *   variant (version 8): u32 robust (0 none, 1 l21), u32 loss (0
  *          frobenius, 1 kl); with kl, f64 kb[k] and each live user's
  *          n f32 ratios q, in slot order (B then holds sum c q h^T)
+ *   robust weights (version 9, written with robust = l21 only; an l21
+ *          state of version 8 had weights that followed from the loss
+ *          and is refused): f64 threshold Q, each live user's u8
+ *          weight code, in slot order (robust.c)
  *   u64 checksum of everything before it
  */
 #include <errno.h>
@@ -58,7 +61,9 @@
  * 0, so the first refresh after the load may come a little later than it
  * would have) and without the evictions (none was counted then), 4 is 5
  * without g. */
-#define STATE_VERSION 8u
+#define STATE_VERSION 9u
+/* Written by a variant without robust = l21 (kl). */
+#define STATE_VERSION_VARIANT 8u
 /* A model of the default variant writes version 7 with held-out pairs
  * and 6 without: its state is byte for byte what it was before the next
  * version existed. */
@@ -253,9 +258,11 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
     sw_put(&w, STATE_MAGIC, 8);
     const int variant =
         m->p.robust != MODEL_ROBUST_NONE || m->p.loss != MODEL_LOSS_FROBENIUS;
-    sw_u32(&w, variant ? STATE_VERSION
-               : m->ho ? STATE_VERSION_HOLDOUT
-                       : STATE_VERSION_PLAIN);
+    const int l21 = m->p.robust == MODEL_ROBUST_L21;
+    sw_u32(&w, l21       ? STATE_VERSION
+               : variant ? STATE_VERSION_VARIANT
+               : m->ho   ? STATE_VERSION_HOLDOUT
+                         : STATE_VERSION_PLAIN);
     sw_u32(&w, k);
     sw_params(&w, &m->p);
     sw_i64(&w, m->T);
@@ -371,6 +378,12 @@ int model_save(const struct model *m, model_write_fn write, void *ctx)
                 sw_put(&w, pool_aux(&m->pool, us->cls, us->slab),
                        us->n * sizeof(float));
         }
+    }
+    if (l21) {
+        sw_f64(&w, m->l21_q);
+        for (uint32_t u = 0; u < U; u++)
+            if (m->u[u].flags & MODEL_U_LIVE)
+                sw_u8(&w, m->u[u].wq);
     }
     sw_flush(&w);
     if (!w.err) {
@@ -533,7 +546,7 @@ static const char *state_verify(struct model *m)
         for (uint32_t j = 0; j < k; j++)
             h[j] = (double)hu[j] * m->hs[j];
         double c = model__frame_weight(m, us->t), vsum = 0;
-        const double d = model__uweight(m, us->loss, us->vnorm);
+        const double d = model__uweight(m, us);
         m->dsum += d;
         if (us->n) {
             /* loss = kl: B holds c q h^T, q the stored ratios. */
@@ -689,7 +702,8 @@ static const char *state_kl(struct state_reader *r, struct model *m)
 /* The variant (version 8): robust and loss, a pair the parameters'
  * check accepts and not the default one (which writes 6 or 7), then
  * kl's section. */
-static const char *state_variant(struct state_reader *r, struct model *m)
+static const char *state_variant(struct state_reader *r, struct model *m,
+                                 uint32_t version)
 {
     SR(r, m->p.robust);
     SR(r, m->p.loss);
@@ -698,7 +712,34 @@ static const char *state_variant(struct state_reader *r, struct model *m)
     if (model_params_check(&m->p) ||
         (m->p.robust == MODEL_ROBUST_NONE && m->p.loss == MODEL_LOSS_FROBENIUS))
         return "bad model variant";
-    return model__kl(m) ? state_kl(r, m) : NULL;
+    if ((m->p.robust == MODEL_ROBUST_L21) != (version >= 9))
+        return m->p.robust == MODEL_ROBUST_L21
+                   ? "robust = l21 state of an earlier weight: refit"
+                   : "bad model variant";
+    const char *err = model__kl(m) ? state_kl(r, m) : NULL;
+    if (err || m->p.robust != MODEL_ROBUST_L21)
+        return err;
+    /* The weights' threshold and codes (version 9), and the histogram
+     * (the parameters read first said robust = none). */
+    if (!m->l21_hist &&
+        !(m->l21_hist = calloc(MODEL_L21_BINS, sizeof(uint32_t))))
+        return "out of memory";
+    SR(r, m->l21_q);
+    if (r->bad)
+        return "truncated";
+    if (!(m->l21_q >= 0 && m->l21_q < 1e300))
+        return "bad robust threshold";
+    for (uint32_t u = 0, U = ids_slots(m->uids); u < U && !r->bad; u++) {
+        if (!(m->u[u].flags & MODEL_U_LIVE))
+            continue;
+        SR(r, m->u[u].wq);
+        if (m->u[u].wq > MODEL_L21_CODE_MAX)
+            return "bad robust weight";
+    }
+    if (r->bad)
+        return "truncated";
+    model__l21_recount(m);
+    return NULL;
 }
 
 /* The header, the format version and the parameters; the empty model
@@ -1021,7 +1062,7 @@ static const char *state_load(struct state_reader *r, struct model **out)
         (err = state_load_items(r, m, &M)) ||
         (err = state_load_users(r, m, version, M)) ||
         (version >= 7 && (err = state_holdout(r, m, version))) ||
-        (version >= 8 && (err = state_variant(r, m))))
+        (version >= 8 && (err = state_variant(r, m, version))))
         return err;
     if (r->off != r->n)
         return "trailing bytes";

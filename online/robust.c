@@ -18,29 +18,45 @@
  * it back with the weight of the new residual, so A and B are always the
  * exact weighted sums for the current h and weights, and the weights are
  * iterated as the users are re-solved (by events and by model_refine).
- * The weight is smoothed as d_u = 1 / max(||r_u||, eps ||v_u||)
- * (MODEL_L21_EPS): bounded for a user fitted almost exactly.
  *
- * Kong's weights alone do not keep bots out of the topics when the bots
- * are heavy: a few ids clicking uniformly at random, with as many events
- * as every genuine user together, make a uniform floor worth a topic (or
- * most of one). Once they own it they are fitted to their Poisson noise,
- * about half their norm, no worse in relation to their volume than a
- * genuine user, so no test on the residual alone can single them out at
- * that point; what sets them apart is that their volume buys them the
- * topic. So the weight is also discounted by the profile's norm:
- *     d_u = 1 / (max(||r_u||, eps ||v_u||) ||v_u||^gamma),
- * the reweighting of sum_u c_u ||v_u - W h_u|| / ||v_u||^gamma, which
- * goes from Kong's l2,1 norm (gamma = 0) to the l2,1 norm of the
- * normalised profiles (gamma = 1, every user one vote). MODEL_L21_GAMMA =
- * 0.35 is the smallest of those measured (docs/benchmarks.md, section 8)
- * that took the bots' topic back in every seed of the planted stream with
- * bots; 0.15 to 0.25 did in some seeds and not in others. It costs the
- * genuine heavy users some of their say, so the loss of a clean stream
- * rises (the same section). The weight is scale-free up to a common
- * factor, which changes no minimiser, and a function of the user's
- * stored loss and v^T v only (model__uweight), so it is never stored and
- * a checkpoint carries it.
+ * Kong's weight 1 / ||r_u|| discounts every heavy user, genuine or not:
+ * on a clean stream, where the heaviest users carry most of the loss, it
+ * costs loss (+3.9% on the planted stream, docs/benchmarks.md section 8),
+ * and it does not keep heavy bots out (ARI 0.887 there); a discount by
+ * the volume ||v||^0.35 did keep them out but cost 29%. What sets bots
+ * that click at random apart from people is that their profiles are
+ * diffuse: a bot's residual, fitted or not, is about its Poisson noise
+ * over thousands of items, while a person of the same volume clicks a
+ * few hundred items again and again. Per unit of norm the residual
+ * energy s^2 = ||r||^2 / ||v|| of bots is about 37 on that stream, that
+ * of people 1 to 7 (median 2). So the weight is relative to the
+ * population: with q_u = ||r_u||^4 / ||v_u||^2 (= s^4) and its median
+ * over the users,
+ *     d_u = 1                  if q_u <= Q = C^4 median_u q_u,
+ *     d_u = max(Q / q_u, 2^-8) above,
+ * C = MODEL_L21_C = 1.75 (s up to 1.75 times its median weighs 1): on a
+ * clean stream nearly every user weighs 1 and l21 is none; the bots of
+ * the planted stream weigh about 1/30. d is the reweighting of sum_u c_u
+ * rho(||r_u||^2) with rho(L) = L up to t = sqrt(Q ||v_u||^2), then
+ * 2 t - t^2 / L (model__l21_term), whose slope is Q / q, the weight
+ * above the floor. The floor keeps a heavy genuine user the topics
+ * happen not to fit from being written off for good, and lets heavy bots
+ * keep some pull: a bot's pull on W, d ||v||^2 = Q / (||r|| / ||v||)^4,
+ * grows as its relative noise falls with its volume. Measured
+ * (docs/benchmarks.md, section 8): without a floor glibc's converged
+ * loss is 5.5 times none's; at 2^-5 1.01 times, but 5 or 10 bots with
+ * as many events as the users together take a topic; at 2^-8 they do
+ * not, and glibc is 2.1 times none's converged (1.5 with the volume
+ * discount before, 1.9 against its 5.9 under fit's default bound).
+ *
+ * Q moves with the population: it is set at each refresh (0, every
+ * weight 1, before the first) from a histogram of q kept exact with
+ * every re-solve, and a user's share holds the weight it went in with
+ * until its next re-solve, stored as a code (model_user.wq, MODEL_L21_
+ * STEPS per halving) so that the same weight comes out, bit for bit, as
+ * went in. A and B are thus exact for the weights stored, which follow
+ * Q lazily, as the weights followed the residuals before. A checkpoint
+ * carries Q and the codes.
  *
  * This file owns what robust adds outside the fold: the loss, which the
  * identity of model.c cannot give from weighted statistics and which is
@@ -119,7 +135,7 @@ void model_robust_summary(const struct model *m, double below,
         const struct model_user *us = &m->u[u];
         if (!(us->flags & MODEL_U_LIVE) || !us->n)
             continue;
-        double w = model__uweight(m, us->loss, us->vnorm) / mean;
+        double w = model__uweight(m, us) / mean;
         if (w < below)
             out->below++;
         if (w < lo)
@@ -129,7 +145,7 @@ void model_robust_summary(const struct model *m, double below,
     out->mean = mean;
 }
 
-/* sum_u c_u ||r_u|| / ||v_u||^gamma: what a restart's candidate must beat under
+/* sum_u c_u rho(||r_u||^2): what a restart's candidate must beat under
  * robust = l21 (model_restart.c compares objectives, not squared losses,
  * or it would put back the fit to the outliers robust keeps out). */
 double model__l21_objective(const struct model *m)
@@ -139,7 +155,42 @@ double model__l21_objective(const struct model *m)
         const struct model_user *us = &m->u[u];
         if ((us->flags & MODEL_U_LIVE) && us->loss > 0)
             s += model__frame_weight(m, us->t) *
-                 model__l21_term(us->loss, us->vnorm);
+                 model__l21_term(m, us->loss, us->vnorm);
     }
     return s;
+}
+
+/* The threshold Q on q = ||r||^4 / ||v||^2: MODEL_L21_C^4 times the
+ * users' median q, read from the histogram at the middle of its bin (in
+ * q's float bits: within 2^(1/16) of the median, 2^(1/64) in ||r||);
+ * 0, every weight 1, while no user has a profile. */
+void model__l21_threshold(struct model *m)
+{
+    if (!m->l21_users) {
+        m->l21_q = 0;
+        return;
+    }
+    const uint32_t half = (m->l21_users + 1) / 2;
+    uint32_t b = 0, seen = 0;
+    for (; b < MODEL_L21_BINS - 1; b++)
+        if ((seen += m->l21_hist[b]) >= half)
+            break;
+    uint32_t bits = b << 20 | 1u << 19;
+    float q;
+    memcpy(&q, &bits, sizeof(q));
+    double c2 = MODEL_L21_C * MODEL_L21_C;
+    m->l21_q = isfinite(q) ? c2 * c2 * (double)q : 0;
+}
+
+void model__l21_recount(struct model *m)
+{
+    if (m->p.robust != MODEL_ROBUST_L21)
+        return;
+    memset(m->l21_hist, 0, MODEL_L21_BINS * sizeof(uint32_t));
+    m->l21_users = 0;
+    for (uint32_t u = 0, U = ids_slots(m->uids); u < U; u++) {
+        const struct model_user *us = &m->u[u];
+        if (us->flags & MODEL_U_LIVE)
+            model__l21_count(m, us->loss, us->vnorm, 1);
+    }
 }

@@ -2401,10 +2401,12 @@ Test(model, load_checks_structure_behind_the_checksum)
     v = 3; /* the layout before the column scales of h */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
-    v = 9;
+    v = 10;
     cr_assert_str_eq(load_patched(&s, 8, &v, 4),
                      "unsupported model state version");
     v = 8; /* the variant's layout: the held-out share it needs is missing */
+    cr_assert_str_eq(load_patched(&s, 8, &v, 4), "truncated");
+    v = 9; /* robust = l21's layout: the same */
     cr_assert_str_eq(load_patched(&s, 8, &v, 4), "truncated");
     v = 6;
     cr_assert_str_eq(load_patched(&s, 12, &v, 4), "bad model parameters");

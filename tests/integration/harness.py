@@ -130,16 +130,17 @@ def gen_planted(ps, users, items, k, events, seed):
     return path, planted
 
 
-def fit_segments(ps, events, k, sets=()):
-    """`nmfctl fit` of a CSV: {user: segment (argmax of h)}."""
+def fit_segments(ps, events, k, sets=(), args=()):
+    """`nmfctl fit` of a CSV (more options in args): {user: segment
+    (argmax of h)}."""
     import msgpack
     import numpy as np
     out = os.path.join(ps.tmp, "fit.msgpack")
-    args = [NMFCTL, "fit", "--events", events,
-            "--set", "model.k=%d" % k]
+    cmd = [NMFCTL, "fit", "--events", events,
+           "--set", "model.k=%d" % k] + list(args)
     for s in sets:
-        args += ["--set", s]
-    r = subprocess.run(args + ["--out", out], capture_output=True, timeout=300)
+        cmd += ["--set", s]
+    r = subprocess.run(cmd + ["--out", out], capture_output=True, timeout=300)
     check(r.returncode == 0, "nmfctl fit failed: %s" % r.stderr.decode())
     with open(out, "rb") as f:
         doc = msgpack.unpackb(f.read(), raw=False)
