@@ -756,6 +756,23 @@ static uint64_t drop_users(struct cluster *cl, int32_t p)
     return n;
 }
 
+/* Forgets the users of every partition p with slot[p] >= 0, adding each
+ * one's count to n[slot[p]]: one pass over the users however many
+ * partitions go (drop_users for each would be one pass a partition). */
+static void drop_parts(struct cluster *cl, const int32_t *slot, uint64_t *n)
+{
+    struct model *m = cl->c.model;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        int32_t p = part_of(cl, v.id, v.id_len);
+        if (p >= 0 && p < cl->nparts && slot[p] >= 0 &&
+            model_user_forget(m, u) == 0)
+            n[slot[p]]++;
+    }
+}
+
 static int state_produce(struct cluster *cl, int32_t p, const char *key)
 {
     size_t len;
@@ -849,7 +866,7 @@ static int scan_message(void *ctx, const struct kafka_msg *msg)
     struct records_state h;
     const char *why = NULL;
 
-    if (records_state_read(msg->payload, msg->len, &h, NULL, NULL, &why)) {
+    if (records_state_head(msg->payload, msg->len, &h, &why)) {
         reject(cl, CL_STATE, why);
         return 0;
     }
@@ -921,24 +938,31 @@ static int scan_any(void *ctx, const struct kafka_msg *msg)
     return scan_message(&s->sc[s->at[p]], msg);
 }
 
+/* Whether partition sc->p, its state topic read into sc, takes its users
+ * from there (its last complete state is further on than next, where
+ * this member holds it), or has no state anywhere: either way its local
+ * users go. */
+static bool restore_drops(const struct scan *sc, int64_t next)
+{
+    return (sc->have && sc->marker.offset > next) || next < 0;
+}
+
 /* Restores partition sc->p, its state topic read into sc, if its last
- * complete state is further on than what this member holds; sets *offset
- * to where the input resumes and adds what it restored to *users and
- * *bytes. t0: when the read of the assignment's partitions began. 1 when
- * restored from the state topic, 0 when not, or -errno (fatal: the
- * partition must not be folded). */
-static int restore_one(struct cluster *cl, struct scan *sc, double t0,
-                       int64_t *offset, uint64_t *users_all, size_t *bytes_all)
+ * complete state is further on than next (where this member holds it;
+ * its local users, dropped of them, went already, restore_drops said
+ * so); sets *offset to where the input resumes and adds what
+ * it restored to *users and *bytes. t0: when the read of the
+ * assignment's partitions began. 1 when restored from the state topic, 0
+ * when not, or -errno (fatal: the partition must not be folded). */
+static int restore_one(struct cluster *cl, struct scan *sc, int64_t next,
+                       uint64_t dropped, double t0, int64_t *offset,
+                       uint64_t *users_all, size_t *bytes_all)
 {
     int32_t p = sc->p;
-    int64_t next = -1;
-    uint64_t events = 0;
-    double weight = 0;
     int rc = 0;
 
-    ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight);
     if (sc->have && sc->marker.offset > next) {
-        uint64_t dropped = drop_users(cl, p), users = 0;
+        uint64_t users = 0;
         size_t bytes = 0;
         for (uint32_t i = 0; i < sc->best.n && !rc; i++) {
             struct records_state h;
@@ -974,7 +998,6 @@ static int restore_one(struct cluster *cl, struct scan *sc, double t0,
                  p, next);
     } else {
         /* No state anywhere: the partition's history is read again. */
-        drop_users(cl, p);
         ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
         *offset = KAFKA_OFFSET_BEGINNING;
         log_info("cluster: partition %" PRId32 " has no state yet: "
@@ -995,6 +1018,8 @@ static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
     struct scan *sc = calloc(n ? n : 1, sizeof(*sc));
     int32_t *at = malloc((size_t)cl->nparts * sizeof(*at));
     size_t *idx = calloc(n ? n : 1, sizeof(*idx));
+    int64_t *next = calloc(n ? n : 1, sizeof(*next));
+    uint64_t *dropped = calloc(n ? n : 1, sizeof(*dropped));
     struct scans s = {.sc = sc, .at = at};
     uint64_t users = 0;
     size_t bytes = 0, m = 0;
@@ -1002,7 +1027,7 @@ static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
     double t0 = mono_s(), t_read;
     int rc = 0;
 
-    if (!rp || !sc || !at || !idx) {
+    if (!rp || !sc || !at || !idx || !next || !dropped) {
         rc = -ENOMEM;
         log_err("cluster: state: out of memory");
         goto out;
@@ -1035,10 +1060,23 @@ static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
         goto out;
     }
     t_read = mono_s() - t0;
+    /* The local users of every partition that goes, in one pass; at[]
+     * now says which. */
+    for (size_t j = 0; j < m; j++) {
+        uint64_t events = 0;
+        double weight = 0;
+        next[j] = -1;
+        ingest_part_get(cl->c.ing, cl->topic, sc[j].p, &next[j], &events,
+                        &weight);
+        if (!restore_drops(&sc[j], next[j]))
+            at[sc[j].p] = -1;
+    }
+    drop_parts(cl, at, dropped);
     size_t restored = 0;
     for (size_t j = 0; j < m; j++) {
         int64_t off = KAFKA_OFFSET_BEGINNING;
-        if ((rc = restore_one(cl, &sc[j], t0, &off, &users, &bytes)) < 0)
+        if ((rc = restore_one(cl, &sc[j], next[j], dropped[j], t0, &off,
+                              &users, &bytes)) < 0)
             goto out;
         restored += (size_t)rc;
         rc = 0;
@@ -1059,6 +1097,8 @@ out:
     free(sc);
     free(at);
     free(idx);
+    free(next);
+    free(dropped);
     return rc;
 }
 
