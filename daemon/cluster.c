@@ -1281,7 +1281,8 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
                           "(leader only).");
     cl->m.restore_seconds = gauge(cl, "nmfd_cluster_restore_seconds",
                                   "Seconds the last restore of a partition's "
-                                  "state took.");
+                                  "state took, from the start of the read "
+                                  "its assignment's partitions shared.");
     cl->m.restored_users = counter(cl, "nmfd_cluster_restored_users_total",
                                    "Users restored from the state topic.",
                                    NULL);
