@@ -26,8 +26,8 @@ struct kafka_reader *kafka_reader_new(struct kafka_conf *conf,
                                                      const char *msg),
                                       void *log_ctx, char *err, size_t errlen);
 
-/* Reads parts[0..n) together, each from its oldest kept message to the
- * end it had when the read began, calling each in offset order within a
+/* Reads parts[0..n) (distinct partitions) together, each from its oldest
+ * kept message to the end it had when the read began, calling each in offset order within a
  * partition (the partitions interleave; the message is valid only during
  * the call); a non-zero return from each stops the read and is returned.
  * Blocks up to timeout_ms in all: -ETIMEDOUT (err names a partition not
