@@ -950,10 +950,10 @@ static bool restore_drops(const struct scan *sc, int64_t next)
 /* Restores partition sc->p, its state topic read into sc, if its last
  * complete state is further on than next (where this member holds it;
  * its local users, dropped of them, went already, restore_drops said
- * so); sets *offset to where the input resumes and adds what
- * it restored to *users and *bytes. t0: when the read of the
- * assignment's partitions began. 1 when restored from the state topic, 0
- * when not, or -errno (fatal: the partition must not be folded). */
+ * so); sets *offset to where the input resumes and adds what it restored
+ * to *users_all and *bytes_all. t0: when the read of the assignment's
+ * partitions began. 1 when restored from the state topic, 0 when not, or
+ * -errno (fatal: the partition must not be folded). */
 static int restore_one(struct cluster *cl, struct scan *sc, int64_t next,
                        uint64_t dropped, double t0, int64_t *offset,
                        uint64_t *users_all, size_t *bytes_all)
