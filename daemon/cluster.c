@@ -21,15 +21,17 @@
  *  - a partition's users' state goes to the state topic, to the same
  *    partition number, in chunks followed by a marker naming the input
  *    offset it is complete up to: with every checkpoint, and when the
- *    partition is revoked. A member assigned a partition reads it back,
- *    takes the last complete state unless its own checkpoint is further
- *    on, and resumes the input at that offset: nothing folded twice,
- *    nothing lost, whoever died when. Markers, not transactions: the
+ *    partition is revoked. A member assigned partitions reads them back
+ *    (all of one assignment together, on one reader made at the start),
+ *    takes each one's last complete state unless its own checkpoint is
+ *    further on, and resumes the input at that offset: nothing folded
+ *    twice, nothing lost, whoever died when. Markers, not transactions: the
  *    broker the tests run on does not hide aborted transactions.
  *
  * It owns the group's clients (one producer, the model follower, the
- * leader's consumer), the timer, the leader's model and the partitions'
- * statistics. It never folds: the fold is ingest's.
+ * leader's consumer, the state topic's reader), the timer, the leader's
+ * model and the partitions' statistics. It never folds: the fold is
+ * ingest's.
  */
 #include "cluster.h"
 
@@ -77,6 +79,7 @@ struct cluster {
     struct kafka_out *out;
     struct kafka_in *win; /* the model topic */
     struct kafka_in *lin; /* the stats topic, in the leader's group */
+    struct kafka_reader *reader; /* the state topic, at assignments */
     uv_timer_t timer;
     struct records_enc *enc;
     unsigned closing;
@@ -753,6 +756,23 @@ static uint64_t drop_users(struct cluster *cl, int32_t p)
     return n;
 }
 
+/* Forgets the users of every partition p with slot[p] >= 0, adding each
+ * one's count to n[slot[p]]: one pass over the users however many
+ * partitions go (drop_users for each would be one pass a partition). */
+static void drop_parts(struct cluster *cl, const int32_t *slot, uint64_t *n)
+{
+    struct model *m = cl->c.model;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        int32_t p = part_of(cl, v.id, v.id_len);
+        if (p >= 0 && p < cl->nparts && slot[p] >= 0 &&
+            model_user_forget(m, u) == 0)
+            n[slot[p]]++;
+    }
+}
+
 static int state_produce(struct cluster *cl, int32_t p, const char *key)
 {
     size_t len;
@@ -846,7 +866,7 @@ static int scan_message(void *ctx, const struct kafka_msg *msg)
     struct records_state h;
     const char *why = NULL;
 
-    if (records_state_read(msg->payload, msg->len, &h, NULL, NULL, &why)) {
+    if (records_state_head(msg->payload, msg->len, &h, &why)) {
         reject(cl, CL_STATE, why);
         return 0;
     }
@@ -903,57 +923,74 @@ static int import_user(void *ctx, const struct model_user_state *st)
     return model_user_put(sc->cl->c.model, st);
 }
 
-/* Restores partition p from the state topic if its last complete state is
- * further on than what this member holds; sets *offset to where the input
- * resumes. 0, or -errno (fatal: the partition must not be folded). */
-static int restore(struct cluster *cl, int32_t p, int64_t *offset)
-{
-    struct scan sc = {.cl = cl, .p = p};
-    struct kafka_read_stats rs;
-    char err[512];
-    int64_t next = -1;
-    uint64_t events = 0;
-    double weight = 0, t0 = mono_s();
-    struct kafka_conf *conf = cl->c.kafka_conf(cl->c.ctx, true);
-    int rc;
+/* The partitions of one read, each message to its own scan. */
+struct scans {
+    struct scan *sc;
+    int32_t *at; /* by partition: its scan, or -1 */
+};
 
-    if (!conf)
-        return -EINVAL;
-    rc = kafka_read_partition(conf, cl->c.cfg->cluster.state_topic, p,
-                              (int)cl->c.cfg->cluster.restore_timeout_ms,
-                              scan_message, &sc, &rs, err, sizeof(err));
-    if (rc) {
-        log_err("cluster: partition %" PRId32 ": state: %s", p, err);
-        goto out;
-    }
-    ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight);
-    if (sc.have && sc.marker.offset > next) {
-        uint64_t dropped = drop_users(cl, p), users = 0;
+static int scan_any(void *ctx, const struct kafka_msg *msg)
+{
+    struct scans *s = ctx;
+    int32_t p = msg->partition;
+    if (p < 0 || p >= s->sc[0].cl->nparts || s->at[p] < 0)
+        return 0;
+    return scan_message(&s->sc[s->at[p]], msg);
+}
+
+/* Whether partition sc->p, its state topic read into sc, takes its users
+ * from there (its last complete state is further on than next, where
+ * this member holds it), or has no state anywhere: either way its local
+ * users go. */
+static bool restore_drops(const struct scan *sc, int64_t next)
+{
+    return (sc->have && sc->marker.offset > next) || next < 0;
+}
+
+/* Restores partition sc->p, its state topic read into sc, if its last
+ * complete state is further on than next (where this member holds it;
+ * its local users, dropped of them, went already, restore_drops said
+ * so); sets *offset to where the input resumes and adds what it restored
+ * to *users_all and *bytes_all. t0: when the read of the assignment's
+ * partitions began. 1 when restored from the state topic, 0 when not, or
+ * -errno (fatal: the partition must not be folded). */
+static int restore_one(struct cluster *cl, struct scan *sc, int64_t next,
+                       uint64_t dropped, double t0, int64_t *offset,
+                       uint64_t *users_all, size_t *bytes_all)
+{
+    int32_t p = sc->p;
+    int rc = 0;
+
+    if (sc->have && sc->marker.offset > next) {
+        uint64_t users = 0;
         size_t bytes = 0;
-        for (uint32_t i = 0; i < sc.best.n && !rc; i++) {
+        for (uint32_t i = 0; i < sc->best.n && !rc; i++) {
             struct records_state h;
             const char *why = NULL;
-            rc = records_state_read(sc.best.rec[i], sc.best.len[i], &h,
-                                    import_user, &sc, &why);
+            rc = records_state_read(sc->best.rec[i], sc->best.len[i], &h,
+                                    import_user, sc, &why);
             if (rc)
                 log_err("cluster: partition %" PRId32 ": state chunk %u: %s",
                         p, i, why ? why : strerror(-rc));
             users += h.users;
-            bytes += sc.best.len[i];
+            bytes += sc->best.len[i];
         }
         if (rc)
-            goto out;
-        ingest_part_set(cl->c.ing, cl->topic, p, sc.marker.offset,
-                        sc.marker.events, sc.marker.weight_sum);
-        *offset = sc.marker.offset;
+            return rc;
+        ingest_part_set(cl->c.ing, cl->topic, p, sc->marker.offset,
+                        sc->marker.events, sc->marker.weight_sum);
+        *offset = sc->marker.offset;
         double dt = mono_s() - t0;
         metric_set(cl->m.restore_seconds, dt);
         metric_add(cl->m.restored_users, (double)users);
         metric_add(cl->m.restored_bytes, (double)bytes);
+        *users_all += users;
+        *bytes_all += bytes;
         log_notice("cluster: partition %" PRId32 " restored: %" PRIu64
                    " users, %zu bytes in %.3f s, input from offset %" PRId64
                    " (%" PRIu64 " local users replaced)",
                    p, users, bytes, dt, *offset, dropped);
+        return 1;
     } else if (next >= 0) {
         *offset = next;
         log_info("cluster: partition %" PRId32 " from this member's own "
@@ -961,34 +998,117 @@ static int restore(struct cluster *cl, int32_t p, int64_t *offset)
                  p, next);
     } else {
         /* No state anywhere: the partition's history is read again. */
-        drop_users(cl, p);
         ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
         *offset = KAFKA_OFFSET_BEGINNING;
         log_info("cluster: partition %" PRId32 " has no state yet: "
                  "reading its input from the start",
                  p);
     }
+    return 0;
+}
+
+/* Restores the input partitions of parts[0..n) (the others are left
+ * alone) from the state topic, read together on the member's reader, and
+ * sets each one's offset; marks them owned. A partition's restore counts
+ * from the start of the read, which it shared with the others. 0, or
+ * -errno (fatal: none of them may be folded). */
+static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
+{
+    struct kafka_read_part *rp = calloc(n ? n : 1, sizeof(*rp));
+    struct scan *sc = calloc(n ? n : 1, sizeof(*sc));
+    int32_t *at = malloc((size_t)cl->nparts * sizeof(*at));
+    size_t *idx = calloc(n ? n : 1, sizeof(*idx));
+    int64_t *next = calloc(n ? n : 1, sizeof(*next));
+    uint64_t *dropped = calloc(n ? n : 1, sizeof(*dropped));
+    struct scans s = {.sc = sc, .at = at};
+    uint64_t users = 0;
+    size_t bytes = 0, m = 0;
+    char err[512];
+    double t0 = mono_s(), t_read;
+    int rc = 0;
+
+    if (!rp || !sc || !at || !idx || !next || !dropped) {
+        rc = -ENOMEM;
+        log_err("cluster: state: out of memory");
+        goto out;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++)
+        at[p] = -1;
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = parts[i].partition;
+        if (strcmp(parts[i].topic, cl->topic) || p < 0 || p >= cl->nparts ||
+            at[p] >= 0)
+            continue;
+        at[p] = (int32_t)m;
+        sc[m].cl = cl;
+        sc[m].p = p;
+        rp[m].partition = p;
+        idx[m++] = i;
+    }
+    if (!m)
+        goto out;
+    if (!cl->reader) {
+        rc = -EINVAL;
+        log_err("cluster: state: no reader");
+        goto out;
+    }
+    rc = kafka_reader_read(cl->reader, rp, m,
+                           (int)cl->c.cfg->cluster.restore_timeout_ms,
+                           scan_any, &s, err, sizeof(err));
+    if (rc) {
+        log_err("cluster: state: %s", err);
+        goto out;
+    }
+    t_read = mono_s() - t0;
+    /* The local users of every partition that goes, in one pass; at[]
+     * now says which. */
+    for (size_t j = 0; j < m; j++) {
+        uint64_t events = 0;
+        double weight = 0;
+        next[j] = -1;
+        ingest_part_get(cl->c.ing, cl->topic, sc[j].p, &next[j], &events,
+                        &weight);
+        if (!restore_drops(&sc[j], next[j]))
+            at[sc[j].p] = -1;
+    }
+    drop_parts(cl, at, dropped);
+    size_t restored = 0;
+    for (size_t j = 0; j < m; j++) {
+        int64_t off = KAFKA_OFFSET_BEGINNING;
+        if ((rc = restore_one(cl, &sc[j], next[j], dropped[j], t0, &off,
+                              &users, &bytes)) < 0)
+            goto out;
+        restored += (size_t)rc;
+        rc = 0;
+        parts[idx[j]].offset = off;
+        cl->owned[sc[j].p] = true;
+    }
+    if (restored)
+        log_notice("cluster: %zu partitions restored together: %" PRIu64
+                   " users, %zu bytes in %.3f s (the state topic read in "
+                   "%.3f s)",
+                   restored, users, bytes, mono_s() - t0, t_read);
 out:
-    scan_buf_free(&sc.cur);
-    scan_buf_free(&sc.best);
+    for (size_t j = 0; j < m; j++) {
+        scan_buf_free(&sc[j].cur);
+        scan_buf_free(&sc[j].best);
+    }
+    free(rp);
+    free(sc);
+    free(at);
+    free(idx);
+    free(next);
+    free(dropped);
     return rc;
 }
 
 void cluster_on_assign(struct cluster *cl, struct kafka_part *parts, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        int32_t p = parts[i].partition;
-        if (strcmp(parts[i].topic, cl->topic) || p < 0 || p >= cl->nparts)
-            continue;
-        int64_t off = KAFKA_OFFSET_BEGINNING;
-        if (restore(cl, p, &off)) {
-            if (cl->c.on_fatal)
-                cl->c.on_fatal(cl->c.ctx, "a partition's state could not be "
-                                          "read back");
-            return;
-        }
-        parts[i].offset = off;
-        cl->owned[p] = true;
+    if (restore(cl, parts, n)) {
+        if (cl->c.on_fatal)
+            cl->c.on_fatal(cl->c.ctx, "a partition's state could not be "
+                                      "read back");
+        return;
     }
     if (!cl->assigned_once) {
         /* The local checkpoint may hold users of partitions that are
@@ -1161,7 +1281,8 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
                           "(leader only).");
     cl->m.restore_seconds = gauge(cl, "nmfd_cluster_restore_seconds",
                                   "Seconds the last restore of a partition's "
-                                  "state took.");
+                                  "state took, from the start of the read "
+                                  "its assignment's partitions shared.");
     cl->m.restored_users = counter(cl, "nmfd_cluster_restored_users_total",
                                    "Users restored from the state topic.",
                                    NULL);
@@ -1276,6 +1397,23 @@ int cluster_start(struct cluster *cl, char *err, size_t errlen)
         snprintf(err, errlen, "cluster: follow %s: %s",
                  cfg->cluster.model_topic, strerror(-rc));
         return rc;
+    }
+
+    /* The state topic's reader, made once: a client per restore cost
+     * more than the users it read. Its group is never joined; librdkafka
+     * wants one to assign partitions. */
+    conf = cl->c.kafka_conf(cl->c.ctx, true);
+    snprintf(gid, sizeof(gid), "%s.state.%s", cl->c.group_id, cl->owner);
+    if (!conf || kafka_conf_set(conf, "group.id", gid, why, sizeof(why))) {
+        kafka_conf_free(conf);
+        snprintf(err, errlen, "cluster: state reader: %s", why);
+        return -EINVAL;
+    }
+    cl->reader = kafka_reader_new(conf, cfg->cluster.state_topic, noop_log,
+                                  cl, why, sizeof(why));
+    if (!cl->reader) {
+        snprintf(err, errlen, "cluster: state reader: %s", why);
+        return -EINVAL;
     }
 
     conf = cl->c.kafka_conf(cl->c.ctx, false);
@@ -1407,6 +1545,7 @@ void cluster_free(struct cluster *cl)
     if (!cl)
         return;
     lead_drop(cl);
+    kafka_reader_free(cl->reader);
     free(cl->ps);
     free(cl->owned);
     free(cl->A);

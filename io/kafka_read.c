@@ -1,23 +1,50 @@
-/* kafka_read.c -- one partition read from its oldest kept message to its
- * end, blocking: how a member of a group of nmfd processes restores the
- * state of a partition it has just been assigned (docs/design.md
- * section 8).
+/* kafka_read.c -- partitions of one topic read from their oldest kept
+ * message to their end, blocking, together: how a member of a group of
+ * nmfd processes restores the state of the partitions it has just been
+ * assigned (docs/design.md section 8).
  *
- * The restore must finish before the partition's input is folded, so it
- * runs on the caller's thread with a deadline. It uses librdkafka's
- * simple (legacy) consumer on a client of its own: no group, no commits,
- * nothing left behind; the watermarks are asked first, so the read stops
- * exactly at the end as it was then, even while others keep producing.
+ * The restore must finish before the partitions' input is folded, so it
+ * runs on the caller's thread with a deadline. The reader is one client
+ * made once (struct kafka_reader), a consumer that joins no group and
+ * commits nothing: each read asks every partition's watermarks, assigns
+ * them all at once at their low ones and takes messages from the one
+ * consumer queue until each partition reaches the high watermark it had
+ * when the read began, so a read stops exactly at the end as it was then,
+ * even while others keep producing; then it unassigns them. A client per
+ * partition cost a handle, a metadata request and fetch waits each time;
+ * the fetch settings here make the broker answer with what it has at
+ * once. Nothing is left behind between reads but the open connections.
+ *
+ * This file owns the reader's librdkafka handle and its consumer queue.
  */
 #include "kafka_read.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "errf.h"
 #include "kafka_util.h"
+
+#define KAFKA_READ_BATCH 256
+
+struct kafka_reader {
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q; /* the consumer queue */
+    char *topic;
+    void (*on_log)(void *ctx, int level, const char *fac, const char *msg);
+    void *log_ctx;
+    char why[512]; /* librdkafka's last error during a read */
+    bool fatal;
+};
+
+/* A partition's progress in a read. */
+struct read_pos {
+    int64_t next; /* the next offset expected */
+    bool done;
+};
 
 static int64_t mono_ms(void)
 {
@@ -26,81 +53,219 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int kafka_read_partition(struct kafka_conf *conf, const char *topic,
-                         int32_t partition, int timeout_ms,
-                         int (*each)(void *ctx, const struct kafka_msg *m),
-                         void *ctx, struct kafka_read_stats *st, char *err,
-                         size_t errlen)
+static void reader_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                          const char *buf)
 {
-    rd_kafka_conf_t *c = kafka__conf(conf);
-    rd_kafka_t *rk = NULL;
-    rd_kafka_topic_t *rkt = NULL;
-    rd_kafka_message_t *batch[256];
-    char why[512];
-    int64_t lo = 0, hi = 0, deadline = mono_ms() + timeout_ms;
-    int rc = 0;
-    bool started = false;
+    struct kafka_reader *r = rd_kafka_opaque(rk);
+    if (r && r->on_log)
+        r->on_log(r->log_ctx, level, fac, buf);
+}
 
-    memset(st, 0, sizeof(*st));
-    kafka__conf_set(c, "enable.partition.eof", "true", why, sizeof(why));
-    rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, why, sizeof(why));
-    if (!rk) {
-        rd_kafka_conf_destroy(c);
-        return io_errf(err, errlen, -EINVAL, "reader: %s", why);
+/* Errors come through the main queue, served during a read: librdkafka
+ * retries transport errors itself, so they only give a timeout its words;
+ * a fatal one ends the read. */
+static void reader_error_cb(rd_kafka_t *rk, int err, const char *reason,
+                            void *opaque)
+{
+    struct kafka_reader *r = opaque;
+    (void)rk;
+    snprintf(r->why, sizeof(r->why), "%s", reason);
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        r->fatal = true;
+}
+
+struct kafka_reader *kafka_reader_new(struct kafka_conf *conf,
+                                      const char *topic,
+                                      void (*on_log)(void *ctx, int level,
+                                                     const char *fac,
+                                                     const char *msg),
+                                      void *log_ctx, char *err, size_t errlen)
+{
+    /* Whatever [kafka] says: every kept message, nothing stored or
+     * committed, an end seen as such, and fetches answered with what the
+     * broker has rather than held for more. */
+    static const char *const tuning[][2] = {
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"enable.partition.eof", "true"},
+        {"auto.offset.reset", "earliest"},
+        {"statistics.interval.ms", "0"},
+        {"fetch.wait.max.ms", "10"},
+        {"fetch.min.bytes", "1"},
+        {"fetch.max.bytes", "52428800"},
+        {"max.partition.fetch.bytes", "16777216"},
+        {"queued.min.messages", "1000000"},
+    };
+    rd_kafka_conf_t *c = kafka__conf(conf);
+    struct kafka_reader *r = calloc(1, sizeof(*r));
+    char why[512];
+
+    if (!r || !(r->topic = strdup(topic))) {
+        io_errf(err, errlen, -ENOMEM, "reader: out of memory");
+        goto fail;
     }
-    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
-        rk, topic, partition, &lo, &hi, timeout_ms);
+    for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
+        if (kafka__conf_set(c, tuning[i][0], tuning[i][1], why, sizeof(why))) {
+            io_errf(err, errlen, -EINVAL, "reader: %s", why);
+            goto fail;
+        }
+    r->on_log = on_log;
+    r->log_ctx = log_ctx;
+    rd_kafka_conf_set_opaque(c, r);
+    rd_kafka_conf_set_log_cb(c, reader_log_cb);
+    rd_kafka_conf_set_error_cb(c, reader_error_cb);
+    r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, why, sizeof(why));
+    if (!r->rk) {
+        io_errf(err, errlen, -EINVAL, "reader: %s", why);
+        goto fail;
+    }
+    r->q = rd_kafka_queue_get_consumer(r->rk);
+    if (!r->q) {
+        /* No group.id: librdkafka's assign() needs one. */
+        io_errf(err, errlen, -EINVAL, "reader: group.id is required");
+        kafka_reader_free(r);
+        return NULL;
+    }
+    return r;
+fail:
+    rd_kafka_conf_destroy(c);
+    if (r)
+        free(r->topic);
+    free(r);
+    return NULL;
+}
+
+void kafka_reader_free(struct kafka_reader *r)
+{
+    if (!r)
+        return;
+    if (r->q)
+        rd_kafka_queue_destroy(r->q);
+    if (r->rk) {
+        rd_kafka_assign(r->rk, NULL);
+        /* No group was joined: nothing to leave. */
+        rd_kafka_destroy_flags(r->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    }
+    free(r->topic);
+    free(r);
+}
+
+static ssize_t find_part(const struct kafka_read_part *parts, size_t n,
+                         int32_t partition)
+{
+    for (size_t i = 0; i < n; i++)
+        if (parts[i].partition == partition)
+            return (ssize_t)i;
+    return -1;
+}
+
+int kafka_reader_read(struct kafka_reader *r, struct kafka_read_part *parts,
+                      size_t n, int timeout_ms,
+                      int (*each)(void *ctx, const struct kafka_msg *m),
+                      void *ctx, char *err, size_t errlen)
+{
+    rd_kafka_message_t *batch[KAFKA_READ_BATCH];
+    rd_kafka_topic_partition_list_t *l = NULL;
+    struct read_pos *pos = calloc(n ? n : 1, sizeof(*pos));
+    int64_t deadline = mono_ms() + timeout_ms;
+    size_t pending = 0;
+    bool assigned = false;
+    int rc = 0;
+
+    if (!pos)
+        return io_errf(err, errlen, -ENOMEM, "%s: out of memory", r->topic);
+    /* What came before this read is not this read's. */
+    rd_kafka_poll(r->rk, 0);
+    r->why[0] = '\0';
+    r->fatal = false;
+
+    l = rd_kafka_topic_partition_list_new((int)(n ? n : 1));
+    if (!l) {
+        rc = io_errf(err, errlen, -ENOMEM, "%s: out of memory", r->topic);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct kafka_read_part *p = &parts[i];
+        int64_t lo = 0, hi = 0, left = deadline - mono_ms();
+        p->low = p->high = 0;
+        p->messages = p->bytes = 0;
+        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
+            r->rk, r->topic, p->partition, &lo, &hi,
+            left > 0 ? (int)left : 0);
+        if (e) {
+            rc = io_errf(err, errlen, kafka_errno(e), "%s/%d: watermarks: %s",
+                         r->topic, (int)p->partition, rd_kafka_err2str(e));
+            goto out;
+        }
+        p->low = lo;
+        p->high = hi;
+        pos[i].next = lo;
+        pos[i].done = hi <= lo;
+        if (!pos[i].done) {
+            rd_kafka_topic_partition_list_add(l, r->topic, p->partition)
+                ->offset = lo;
+            pending++;
+        }
+    }
+    if (!pending)
+        goto out;
+    rd_kafka_resp_err_t e = rd_kafka_assign(r->rk, l);
     if (e) {
-        rc = io_errf(err, errlen, kafka_errno(e), "%s/%d: watermarks: %s",
-                     topic, (int)partition, rd_kafka_err2str(e));
+        rc = io_errf(err, errlen, kafka_errno(e), "%s: cannot start reading: %s",
+                     r->topic, rd_kafka_err2str(e));
         goto out;
     }
-    st->low = lo;
-    st->high = hi;
-    if (hi <= lo)
-        goto out;
-    rkt = rd_kafka_topic_new(rk, topic, NULL);
-    if (!rkt || rd_kafka_consume_start(rkt, partition, lo) == -1) {
-        rc = io_errf(err, errlen, -EIO, "%s/%d: cannot start reading: %s",
-                     topic, (int)partition,
-                     rd_kafka_err2str(rd_kafka_last_error()));
-        goto out;
-    }
-    started = true;
-    int64_t next = lo;
-    while (next < hi && rc == 0) {
+    assigned = true;
+    while (pending && rc == 0) {
         int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            rc = io_errf(err, errlen, -ETIMEDOUT,
-                         "%s/%d: read to %lld of %lld within %d ms", topic,
-                         (int)partition, (long long)next, (long long)hi,
-                         timeout_ms);
+        rd_kafka_poll(r->rk, 0);
+        if (r->fatal) {
+            rc = io_errf(err, errlen, -EIO, "%s: %s", r->topic, r->why);
             break;
         }
-        ssize_t n = rd_kafka_consume_batch(rkt, partition,
-                                           left < 100 ? (int)left : 100,
-                                           batch, 256);
-        if (n < 0) {
-            rc = io_errf(err, errlen, -EIO, "%s/%d: %s", topic, (int)partition,
+        if (left <= 0) {
+            size_t i = 0;
+            while (pos[i].done)
+                i++;
+            rc = io_errf(err, errlen, -ETIMEDOUT,
+                         "%s/%d: read to %lld of %lld within %d ms (%zu of "
+                         "%zu partitions not read to their end)%s%s",
+                         r->topic, (int)parts[i].partition,
+                         (long long)pos[i].next, (long long)parts[i].high,
+                         timeout_ms, pending, n, r->why[0] ? ": " : "",
+                         r->why);
+            break;
+        }
+        ssize_t got = rd_kafka_consume_batch_queue(
+            r->q, left < 100 ? (int)left : 100, batch, KAFKA_READ_BATCH);
+        if (got < 0) {
+            rc = io_errf(err, errlen, -EIO, "%s: %s", r->topic,
                          rd_kafka_err2str(rd_kafka_last_error()));
             break;
         }
-        for (ssize_t i = 0; i < n; i++) {
-            rd_kafka_message_t *m = batch[i];
-            if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        for (ssize_t j = 0; j < got; j++) {
+            rd_kafka_message_t *m = batch[j];
+            ssize_t i = find_part(parts, n, m->partition);
+            if (i < 0 || pos[i].done || rc) {
+                /* Another read's, or past this partition's end. */
+            } else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 /* Retention dropped messages under us, or the end moved
                  * down: nothing more to read. */
-                if (m->offset >= next)
-                    next = hi;
+                if (m->offset >= pos[i].next) {
+                    pos[i].done = true;
+                    pending--;
+                }
             } else if (m->err) {
-                if (rc == 0)
-                    rc = io_errf(err, errlen, kafka_errno(m->err),
-                                 "%s/%d: %s", topic, (int)partition,
-                                 rd_kafka_message_errstr(m));
-            } else if (m->offset < hi && rc == 0) {
+                rc = io_errf(err, errlen, kafka_errno(m->err), "%s/%d: %s",
+                             r->topic, (int)m->partition,
+                             rd_kafka_message_errstr(m));
+            } else if (m->offset >= parts[i].high) {
+                pos[i].done = true;
+                pending--;
+            } else {
                 struct kafka_msg km = {
-                    .topic = topic,
-                    .partition = partition,
+                    .topic = r->topic,
+                    .partition = m->partition,
                     .offset = m->offset,
                     .ts = rd_kafka_message_timestamp(m, NULL),
                     .key = m->key,
@@ -109,24 +274,26 @@ int kafka_read_partition(struct kafka_conf *conf, const char *topic,
                     .len = m->len,
                     .impl = m,
                 };
-                st->messages++;
-                st->bytes += m->len;
-                next = m->offset + 1;
+                parts[i].messages++;
+                parts[i].bytes += m->len;
+                pos[i].next = m->offset + 1;
                 rc = each(ctx, &km);
                 if (rc)
                     io_errf(err, errlen, rc, "%s/%d offset %lld refused",
-                            topic, (int)partition, (long long)m->offset);
-            } else if (m->offset >= hi) {
-                next = hi;
+                            r->topic, (int)m->partition, (long long)m->offset);
+                else if (pos[i].next >= parts[i].high) {
+                    pos[i].done = true;
+                    pending--;
+                }
             }
             rd_kafka_message_destroy(m);
         }
     }
 out:
-    if (started)
-        rd_kafka_consume_stop(rkt, partition);
-    if (rkt)
-        rd_kafka_topic_destroy(rkt);
-    rd_kafka_destroy(rk);
+    if (assigned)
+        rd_kafka_assign(r->rk, NULL);
+    if (l)
+        rd_kafka_topic_partition_list_destroy(l);
+    free(pos);
     return rc;
 }

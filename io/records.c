@@ -38,6 +38,7 @@
 #define RECORDS_CHUNK      (64u << 10) /* streaming piece */
 #define RECORDS_READ_DEPTH 8           /* a snapshot nests 2 deep */
 #define RECORDS_READ_KEYS  256         /* top-level keys, 13 today */
+#define RECORDS_HEAD_KEYS  32          /* a state record's, 8 or 12 */
 
 size_t records_topic_key(char out[RECORDS_KEY_MAX], uint32_t topic)
 {
@@ -1486,6 +1487,66 @@ static int state_user_read(const msgpack_object *o, uint32_t k,
     return 0;
 }
 
+/* The head of a state record (root: its top map), the users' array of a
+ * chunk in *users. 0, or -EBADMSG with *err. */
+static int state_head(const msgpack_object *root, struct records_state *h,
+                      const msgpack_object **users, const char **err)
+{
+    const msgpack_object *o;
+    uint64_t v, k;
+    int64_t part;
+
+    *users = NULL;
+    if (root->type != MSGPACK_OBJECT_MAP ||
+        !obj_u64(obj_get(root, "v"), &v) || v != RECORDS_VERSION) {
+        *err = "not one msgpack map of version 1";
+        return -EBADMSG;
+    }
+    if (obj_str_copy(obj_get(root, "cluster"), h->cluster,
+                     sizeof(h->cluster)) < 0 ||
+        !obj_u64(obj_get(root, "k"), &k) || k < 1 || k > MODEL_K_MAX ||
+        !obj_i64(obj_get(root, "partition"), &part) || part < 0 ||
+        part > INT32_MAX || !obj_u64(obj_get(root, "gen"), &h->gen)) {
+        *err = "cluster, k, partition or gen missing or out of range";
+        return -EBADMSG;
+    }
+    h->k = (uint32_t)k;
+    h->part = (int32_t)part;
+    o = obj_get(root, "kind");
+    if (o && obj_key_is(o, "marker")) {
+        uint64_t chunks;
+        h->marker = true;
+        if (!obj_u64(obj_get(root, "chunks"), &chunks) ||
+            chunks > UINT32_MAX ||
+            !obj_u64(obj_get(root, "users"), &h->users) ||
+            !obj_i64(obj_get(root, "offset"), &h->offset) ||
+            !obj_u64(obj_get(root, "events"), &h->events) ||
+            !obj_num(obj_get(root, "weight_sum"), &h->weight_sum) ||
+            !obj_i64(obj_get(root, "ts"), &h->ts) || h->offset < 0) {
+            *err = "a marker without chunks, users, offset, events, "
+                   "weight_sum or ts";
+            return -EBADMSG;
+        }
+        h->chunk = (uint32_t)chunks;
+        return 0;
+    }
+    if (!o || !obj_key_is(o, "users")) {
+        *err = "kind is neither users nor marker";
+        return -EBADMSG;
+    }
+    uint64_t chunk;
+    o = obj_get(root, "users");
+    if (!obj_u64(obj_get(root, "chunk"), &chunk) || chunk > UINT32_MAX ||
+        o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
+        *err = "chunk or users missing";
+        return -EBADMSG;
+    }
+    h->chunk = (uint32_t)chunk;
+    h->users = o->via.array.size;
+    *users = o;
+    return 0;
+}
+
 int records_state_read(const void *buf, size_t len, struct records_state *h,
                        records_state_user_fn each, void *ctx, const char **err)
 {
@@ -1494,8 +1555,6 @@ int records_state_read(const void *buf, size_t len, struct records_state *h,
     const msgpack_object *o;
     const char *dummy;
     size_t end;
-    uint64_t v, k;
-    int64_t part;
     int rc = -EBADMSG;
 
     if (err == NULL)
@@ -1504,77 +1563,173 @@ int records_state_read(const void *buf, size_t len, struct records_state *h,
     if (mp_unpack_one(buf, len, RECORDS_READ_DEPTH, &zone, &root, &end, err) <
         0)
         goto out;
-    if (end != len || root.type != MSGPACK_OBJECT_MAP ||
-        !obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_VERSION) {
+    if (end != len) {
         *err = "not one msgpack map of version 1";
         goto out;
     }
-    if (obj_str_copy(obj_get(&root, "cluster"), h->cluster,
-                     sizeof(h->cluster)) < 0 ||
-        !obj_u64(obj_get(&root, "k"), &k) || k < 1 || k > MODEL_K_MAX ||
-        !obj_i64(obj_get(&root, "partition"), &part) || part < 0 ||
-        part > INT32_MAX || !obj_u64(obj_get(&root, "gen"), &h->gen)) {
-        *err = "cluster, k, partition or gen missing or out of range";
+    if ((rc = state_head(&root, h, &o, err)) || h->marker || !each)
         goto out;
+    float hv[MODEL_K_MAX];
+    const char **items = NULL;
+    size_t *lens = NULL;
+    float *vals = NULL;
+    uint32_t cap = 0;
+    for (uint32_t i = 0; i < o->via.array.size && rc == 0; i++) {
+        struct model_user_state st;
+        memset(&st, 0, sizeof(st));
+        rc = state_user_read(&o->via.array.ptr[i], h->k, &st, hv, &items,
+                             &lens, &vals, &cap);
+        if (rc)
+            *err = rc == -ENOMEM ? "out of memory" : "a malformed user";
+        else if ((rc = each(ctx, &st)) != 0)
+            *err = "a user the model refused";
     }
-    h->k = (uint32_t)k;
-    h->part = (int32_t)part;
-    o = obj_get(&root, "kind");
-    if (o && obj_key_is(o, "marker")) {
-        uint64_t chunks;
-        h->marker = true;
-        if (!obj_u64(obj_get(&root, "chunks"), &chunks) ||
-            chunks > UINT32_MAX ||
-            !obj_u64(obj_get(&root, "users"), &h->users) ||
-            !obj_i64(obj_get(&root, "offset"), &h->offset) ||
-            !obj_u64(obj_get(&root, "events"), &h->events) ||
-            !obj_num(obj_get(&root, "weight_sum"), &h->weight_sum) ||
-            !obj_i64(obj_get(&root, "ts"), &h->ts) || h->offset < 0) {
-            *err = "a marker without chunks, users, offset, events, "
-                   "weight_sum or ts";
-            goto out;
-        }
-        h->chunk = (uint32_t)chunks;
-        rc = 0;
-        goto out;
-    }
-    if (!o || !obj_key_is(o, "users")) {
-        *err = "kind is neither users nor marker";
-        goto out;
-    }
-    uint64_t chunk;
-    o = obj_get(&root, "users");
-    if (!obj_u64(obj_get(&root, "chunk"), &chunk) || chunk > UINT32_MAX ||
-        o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
-        *err = "chunk or users missing";
-        goto out;
-    }
-    h->chunk = (uint32_t)chunk;
-    h->users = o->via.array.size;
-    rc = 0;
-    if (each) {
-        float hv[MODEL_K_MAX];
-        const char **items = NULL;
-        size_t *lens = NULL;
-        float *vals = NULL;
-        uint32_t cap = 0;
-        for (uint32_t i = 0; i < o->via.array.size && rc == 0; i++) {
-            struct model_user_state st;
-            memset(&st, 0, sizeof(st));
-            rc = state_user_read(&o->via.array.ptr[i], h->k, &st, hv, &items,
-                                 &lens, &vals, &cap);
-            if (rc)
-                *err = rc == -ENOMEM ? "out of memory" : "a malformed user";
-            else if ((rc = each(ctx, &st)) != 0)
-                *err = "a user the model refused";
-        }
-        free(items);
-        free(lens);
-        free(vals);
-    }
+    free(items);
+    free(lens);
+    free(vals);
 out:
     msgpack_zone_free(zone);
     return rc;
+}
+
+/* One element of a map at p (avail bytes), checked by mpscan to depth:
+ * a scalar decoded as msgpack-c would, a container or a blob only typed
+ * (an array with its size, no elements). Its bytes in *used. */
+static int mp_shallow(const uint8_t *p, size_t avail, uint32_t depth,
+                      msgpack_object *o, size_t *used)
+{
+    struct mpscan sc;
+    if (mpscan_value(p, avail, depth, &sc) < 0)
+        return -EBADMSG;
+    *used = sc.end;
+    memset(o, 0, sizeof(*o));
+    uint8_t b = p[0];
+    uint64_t u = 0;
+    unsigned n = 0;
+    if (b <= 0x7f) {
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = b;
+    } else if (b >= 0xe0) {
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = (int8_t)b;
+    } else if (b <= 0x8f) {
+        o->type = MSGPACK_OBJECT_MAP;
+        o->via.map.size = b & 0x0f;
+    } else if (b <= 0x9f) {
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = b & 0x0f;
+    } else if (b <= 0xbf || (b >= 0xd9 && b <= 0xdb)) {
+        n = b <= 0xbf ? 0 : 1u << (b - 0xd9);
+        u = b <= 0xbf ? (b & 0x1fu) : 0;
+        for (unsigned i = 0; i < n; i++)
+            u = u << 8 | p[1 + i];
+        o->type = MSGPACK_OBJECT_STR;
+        o->via.str.size = (uint32_t)u;
+        o->via.str.ptr = (const char *)p + 1 + n;
+    } else if (b == 0xc0) {
+        o->type = MSGPACK_OBJECT_NIL;
+    } else if (b == 0xc2 || b == 0xc3) {
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = b == 0xc3;
+    } else if (b >= 0xcc && b <= 0xcf) {
+        n = 1u << (b - 0xcc);
+        for (unsigned i = 0; i < n; i++)
+            u = u << 8 | p[1 + i];
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = u;
+    } else if (b >= 0xd0 && b <= 0xd3) {
+        n = 1u << (b - 0xd0);
+        for (unsigned i = 0; i < n; i++)
+            u = u << 8 | p[1 + i];
+        int64_t v = n == 8   ? (int64_t)u
+                    : n == 4 ? (int32_t)(uint32_t)u
+                    : n == 2 ? (int16_t)(uint16_t)u
+                             : (int8_t)(uint8_t)u;
+        if (v < 0) {
+            o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+            o->via.i64 = v;
+        } else {
+            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+            o->via.u64 = (uint64_t)v;
+        }
+    } else if (b == 0xca || b == 0xcb) {
+        n = b == 0xca ? 4 : 8;
+        for (unsigned i = 0; i < n; i++)
+            u = u << 8 | p[1 + i];
+        if (n == 4) {
+            uint32_t w = (uint32_t)u;
+            float f;
+            memcpy(&f, &w, 4);
+            o->type = MSGPACK_OBJECT_FLOAT32;
+            o->via.f64 = f;
+        } else {
+            double d;
+            memcpy(&d, &u, 8);
+            o->type = MSGPACK_OBJECT_FLOAT64;
+            o->via.f64 = d;
+        }
+    } else if (b == 0xdc || b == 0xdd) {
+        n = b == 0xdc ? 2 : 4;
+        for (unsigned i = 0; i < n; i++)
+            u = u << 8 | p[1 + i];
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = (uint32_t)u;
+    } else if (b == 0xde || b == 0xdf) {
+        o->type = MSGPACK_OBJECT_MAP;
+    } else {
+        o->type = MSGPACK_OBJECT_BIN; /* bin or ext: never a head's field */
+    }
+    return 0;
+}
+
+int records_state_head(const void *buf, size_t len, struct records_state *h,
+                       const char **err)
+{
+    const uint8_t *p = buf;
+    const msgpack_object *users;
+    msgpack_object root;
+    msgpack_object_kv kv[RECORDS_HEAD_KEYS];
+    const char *dummy;
+    uint64_t n = 0;
+    size_t off = 1, used;
+
+    if (err == NULL)
+        err = &dummy;
+    memset(h, 0, sizeof(*h));
+    if (len == 0) {
+        *err = "empty input";
+        return -EBADMSG;
+    }
+    if (p[0] >= 0x80 && p[0] <= 0x8f) {
+        n = p[0] & 0x0f;
+    } else if ((p[0] == 0xde && len >= 3) || (p[0] == 0xdf && len >= 5)) {
+        unsigned w = p[0] == 0xde ? 2 : 4;
+        for (unsigned i = 0; i < w; i++)
+            n = n << 8 | p[1 + i];
+        off += w;
+    } else {
+        /* Not a map: whatever it is, the full reader's words. */
+        return records_state_read(buf, len, h, NULL, NULL, err);
+    }
+    if (n > RECORDS_HEAD_KEYS)
+        return records_state_read(buf, len, h, NULL, NULL, err);
+    for (uint64_t i = 0; i < 2 * n; i++) {
+        msgpack_object *o = i % 2 ? &kv[i / 2].val : &kv[i / 2].key;
+        if (off >= len ||
+            mp_shallow(p + off, len - off, RECORDS_READ_DEPTH - 1, o, &used)) {
+            *err = "not msgpack, or truncated";
+            return -EBADMSG;
+        }
+        off += used;
+    }
+    if (off != len) {
+        *err = "not one msgpack map of version 1";
+        return -EBADMSG;
+    }
+    root.type = MSGPACK_OBJECT_MAP;
+    root.via.map.size = (uint32_t)n;
+    root.via.map.ptr = kv;
+    return state_head(&root, h, &users, err);
 }
 
 /* ---- msgpack -> JSON lines ---- */

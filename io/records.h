@@ -254,5 +254,10 @@ typedef int (*records_state_user_fn)(void *ctx,
                                      const struct model_user_state *st);
 int records_state_read(const void *buf, size_t len, struct records_state *h,
                        records_state_user_fn each, void *ctx, const char **err);
+/* The head alone, as records_state_read gives it and refusing what it
+ * refuses, without building a chunk's users (a restore reads every chunk
+ * of a partition and imports only those of its last complete state). */
+int records_state_head(const void *buf, size_t len, struct records_state *h,
+                       const char **err);
 
 #endif

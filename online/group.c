@@ -227,29 +227,37 @@ int model_user_put(struct model *m, const struct model_user_state *st)
             return -EINVAL;
     if (ids_find(m->uids, st->id, st->id_len) >= 0)
         return -EEXIST;
-    /* Every growth first: a failure leaves the model unchanged. */
+    /* Every growth first: a failure leaves the model unchanged. The items
+     * found here are not looked up again (a restore puts every user of a
+     * partition, and the lookups were half its time). */
     uint32_t fresh = 0, cls = st->n ? pool_class_for(st->n) : 0;
-    for (uint32_t q = 0; q < st->n; q++)
-        fresh += ids_find(m->iids, st->items[q], st->item_lens[q]) < 0;
-    int rc;
-    if ((rc = ids_reserve(m->uids, st->id_len)) ||
-        (rc = model__users_grow(m, ids_slots(m->uids) + 1)) ||
-        (fresh && (rc = model__items_grow(m, ids_slots(m->iids) + fresh))) ||
-        (st->n && (rc = pool_reserve(&m->pool, cls))))
-        return rc;
-    uint32_t *it = NULL;
+    int64_t *it = NULL;
     if (st->n) {
         it = malloc(st->n * sizeof(*it));
         if (!it)
             return -ENOMEM;
     }
     for (uint32_t q = 0; q < st->n; q++) {
-        int64_t i = model_item_ensure(m, st->items[q], st->item_lens[q]);
-        if (i < 0) {
+        it[q] = ids_find(m->iids, st->items[q], st->item_lens[q]);
+        fresh += it[q] < 0;
+    }
+    int rc;
+    if ((rc = ids_reserve(m->uids, st->id_len)) ||
+        (rc = model__users_grow(m, ids_slots(m->uids) + 1)) ||
+        (fresh && (rc = model__items_grow(m, ids_slots(m->iids) + fresh))) ||
+        (st->n && (rc = pool_reserve(&m->pool, cls)))) {
+        free(it);
+        return rc;
+    }
+    for (uint32_t q = 0; q < st->n && fresh; q++) {
+        if (it[q] >= 0)
+            continue;
+        it[q] = model_item_ensure(m, st->items[q], st->item_lens[q]);
+        if (it[q] < 0) {
+            rc = (int)it[q];
             free(it);
-            return (int)i;
+            return rc;
         }
-        it[q] = (uint32_t)i;
     }
     model__restart_drop(m);
     if (!m->has_time) {
@@ -264,8 +272,9 @@ int model_user_put(struct model *m, const struct model_user_state *st)
         us->slab = pool_alloc(&m->pool, cls);
         us->cls = (uint8_t)cls;
         us->n = (uint16_t)st->n;
-        memcpy(pool_items(&m->pool, cls, us->slab), it,
-               st->n * sizeof(uint32_t));
+        uint32_t *pi = pool_items(&m->pool, cls, us->slab);
+        for (uint32_t q = 0; q < st->n; q++)
+            pi[q] = (uint32_t)it[q];
         memcpy(pool_vals(&m->pool, cls, us->slab), st->values,
                st->n * sizeof(float));
         m->nprof++;
@@ -281,14 +290,21 @@ int model_user_put(struct model *m, const struct model_user_state *st)
         m->uev[u] = st->evicted;
         us->flags |= MODEL_U_EV;
     }
+    /* A += s h h^T, h the true values hu * hs: each term rounded as
+     * (s h_j) h_l, row by row on a copy of h (no aliasing with A, so the
+     * compiler vectorises the row; it was most of a restore's import). */
     float *hu = m->H + (size_t)u * k;
-    double s = model__frame_weight(m, st->t);
-    for (uint32_t j = 0; j < k; j++)
+    double s = model__frame_weight(m, st->t), g[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++) {
         hu[j] = (float)((double)st->h[j] * m->hsi[j]);
-    for (uint32_t j = 0; j < k; j++)
+        g[j] = (double)hu[j] * m->hs[j];
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        double *restrict aj = m->A + (size_t)j * k;
+        const double sj = s * g[j];
         for (uint32_t l = 0; l < k; l++)
-            m->A[(size_t)j * k + l] += s * ((double)hu[j] * m->hs[j]) *
-                                       ((double)hu[l] * m->hs[l]);
+            aj[l] += sj * g[l];
+    }
     m->loss_s += s * us->loss;
     m->norm_s += s * us->vnorm;
     /* Not in B yet: the sync adds it before W is next read against B. */

@@ -11,12 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <librdkafka/rdkafka.h>
 #include <uv.h>
 
 #include "broker.h"
 #include "kafka_raw.h"
+#include "kafka_read.h"
 #include "run_until.h"
 
 /* ---- helpers --------------------------------------------------------------
@@ -1149,4 +1151,174 @@ Test(kafka_io, cooperative_rebalance_is_incremental, .timeout = 120)
     free(a);
     free(b);
     loop_finish();
+}
+
+/* ---- kafka_uread: the state reader (no group join) ------------------- */
+
+TestSuite(kafka_uread, .init = setup_broker, .fini = teardown_broker);
+
+/* n messages "P:i" (i from first) to topic's partition p, delivered. */
+static void put_n(const char *topic, int32_t p, int first, int n)
+{
+    char errstr[256], v[32];
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    cr_assert_eq(rd_kafka_conf_set(c, "bootstrap.servers",
+                                   broker_bootstraps(mock), errstr,
+                                   sizeof(errstr)),
+                 RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, errstr, sizeof(errstr));
+    cr_assert_not_null(rk, "%s", errstr);
+    for (int i = first; i < first + n; i++) {
+        int len = snprintf(v, sizeof(v), "%d:%d", (int)p, i);
+        cr_assert_eq(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
+                                       RD_KAFKA_V_PARTITION(p),
+                                       RD_KAFKA_V_VALUE(v, (size_t)len),
+                                       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                       RD_KAFKA_V_END),
+                     RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+    cr_assert_eq(rd_kafka_flush(rk, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_destroy(rk);
+}
+
+/* What a read handed over, partition by partition. */
+struct got {
+    int n[4];          /* messages per partition */
+    int64_t next[4];   /* the offset expected next */
+    int bad;           /* out of order, or not what was produced */
+    int refuse_at;     /* each refuses the message of this count (0: none) */
+    int total;
+};
+
+static int got_each(void *ctx, const struct kafka_msg *m)
+{
+    struct got *g = ctx;
+    char want[32];
+    int32_t p = m->partition;
+    if (p < 0 || p > 3 || m->offset != g->next[p]) {
+        g->bad++;
+        return 0;
+    }
+    int len = snprintf(want, sizeof(want), "%d:%d", (int)p, (int)m->offset);
+    if (m->len != (size_t)len || memcmp(m->payload, want, m->len))
+        g->bad++;
+    g->next[p]++;
+    g->n[p]++;
+    if (++g->total == g->refuse_at)
+        return -EBADMSG;
+    return 0;
+}
+
+static struct kafka_reader *reader_open(void)
+{
+    char err[256];
+    struct kafka_reader *r =
+        kafka_reader_new(conf_new("reader"), "p4", NULL, NULL, err, sizeof(err));
+    cr_assert_not_null(r, "%s", err);
+    return r;
+}
+
+Test(kafka_uread, reads_partitions_together_to_their_end)
+{
+    char err[256];
+    struct kafka_reader *r = reader_open();
+    /* More than one batch of the reader on partition 2; none on 1. */
+    put_n("p4", 0, 0, 5);
+    put_n("p4", 2, 0, 700);
+    put_n("p4", 3, 0, 3);
+
+    struct kafka_read_part parts[3] = {{.partition = 0}, {.partition = 1},
+                                       {.partition = 2}};
+    struct got g = {0};
+    cr_assert_eq(kafka_reader_read(r, parts, 3, 10000, got_each, &g, err,
+                                   sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(g.bad, 0);
+    cr_assert_eq(g.n[0], 5);
+    cr_assert_eq(g.n[1], 0);
+    cr_assert_eq(g.n[2], 700);
+    cr_assert_eq(g.n[3], 0, "partition 3 was not asked for");
+    cr_assert_eq(parts[0].high, 5);
+    cr_assert_eq(parts[1].low, 0);
+    cr_assert_eq(parts[1].high, 0);
+    cr_assert_eq(parts[2].messages, 700);
+    cr_assert_eq(parts[0].bytes, 5 * 3);
+
+    /* The same reader again: partition 0 has grown, partition 3 joins;
+     * nothing of the first read comes back. */
+    put_n("p4", 0, 5, 2);
+    struct kafka_read_part again[2] = {{.partition = 3}, {.partition = 0}};
+    memset(&g, 0, sizeof(g));
+    cr_assert_eq(kafka_reader_read(r, again, 2, 10000, got_each, &g, err,
+                                   sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(g.bad, 0);
+    cr_assert_eq(g.n[0], 7);
+    cr_assert_eq(g.n[3], 3);
+    cr_assert_eq(g.n[2], 0);
+    cr_assert_eq(again[1].high, 7);
+    cr_assert_eq(again[0].messages, 3);
+
+    /* Nothing to read: no wait, no call. */
+    struct kafka_read_part empty[1] = {{.partition = 1}};
+    memset(&g, 0, sizeof(g));
+    cr_assert_eq(kafka_reader_read(r, empty, 1, 10000, got_each, &g, err,
+                                   sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(g.total, 0);
+    kafka_reader_free(r);
+}
+
+Test(kafka_uread, a_refusal_stops_the_read)
+{
+    char err[256] = "";
+    struct kafka_reader *r = reader_open();
+    put_n("p4", 1, 0, 50);
+    put_n("p4", 2, 0, 50);
+    struct kafka_read_part parts[2] = {{.partition = 1}, {.partition = 2}};
+    struct got g = {.refuse_at = 30};
+    cr_assert_eq(kafka_reader_read(r, parts, 2, 10000, got_each, &g, err,
+                                   sizeof(err)),
+                 -EBADMSG);
+    cr_assert_eq(g.total, 30, "no call after the refusal");
+    cr_assert(strstr(err, "refused"), "%s", err);
+    /* The reader is still good. */
+    memset(&g, 0, sizeof(g));
+    cr_assert_eq(kafka_reader_read(r, parts, 2, 10000, got_each, &g, err,
+                                   sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(g.n[1] + g.n[2], 100);
+    kafka_reader_free(r);
+}
+
+Test(kafka_uread, times_out_when_a_partition_is_not_read_to_its_end)
+{
+    char err[512] = "";
+    struct kafka_reader *r = reader_open();
+    put_n("p4", 0, 0, 10);
+    put_n("p4", 3, 0, 10);
+    /* Every fetch fails: the watermarks are known, the messages never
+     * come. */
+    cr_assert_eq(broker_fault(mock, "error Fetch 100000 NOT_LEADER_FOR_PARTITION",
+                              err, sizeof(err)),
+                 0, "%s", err);
+    struct kafka_read_part parts[2] = {{.partition = 0}, {.partition = 3}};
+    struct got g = {0};
+    int64_t t0 = (int64_t)time(NULL);
+    cr_assert_eq(kafka_reader_read(r, parts, 2, 1500, got_each, &g, err,
+                                   sizeof(err)),
+                 -ETIMEDOUT, "%s", err);
+    cr_assert_leq((int64_t)time(NULL) - t0, 4, "the deadline holds");
+    cr_assert(strstr(err, "p4/0: read to 0 of 10 within 1500 ms"), "%s", err);
+    cr_assert(strstr(err, "2 of 2 partitions"), "%s", err);
+    cr_assert_eq(g.total, 0);
+    kafka_reader_free(r);
+}
+
+Test(kafka_uread, needs_a_group_id)
+{
+    char err[256] = "";
+    cr_assert_null(
+        kafka_reader_new(conf_new(NULL), "p4", NULL, NULL, err, sizeof(err)));
+    cr_assert(strstr(err, "group.id"), "%s", err);
 }

@@ -1185,3 +1185,124 @@ Test(records, dump_refuses_nesting_beyond_32)
     cr_assert_str_eq(err, "msgpack nested too deep");
     free(out);
 }
+
+/* ---- a partition's state: the head alone against the full reader ---- */
+
+static int32_t part_all(void *ctx, const char *id, size_t len)
+{
+    (void)ctx;
+    (void)id;
+    (void)len;
+    return 2;
+}
+
+static int count_user(void *ctx, const struct model_user_state *st)
+{
+    (void)st;
+    (*(uint32_t *)ctx)++;
+    return 0;
+}
+
+/* records_state_head and records_state_read agree on buf: both refuse it,
+ * or both take it with the same head. Returns records_state_head's rc. */
+static int state_agree(const void *buf, size_t len)
+{
+    struct records_state a, b;
+    const char *ea = NULL, *eb = NULL;
+    int ra = records_state_head(buf, len, &a, &ea);
+    int rb = records_state_read(buf, len, &b, NULL, NULL, &eb);
+    cr_assert_eq(ra == 0, rb == 0, "head %d (%s), read %d (%s), %zu bytes",
+                 ra, ea ? ea : "", rb, eb ? eb : "", len);
+    if (ra)
+        return ra;
+    cr_assert_str_eq(a.cluster, b.cluster);
+    cr_assert_eq(a.k, b.k);
+    cr_assert_eq(a.part, b.part);
+    cr_assert_eq(a.gen, b.gen);
+    cr_assert_eq(a.marker, b.marker);
+    cr_assert_eq(a.chunk, b.chunk);
+    cr_assert_eq(a.users, b.users);
+    cr_assert_eq(a.offset, b.offset);
+    cr_assert_eq(a.events, b.events);
+    cr_assert_eq(a.weight_sum, b.weight_sum);
+    cr_assert_eq(a.ts, b.ts);
+    return 0;
+}
+
+Test(records, state_head_reads_what_the_full_reader_reads)
+{
+    struct model *m = model_small(0);
+    struct records_enc *e = records_enc_new();
+    struct records_state h = {.k = K, .part = 2, .gen = 1234567890123ull,
+                              .chunk = 3};
+    struct records_state got;
+    uint32_t cursor = 0, n = 0, seen = 0;
+    size_t len;
+    snprintf(h.cluster, sizeof(h.cluster), "group-a");
+
+    cr_assert_eq(records_state_users_encode(e, &h, m, part_all, NULL, &cursor,
+                                            1 << 20, &n),
+                 0);
+    cr_assert_eq(n, NUSERS);
+    const void *enc = records_enc_data(e, &len);
+    unsigned char *chunk = malloc(len);
+    size_t clen = len;
+    memcpy(chunk, enc, len);
+    cr_assert_eq(state_agree(chunk, clen), 0);
+    cr_assert_eq(records_state_head(chunk, clen, &got, NULL), 0);
+    cr_assert_eq(got.users, NUSERS);
+    cr_assert_eq(got.chunk, 3);
+    cr_assert(!got.marker);
+    /* The full reader still hands every user over. */
+    cr_assert_eq(records_state_read(chunk, clen, &got, count_user, &seen,
+                                    NULL),
+                 0);
+    cr_assert_eq(seen, NUSERS);
+
+    h.marker = true;
+    h.users = NUSERS;
+    h.offset = 77;
+    h.events = 500;
+    h.weight_sum = 1234.5;
+    h.ts = -3;
+    cr_assert_eq(records_state_marker_encode(e, &h, K), 0);
+    enc = records_enc_data(e, &len);
+    unsigned char *marker = malloc(len);
+    size_t mlen = len;
+    memcpy(marker, enc, len);
+    cr_assert_eq(state_agree(marker, mlen), 0);
+    cr_assert_eq(records_state_head(marker, mlen, &got, NULL), 0);
+    cr_assert(got.marker);
+    cr_assert_eq(got.offset, 77);
+    cr_assert_eq(got.weight_sum, 1234.5);
+
+    /* Every truncation, and bytes changed everywhere: the same verdicts. */
+    static const unsigned char bytes[] = {0x00, 0x01, 0x7f, 0x80, 0x8f,
+                                          0x9f, 0xa0, 0xc0, 0xc1, 0xc3,
+                                          0xca, 0xcb, 0xcf, 0xd3, 0xd9,
+                                          0xdc, 0xdd, 0xde, 0xdf, 0xff};
+    unsigned char *bufs[2] = {chunk, marker};
+    size_t lens[2] = {clen, mlen};
+    int taken = 0, refused = 0;
+    for (int d = 0; d < 2; d++) {
+        for (size_t l = 0; l < lens[d]; l++)
+            cr_assert_neq(state_agree(bufs[d], l), 0, "truncated at %zu", l);
+        for (size_t pos = 0; pos < lens[d]; pos += pos < 120 ? 1 : 37) {
+            unsigned char keep = bufs[d][pos];
+            for (size_t b = 0; b < sizeof(bytes); b++) {
+                bufs[d][pos] = bytes[b];
+                if (state_agree(bufs[d], lens[d]))
+                    refused++;
+                else
+                    taken++;
+            }
+            bufs[d][pos] = keep;
+        }
+    }
+    cr_assert_gt(taken, 0);
+    cr_assert_gt(refused, 0);
+    free(chunk);
+    free(marker);
+    records_enc_free(e);
+    model_free(m);
+}

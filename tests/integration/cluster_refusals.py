@@ -14,7 +14,11 @@
   them and never sums them), and an event on another partition than its
   user's key gives (rejected as wrong_partition). The daemons keep
   running and the group's manifest still counts exactly the events
-  produced."""
+  produced;
+- a partition's state that cannot be read back within
+  cluster.restore_timeout (every fetch of the broker failing, its
+  watermarks still answered): the member stops (exit 1) naming the
+  partition and how far it read, rather than fold on a part of it."""
 import os
 import subprocess
 import sys
@@ -24,7 +28,8 @@ import msgpack
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BIN, KAFKA_TEST_SETS, NMFCTL, Procs, check, http_get, metric, metrics, stop, wait_for  # noqa: E402
+from harness import (BIN, KAFKA_TEST_SETS, NMFCTL, Procs, broker_fault, check, http_get,  # noqa: E402
+                     metric, metrics, stop, wait_for)
 from cluster_common import (PARTS, leaders, manifest_latest, member_sets, read_csv,  # noqa: E402
                             settled, start_member)
 
@@ -190,6 +195,42 @@ def main():
         for d in ms:
             check(http_get(d.port, "/healthz")[0] == 200, "%s unhealthy" % d.name)
             check(stop(d) == 0, "%s did not stop cleanly" % d.name)
+
+        # -- a state not read back within cluster.restore_timeout -----------
+        bf = os.path.join(ps.tmp, "slow.bootstrap")
+        fifo = os.path.join(ps.tmp, "slow.control")
+        ps.start([NMFCTL, "broker", "--partitions", str(PARTS), "--topics", "nmf.events",
+                  "--bootstrap-file", bf, "--control", fifo, "--cluster"], "slowbroker")
+        sb = wait_for(lambda: os.path.exists(bf) and open(bf).read().strip(), 20, "bootstrap")
+        wait_for(lambda: os.path.exists(fifo), 10, "the broker's control FIFO")
+        first = start_member(ps, sb, "s1", K)
+        wait_for(lambda: settled([first]), 120, "one member")
+        ps.produce(sb, events)
+        wait_for(lambda: (metric(first.port, "nmfd_events_folded_total") or 0) == n_events,
+                 90, "the member to fold every event")
+        # Stopped, it writes the state of every partition as it leaves it.
+        check(stop(first) == 0, "s1 did not stop cleanly")
+        check(ps.log("s1").count("users handed on") == PARTS, "s1 did not hand every partition on")
+        # From now on every fetch fails: the state's watermarks are known,
+        # its messages never come.
+        broker_fault(ps, fifo, "error Fetch 100000 NOT_LEADER_FOR_PARTITION", name="slowbroker")
+        args = [os.path.join(BIN, "nmfd"), "--set", "kafka.bootstrap.servers=" + sb,
+                "--set", "checkpoint.dir=" + os.path.join(ps.tmp, "s2-state"),
+                "--set", "http.listen=127.0.0.1:0"]
+        for x in KAFKA_TEST_SETS + member_sets(K, ["cluster.restore_timeout=1s"]):
+            args += ["--set", x]
+        os.makedirs(os.path.join(ps.tmp, "s2-state"), exist_ok=True)
+        t0 = time.time()
+        rc, log = exits(ps, args, "s2", timeout=90)
+        check(rc == 1, "a member that could not read its state exited %r, want 1:\n%s"
+              % (rc, log[-2000:]))
+        check("cluster: state: nmf.state/" in log and "within 1000 ms" in log
+              and "partitions not read to their end" in log,
+              "no clear words for the state not read in time:\n" + log[-2000:])
+        check("stopping rather than fold on a part of it" in log,
+              "the member did not say why it stopped:\n" + log[-2000:])
+        check("restored:" not in log, "a partition was restored from a state read in part")
+        check(time.time() - t0 < 60, "the stop took %.0f s" % (time.time() - t0))
     print("cluster refusals: every one clear, nothing summed, nothing lost")
 
 
