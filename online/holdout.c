@@ -591,12 +591,14 @@ static void ho_user_score(struct holdout *h, uint32_t x,
     const uint32_t k = m->k;
     double hh[MODEL_K_MAX], fu = 0;
     int64_t until = INT64_MAX;
-    int known = hu->mu != HO_NONE && (m->u[hu->mu].flags & MODEL_U_LIVE);
+    /* A slot freed is unlinked at once (holdout_note_user_id), so a
+     * user known is live; its record is read only for its time. */
+    int known = hu->mu != HO_NONE;
     if (known) {
         const float *hr = m->H + (size_t)hu->mu * k;
         for (uint32_t j = 0; j < k; j++)
             hh[j] = (double)hr[j] * m->hs[j];
-        int64_t tu = m->u[hu->mu].t;
+        int64_t tu = ck->hl > 0 ? m->u[hu->mu].t : 0;
         if (ck->hl > 0 && tu > ck->now) {
             /* Valued at now undecayed, as ho_decay leaves a time ahead of
              * now: a term that moves with now, until now reaches tu. */
@@ -686,7 +688,8 @@ static void ho_sweep_hint(const struct holdout *h, uint32_t x)
     if (x + HO_AHEAD < c->nu) {
         const struct ho_user *hu = &c->u[x + HO_AHEAD];
         if (hu->mu != HO_NONE) {
-            __builtin_prefetch(&m->u[hu->mu], 0);
+            if (m->p.half_life_ms > 0)
+                __builtin_prefetch(&m->u[hu->mu], 0);
             ho_prefetch_span(m->H + (size_t)hu->mu * k, k * sizeof(float));
         }
         if (hu->first != HO_NONE) {
