@@ -75,6 +75,8 @@ struct ho_cache {
      * sweep; a change of any sweeps again. */
     uint64_t wgen, sgen;
     int64_t R;
+    int64_t now; /* the latest time at the last call */
+    int swept;   /* every user scored once since the cache was built */
     uint32_t nu, ni, ne; /* users, items, entries the cache covers */
     uint32_t ucap, icap, ecap, mcap, bcap;
     struct ho_user *u;
@@ -592,22 +594,10 @@ static void ho_user_score(struct holdout *h, uint32_t x,
     double hh[MODEL_K_MAX], fu = 0;
     int64_t until = INT64_MAX;
     /* A slot freed is unlinked at once (holdout_note_user_id), so a
-     * user known is live; its record is read only for its time. */
-    int known = hu->mu != HO_NONE;
-    if (known) {
-        const float *hr = m->H + (size_t)hu->mu * k;
-        for (uint32_t j = 0; j < k; j++)
-            hh[j] = (double)hr[j] * m->hs[j];
-        int64_t tu = ck->hl > 0 ? m->u[hu->mu].t : 0;
-        if (ck->hl > 0 && tu > ck->now) {
-            /* Valued at now undecayed, as ho_decay leaves a time ahead of
-             * now: a term that moves with now, until now reaches tu. */
-            fu = ho_frame(ck->now, ck->R, ck->hl);
-            until = ck->now + 1;
-        } else {
-            fu = ho_frame(tu, ck->R, ck->hl);
-        }
-    }
+     * user known is live. Its h (and its time, with a half-life) is
+     * read at its first entry predicted: not at all for a user whose
+     * entries all aged out. */
+    int known = hu->mu != HO_NONE, ready = 0;
     double loss = 0, norm = 0;
     uint32_t pairs = 0;
     for (uint32_t e = hu->first; e != HO_NONE; e = c->next_u[e]) {
@@ -624,6 +614,22 @@ static void ho_user_score(struct holdout *h, uint32_t x,
         double v = h->ev[e] * ho_frame(t, ck->R, ck->hl), p = 0;
         const uint32_t mi = c->it[h->ei[e]].mi;
         if (known && mi != HO_NONE) {
+            if (!ready) {
+                const float *hr = m->H + (size_t)hu->mu * k;
+                for (uint32_t j = 0; j < k; j++)
+                    hh[j] = (double)hr[j] * m->hs[j];
+                int64_t tu = ck->hl > 0 ? m->u[hu->mu].t : 0;
+                if (ck->hl > 0 && tu > ck->now) {
+                    /* Valued at now undecayed, as ho_decay leaves a time
+                     * ahead of now: a term that moves with now, until now
+                     * reaches tu. */
+                    fu = ho_frame(ck->now, ck->R, ck->hl);
+                    until = ck->now + 1;
+                } else {
+                    fu = ho_frame(tu, ck->R, ck->hl);
+                }
+                ready = 1;
+            }
             const float *wi = m->W + (size_t)mi * k;
             for (uint32_t j = 0; j < k; j++)
                 p += (double)wi[j] * hh[j];
@@ -719,12 +725,19 @@ static void ho_sweep(struct holdout *h, const struct ho_clock *ck)
     c->nheap = 0;
     c->ndirty = 0;
     c->nblist = 0;
+    /* With a ttl, a user whose every entry aged out holds zero terms
+     * that stay zero (now never goes back: below) until an entry of its
+     * changes, which marks it; the sweep leaves it be. */
+    const int skip = ck->ttl > 0 && c->swept;
     for (uint32_t x = 0; x < c->nu; x++)
         c->u[x].heap = HO_NONE;
     for (uint32_t x = 0; x < c->nu; x++) {
+        if (skip && !c->u[x].pairs && !c->u[x].dirty)
+            continue;
         ho_sweep_hint(h, x);
         ho_user_score(h, x, ck);
     }
+    c->swept = 1;
     for (uint32_t b = 0; b < (c->nu + HO_BLOCK - 1) / HO_BLOCK; b++)
         ho_block_sum(c, b);
     ho_totals(c);
@@ -823,11 +836,17 @@ void holdout_score(struct holdout *h, const struct model *m,
             return;
         }
         ho_sweep(h, &ck);
+    } else if (ck.now < c->now) {
+        /* The model's time went back (never, as models go): entries
+         * aged out may count again. Everything afresh. */
+        c->swept = 0;
+        ho_sweep(h, &ck);
     } else if (c->wgen != m->wgen || c->sgen != m->sgen || c->R != ck.R) {
         ho_sweep(h, &ck);
     } else {
         ho_update(h, &ck);
     }
+    c->now = ck.now;
     double f = ck.hl > 0 ? exp2(-(double)(ck.now - ck.R) / (double)ck.hl) : 1;
     out->loss = c->loss * f * f;
     out->norm = c->norm * f * f;
