@@ -60,7 +60,7 @@ struct ho_user {
     uint32_t first, last; /* entries, chained by next_u */
     uint32_t pairs;
     uint32_t heap; /* position in the heap of until, HO_NONE */
-    uint32_t dirty;
+    uint32_t spare;
 };
 
 struct ho_item {
@@ -83,7 +83,10 @@ struct ho_cache {
     struct ho_item *it;
     uint32_t *next_u, *next_i; /* per entry */
     uint32_t *m2u;             /* model user index -> held-out user */
-    uint32_t *dirty, ndirty;   /* users to score again */
+    /* Users to score again: a bit each (small enough to stay cached,
+     * as the fold marks a user at every re-solve) and their list. */
+    uint64_t *dbit;
+    uint32_t *dirty, ndirty;
     uint32_t *heap, nheap;     /* users by until, a binary min-heap */
     double *bloss, *bnorm;     /* sums over blocks of HO_BLOCK users */
     uint8_t *bdirty;
@@ -386,6 +389,7 @@ static void ho_cache_drop(struct holdout *h)
     free(c->next_i);
     free(c->m2u);
     free(c->dirty);
+    free(c->dbit);
     free(c->heap);
     free(c->bloss);
     free(c->bnorm);
@@ -397,17 +401,23 @@ static void ho_cache_drop(struct holdout *h)
 static size_t ho_cache_bytes(const struct ho_cache *c)
 {
     return (size_t)c->ucap * (sizeof(struct ho_user) + 2 * sizeof(uint32_t)) +
+           ((size_t)c->ucap / 64 + 1) * sizeof(uint64_t) +
            (size_t)c->icap * sizeof(struct ho_item) +
            (size_t)c->ecap * 2 * sizeof(uint32_t) +
            (size_t)c->mcap * sizeof(uint32_t) +
            (size_t)c->bcap * (2 * sizeof(double) + 1 + sizeof(uint32_t));
 }
 
+static inline int ho_is_dirty(const struct ho_cache *c, uint32_t x)
+{
+    return (int)(c->dbit[x / 64] >> (x % 64) & 1);
+}
+
 static void ho_dirty(struct ho_cache *c, uint32_t x)
 {
-    if (c->u[x].dirty)
+    if (ho_is_dirty(c, x))
         return;
-    c->u[x].dirty = 1;
+    c->dbit[x / 64] |= (uint64_t)1 << (x % 64);
     c->dirty[c->ndirty++] = x;
 }
 
@@ -499,8 +509,12 @@ static int ho_cache_room(struct ho_cache *c, uint32_t U, uint32_t I,
         uint32_t cap = ho_cap(c->ucap, U);
         if (ho_resize(&c->u, sizeof(*c->u), cap) ||
             ho_resize(&c->dirty, sizeof(uint32_t), cap) ||
-            ho_resize(&c->heap, sizeof(uint32_t), cap))
+            ho_resize(&c->heap, sizeof(uint32_t), cap) ||
+            ho_resize(&c->dbit, sizeof(uint64_t), cap / 64 + 1))
             return -ENOMEM;
+        memset(c->dbit + (c->ucap ? c->ucap / 64 + 1 : 0), 0,
+               (cap / 64 + 1 - (c->ucap ? c->ucap / 64 + 1 : 0)) *
+                   sizeof(uint64_t));
         c->ucap = cap;
     }
     uint32_t nb = (U + HO_BLOCK - 1) / HO_BLOCK;
@@ -643,7 +657,7 @@ static void ho_user_score(struct holdout *h, uint32_t x,
     hu->loss = loss;
     hu->norm = norm;
     hu->pairs = pairs;
-    hu->dirty = 0;
+    c->dbit[x / 64] &= ~((uint64_t)1 << (x % 64));
     ho_heap_set(c, x, until);
 }
 
@@ -732,7 +746,7 @@ static void ho_sweep(struct holdout *h, const struct ho_clock *ck)
     for (uint32_t x = 0; x < c->nu; x++)
         c->u[x].heap = HO_NONE;
     for (uint32_t x = 0; x < c->nu; x++) {
-        if (skip && !c->u[x].pairs && !c->u[x].dirty)
+        if (skip && !c->u[x].pairs && !ho_is_dirty(c, x))
             continue;
         ho_sweep_hint(h, x);
         ho_user_score(h, x, ck);
