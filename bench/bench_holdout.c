@@ -14,7 +14,9 @@
  * owed, which model_stats' own loss otherwise reads. Each figure is the
  * median of reps calls, in ms of wall clock and of the thread's CPU.
  * With share 0 the same calls give model_stats without a held-out
- * matrix.
+ * matrix. With a share, each state is also made anew (other events, a
+ * further refresh) and the held-out score timed alone (holdout_score,
+ * thread CPU): the part of model_stats that is the held-out matrix's.
  *
  *   bench_holdout [users items k events share [reps [half_life_ms [ttl_ms]]]]
  *   defaults:      1000000 100000 16 5000000 0.1 21 0 0
@@ -27,6 +29,7 @@
 
 #include "bench_util.h"
 #include "model.h"
+#include "model_impl.h" /* m->ho: the held-out score alone */
 
 static uint64_t rs = 0x1234567;
 
@@ -102,6 +105,16 @@ static double time_stats(const struct model *m, struct model_stats *st,
     return bench_wall_ms() - t;
 }
 
+/* The held-out score alone (holdout_score, which model_stats calls): its
+ * thread CPU ms. */
+static double time_score(struct model *m)
+{
+    struct holdout_score hs;
+    double c = bench_cpu_ms();
+    holdout_score(m->ho, m, &hs);
+    return bench_cpu_ms() - c;
+}
+
 int main(int argc, char **argv)
 {
     struct stream s = {0};
@@ -150,12 +163,16 @@ int main(int argc, char **argv)
     model_refresh(m);
     struct model_stats st;
     double cfirst, first = time_stats(m, &st, &cfirst);
-    double *still = malloc(6 * reps * sizeof(double));
+    double *still = malloc(9 * reps * sizeof(double));
+    double *sstill = still + 6 * reps, *sfolds = sstill + reps,
+           *srefresh = sfolds + reps;
     double *folds = still + reps, *refresh = folds + reps;
     double *cstill = refresh + reps, *cfolds = cstill + reps,
            *crefresh = cfolds + reps;
     for (int r = 0; r < reps; r++)
         still[r] = time_stats(m, &st, &cstill[r]);
+    for (int r = 0; r < reps && m->ho; r++)
+        sstill[r] = time_score(m);
     /* The fold once a score has been taken (the daemon's case: the
      * held-out cache, where there is one, follows every re-solve). */
     const int nfold = 200000;
@@ -165,15 +182,27 @@ int main(int argc, char **argv)
             return 1;
     double fold_ns = (bench_wall_ms() - f0) * 1e6 / nfold,
            fold_cns = (bench_cpu_ms() - fc0) * 1e6 / nfold;
+    int refreshed = 0; /* 1 000-event rounds with a refresh of the fold's */
     for (int r = 0; r < reps; r++) {
+        uint64_t r0 = model_refreshes(m);
         for (int e = 0; e < 1000; e++)
             if (fold_next(m, &s))
                 return 1;
+        refreshed += model_refreshes(m) != r0;
         folds[r] = time_stats(m, &st, &cfolds[r]);
+        for (int e = 0; e < 1000 && m->ho; e++)
+            if (fold_next(m, &s))
+                return 1;
+        if (m->ho)
+            sfolds[r] = time_score(m);
     }
     for (int r = 0; r < reps; r++) {
         model_refresh(m);
         refresh[r] = time_stats(m, &st, &crefresh[r]);
+        if (m->ho) {
+            model_refresh(m);
+            srefresh[r] = time_score(m);
+        }
     }
     printf("users %u items %u k %u events %llu share %g half_life %lld "
            "ttl %lld: folded in %.1f s\n",
@@ -181,6 +210,8 @@ int main(int argc, char **argv)
            (long long)hl, (long long)ttl, fold_ms / 1e3);
     printf("then %d events folded at %.0f ns each (%.0f ns CPU)\n", nfold,
            fold_ns, fold_cns);
+    printf("%d of the %d rounds of 1000 folds refreshed W\n", refreshed,
+           reps);
     printf("held-out pairs %llu events %llu, holdout_loss %.9g\n",
            (unsigned long long)st.holdout_pairs,
            (unsigned long long)st.holdout_events, st.holdout_loss);
@@ -192,6 +223,11 @@ int main(int argc, char **argv)
            "after 1000 folds %.3f after a refresh %.3f\n",
            reps, cfirst, median(cstill, reps), median(cfolds, reps),
            median(crefresh, reps));
+    if (m->ho)
+        printf("held-out score alone, cpu ms (median of %d): still %.4f "
+               "after 1000 folds %.3f after a refresh %.3f\n",
+               reps, median(sstill, reps), median(sfolds, reps),
+               median(srefresh, reps));
     free(still);
     free(s.ucdf);
     free(s.icdf);

@@ -51,7 +51,7 @@
  * the model's latest time stays under until. Per held-out item, the
  * model's index and its entries. */
 #define HO_NONE  UINT32_MAX
-#define HO_BLOCK 64 /* users a block sum covers */
+#define HO_BLOCK 32 /* users a block sum covers */
 
 struct ho_user {
     double loss, norm;
