@@ -297,14 +297,11 @@ int holdout_add(struct holdout *h, const char *user, size_t user_len,
     h->weight_sum += weight;
     if (ts > h->tmax)
         h->tmax = ts;
-    if (h->c.built) {
-        /* The score's cache follows; without memory it is dropped and
-         * built again at the next score. */
-        if ((uint32_t)e < h->c.ne)
-            ho_dirty(&h->c, (uint32_t)u);
-        if (ho_cache_sync(h))
-            ho_cache_drop(h);
-    }
+    /* The score's cache: a changed entry marks its user; a new entry,
+     * user or item waits for the next score's ho_cache_sync (nothing on
+     * the fold's path but a bit). */
+    if (h->c.built && (uint32_t)e < h->c.ne)
+        ho_dirty(&h->c, (uint32_t)u);
     return 0;
 }
 
@@ -842,7 +839,9 @@ void holdout_score(struct holdout *h, const struct model *m,
     ck.cut = ck.now - ck.ttl;
     ck.R = ho_origin(ck.now, ck.hl);
     struct ho_cache *c = &h->c;
-    if (c->built && c->m != m)
+    /* Entries and ids added since the last call first; without memory
+     * for them the cache is built anew, or the score made from scratch. */
+    if (c->built && (c->m != m || ho_cache_sync(h)))
         ho_cache_drop(h);
     if (!c->built) {
         if (ho_cache_build(h, m)) {
