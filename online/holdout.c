@@ -60,7 +60,6 @@ struct ho_user {
     uint32_t first, last; /* entries, chained by next_u */
     uint32_t pairs;
     uint32_t heap; /* position in the heap of until, HO_NONE */
-    uint32_t spare;
 };
 
 struct ho_item {
