@@ -578,6 +578,91 @@ Test(holdout, incremental_score_equals_scratch_with_decay_and_ttl)
     check_incremental(6000, 30000, 4);
 }
 
+/* A held-out item the model forgets (ttl) while its held-out entries stay
+ * recent, and whose slot a new item then takes: the held-out item must
+ * predict 0, not through the new item's row. */
+static void fold_pair(struct model *m, struct heldmat *hm, uint32_t u,
+                      uint32_t i, int64_t ts)
+{
+    struct ev e;
+    e.u = u;
+    e.i = i;
+    e.ul = (size_t)snprintf(e.user, sizeof(e.user), "user-%u", u);
+    e.il = (size_t)snprintf(e.item, sizeof(e.item), "item-%u", i);
+    e.w = 1;
+    e.ts = ts;
+    cr_assert_eq(fold_ev(m, &e), 0);
+    if (model_holdout_held(m, e.user, e.ul, e.item, e.il))
+        heldmat_add(hm, &e, 0);
+}
+
+static int pair_held(const struct model *m, uint32_t u, uint32_t i)
+{
+    char us[32], is[32];
+    int ul = snprintf(us, sizeof(us), "user-%u", u);
+    int il = snprintf(is, sizeof(is), "item-%u", i);
+    return model_holdout_held(m, us, (size_t)ul, is, (size_t)il);
+}
+
+Test(holdout, forgotten_item_slot_reused)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = K;
+    p.ttl_ms = 10000;
+    p.holdout = 0.5;
+    p.holdout_salt = 21;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    struct heldmat hm = {calloc((size_t)SU * SI, sizeof(double)),
+                         calloc((size_t)SU * SI, sizeof(int64_t)), 0};
+    /* Users whose pair with item 0 is held out (a) and not (b); items
+     * 1..20 keep the users known, on their pairs not held out. */
+    uint32_t a[8], b[8], na = 0, nb = 0;
+    for (uint32_t u = 0; u < SU && (na < 8 || nb < 8); u++) {
+        if (pair_held(m, u, 0) && na < 8)
+            a[na++] = u;
+        else if (!pair_held(m, u, 0) && nb < 8)
+            b[nb++] = u;
+    }
+    cr_assert(na == 8 && nb == 8);
+    int64_t ts = 1000;
+    for (int round = 0; round < 3; round++)
+        for (uint32_t q = 0; q < 8; q++) {
+            fold_pair(m, &hm, b[q], 0, ts++);
+            fold_pair(m, &hm, a[q], 0, ts++);
+            for (uint32_t i = 1; i <= 20; i++)
+                if (!pair_held(m, a[q], i))
+                    fold_pair(m, &hm, a[q], i, ts++);
+        }
+    size_t len0 = 6;
+    int64_t slot0 = ids_find(m->iids, "item-0", len0);
+    cr_assert(slot0 >= 0);
+    check_ref(m, &hm);
+    /* Past the ttl: item 0 only in held-out pairs, the rest refreshed. */
+    ts += 20000;
+    for (uint32_t q = 0; q < 8; q++) {
+        fold_pair(m, &hm, a[q], 0, ts++);
+        for (uint32_t i = 1; i <= 20; i++)
+            if (!pair_held(m, a[q], i))
+                fold_pair(m, &hm, a[q], i, ts++);
+    }
+    check_ref(m, &hm);
+    model_expire(m, ts);
+    cr_assert(ids_find(m->iids, "item-0", len0) < 0);
+    check_ref(m, &hm);
+    /* A new item takes the freed slot. */
+    uint32_t q = 0;
+    while (pair_held(m, a[q], 100))
+        q++;
+    fold_pair(m, &hm, a[q], 100, ts++);
+    cr_assert_eq(ids_find(m->iids, "item-100", 8), slot0);
+    check_ref(m, &hm);
+    free(hm.v);
+    free(hm.t);
+    model_free(m);
+}
+
 /* Scoring never changes the model: a model scored every few events and
  * one never scored save the same state, with and without held-out
  * pairs (a share of 0 keeps no cache at all). */
