@@ -31,9 +31,22 @@ struct holdout_score {
     double norm;    /* sum of v^2 */
     uint64_t pairs; /* entries scored */
 };
-/* The held-out matrix against the model's current W and H. */
-void holdout_score(const struct holdout *h, const struct model *m,
+/* The held-out matrix against the model's current W and H: exact, kept
+ * incrementally in a cache of the holdout (derived, never saved), so h
+ * is not const. One model per holdout: m is the model that owns h. */
+void holdout_score(struct holdout *h, const struct model *m,
                    struct holdout_score *out);
+/* What the cache must hear from the model that owns h (model.c calls
+ * these only when it has a holdout): user slot u's h, time or liveness
+ * changed; slot u now holds the user id (live) or was freed (!live, id
+ * unused); item slot i now holds the item id (live) or is about to be
+ * freed (!live, id still the slot's). Global changes (W, H's column
+ * scales, every h at once) are seen through the model's wgen and sgen. */
+void holdout_note_user(struct holdout *h, uint32_t u);
+void holdout_note_user_id(struct holdout *h, uint32_t u, const char *id,
+                          size_t len, int live);
+void holdout_note_item_id(struct holdout *h, uint32_t i, const char *id,
+                          size_t len, int live);
 
 uint64_t holdout_events(const struct holdout *h);
 double holdout_weight_sum(const struct holdout *h);

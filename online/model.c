@@ -364,6 +364,7 @@ int model__users_grow(struct model *m, uint32_t need)
 
 void model__w_changed(struct model *m, uint32_t i0, uint32_t i1)
 {
+    m->sgen++;
     wbound_set(&m->wb, m->W, ids_slots(m->iids), i0, i1);
 }
 
@@ -1400,6 +1401,8 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     us->wq = wq;
     us->t = st->t_new;
     memcpy(hu, hf, k * sizeof(float));
+    if (m->ho)
+        holdout_note_user(m->ho, u);
     model_user_mark(m, us, ht, st->ev != NULL, k);
     if (st->lazy || st->defer) {
         /* h not re-solved: the user is stale until it is (the sync and
@@ -1569,6 +1572,8 @@ void model__user_remove(struct model *m, uint32_t u)
     us->slab = POOL_NONE;
     us->bslot = POOL_NONE;
     memset(hu, 0, k * sizeof(float));
+    if (m->ho)
+        holdout_note_user_id(m->ho, u, NULL, 0, 0);
     ids_remove(m->uids, u);
     m->dirty = 1;
 }
@@ -1586,6 +1591,8 @@ uint32_t model__user_add(struct model *m, const char *id, size_t len,
     us->bslot = POOL_NONE;
     us->flags = MODEL_U_LIVE;
     memset(m->H + (size_t)u * m->k, 0, m->k * sizeof(float));
+    if (m->ho)
+        holdout_note_user_id(m->ho, u, id, len, 1);
     return u;
 }
 
@@ -1613,6 +1620,8 @@ uint32_t model__item_add(struct model *m, const char *id, size_t len,
     /* The slot is new or was freed by expiry, which zeroed its row. */
     wbound_add(&m->wb, m->W, i);
     m->item_t[i] = ts;
+    if (m->ho)
+        holdout_note_item_id(m->ho, i, id, len, 1);
     return i;
 }
 
@@ -1622,6 +1631,7 @@ static void model_rebuild(struct model *m)
 {
     const uint32_t k = m->k;
     int scaled = 0;
+    m->sgen++;
     for (uint32_t j = 0; j < k; j++)
         scaled |= m->hs[j] != 1;
     memset(m->A, 0, (size_t)k * k * sizeof(double));
@@ -2849,6 +2859,11 @@ size_t model_expire(struct model *m, int64_t now)
                 continue;
             memset(m->B + (size_t)i * k, 0, k * sizeof(double));
             m->item_t[i] = 0;
+            if (m->ho) {
+                size_t len;
+                const char *id = ids_get(m->iids, i, &len);
+                holdout_note_item_id(m->ho, i, id, len, 0);
+            }
             ids_remove(m->iids, i);
             gone++;
         }

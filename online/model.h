@@ -233,13 +233,18 @@ struct model_stats {
     /* With params.holdout: the held-out matrix V_ho scored against the
      * current W and H over its entries (holdout.c),
      *     holdout_loss = ||V_ho - W H||^2 / ||V_ho||^2 on those entries,
-     * in O(entries k). Held-out events count in events and weight_sum
-     * (everything accepted), and in holdout_events. */
+     * exact, kept incrementally: O(1) when nothing changed since the
+     * last call, O(k) per entry of the users re-solved since, one sweep
+     * in O(entries k) after W changed. Held-out events count in events
+     * and weight_sum (everything accepted), and in holdout_events. */
     double holdout_loss;
     double holdout_norm;     /* ||V_ho||^2 */
     uint64_t holdout_pairs;  /* entries scored */
     uint64_t holdout_events; /* events held out since the model began */
 };
+/* Reads the model only; with params.holdout it updates the held-out
+ * score's cache, which the model owns: two threads must not call it on
+ * one model at once (nothing else may run on the model meanwhile anyway). */
 void model_stats(const struct model *m, struct model_stats *st);
 /* Whether the pair is held out by this model (params.holdout and
  * holdout_salt): such events never reach a profile, A or B. */

@@ -176,6 +176,11 @@ struct model {
     uint64_t reseeded, moved;
     /* The held-out pairs (holdout.c), NULL when params.holdout is 0. */
     struct holdout *ho;
+    /* Bumped whenever W, H's column scales or every h at once may have
+     * changed (model__w_changed, model_rebuild): the held-out score's
+     * cache is swept again. With wgen, what holdout.c watches besides
+     * the per-user notes. Not saved in a state. */
+    uint64_t sgen;
     /* robust = l21: sum of the weights of the users with a profile, kept
      * with every re-solve (recomputed at a rebuild and a load). */
     double dsum;

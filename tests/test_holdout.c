@@ -360,6 +360,347 @@ Test(holdout, zero_share_writes_the_plain_state)
     model_free(m);
 }
 
+/* The score is kept incrementally (holdout.c): after any history of
+ * folds, refreshes, refinements, restarts, expiry (users and items
+ * forgotten, their slots reused) and forgotten users, it must equal the
+ * score computed from scratch. The reference below is the computation
+ * holdout_score made at every call before the cache: the held-out
+ * matrix kept by the test itself, every id looked up, one dot product per
+ * entry against the model's W and H. */
+#define SU 400
+#define SI 120
+
+struct heldmat {
+    double *v;  /* SU x SI, valued at t */
+    int64_t *t; /* 0: no entry */
+    int64_t tmax;
+};
+
+static void heldmat_add(struct heldmat *hm, const struct ev *e, int64_t hl)
+{
+    size_t c = (size_t)e->u * SI + e->i;
+    double w = e->w;
+    if (hm->t[c] && hl > 0 && e->ts > hm->t[c])
+        hm->v[c] *= exp2(-(double)(e->ts - hm->t[c]) / (double)hl);
+    else if (hm->t[c] && hl > 0 && e->ts < hm->t[c])
+        w *= exp2(-(double)(hm->t[c] - e->ts) / (double)hl);
+    if (e->ts > hm->t[c])
+        hm->t[c] = e->ts;
+    hm->v[c] += w;
+    if (e->ts > hm->tmax)
+        hm->tmax = e->ts;
+}
+
+static double ref_decay(int64_t dt, int64_t hl)
+{
+    return hl > 0 && dt > 0 ? exp2(-(double)dt / (double)hl) : 1.0;
+}
+
+static void ref_score(const struct model *m, const struct heldmat *hm,
+                      struct holdout_score *r)
+{
+    const int64_t hl = m->p.half_life_ms, ttl = m->p.ttl_ms;
+    const uint32_t k = m->k;
+    int64_t now = m->has_time ? m->T : 0;
+    if (hm->tmax > now)
+        now = hm->tmax;
+    int64_t mi[SI];
+    for (uint32_t i = 0; i < SI; i++) {
+        char s[32];
+        int l = snprintf(s, sizeof(s), "item-%u", i);
+        mi[i] = ids_find(m->iids, s, (size_t)l);
+    }
+    memset(r, 0, sizeof(*r));
+    for (uint32_t u = 0; u < SU; u++) {
+        char s[32];
+        int l = snprintf(s, sizeof(s), "user-%u", u);
+        int64_t mu = ids_find(m->uids, s, (size_t)l);
+        for (uint32_t i = 0; i < SI; i++) {
+            size_t c = (size_t)u * SI + i;
+            if (!hm->t[c] || (ttl > 0 && hm->t[c] < now - ttl))
+                continue;
+            double v = hm->v[c] * ref_decay(now - hm->t[c], hl), p = 0;
+            if (mu >= 0 && mi[i] >= 0 && (m->u[mu].flags & MODEL_U_LIVE)) {
+                for (uint32_t j = 0; j < k; j++)
+                    p += (double)m->W[mi[i] * k + j] *
+                         ((double)m->H[mu * k + j] * m->hs[j]);
+                p *= ref_decay(now - m->u[mu].t, hl);
+            }
+            r->loss += (v - p) * (v - p);
+            r->norm += v * v;
+            r->pairs++;
+        }
+    }
+}
+
+/* The model's score against the reference (1e-9 relative), and a second
+ * call, with nothing changed, the same bits. */
+static void check_ref(struct model *m, const struct heldmat *hm)
+{
+    struct model_stats st, again;
+    struct holdout_score r;
+    model_stats(m, &st);
+    ref_score(m, hm, &r);
+    double rl = r.norm > 0 ? r.loss / r.norm : 0;
+    cr_assert_eq(st.holdout_pairs, r.pairs);
+    cr_assert(fabs(st.holdout_norm - r.norm) <= 1e-9 * r.norm,
+              "norm %.17g reference %.17g", st.holdout_norm, r.norm);
+    cr_assert(fabs(st.holdout_loss - rl) <= 1e-9 * rl,
+              "holdout_loss %.17g reference %.17g", st.holdout_loss, rl);
+    model_stats(m, &again);
+    cr_assert_eq(again.holdout_loss, st.holdout_loss);
+    cr_assert_eq(again.holdout_norm, st.holdout_norm);
+}
+
+/* A drifting stream: the active users and items move with the phase, so
+ * that with a ttl users and items are forgotten and their slots reused;
+ * each phase ends with a jump of jump ms. */
+static void drift_event(uint64_t *s, int64_t *ts, uint32_t phase,
+                        struct ev *e)
+{
+    uint64_t a = rng_splitmix64(s), b = rng_splitmix64(s);
+    e->u = (uint32_t)((phase * 37 + a % 150) % SU);
+    if ((b >> 40) % 10 == 0)
+        e->i = (uint32_t)(b % SI);
+    else
+        e->i = (e->u % K) * (SI / K) + (uint32_t)(b % (SI / K));
+    e->i = (e->i + phase * 7) % SI;
+    e->ul = (size_t)snprintf(e->user, sizeof(e->user), "user-%u", e->u);
+    e->il = (size_t)snprintf(e->item, sizeof(e->item), "item-%u", e->i);
+    e->w = 0.5 + (double)(a >> 59) / 8.0;
+    *ts += 1 + (int64_t)(b >> 60);
+    e->ts = *ts;
+}
+
+static void check_incremental(int64_t half_life, int64_t ttl, uint64_t seed)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = K;
+    p.half_life_ms = half_life;
+    p.ttl_ms = ttl;
+    p.warmup_events = 1500;
+    p.refresh_events = 2500;
+    p.holdout = 0.25;
+    p.holdout_salt = seed;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    struct heldmat hm = {calloc((size_t)SU * SI, sizeof(double)),
+                         calloc((size_t)SU * SI, sizeof(int64_t)), 0};
+    uint64_t s = seed * 1000 + 17, r = seed + 99;
+    int64_t ts = 1000;
+    size_t gone = 0, forgot = 0, checks = 0;
+    int restarted = 0;
+    const int n = 16000, phase_len = 2000;
+    for (int x = 0; x < n; x++) {
+        uint32_t phase = (uint32_t)(x / phase_len);
+        if (x && x % phase_len == 0)
+            ts += ttl > 0 ? ttl / 2 : 7000;
+        struct ev e;
+        drift_event(&s, &ts, phase, &e);
+        cr_assert_eq(fold_ev(m, &e), 0);
+        if (model_holdout_held(m, e.user, e.ul, e.item, e.il))
+            heldmat_add(&hm, &e, half_life);
+        uint64_t d = rng_splitmix64(&r);
+        if (d % 40 == 0) {
+            check_ref(m, &hm);
+            checks++;
+        }
+        if (x % 500 == 499)
+            model_refine(m, 150);
+        if (x % 3000 == 2999)
+            model_refresh(m);
+        if (ttl > 0 && x % 700 == 699)
+            gone += model_expire(m, ts);
+        if (d % 997 == 1) {
+            /* A user handed over (or forgotten): its slot goes free. */
+            uint32_t slots = model_user_slots(m);
+            uint32_t u = (uint32_t)((d >> 20) % (slots ? slots : 1));
+            forgot += model_user_forget(m, u) == 0;
+        }
+        if (x == n / 2) {
+            /* A restart trial run to its end, then the refinement. */
+            restarted = model_restart_try(m) == 0;
+            for (int q = 0; q < 400 && m->rs; q++)
+                model_refine(m, 1u << 30);
+            check_ref(m, &hm);
+        }
+        if (x % 5000 == 4999) {
+            /* The state's score is the same bit for bit, from a fresh
+             * cache after a load as from the cache kept since. */
+            struct model_stats a, b;
+            model_stats(m, &a);
+            struct buf buf = save(m);
+            const char *err = NULL;
+            struct model *l = model_load(buf.p, buf.n, &err);
+            cr_assert_not_null(l, "%s", err);
+            model_stats(l, &b);
+            cr_assert_eq(a.holdout_loss, b.holdout_loss, "%.17g vs %.17g",
+                         a.holdout_loss, b.holdout_loss);
+            cr_assert_eq(a.holdout_norm, b.holdout_norm);
+            cr_assert_eq(a.holdout_pairs, b.holdout_pairs);
+            model_free(l);
+            free(buf.p);
+        }
+    }
+    for (int q = 0; q < 20; q++)
+        model_refine(m, SIZE_MAX);
+    check_ref(m, &hm);
+    if (ttl > 0)
+        check_ref(m, &hm), model_expire(m, ts + ttl / 2), check_ref(m, &hm);
+    cr_assert(checks > 300);
+    cr_assert(forgot > 0, "no user forgotten");
+    cr_assert(restarted, "no restart trial");
+    if (ttl > 0)
+        cr_assert(gone > 100, "expiry forgot %zu", gone);
+    free(hm.v);
+    free(hm.t);
+    model_free(m);
+}
+
+Test(holdout, incremental_score_equals_scratch)
+{
+    check_incremental(0, 0, 1);
+}
+
+Test(holdout, incremental_score_equals_scratch_with_decay)
+{
+    check_incremental(4000, 0, 2);
+}
+
+Test(holdout, incremental_score_equals_scratch_with_ttl)
+{
+    check_incremental(0, 30000, 3);
+}
+
+Test(holdout, incremental_score_equals_scratch_with_decay_and_ttl)
+{
+    check_incremental(6000, 30000, 4);
+}
+
+/* A held-out item the model forgets (ttl) while its held-out entries stay
+ * recent, and whose slot a new item then takes: the held-out item must
+ * predict 0, not through the new item's row. */
+static void fold_pair(struct model *m, struct heldmat *hm, uint32_t u,
+                      uint32_t i, int64_t ts)
+{
+    struct ev e;
+    e.u = u;
+    e.i = i;
+    e.ul = (size_t)snprintf(e.user, sizeof(e.user), "user-%u", u);
+    e.il = (size_t)snprintf(e.item, sizeof(e.item), "item-%u", i);
+    e.w = 1;
+    e.ts = ts;
+    cr_assert_eq(fold_ev(m, &e), 0);
+    if (model_holdout_held(m, e.user, e.ul, e.item, e.il))
+        heldmat_add(hm, &e, 0);
+}
+
+static int pair_held(const struct model *m, uint32_t u, uint32_t i)
+{
+    char us[32], is[32];
+    int ul = snprintf(us, sizeof(us), "user-%u", u);
+    int il = snprintf(is, sizeof(is), "item-%u", i);
+    return model_holdout_held(m, us, (size_t)ul, is, (size_t)il);
+}
+
+Test(holdout, forgotten_item_slot_reused)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = K;
+    p.ttl_ms = 10000;
+    p.holdout = 0.5;
+    p.holdout_salt = 21;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    struct heldmat hm = {calloc((size_t)SU * SI, sizeof(double)),
+                         calloc((size_t)SU * SI, sizeof(int64_t)), 0};
+    /* Users whose pair with item 0 is held out (a) and not (b); items
+     * 1..20 keep the users known, on their pairs not held out. */
+    uint32_t a[8], b[8], na = 0, nb = 0;
+    for (uint32_t u = 0; u < SU && (na < 8 || nb < 8); u++) {
+        if (pair_held(m, u, 0) && na < 8)
+            a[na++] = u;
+        else if (!pair_held(m, u, 0) && nb < 8)
+            b[nb++] = u;
+    }
+    cr_assert(na == 8 && nb == 8);
+    int64_t ts = 1000;
+    for (int round = 0; round < 3; round++)
+        for (uint32_t q = 0; q < 8; q++) {
+            fold_pair(m, &hm, b[q], 0, ts++);
+            fold_pair(m, &hm, a[q], 0, ts++);
+            for (uint32_t i = 1; i <= 20; i++)
+                if (!pair_held(m, a[q], i))
+                    fold_pair(m, &hm, a[q], i, ts++);
+        }
+    size_t len0 = 6;
+    int64_t slot0 = ids_find(m->iids, "item-0", len0);
+    cr_assert(slot0 >= 0);
+    check_ref(m, &hm);
+    /* Past the ttl: item 0 only in held-out pairs, the rest refreshed. */
+    ts += 20000;
+    for (uint32_t q = 0; q < 8; q++) {
+        fold_pair(m, &hm, a[q], 0, ts++);
+        for (uint32_t i = 1; i <= 20; i++)
+            if (!pair_held(m, a[q], i))
+                fold_pair(m, &hm, a[q], i, ts++);
+    }
+    check_ref(m, &hm);
+    model_expire(m, ts);
+    cr_assert(ids_find(m->iids, "item-0", len0) < 0);
+    check_ref(m, &hm);
+    /* A new item takes the freed slot. */
+    uint32_t q = 0;
+    while (pair_held(m, a[q], 100))
+        q++;
+    fold_pair(m, &hm, a[q], 100, ts++);
+    cr_assert_eq(ids_find(m->iids, "item-100", 8), slot0);
+    check_ref(m, &hm);
+    free(hm.v);
+    free(hm.t);
+    model_free(m);
+}
+
+/* Scoring never changes the model: a model scored every few events and
+ * one never scored save the same state, with and without held-out
+ * pairs (a share of 0 keeps no cache at all). */
+static void check_score_is_read_only(double share, int64_t half_life)
+{
+    struct model *a = model_ho(share, 11, half_life),
+                 *b = model_ho(share, 11, half_life);
+    uint64_t s = 5;
+    int64_t ts = 1000;
+    for (int x = 0; x < 9000; x++) {
+        struct ev e;
+        next_event(&s, &ts, &e);
+        cr_assert_eq(fold_ev(a, &e), 0);
+        cr_assert_eq(fold_ev(b, &e), 0);
+        if (x % 37 == 0) {
+            struct model_stats st;
+            model_stats(a, &st);
+        }
+        if (x % 1000 == 999) {
+            model_refine(a, 100);
+            model_refine(b, 100);
+        }
+    }
+    struct buf x = save(a), y = save(b);
+    cr_assert(bufs_equal(&x, &y));
+    free(x.p);
+    free(y.p);
+    model_free(a);
+    model_free(b);
+}
+
+Test(holdout, scoring_leaves_the_model_alone)
+{
+    check_score_is_read_only(0.2, 0);
+    check_score_is_read_only(0.2, 5000);
+    check_score_is_read_only(0, 0);
+}
+
 /* Bi-cross-validation. A dense reference for one held-out user: the NNLS
  * by enumerating the supports of h (k = 4: 16 unconstrained least
  * squares on W_S restricted to the support, keeping the feasible one of
