@@ -64,6 +64,19 @@ static int fold_ev(struct model *m, const struct ev *e)
     return model_fold(m, e->user, e->ul, e->item, e->il, e->w, e->ts);
 }
 
+/* fold_ev told the event that follows (NULL: none), so that a run of one
+ * user's events is solved once (model_fold_next). */
+static int fold_ev_next(struct model *m, const struct ev *e,
+                        const struct ev *next)
+{
+    struct model_event a = {e->user, e->ul, e->item, e->il, e->w, e->ts};
+    if (!next)
+        return model_fold_next(m, &a, NULL);
+    struct model_event b = {next->user, next->ul, next->item,
+                            next->il,   next->w,  next->ts};
+    return model_fold_next(m, &a, &b);
+}
+
 Test(holdout, params_refused)
 {
     struct model_params p;
@@ -492,13 +505,22 @@ static void check_incremental(int64_t half_life, int64_t ttl, uint64_t seed)
     size_t gone = 0, forgot = 0, checks = 0;
     int restarted = 0;
     const int n = 16000, phase_len = 2000;
+    /* One event read ahead, and a third of the events repeat the user of
+     * the one before: runs of a user's events, solved once a run. */
+    struct ev e, next;
+    drift_event(&s, &ts, 0, &next);
     for (int x = 0; x < n; x++) {
-        uint32_t phase = (uint32_t)(x / phase_len);
-        if (x && x % phase_len == 0)
+        uint32_t phase = (uint32_t)((x + 1) / phase_len);
+        e = next;
+        if ((x + 1) % phase_len == 0)
             ts += ttl > 0 ? ttl / 2 : 7000;
-        struct ev e;
-        drift_event(&s, &ts, phase, &e);
-        cr_assert_eq(fold_ev(m, &e), 0);
+        drift_event(&s, &ts, phase, &next);
+        if (rng_splitmix64(&s) % 3 == 0) {
+            next.u = e.u;
+            memcpy(next.user, e.user, sizeof(e.user));
+            next.ul = e.ul;
+        }
+        cr_assert_eq(fold_ev_next(m, &e, x + 1 < n ? &next : NULL), 0);
         if (model_holdout_held(m, e.user, e.ul, e.item, e.il))
             heldmat_add(&hm, &e, half_life);
         uint64_t d = rng_splitmix64(&r);
