@@ -30,40 +30,7 @@
 
 #define BATCH 256
 
-static uint64_t rs = 0x1234567;
-
-static double unif(void)
-{
-    uint64_t z = (rs += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-53;
-}
-
-static double *zipf_cdf(uint32_t n, double s)
-{
-    double *c = malloc(n * sizeof(double)), t = 0;
-    for (uint32_t i = 0; i < n; i++)
-        c[i] = (t += pow(i + 1.0, -s));
-    for (uint32_t i = 0; i < n; i++)
-        c[i] /= t;
-    return c;
-}
-
-static uint32_t zipf_draw(const double *c, uint32_t n)
-{
-    double x = unif();
-    uint32_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (c[mid] < x)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
+static uint64_t rs = 0x1234567; /* the stream generator's state */
 
 static double now_ns(void)
 {
@@ -122,17 +89,17 @@ int main(int argc, char **argv)
 
     /* The stream. */
     uint32_t per = items / k;
-    double *ucdf = zipf_cdf(users, zs), *icdf = zipf_cdf(per, 1.0);
+    double *ucdf = bench_zipf_cdf(users, zs), *icdf = bench_zipf_cdf(per, 1.0);
     uint32_t *eu = malloc(events * sizeof(uint32_t));
     uint32_t *ei = malloc(events * sizeof(uint32_t));
     for (uint64_t e = 0; e < events; e++) {
-        uint32_t r = zipf_draw(ucdf, users);
+        uint32_t r = bench_zipf_draw(&rs, ucdf, users);
         uint32_t u = (uint32_t)(((uint64_t)r * 2654435761u) % users);
         uint32_t i;
-        if (unif() < 0.02)
-            i = (uint32_t)(unif() * items);
+        if (bench_unif(&rs) < 0.02)
+            i = (uint32_t)(bench_unif(&rs) * items);
         else
-            i = (u % k) * per + zipf_draw(icdf, per);
+            i = (u % k) * per + bench_zipf_draw(&rs, icdf, per);
         eu[e] = u;
         ei[e] = i;
     }

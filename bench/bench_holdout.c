@@ -31,40 +31,7 @@
 #include "model.h"
 #include "model_impl.h" /* m->ho: the held-out score alone */
 
-static uint64_t rs = 0x1234567;
-
-static double unif(void)
-{
-    uint64_t z = (rs += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-53;
-}
-
-static double *zipf_cdf(uint32_t n, double s)
-{
-    double *c = malloc(n * sizeof(double)), t = 0;
-    for (uint32_t i = 0; i < n; i++)
-        c[i] = (t += pow(i + 1.0, -s));
-    for (uint32_t i = 0; i < n; i++)
-        c[i] /= t;
-    return c;
-}
-
-static uint32_t zipf_draw(const double *c, uint32_t n)
-{
-    double x = unif();
-    uint32_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (c[mid] < x)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
+static uint64_t rs = 0x1234567; /* the stream generator's state */
 
 static double median(double *x, int n)
 {
@@ -80,13 +47,13 @@ struct stream {
 
 static int fold_next(struct model *m, struct stream *s)
 {
-    uint32_t r = zipf_draw(s->ucdf, s->users);
+    uint32_t r = bench_zipf_draw(&rs, s->ucdf, s->users);
     uint32_t u = (uint32_t)(((uint64_t)r * 2654435761u) % s->users);
     uint32_t i;
-    if (unif() < 0.02)
-        i = (uint32_t)(unif() * s->items);
+    if (bench_unif(&rs) < 0.02)
+        i = (uint32_t)(bench_unif(&rs) * s->items);
     else
-        i = (u % s->k) * s->per + zipf_draw(s->icdf, s->per);
+        i = (u % s->k) * s->per + bench_zipf_draw(&rs, s->icdf, s->per);
     char us[16], is[16];
     int ul = snprintf(us, sizeof(us), "u%07u", u);
     int il = snprintf(is, sizeof(is), "i%06u", i);
@@ -133,8 +100,8 @@ int main(int argc, char **argv)
         return 2;
     }
     s.per = s.items / s.k;
-    s.ucdf = zipf_cdf(s.users, 0.8);
-    s.icdf = zipf_cdf(s.per, 1.0);
+    s.ucdf = bench_zipf_cdf(s.users, 0.8);
+    s.icdf = bench_zipf_cdf(s.per, 1.0);
 
     struct model_params p;
     model_params_default(&p);
