@@ -1375,9 +1375,7 @@ model_step_commit_k(struct model *m, uint32_t u, struct model_step *st,
     float lf = loss < FLT_MAX ? (float)loss : FLT_MAX;
     float vf = vtv < FLT_MAX ? (float)vtv : FLT_MAX;
     const uint8_t wq = model__l21_code(m, lf, vf);
-    const double d_new = m->p.robust != MODEL_ROBUST_L21 ? 1.0
-                         : vf > 0                        ? model__l21_decode(wq)
-                                                         : 0.0;
+    const double d_new = model__weight_of(m, wq, vf);
 
     for (uint32_t j = 0; j < k; j++) {
         ao[j] = s_old * d_old * ho[j];
@@ -2572,28 +2570,19 @@ int model_fold(struct model *m, const char *user, size_t user_len,
         item_len, ids_hash_id(m->iids, item, item_len), -1, weight, ts, 0);
 }
 
-/* Whether next, a valid event, reaches the profile of its user: not when
- * its pair is held out (model_fold_checked), whose events never re-solve
- * anyone. */
-static int model_next_folds(const struct model *m,
-                            const struct model_event *next)
+/* Whether next, an event found valid, continues e's run: the same user,
+ * and a pair that reaches the profile (a held-out pair's event goes to
+ * the held-out matrix and re-solves no one, model_fold_checked). Then
+ * e's fold may leave h_u to next's (model_user_solve_k, st->defer). */
+static int model_run_goes_on(const struct model *m,
+                             const struct model_event *e,
+                             const struct model_event *next)
 {
-    return !m->ho || !holdout_pair_held(m->p.holdout, m->p.holdout_salt,
-                                        next->user, next->user_len,
-                                        next->item, next->item_len);
-}
-
-/* Whether next is a valid event of the same user as e that reaches its
- * profile: then e's fold may leave h_u to next's (model_user_solve_k,
- * st->defer). */
-static int model_next_same(const struct model *m, const struct model_event *e,
-                           const struct model_event *next)
-{
-    return next && next->user_len == e->user_len &&
+    return next->user_len == e->user_len &&
            !memcmp(next->user, e->user, e->user_len) &&
-           !model_event_check(next->user, next->user_len, next->item,
-                              next->item_len, next->weight, next->ts) &&
-           model_next_folds(m, next);
+           (!m->ho || !holdout_pair_held(m->p.holdout, m->p.holdout_salt,
+                                         next->user, next->user_len,
+                                         next->item, next->item_len));
 }
 
 int model_fold_next(struct model *m, const struct model_event *e,
@@ -2606,7 +2595,11 @@ int model_fold_next(struct model *m, const struct model_event *e,
     return model_fold_checked(
         m, e->user, e->user_len, ids_hash_id(m->uids, e->user, e->user_len),
         -1, e->item, e->item_len, ids_hash_id(m->iids, e->item, e->item_len),
-        -1, e->weight, e->ts, model_next_same(m, e, next));
+        -1, e->weight, e->ts,
+        next &&
+            !model_event_check(next->user, next->user_len, next->item,
+                               next->item_len, next->weight, next->ts) &&
+            model_run_goes_on(m, e, next));
 }
 
 /* Look-ahead distance (events) between the batch pipeline's stages. */
@@ -2726,9 +2719,7 @@ size_t model_fold_batch(struct model *m, const struct model_event *ev, size_t n,
              * (model_fold_next). */
             const struct model_pf *q = &pf[(i + 1) % MODEL_PF_RING];
             int defer = i + 1 < n && q->ok && q->uh == p->uh &&
-                        ev[i + 1].user_len == x->user_len &&
-                        !memcmp(ev[i + 1].user, x->user, x->user_len) &&
-                        model_next_folds(m, &ev[i + 1]);
+                        model_run_goes_on(m, x, &ev[i + 1]);
             int r = p->ok ? model_fold_checked(m, x->user, x->user_len, p->uh,
                                                p->ui, x->item, x->item_len,
                                                p->ih, p->ii, x->weight, x->ts,

@@ -272,17 +272,23 @@ static inline double model__l21_decode(uint8_t wq)
     return wq ? exp2(-(double)wq / MODEL_L21_STEPS) : 1.0;
 }
 
-/* The weight the user's share of A and B went in with (robust.c): 1
- * without robust; with l21 the one its stored code says, 0 without a
- * profile. */
-static inline double model__uweight(const struct model *m,
-                                    const struct model_user *us)
+/* The weight of code wq for a user whose v^T v is vnorm (robust.c): 1
+ * without robust; with l21 the one the code says, 0 without a profile. */
+static inline double model__weight_of(const struct model *m, uint8_t wq,
+                                      float vnorm)
 {
     if (m->p.robust != MODEL_ROBUST_L21)
         return 1.0;
-    if (!(us->vnorm > 0))
+    if (!(vnorm > 0))
         return 0.0;
-    return model__l21_decode(us->wq);
+    return model__l21_decode(wq);
+}
+
+/* The weight the user's share of A and B went in with: its stored code. */
+static inline double model__uweight(const struct model *m,
+                                    const struct model_user *us)
+{
+    return model__weight_of(m, us->wq, us->vnorm);
 }
 
 /* The weight a user solved to (loss, vnorm) would take now (the
@@ -290,11 +296,7 @@ static inline double model__uweight(const struct model *m,
 static inline double model__l21_weight(const struct model *m, float loss,
                                        float vnorm)
 {
-    if (m->p.robust != MODEL_ROBUST_L21)
-        return 1.0;
-    if (!(vnorm > 0))
-        return 0.0;
-    return model__l21_decode(model__l21_code(m, loss, vnorm));
+    return model__weight_of(m, model__l21_code(m, loss, vnorm), vnorm);
 }
 
 /* robust = l21: a user's term of the objective whose reweighting the
@@ -314,8 +316,8 @@ static inline double model__l21_term(const struct model *m, double loss,
 
 /* robust.c: the threshold Q from the histogram (at a refresh). */
 void model__l21_threshold(struct model *m);
-/* robust.c: the histogram and the sum of the weights from the users
- * (a load). */
+/* robust.c: the histogram of q from the users (a load; the sum of the
+ * weights is model_state.c's). */
 void model__l21_recount(struct model *m);
 
 /* robust.c: sum_u c_u ||v_u - W h_u||^2 and sum_u c_u ||v_u||^2 in the
