@@ -98,6 +98,10 @@ struct cluster {
 
     /* Owning partitions. */
     bool *owned;
+    /* Room for a drop_parts at a revoke or the first assignment: the
+     * partitions going, and their users dropped (nparts each). */
+    int32_t *going;
+    uint64_t *gone;
     bool assigned_once;
     uint64_t seq;
     uint64_t sent_work, sent_events;
@@ -742,23 +746,9 @@ static void stats_send(struct cluster *cl)
     cl->since_full = 0;
 }
 
-/* Forgets the users of partition p (another member has them now). */
-static uint64_t drop_users(struct cluster *cl, int32_t p)
-{
-    struct model *m = cl->c.model;
-    uint64_t n = 0;
-    for (uint32_t u = 0; u < model_user_slots(m); u++) {
-        struct model_user_view v;
-        if (model_user_get(m, u, &v) == 0 &&
-            part_of(cl, v.id, v.id_len) == p && model_user_forget(m, u) == 0)
-            n++;
-    }
-    return n;
-}
-
-/* Forgets the users of every partition p with slot[p] >= 0, adding each
- * one's count to n[slot[p]]: one pass over the users however many
- * partitions go (drop_users for each would be one pass a partition). */
+/* Forgets the users of every partition p with slot[p] >= 0 (another
+ * member has them now), adding each one's count to n[slot[p]]: one pass
+ * over the users however many partitions go. */
 static void drop_parts(struct cluster *cl, const int32_t *slot, uint64_t *n)
 {
     struct model *m = cl->c.model;
@@ -1114,18 +1104,24 @@ void cluster_on_assign(struct cluster *cl, struct kafka_part *parts, size_t n)
         /* The local checkpoint may hold users of partitions that are
          * another member's now. */
         cl->assigned_once = true;
+        int32_t *slot = cl->going;
+        uint64_t *d = cl->gone;
+        for (int32_t p = 0; p < cl->nparts; p++) {
+            slot[p] = cl->owned[p] ? -1 : p;
+            d[p] = 0;
+        }
+        drop_parts(cl, slot, d);
         for (int32_t p = 0; p < cl->nparts; p++) {
             if (cl->owned[p])
                 continue;
-            uint64_t d = drop_users(cl, p);
             /* Its position and counts go with its users, the checkpoint's
              * entry too: kept, they would say this member holds events it
              * no longer has. */
             ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
-            if (d)
+            if (d[p])
                 log_info("cluster: %" PRIu64 " users of partition %" PRId32
                          " are another member's",
-                         d, p);
+                         d[p], p);
         }
     }
     cl->sent_work = ~0ull; /* statistics of the new partitions at once */
@@ -1134,6 +1130,12 @@ void cluster_on_assign(struct cluster *cl, struct kafka_part *parts, size_t n)
 void cluster_on_revoke(struct cluster *cl, const struct kafka_part *parts,
                        size_t n, bool lost)
 {
+    int32_t *slot = cl->going;
+    uint64_t *d = cl->gone;
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        slot[p] = -1;
+        d[p] = 0;
+    }
     for (size_t i = 0; i < n; i++) {
         int32_t p = parts[i].partition;
         if (strcmp(parts[i].topic, cl->topic) || p < 0 || p >= cl->nparts ||
@@ -1143,12 +1145,18 @@ void cluster_on_revoke(struct cluster *cl, const struct kafka_part *parts,
          * it may own the partition already; its own restore stands. */
         if (!lost && state_write(cl, p) == 0)
             metric_inc(cl->m.handovers);
-        uint64_t d = drop_users(cl, p);
+        slot[p] = p;
+    }
+    /* Their users go in one pass, however many partitions went. */
+    drop_parts(cl, slot, d);
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        if (slot[p] < 0)
+            continue;
         ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
         cl->owned[p] = false;
         log_info("cluster: partition %" PRId32 " %s: %" PRIu64
                  " users handed on",
-                 p, lost ? "lost" : "revoked", d);
+                 p, lost ? "lost" : "revoked", d[p]);
     }
 }
 
@@ -1389,7 +1397,9 @@ int cluster_start(struct cluster *cl, char *err, size_t errlen)
         return rc;
     cl->owned = calloc((size_t)n, sizeof(*cl->owned));
     cl->ps = calloc((size_t)n, sizeof(*cl->ps));
-    if (!cl->owned || !cl->ps)
+    cl->going = calloc((size_t)n, sizeof(*cl->going));
+    cl->gone = calloc((size_t)n, sizeof(*cl->gone));
+    if (!cl->owned || !cl->ps || !cl->going || !cl->gone)
         return -ENOMEM;
     struct kafka_part wp = {cfg->cluster.model_topic, 0,
                             KAFKA_OFFSET_BEGINNING};
@@ -1548,6 +1558,8 @@ void cluster_free(struct cluster *cl)
     kafka_reader_free(cl->reader);
     free(cl->ps);
     free(cl->owned);
+    free(cl->going);
+    free(cl->gone);
     free(cl->A);
     free(cl->B);
     free(cl->w_pending);
