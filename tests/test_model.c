@@ -1326,6 +1326,40 @@ Test(model, warmup_runs_once_and_leaves_exact_statistics)
     model_free(m);
 }
 
+/* The warm-up's rounds solve against W's that no refresh made (the
+ * extrapolated ones, model.c), with heavy users, who keep W^T v between
+ * solves, among the profiles: right after the warm-up the reported loss
+ * is the loss of the model's own W and H, and A and B are exact. */
+Test(model, warmup_rounds_leave_heavy_users_exact)
+{
+    struct model *m = model_with(6, 0, 6000, 0);
+    struct planted p;
+    planted_init(&p, 150, 360, 6, 0.1, 91);
+    uint32_t heavy = 0;
+    for (int e = 0; e < 6000; e++) {
+        uint32_t u, i;
+        planted_event(&p, &u, &i);
+        cr_assert_eq(fold(m, u, i, 1.0 + (e % 3), 0), 0);
+    }
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_gt(st.refreshes, 0, "the warm-up ran");
+    cr_assert_eq(st.stale, 0);
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (!model_user_get(m, u, &v) && v.nprofile >= 32)
+            heavy++;
+    }
+    cr_assert_geq(heavy, 5, "%u users over the W^T v cache's threshold", heavy);
+    double loss, norm;
+    direct_loss(m, &loss, &norm);
+    cr_assert_float_eq(st.loss, loss, 1e-6 * norm, "loss %g vs %g", st.loss,
+                       loss);
+    assert_stats_exact(m, 1e-9);
+    planted_free(&p);
+    model_free(m);
+}
+
 /* ---- refreshes by work -------------------------------------------- */
 
 /* Folds a planted stream with events step ms apart and returns the model. */
