@@ -368,8 +368,9 @@ def median(xs):
 def stream_main(args, paths):
     head = ("| dataset | events | users | items | k | fit loss | fit-pass "
             "loss | partial loss | fit / partial loss | s fit | s fit-pass "
-            "| s partial | fit / partial time | cpu s fit | cpu s partial "
-            "| fit / partial cpu | runs |")
+            "| s partial | s partial + read | fit / partial time | "
+            "fit / (partial + read) | cpu s fit | cpu s partial + read "
+            "| fit / (partial + read) cpu | runs |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     misses = []
@@ -378,11 +379,10 @@ def stream_main(args, paths):
         name = os.path.basename(path)[:-4]
         users, items, X, events = read_events(path)
         k = min(args.k, X.shape[1])
-        batches = stream_batches(read_stream(path, users, items),
-                                 X.shape[0], X.shape[1], args.chunk)
         snap = os.path.join(tmp, name + ".snap")
         snap0 = os.path.join(tmp, name + ".pass.snap")
         s_fit, s_pass, s_pf, c_fit, c_pf = [], [], [], [], []
+        s_pr, c_pr = [], []
         rel_fit = rel_pass = rel_pf = None
         for r in range(args.runs):
             # Alternate the order so that neither always runs first.
@@ -397,10 +397,20 @@ def stream_main(args, paths):
                                           args.set)
                     s_pass.append(secs)
                 else:
+                    # What fit's clock holds beside the model's work, a
+                    # partial_fit user pays too: reading the CSV and
+                    # building each chunk's rows. Timed apart, per run.
+                    t0, c0 = time.monotonic(), time.process_time()
+                    batches = stream_batches(read_stream(path, users, items),
+                                             X.shape[0], X.shape[1],
+                                             args.chunk)
+                    rd, rc = time.monotonic() - t0, time.process_time() - c0
                     (l, norm), secs, cpu = run_partial_stream(X, batches, k,
                                                               0)
                     s_pf.append(secs)
                     c_pf.append(cpu)
+                    s_pr.append(secs + rd)
+                    c_pr.append(cpu + rc)
                     rel_pf = l / norm
         W, H = snapshot_factors(snap, users, items)
         l, norm = sparse_loss(X, W, H)
@@ -409,19 +419,22 @@ def stream_main(args, paths):
         l, _ = sparse_loss(X, W, H)
         rel_pass = l / norm
         mf, mp, mpf = median(s_fit), median(s_pass), median(s_pf)
-        cf, cpf = median(c_fit), median(c_pf)
-        # Judged on the wall clock; the CPU seconds beside it say what a
-        # loaded host did to the wall time of either.
-        ok = rel_fit < rel_pf and mf <= mpf
+        mpr, cf, cpr = median(s_pr), median(c_fit), median(c_pr)
+        # Judged on the wall clock, each side from the same CSV: fit's
+        # process (start, read, fold, refine, write) against partial_fit
+        # with its reading. The ratio to partial_fit's model work alone
+        # (its input built before its clock starts) is printed beside it;
+        # the CPU seconds say what a loaded host did to either wall time.
+        ok = rel_fit < rel_pf and mf <= mpr
         if not ok:
             misses.append(name)
         print("| %s | %d | %d | %d | %d | %s | %s | %s | %.3f | %.2f | %.2f "
-              "| %.2f | %.2f | %.3f | %.3f | %.2f%s | %d |" % (
+              "| %.2f | %.2f | %.2f | %.2f%s | %.3f | %.3f | %.2f | %d |" % (
                   name, events, X.shape[0], X.shape[1], k, fmt_loss(rel_fit),
                   fmt_loss(rel_pass), fmt_loss(rel_pf),
                   rel_fit / rel_pf if rel_pf > 0 else float("nan"), mf, mp,
-                  mpf, mf / mpf, cf, cpf, cf / cpf, "" if ok else " MISS",
-                  args.runs),
+                  mpf, mpr, mf / mpf, mf / mpr, "" if ok else " MISS", cf,
+                  cpr, cf / cpr, args.runs),
               flush=True)
     for f in os.listdir(tmp):
         os.unlink(os.path.join(tmp, f))
@@ -431,7 +444,10 @@ def stream_main(args, paths):
           "seconds (fit: its process, from getrusage; partial: this "
           "process's, every thread's); partial: "
           "MiniBatchNMF.partial_fit every %d events on the touched users' "
-          "rows, then transform(X)" % (args.runs, args.chunk))
+          "rows, then transform(X); + read: with the CSV read and each "
+          "chunk's rows built, as fit's own time holds its reading; the "
+          "target is judged on fit / (partial + read)" % (args.runs,
+                                                           args.chunk))
     if misses:
         print("target missed (fit no slower than partial_fit, at a lower "
               "loss): %s" % ", ".join(misses))
