@@ -1864,7 +1864,6 @@ static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
  * which cancel in the ratio. Columns then go to unit L2 norm as in
  * model_refresh; colsq receives their squared norms. O(items k).
  */
-#define MODEL_KL_WMIN 1e-12f
 
 /* loss = kl, before the update: the share of every user whose ratios
  * were taken at an older W (not re-solved since the last refresh, or W
