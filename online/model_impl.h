@@ -91,12 +91,16 @@ struct model_user {
  * per iteration: on factominer_hobbies (k = 16 of 18 items) that ratio is
  * 0.916, 30 iterations left the 16th column at cosine 0.978 from the
  * exact one, and the rounds from it ended at a divergence 1.56 times
- * theirs from the exact seed (scikit-learn's, an exact SVD). 200 leave
- * 2e-8 there. */
-#define MODEL_NNDSVD_ITERS_KL 200
-/* loss = kl: multiplicative updates of each h per restart round (from an
- * even start; measured on factominer_hobbies, 10 and 30 reach the same
- * minimum in about as many rounds). */
+ * theirs from the exact seed (scikit-learn's, an exact SVD). 100 leave
+ * 1.5e-4 there (50 and 70 reached the exact seed's minimum too; each
+ * iteration is a pass over the profiles, 3.5 of glibc_changelog's 12 CPU
+ * seconds at 200). */
+#define MODEL_NNDSVD_ITERS_KL 100
+/* loss = kl: multiplicative updates of each h per restart round, from an
+ * even start. On factominer_hobbies 10 reach scikit-learn's minimum
+ * (and 30 in a batch prototype, in about as many rounds); with 5 the
+ * rounds ended above the live model and the restart was not installed.
+ * Each costs a pass over the profile; they are most of a round. */
 #define MODEL_RESTART_KL_MU 10
 
 struct model_restart;

@@ -31,16 +31,18 @@
  * items x k (two double blocks for the seed, then one float and one double
  * block), nothing per user.
  *
- * loss = kl. The same restart with the KL divergence's rounds: each user's
- * h solved afresh against the candidate by kl.c (cold start), the
- * candidate's divergence summed, and W updated by the multiplicative
- * update of Lee & Seung from that round's statistics (model_restart_user_kl,
- * model_restart_update_kl). The candidate is compared by divergence per
- * unit of weight with the live model's and installed by the same path.
- * The updates stay near the local minimum they start in; the live
- * refinement's start is the warm-up's seed of the first events, the
- * restart's a seed of all of them (on factominer_hobbies the former's
- * fixed point is 20% above the latter's).
+ * loss = kl. The same restart with the divergence's rounds: each user's h
+ * by a few multiplicative updates from an even start against the
+ * candidate (kl.c's kl_mu), the candidate's divergence summed, and W
+ * updated by the multiplicative update of Lee & Seung from that round's
+ * statistics (model_restart_user_kl, model_restart_update_kl). The
+ * candidate is compared by divergence per unit of weight with the live
+ * model's and installed by the same path. The updates stay near the local
+ * minimum they start in; the live refinement's start is the warm-up's
+ * seed of the first events, the restart's a seed of all of them (on
+ * factominer_hobbies the former's fixed point is 20% above the latter's),
+ * taken with MODEL_NNDSVD_ITERS_KL subspace iterations (model_impl.h
+ * says why), so its seed reads every profile about 100 times.
  */
 #include <errno.h>
 #include <float.h>
