@@ -88,7 +88,7 @@ struct model_user {
 /* loss = kl: the restart's seed takes more subspace iterations. Its
  * multiplicative updates stay in the basin of the seed they start from,
  * and the seed's trailing columns converge as (sigma_{k+1} / sigma_k)^2
- * per iteration: on factominer_hobbies (k = 16 of 18 items) that ratio is
+ * per iteration: on factominer_hobbies (k = 16 of 17 items) that ratio is
  * 0.916, 30 iterations left the 16th column at cosine 0.978 from the
  * exact one, and the rounds from it ended at a divergence 1.56 times
  * theirs from the exact seed (scikit-learn's, an exact SVD). 100 leave
