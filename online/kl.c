@@ -31,10 +31,13 @@
  * batch rounds (model_restart.c), not for the fold: when a profile has
  * fewer items than there are topics, many h reach the minimum, and the
  * coordinate solve picks a sparse one while the multiplicative updates
- * stay in the interior, spread over the topics that explain v; the W
- * updates that follow differ, and from the same NNDSVDa seed the
- * alternating rounds with the coordinate solve ended at a local minimum
- * three times as high as with these (factominer_hobbies, k = 16).
+ * stay in the interior, spread over the topics that explain v, and the W
+ * updates that follow differ. Measured with the restart's rounds at
+ * k = 16: on factominer_hobbies from a 30-iteration seed the coordinate
+ * solve ended at 0.0664 per unit of weight, these at 0.0336 (from a
+ * 100-iteration seed both reach 0.02158); on glibc_changelog from the
+ * 100-iteration seed it ended at 0.8907, these at 0.8870, for about the
+ * same CPU.
  */
 #include <math.h>
 #include <string.h>
