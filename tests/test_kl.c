@@ -214,8 +214,8 @@ Test(kl, mu_never_raises_the_divergence_and_reaches_the_minimum)
         for (uint32_t t = 0; t <= 40; t++) {
             kl_mu(k, W, s, it, va, n, h, t, wh);
             double d = kl_divergence(k, W, s, it, va, n, h, wh + n);
-            cr_assert(d <= prev * (1 + 1e-12), "iteration %u: %.17g > %.17g",
-                      t, d, prev);
+            cr_assert(d <= prev * (1 + 1e-12), "iteration %u: %.17g > %.17g", t,
+                      d, prev);
             prev = d;
         }
         kl_mu(k, W, s, it, va, n, h, 3, wh);
@@ -230,8 +230,8 @@ Test(kl, mu_never_raises_the_divergence_and_reaches_the_minimum)
         double dm = kl_divergence(k, W, s, it, va, n, hm, wh);
         kl_solve(k, W, s, it, va, n, hs, 5000, 1e-12, wh);
         double ds = kl_divergence(k, W, s, it, va, n, hs, wh);
-        cr_assert(fabs(dm - ds) <= 1e-6 * (ds + 1), "MU %.12g, solve %.12g",
-                  dm, ds);
+        cr_assert(fabs(dm - ds) <= 1e-6 * (ds + 1), "MU %.12g, solve %.12g", dm,
+                  ds);
     }
     free(W);
 }

@@ -506,8 +506,8 @@ Test(kl_model, a_restart_escapes_a_stuck_refinement)
     double incumbent;
     struct buf s0 = kl_until_restart(m, SIZE_MAX, &incumbent);
     free(s0.p);
-    cr_assert_gt(incumbent, 1.1 * sg.rel_loss, "%g vs %g: not stuck",
-                 incumbent, sg.rel_loss);
+    cr_assert_gt(incumbent, 1.1 * sg.rel_loss, "%g vs %g: not stuck", incumbent,
+                 sg.rel_loss);
     model_stats(m, &st);
     cr_assert_eq(st.stale, st.users, "the live model waits");
     cr_assert(st.rel_loss == incumbent);
