@@ -25,6 +25,19 @@
  * coordinate. It converges much faster than the multiplicative updates of
  * Lee & Seung (NIPS 2001), and unlike them can set a coordinate to zero
  * and bring it back, which a warm start from the previous h needs.
+ *
+ * A second solve, kl_mu, takes a fixed number of the multiplicative
+ * updates of Lee & Seung from an even start. It is for the restart's
+ * batch rounds (model_restart.c), not for the fold: when a profile has
+ * fewer items than there are topics, many h reach the minimum, and the
+ * coordinate solve picks a sparse one while the multiplicative updates
+ * stay in the interior, spread over the topics that explain v, and the W
+ * updates that follow differ. Measured with the restart's rounds at
+ * k = 16: on factominer_hobbies from a 30-iteration seed the coordinate
+ * solve ended at 0.0664 per unit of weight, these at 0.0336 (from a
+ * 100-iteration seed both reach 0.02158); on glibc_changelog from the
+ * 100-iteration seed it ended at 0.8907, these at 0.8870, for about the
+ * same CPU.
  */
 #include <math.h>
 #include <string.h>
@@ -163,4 +176,41 @@ uint32_t kl_solve(uint32_t k, const float *W, const double *s,
         }
     }
     return sw;
+}
+
+/*
+ * h <- h * (W^T (v / (W h))) / s, elementwise, iters times from
+ * h_j = sum(v) / sum(s): the update of Lee & Seung ("Algorithms for
+ * non-negative matrix factorization", NIPS 2001, Theorem 2) for h with W
+ * fixed, which never increases D(v || W h). The ratio v_i / (W h)_i is
+ * taken over the profile only (the rest of the items have v_i = 0 and
+ * add nothing to the numerator; their W_ij are in s_j). A coordinate
+ * whose s_j is 0 (a zero column) stays 0.
+ */
+void kl_mu(uint32_t k, const float *W, const double *s, const uint32_t *it,
+           const float *va, uint32_t n, double *h, uint32_t iters, double *wh)
+{
+    double vsum = 0, ssum = 0, g[KL_K_MAX];
+    for (uint32_t q = 0; q < n; q++)
+        vsum += va[q];
+    for (uint32_t j = 0; j < k; j++)
+        ssum += s[j];
+    for (uint32_t j = 0; j < k; j++)
+        h[j] = n && ssum > 0 && s[j] > 0 ? vsum / ssum : 0;
+    for (uint32_t t = 0; t < iters && n; t++) {
+        kl_wh(k, W, it, n, h, wh);
+        for (uint32_t j = 0; j < k; j++)
+            g[j] = 0;
+        for (uint32_t q = 0; q < n; q++) {
+            if (!(wh[q] > 0))
+                continue; /* no topic covers the item: nothing to gain */
+            const float *wi = W + (size_t)it[q] * k;
+            double r = va[q] / wh[q];
+            for (uint32_t j = 0; j < k; j++)
+                g[j] += wi[j] * r;
+        }
+        for (uint32_t j = 0; j < k; j++)
+            h[j] = s[j] > 0 ? h[j] * g[j] / s[j] : 0;
+    }
+    kl_wh(k, W, it, n, h, wh);
 }

@@ -22,5 +22,12 @@ double kl_divergence(uint32_t k, const float *W, const double *s,
 uint32_t kl_solve(uint32_t k, const float *W, const double *s,
                   const uint32_t *it, const float *va, uint32_t n, double *h,
                   uint32_t sweeps, double tol, double *wh);
+/* The largest k kl_mu takes (model.h's MODEL_K_MAX; model_restart.c
+ * checks it). */
+#define KL_K_MAX 256
+/* h from h_j = sum(v) / sum(s) by iters multiplicative updates of Lee &
+ * Seung; W h over the profile in wh (n doubles) on return. */
+void kl_mu(uint32_t k, const float *W, const double *s, const uint32_t *it,
+           const float *va, uint32_t n, double *h, uint32_t iters, double *wh);
 
 #endif

@@ -85,8 +85,10 @@
  * (model_kl_share_k), and the refresh is that update (model_kl_update,
  * whose comment says what is exact and what is not); the rest (columns,
  * scales, frame, refinement, dead columns, matching) is shared. The
- * restart is off (its rounds are Frobenius), and the reported loss is
- * the divergence per unit of weight by a pass over the users.
+ * restart's rounds are the divergence's too (model_restart.c), and the
+ * reported loss is the divergence per unit of weight by a pass over the
+ * users. The warm-up is shared as it is: its rounds are the solves and
+ * refreshes of the model, so under kl they are kl's.
  */
 #include <errno.h>
 #include <float.h>
@@ -1864,7 +1866,6 @@ static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
  * which cancel in the ratio. Columns then go to unit L2 norm as in
  * model_refresh; colsq receives their squared norms. O(items k).
  */
-#define MODEL_KL_WMIN 1e-12f
 
 /* loss = kl, before the update: the share of every user whose ratios
  * were taken at an older W (not re-solved since the last refresh, or W

@@ -85,6 +85,23 @@ struct model_user {
 #define MODEL_RESTART_ROUNDS 300
 #define MODEL_RESTART_TOL    1e-5
 #define MODEL_RESTART_MARGIN 1e-3
+/* loss = kl: the restart's seed takes more subspace iterations. Its
+ * multiplicative updates stay in the basin of the seed they start from,
+ * and the seed's trailing columns converge as (sigma_{k+1} / sigma_k)^2
+ * per iteration: on factominer_hobbies (k = 16 of 17 items) that ratio is
+ * 0.916, 30 iterations left the 16th column at cosine 0.978 from the
+ * exact one, and the rounds from it ended at a divergence 1.56 times
+ * theirs from the exact seed (scikit-learn's, an exact SVD). 100 leave
+ * 1.5e-4 there (50 and 70 reached the exact seed's minimum too; each
+ * iteration is a pass over the profiles, 3.5 of glibc_changelog's 12 CPU
+ * seconds at 200). */
+#define MODEL_NNDSVD_ITERS_KL 100
+/* loss = kl: multiplicative updates of each h per restart round, from an
+ * even start. On factominer_hobbies 10 reach scikit-learn's minimum
+ * (and 30 in a batch prototype, in about as many rounds); with 5 the
+ * rounds ended above the live model and the restart was not installed.
+ * Each costs a pass over the profile; they are most of a round. */
+#define MODEL_RESTART_KL_MU 10
 
 struct model_restart;
 
@@ -206,6 +223,9 @@ struct model {
 /* loss = kl: a stored ratio v_i / (W h)_i saturates here (W h can be
  * as small as the floor of model_kl_update). */
 #define MODEL_KL_QMAX 1e30f
+/* loss = kl: the floor of W_ij after a multiplicative update, relative
+ * to its column's largest entry (model_kl_update, and the restart's). */
+#define MODEL_KL_WMIN 1e-12f
 
 static inline int model__kl(const struct model *m)
 {

@@ -30,6 +30,19 @@
  * (it is tried again at the next convergence). Memory while it runs:
  * items x k (two double blocks for the seed, then one float and one double
  * block), nothing per user.
+ *
+ * loss = kl. The same restart with the divergence's rounds: each user's h
+ * by a few multiplicative updates from an even start against the
+ * candidate (kl.c's kl_mu), the candidate's divergence summed, and W
+ * updated by the multiplicative update of Lee & Seung from that round's
+ * statistics (model_restart_user_kl, model_restart_update_kl). The
+ * candidate is compared by divergence per unit of weight with the live
+ * model's and installed by the same path. The updates stay near the local
+ * minimum they start in; the live refinement's start is the warm-up's
+ * seed of the first events, the restart's a seed of all of them (on
+ * factominer_hobbies the former's fixed point is 20% above the latter's),
+ * taken with MODEL_NNDSVD_ITERS_KL subspace iterations (model_impl.h
+ * says why), so its seed reads every profile about 100 times.
  */
 #include <errno.h>
 #include <float.h>
@@ -38,6 +51,7 @@
 #include <string.h>
 
 #include "hals.h"
+#include "kl.h"
 #include "match.h"
 #include "model_impl.h"
 #include "nndsvd.h"
@@ -58,6 +72,10 @@ struct model_restart {
     double *B;         /* M x k: sum_u c_u v_u h_u^T of the current round */
     double *A, *G;     /* k x k: sum_u c_u h_u h_u^T; W^T W */
     double loss, prev; /* this round's sum_u c_u |v_u - W h_u|^2; last */
+    /* loss = kl: B holds KA = sum_u c_u q_u h_u^T (q_u = v_u / (W h_u)),
+     * kb = sum_u c_u h_u, ks the candidate's column sums; A and G are
+     * not used, and loss is sum_u c_u D(v_u || W h_u). */
+    double kb[MODEL_K_MAX], ks[MODEL_K_MAX];
 };
 
 /* Feeds users [*cursor, U) to the seed, at most max of them; returns how
@@ -240,8 +258,7 @@ void model__restart_drop(struct model *m)
 
 int model__restart_due(const struct model *m)
 {
-    /* loss = kl: the restart's rounds are alternating NNLS (Frobenius). */
-    return !model__kl(m) && !m->rs && m->events > m->restart_events &&
+    return !m->rs && m->events > m->restart_events &&
            m->events / 2 >= m->restart_events && model__seedable(m);
 }
 
@@ -259,7 +276,9 @@ int model__restart_begin(struct model *m)
     rs->A = calloc((size_t)k * k, sizeof(double));
     rs->G = calloc((size_t)k * k, sizeof(double));
     rs->W = malloc((size_t)M * k * sizeof(float));
-    rs->sv = nndsvd_new(k, M, MODEL_NNDSVD_ITERS, &rs->rng);
+    rs->sv = nndsvd_new(
+        k, M, model__kl(m) ? MODEL_NNDSVD_ITERS_KL : MODEL_NNDSVD_ITERS,
+        &rs->rng);
     if (!rs->A || !rs->G || !rs->W || !rs->sv)
         goto fail;
     return 0;
@@ -268,6 +287,45 @@ fail:
     model__restart_drop(m);
     m->restart_events = m->events;
     return -ENOMEM;
+}
+
+/*
+ * loss = kl: one user of a round. Against the candidate W (column sums s),
+ * h by MODEL_RESTART_KL_MU multiplicative updates of Lee & Seung
+ * ("Algorithms for non-negative matrix factorization", NIPS 2001,
+ * Theorem 2) from an even start (kl.c's kl_mu, which says why not its
+ * coordinate solve),
+ *     h_j <- h_j (sum_i W_ij v_i / (W h)_i) / s_j,
+ * its divergence D(v || W h) into the round's loss, and its share of the
+ * statistics of the same paper's update of W:
+ *     KA_ij += c h_j v_i / (W h)_i,   kb_j += c h_j,
+ * with W h that of this W and this h, so that the update after the round
+ * is the exact batch step for the round's H. Both updates never increase
+ * the divergence; h starts afresh each round (no per-user state).
+ */
+_Static_assert(MODEL_K_MAX <= KL_K_MAX, "kl_mu takes every k");
+static void model_restart_user_kl(struct model *m, struct model_restart *rs,
+                                  const struct model_user *us)
+{
+    const uint32_t k = m->k;
+    double h[MODEL_K_MAX], ch[MODEL_K_MAX];
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    const double c = model__frame_weight(m, us->t);
+    double *wh = m->klwh;
+    kl_mu(k, rs->W, rs->ks, it, va, us->n, h, MODEL_RESTART_KL_MU, wh);
+    rs->loss += c * kl_divergence(k, rs->W, rs->ks, it, va, us->n, h, wh);
+    m->work_all += 2u * (uint64_t)k * us->n * (MODEL_RESTART_KL_MU + 2u);
+    for (uint32_t j = 0; j < k; j++) {
+        ch[j] = c * h[j];
+        rs->kb[j] += ch[j];
+    }
+    for (uint32_t q = 0; q < us->n; q++) {
+        double r = wh[q] > 0 ? va[q] / wh[q] : 0;
+        double *restrict bi = rs->B + (size_t)it[q] * k;
+        for (uint32_t j = 0; j < k; j++)
+            bi[j] += r * ch[j];
+    }
 }
 
 /* One user of a round: h = argmin_{h >= 0} of the model's objective
@@ -281,6 +339,10 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
     double b[MODEL_K_MAX], h[MODEL_K_MAX], gh[MODEL_K_MAX], ch[MODEL_K_MAX];
     if (!us->n)
         return;
+    if (model__kl(m)) {
+        model_restart_user_kl(m, rs, us);
+        return;
+    }
     const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     double vtv = 0, c = model__frame_weight(m, us->t);
@@ -326,6 +388,75 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
         for (uint32_t j = 0; j < k; j++)
             bi[j] += v * ch[j];
     }
+}
+
+/*
+ * loss = kl: the candidate's W update after a round, the multiplicative
+ * update of Lee & Seung (NIPS 2001, Theorem 2) for W with H fixed,
+ *     W_ij <- W_ij KA_ij / kb_j,
+ * with the round's KA and kb (model_restart_user_kl), which does not
+ * increase D(V || W H). As in the live update (model.c, model_kl_update),
+ * W_ij is floored at MODEL_KL_WMIN of its column's largest entry on the
+ * live items, so that (W h)_i stays positive and an entry the update
+ * zeroed can come back (forgotten items' rows stay 0). Columns then go to
+ * unit norm (h is solved afresh each round, so nothing else moves), a
+ * dead column (kb_j below 1e-12 of the largest, or zeroed) is reseeded
+ * from a heavy user's profile drawn with the restart's generator, and ks
+ * becomes the new column sums. O(items k).
+ */
+static void model_restart_update_kl(struct model *m, struct model_restart *rs)
+{
+    const uint32_t k = m->k, M = rs->M;
+    uint8_t dead[MODEL_K_MAX];
+    double r[MODEL_K_MAX], colsq[MODEL_K_MAX], kbmax = 0;
+    float wmax[MODEL_K_MAX];
+    uint8_t *live = model_live_items(m, M);
+    for (uint32_t j = 0; j < k; j++)
+        kbmax = rs->kb[j] > kbmax ? rs->kb[j] : kbmax;
+    for (uint32_t j = 0; j < k; j++) {
+        dead[j] = !(rs->kb[j] > 1e-12 * kbmax);
+        r[j] = dead[j] ? 0 : 1.0 / rs->kb[j];
+        wmax[j] = 0;
+        colsq[j] = 0;
+    }
+    for (uint32_t i = 0; i < M; i++) {
+        float *restrict wi = rs->W + (size_t)i * k;
+        const double *restrict bi = rs->B + (size_t)i * k;
+        for (uint32_t j = 0; j < k; j++) {
+            double x = wi[j] * (bi[j] > 0 ? bi[j] * r[j] : 0);
+            float y = x < MODEL_W_MAX ? (float)x : MODEL_W_MAX;
+            wi[j] = isfinite(x) ? y : 0;
+            wmax[j] = wi[j] > wmax[j] ? wi[j] : wmax[j];
+        }
+    }
+    for (uint32_t i = 0; i < M; i++) {
+        float *restrict wi = rs->W + (size_t)i * k;
+        /* Without memory for the mask, every row is floored: a
+         * forgotten item's row is then small, not 0, until the next
+         * round's users (none of whom has it) let the update shrink it. */
+        const int lv = !live || live[i];
+        for (uint32_t j = 0; j < k; j++) {
+            float lo = MODEL_KL_WMIN * wmax[j];
+            if (lv && wi[j] < lo)
+                wi[j] = lo;
+            colsq[j] += (double)wi[j] * wi[j];
+        }
+    }
+    free(live);
+    for (uint32_t j = 0; j < k; j++) {
+        double nj = sqrt(colsq[j]);
+        if (!dead[j] && nj > 0 && isfinite(nj)) {
+            for (uint32_t i = 0; i < M; i++)
+                rs->W[(size_t)i * k + j] =
+                    (float)(rs->W[(size_t)i * k + j] / nj);
+            continue;
+        }
+        int64_t best = model__heavy_user(m, &rs->rng);
+        if (best >= 0)
+            model__column_from_user(m, (uint32_t)best, rs->W, M, j);
+    }
+    kl_colsums(k, M, rs->W, rs->ks);
+    m->work_all += 3u * (uint64_t)k * M;
 }
 
 /* The candidate's W update after a round: HALS on its A and B as in
@@ -409,7 +540,11 @@ static void model_restart_round_end(struct model *m, struct model_restart *rs)
         return;
     }
     rs->prev = rel;
-    model_restart_update(m, rs);
+    if (model__kl(m))
+        model_restart_update_kl(m, rs);
+    else
+        model_restart_update(m, rs);
+    memset(rs->kb, 0, sizeof(rs->kb));
     memset(rs->A, 0, (size_t)k * k * sizeof(double));
     memset(rs->B, 0, (size_t)rs->M * k * sizeof(double));
     rs->loss = 0;
@@ -456,6 +591,7 @@ static size_t model_restart_slice(struct model *m, size_t max_users)
             return done;
         }
         hals_gram(k, rs->M, rs->W, NULL, rs->G);
+        kl_colsums(k, rs->M, rs->W, rs->ks);
         rs->phase = MODEL_RS_SOLVE;
         return done;
     }

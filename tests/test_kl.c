@@ -194,3 +194,68 @@ Test(kl, empty_and_uncovered_profiles)
     cr_assert_eq(h[1], 0);
     cr_assert(isinf(kl_divergence(k, W, s, it, va, 2, h, wh)));
 }
+
+/* kl_mu: each multiplicative update lowers D(v || W h) or leaves it (Lee
+ * & Seung's theorem), run long it reaches the coordinate solve's minimum
+ * (D is convex in h), and W h on return is that of the h returned. */
+Test(kl, mu_never_raises_the_divergence_and_reaches_the_minimum)
+{
+    seed = 5;
+    const uint32_t M = 60, k = 5;
+    float *W = random_W(M, k, 0.3);
+    double s[5], wh[120];
+    uint32_t it[30];
+    float va[30];
+    kl_colsums(k, M, W, s);
+    for (int rep = 0; rep < 20; rep++) {
+        uint32_t n = 5 + (uint32_t)(unif() * 25);
+        random_profile(M, n, it, va);
+        double h[5], prev = INFINITY;
+        for (uint32_t t = 0; t <= 40; t++) {
+            kl_mu(k, W, s, it, va, n, h, t, wh);
+            double d = kl_divergence(k, W, s, it, va, n, h, wh + n);
+            cr_assert(d <= prev * (1 + 1e-12), "iteration %u: %.17g > %.17g", t,
+                      d, prev);
+            prev = d;
+        }
+        kl_mu(k, W, s, it, va, n, h, 3, wh);
+        for (uint32_t q = 0; q < n; q++) {
+            double x = 0;
+            for (uint32_t j = 0; j < k; j++)
+                x += W[(size_t)it[q] * k + j] * h[j];
+            cr_assert(fabs(wh[q] - x) <= 1e-12 * x, "W h %g vs %g", wh[q], x);
+        }
+        double hm[5], hs[5] = {0};
+        kl_mu(k, W, s, it, va, n, hm, 20000, wh);
+        double dm = kl_divergence(k, W, s, it, va, n, hm, wh);
+        kl_solve(k, W, s, it, va, n, hs, 5000, 1e-12, wh);
+        double ds = kl_divergence(k, W, s, it, va, n, hs, wh);
+        cr_assert(fabs(dm - ds) <= 1e-6 * (ds + 1), "MU %.12g, solve %.12g", dm,
+                  ds);
+    }
+    free(W);
+}
+
+/* kl_mu's edges: an empty profile gives h = 0; a topic whose column is 0
+ * (s_j = 0) stays at 0; an item no topic covers is left out of the
+ * update (its term is infinite whatever h). */
+Test(kl, mu_empty_profiles_and_zero_columns)
+{
+    const uint32_t k = 3;
+    float W[4 * 3] = {1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0};
+    double s[3], h[3] = {1, 2, 3}, wh[4];
+    kl_colsums(k, 4, W, s);
+    cr_assert_eq(s[2], 0);
+    kl_mu(k, W, s, NULL, NULL, 0, h, 10, wh);
+    cr_assert(h[0] == 0 && h[1] == 0 && h[2] == 0);
+    uint32_t it[3] = {0, 2, 3};
+    float va[3] = {2, 3, 1};
+    kl_mu(k, W, s, it, va, 3, h, 500, wh);
+    for (uint32_t j = 0; j < k; j++)
+        cr_assert(isfinite(h[j]) && h[j] >= 0);
+    cr_assert_eq(h[2], 0);
+    cr_assert_gt(h[0], 0);
+    cr_assert_gt(h[1], 0);
+    cr_assert_eq(wh[2], 0); /* item 3: W's row is 0 */
+    cr_assert(isinf(kl_divergence(k, W, s, it, va, 3, h, wh)));
+}

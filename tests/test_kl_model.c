@@ -3,7 +3,10 @@
  * scratch after thousands of folds (with decay, evictions and expiry),
  * the ratios of the users solved since the last refresh against the
  * current W, the reported loss against a dense computation, the fit on
- * a planted stream, the saved state and the refused combinations. */
+ * a planted stream, the saved state, the refused combinations, and the
+ * restart under kl (model_restart.c): it leaves a stuck refinement's
+ * minimum, keeps topic ids, is not installed unless better, and leaves no
+ * trace when abandoned or saved mid-way. */
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 
 #include "kl.h"
+#include "match.h"
 #include "model.h"
 #include "model_impl.h"
 #include "rng.h"
@@ -397,4 +401,255 @@ Test(kl_model, refuses_what_it_cannot_do)
     p.holdout = 0;
     p.loss = 2;
     cr_assert_str_eq(model_params_check(&p), "loss must be frobenius or kl");
+}
+
+/* ---- restarts under KL (model_restart.c) ------------------------------ */
+
+/* Planted counts of K segments folded into a KL model with no warm-up:
+ * W starts random, and the refreshes and the refinement (multiplicative
+ * updates) settle where that start leads. */
+static struct model *kl_unseeded(uint32_t k, uint32_t K, uint64_t warmup,
+                                 uint64_t seed)
+{
+    struct model_params p;
+    model_params_default(&p);
+    p.k = k;
+    p.warmup_events = warmup;
+    p.refresh_events = 2000;
+    p.loss = MODEL_LOSS_KL;
+    struct model *m = model_new(&p);
+    cr_assert_not_null(m);
+    stream(m, 1500, 300, K, 40000, 1, 0, 1000, seed);
+    return m;
+}
+
+/* Refines until a call changes nothing; returns the calls made. */
+static int kl_converge(struct model *m, size_t slice)
+{
+    int calls = 0;
+    for (;;) {
+        uint64_t r0 = model_refreshes(m);
+        size_t n = model_refine(m, slice);
+        calls++;
+        if (!n && model_refreshes(m) == r0)
+            return calls;
+        cr_assert_lt(calls, 10000000);
+    }
+}
+
+static int bufs_equal(const struct buf *a, const struct buf *b)
+{
+    return a->n == b->n && !memcmp(a->p, b->p, a->n);
+}
+
+/* Refines until a restart is under way; returns the state saved just
+ * before the call that began it, and the live relative loss then. */
+static struct buf kl_until_restart(struct model *m, size_t slice,
+                                   double *incumbent)
+{
+    for (int r = 0; r < 100000; r++) {
+        struct buf s = save(m);
+        struct model_stats st;
+        model_stats(m, &st);
+        model_refine(m, slice);
+        if (m->rs) {
+            if (incumbent)
+                *incumbent = st.rel_loss;
+            return s;
+        }
+        free(s.p);
+        cr_assert_eq(st.restarts, 0);
+    }
+    cr_assert_fail("no restart began");
+    return (struct buf){0};
+}
+
+/* cos(old column a, new column b) for every pair, over M rows of k. */
+static void column_cosines(uint32_t k, uint32_t M, const float *Wo,
+                           const float *Wn, double *C)
+{
+    double no[16] = {0}, nn[16] = {0};
+    memset(C, 0, (size_t)k * k * sizeof(double));
+    for (uint32_t i = 0; i < M; i++)
+        for (uint32_t a = 0; a < k; a++) {
+            no[a] += (double)Wo[(size_t)i * k + a] * Wo[(size_t)i * k + a];
+            nn[a] += (double)Wn[(size_t)i * k + a] * Wn[(size_t)i * k + a];
+            for (uint32_t b = 0; b < k; b++)
+                C[(size_t)a * k + b] +=
+                    (double)Wo[(size_t)i * k + a] * Wn[(size_t)i * k + b];
+        }
+    for (uint32_t a = 0; a < k; a++)
+        for (uint32_t b = 0; b < k; b++)
+            C[(size_t)a * k + b] /= sqrt(no[a]) * sqrt(nn[b]);
+}
+
+/* From a random W (no warm-up) the refinement converges at a divergence
+ * 15% above the one the warm-up's NNDSVDa start reaches on the same
+ * events (seed 1); a restart begins only at that convergence, so the
+ * refinement alone stays there. The KL restart (an NNDSVDa seed of all
+ * the profiles, then multiplicative-update rounds) finds the lower
+ * minimum: installed once, every topic at the index of the old column it
+ * continues, the divergence never above the incumbent's afterwards, and
+ * the reported figure the dense one. */
+Test(kl_model, a_restart_escapes_a_stuck_refinement)
+{
+    struct model *g = kl_unseeded(6, 6, 10000, 1);
+    kl_converge(g, SIZE_MAX);
+    struct model_stats sg, st;
+    model_stats(g, &sg);
+    /* Hundreds of refreshes of incremental sums: a few parts in 1e9. */
+    assert_kl_stats(g, 1e-7);
+    cr_assert_eq(sg.restarts, 0, "the warm-up's start needs no restart");
+
+    struct model *m = kl_unseeded(6, 6, 0, 1);
+    const uint32_t k = 6;
+    double incumbent;
+    struct buf s0 = kl_until_restart(m, SIZE_MAX, &incumbent);
+    free(s0.p);
+    cr_assert_gt(incumbent, 1.1 * sg.rel_loss, "%g vs %g: not stuck", incumbent,
+                 sg.rel_loss);
+    model_stats(m, &st);
+    cr_assert_eq(st.stale, st.users, "the live model waits");
+    cr_assert(st.rel_loss == incumbent);
+    uint32_t M = model_item_slots(m);
+    float *before = malloc((size_t)M * k * sizeof(float));
+    int installed = 0;
+    for (int c = 0; c < 100000; c++) {
+        memcpy(before, model_W(m), (size_t)M * k * sizeof(float));
+        uint64_t r0 = model_refreshes(m), x0 = st.restarts, s0r = st.reseeded;
+        size_t n = model_refine(m, SIZE_MAX);
+        model_stats(m, &st);
+        if (st.restarts > x0) {
+            installed++;
+            cr_assert_eq(st.reseeded - s0r, k);
+            double C[36];
+            uint32_t to[6];
+            column_cosines(k, M, before, model_W(m), C);
+            cr_assert_eq(match_assign(k, C, to), 0);
+            for (uint32_t j = 0; j < k; j++)
+                cr_assert_eq(to[j], j, "old topic %u continues as %u", j,
+                             to[j]);
+        }
+        if (installed && !st.stale)
+            cr_assert_leq(st.rel_loss, incumbent, "%g above %g", st.rel_loss,
+                          incumbent);
+        if (!n && model_refreshes(m) == r0)
+            break;
+    }
+    cr_assert_eq(installed, 1);
+    cr_assert_eq(st.restarts, 1);
+    cr_assert_eq(st.stale, 0);
+    cr_assert_gt(st.moved, 0, "the seed's order was the live one: untested");
+    cr_assert_lt(st.rel_loss, 0.9 * incumbent, "%g vs incumbent %g",
+                 st.rel_loss, incumbent);
+    cr_assert_float_eq(st.rel_loss, sg.rel_loss, 1e-3 * sg.rel_loss,
+                       "%.8g vs the warm-up's %.8g", st.rel_loss, sg.rel_loss);
+    cr_assert(fabs(st.rel_loss - dense_rel_kl(m)) <= 1e-6 * st.rel_loss);
+    assert_kl_stats(m, 1e-7);
+    /* Converged: no second restart without new data. */
+    cr_assert_eq(model_refine(m, SIZE_MAX), 0);
+    cr_assert_null(m->rs);
+    free(before);
+    model_free(g);
+    model_free(m);
+}
+
+/* Seed 2: the random start already finds the warm-up's minimum. The
+ * restart runs to its end and is not installed: the model is exactly the
+ * one before it began, but for the count of events it was tried at. */
+Test(kl_model, a_restart_no_better_is_not_installed)
+{
+    struct model *m = kl_unseeded(6, 6, 0, 2);
+    struct buf s0 = kl_until_restart(m, SIZE_MAX, NULL);
+    int calls = kl_converge(m, 500);
+    cr_assert_gt(calls, 100, "the restart ran in slices");
+    cr_assert_null(m->rs);
+    struct model_stats st;
+    model_stats(m, &st);
+    cr_assert_eq(st.restarts, 0);
+    cr_assert_eq(m->restart_events, m->events, "the restart did not finish");
+    const char *err = NULL;
+    struct model *b = model_load(s0.p, s0.n, &err);
+    cr_assert_not_null(b, "%s", err);
+    cr_assert_eq(b->restart_events, 0);
+    b->restart_events = b->events;
+    /* The call that began the restart, at convergence, without it. */
+    cr_assert_eq(model_refine(b, 500), 0);
+    cr_assert_null(b->rs);
+    struct buf sa = save(m), sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb), "a restart not installed left a trace");
+    free(s0.p);
+    free(sa.p);
+    free(sb.p);
+    model_free(b);
+    model_free(m);
+}
+
+/* An event abandons a restart under way (here in its rounds, past the
+ * seed); the live model is as if it had never begun. A model saved in
+ * the middle of one (the restart is not saved) begins it again and
+ * reaches the same model. */
+/* Refines m, its restart under way, until the restart is past its seed
+ * (the seed's work arrays freed, the round's allocated) and a few rounds
+ * into the divergence's. */
+static void kl_into_rounds(struct model *m)
+{
+    cr_assert_not_null(m->rs);
+    const size_t seeding = model__restart_bytes(m);
+    int calls = 0;
+    while (m->rs && model__restart_bytes(m) == seeding) {
+        cr_assert_gt(model_refine(m, 300), 0);
+        cr_assert_lt(++calls, 100000);
+    }
+    cr_assert_gt(calls, 100, "the seed ran in slices");
+    for (int c = 0; c < 23; c++)
+        cr_assert_gt(model_refine(m, 300), 0);
+    cr_assert_not_null(m->rs);
+    cr_assert_neq(model__restart_bytes(m), seeding);
+}
+
+Test(kl_model, a_restart_abandoned_or_saved_leaves_no_trace)
+{
+    struct model *a = kl_unseeded(6, 6, 0, 1);
+    struct buf s = kl_until_restart(a, SIZE_MAX, NULL);
+    kl_into_rounds(a);
+    /* Saved mid-restart (the restart is not saved) and loaded: the
+     * loaded model begins it again and reaches the same model as the one
+     * that went on. */
+    struct buf mid = save(a);
+    const char *err = NULL;
+    struct model *c = model_load(mid.p, mid.n, &err);
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_null(c->rs);
+    kl_converge(a, 300);
+    kl_converge(c, 1000);
+    struct model_stats st;
+    model_stats(c, &st);
+    cr_assert_eq(st.restarts, 1);
+    struct buf sa = save(a), sb = save(c);
+    cr_assert(bufs_equal(&sa, &sb), "diverged after a load mid-restart");
+    free(sa.p);
+    free(sb.p);
+    model_free(a);
+    model_free(c);
+
+    /* An event abandons a restart in its rounds: the live model is as if
+     * it had never begun. */
+    a = model_load(s.p, s.n, &err);
+    struct model *b = model_load(s.p, s.n, &err);
+    cr_assert(a && b, "%s", err);
+    model_refine(a, 300);
+    kl_into_rounds(a);
+    cr_assert_eq(model_fold(a, "user-5", 6, "item-7", 6, 1.0, 50000), 0);
+    cr_assert_null(a->rs);
+    cr_assert_eq(model_fold(b, "user-5", 6, "item-7", 6, 1.0, 50000), 0);
+    sa = save(a);
+    sb = save(b);
+    cr_assert(bufs_equal(&sa, &sb), "an abandoned restart left a trace");
+    free(sa.p);
+    free(sb.p);
+    free(s.p);
+    free(mid.p);
+    model_free(a);
+    model_free(b);
 }
