@@ -119,6 +119,7 @@ struct cluster {
     bool seeded;   /* the first W was tried from the warm-up */
     uint64_t pub_events; /* the group's events at the last version */
     uint64_t restart_events; /* the group's events at the last restart */
+    double restart_retry;    /* mono_s() before which no restart is tried */
     unsigned idle_rounds;    /* refreshes since the events last changed */
     uint64_t round_events;   /* the group's events at the last refresh */
     double pub_loss;     /* and its relative loss */
@@ -284,6 +285,7 @@ static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
     cl->pub_events = 0;
     cl->pub_loss = 1;
     cl->restart_events = 0;
+    cl->restart_retry = 0;
     /* Every partition's latest statistics are somewhere in what the topic
      * keeps: read it all (each record replaces the one before). */
     for (size_t i = 0; i < n; i++)
@@ -474,30 +476,259 @@ static int lead_seed(struct cluster *cl)
     return rc;
 }
 
+/* ---- reading the state topic ------------------------------------------ */
+
+/* What a partition's state topic holds: the records of the generation
+ * being read, and the last complete one. */
+struct scan_buf {
+    uint64_t gen;
+    uint32_t n, cap;
+    void **rec;
+    size_t *len;
+};
+
+struct scan {
+    struct cluster *cl;
+    int32_t p;
+    struct scan_buf cur, best;
+    struct records_state marker;
+    bool have;
+};
+
+static void scan_buf_free(struct scan_buf *b)
+{
+    for (uint32_t i = 0; i < b->n; i++)
+        free(b->rec[i]);
+    free(b->rec);
+    free(b->len);
+    memset(b, 0, sizeof(*b));
+}
+
+static int scan_message(void *ctx, const struct kafka_msg *msg)
+{
+    struct scan *sc = ctx;
+    struct cluster *cl = sc->cl;
+    struct records_state h;
+    const char *why = NULL;
+
+    if (records_state_head(msg->payload, msg->len, &h, &why)) {
+        reject(cl, CL_STATE, why);
+        return 0;
+    }
+    if (strcmp(h.cluster, cl->c.group_id) || h.k != cl->k || h.part != sc->p) {
+        reject(cl, CL_STATE,
+               "state of another group, another k or another partition");
+        return 0;
+    }
+    if (h.marker) {
+        if (h.gen == sc->cur.gen && h.chunk == sc->cur.n && h.chunk) {
+            scan_buf_free(&sc->best);
+            sc->best = sc->cur;
+            memset(&sc->cur, 0, sizeof(sc->cur));
+            sc->marker = h;
+            sc->have = true;
+        }
+        return 0;
+    }
+    if (h.gen != sc->cur.gen || h.chunk != sc->cur.n) {
+        /* A new generation (or one whose chunks came out of order, which
+         * one writer never does): start it afresh. */
+        scan_buf_free(&sc->cur);
+        if (h.chunk != 0)
+            return 0;
+        sc->cur.gen = h.gen;
+    }
+    if (sc->cur.n == sc->cur.cap) {
+        uint32_t cap = sc->cur.cap ? 2 * sc->cur.cap : 8;
+        void **r = realloc(sc->cur.rec, cap * sizeof(*r));
+        if (!r)
+            return -ENOMEM;
+        sc->cur.rec = r;
+        size_t *l = realloc(sc->cur.len, cap * sizeof(*l));
+        if (!l)
+            return -ENOMEM;
+        sc->cur.len = l;
+        sc->cur.cap = cap;
+    }
+    void *copy = malloc(msg->len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, msg->payload, msg->len);
+    sc->cur.rec[sc->cur.n] = copy;
+    sc->cur.len[sc->cur.n++] = msg->len;
+    return 0;
+}
+
+/* A user of the partition being restored (sc->p), never another's. */
+static int import_user(void *ctx, const struct model_user_state *st)
+{
+    struct scan *sc = ctx;
+    if (part_of(sc->cl, st->id, st->id_len) != sc->p)
+        return -EINVAL;
+    return model_user_put(sc->cl->c.model, st);
+}
+
+/* The partitions of one read, each message to its own scan. */
+struct scans {
+    struct scan *sc;
+    int32_t *at; /* by partition: its scan, or -1 */
+};
+
+static int scan_any(void *ctx, const struct kafka_msg *msg)
+{
+    struct scans *s = ctx;
+    int32_t p = msg->partition;
+    if (p < 0 || p >= s->sc[0].cl->nparts || s->at[p] < 0)
+        return 0;
+    return scan_message(&s->sc[s->at[p]], msg);
+}
+
+/* A user of the partition sc->p, from its state on the state topic, into
+ * the leader's restart model (the scan's ctx), never another's. */
+struct others {
+    struct cluster *cl;
+    struct model *t;
+    int32_t p;
+};
+
+static int import_other(void *ctx, const struct model_user_state *st)
+{
+    struct others *o = ctx;
+    if (part_of(o->cl, st->id, st->id_len) != o->p)
+        return -EINVAL;
+    return model_user_put(o->t, st);
+}
+
+/* Into t, the users of every partition this member does not own, from
+ * their last complete state on the state topic (read as a restore reads
+ * it, on the member's reader). Only when each one's state holds exactly
+ * the events the group's statistics of it count: a state older than the
+ * statistics would make the restart's trial on another data set than the
+ * group's. 1: every other partition in t (*users of them); 0: some
+ * partition's state is missing or behind (t is then partly filled and
+ * must be dropped); -errno on a read or import failure. */
+static int read_others(struct cluster *cl, struct model *t, uint64_t *users)
+{
+    struct kafka_read_part *rp = calloc((size_t)cl->nparts, sizeof(*rp));
+    struct scan *sc = calloc((size_t)cl->nparts, sizeof(*sc));
+    int32_t *at = malloc((size_t)cl->nparts * sizeof(*at));
+    struct scans s = {.sc = sc, .at = at};
+    size_t m = 0;
+    char err[512];
+    int rc = 1;
+
+    *users = 0;
+    if (!rp || !sc || !at) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        at[p] = -1;
+        if (cl->owned[p])
+            continue;
+        if (!cl->ps[p]) {
+            rc = 0; /* no statistics of it: nothing to compare with */
+            goto out;
+        }
+        if (!cl->ps[p]->users)
+            continue; /* no user: no state is written, none is needed */
+        at[p] = (int32_t)m;
+        sc[m].cl = cl;
+        sc[m].p = p;
+        rp[m++].partition = p;
+    }
+    if (!m)
+        goto out;
+    if (!cl->reader) {
+        rc = -EINVAL;
+        goto out;
+    }
+    if (kafka_reader_read(cl->reader, rp, m,
+                          (int)cl->c.cfg->cluster.restore_timeout_ms, scan_any,
+                          &s, err, sizeof(err))) {
+        log_warn("cluster: restart: the state topic: %s", err);
+        rc = -EIO;
+        goto out;
+    }
+    for (size_t j = 0; j < m && rc == 1; j++)
+        if (!sc[j].have || sc[j].marker.events != cl->ps[sc[j].p]->events)
+            rc = 0;
+    for (size_t j = 0; j < m && rc == 1; j++) {
+        struct others o = {.cl = cl, .t = t, .p = sc[j].p};
+        for (uint32_t i = 0; i < sc[j].best.n && rc == 1; i++) {
+            struct records_state h;
+            const char *why = NULL;
+            int r = records_state_read(sc[j].best.rec[i], sc[j].best.len[i],
+                                       &h, import_other, &o, &why);
+            if (r) {
+                log_warn("cluster: restart: partition %" PRId32
+                         " state chunk %u: %s",
+                         sc[j].p, i, why ? why : strerror(-r));
+                rc = r;
+            }
+            *users += h.users;
+        }
+    }
+out:
+    for (size_t j = 0; j < m; j++) {
+        scan_buf_free(&sc[j].cur);
+        scan_buf_free(&sc[j].best);
+    }
+    free(rp);
+    free(sc);
+    free(at);
+    return rc;
+}
+
 /* At the group's convergence, the escape a single process tries at its
- * own (model_refine's restart): on the leader's sample, from the group's
- * W, the single-process refinement runs to convergence, restart trial
- * included (an NNDSVDa seed of the sample, kept only if it beats the
- * current W there by 0.1%). If the restart replaced W, that W becomes
- * the group's next version, and the group's rounds go on from it. Only
- * while the sample is small enough to refine on the loop at once. */
+ * own (model_refine's restart), on every user of the group: the leader's
+ * own users and, from the state topic, every other partition's (each
+ * state complete up to the events the group's statistics count). From
+ * the group's W, the single-process refinement runs to convergence on
+ * them, restart trial included (an NNDSVDa seed of all of them, kept only
+ * if it beats the current W there by 0.1%); if the restart replaced W,
+ * that W becomes the group's next version, and the group's rounds go on
+ * from it. A trial on the leader's own users alone misleads where they
+ * lack much of the data (a seed from a quarter of the users leaves the
+ * items only the others hold to chance: 1.02-1.17 x the loss of the seed
+ * from all of them, docs/benchmarks.md section 10), so the leader waits
+ * for every other partition's state to catch up with its statistics
+ * (members write it every checkpoint.interval). Beyond
+ * CLUSTER_RESTART_USERS users in the group, the trial runs on the
+ * leader's own users alone, if they are few enough, as before: a large
+ * sample's seed is close to the whole data's.
+ * RS_TOOK: W replaced; RS_KEPT: tried, W kept; RS_LATER: not tried, the
+ * states are behind (try again later). */
 #define CLUSTER_RESTART_USERS 200000
 #define CLUSTER_IDLE_ROUNDS 5
-static bool lead_restart(struct cluster *cl)
+enum { RS_KEPT, RS_TOOK, RS_LATER };
+static int lead_restart(struct cluster *cl, uint64_t group_users)
 {
     uint32_t n = 0;
+    uint64_t others = 0;
     struct model *t;
     struct model_stats st;
-    bool took = false;
+    int took = RS_KEPT;
+    bool all = group_users <= CLUSTER_RESTART_USERS;
 
-    if (model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
-        return false;
+    if (!all && model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
+        return RS_KEPT;
     t = sample_model(cl, &n);
     if (!t)
-        return false;
-    if (n >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
-        /* The sample's users solved against the group's W, then the
-         * restart's trial against it. */
+        return RS_KEPT;
+    if (all) {
+        int rc = read_others(cl, t, &others);
+        if (rc <= 0) {
+            model_free(t);
+            if (rc < 0)
+                log_warn("cluster: restart: the other partitions' users: %s",
+                         strerror(-rc));
+            return rc == 0 ? RS_LATER : RS_KEPT;
+        }
+    }
+    if (n + others >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
+        /* The users solved against the group's W, then the restart's
+         * trial against it. */
         while (model_refine(t, 1u << 30))
             ;
         if (model_restart_try(t) == 0)
@@ -508,8 +739,12 @@ static bool lead_restart(struct cluster *cl)
                     break;
             }
         model_stats(t, &st);
+        log_info("cluster: restart trial on %" PRIu64 " users (%" PRIu32
+                 " of this member, %" PRIu64 " from the state topic): %s",
+                 (uint64_t)n + others, n, others,
+                 st.restarts > 0 ? "a better W" : "W kept");
         if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
-            took = true;
+            took = RS_TOOK;
     }
     model_free(t);
     return took;
@@ -605,14 +840,26 @@ static void lead_refresh(struct cluster *cl)
         !(cl->pub_loss - rel > cl->c.cfg->model.params.refine_tol * cl->pub_loss);
     /* Once the stream is quiet (a few rounds without an event) or the
      * rounds converged, and the data has doubled since the last try: the
-     * restart of a single process, on the leader's sample. A group's
-     * round takes a cluster.interval, not microseconds, so it does not
-     * wait for the rounds to creep to refine_tol first. */
+     * restart of a single process, on every user of the group
+     * (lead_restart). A group's round takes a cluster.interval, not
+     * microseconds, so it does not wait for the rounds to creep to
+     * refine_tol first. While the other partitions' states are behind
+     * their statistics, the try waits a checkpoint.interval, by which
+     * every member has written its partitions' state again. */
     if ((converged || cl->idle_rounds >= CLUSTER_IDLE_ROUNDS) && events &&
-        events >= 2 * cl->restart_events) {
-        cl->restart_events = events;
-        if (lead_restart(cl)) {
-            log_notice("cluster: a restart on this member's users found a "
+        events >= 2 * cl->restart_events && mono_s() >= cl->restart_retry) {
+        int rs = lead_restart(cl, users);
+        if (rs == RS_LATER) {
+            cl->restart_retry =
+                mono_s() + cl->c.cfg->checkpoint.interval_ms / 1000.0;
+            log_info("cluster: restart: the other partitions' states are "
+                     "behind their statistics; trying again in %.1f s",
+                     cl->c.cfg->checkpoint.interval_ms / 1000.0);
+        } else {
+            cl->restart_events = events;
+        }
+        if (rs == RS_TOOK) {
+            log_notice("cluster: a restart on the group's users found a "
                        "better W; the group goes on from it");
             converged = false;
             rel = 1;
@@ -821,111 +1068,6 @@ void cluster_state_write(struct cluster *cl)
     for (int32_t p = 0; p < cl->nparts; p++)
         if (cl->owned[p])
             state_write(cl, p);
-}
-
-/* What a partition's state topic holds: the records of the generation
- * being read, and the last complete one. */
-struct scan_buf {
-    uint64_t gen;
-    uint32_t n, cap;
-    void **rec;
-    size_t *len;
-};
-
-struct scan {
-    struct cluster *cl;
-    int32_t p;
-    struct scan_buf cur, best;
-    struct records_state marker;
-    bool have;
-};
-
-static void scan_buf_free(struct scan_buf *b)
-{
-    for (uint32_t i = 0; i < b->n; i++)
-        free(b->rec[i]);
-    free(b->rec);
-    free(b->len);
-    memset(b, 0, sizeof(*b));
-}
-
-static int scan_message(void *ctx, const struct kafka_msg *msg)
-{
-    struct scan *sc = ctx;
-    struct cluster *cl = sc->cl;
-    struct records_state h;
-    const char *why = NULL;
-
-    if (records_state_head(msg->payload, msg->len, &h, &why)) {
-        reject(cl, CL_STATE, why);
-        return 0;
-    }
-    if (strcmp(h.cluster, cl->c.group_id) || h.k != cl->k || h.part != sc->p) {
-        reject(cl, CL_STATE,
-               "state of another group, another k or another partition");
-        return 0;
-    }
-    if (h.marker) {
-        if (h.gen == sc->cur.gen && h.chunk == sc->cur.n && h.chunk) {
-            scan_buf_free(&sc->best);
-            sc->best = sc->cur;
-            memset(&sc->cur, 0, sizeof(sc->cur));
-            sc->marker = h;
-            sc->have = true;
-        }
-        return 0;
-    }
-    if (h.gen != sc->cur.gen || h.chunk != sc->cur.n) {
-        /* A new generation (or one whose chunks came out of order, which
-         * one writer never does): start it afresh. */
-        scan_buf_free(&sc->cur);
-        if (h.chunk != 0)
-            return 0;
-        sc->cur.gen = h.gen;
-    }
-    if (sc->cur.n == sc->cur.cap) {
-        uint32_t cap = sc->cur.cap ? 2 * sc->cur.cap : 8;
-        void **r = realloc(sc->cur.rec, cap * sizeof(*r));
-        if (!r)
-            return -ENOMEM;
-        sc->cur.rec = r;
-        size_t *l = realloc(sc->cur.len, cap * sizeof(*l));
-        if (!l)
-            return -ENOMEM;
-        sc->cur.len = l;
-        sc->cur.cap = cap;
-    }
-    void *copy = malloc(msg->len);
-    if (!copy)
-        return -ENOMEM;
-    memcpy(copy, msg->payload, msg->len);
-    sc->cur.rec[sc->cur.n] = copy;
-    sc->cur.len[sc->cur.n++] = msg->len;
-    return 0;
-}
-
-/* A user of the partition being restored (sc->p), never another's. */
-static int import_user(void *ctx, const struct model_user_state *st)
-{
-    struct scan *sc = ctx;
-    if (part_of(sc->cl, st->id, st->id_len) != sc->p)
-        return -EINVAL;
-    return model_user_put(sc->cl->c.model, st);
-}
-
-/* The partitions of one read, each message to its own scan. */
-struct scans {
-    struct scan *sc;
-    int32_t *at; /* by partition: its scan, or -1 */
-};
-
-static int scan_any(void *ctx, const struct kafka_msg *msg)
-{
-    struct scans *s = ctx;
-    int32_t p = msg->partition;
-    if (p < 0 || p >= s->sc[0].cl->nparts || s->at[p] < 0)
-        return 0;
-    return scan_message(&s->sc[s->at[p]], msg);
 }
 
 /* Whether partition sc->p, its state topic read into sc, takes its users
