@@ -105,6 +105,9 @@ struct cluster {
     bool assigned_once;
     uint64_t seq;
     uint64_t sent_work, sent_events;
+    /* The version every user here was last solved against (the
+     * installed one once none is stale), and the one last sent. */
+    uint64_t solved_version, sent_solved;
     unsigned since_full;
     double *A, *B;
     size_t bcap; /* doubles in B */
@@ -120,6 +123,10 @@ struct cluster {
     uint64_t pub_events; /* the group's events at the last version */
     uint64_t restart_events; /* the group's events at the last restart */
     double restart_retry;    /* mono_s() before which no restart is tried */
+    /* A W that replaced the group's wholesale (the seed, a restart):
+     * no refresh until every partition's statistics are of it. */
+    uint64_t barrier;
+    unsigned barrier_rounds;
     unsigned idle_rounds;    /* refreshes since the events last changed */
     uint64_t round_events;   /* the group's events at the last refresh */
     double pub_loss;     /* and its relative loss */
@@ -286,6 +293,7 @@ static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
     cl->pub_loss = 1;
     cl->restart_events = 0;
     cl->restart_retry = 0;
+    cl->barrier = 0;
     /* Every partition's latest statistics are somewhere in what the topic
      * keeps: read it all (each record replaces the one before). */
     for (size_t i = 0; i < n; i++)
@@ -702,6 +710,9 @@ out:
 #define CLUSTER_RESTART_USERS 200000
 #define CLUSTER_IDLE_ROUNDS 5
 #define CLUSTER_LOSS_RES 1e-9
+/* Refreshes a wholesale W waits at most for statistics of it (a member
+ * re-solves its users in a few rounds; one on an older build never). */
+#define CLUSTER_BARRIER_ROUNDS 100
 enum { RS_KEPT, RS_TOOK, RS_LATER };
 static int lead_restart(struct cluster *cl, uint64_t group_users)
 {
@@ -801,6 +812,27 @@ static void lead_refresh(struct cluster *cl)
         free(B);
         return; /* nothing to fit yet */
     }
+    if (cl->barrier) {
+        /* A W that replaced the group's wholesale (the seed, a restart)
+         * is refreshed only from statistics of it: those of the W before
+         * (h solved against other columns) would pull it back towards
+         * the minimum it left. Each member's say which W all its users
+         * were solved against. */
+        bool behind = false;
+        for (int32_t p = 0; p < cl->nparts; p++)
+            behind |= cl->ps[p] && cl->ps[p]->users &&
+                      cl->ps[p]->model_version < cl->barrier;
+        if (behind && ++cl->barrier_rounds < CLUSTER_BARRIER_ROUNDS) {
+            free(B);
+            cl->stats_new = false;
+            return;
+        }
+        if (behind)
+            log_warn("cluster: statistics still of a W before version %" PRIu64
+                     " after %u rounds: refreshing from them",
+                     cl->barrier, cl->barrier_rounds);
+        cl->barrier = 0;
+    }
     if (!cl->published && !cl->seeded) {
         /* No W yet: the warm-up's, once the group has folded as many
          * events as a single process's warm-up waits for, or the stream
@@ -818,6 +850,8 @@ static void lead_refresh(struct cluster *cl)
             if (lead_publish(cl, wall_ms(), events, weight, 1) == 0) {
                 cl->pub_events = events;
                 cl->pub_loss = 1;
+                cl->barrier = cl->published;
+                cl->barrier_rounds = 0;
             }
             log_notice("cluster: the group's first W seeded from %s's users",
                        cl->owner);
@@ -843,6 +877,7 @@ static void lead_refresh(struct cluster *cl)
     double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
     size_t wn = (size_t)model_item_slots(lm) * k;
     double gain = cl->pub_loss - rel;
+    bool took = false;
     bool converged =
         events == cl->pub_events && wn == cl->w_prev_n &&
         !(gain > cl->c.cfg->model.params.refine_tol * cl->pub_loss &&
@@ -873,12 +908,17 @@ static void lead_refresh(struct cluster *cl)
             converged = false;
             rel = 1;
         }
+        took = rs == RS_TOOK;
     }
     if (converged)
         return;
     if (lead_publish(cl, cl->newest_stats_ts, events, weight, rel) == 0) {
         cl->pub_events = events;
         cl->pub_loss = rel;
+        if (took) {
+            cl->barrier = cl->published;
+            cl->barrier_rounds = 0;
+        }
     }
     (void)parts;
 }
@@ -953,7 +993,10 @@ static void stats_send(struct cluster *cl)
     metric_set(cl->m.owned, owned);
     if (!owned)
         return;
+    if (!model_stale_users(cl->c.model))
+        cl->solved_version = cl->version;
     if (work == cl->sent_work && events == cl->sent_events &&
+        cl->solved_version == cl->sent_solved &&
         ++cl->since_full < CLUSTER_FULL_EVERY)
         return;
     if (stats_scratch(cl)) {
@@ -980,6 +1023,7 @@ static void stats_send(struct cluster *cl)
         h.offset = next;
         h.norm = sums.norm;
         h.users = sums.users;
+        h.model_version = cl->solved_version;
         memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
         memcpy(h.mass, sums.mass, sizeof(h.mass));
         int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B);
