@@ -739,21 +739,26 @@ static int lead_restart(struct cluster *cl, uint64_t group_users)
         }
     }
     if (n + others >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
-        /* The users solved against the group's W, then the restart's
-         * trial against it. */
-        while (model_refine(t, 1u << 30))
+        /* The users solved against the group's W (the group's rounds
+         * converged it: their loss is the group's), then the restart's
+         * trial against that loss: a seed and its batch rounds, whose W
+         * replaces t's only if clearly lower. The group's rounds, not
+         * t's, carry it on from there. */
+        double t0 = mono_s();
+        while (model_stale_users(t) && model_refine(t, 1u << 30))
             ;
         if (model_restart_try(t) == 0)
             for (int round = 0; round < 100000; round++) {
-                uint64_t r0 = model_refreshes(t);
-                if (model_refine(t, 1u << 30) == 0 &&
-                    model_refreshes(t) == r0)
-                    break;
+                model_refine(t, 1u << 30);
+                model_stats(t, &st);
+                if (st.restarts > 0 || !model_stale_users(t))
+                    break; /* taken, or dropped */
             }
         model_stats(t, &st);
         log_info("cluster: restart trial on %" PRIu64 " users (%" PRIu32
-                 " of this member, %" PRIu64 " from the state topic): %s",
-                 (uint64_t)n + others, n, others,
+                 " of this member, %" PRIu64 " from the state topic) in "
+                 "%.2f s: %s",
+                 (uint64_t)n + others, n, others, mono_s() - t0,
                  st.restarts > 0 ? "a better W" : "W kept");
         if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
             took = RS_TOOK;

@@ -75,7 +75,7 @@ def main():
         # whichever member led then).
         def tried():
             m = re.findall(r"restart trial on (\d+) users \((\d+) of this member, "
-                           r"(\d+) from the state topic\)",
+                           r"(\d+) from the state topic\) in ",
                            "".join(ps.log(d.name) for d in ms))
             return m[-1] if m else None
         n_all, n_own, n_state = (int(x) for x in wait_for(tried, 240, "the leader's restart"))
