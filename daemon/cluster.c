@@ -105,6 +105,9 @@ struct cluster {
     bool assigned_once;
     uint64_t seq;
     uint64_t sent_work, sent_events;
+    /* The version every user here was last solved against (the
+     * installed one once none is stale), and the one last sent. */
+    uint64_t solved_version, sent_solved;
     unsigned since_full;
     double *A, *B;
     size_t bcap; /* doubles in B */
@@ -119,6 +122,11 @@ struct cluster {
     bool seeded;   /* the first W was tried from the warm-up */
     uint64_t pub_events; /* the group's events at the last version */
     uint64_t restart_events; /* the group's events at the last restart */
+    double restart_retry;    /* mono_s() before which no restart is tried */
+    /* A W that replaced the group's wholesale (the seed, a restart):
+     * no refresh until every partition's statistics are of it. */
+    uint64_t barrier;
+    unsigned barrier_rounds;
     unsigned idle_rounds;    /* refreshes since the events last changed */
     uint64_t round_events;   /* the group's events at the last refresh */
     double pub_loss;     /* and its relative loss */
@@ -284,6 +292,8 @@ static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
     cl->pub_events = 0;
     cl->pub_loss = 1;
     cl->restart_events = 0;
+    cl->restart_retry = 0;
+    cl->barrier = 0;
     /* Every partition's latest statistics are somewhere in what the topic
      * keeps: read it all (each record replaces the one before). */
     for (size_t i = 0; i < n; i++)
@@ -474,354 +484,7 @@ static int lead_seed(struct cluster *cl)
     return rc;
 }
 
-/* At the group's convergence, the escape a single process tries at its
- * own (model_refine's restart): on the leader's sample, from the group's
- * W, the single-process refinement runs to convergence, restart trial
- * included (an NNDSVDa seed of the sample, kept only if it beats the
- * current W there by 0.1%). If the restart replaced W, that W becomes
- * the group's next version, and the group's rounds go on from it. Only
- * while the sample is small enough to refine on the loop at once. */
-#define CLUSTER_RESTART_USERS 200000
-#define CLUSTER_IDLE_ROUNDS 5
-static bool lead_restart(struct cluster *cl)
-{
-    uint32_t n = 0;
-    struct model *t;
-    struct model_stats st;
-    bool took = false;
-
-    if (model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
-        return false;
-    t = sample_model(cl, &n);
-    if (!t)
-        return false;
-    if (n >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
-        /* The sample's users solved against the group's W, then the
-         * restart's trial against it. */
-        while (model_refine(t, 1u << 30))
-            ;
-        if (model_restart_try(t) == 0)
-            for (int round = 0; round < 100000; round++) {
-                uint64_t r0 = model_refreshes(t);
-                if (model_refine(t, 1u << 30) == 0 &&
-                    model_refreshes(t) == r0)
-                    break;
-            }
-        model_stats(t, &st);
-        if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
-            took = true;
-    }
-    model_free(t);
-    return took;
-}
-
-/* The group's statistics into the leader's model, W refreshed, the new
- * version out. */
-static void lead_refresh(struct cluster *cl)
-{
-    const uint32_t k = cl->k;
-    struct model *lm = cl->lead;
-    double A[MODEL_K_MAX * MODEL_K_MAX], norm = 0, weight = 0;
-    uint64_t users = 0, events = 0;
-    uint32_t parts = 0;
-
-    if (!lm || !cl->stats_new)
-        return;
-    memset(A, 0, sizeof(double) * k * k);
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        const struct records_stats *s = cl->ps[p];
-        if (!s)
-            continue;
-        for (uint32_t i = 0; i < s->nitems; i++)
-            if (model_item_ensure(lm, s->items[i], s->item_lens[i]) < 0) {
-                log_warn("cluster: leader: %s", strerror(ENOMEM));
-                return;
-            }
-    }
-    size_t need = (size_t)model_item_slots(lm) * k;
-    double *B = calloc(need ? need : 1, sizeof(double));
-    if (!B) {
-        log_warn("cluster: leader: %s", strerror(ENOMEM));
-        return;
-    }
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        const struct records_stats *s = cl->ps[p];
-        if (!s)
-            continue;
-        for (size_t q = 0; q < (size_t)k * k; q++)
-            A[q] += s->A[q];
-        for (uint32_t i = 0; i < s->nitems; i++) {
-            int64_t r = model_item_ensure(lm, s->items[i], s->item_lens[i]);
-            for (uint32_t j = 0; j < k; j++)
-                B[(size_t)r * k + j] += s->B[(size_t)i * k + j];
-        }
-        norm += s->norm;
-        weight += s->weight_sum;
-        users += s->users;
-        events += s->events;
-        parts++;
-    }
-    if (!users) {
-        free(B);
-        return; /* nothing to fit yet */
-    }
-    if (!cl->published && !cl->seeded) {
-        /* No W yet: the warm-up's, once the group has folded as many
-         * events as a single process's warm-up waits for, or the stream
-         * went quiet before. */
-        uint64_t wu = cl->c.cfg->model.params.warmup_events;
-        if (events < wu && cl->idle_rounds < CLUSTER_IDLE_ROUNDS) {
-            free(B);
-            return;
-        }
-        int rc = lead_seed(cl);
-        cl->seeded = true;
-        if (rc == 0) {
-            free(B);
-            cl->stats_new = false;
-            if (lead_publish(cl, wall_ms(), events, weight, 1) == 0) {
-                cl->pub_events = events;
-                cl->pub_loss = 1;
-            }
-            log_notice("cluster: the group's first W seeded from %s's users",
-                       cl->owner);
-            return;
-        }
-        if (rc != -EAGAIN)
-            log_warn("cluster: seeding W: %s", strerror(-rc));
-    }
-    model_stats_set(lm, A, B);
-    free(B);
-    model_refresh(lm);
-    cl->stats_new = false;
-    /* A new version when the data changed (new events, new items), or
-     * when it lowers the group's loss by more than model.refine_tol of
-     * it: the rule of a single process's idle refinement, so an idle
-     * group converges and then stays quiet. */
-    double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
-    size_t wn = (size_t)model_item_slots(lm) * k;
-    bool converged =
-        events == cl->pub_events && wn == cl->w_prev_n &&
-        !(cl->pub_loss - rel > cl->c.cfg->model.params.refine_tol * cl->pub_loss);
-    /* Once the stream is quiet (a few rounds without an event) or the
-     * rounds converged, and the data has doubled since the last try: the
-     * restart of a single process, on the leader's sample. A group's
-     * round takes a cluster.interval, not microseconds, so it does not
-     * wait for the rounds to creep to refine_tol first. */
-    if ((converged || cl->idle_rounds >= CLUSTER_IDLE_ROUNDS) && events &&
-        events >= 2 * cl->restart_events) {
-        cl->restart_events = events;
-        if (lead_restart(cl)) {
-            log_notice("cluster: a restart on this member's users found a "
-                       "better W; the group goes on from it");
-            converged = false;
-            rel = 1;
-        }
-    }
-    if (converged)
-        return;
-    if (lead_publish(cl, cl->newest_stats_ts, events, weight, rel) == 0) {
-        cl->pub_events = events;
-        cl->pub_loss = rel;
-    }
-    (void)parts;
-}
-
-bool cluster_publish_view(void *arg, struct records_group *g, uint64_t *sizes,
-                          double *mass)
-{
-    struct cluster *cl = arg;
-    const uint32_t k = cl->k;
-    if (!cl->leader || !cl->lead)
-        return false;
-    memset(g, 0, sizeof(*g));
-    g->cluster = cl->c.group_id;
-    g->model_version = cl->version;
-    double norm = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        sizes[j] = 0;
-        mass[j] = 0;
-    }
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        const struct records_stats *s = cl->ps[p];
-        if (!s)
-            continue;
-        g->users += s->users;
-        g->events += s->events;
-        g->weight_sum += s->weight_sum;
-        norm += s->norm;
-        g->partitions++;
-        for (uint32_t j = 0; j < k; j++) {
-            sizes[j] += s->sizes[j];
-            mass[j] += s->mass[j];
-        }
-    }
-    struct model_stats st;
-    model_stats(cl->lead, &st);
-    g->items = st.items;
-    g->loss = norm > 0 ? model_stats_loss(cl->lead, norm) / norm : 0;
-    return true;
-}
-
-/* ---- owning partitions ------------------------------------------------- */
-
-static int stats_scratch(struct cluster *cl)
-{
-    size_t need = (size_t)model_item_slots(cl->c.model) * cl->k + 1;
-    if (!cl->A && !(cl->A = malloc(sizeof(double) * cl->k * cl->k)))
-        return -ENOMEM;
-    if (need > cl->bcap) {
-        double *b = realloc(cl->B, need * sizeof(double));
-        if (!b)
-            return -ENOMEM;
-        cl->B = b;
-        cl->bcap = need;
-    }
-    return 0;
-}
-
-static void stats_send(struct cluster *cl)
-{
-    uint64_t work = model_work(cl->c.model), events = 0;
-    int32_t owned = 0;
-
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        int64_t next;
-        uint64_t ev;
-        double w;
-        if (cl->owned[p] &&
-            !ingest_part_get(cl->c.ing, cl->topic, p, &next, &ev, &w))
-            events += ev;
-        owned += cl->owned[p];
-    }
-    metric_set(cl->m.owned, owned);
-    if (!owned)
-        return;
-    if (work == cl->sent_work && events == cl->sent_events &&
-        ++cl->since_full < CLUSTER_FULL_EVERY)
-        return;
-    if (stats_scratch(cl)) {
-        log_warn("cluster: statistics: %s", strerror(ENOMEM));
-        return;
-    }
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        if (!cl->owned[p])
-            continue;
-        struct model_part_sums sums;
-        struct records_stats h;
-        int64_t next = -1;
-        memset(&h, 0, sizeof(h));
-        if (model_part_stats(cl->c.model, part_of, cl, p, cl->A, cl->B,
-                             &sums))
-            return;
-        ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
-                        &h.weight_sum);
-        snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
-        snprintf(h.owner, sizeof(h.owner), "%s", cl->owner);
-        h.part = p;
-        h.seq = ++cl->seq;
-        h.ts = wall_ms();
-        h.offset = next;
-        h.norm = sums.norm;
-        h.users = sums.users;
-        memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
-        memcpy(h.mass, sums.mass, sizeof(h.mass));
-        int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B);
-        size_t len;
-        const void *data = records_enc_data(cl->enc, &len);
-        char key[16];
-        int kl = snprintf(key, sizeof(key), "%" PRId32, p);
-        if (!rc)
-            rc = kafka_out_produce(cl->out, cl->c.cfg->cluster.stats_topic, 0,
-                                   key, (size_t)kl, data, len, NULL, 0);
-        if (rc) {
-            log_warn("cluster: statistics of partition %" PRId32 ": %s", p,
-                     strerror(-rc));
-            return; /* all again on the next tick */
-        }
-        metric_inc(cl->m.stats_sent);
-    }
-    cl->sent_work = work;
-    cl->sent_events = events;
-    cl->since_full = 0;
-}
-
-/* Forgets the users of every partition p with slot[p] >= 0 (another
- * member has them now), adding each one's count to n[slot[p]]: one pass
- * over the users however many partitions go. */
-static void drop_parts(struct cluster *cl, const int32_t *slot, uint64_t *n)
-{
-    struct model *m = cl->c.model;
-    for (uint32_t u = 0; u < model_user_slots(m); u++) {
-        struct model_user_view v;
-        if (model_user_get(m, u, &v))
-            continue;
-        int32_t p = part_of(cl, v.id, v.id_len);
-        if (p >= 0 && p < cl->nparts && slot[p] >= 0 &&
-            model_user_forget(m, u) == 0)
-            n[slot[p]]++;
-    }
-}
-
-static int state_produce(struct cluster *cl, int32_t p, const char *key)
-{
-    size_t len;
-    const void *data = records_enc_data(cl->enc, &len);
-    return kafka_out_produce(cl->out, cl->c.cfg->cluster.state_topic, p, key,
-                             1, data, len, NULL, 0);
-}
-
-/* The state of partition p, now: its users in chunks, then the marker. */
-static int state_write(struct cluster *cl, int32_t p)
-{
-    struct records_state h;
-    int64_t next = -1;
-    uint64_t events = 0;
-    double weight = 0;
-    uint32_t cursor = 0, n = 0;
-    int rc;
-
-    if (ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight) ||
-        next < 0)
-        return 0; /* nothing folded: nothing to hand over */
-    memset(&h, 0, sizeof(h));
-    snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
-    h.part = p;
-    h.gen = (uint64_t)wall_ms() << 16 | ((uint64_t)getpid() & 0xffff);
-    do {
-        rc = records_state_users_encode(cl->enc, &h, cl->c.model, part_of, cl,
-                                        &cursor, CLUSTER_CHUNK_BYTES, &n);
-        if (!rc)
-            rc = state_produce(cl, p, "u");
-        if (rc)
-            goto fail;
-        h.users += n;
-        h.chunk++;
-    } while (cursor < model_user_slots(cl->c.model));
-    h.marker = true;
-    h.offset = next;
-    h.events = events;
-    h.weight_sum = weight;
-    h.ts = wall_ms();
-    rc = records_state_marker_encode(cl->enc, &h, cl->k);
-    if (!rc)
-        rc = state_produce(cl, p, "m");
-    if (rc)
-        goto fail;
-    metric_inc(cl->m.state_written);
-    return 0;
-fail:
-    log_warn("cluster: state of partition %" PRId32 " not written: %s", p,
-             strerror(-rc));
-    return rc;
-}
-
-void cluster_state_write(struct cluster *cl)
-{
-    for (int32_t p = 0; p < cl->nparts; p++)
-        if (cl->owned[p])
-            state_write(cl, p);
-}
+/* ---- reading the state topic ------------------------------------------ */
 
 /* What a partition's state topic holds: the records of the generation
  * being read, and the last complete one. */
@@ -926,6 +589,543 @@ static int scan_any(void *ctx, const struct kafka_msg *msg)
     if (p < 0 || p >= s->sc[0].cl->nparts || s->at[p] < 0)
         return 0;
     return scan_message(&s->sc[s->at[p]], msg);
+}
+
+/* A user of the partition sc->p, from its state on the state topic, into
+ * the leader's restart model (the scan's ctx), never another's. */
+struct others {
+    struct cluster *cl;
+    struct model *t;
+    int32_t p;
+};
+
+static int import_other(void *ctx, const struct model_user_state *st)
+{
+    struct others *o = ctx;
+    if (part_of(o->cl, st->id, st->id_len) != o->p)
+        return -EINVAL;
+    return model_user_put(o->t, st);
+}
+
+/* Into t, the users of every partition this member does not own, from
+ * their last complete state on the state topic (read as a restore reads
+ * it, on the member's reader). Only when each one's state holds exactly
+ * the events the group's statistics of it count: a state older than the
+ * statistics would make the restart's trial on another data set than the
+ * group's. 1: every other partition in t (*users of them); 0: some
+ * partition's state is missing or behind (t is then partly filled and
+ * must be dropped); -errno on a read or import failure. */
+static int read_others(struct cluster *cl, struct model *t, uint64_t *users)
+{
+    struct kafka_read_part *rp = calloc((size_t)cl->nparts, sizeof(*rp));
+    struct scan *sc = calloc((size_t)cl->nparts, sizeof(*sc));
+    int32_t *at = malloc((size_t)cl->nparts * sizeof(*at));
+    struct scans s = {.sc = sc, .at = at};
+    size_t m = 0;
+    char err[512];
+    int rc = 1;
+
+    *users = 0;
+    if (!rp || !sc || !at) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        at[p] = -1;
+        if (cl->owned[p])
+            continue;
+        if (!cl->ps[p]) {
+            rc = 0; /* no statistics of it: nothing to compare with */
+            goto out;
+        }
+        if (!cl->ps[p]->users)
+            continue; /* no user: no state is written, none is needed */
+        at[p] = (int32_t)m;
+        sc[m].cl = cl;
+        sc[m].p = p;
+        rp[m++].partition = p;
+    }
+    if (!m)
+        goto out;
+    if (!cl->reader) {
+        rc = -EINVAL;
+        goto out;
+    }
+    if (kafka_reader_read(cl->reader, rp, m,
+                          (int)cl->c.cfg->cluster.restore_timeout_ms, scan_any,
+                          &s, err, sizeof(err))) {
+        log_warn("cluster: restart: the state topic: %s", err);
+        rc = -EIO;
+        goto out;
+    }
+    for (size_t j = 0; j < m && rc == 1; j++)
+        if (!sc[j].have || sc[j].marker.events != cl->ps[sc[j].p]->events)
+            rc = 0;
+    for (size_t j = 0; j < m && rc == 1; j++) {
+        struct others o = {.cl = cl, .t = t, .p = sc[j].p};
+        for (uint32_t i = 0; i < sc[j].best.n && rc == 1; i++) {
+            struct records_state h;
+            const char *why = NULL;
+            int r = records_state_read(sc[j].best.rec[i], sc[j].best.len[i],
+                                       &h, import_other, &o, &why);
+            if (r) {
+                log_warn("cluster: restart: partition %" PRId32
+                         " state chunk %u: %s",
+                         sc[j].p, i, why ? why : strerror(-r));
+                rc = r;
+            }
+            *users += h.users;
+        }
+    }
+out:
+    for (size_t j = 0; j < m; j++) {
+        scan_buf_free(&sc[j].cur);
+        scan_buf_free(&sc[j].best);
+    }
+    free(rp);
+    free(sc);
+    free(at);
+    return rc;
+}
+
+/* At the group's convergence, the escape a single process tries at its
+ * own (model_refine's restart), on every user of the group: the leader's
+ * own users and, from the state topic, every other partition's (each
+ * state complete up to the events the group's statistics count). From
+ * the group's W, the single-process refinement runs to convergence on
+ * them, restart trial included (an NNDSVDa seed of all of them, kept only
+ * if it beats the current W there by 0.1%); if the restart replaced W,
+ * that W becomes the group's next version, and the group's rounds go on
+ * from it. A trial on the leader's own users alone misleads where they
+ * lack much of the data (a seed from a quarter of the users leaves the
+ * items only the others hold to chance: 1.02-1.17 x the loss of the seed
+ * from all of them, docs/benchmarks.md section 10), so the leader waits
+ * for every other partition's state to catch up with its statistics
+ * (members write it every checkpoint.interval). Beyond
+ * CLUSTER_RESTART_USERS users in the group, the trial runs on the
+ * leader's own users alone, if they are few enough, as before: a large
+ * sample's seed is close to the whole data's.
+ * RS_TOOK: W replaced; RS_KEPT: tried, W kept; RS_LATER: not tried, the
+ * states are behind (try again later). */
+#define CLUSTER_RESTART_USERS 200000
+#define CLUSTER_IDLE_ROUNDS 5
+#define CLUSTER_LOSS_RES 1e-9
+/* Refreshes a wholesale W waits at most for statistics of it (a member
+ * re-solves its users in a few rounds; one on an older build never). */
+#define CLUSTER_BARRIER_ROUNDS 100
+enum { RS_KEPT, RS_TOOK, RS_LATER };
+static int lead_restart(struct cluster *cl, uint64_t group_users)
+{
+    uint32_t n = 0;
+    uint64_t others = 0;
+    struct model *t;
+    struct model_stats st;
+    int took = RS_KEPT;
+    bool all = group_users <= CLUSTER_RESTART_USERS;
+
+    if (!all && model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
+        return RS_KEPT;
+    t = sample_model(cl, &n);
+    if (!t)
+        return RS_KEPT;
+    if (all) {
+        int rc = read_others(cl, t, &others);
+        if (rc <= 0) {
+            model_free(t);
+            if (rc < 0)
+                log_warn("cluster: restart: the other partitions' users: %s",
+                         strerror(-rc));
+            return rc == 0 ? RS_LATER : RS_KEPT;
+        }
+    }
+    if (n + others >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
+        /* The users solved against the group's W (the group's rounds
+         * converged it: their loss is the group's), then the restart's
+         * trial against that loss: a seed and its batch rounds, whose W
+         * replaces t's only if clearly lower. The group's rounds, not
+         * t's, carry it on from there. */
+        double t0 = mono_s();
+        while (model_stale_users(t) && model_refine(t, 1u << 30))
+            ;
+        if (model_restart_try(t) == 0)
+            for (int round = 0; round < 100000; round++) {
+                model_refine(t, 1u << 30);
+                model_stats(t, &st);
+                if (st.restarts > 0 || !model_stale_users(t))
+                    break; /* taken, or dropped */
+            }
+        model_stats(t, &st);
+        log_info("cluster: restart trial on %" PRIu64 " users (%" PRIu32
+                 " of this member, %" PRIu64 " from the state topic) in "
+                 "%.2f s: %s",
+                 (uint64_t)n + others, n, others, mono_s() - t0,
+                 st.restarts > 0 ? "a better W" : "W kept");
+        if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
+            took = RS_TOOK;
+    }
+    model_free(t);
+    return took;
+}
+
+/* The group's statistics into the leader's model, W refreshed, the new
+ * version out. */
+static void lead_refresh(struct cluster *cl)
+{
+    const uint32_t k = cl->k;
+    struct model *lm = cl->lead;
+    double A[MODEL_K_MAX * MODEL_K_MAX], norm = 0, weight = 0;
+    uint64_t users = 0, events = 0;
+    uint32_t parts = 0;
+
+    if (!lm || !cl->stats_new)
+        return;
+    memset(A, 0, sizeof(double) * k * k);
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        for (uint32_t i = 0; i < s->nitems; i++)
+            if (model_item_ensure(lm, s->items[i], s->item_lens[i]) < 0) {
+                log_warn("cluster: leader: %s", strerror(ENOMEM));
+                return;
+            }
+    }
+    size_t need = (size_t)model_item_slots(lm) * k;
+    double *B = calloc(need ? need : 1, sizeof(double));
+    if (!B) {
+        log_warn("cluster: leader: %s", strerror(ENOMEM));
+        return;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        for (size_t q = 0; q < (size_t)k * k; q++)
+            A[q] += s->A[q];
+        for (uint32_t i = 0; i < s->nitems; i++) {
+            int64_t r = model_item_ensure(lm, s->items[i], s->item_lens[i]);
+            for (uint32_t j = 0; j < k; j++)
+                B[(size_t)r * k + j] += s->B[(size_t)i * k + j];
+        }
+        norm += s->norm;
+        weight += s->weight_sum;
+        users += s->users;
+        events += s->events;
+        parts++;
+    }
+    if (!users) {
+        free(B);
+        return; /* nothing to fit yet */
+    }
+    if (cl->barrier) {
+        /* A W that replaced the group's wholesale (the seed, a restart)
+         * is refreshed only from statistics of it: those of the W before
+         * (h solved against other columns) would pull it back towards
+         * the minimum it left. Each member's say which W all its users
+         * were solved against. */
+        bool behind = false;
+        for (int32_t p = 0; p < cl->nparts; p++)
+            behind |= cl->ps[p] && cl->ps[p]->users &&
+                      cl->ps[p]->model_version < cl->barrier;
+        if (behind && ++cl->barrier_rounds < CLUSTER_BARRIER_ROUNDS) {
+            free(B);
+            cl->stats_new = false;
+            return;
+        }
+        if (behind)
+            log_warn("cluster: statistics still of a W before version %" PRIu64
+                     " after %u rounds: refreshing from them",
+                     cl->barrier, cl->barrier_rounds);
+        cl->barrier = 0;
+    }
+    if (!cl->published && !cl->seeded) {
+        /* No W yet: the warm-up's, once the group has folded as many
+         * events as a single process's warm-up waits for, or the stream
+         * went quiet before. */
+        uint64_t wu = cl->c.cfg->model.params.warmup_events;
+        if (events < wu && cl->idle_rounds < CLUSTER_IDLE_ROUNDS) {
+            free(B);
+            return;
+        }
+        int rc = lead_seed(cl);
+        cl->seeded = true;
+        if (rc == 0) {
+            free(B);
+            cl->stats_new = false;
+            if (lead_publish(cl, wall_ms(), events, weight, 1) == 0) {
+                cl->pub_events = events;
+                cl->pub_loss = 1;
+                cl->barrier = cl->published;
+                cl->barrier_rounds = 0;
+            }
+            log_notice("cluster: the group's first W seeded from %s's users",
+                       cl->owner);
+            return;
+        }
+        if (rc != -EAGAIN)
+            log_warn("cluster: seeding W: %s", strerror(-rc));
+    }
+    model_stats_set(lm, A, B);
+    free(B);
+    model_refresh(lm);
+    cl->stats_new = false;
+    /* A new version when the data changed (new events, new items), or
+     * when it lowers the group's loss by more than model.refine_tol of
+     * it: the rule of a single process's idle refinement, so an idle
+     * group converges and then stays quiet. And by more than
+     * CLUSTER_LOSS_RES of ||V||^2: where V has an exact fit the loss
+     * falls geometrically towards 0 and the relative rule never stops
+     * (bayesm_margarine, 10 items and k = 16: a new version every round
+     * at a relative loss of 5e-11), and each version costs every member
+     * a pass over its users, which a single process's rounds, at
+     * microseconds each, do not. */
+    double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
+    size_t wn = (size_t)model_item_slots(lm) * k;
+    double gain = cl->pub_loss - rel;
+    bool took = false;
+    bool converged =
+        events == cl->pub_events && wn == cl->w_prev_n &&
+        !(gain > cl->c.cfg->model.params.refine_tol * cl->pub_loss &&
+          gain > CLUSTER_LOSS_RES);
+    /* Once the stream is quiet (a few rounds without an event) or the
+     * rounds converged, and the data has doubled since the last try: the
+     * restart of a single process, on every user of the group
+     * (lead_restart). A group's round takes a cluster.interval, not
+     * microseconds, so it does not wait for the rounds to creep to
+     * refine_tol first. While the other partitions' states are behind
+     * their statistics, the try waits a checkpoint.interval, by which
+     * every member has written its partitions' state again. */
+    if ((converged || cl->idle_rounds >= CLUSTER_IDLE_ROUNDS) && events &&
+        events >= 2 * cl->restart_events && mono_s() >= cl->restart_retry) {
+        int rs = lead_restart(cl, users);
+        if (rs == RS_LATER) {
+            cl->restart_retry =
+                mono_s() + cl->c.cfg->checkpoint.interval_ms / 1000.0;
+            log_info("cluster: restart: the other partitions' states are "
+                     "behind their statistics; trying again in %.1f s",
+                     cl->c.cfg->checkpoint.interval_ms / 1000.0);
+        } else {
+            cl->restart_events = events;
+        }
+        if (rs == RS_TOOK) {
+            log_notice("cluster: a restart on the group's users found a "
+                       "better W; the group goes on from it");
+            converged = false;
+            rel = 1;
+        }
+        took = rs == RS_TOOK;
+    }
+    if (converged)
+        return;
+    if (lead_publish(cl, cl->newest_stats_ts, events, weight, rel) == 0) {
+        cl->pub_events = events;
+        cl->pub_loss = rel;
+        if (took) {
+            cl->barrier = cl->published;
+            cl->barrier_rounds = 0;
+        }
+    }
+    (void)parts;
+}
+
+bool cluster_publish_view(void *arg, struct records_group *g, uint64_t *sizes,
+                          double *mass)
+{
+    struct cluster *cl = arg;
+    const uint32_t k = cl->k;
+    if (!cl->leader || !cl->lead)
+        return false;
+    memset(g, 0, sizeof(*g));
+    g->cluster = cl->c.group_id;
+    g->model_version = cl->version;
+    double norm = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        sizes[j] = 0;
+        mass[j] = 0;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        const struct records_stats *s = cl->ps[p];
+        if (!s)
+            continue;
+        g->users += s->users;
+        g->events += s->events;
+        g->weight_sum += s->weight_sum;
+        norm += s->norm;
+        g->partitions++;
+        for (uint32_t j = 0; j < k; j++) {
+            sizes[j] += s->sizes[j];
+            mass[j] += s->mass[j];
+        }
+    }
+    struct model_stats st;
+    model_stats(cl->lead, &st);
+    g->items = st.items;
+    g->loss = norm > 0 ? model_stats_loss(cl->lead, norm) / norm : 0;
+    return true;
+}
+
+/* ---- owning partitions ------------------------------------------------- */
+
+static int stats_scratch(struct cluster *cl)
+{
+    size_t need = (size_t)model_item_slots(cl->c.model) * cl->k + 1;
+    if (!cl->A && !(cl->A = malloc(sizeof(double) * cl->k * cl->k)))
+        return -ENOMEM;
+    if (need > cl->bcap) {
+        double *b = realloc(cl->B, need * sizeof(double));
+        if (!b)
+            return -ENOMEM;
+        cl->B = b;
+        cl->bcap = need;
+    }
+    return 0;
+}
+
+static void stats_send(struct cluster *cl)
+{
+    uint64_t work = model_work(cl->c.model), events = 0;
+    int32_t owned = 0;
+
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        int64_t next;
+        uint64_t ev;
+        double w;
+        if (cl->owned[p] &&
+            !ingest_part_get(cl->c.ing, cl->topic, p, &next, &ev, &w))
+            events += ev;
+        owned += cl->owned[p];
+    }
+    metric_set(cl->m.owned, owned);
+    if (!owned)
+        return;
+    if (!model_stale_users(cl->c.model))
+        cl->solved_version = cl->version;
+    if (work == cl->sent_work && events == cl->sent_events &&
+        cl->solved_version == cl->sent_solved &&
+        ++cl->since_full < CLUSTER_FULL_EVERY)
+        return;
+    if (stats_scratch(cl)) {
+        log_warn("cluster: statistics: %s", strerror(ENOMEM));
+        return;
+    }
+    for (int32_t p = 0; p < cl->nparts; p++) {
+        if (!cl->owned[p])
+            continue;
+        struct model_part_sums sums;
+        struct records_stats h;
+        int64_t next = -1;
+        memset(&h, 0, sizeof(h));
+        if (model_part_stats(cl->c.model, part_of, cl, p, cl->A, cl->B,
+                             &sums))
+            return;
+        ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
+                        &h.weight_sum);
+        snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
+        snprintf(h.owner, sizeof(h.owner), "%s", cl->owner);
+        h.part = p;
+        h.seq = ++cl->seq;
+        h.ts = wall_ms();
+        h.offset = next;
+        h.norm = sums.norm;
+        h.users = sums.users;
+        h.model_version = cl->solved_version;
+        memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
+        memcpy(h.mass, sums.mass, sizeof(h.mass));
+        int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B);
+        size_t len;
+        const void *data = records_enc_data(cl->enc, &len);
+        char key[16];
+        int kl = snprintf(key, sizeof(key), "%" PRId32, p);
+        if (!rc)
+            rc = kafka_out_produce(cl->out, cl->c.cfg->cluster.stats_topic, 0,
+                                   key, (size_t)kl, data, len, NULL, 0);
+        if (rc) {
+            log_warn("cluster: statistics of partition %" PRId32 ": %s", p,
+                     strerror(-rc));
+            return; /* all again on the next tick */
+        }
+        metric_inc(cl->m.stats_sent);
+    }
+    cl->sent_work = work;
+    cl->sent_events = events;
+    cl->since_full = 0;
+}
+
+/* Forgets the users of every partition p with slot[p] >= 0 (another
+ * member has them now), adding each one's count to n[slot[p]]: one pass
+ * over the users however many partitions go. */
+static void drop_parts(struct cluster *cl, const int32_t *slot, uint64_t *n)
+{
+    struct model *m = cl->c.model;
+    for (uint32_t u = 0; u < model_user_slots(m); u++) {
+        struct model_user_view v;
+        if (model_user_get(m, u, &v))
+            continue;
+        int32_t p = part_of(cl, v.id, v.id_len);
+        if (p >= 0 && p < cl->nparts && slot[p] >= 0 &&
+            model_user_forget(m, u) == 0)
+            n[slot[p]]++;
+    }
+}
+
+static int state_produce(struct cluster *cl, int32_t p, const char *key)
+{
+    size_t len;
+    const void *data = records_enc_data(cl->enc, &len);
+    return kafka_out_produce(cl->out, cl->c.cfg->cluster.state_topic, p, key,
+                             1, data, len, NULL, 0);
+}
+
+/* The state of partition p, now: its users in chunks, then the marker. */
+static int state_write(struct cluster *cl, int32_t p)
+{
+    struct records_state h;
+    int64_t next = -1;
+    uint64_t events = 0;
+    double weight = 0;
+    uint32_t cursor = 0, n = 0;
+    int rc;
+
+    if (ingest_part_get(cl->c.ing, cl->topic, p, &next, &events, &weight) ||
+        next < 0)
+        return 0; /* nothing folded: nothing to hand over */
+    memset(&h, 0, sizeof(h));
+    snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
+    h.part = p;
+    h.gen = (uint64_t)wall_ms() << 16 | ((uint64_t)getpid() & 0xffff);
+    do {
+        rc = records_state_users_encode(cl->enc, &h, cl->c.model, part_of, cl,
+                                        &cursor, CLUSTER_CHUNK_BYTES, &n);
+        if (!rc)
+            rc = state_produce(cl, p, "u");
+        if (rc)
+            goto fail;
+        h.users += n;
+        h.chunk++;
+    } while (cursor < model_user_slots(cl->c.model));
+    h.marker = true;
+    h.offset = next;
+    h.events = events;
+    h.weight_sum = weight;
+    h.ts = wall_ms();
+    rc = records_state_marker_encode(cl->enc, &h, cl->k);
+    if (!rc)
+        rc = state_produce(cl, p, "m");
+    if (rc)
+        goto fail;
+    metric_inc(cl->m.state_written);
+    return 0;
+fail:
+    log_warn("cluster: state of partition %" PRId32 " not written: %s", p,
+             strerror(-rc));
+    return rc;
+}
+
+void cluster_state_write(struct cluster *cl)
+{
+    for (int32_t p = 0; p < cl->nparts; p++)
+        if (cl->owned[p])
+            state_write(cl, p);
 }
 
 /* Whether partition sc->p, its state topic read into sc, takes its users

@@ -1147,8 +1147,8 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
     if ((uint64_t)n * k * 8 > UINT32_MAX)
         return -EFBIG;
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 17) < 0 ||
-        pk_kv_u64(&pk, "v", RECORDS_VERSION) < 0 ||
+    if (msgpack_pack_map(&pk, 18) < 0 ||
+        pk_kv_u64(&pk, "v", RECORDS_STATS_VERSION) < 0 ||
         pk_kv_str(&pk, "cluster", h->cluster) < 0 ||
         pk_kv_str(&pk, "owner", h->owner) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
         pk_kv_i64(&pk, "partition", h->part) < 0 ||
@@ -1157,7 +1157,9 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
         pk_kv_u64(&pk, "events", h->events) < 0 ||
         pk_kv_f64(&pk, "weight_sum", h->weight_sum) < 0 ||
         pk_kv_f64(&pk, "norm", h->norm) < 0 ||
-        pk_kv_u64(&pk, "users", h->users) < 0 || pk_key(&pk, "sizes") < 0 ||
+        pk_kv_u64(&pk, "users", h->users) < 0 ||
+        pk_kv_u64(&pk, "model_version", h->model_version) < 0 ||
+        pk_key(&pk, "sizes") < 0 ||
         msgpack_pack_array(&pk, k) < 0)
         return enc_fail(e);
     for (uint32_t j = 0; j < k; j++)
@@ -1257,7 +1259,7 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
         *err = "not one msgpack map";
         goto fail;
     }
-    if (!obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_VERSION) {
+    if (!obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_STATS_VERSION) {
         *err = "no version or an unsupported one";
         goto fail;
     }
@@ -1286,9 +1288,10 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
         !obj_num(obj_get(&root, "weight_sum"), &s->weight_sum) ||
         !obj_num(obj_get(&root, "norm"), &s->norm) ||
         !obj_u64(obj_get(&root, "users"), &s->users) ||
+        !obj_u64(obj_get(&root, "model_version"), &s->model_version) ||
         !isfinite(s->weight_sum) || !isfinite(s->norm) || s->norm < 0) {
-        *err = "partition, seq, ts, offset, events, weight_sum, norm or "
-               "users missing or out of range";
+        *err = "partition, seq, ts, offset, events, weight_sum, norm, "
+               "users or model_version missing or out of range";
         goto fail;
     }
     s->part = (int32_t)part;

@@ -179,8 +179,12 @@ int records_dump_json(FILE *out, const void *buf, size_t len, unsigned flags,
  * the items its users hold) and sums of the users of input partition
  * `part`, complete up to input offset `offset`.
  * {"v":1,"cluster","owner","k","partition","seq","ts","offset","events",
- *  "weight_sum","norm","users","sizes":[k],"mass":bin k f64 LE,
- *  "A":bin k*k f64 LE,"items":[n],"B":bin n*k f64 LE} */
+ *  "weight_sum","norm","users","model_version","sizes":[k],
+ *  "mass":bin k f64 LE,"A":bin k*k f64 LE,"items":[n],"B":bin n*k f64 LE}
+ * "v" is RECORDS_STATS_VERSION: 2 since "model_version" (a record of 1,
+ * which lacks it, is refused: summed, it would let the leader refresh a
+ * restart's W from statistics of the W before). */
+#define RECORDS_STATS_VERSION 2
 struct records_stats {
     char cluster[RECORDS_CLUSTER_MAX];
     char owner[RECORDS_CLUSTER_MAX]; /* the member that sent it */
@@ -193,6 +197,9 @@ struct records_stats {
     double weight_sum; /* their weights */
     double norm;       /* sum of ||v_u||^2 */
     uint64_t users;
+    /* The W version every user of it was solved against (the member's
+     * installed version once none is stale; 0 before any). */
+    uint64_t model_version;
     uint64_t sizes[MODEL_K_MAX]; /* users by segment */
     double mass[MODEL_K_MAX];    /* sum of h_j */
     /* Read back only: */

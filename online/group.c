@@ -94,6 +94,11 @@ int model_w_install(struct model *m, uint32_t n, const char *const *ids,
     return 0;
 }
 
+uint64_t model_stale_users(const struct model *m)
+{
+    return m->rs ? ids_live(m->uids) : m->stale;
+}
+
 int model_user_forget(struct model *m, uint32_t idx)
 {
     if (idx >= ids_slots(m->uids) || !(m->u[idx].flags & MODEL_U_LIVE))

@@ -399,6 +399,10 @@ int model_following(const struct model *m);
  * finite (nothing changed), -ENOMEM. */
 int model_w_install(struct model *m, uint32_t n, const char *const *ids,
                     const size_t *lens, const float *W);
+/* Users whose h is not yet solved against the current W (every live user
+ * while a restart is under way, as model_stats counts them); 0 once all
+ * are: a member's statistics are then those of the W it last installed. */
+uint64_t model_stale_users(const struct model *m);
 /* The index of an item, added (with a random row of W) if new; -EINVAL a
  * bad id, -ENOMEM. */
 int64_t model_item_ensure(struct model *m, const char *id, size_t len);

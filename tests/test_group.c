@@ -316,6 +316,41 @@ Test(group, a_follower_takes_w_and_never_changes_it)
     model_free(f);
 }
 
+/* What a member's statistics say of the W they are of: every user stale
+ * after an install, none once the refinement re-solved them all, and
+ * every user again while a restart is under way (on a model that may
+ * restart: a follower never does). */
+Test(group, stale_users_count_the_users_not_solved_against_w)
+{
+    struct model *a = model_k(0), *f = model_k(1);
+    fold_planted(a, 3, 20000);
+    fold_planted(f, 5, 20000);
+    while (model_refine(f, 1000))
+        ;
+    cr_assert_eq(model_stale_users(f), 0);
+    struct model_stats st;
+    model_stats(f, &st);
+    cr_assert_gt(st.users, 0);
+    install_from(f, a);
+    cr_assert_eq(model_stale_users(f), st.users);
+    cr_assert_gt(model_refine(f, 10), 0);
+    cr_assert_eq(model_stale_users(f), st.users - 10);
+    while (model_refine(f, 1000))
+        ;
+    cr_assert_eq(model_stale_users(f), 0);
+
+    /* A round ends on a refresh, whose users are stale again. */
+    for (int i = 0; i < 100000; i++)
+        if (!model_refine(a, 1000) && !model_stale_users(a))
+            break;
+    model_stats(a, &st);
+    cr_assert_eq(model_stale_users(a), 0);
+    cr_assert_eq(model_restart_try(a), 0);
+    cr_assert_eq(model_stale_users(a), st.users);
+    model_free(a);
+    model_free(f);
+}
+
 Test(group, the_leader_refreshes_as_the_whole_model_would)
 {
     struct model *a = model_k(0), *lead = model_k(0);

@@ -1306,3 +1306,95 @@ Test(records, state_head_reads_what_the_full_reader_reads)
     records_enc_free(e);
     model_free(m);
 }
+
+/* ---- a partition's statistics: version 2, with the W they are of ---- */
+
+/* The map of buf with key `drop` left out and, when `v` is not 0, "v"
+ * set to v: an older or a malformed record made from a good one. */
+static void *stats_edit(const void *buf, size_t len, const char *drop,
+                        uint64_t v, size_t *out_len)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    cr_assert_eq(msgpack_unpack_next(&u, buf, len, NULL),
+                 MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object_map *mp = &u.data.via.map;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < mp->size; i++)
+        n += !(drop && mp->ptr[i].key.via.str.size == strlen(drop) &&
+               !memcmp(mp->ptr[i].key.via.str.ptr, drop, strlen(drop)));
+    msgpack_pack_map(&pk, n);
+    for (uint32_t i = 0; i < mp->size; i++) {
+        const msgpack_object_str *k = &mp->ptr[i].key.via.str;
+        if (drop && k->size == strlen(drop) && !memcmp(k->ptr, drop, k->size))
+            continue;
+        msgpack_pack_object(&pk, mp->ptr[i].key);
+        if (v && k->size == 1 && k->ptr[0] == 'v')
+            msgpack_pack_uint64(&pk, v);
+        else
+            msgpack_pack_object(&pk, mp->ptr[i].val);
+    }
+    msgpack_unpacked_destroy(&u);
+    *out_len = sb.size;
+    return sb.data;
+}
+
+Test(records, stats_carry_the_w_version_and_refuse_version_1)
+{
+    struct model *m = model_small(0);
+    struct records_enc *e = records_enc_new();
+    uint32_t M = model_item_slots(m);
+    double A[K * K], *B = calloc((size_t)M * K, sizeof(double));
+    for (int q = 0; q < K * K; q++)
+        A[q] = q + 1;
+    for (uint32_t q = 0; q < M * K; q++)
+        B[q] = 0.5 * (q % 7);
+    struct records_stats h = {.k = K, .part = 1, .seq = 9, .ts = 5,
+                              .offset = 40, .events = 40,
+                              .weight_sum = 40, .norm = 12.5, .users = 7,
+                              .model_version = 31};
+    snprintf(h.cluster, sizeof(h.cluster), "group-a");
+    snprintf(h.owner, sizeof(h.owner), "owner-b");
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B), 0);
+    size_t len;
+    const void *buf = records_enc_data(e, &len);
+    const char *err = NULL;
+    struct records_stats *s = records_stats_read(buf, len, &err);
+    cr_assert_not_null(s, "%s", err ? err : "");
+    cr_assert_eq(s->model_version, 31);
+    cr_assert_eq(s->users, 7);
+    cr_assert_eq(s->A[K * K - 1], K * K);
+    records_stats_free(s);
+
+    /* A record of version 1 (an older member: no model_version), one of
+     * version 2 without it, and one of a version to come: refused. */
+    size_t l1;
+    void *old = stats_edit(buf, len, "model_version", 1, &l1);
+    err = NULL;
+    cr_assert_null(records_stats_read(old, l1, &err));
+    cr_assert_str_eq(err, "no version or an unsupported one");
+    free(old);
+    void *none = stats_edit(buf, len, "model_version", 0, &l1);
+    err = NULL;
+    cr_assert_null(records_stats_read(none, l1, &err));
+    cr_assert_not_null(strstr(err, "model_version"), "%s", err);
+    free(none);
+    void *next = stats_edit(buf, len, NULL, 3, &l1);
+    err = NULL;
+    cr_assert_null(records_stats_read(next, l1, &err));
+    cr_assert_str_eq(err, "no version or an unsupported one");
+    free(next);
+    /* The edit itself keeps a good record good. */
+    void *same = stats_edit(buf, len, NULL, 2, &l1);
+    s = records_stats_read(same, l1, &err);
+    cr_assert_not_null(s);
+    records_stats_free(s);
+    free(same);
+    free(B);
+    records_enc_free(e);
+    model_free(m);
+}
