@@ -1155,25 +1155,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 
 static void http_free(struct http *h);
 
-void http_opts_default(struct http_opts *o)
-{
-    *o = (struct http_opts){
-        .max_connections = 512,
-        .max_per_address = 16,
-        .header_timeout_ms = 5000,
-        .idle_timeout_ms = 30000,
-        .connection_memory = 32768,
-        .sse_max = 64,
-        .sse_max_per_address = 4,
-        .sse_queue = 64,
-        .tls_cert_file = "",
-        .tls_key_file = "",
-        .token_file = "",
-        .password_file = "",
-        .auth_probes = false,
-    };
-}
-
 static void opts_free(struct http_opts *o)
 {
     free((char *)o->tls_cert_file);

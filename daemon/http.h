@@ -41,7 +41,8 @@ struct http_provider {
 
 /* Limits and access. http_opts_default fills the defaults of the [http]
  * config keys (conf/nmfd.conf); the strings are borrowed by http_start,
- * which copies them. */
+ * which copies them. It is inline so that the config table (config.c),
+ * which nmfctl links, does not pull the HTTP server and TLS into it. */
 struct http_opts {
     unsigned max_connections;     /* accepted at once, all addresses */
     unsigned max_per_address;     /* accepted at once from one address */
@@ -57,7 +58,24 @@ struct http_opts {
     const char *password_file; /* user:crypt-hash lines, HTTP Basic */
     bool auth_probes;          /* credentials on /metrics, /healthz, /readyz */
 };
-void http_opts_default(struct http_opts *o);
+static inline void http_opts_default(struct http_opts *o)
+{
+    *o = (struct http_opts){
+        .max_connections = 512,
+        .max_per_address = 16,
+        .header_timeout_ms = 5000,
+        .idle_timeout_ms = 30000,
+        .connection_memory = 32768,
+        .sse_max = 64,
+        .sse_max_per_address = 4,
+        .sse_queue = 64,
+        .tls_cert_file = "",
+        .tls_key_file = "",
+        .token_file = "",
+        .password_file = "",
+        .auth_probes = false,
+    };
+}
 
 /* Listens on listen: "127.0.0.1:9464", "[::1]:9464", ":9464" (all
  * interfaces), "localhost:9464"; port 0 picks a free port (http_port).

@@ -2344,9 +2344,9 @@ static void model_w_replaced(struct model *m)
  *
  * Measured on the data sets of data/ (k = 16, docs/benchmarks.md
  * section 1): the rounds to the warm-up's stop fall from 30 to 17
- * (kernlab_ticdata), 30 to 20 (hobbies), 30 to 21 (MovieLens and
- * supermarket), at the same or a lower loss; glibc's fast rounds (10) are
- * left as they were by starting the extrapolation at the third round.
+ * (kernlab_ticdata), 20 (hobbies), 21 (MovieLens) and 23 (supermarket),
+ * at the same or a lower loss; glibc's fast rounds (9, now 10) keep their
+ * minimum by starting the extrapolation at the third round.
  * Not under loss = kl, whose W update is multiplicative.
  */
 struct model_warm_ex {
