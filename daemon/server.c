@@ -664,7 +664,6 @@ static int kafka_conf_fill(struct server *s, struct kafka_conf *conf,
                 {"heartbeat.interval.ms", "1000"},
                 {"fetch.wait.max.ms", "10"},
                 {"fetch.error.backoff.ms", "10"},
-                {"queued.min.messages", "1000000"},
             };
             for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
                 if (!kafka_key_set(s, tuning[i][0]))
@@ -672,6 +671,21 @@ static int kafka_conf_fill(struct server *s, struct kafka_conf *conf,
                                    sizeof(err));
         }
     }
+    /* librdkafka stops fetching every partition once the consumer queue
+     * (all partitions together: each partition's fetch queue is
+     * forwarded to it) holds queued.min.messages, and its broker thread
+     * then sleeps until its next wake-up, up to a second, not until the
+     * queue drains. At its default of 100 000 a process that folds 100 k
+     * events a second emptied the queue before the fetcher woke: the
+     * members of a group received at most about queued.min.messages and
+     * one fetch per second, their queue empty with events waiting in
+     * half the seconds of a run (docs/benchmarks.md section 10). Half a
+     * million is three seconds of a process's fold through Kafka, for
+     * about 150 MB more resident at the peak of a backlog (the messages
+     * waiting in librdkafka); the embedded broker keeps its million. */
+    if (consumer && !kafka_key_set(s, "queued.min.messages"))
+        kafka_conf_set(conf, "queued.min.messages",
+                       s->broker ? "1000000" : "500000", err, sizeof(err));
     /* A group keeps librdkafka's default (eager) assignor: every
      * rebalance hands every partition's state over and restores it, which
      * cooperative-sticky would spare, but Debian's librdkafka 2.0.2 aborts
