@@ -115,53 +115,83 @@ int model_user_forget(struct model *m, uint32_t idx)
     return 0;
 }
 
+/* Adds user u's share to A, B and sums (model_part_stats). */
+static void part_add_user(const struct model *m, uint32_t u, double *A,
+                          double *B, struct model_part_sums *sums)
+{
+    const uint32_t k = m->k;
+    const struct model_user *us = &m->u[u];
+    double h[MODEL_K_MAX];
+    const float *hu = m->H + (size_t)u * k;
+    uint32_t seg = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        h[j] = (double)hu[j] * m->hs[j];
+        /* The segment as model_segment_sizes finds it, in float. */
+        float fj = (float)h[j], fs = (float)h[seg];
+        if (fj > fs)
+            seg = j;
+        sums->mass[j] += fj;
+    }
+    sums->sizes[seg]++;
+    for (uint32_t j = 0; j < k; j++)
+        for (uint32_t l = 0; l < k; l++)
+            A[(size_t)j * k + l] += h[j] * h[l];
+    if (us->n) {
+        const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+        const float *va = pool_vals(&m->pool, us->cls, us->slab);
+        for (uint32_t q = 0; q < us->n; q++) {
+            double *bi = B + (size_t)it[q] * k, v = va[q];
+            for (uint32_t j = 0; j < k; j++)
+                bi[j] += v * h[j];
+        }
+    }
+    sums->norm += us->vnorm;
+    sums->users++;
+}
+
+static void part_zero(const struct model *m, double *A, double *B,
+                      struct model_part_sums *sums)
+{
+    const uint32_t k = m->k;
+    memset(A, 0, (size_t)k * k * sizeof(double));
+    memset(B, 0, (size_t)ids_slots(m->iids) * k * sizeof(double));
+    memset(sums, 0, sizeof(*sums));
+}
+
 int model_part_stats(const struct model *m,
                      int32_t (*part_of)(void *ctx, const char *id, size_t len),
                      void *ctx, int32_t part, double *A, double *B,
                      struct model_part_sums *sums)
 {
-    const uint32_t k = m->k, U = ids_slots(m->uids);
-    const size_t M = ids_slots(m->iids);
+    const uint32_t U = ids_slots(m->uids);
     if (m->p.half_life_ms > 0)
         return -EINVAL;
-    memset(A, 0, (size_t)k * k * sizeof(double));
-    memset(B, 0, M * k * sizeof(double));
-    memset(sums, 0, sizeof(*sums));
+    part_zero(m, A, B, sums);
     for (uint32_t u = 0; u < U; u++) {
-        const struct model_user *us = &m->u[u];
-        if (!(us->flags & MODEL_U_LIVE))
+        if (!(m->u[u].flags & MODEL_U_LIVE))
             continue;
         size_t len;
         const char *id = ids_get(m->uids, u, &len);
         if (part_of(ctx, id, len) != part)
             continue;
-        double h[MODEL_K_MAX];
-        const float *hu = m->H + (size_t)u * k;
-        uint32_t seg = 0;
-        for (uint32_t j = 0; j < k; j++) {
-            h[j] = (double)hu[j] * m->hs[j];
-            /* The segment as model_segment_sizes finds it, in float. */
-            float fj = (float)h[j], fs = (float)h[seg];
-            if (fj > fs)
-                seg = j;
-            sums->mass[j] += fj;
-        }
-        sums->sizes[seg]++;
-        for (uint32_t j = 0; j < k; j++)
-            for (uint32_t l = 0; l < k; l++)
-                A[(size_t)j * k + l] += h[j] * h[l];
-        if (us->n) {
-            const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
-            const float *va = pool_vals(&m->pool, us->cls, us->slab);
-            for (uint32_t q = 0; q < us->n; q++) {
-                double *bi = B + (size_t)it[q] * k, v = va[q];
-                for (uint32_t j = 0; j < k; j++)
-                    bi[j] += v * h[j];
-            }
-        }
-        sums->norm += us->vnorm;
-        sums->users++;
+        part_add_user(m, u, A, B, sums);
     }
+    return 0;
+}
+
+int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
+                      double *A, double *B, struct model_part_sums *sums)
+{
+    const uint32_t U = ids_slots(m->uids);
+    if (m->p.half_life_ms > 0 || (n && !users))
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (users[i] >= U)
+            return -EINVAL;
+    part_zero(m, A, B, sums);
+    for (size_t i = 0; i < n; i++)
+        if (m->u[users[i]].flags & MODEL_U_LIVE)
+            part_add_user(m, users[i], A, B, sums);
     return 0;
 }
 

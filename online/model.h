@@ -431,6 +431,13 @@ int model_part_stats(const struct model *m,
                      int32_t (*part_of)(void *ctx, const char *id, size_t len),
                      void *ctx, int32_t part, double *A, double *B,
                      struct model_part_sums *sums);
+/* The same statistics of the users at the given slots (those not live
+ * are skipped): a caller that sorts the users by partition in one pass
+ * gets every partition's statistics without a pass over all users per
+ * partition. -EINVAL with half_life_ms > 0, a slot beyond the user
+ * slots, or users NULL with n > 0. */
+int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
+                      double *A, double *B, struct model_part_sums *sums);
 /* The leader's model (no users): takes the group's A (k x k) and B (item
  * slots x k), for the next model_refresh. -EINVAL if it holds users or
  * half_life_ms > 0. */

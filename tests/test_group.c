@@ -143,6 +143,76 @@ Test(group, partitions_sum_to_the_model)
     model_free(m);
 }
 
+/* The statistics of a list of user slots are those of the partition the
+ * list holds, bit for bit; a dead slot in the list adds nothing; a slot
+ * beyond the model's and a NULL list are refused. */
+Test(group, listed_users_give_their_partition)
+{
+    struct model *m = model_k(0);
+    fold_planted(m, 11, 20000);
+    const uint32_t U = model_user_slots(m);
+    uint32_t *list = malloc(((size_t)U + 1) * sizeof(*list));
+    cr_assert_not_null(list);
+    double *B = calloc((size_t)model_item_slots(m) * K + 1, sizeof(double));
+    cr_assert_not_null(B);
+    for (int32_t p = 0; p < PARTS; p++) {
+        size_t n = 0;
+        for (uint32_t u = 0; u < U; u++) {
+            struct model_user_view v;
+            if (!model_user_get(m, u, &v) && part_of(NULL, v.id, v.id_len) == p)
+                list[n++] = u;
+        }
+        struct pstats ps;
+        take(m, p, &ps);
+        double A[K * K];
+        struct model_part_sums sums;
+        cr_assert_eq(model_users_stats(m, list, n, A, B, &sums), 0);
+        cr_assert_eq(sums.users, ps.sums.users);
+        cr_assert_gt(sums.users, 50);
+        cr_assert_eq(sums.norm, ps.sums.norm);
+        cr_assert_eq(memcmp(A, ps.A, sizeof(A)), 0);
+        cr_assert_eq(memcmp(B, ps.B, (size_t)model_item_slots(m) * K *
+                                         sizeof(double)),
+                     0);
+        cr_assert_eq(memcmp(sums.sizes, ps.sums.sizes, sizeof(sums.sizes)), 0);
+        free(ps.B);
+    }
+    /* A forgotten user's slot in the list: skipped, not counted. */
+    struct model_user_view v0;
+    uint32_t gone = 0;
+    while (model_user_get(m, gone, &v0))
+        gone++;
+    cr_assert_eq(model_user_forget(m, gone), 0);
+    double A[K * K];
+    struct model_part_sums sums;
+    list[0] = gone;
+    cr_assert_eq(model_users_stats(m, list, 1, A, B, &sums), 0);
+    cr_assert_eq(sums.users, 0);
+    cr_assert_eq(sums.norm, 0);
+    list[0] = U;
+    cr_assert_eq(model_users_stats(m, list, 1, A, B, &sums), -EINVAL);
+    cr_assert_eq(model_users_stats(m, NULL, 1, A, B, &sums), -EINVAL);
+    cr_assert_eq(model_users_stats(m, NULL, 0, A, B, &sums), 0);
+    cr_assert_eq(sums.users, 0);
+    free(B);
+    free(list);
+    model_free(m);
+
+    /* Statistics with a half-life have no common time frame: refused. */
+    struct model_params pp;
+    model_params_default(&pp);
+    pp.k = K;
+    pp.half_life_ms = 60000;
+    struct model *h = model_new(&pp);
+    cr_assert_not_null(h);
+    fold_planted(h, 3, 500);
+    uint32_t one = 0;
+    double *Bh = calloc((size_t)model_item_slots(h) * K + 1, sizeof(double));
+    cr_assert_eq(model_users_stats(h, &one, 1, A, Bh, &sums), -EINVAL);
+    free(Bh);
+    model_free(h);
+}
+
 /* Copies every user of partition p from src into dst. */
 static void hand_over(const struct model *src, struct model *dst, int32_t p)
 {
