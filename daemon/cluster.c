@@ -59,6 +59,8 @@
 /* A full round of statistics at least this many intervals apart, even
  * when nothing changed: a new leader has every partition within it. */
 #define CLUSTER_FULL_EVERY 10
+/* The share of the loop's time the group's rounds may take (on_tick). */
+#define CLUSTER_ROUND_SHARE 0.2
 /* Bytes of users per state chunk (the broker's message limit is 1 MB by
  * default). */
 #define CLUSTER_CHUNK_BYTES (512 * 1024)
@@ -111,6 +113,14 @@ struct cluster {
     unsigned since_full;
     double *A, *B;
     size_t bcap; /* doubles in B */
+    /* The owned partitions' users, sorted by partition in one pass per
+     * round of statistics: those of p at order[first[p]..first[p + 1]). */
+    uint32_t *order, *upart; /* upart[u]: u's partition, if owned */
+    size_t ocap;             /* slots of order and upart */
+    size_t *first;           /* nparts + 1, then nparts of scratch */
+
+    double round_s;    /* the last round's seconds */
+    double next_round; /* mono_s() before which no round starts */
 
     /* Leading. */
     bool leader;
@@ -138,7 +148,7 @@ struct cluster {
         struct metric *leader, *version, *version_lag, *w_age, *owned,
             *restore_seconds, *restored_users, *restored_bytes,
             *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
-            *members, *state_written, *handovers;
+            *members, *state_written, *handovers, *round_seconds;
     } m;
 };
 
@@ -981,6 +991,50 @@ static int stats_scratch(struct cluster *cl)
     return 0;
 }
 
+/* Sorts the users of the owned partitions by partition (a counting
+ * sort): one hash of each user's id per round, where asking the model for
+ * each partition's statistics in turn hashed every id once a partition. */
+static int stats_users(struct cluster *cl)
+{
+    const struct model *m = cl->c.model;
+    const uint32_t U = model_user_slots(m);
+    const size_t P = (size_t)cl->nparts;
+    if (U > cl->ocap) {
+        uint32_t *o = realloc(cl->order, (size_t)U * sizeof(*o));
+        if (!o)
+            return -ENOMEM;
+        cl->order = o;
+        uint32_t *q = realloc(cl->upart, (size_t)U * sizeof(*q));
+        if (!q)
+            return -ENOMEM;
+        cl->upart = q;
+        cl->ocap = U;
+    }
+    if (!cl->first && !(cl->first = calloc(2 * P + 1, sizeof(*cl->first))))
+        return -ENOMEM;
+    size_t *first = cl->first, *next = cl->first + P + 1;
+    memset(first, 0, (P + 1) * sizeof(*first));
+    for (uint32_t u = 0; u < U; u++) {
+        struct model_user_view v;
+        int32_t p = -1;
+        if (!model_user_get(m, u, &v))
+            p = part_of(cl, v.id, v.id_len);
+        if (p >= 0 && p < cl->nparts && cl->owned[p]) {
+            cl->upart[u] = (uint32_t)p;
+            first[p + 1]++;
+        } else {
+            cl->upart[u] = UINT32_MAX;
+        }
+    }
+    for (size_t p = 0; p < P; p++)
+        first[p + 1] += first[p];
+    memcpy(next, first, P * sizeof(*next));
+    for (uint32_t u = 0; u < U; u++)
+        if (cl->upart[u] != UINT32_MAX)
+            cl->order[next[cl->upart[u]]++] = u;
+    return 0;
+}
+
 static void stats_send(struct cluster *cl)
 {
     uint64_t work = model_work(cl->c.model), events = 0;
@@ -1004,7 +1058,7 @@ static void stats_send(struct cluster *cl)
         cl->solved_version == cl->sent_solved &&
         ++cl->since_full < CLUSTER_FULL_EVERY)
         return;
-    if (stats_scratch(cl)) {
+    if (stats_scratch(cl) || stats_users(cl)) {
         log_warn("cluster: statistics: %s", strerror(ENOMEM));
         return;
     }
@@ -1015,8 +1069,9 @@ static void stats_send(struct cluster *cl)
         struct records_stats h;
         int64_t next = -1;
         memset(&h, 0, sizeof(h));
-        if (model_part_stats(cl->c.model, part_of, cl, p, cl->A, cl->B,
-                             &sums))
+        if (model_users_stats(cl->c.model, cl->order + cl->first[p],
+                              cl->first[p + 1] - cl->first[p], cl->A, cl->B,
+                              &sums))
             return;
         ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
                         &h.weight_sum);
@@ -1368,6 +1423,17 @@ static void on_tick(uv_timer_t *t)
     struct kafka_lag lag[1];
     if (cl->stopping)
         return;
+    /* A round (every owned partition's statistics, the leader's refresh
+     * from every partition's) runs on the loop, between the fold's
+     * passes, and costs with the users and items, not with the events
+     * since the last: with 64 partitions of 400 k users at one a second
+     * it took from a quarter to a half of each member's loop (profiles
+     * in docs/benchmarks.md section 10). A round waits until it would
+     * have taken at most CLUSTER_ROUND_SHARE of the time since the last
+     * one began. */
+    double t0 = mono_s();
+    if (t0 < cl->next_round)
+        goto gauges;
     stats_send(cl);
     if (cl->leader) {
         /* Ticks since the group's events last changed: the stream is
@@ -1382,6 +1448,10 @@ static void on_tick(uv_timer_t *t)
             cl->stats_new = true;
         lead_refresh(cl);
     }
+    cl->round_s = mono_s() - t0;
+    cl->next_round = t0 + cl->round_s / CLUSTER_ROUND_SHARE;
+    metric_set(cl->m.round_seconds, cl->round_s);
+gauges:
     if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
         metric_set(cl->m.version_lag, (double)lag[0].lag);
     if (cl->version)
@@ -1484,6 +1554,11 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
                         "was built from to now.");
     cl->m.owned = gauge(cl, "nmfd_cluster_partitions",
                         "Input partitions this member owns.");
+    cl->m.round_seconds =
+        gauge(cl, "nmfd_cluster_round_seconds",
+              "Seconds the last round of statistics (and, on the leader, "
+              "the refresh of W) held the loop; the next starts no "
+              "sooner than four times as long after its end.");
     cl->m.members = gauge(cl, "nmfd_cluster_members",
                           "Members whose statistics the leader holds "
                           "(leader only).");
@@ -1762,6 +1837,9 @@ void cluster_free(struct cluster *cl)
     free(cl->gone);
     free(cl->A);
     free(cl->B);
+    free(cl->order);
+    free(cl->upart);
+    free(cl->first);
     free(cl->w_pending);
     free(cl->w_last);
     free(cl->w_prev);
