@@ -89,6 +89,9 @@ struct server {
     uint64_t loop_ticks, watchdog_ticks;
     struct model_memory mem; /* model_memory(), at most a second old */
     uint64_t mem_ms;         /* when it was taken, 0 = never */
+    struct model_stats st;   /* model_stats(), for the gauges */
+    uint64_t st_tick;        /* the loop_ticks it was taken at */
+    bool st_valid;
 
     struct publisher *pub;
     struct cluster *cluster; /* cluster.enabled: a member of a group */
@@ -368,39 +371,44 @@ static void server_on_http_closed(void *arg)
 
 /* ---- metrics ------------------------------------------------------------- */
 
+/* The model's statistics for the gauges. model_stats makes a pass over
+ * the items, and over the users that owe shares of B (every user of a
+ * group's member after each W it installs), and one scrape reads ten
+ * gauges of it: one reading serves the loop iteration that renders the
+ * scrape. */
+static const struct model_stats *server_stats(struct server *s)
+{
+    if (!s->st_valid || s->st_tick != s->loop_ticks) {
+        model_stats(s->model, &s->st);
+        s->st_tick = s->loop_ticks;
+        s->st_valid = true;
+    }
+    return &s->st;
+}
+
 static double gauge_users(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.users;
+    return (double)server_stats(ctx)->users;
 }
 
 static double gauge_items(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.items;
+    return (double)server_stats(ctx)->items;
 }
 
 static double gauge_loss(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return st.rel_loss;
+    return server_stats(ctx)->rel_loss;
 }
 
 static double gauge_evicted(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return st.evicted_weight;
+    return server_stats(ctx)->evicted_weight;
 }
 
 static double gauge_holdout(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return st.holdout_loss;
+    return server_stats(ctx)->holdout_loss;
 }
 
 /* model.robust = l21: a pass over the users per scrape. */
@@ -424,16 +432,12 @@ static double gauge_lowest_weight(void *ctx)
 
 static double gauge_stale(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.stale;
+    return (double)server_stats(ctx)->stale;
 }
 
 static double gauge_model_events(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.events;
+    return (double)server_stats(ctx)->events;
 }
 
 static double gauge_epoch(void *ctx)
@@ -449,23 +453,17 @@ static double gauge_refining(void *ctx)
 
 static double gauge_reseeded(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.reseeded;
+    return (double)server_stats(ctx)->reseeded;
 }
 
 static double gauge_moved(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.moved;
+    return (double)server_stats(ctx)->moved;
 }
 
 static double gauge_restarts(void *ctx)
 {
-    struct model_stats st;
-    model_stats(((struct server *)ctx)->model, &st);
-    return (double)st.restarts;
+    return (double)server_stats(ctx)->restarts;
 }
 
 /* The model's own memory by part (model_memory), so that growth with the
