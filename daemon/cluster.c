@@ -59,8 +59,11 @@
 /* A full round of statistics at least this many intervals apart, even
  * when nothing changed: a new leader has every partition within it. */
 #define CLUSTER_FULL_EVERY 10
-/* The share of the loop's time the group's rounds may take (on_tick). */
+/* The share of the loop's work the group's rounds may take (on_tick),
+ * and how many times the wait that gives an idle loop waits on the clock
+ * instead. */
 #define CLUSTER_ROUND_SHARE 0.2
+#define CLUSTER_ROUND_IDLE  4
 /* Bytes of users per state chunk (the broker's message limit is 1 MB by
  * default). */
 #define CLUSTER_CHUNK_BYTES (512 * 1024)
@@ -121,7 +124,7 @@ struct cluster {
 
     double round_s;    /* the last round's CPU seconds */
     double restart_s;  /* of which the seed's or a restart's, once-offs */
-    double next_round; /* mono_s() before which no round starts */
+    double round_end, round_end_cpu; /* mono_s(), cpu_s() at its end */
 
     /* Leading. */
     bool leader;
@@ -1444,11 +1447,16 @@ static void on_tick(uv_timer_t *t)
      * passes, and costs with the users and items, not with the events
      * since the last: with 64 partitions of 400 k users at one a second
      * it took from a quarter to a half of each member's loop (profiles
-     * in docs/benchmarks.md section 10). A round waits until its CPU
-     * time would be at most CLUSTER_ROUND_SHARE of the time since the
-     * last one began. */
+     * in docs/benchmarks.md section 10). */
     double t0 = mono_s(), c0 = cpu_s();
-    if (t0 < cl->next_round)
+    /* Due once the loop has spent (1 / share - 1) times the last round's
+     * CPU on other work since it ended, so that rounds are at most that
+     * share of the loop's work however much of a core the host leaves
+     * it; or, the loop idle (nothing to take from), once as many times
+     * the round's cost has passed on the clock. */
+    double spare = cl->round_s * (1 / CLUSTER_ROUND_SHARE - 1);
+    if (c0 - cl->round_end_cpu < spare &&
+        t0 - cl->round_end < CLUSTER_ROUND_IDLE * spare)
         goto gauges;
     cl->restart_s = 0;
     stats_send(cl);
@@ -1470,7 +1478,8 @@ static void on_tick(uv_timer_t *t)
     cl->round_s = cpu_s() - c0 - cl->restart_s;
     if (cl->round_s < 0)
         cl->round_s = 0;
-    cl->next_round = t0 + cl->round_s / CLUSTER_ROUND_SHARE;
+    cl->round_end = mono_s();
+    cl->round_end_cpu = cpu_s();
     metric_set(cl->m.round_seconds, cl->round_s);
 gauges:
     if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
@@ -1578,8 +1587,8 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
     cl->m.round_seconds =
         gauge(cl, "nmfd_cluster_round_seconds",
               "CPU seconds the last round of statistics (and, on the "
-              "leader, the refresh of W) took on the loop; the next starts "
-              "no sooner than four times as long after its end.");
+              "leader, the refresh of W) took on the loop; the next waits "
+              "until the loop has done four times as much other work.");
     cl->m.members = gauge(cl, "nmfd_cluster_members",
                           "Members whose statistics the leader holds "
                           "(leader only).");
