@@ -34,6 +34,11 @@
 #include "kafka_util.h"
 
 #define KAFKA_IN_BATCH_DEFAULT 1000
+/* Behind, too, while the last statistics saw more than this many batches
+ * waiting in the broker past what the owner consumed: once the fold
+ * outpaces the fetcher, a pass can end short of a batch with a backlog
+ * still in the broker. */
+#define KAFKA_IN_BACKLOG 10
 #define KAFKA_IN_KEEPALIVE_MS  1000 /* serve the queue at least this often */
 #define KAFKA_IN_CLOSING_MS    50
 
@@ -61,6 +66,7 @@ struct kafka_in {
 
     bool paused;
     bool behind;  /* the last pass took a full batch */
+    bool backlog; /* the last statistics: over KAFKA_IN_BACKLOG batches wait */
     bool closing; /* kafka_in_close called */
     bool close_started;
     bool finishing; /* handle being destroyed, handles closing */
@@ -319,6 +325,11 @@ static int kafka__in_stats_cb(rd_kafka_t *rk, char *json, size_t len,
     }
     json_decref(root);
     k->nlag = n;
+    int64_t waiting = 0;
+    for (size_t i = 0; i < n; i++)
+        if (k->lag[i].lag > 0)
+            waiting += k->lag[i].lag;
+    k->backlog = waiting > (int64_t)KAFKA_IN_BACKLOG * k->batch;
     if (k->cbs.on_stats)
         k->cbs.on_stats(k->ctx);
     return 0; /* librdkafka frees json */
@@ -663,7 +674,7 @@ fail:
 
 bool kafka_in_behind(const struct kafka_in *k)
 {
-    return k->behind;
+    return k->behind || k->backlog;
 }
 
 void kafka_in_set_batch(struct kafka_in *k, unsigned batch)

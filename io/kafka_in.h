@@ -74,9 +74,11 @@ struct kafka_in *kafka_in_new(uv_loop_t *loop, struct kafka_conf *conf,
  * for the next iteration so the loop stays responsive. */
 void kafka_in_set_batch(struct kafka_in *k, unsigned batch);
 
-/* Whether the last iteration took a full batch, so that more messages
- * were waiting: the owner is behind its input. Work that can wait (nmfd's
- * refinement) yields while it is. */
+/* Whether the owner is behind its input: the last iteration took a full
+ * batch, so that more messages were waiting, or the last statistics
+ * (statistics.interval.ms) counted more than ten batches in the broker
+ * past what the owner consumed. Work that can wait (nmfd's refinement)
+ * yields while it is. */
 bool kafka_in_behind(const struct kafka_in *k);
 
 /* Joins the group for the comma-separated topics. -EINVAL an empty list
