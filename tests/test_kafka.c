@@ -217,6 +217,8 @@ struct cons {
     /* on_pass_end: how many, the most messages one pass handed over, and
      * how many had been handed over at the last one */
     int passes, in_pass, max_pass, at_pass_end;
+    int short_behind; /* passes short of batch that ended behind */
+    int batch;        /* the batch set, for short_behind */
 };
 
 static void c_message(void *ctx, const struct kafka_msg *m)
@@ -300,6 +302,8 @@ static void c_pass_end(void *ctx)
     struct cons *c = ctx;
     cr_assert_gt(c->in_pass, 0, "a pass end without a message");
     c->passes++;
+    if (c->batch && c->in_pass < c->batch && kafka_in_behind(c->in))
+        c->short_behind++;
     if (c->in_pass > c->max_pass)
         c->max_pass = c->in_pass;
     c->in_pass = 0;
@@ -856,6 +860,41 @@ Test(kafka_io, consumes_exactly_what_was_produced)
     cons_close(c);
     cr_assert(c->revoked, "close revokes the assignment");
     cr_assert_eq(c->errors, 0);
+    free(c);
+    loop_finish();
+}
+
+/* Behind while the broker holds a backlog even when a pass takes less
+ * than a batch: the producer's batches of 8 and the mock's one producer
+ * batch per partition per fetch make the fetcher, not the owner, the
+ * limit, so most passes end short; the statistics' lag says the rest is
+ * waiting. Once everything is taken and a statistics interval has gone
+ * by, not behind. */
+Test(kafka_io, behind_while_the_broker_holds_a_backlog)
+{
+    struct prod p;
+    struct cons *c = cons_new(4000);
+    struct kafka_conf *pc = conf_new(NULL);
+    struct kafka_conf *conf = conf_new("g-backlog");
+    bool never = false;
+
+    conf_put(pc, "batch.num.messages", "8");
+    prod_open(&p, pc, NULL);
+    produce_n(&p, "t1", 4000, -1);
+    prod_close(&p);
+
+    conf_put(conf, "statistics.interval.ms", "20");
+    cons_open(c, conf);
+    kafka_in_set_batch(c->in, 64);
+    c->batch = 64;
+    cr_assert_eq(kafka_in_subscribe(c->in, "t1"), 0);
+    cr_assert(run_until(&c->got_all, 30000), "got %d", c->n);
+    cr_assert_gt(c->passes, 4000 / 64, "%d passes", c->passes);
+    cr_assert_gt(c->short_behind, 0,
+                 "no pass short of a batch was behind (%d passes)", c->passes);
+    run_until(&never, 300);
+    cr_assert(!kafka_in_behind(c->in));
+    cons_close(c);
     free(c);
     loop_finish();
 }
