@@ -390,6 +390,28 @@ static void model_restart_user(struct model *m, struct model_restart *rs,
     }
 }
 
+/* After either round's W update: each column of the candidate to unit
+ * norm (colsq its squared norm), or, when dead (dead[j], or a norm that
+ * is zero or not finite), the normalised profile of the heaviest of a
+ * few users drawn with the restart's generator. */
+static void model_restart_columns(struct model *m, struct model_restart *rs,
+                                  const uint8_t *dead, const double *colsq)
+{
+    const uint32_t k = m->k, M = rs->M;
+    for (uint32_t j = 0; j < k; j++) {
+        double nj = sqrt(colsq[j]);
+        if (!dead[j] && nj > 0 && isfinite(nj)) {
+            for (uint32_t i = 0; i < M; i++)
+                rs->W[(size_t)i * k + j] =
+                    (float)(rs->W[(size_t)i * k + j] / nj);
+            continue;
+        }
+        int64_t best = model__heavy_user(m, &rs->rng);
+        if (best >= 0)
+            model__column_from_user(m, (uint32_t)best, rs->W, M, j);
+    }
+}
+
 /*
  * loss = kl: the candidate's W update after a round, the multiplicative
  * update of Lee & Seung (NIPS 2001, Theorem 2) for W with H fixed,
@@ -443,18 +465,7 @@ static void model_restart_update_kl(struct model *m, struct model_restart *rs)
         }
     }
     free(live);
-    for (uint32_t j = 0; j < k; j++) {
-        double nj = sqrt(colsq[j]);
-        if (!dead[j] && nj > 0 && isfinite(nj)) {
-            for (uint32_t i = 0; i < M; i++)
-                rs->W[(size_t)i * k + j] =
-                    (float)(rs->W[(size_t)i * k + j] / nj);
-            continue;
-        }
-        int64_t best = model__heavy_user(m, &rs->rng);
-        if (best >= 0)
-            model__column_from_user(m, (uint32_t)best, rs->W, M, j);
-    }
+    model_restart_columns(m, rs, dead, colsq);
     kl_colsums(k, M, rs->W, rs->ks);
     m->work_all += 3u * (uint64_t)k * M;
 }
@@ -485,19 +496,7 @@ static void model_restart_update(struct model *m, struct model_restart *rs)
     if (maxdiag > 0)
         hals_update(k, M, rs->W, rs->B, ones, rs->A, skip, a1, a2,
                     m->p.hals_sweeps, colsq);
-    for (uint32_t j = 0; j < k; j++) {
-        double nj = sqrt(colsq[j]);
-        if (!skip[j] && nj > 0 && isfinite(nj)) {
-            for (uint32_t i = 0; i < M; i++)
-                rs->W[(size_t)i * k + j] =
-                    (float)(rs->W[(size_t)i * k + j] / nj);
-            continue;
-        }
-        /* Dead: the normalised profile of the heaviest of a few users. */
-        int64_t best = model__heavy_user(m, &rs->rng);
-        if (best >= 0)
-            model__column_from_user(m, (uint32_t)best, rs->W, M, j);
-    }
+    model_restart_columns(m, rs, skip, colsq);
     memset(rs->G, 0, (size_t)k * k * sizeof(double));
     hals_gram(k, M, rs->W, NULL, rs->G);
     m->work_all += (uint64_t)k * k * (m->p.hals_sweeps + 1u) * M;
