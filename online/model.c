@@ -2312,7 +2312,7 @@ void model__topics_permute(struct model *m, const uint32_t *src)
 /* W was replaced outside a refresh: W^T W, KL's column sums, the bounds
  * of the recommendations and every cache keyed on W's generation (the
  * heavy users' W^T v, the held-out score) follow it. */
-static void model_w_replaced(struct model *m)
+void model__w_replaced(struct model *m)
 {
     const uint32_t k = m->k, M = ids_slots(m->iids);
     memset(m->G, 0, (size_t)k * k * sizeof(double));
@@ -2375,7 +2375,7 @@ static void model_warm_extrapolate(struct model *m, struct model_warm_ex *x)
         for (size_t i = 0; i < (size_t)M; i++)
             W[i * k + j] = keep ? x->Wn[i * k + j] : W[i * k + j] * inv;
     }
-    model_w_replaced(m);
+    model__w_replaced(m);
     x->on = 1;
 }
 
@@ -2411,7 +2411,7 @@ static void model_warmup(struct model *m)
             x.ceil = x.beta;
             x.beta /= 1.5;
             memcpy(m->W, x.Wn, wbytes);
-            model_w_replaced(m);
+            model__w_replaced(m);
             model_solve_all(m);
             rel = model_rel_loss(m);
             r++;

@@ -377,6 +377,9 @@ int model__items_grow(struct model *m, uint32_t need);
  * recommendations. (A new item's row, written where the row was zero,
  * goes through wbound_add, the same in O(k).) */
 void model__w_changed(struct model *m, uint32_t i0, uint32_t i1);
+/* W replaced outside a refresh: G, KL's column sums, the bounds of the
+ * recommendations and every cache keyed on W's generation follow it. */
+void model__w_replaced(struct model *m);
 /* Whether the copy matches W row for row (for the tests: O(M k)). */
 int model__w_copy_ok(const struct model *m);
 /* The checksum model_save appends to a state of len bytes. */

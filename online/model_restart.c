@@ -224,11 +224,7 @@ void model__w_install(struct model *m, const float *Wn, int match)
     for (uint32_t j = 0; j < k; j++)
         m->moved += to[j] != j;
     m->reseeded += k;
-    memset(m->G, 0, (size_t)k * k * sizeof(double));
-    hals_gram(k, M, m->W, NULL, m->G);
-    model__kl_colsums(m);
-    model__w_changed(m, 0, M);
-    m->wgen++;
+    model__w_replaced(m);
 }
 
 size_t model__restart_bytes(const struct model *m)
