@@ -7,8 +7,9 @@
  * and the commented conf/nmfd.conf are all loops over that table, so a key
  * added there is parsed, range-checked, dumped, reloaded and documented at
  * once. Two families of keys are dynamic and handled beside the table:
- * [kafka] (kept verbatim, in order, for rd_kafka_conf_set in io/) and
- * input.weight.<type>.
+ * [kafka] (kept verbatim, in order, for rd_kafka_conf_set in io/, each
+ * judged on arrival by the judge the daemon hands over, config_judge_kafka)
+ * and input.weight.<type>.
  *
  * This file owns struct config and every string in it. It never logs,
  * never exits and never touches Kafka: errors come back as one line of
@@ -38,7 +39,6 @@
 #include "config.h"
 #include "http.h"
 #include "http_auth.h"
-#include "kafka.h"
 #include "listen.h"
 #include "nmfd_build.h"
 
@@ -858,6 +858,13 @@ static int origin_set(struct config *c, const struct config_key *k,
     return 0;
 }
 
+static config_kafka_judge kafka_judge;
+
+void config_judge_kafka(config_kafka_judge judge)
+{
+    kafka_judge = judge;
+}
+
 static int kafka_set(struct config *c, const char *key, const char *value,
                      const char *origin, unsigned line, char *msg, size_t len)
 {
@@ -868,7 +875,7 @@ static int kafka_set(struct config *c, const char *key, const char *value,
     /* librdkafka judges its own keys, on a scratch conf, so a key it
      * refuses stops the start here with its place, like any other. */
     char kerr[256];
-    if (kafka_conf_check(key, value, kerr, sizeof(kerr))) {
+    if (kafka_judge && kafka_judge(key, value, kerr, sizeof(kerr))) {
         snprintf(msg, len, "kafka.%s = %s: %s", key, value, kerr);
         return -EINVAL;
     }

@@ -115,6 +115,16 @@ struct config {
 /* SYSCONFDIR/nmfd/nmfd.conf, the file read when --config is not given. */
 const char *config_default_path(void);
 
+/* Who judges a [kafka] key and its value (librdkafka, through io/): 0 if
+ * accepted, else -1 with its words in err. nmfd hands kafka_conf_check over
+ * before it loads a file, so that a key librdkafka refuses stops the start
+ * at its line. Without a judge (nmfctl, whose commands take model.* keys
+ * only) the keys are kept unjudged, and config.c links no Kafka library:
+ * nmfctl fit starts without loading librdkafka and OpenSSL. */
+typedef int (*config_kafka_judge)(const char *key, const char *value, char *err,
+                                  size_t len);
+void config_judge_kafka(config_kafka_judge judge);
+
 /* A config holding the defaults of docs/design.md section 6; NULL on ENOMEM. */
 struct config *config_new(void);
 void config_free(struct config *c);

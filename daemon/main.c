@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "kafka.h"
 #include "log.h"
 #include "nmfd_build.h"
 #include "server.h"
@@ -154,6 +155,7 @@ int main(int argc, char **argv)
     /* The default file is optional: a fresh install runs on defaults. */
     if (!path && access(config_default_path(), F_OK) == 0)
         path = config_default_path();
+    config_judge_kafka(kafka_conf_check); /* here and at every reload */
     cfg = config_new();
     if (!cfg) {
         free(sets);

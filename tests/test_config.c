@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "kafka.h"
 #include "listen.h"
 
 static struct config *load(const char *text, int want_rc, char *err,
@@ -313,9 +314,23 @@ Test(config, later_values_win_and_kafka_keys_keep_order)
     config_free(c);
 }
 
+/* nmfctl hands no judge over: its commands take model.* keys only, and
+ * config.c must not pull librdkafka into it. The keys are then kept as
+ * given; nmfd judges them (the test below). */
+Test(config, kafka_keys_are_kept_unjudged_without_a_judge)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c = config_new();
+    cr_assert_eq(config_set(c, "kafka.no.such.property=1", err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_str_eq(kafka_value(c, "no.such.property"), "1");
+    config_free(c);
+}
+
 Test(config, kafka_keys_are_judged_by_librdkafka)
 {
     char err[CONFIG_ERR_MAX];
+    config_judge_kafka(kafka_conf_check); /* as nmfd's main does */
     struct config *c = config_new();
     cr_assert_eq(config_load_string(c, "k.conf",
                                     "[kafka]\nno.such.property = 1\n", err,
