@@ -6,7 +6,9 @@ give exit 2; the broker leaves nothing behind."""
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
 import msgpack
 from confluent_kafka import Consumer, TopicPartition
@@ -253,6 +255,22 @@ def main():
                   "%s --help" % sub)
         rc, out, _ = run([NMFCTL, "produce", "--help"])
         check(b"below 1e11 are seconds" in out, "ts rule documented")
+
+        # The Kafka commands run in nmfctl-kafka; nmfctl itself loads no
+        # Kafka library, and without its companion it says what it lacks.
+        p = subprocess.run([NMFCTL, "--version"], capture_output=True,
+                           env=dict(os.environ, LD_DEBUG="libs"), timeout=30)
+        check(p.returncode == 0 and b"libc.so" in p.stderr and
+              b"librdkafka" not in p.stderr, "nmfctl loads no librdkafka")
+        alone = tempfile.mkdtemp(prefix="nmfd-alone.")
+        try:
+            shutil.copy(NMFCTL, alone)
+            rc, _, err = run([os.path.join(alone, "nmfctl"), "produce",
+                              "--help"])
+            check(rc == 1 and "needs nmfctl-kafka" in err,
+                  "nmfctl without nmfctl-kafka: rc %d, %s" % (rc, err.strip()))
+        finally:
+            shutil.rmtree(alone)
 
         rc = b.stop()
         check(rc == 0, "broker exit %d: %s" % (rc, b.log()))

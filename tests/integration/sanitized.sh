@@ -25,7 +25,7 @@ if [ ! -f "$builddir/build.ninja" ]; then
     meson setup "$builddir" -Dbuildtype=debug \
         -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-ninja -C "$builddir" daemon/nmfd ctl/nmfctl >/dev/null
+ninja -C "$builddir" daemon/nmfd ctl/nmfctl ctl/nmfctl-kafka >/dev/null
 
 NMFD_BIN=$(cd "$builddir/daemon" && pwd)
 NMFCTL=$(cd "$builddir/ctl" && pwd)/nmfctl
