@@ -132,6 +132,42 @@ Test(nndsvd, singular_values_match_a_dense_eigensolver)
     free(d.v);
 }
 
+/* As many rows as columns (10 items at k = 10): Q spans everything, so one
+ * product and its Rayleigh-Ritz are exact and no further pass is made. */
+Test(nndsvd, a_full_basis_is_exact_in_one_pass)
+{
+    const uint32_t n = 10;
+    struct dense d = {n, 80, calloc(n * 80, sizeof(float))};
+    uint64_t x = 5;
+    for (uint32_t u = 0; u < d.cols; u++)
+        for (uint32_t i = 0; i < n; i++)
+            if (unif(&x) < 0.4)
+                d.v[u * n + i] = (float)(unif(&x) * (1 + i % 3));
+    struct rng r;
+    rng_seed(&r, 9);
+    struct nndsvd *s = nndsvd_new(n, n, 30, &r);
+    cr_assert_not_null(s);
+    int passes = 0;
+    while (nndsvd_pass(s) != NNDSVD_DONE) {
+        feed(s, &d, NULL);
+        nndsvd_pass_end(s);
+        passes++;
+    }
+    cr_assert_eq(passes, 2); /* the product, then the signs */
+    double a[10 * 10] = {0}, ev[10];
+    for (uint32_t u = 0; u < d.cols; u++)
+        for (uint32_t i = 0; i < n; i++)
+            for (uint32_t l = 0; l < n; l++)
+                a[i * n + l] += d.v[u * n + i] * (double)d.v[u * n + l];
+    ref_eigen(n, a, ev);
+    for (uint32_t j = 0; j < n; j++)
+        cr_assert_float_eq(nndsvd_sigma(s, j), sqrt(ev[j]),
+                           1e-9 * sqrt(ev[0]), "sigma %u: %.12g vs %.12g", j,
+                           nndsvd_sigma(s, j), sqrt(ev[j]));
+    nndsvd_free(s);
+    free(d.v);
+}
+
 Test(nndsvd, block_data_gives_one_column_per_block)
 {
     /* Four disjoint bundles of 10 items, each bought by its own users in
