@@ -1542,8 +1542,10 @@ int config_check(const struct config *c, char *err, size_t errlen)
             c->model.params.robust != MODEL_ROBUST_NONE) {
             snprintf(err, errlen,
                      "%s: cluster.enabled = true needs model.loss = "
-                     "frobenius and model.robust = none (the group sums the "
-                     "statistics of the Frobenius loss)",
+                     "frobenius and model.robust = none (the group sums "
+                     "statistics that do not depend on W; kl's ratios and "
+                     "l21's weights would need every member's users "
+                     "re-taken at each W: docs/design.md, section 8)",
                      origin_of(c, c->model.params.loss != MODEL_LOSS_FROBENIUS
                                       ? "model.loss"
                                       : "model.robust"));
