@@ -21,7 +21,8 @@
  *     g_j = s_j - sum_i W_ij r_i,   H_jj = sum_i W_ij^2 r_i / (W h)_i,
  *     h_j <- max(0, h_j - g_j / H_jj),
  * the step halved while it would leave some (W h)_i <= 0 where v_i > 0
- * (the divergence is infinite there), and W h updated in O(n) after each
+ * (the divergence is infinite there; in practice under 1e-9 of itself,
+ * kl_coord_rows says why), and W h updated in O(n) after each
  * coordinate. It converges much faster than the multiplicative updates of
  * Lee & Seung (NIPS 2001), and unlike them can set a coordinate to zero
  * and bring it back, which a warm start from the previous h needs. The
@@ -114,18 +115,23 @@ static inline double kl_newton(double hj, double g, double H)
 /*
  * A step down (h_j smaller) may overshoot: along coordinate j the
  * divergence's curvature grows as h_j falls, so the Newton step, which
- * takes it as constant, goes too far down, and when h_j reaches 0 an
- * item that topic j alone covered keeps only the rounding residue of
- * (W h)_i - W_ij h_j, a (W h)_i near 0 that the positivity test above
- * passes. From there the Newton steps only double h_j, each below the
- * stopping tolerance: the solve stops far from the minimum. So a step
- * that would take some (W h)_i below KL_CUT of its value is taken only
- * if it lowers D, by the exact change along the coordinate,
- *     dD = s_j t - sum_q v_q log((W h)_q + W_qj t) / (W h)_q,
- * else halved like an infeasible one (a backtracking line search on the
- * rare large cuts; every other step keeps the plain Newton step).
+ * takes it as constant, goes too far down. When it takes h_j to 0 where
+ * topic j alone covers an item, (W h)_i - W_ij h_j is 0 only in exact
+ * arithmetic: in floating point it can be a positive rounding residue,
+ * which a test of (W h)_i > 0 passes. From there the Newton steps only
+ * double h_j, each below the stopping tolerance, and the solve stops far
+ * from the minimum (test_kl has such a case). Two rules, both halving the
+ * step like an infeasible one:
+ *   - (W h)_i must stay above KL_RESIDUE of its value, far above the
+ *     rounding of a sum of k products (a few 1e-16 of it);
+ *   - a step that would take some (W h)_i below KL_CUT of its value is
+ *     taken only if it lowers D, by the exact change along the coordinate,
+ *         dD = s_j t - sum_q v_q log(((W h)_q + W_qj t) / (W h)_q)
+ *     (a backtracking line search on the rare large cuts; every other
+ *     step keeps the plain Newton step).
  */
-#define KL_CUT 0.5
+#define KL_RESIDUE 1e-9
+#define KL_CUT     0.5
 
 static double kl_change(const float *restrict W, const uint32_t *restrict it,
                         uint32_t k, uint32_t j, const float *restrict va,
@@ -154,7 +160,8 @@ static double kl_change_cols(const float *restrict col, uint32_t n4,
 
 /* One coordinate's step (the equations at the top) on a profile read in
  * place, W[it[q] k + j]: g_j and H_jj, the step halved while it would
- * leave some (W h)_i <= 0 (an item no topic covers, W_i = 0, stays at 0
+ * leave some (W h)_i under KL_RESIDUE of itself or cut it under KL_CUT
+ * without lowering D (an item no topic covers, W_i = 0, stays at 0
  * whatever h), then h_j, W h and iw = 1 / (W h) updated where W_ij is not
  * 0. Returns the step. */
 static double kl_coord_rows(const float *restrict W,
@@ -177,7 +184,7 @@ static double kl_coord_rows(const float *restrict W,
         for (uint32_t q = 0; q < n && ok; q++) {
             const double w = W[(size_t)it[q] * k + j];
             const double y = wh[q] + w * step;
-            ok = w == 0 || y > 0;
+            ok = w == 0 || y > KL_RESIDUE * wh[q];
             cut |= w != 0 && y < KL_CUT * wh[q];
         }
         if (ok && (!cut || kl_change(W, it, k, j, va, n, sj, wh, step) < 0))
@@ -248,7 +255,7 @@ kl_coord_cols(const float *restrict col, uint32_t n4, const double *restrict vd,
             memcpy(&wh, whd + q, sizeof(wh));
             const kl_v4d w = __builtin_convertvector(wf, kl_v4d);
             const kl_v4d y = wh + w * step;
-            bad |= (w != 0) & ~(y > 0);
+            bad |= (w != 0) & ~(y > KL_RESIDUE * wh);
             cut |= (w != 0) & (y < KL_CUT * wh);
         }
         if (!(bad[0] | bad[1] | bad[2] | bad[3]) &&
