@@ -133,11 +133,10 @@ static inline double kl_newton(double hj, double g, double H)
  * leave some (W h)_i under KL_RESIDUE of itself (an item no topic
  * covers, W_i = 0, stays at 0 whatever h), then h_j, W h and
  * iw = 1 / (W h) updated where W_ij is not 0. Returns the step. */
-static double kl_coord_rows(const float *restrict W,
-                            const uint32_t *restrict it, uint32_t k, uint32_t j,
-                            const float *restrict va, uint32_t n, double sj,
-                            double *restrict hj, double *restrict wh,
-                            double *restrict iw)
+static inline __attribute__((always_inline)) double
+kl_coord_rows(const float *restrict W, const uint32_t *restrict it, uint32_t k,
+              uint32_t j, const float *restrict va, uint32_t n, double sj,
+              double *restrict hj, double *restrict wh, double *restrict iw)
 {
     double g = sj, H = 0;
     for (uint32_t q = 0; q < n; q++) {
