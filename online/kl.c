@@ -185,9 +185,11 @@ typedef float kl_v4f __attribute__((vector_size(KL_V * sizeof(float)),
                                     aligned(4)));
 typedef int64_t kl_v4l __attribute__((vector_size(KL_V * sizeof(double))));
 
-static inline double kl_hsum(kl_v4d x)
+/* By pointer: a vector argument by value draws GCC's note on the ABI of
+ * 32-byte arguments in the builds without AVX. */
+static inline double kl_hsum(const kl_v4d *x)
 {
-    return (x[0] + x[2]) + (x[1] + x[3]);
+    return ((*x)[0] + (*x)[2]) + ((*x)[1] + (*x)[3]);
 }
 
 /* kl_coord_rows's step on the padded copies, n4 a multiple of KL_V, by
@@ -211,7 +213,7 @@ kl_coord_cols(const float *restrict col, uint32_t n4, const double *restrict vd,
         gv += w * r;
         Hv += w * w * r * iw;
     }
-    double step = kl_newton(*hj, sj - kl_hsum(gv), kl_hsum(Hv));
+    double step = kl_newton(*hj, sj - kl_hsum(&gv), kl_hsum(&Hv));
     for (int t = 0; t < 60 && step < 0; t++) {
         kl_v4l bad = {0, 0, 0, 0};
         for (uint32_t q = 0; q < n4; q += KL_V) {
