@@ -197,7 +197,7 @@ int main(int argc, char **argv)
         refresh[run] = median(rt, 5);
         printf("run %d: %.0f folds/s (%.0f per CPU second), median %.0f "
                "ns/event, p99 %.0f ns, "
-               "refresh %.1f ms over %u items, rel loss %.4f, %lu users, %lu "
+               "refresh %.1f ms over %u items, rel loss %.7f, %lu users, %lu "
                "items, "
                "%lu refreshes\n",
                run, rate[run], crate[run], med[run], p99[run], refresh[run],

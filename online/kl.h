@@ -16,13 +16,16 @@ double kl_divergence(uint32_t k, const float *W, const double *s,
                      const uint32_t *it, const float *va, uint32_t n,
                      const double *h, double *wh);
 /* h = argmin_{h >= 0} D(v || W h), warm-started from h (k doubles), at
- * most sweeps passes over the coordinates, stopping when the largest
- * change is at most tol times the largest h. wh: 2n doubles of scratch,
- * W h in the first n on return. Returns the passes made. */
+ * most sweeps passes over the active coordinates, stopping when the
+ * largest change is at most tol times the largest h and no coordinate at
+ * 0 would move by more (by the full gradient). wh: 2n doubles of scratch,
+ * W h in the first n on return. Returns its work in passes over the
+ * profile with every coordinate (the active set's sweeps count the
+ * coordinates they visit; a full gradient counts as one). k <= KL_K_MAX. */
 uint32_t kl_solve(uint32_t k, const float *W, const double *s,
                   const uint32_t *it, const float *va, uint32_t n, double *h,
                   uint32_t sweeps, double tol, double *wh);
-/* The largest k kl_mu takes (model.h's MODEL_K_MAX; model_restart.c
+/* The largest k kl_solve and kl_mu take (model.h's MODEL_K_MAX; model_restart.c
  * checks it). */
 #define KL_K_MAX 256
 /* h from h_j = sum(v) / sum(s) by iters multiplicative updates of Lee &

@@ -854,8 +854,16 @@ MODEL_KI void model_kl_share_k(struct model *m, const struct model_user *us,
     }
 }
 
-/* loss = kl: q_i = v_i / (W h)_i into the slab's aux floats, from wh
- * (W h over the profile); 0 where W h is 0 (no gradient to follow). */
+/* loss = kl: q_i = v_i / (W h)_i as the slab's aux floats keep it; 0
+ * where W h is 0 (no gradient to follow). */
+static inline float model_kl_ratio(float v, double wh)
+{
+    double x = wh > 0 ? v / wh : 0;
+    return x < MODEL_KL_QMAX ? (float)x : MODEL_KL_QMAX;
+}
+
+/* loss = kl: the ratios into the slab's aux floats, from wh (W h over
+ * the profile). */
 static void model_kl_ratios(struct model *m, const struct model_user *us,
                             const double *wh)
 {
@@ -863,9 +871,54 @@ static void model_kl_ratios(struct model *m, const struct model_user *us,
         return;
     const float *va = pool_vals(&m->pool, us->cls, us->slab);
     float *qa = pool_aux(&m->pool, us->cls, us->slab);
+    for (uint32_t q = 0; q < us->n; q++)
+        qa[q] = model_kl_ratio(va[q], wh[q]);
+}
+
+/* loss = kl: a share in B (model_kl_share_k with s = c) brought to the
+ * ratios of the current W for the same h, in one pass over the profile:
+ * B's row it[q] += (q_new - q_old) c h / bcol. kb does not change (the
+ * same h goes out and in). Only the coordinates where h is not 0 are
+ * visited: the others add exact zeros to W h and to the share, so the
+ * ratios are those of a pass over all k and the share differs from
+ * taking the old one out and putting the new one in by rounding only. */
+MODEL_KI void model_kl_resync_k(struct model *m, const struct model_user *us,
+                                const double *restrict h, double c,
+                                const uint32_t k)
+{
+    uint32_t nz[MODEL_K_MAX], nn = 0;
+    double hz[MODEL_K_MAX], cz[MODEL_K_MAX];
+    for (uint32_t j = 0; j < k; j++) {
+        if (h[j] != 0) {
+            nz[nn] = j;
+            hz[nn] = h[j];
+            cz[nn] = c * h[j] / m->bcol[j];
+            nn++;
+        }
+    }
+    const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
+    const float *va = pool_vals(&m->pool, us->cls, us->slab);
+    float *qa = pool_aux(&m->pool, us->cls, us->slab);
+    const float *restrict W = m->W;
+    double *restrict B = m->B;
     for (uint32_t q = 0; q < us->n; q++) {
-        double x = wh[q] > 0 ? va[q] / wh[q] : 0;
-        qa[q] = x < MODEL_KL_QMAX ? (float)x : MODEL_KL_QMAX;
+        if (q + 4 < us->n) {
+            __builtin_prefetch(W + (size_t)it[q + 4] * k);
+            __builtin_prefetch(B + (size_t)it[q + 4] * k + (nn ? nz[0] : 0),
+                               1);
+        }
+        const float *restrict wi = W + (size_t)it[q] * k;
+        double x = 0;
+        for (uint32_t a = 0; a < nn; a++)
+            x += wi[nz[a]] * hz[a];
+        const float qn = model_kl_ratio(va[q], x);
+        const double d = (double)qn - (double)qa[q];
+        qa[q] = qn;
+        if (d != 0) {
+            double *restrict bi = B + (size_t)it[q] * k;
+            for (uint32_t a = 0; a < nn; a++)
+                bi[nz[a]] += d * cz[a];
+        }
     }
 }
 
@@ -1869,10 +1922,42 @@ static void model_dead_match(struct model *m, const uint32_t *dead, uint32_t nd,
 
 /* loss = kl, before the update: the share of every user whose ratios
  * were taken at an older W (not re-solved since the last refresh, or W
- * replaced since, kl_wgen) taken out and put back with the ratios of the
- * current W and its current h, so that KA is exact for the W the update
- * multiplies. One pass over those profiles, counted in sync_rows (the
- * refresh-by-work rule charges it to the refresh). */
+ * replaced since, kl_wgen) brought to the ratios of the current W and its
+ * current h, so that KA is exact for the W the update multiplies. One
+ * pass over those profiles (model_kl_resync_k: W h and B's rows over the
+ * coordinates where h is not 0, the share moved by the change of its
+ * ratios), counted in sync_rows (the refresh-by-work rule charges it to
+ * the refresh). The pass is bound by memory, rows of W and B scattered
+ * over the items for every profile entry, so it hints the rows of the
+ * users ahead (model_kl_sync_hint). */
+/* The sync's hints, users ahead of the one it moves: the profile slab
+ * and h of the user two ahead, the W and B rows of the first entries of
+ * the next (most profiles are a few entries, shorter than the look-ahead
+ * within one, model_kl_resync_k's). */
+static void model_kl_sync_hint(const struct model *m, uint32_t u, uint32_t U)
+{
+    const size_t k = m->k;
+    if (u + 2 < U) {
+        const struct model_user *x = &m->u[u + 2];
+        if (x->slab != POOL_NONE) {
+            __builtin_prefetch(pool_items(&m->pool, x->cls, x->slab));
+            __builtin_prefetch(pool_vals(&m->pool, x->cls, x->slab));
+            __builtin_prefetch(pool_aux(&m->pool, x->cls, x->slab), 1);
+            __builtin_prefetch(m->H + (u + 2) * k);
+        }
+    }
+    if (u + 1 < U) {
+        const struct model_user *x = &m->u[u + 1];
+        if (x->slab != POOL_NONE) {
+            const uint32_t *it = pool_items(&m->pool, x->cls, x->slab);
+            for (uint32_t q = 0; q < x->n && q < 4; q++) {
+                model_prefetch_span(m->W + it[q] * k, k * sizeof(float), 0);
+                model_prefetch_span(m->B + it[q] * k, k * sizeof(double), 1);
+            }
+        }
+    }
+}
+
 static void model_kl_sync(struct model *m)
 {
     const uint32_t k = m->k, U = ids_slots(m->uids);
@@ -1880,14 +1965,18 @@ static void model_kl_sync(struct model *m)
     double h[MODEL_K_MAX];
     for (uint32_t u = 0; u < U; u++) {
         struct model_user *us = &m->u[u];
+        model_kl_sync_hint(m, u, U);
         if (!(us->flags & MODEL_U_LIVE) || !us->n ||
             (!all && us->solved == (uint32_t)m->refreshes))
             continue;
         const double c = model__frame_weight(m, us->t);
         for (uint32_t j = 0; j < k; j++)
             h[j] = (double)m->H[(size_t)u * k + j] * m->hs[j];
-        if (us->flags & MODEL_U_INB)
-            MODEL_BY_K(k, model_kl_share_k, m, us, h, -c);
+        if (us->flags & MODEL_U_INB) {
+            MODEL_BY_K(k, model_kl_resync_k, m, us, h, c);
+            m->sync_rows += us->n;
+            continue;
+        }
         const uint32_t *it = pool_items(&m->pool, us->cls, us->slab);
         for (uint32_t q = 0; q < us->n; q++) {
             const float *wi = m->W + (size_t)it[q] * k;

@@ -259,3 +259,34 @@ Test(kl, mu_empty_profiles_and_zero_columns)
     cr_assert_eq(wh[2], 0); /* item 3: W's row is 0 */
     cr_assert(isinf(kl_divergence(k, W, s, it, va, 3, h, wh)));
 }
+
+/* A Newton step down that takes h_j to 0 where topic j alone covers an
+ * item leaves (W h)_i = W_ij h_j - W_ij h_j, which in floating point can
+ * be a positive rounding residue instead of 0: the positivity test alone
+ * took that step, and the solve then stopped (its steps doubling from the
+ * residue, each under the tolerance) far from the minimum. h_0 is chosen
+ * so that the residue is positive; the solve, at the fold's sweeps and
+ * tolerance, must still meet the KKT conditions. */
+Test(kl, a_step_to_a_rounding_residue_is_not_taken)
+{
+    const uint32_t k = 2, M = 3;
+    /* item 0: topic 0 alone; item 1: both; item 2 (not in the profile)
+     * makes s_0 large, so that the Newton step from a large h_0 falls
+     * below 0 and is cut to 0. */
+    float W[3 * 2] = {0.1f, 0, 0.3f, 0.7f, 5.0f, 0};
+    double s[2], wh[4];
+    kl_colsums(k, M, W, s);
+    uint32_t it[2] = {0, 1};
+    float va[2] = {1, 2};
+    double h0 = 0;
+    for (double c = 100; c < 200 && h0 == 0; c += 0.013) {
+        double p = (double)W[0] * c;
+        if (fma((double)W[0], -c, p) > 0)
+            h0 = c;
+    }
+    cr_assert_gt(h0, 0, "no warm start leaves a positive residue");
+    double h[2] = {h0, 0.5};
+    kl_solve(k, W, s, it, va, 2, h, 50, 1e-4, wh);
+    assert_kkt(k, W, s, it, va, 2, h, 1e-3);
+    cr_assert(h[0] > 1e-3, "h_0 = %g: left at the residue", h[0]);
+}
