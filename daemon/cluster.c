@@ -69,6 +69,9 @@
 #define CLUSTER_CHUNK_BYTES (512 * 1024)
 /* Metadata requests at start. */
 #define CLUSTER_META_MS 10000
+/* The loop's stall probe: a timer due this often, its lateness the
+ * longest the loop went without coming back to its timers. */
+#define CLUSTER_PROBE_MS 20
 
 enum { CL_STATS, CL_MODEL, CL_STATE, CL_NREJ };
 static const char *const rej_names[CL_NREJ] = {"stats", "model", "state"};
@@ -86,6 +89,9 @@ struct cluster {
     struct kafka_in *lin; /* the stats topic, in the leader's group */
     struct kafka_reader *reader; /* the state topic, at assignments */
     uv_timer_t timer;
+    uv_timer_t probe; /* the loop's stall (on_probe) */
+    double probe_due; /* mono_s() the probe is due at */
+    double stall_max; /* the longest lateness since the last round */
     struct records_enc *enc;
     unsigned closing;
     void (*done)(void *);
@@ -152,7 +158,8 @@ struct cluster {
         struct metric *leader, *version, *version_lag, *w_age, *owned,
             *restore_seconds, *restored_users, *restored_bytes,
             *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
-            *members, *state_written, *handovers, *round_seconds;
+            *members, *state_written, *handovers, *round_seconds,
+            *stall, *stall_max, *stats_bytes;
     } m;
 };
 
@@ -1119,6 +1126,7 @@ static void stats_send(struct cluster *cl)
             return; /* all again on the next tick */
         }
         metric_inc(cl->m.stats_sent);
+        metric_add(cl->m.stats_bytes, (double)len);
     }
     cl->sent_work = work;
     cl->sent_events = events;
@@ -1482,6 +1490,8 @@ static void on_tick(uv_timer_t *t)
     cl->round_end_cpu = cpu_s();
     metric_set(cl->m.round_seconds, cl->round_s);
 gauges:
+    metric_set(cl->m.stall, cl->stall_max);
+    cl->stall_max = 0;
     if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
         metric_set(cl->m.version_lag, (double)lag[0].lag);
     if (cl->version)
@@ -1499,6 +1509,22 @@ gauges:
         }
         metric_set(cl->m.members, members);
     }
+}
+
+/* How late the probe came, each time: the loop was busy that long
+ * without coming back to its timers (a fold pass, a round, a blocking
+ * call). The longest since the last gauge is kept for the gauge, the
+ * longest ever in its own. */
+static void on_probe(uv_timer_t *t)
+{
+    struct cluster *cl = t->data;
+    double now = mono_s(), late = now - cl->probe_due;
+    if (cl->probe_due > 0 && late > cl->stall_max)
+        cl->stall_max = late;
+    if (cl->probe_due > 0 && late > 0 &&
+        late > metric_value(cl->m.stall_max))
+        metric_set(cl->m.stall_max, late);
+    cl->probe_due = now + CLUSTER_PROBE_MS / 1000.0;
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -1589,6 +1615,14 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
               "CPU seconds the last round of statistics (and, on the "
               "leader, the refresh of W) took on the loop; the next waits "
               "until the loop has done four times as much other work.");
+    cl->m.stall = gauge(cl, "nmfd_cluster_loop_stall_seconds",
+                        "The longest the loop went without coming back to "
+                        "its timers during the last cluster.interval.");
+    cl->m.stall_max = gauge(cl, "nmfd_cluster_loop_stall_max_seconds",
+                            "The longest the loop went without coming back "
+                            "to its timers since the start.");
+    cl->m.stats_bytes = counter(cl, "nmfd_cluster_stats_bytes_total",
+                                "Bytes of partition statistics sent.", NULL);
     cl->m.members = gauge(cl, "nmfd_cluster_members",
                           "Members whose statistics the leader holds "
                           "(leader only).");
@@ -1771,6 +1805,10 @@ int cluster_start(struct cluster *cl, char *err, size_t errlen)
     cl->closing++;
     uv_timer_start(&cl->timer, on_tick, cfg->cluster.interval_ms,
                    cfg->cluster.interval_ms);
+    uv_timer_init(cl->loop, &cl->probe);
+    cl->probe.data = cl;
+    cl->closing++;
+    uv_timer_start(&cl->probe, on_probe, CLUSTER_PROBE_MS, CLUSTER_PROBE_MS);
     log_notice("cluster: member %s of group %s, %d input partitions", cl->owner,
                cl->c.group_id, n);
     return 0;
@@ -1853,6 +1891,8 @@ void cluster_close(struct cluster *cl, void (*done)(void *arg), void *arg)
     }
     if (!uv_is_closing((uv_handle_t *)&cl->timer) && cl->timer.loop)
         uv_close((uv_handle_t *)&cl->timer, timer_closed);
+    if (!uv_is_closing((uv_handle_t *)&cl->probe) && cl->probe.loop)
+        uv_close((uv_handle_t *)&cl->probe, timer_closed);
 }
 
 void cluster_free(struct cluster *cl)
