@@ -61,11 +61,16 @@
 /* A full round of statistics at least this many intervals apart, even
  * when nothing changed: a new leader has every partition within it. */
 #define CLUSTER_FULL_EVERY 10
-/* A partition's statistics go whole at least every this many of its
- * records, the others carrying only the rows that changed (struct
- * sent_rows): a leader that missed one, or a new leader, has exact sums
- * again within as many rounds. */
+/* A partition's statistics go whole at least every CLUSTER_WHOLE_EVERY
+ * of its records and CLUSTER_WHOLE_INTERVALS cluster.intervals (an idle
+ * member sends a record every CLUSTER_FULL_EVERY), the others carrying
+ * only the rows that changed (struct sent_rows): a leader that missed
+ * one has exact sums again by then. Every record after a rebalance of the
+ * leader's group (a new leader, a member joining) is whole too: a new
+ * leader reads the stats topic from what the broker still keeps, which
+ * may begin after the partition's last whole record. */
 #define CLUSTER_WHOLE_EVERY 10
+#define CLUSTER_WHOLE_INTERVALS 30
 /* The share of the loop's work the group's rounds may take (on_tick),
  * and how many times the wait that gives an idle loop waits on the clock
  * instead. */
@@ -98,6 +103,7 @@ struct sent_rows {
     uint64_t *hash, *idh;
     uint64_t seq;        /* of the record they were in */
     unsigned since_whole; /* records since the last whole one */
+    double whole_at;     /* mono_s() of the last whole one */
     bool valid;          /* false: the next record is whole */
 };
 
@@ -343,9 +349,19 @@ static void lead_drop(struct cluster *cl)
     cl->stats_new = false;
 }
 
+/* Every partition's next record whole (struct sent_rows). */
+static void stats_whole_all(struct cluster *cl)
+{
+    for (int32_t p = 0; cl->sent && p < cl->nparts; p++)
+        cl->sent[p].valid = false;
+}
+
 static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
 {
     struct cluster *cl = ctx;
+    /* A rebalance of the leader's group, on every member: perhaps a new
+     * leader, which needs whole records. */
+    stats_whole_all(cl);
     if (!n)
         return;
     lead_drop(cl);
@@ -384,6 +400,7 @@ static void lin_revoke(void *ctx, const struct kafka_part *parts, size_t n,
     struct cluster *cl = ctx;
     (void)parts;
     (void)lost;
+    stats_whole_all(cl);
     if (!n || !cl->leader)
         return;
     lead_drop(cl);
@@ -1066,6 +1083,9 @@ static int lead_seed(struct cluster *cl, uint64_t events, double weight)
     tr->gen = cl->lead_gen;
     tr->events = events;
     tr->weight = weight;
+    log_info("cluster: seeding the group's first W from this member's %" PRIu32
+             " users, off the loop (%.3f CPU s to copy them)",
+             n, cl->restart_s);
     return trial_start(cl, tr);
 }
 
@@ -1436,7 +1456,10 @@ static bool stats_delta(struct cluster *cl, int32_t p, uint32_t *n,
     const struct model *m = cl->c.model;
     const uint32_t k = cl->k, M = model_item_slots(m);
     const struct sent_rows *sp = &cl->sent[p];
-    bool delta = sp->valid && sp->since_whole + 1 < CLUSTER_WHOLE_EVERY;
+    bool delta = sp->valid && sp->since_whole + 1 < CLUSTER_WHOLE_EVERY &&
+                 mono_s() - sp->whole_at < CLUSTER_WHOLE_INTERVALS *
+                                               cl->c.cfg->cluster.interval_ms /
+                                               1000.0;
     uint32_t q = 0;
 
     *n = *nd = 0;
@@ -1494,6 +1517,8 @@ static int stats_sent_keep(struct cluster *cl, int32_t p, uint32_t n,
     sp->n = n;
     sp->seq = seq;
     sp->since_whole = delta ? sp->since_whole + 1 : 0;
+    if (!delta)
+        sp->whole_at = mono_s();
     sp->valid = true;
     return 0;
 }
