@@ -126,6 +126,7 @@ struct cluster {
     uv_timer_t probe; /* the loop's stall (on_probe) */
     double probe_due; /* mono_s() the probe is due at */
     double stall_max; /* the longest lateness since the last round */
+    double probe_cpu; /* the loop thread's cpu_s() at the last probe */
     struct records_enc *enc;
     unsigned closing;
     void (*done)(void *);
@@ -204,7 +205,7 @@ struct cluster {
             *restore_seconds, *restored_users, *restored_bytes,
             *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
             *members, *state_written, *handovers, *round_seconds,
-            *stall, *stall_max, *stats_bytes, *stats_gaps;
+            *stall, *stall_max, *busy_max, *stats_bytes, *stats_gaps;
     } m;
 };
 
@@ -1998,6 +1999,13 @@ static void on_probe(uv_timer_t *t)
     if (cl->probe_due > 0 && late > 0 &&
         late > metric_value(cl->m.stall_max))
         metric_set(cl->m.stall_max, late);
+    /* The same in the loop thread's CPU seconds between two probes: what
+     * the loop itself ran, whatever else the host runs (a lateness of
+     * the clock may be the host's other processes). */
+    double cpu = cpu_s();
+    if (cl->probe_due > 0 && cpu - cl->probe_cpu > metric_value(cl->m.busy_max))
+        metric_set(cl->m.busy_max, cpu - cl->probe_cpu);
+    cl->probe_cpu = cpu;
     cl->probe_due = now + CLUSTER_PROBE_MS / 1000.0;
 }
 
@@ -2096,6 +2104,10 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
     cl->m.stall_max = gauge(cl, "nmfd_cluster_loop_stall_max_seconds",
                             "The longest the loop went without coming back "
                             "to its timers since the start.");
+    cl->m.busy_max = gauge(cl, "nmfd_cluster_loop_busy_max_seconds",
+                           "The most CPU seconds the loop thread ran between "
+                           "two turns of its 20 ms probe timer, since the "
+                           "start.");
     cl->m.stats_bytes = counter(cl, "nmfd_cluster_stats_bytes_total",
                                 "Bytes of partition statistics sent.", NULL);
     cl->m.stats_gaps = counter(cl, "nmfd_cluster_stats_gaps_total",
