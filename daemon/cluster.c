@@ -205,7 +205,8 @@ struct cluster {
             *restore_seconds, *restored_users, *restored_bytes,
             *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
             *members, *state_written, *handovers, *round_seconds,
-            *stall, *stall_max, *busy_max, *stats_bytes, *stats_gaps;
+            *stall, *stall_max, *busy_max, *stats_bytes, *stats_gaps,
+            *rows_sent, *rows_kept;
     } m;
 };
 
@@ -1595,6 +1596,9 @@ static void stats_send(struct cluster *cl)
         }
         stats_sent_keep(cl, p, nrow, h.seq, delta);
         metric_inc(cl->m.stats_sent);
+        metric_add(cl->m.rows_sent, delta ? nd : nrow);
+        if (delta)
+            metric_add(cl->m.rows_kept, (double)nrow - nd);
         metric_add(cl->m.stats_bytes, (double)len);
     }
     cl->sent_work = work;
@@ -2110,6 +2114,12 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
                            "start.");
     cl->m.stats_bytes = counter(cl, "nmfd_cluster_stats_bytes_total",
                                 "Bytes of partition statistics sent.", NULL);
+    cl->m.rows_sent = counter(cl, "nmfd_cluster_stats_rows_total",
+                              "Rows of B sent in statistics records.", NULL);
+    cl->m.rows_kept = counter(cl, "nmfd_cluster_stats_rows_unchanged_total",
+                              "Rows of B left out of statistics records "
+                              "as unchanged since the partition's last.",
+                              NULL);
     cl->m.stats_gaps = counter(cl, "nmfd_cluster_stats_gaps_total",
                                "Statistics records carrying changed rows "
                                "that the leader could not apply (it does "
