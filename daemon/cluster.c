@@ -160,6 +160,9 @@ struct cluster {
     uint32_t *nslot, *drows;
     uint64_t *nhash, *nidh;
     size_t ncap;
+    /* The item slots a partition's users hold (stats_touched), sorted,
+     * and a stamp per slot marking them; B is zero outside them. */
+    uint32_t *touch, *mark, stamp;
     unsigned since_full;
     double *A, *B;
     size_t bcap; /* doubles in B */
@@ -1356,11 +1359,22 @@ static int stats_scratch(struct cluster *cl)
         double *b = realloc(cl->B, need * sizeof(double));
         if (!b)
             return -ENOMEM;
+        /* Zero, as the rows before it are between partitions. */
+        memset(b + cl->bcap, 0, (need - cl->bcap) * sizeof(double));
         cl->B = b;
         cl->bcap = need;
     }
     size_t rows = model_item_slots(cl->c.model) + 1;
     if (rows > cl->ncap) {
+        uint32_t *t = realloc(cl->touch, rows * sizeof(*t));
+        if (!t)
+            return -ENOMEM;
+        cl->touch = t;
+        uint32_t *mk = realloc(cl->mark, rows * sizeof(*mk));
+        if (!mk)
+            return -ENOMEM;
+        memset(mk + cl->ncap, 0, (rows - cl->ncap) * sizeof(*mk));
+        cl->mark = mk;
         uint32_t *a = realloc(cl->nslot, rows * sizeof(*a));
         if (!a)
             return -ENOMEM;
@@ -1452,11 +1466,11 @@ static uint64_t id_hash(const char *id, size_t len)
  * nhash, nidh (*n of them), and into cl->drows (*nd) those a delta must
  * carry. false when the record must be whole (no last record, or a slot
  * whose item left or changed). */
-static bool stats_delta(struct cluster *cl, int32_t p, uint32_t *n,
-                        uint32_t *nd)
+static bool stats_delta(struct cluster *cl, int32_t p, uint32_t nt,
+                        uint32_t *n, uint32_t *nd)
 {
     const struct model *m = cl->c.model;
-    const uint32_t k = cl->k, M = model_item_slots(m);
+    const uint32_t k = cl->k;
     const struct sent_rows *sp = &cl->sent[p];
     bool delta = sp->valid && sp->since_whole + 1 < CLUSTER_WHOLE_EVERY &&
                  mono_s() - sp->whole_at < CLUSTER_WHOLE_INTERVALS *
@@ -1465,7 +1479,12 @@ static bool stats_delta(struct cluster *cl, int32_t p, uint32_t *n,
     uint32_t q = 0;
 
     *n = *nd = 0;
-    for (uint32_t i = 0; i < M; i++) {
+    /* Only the slots its users hold now (B is zero elsewhere) and those
+     * the last record had, both sorted. */
+    for (uint32_t a = 0; a < nt || q < sp->n;) {
+        uint32_t ta = a < nt ? cl->touch[a] : UINT32_MAX;
+        uint32_t i = q < sp->n && sp->slot[q] < ta ? sp->slot[q] : ta;
+        a += ta == i;
         size_t len = 0;
         const char *id = model_item_id(m, i, &len);
         const double *r = cl->B + (size_t)i * k;
@@ -1491,6 +1510,46 @@ static bool stats_delta(struct cluster *cl, int32_t p, uint32_t *n,
     return delta;
 }
 
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The item slots the users of partition p hold, into cl->touch,
+ * sorted: the only rows of B its statistics can make non-zero. */
+static uint32_t stats_touched(struct cluster *cl, int32_t p)
+{
+    const struct model *m = cl->c.model;
+    uint32_t nt = 0;
+    if (++cl->stamp == 0) { /* wrapped: no slot may look marked */
+        memset(cl->mark, 0, cl->ncap * sizeof(*cl->mark));
+        cl->stamp = 1;
+    }
+    for (size_t x = cl->first[p]; x < cl->first[p + 1]; x++) {
+        const uint32_t *it;
+        const float *va;
+        uint32_t np;
+        if (model_user_profile(m, cl->order[x], &it, &va, &np))
+            continue;
+        for (uint32_t q = 0; q < np; q++)
+            if (cl->mark[it[q]] != cl->stamp) {
+                cl->mark[it[q]] = cl->stamp;
+                cl->touch[nt++] = it[q];
+            }
+    }
+    qsort(cl->touch, nt, sizeof(*cl->touch), u32_cmp);
+    return nt;
+}
+
+/* B back to zero after partition p's record (its touched rows). */
+static void stats_clear(struct cluster *cl, uint32_t nt)
+{
+    for (uint32_t a = 0; a < nt; a++)
+        memset(cl->B + (size_t)cl->touch[a] * cl->k, 0,
+               cl->k * sizeof(double));
+}
+
 /* The rows of partition p's record just sent (stats_delta's), for the
  * next to be measured against; seq the record's. */
 static int stats_sent_keep(struct cluster *cl, int32_t p, uint32_t n,
@@ -1513,9 +1572,11 @@ static int stats_sent_keep(struct cluster *cl, int32_t p, uint32_t n,
         }
         sp->cap = n;
     }
-    memcpy(sp->slot, cl->nslot, (size_t)n * sizeof(*sp->slot));
-    memcpy(sp->hash, cl->nhash, (size_t)n * sizeof(*sp->hash));
-    memcpy(sp->idh, cl->nidh, (size_t)n * sizeof(*sp->idh));
+    if (n) {
+        memcpy(sp->slot, cl->nslot, (size_t)n * sizeof(*sp->slot));
+        memcpy(sp->hash, cl->nhash, (size_t)n * sizeof(*sp->hash));
+        memcpy(sp->idh, cl->nidh, (size_t)n * sizeof(*sp->idh));
+    }
     sp->n = n;
     sp->seq = seq;
     sp->since_whole = delta ? sp->since_whole + 1 : 0;
@@ -1559,10 +1620,13 @@ static void stats_send(struct cluster *cl)
         struct records_stats h;
         int64_t next = -1;
         memset(&h, 0, sizeof(h));
-        if (model_users_stats(cl->c.model, cl->order + cl->first[p],
-                              cl->first[p + 1] - cl->first[p], cl->A, cl->B,
-                              &sums))
+        uint32_t nt = stats_touched(cl, p);
+        if (model_users_stats_add(cl->c.model, cl->order + cl->first[p],
+                                  cl->first[p + 1] - cl->first[p], cl->A,
+                                  cl->B, &sums)) {
+            stats_clear(cl, nt);
             return;
+        }
         ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
                         &h.weight_sum);
         snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
@@ -1570,7 +1634,7 @@ static void stats_send(struct cluster *cl)
         h.part = p;
         h.seq = ++cl->seq;
         uint32_t nrow = 0, nd = 0;
-        bool delta = stats_delta(cl, p, &nrow, &nd);
+        bool delta = stats_delta(cl, p, nt, &nrow, &nd);
         h.base = delta ? cl->sent[p].seq : 0;
         h.ts = wall_ms();
         h.offset = next;
@@ -1580,7 +1644,9 @@ static void stats_send(struct cluster *cl)
         memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
         memcpy(h.mass, sums.mass, sizeof(h.mass));
         int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B,
-                                      delta ? cl->drows : NULL, nd);
+                                      delta ? cl->drows : cl->nslot,
+                                      delta ? nd : nrow);
+        stats_clear(cl, nt);
         size_t len;
         const void *data = records_enc_data(cl->enc, &len);
         char key[16];
@@ -2429,6 +2495,8 @@ void cluster_free(struct cluster *cl)
     free(cl->drows);
     free(cl->nhash);
     free(cl->nidh);
+    free(cl->touch);
+    free(cl->mark);
     free(cl->w_pending);
     free(cl->w_last);
     free(cl->w_prev);

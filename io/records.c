@@ -1144,8 +1144,6 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
     size_t len;
 
     if (rows) {
-        if (!h->base)
-            return -EINVAL;
         for (uint32_t q = 0; q < nrows; q++)
             if (rows[q] >= islots || !model_item_id(m, rows[q], &len))
                 return -EINVAL;
@@ -1168,7 +1166,7 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
         pk_kv_str(&pk, "owner", h->owner) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
         pk_kv_i64(&pk, "partition", h->part) < 0 ||
         pk_kv_u64(&pk, "seq", h->seq) < 0 ||
-        pk_kv_u64(&pk, "base", rows ? h->base : 0) < 0 ||
+        pk_kv_u64(&pk, "base", h->base) < 0 ||
         pk_kv_i64(&pk, "ts", h->ts) < 0 ||
         pk_kv_i64(&pk, "offset", h->offset) < 0 ||
         pk_kv_u64(&pk, "events", h->events) < 0 ||

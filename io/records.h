@@ -216,11 +216,12 @@ struct records_stats {
     uint32_t *slot; /* the reader's own use (NULL as read; freed) */
 };
 /* Encodes h's fields with A (k x k) and rows of B (the model's item
- * slots x k, from model_part_stats): with rows NULL, every non-zero row
- * (h->base must be 0); else exactly the nrows item slots rows[] (each an
- * item of m; a row of zeros says the item left B_p), for a record of
- * base h->base. -EINVAL for rows of a record of base 0, or a slot that
- * is no item. */
+ * slots x k, from model_part_stats): with rows NULL, every non-zero row;
+ * else exactly the nrows item slots rows[] (each an item of m; in a
+ * record of base h->base > 0 a row of zeros says the item left B_p; of
+ * base 0 they must be every non-zero row, which the caller that knows
+ * them saves a scan of every slot). -EINVAL for a slot that is no
+ * item. */
 int records_stats_encode(struct records_enc *e, const struct records_stats *h,
                          const struct model *m, const double *A,
                          const double *B, const uint32_t *rows,
