@@ -7,15 +7,18 @@
  *    member owns the users whose key lands there (ingest rejects an event
  *    whose user belongs to another partition);
  *  - every member sends, each cluster.interval, the exact statistics of
- *    each of its partitions (online/group.c) to the stats topic, whole:
- *    a record replaces the partition's previous one, so nothing is summed
- *    twice and a partition whose owner died keeps its last exact figures
- *    until the next owner sends its own;
+ *    each of its partitions (online/group.c) to the stats topic: a record
+ *    replaces the partition's previous one (whole, or, between whole
+ *    ones, the rows of B that changed on top of the record it names), so
+ *    nothing is summed twice and a partition whose owner died keeps its
+ *    last exact figures until the next owner sends its own;
  *  - the leader is whichever member a second consumer group ("<group>
  *    .leader", one partition) assigns the stats topic to. It reads every
  *    partition's latest record, sums them into a model that holds no
  *    users, refreshes W there (HALS, normalisation, topic identity, as a
  *    single process does) and publishes each version to the model topic;
+ *    its once-offs, the seed of the first W and the restart trial, run
+ *    on libuv's pool, not on the loop (struct trial);
  *  - every member, the leader too, follows the model topic and folds
  *    against the newest W (model_w_install);
  *  - a partition's users' state goes to the state topic, to the same
