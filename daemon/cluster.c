@@ -7,15 +7,18 @@
  *    member owns the users whose key lands there (ingest rejects an event
  *    whose user belongs to another partition);
  *  - every member sends, each cluster.interval, the exact statistics of
- *    each of its partitions (online/group.c) to the stats topic, whole:
- *    a record replaces the partition's previous one, so nothing is summed
- *    twice and a partition whose owner died keeps its last exact figures
- *    until the next owner sends its own;
+ *    each of its partitions (online/group.c) to the stats topic: a record
+ *    replaces the partition's previous one (whole, or, between whole
+ *    ones, the rows of B that changed on top of the record it names), so
+ *    nothing is summed twice and a partition whose owner died keeps its
+ *    last exact figures until the next owner sends its own;
  *  - the leader is whichever member a second consumer group ("<group>
  *    .leader", one partition) assigns the stats topic to. It reads every
  *    partition's latest record, sums them into a model that holds no
  *    users, refreshes W there (HALS, normalisation, topic identity, as a
  *    single process does) and publishes each version to the model topic;
+ *    its once-offs, the seed of the first W and the restart trial, run
+ *    on libuv's pool, not on the loop (struct trial);
  *  - every member, the leader too, follows the model topic and folds
  *    against the newest W (model_w_install);
  *  - a partition's users' state goes to the state topic, to the same
@@ -38,6 +41,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +64,16 @@
 /* A full round of statistics at least this many intervals apart, even
  * when nothing changed: a new leader has every partition within it. */
 #define CLUSTER_FULL_EVERY 10
+/* A partition's statistics go whole at least every CLUSTER_WHOLE_EVERY
+ * of its records and CLUSTER_WHOLE_INTERVALS cluster.intervals (an idle
+ * member sends a record every CLUSTER_FULL_EVERY), the others carrying
+ * only the rows that changed (struct sent_rows): a leader that missed
+ * one has exact sums again by then. Every record after a rebalance of the
+ * leader's group (a new leader, a member joining) is whole too: a new
+ * leader reads the stats topic from what the broker still keeps, which
+ * may begin after the partition's last whole record. */
+#define CLUSTER_WHOLE_EVERY 10
+#define CLUSTER_WHOLE_INTERVALS 30
 /* The share of the loop's work the group's rounds may take (on_tick),
  * and how many times the wait that gives an idle loop waits on the clock
  * instead. */
@@ -69,9 +84,31 @@
 #define CLUSTER_CHUNK_BYTES (512 * 1024)
 /* Metadata requests at start. */
 #define CLUSTER_META_MS 10000
+/* The loop's stall probe: a timer due this often, its lateness the
+ * longest the loop went without coming back to its timers. */
+#define CLUSTER_PROBE_MS 20
 
 enum { CL_STATS, CL_MODEL, CL_STATE, CL_NREJ };
 static const char *const rej_names[CL_NREJ] = {"stats", "model", "state"};
+
+/* What a partition's last record said of B_p: its non-zero rows by item
+ * slot, ascending, each with a hash of its values and one of its item's
+ * id. The next record carries only the rows whose hash differs, the
+ * new ones, and a row of zeros for each that went; a slot that another
+ * item took (its id's hash differs) or that no item holds any longer
+ * makes it whole, a delta having no way to name the item that left. A
+ * 64-bit hash of the row's bits stands for the row (16 bytes a row
+ * against k x 8): two different rows hashing alike would leave the
+ * leader's row stale until the next whole record. */
+struct sent_rows {
+    uint32_t n, cap;
+    uint32_t *slot;
+    uint64_t *hash, *idh;
+    uint64_t seq;        /* of the record they were in */
+    unsigned since_whole; /* records since the last whole one */
+    double whole_at;     /* mono_s() of the last whole one */
+    bool valid;          /* false: the next record is whole */
+};
 
 struct cluster {
     uv_loop_t *loop;
@@ -85,7 +122,14 @@ struct cluster {
     struct kafka_in *win; /* the model topic */
     struct kafka_in *lin; /* the stats topic, in the leader's group */
     struct kafka_reader *reader; /* the state topic, at assignments */
+    /* The reader is the loop's at an assignment and the trial's worker's
+     * (read_others) while it reads: one at a time. */
+    pthread_mutex_t reader_lock;
     uv_timer_t timer;
+    uv_timer_t probe; /* the loop's stall (on_probe) */
+    double probe_due; /* mono_s() the probe is due at */
+    double stall_max; /* the longest lateness since the last round */
+    double probe_cpu; /* the loop thread's cpu_s() at the last probe */
     struct records_enc *enc;
     unsigned closing;
     void (*done)(void *);
@@ -113,6 +157,15 @@ struct cluster {
     /* The version every user here was last solved against (the
      * installed one once none is stale), and the one last sent. */
     uint64_t solved_version, sent_solved;
+    /* By partition, what its last record said of B_p (sent_rows); and
+     * scratch for the round's rows (item slots, cap bcap / k). */
+    struct sent_rows *sent;
+    uint32_t *nslot, *drows;
+    uint64_t *nhash, *nidh;
+    size_t ncap;
+    /* The item slots a partition's users hold (stats_touched), sorted,
+     * and a stamp per slot marking them; B is zero outside them. */
+    uint32_t *touch, *mark, stamp;
     unsigned since_full;
     double *A, *B;
     size_t bcap; /* doubles in B */
@@ -144,6 +197,11 @@ struct cluster {
     unsigned idle_rounds;    /* refreshes since the events last changed */
     uint64_t round_events;   /* the group's events at the last refresh */
     double pub_loss;     /* and its relative loss */
+    /* The seed or restart trial under way on libuv's pool (struct
+     * trial), NULL when none; lead_gen counts the leader's models, so
+     * a trial begun for one is never installed into the next. */
+    struct trial *trial;
+    uint64_t lead_gen;
     float *w_prev; /* the W of the last version published */
     size_t w_prev_n;
 
@@ -152,7 +210,9 @@ struct cluster {
         struct metric *leader, *version, *version_lag, *w_age, *owned,
             *restore_seconds, *restored_users, *restored_bytes,
             *rejected[CL_NREJ], *stats_sent, *w_published, *w_refused,
-            *members, *state_written, *handovers, *round_seconds;
+            *members, *state_written, *handovers, *round_seconds,
+            *stall, *stall_max, *busy_max, *stats_bytes, *stats_gaps,
+            *rows_sent, *rows_kept;
     } m;
 };
 
@@ -279,8 +339,12 @@ static void win_pass_end(void *ctx)
 
 /* ---- leading ----------------------------------------------------------- */
 
+static void trial_cancel(struct cluster *cl);
+
 static void lead_drop(struct cluster *cl)
 {
+    trial_cancel(cl);
+    cl->lead_gen++;
     model_free(cl->lead);
     cl->lead = NULL;
     free(cl->w_prev);
@@ -293,9 +357,19 @@ static void lead_drop(struct cluster *cl)
     cl->stats_new = false;
 }
 
+/* Every partition's next record whole (struct sent_rows). */
+static void stats_whole_all(struct cluster *cl)
+{
+    for (int32_t p = 0; cl->sent && p < cl->nparts; p++)
+        cl->sent[p].valid = false;
+}
+
 static void lin_assign(void *ctx, struct kafka_part *parts, size_t n)
 {
     struct cluster *cl = ctx;
+    /* A rebalance of the leader's group, on every member: perhaps a new
+     * leader, which needs whole records. */
+    stats_whole_all(cl);
     if (!n)
         return;
     lead_drop(cl);
@@ -334,12 +408,85 @@ static void lin_revoke(void *ctx, const struct kafka_part *parts, size_t n,
     struct cluster *cl = ctx;
     (void)parts;
     (void)lost;
+    stats_whole_all(cl);
     if (!n || !cl->leader)
         return;
     lead_drop(cl);
     cl->leader = false;
     metric_set(cl->m.leader, 0);
     log_notice("cluster: this member no longer leads");
+}
+
+static int slot_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* s's rows by the leader's item slot (model_item_ensure), ascending, in
+ * s->slot and s->B (its ids are not kept); with o, the record s updates
+ * (a delta), o's rows that s does not carry are added, and the rows of
+ * zeros s carries (items that left) dropped. 0 or -ENOMEM (s unchanged
+ * in what matters: the caller drops it). */
+static int stats_rows_take(struct cluster *cl, const struct records_stats *o,
+                           struct records_stats *s)
+{
+    const uint32_t k = cl->k, n = s->nitems;
+    const size_t row = (size_t)k * sizeof(double);
+    uint64_t *key = malloc(((size_t)n + 1) * sizeof(*key));
+    uint32_t cap = n + (o ? o->nitems : 0), m = 0;
+    uint32_t *slot = malloc(((size_t)cap + 1) * sizeof(*slot));
+    double *B = malloc(((size_t)cap + 1) * row);
+    int rc = -ENOMEM;
+
+    if (!key || !slot || !B)
+        goto out;
+    /* slot << 32 | index: sorted by slot, ids being distinct. */
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t r = model_item_ensure(cl->lead, s->items[i], s->item_lens[i]);
+        if (r < 0)
+            goto out;
+        key[i] = (uint64_t)r << 32 | i;
+    }
+    qsort(key, n, sizeof(*key), slot_cmp);
+    uint32_t a = 0, b = 0, na = o ? o->nitems : 0;
+    while (a < na || b < n) {
+        uint32_t sa = a < na ? o->slot[a] : UINT32_MAX;
+        uint32_t sb = b < n ? (uint32_t)(key[b] >> 32) : UINT32_MAX;
+        if (sa < sb) {
+            slot[m] = sa;
+            memcpy(B + (size_t)m++ * k, o->B + (size_t)a++ * k, row);
+            continue;
+        }
+        const double *r = s->B + (size_t)(key[b] & 0xffffffffu) * k;
+        bool zero = true;
+        for (uint32_t j = 0; j < k && zero; j++)
+            zero = r[j] == 0;
+        if (!zero) {
+            slot[m] = sb;
+            memcpy(B + (size_t)m++ * k, r, row);
+        }
+        b++;
+        if (sa == sb)
+            a++;
+    }
+    free(s->items);
+    free(s->item_lens);
+    s->items = NULL;
+    s->item_lens = NULL;
+    free(s->B);
+    s->B = B;
+    free(s->slot);
+    s->slot = slot;
+    s->nitems = m;
+    B = NULL;
+    slot = NULL;
+    rc = 0;
+out:
+    free(key);
+    free(slot);
+    free(B);
+    return rc;
 }
 
 static void lin_message(void *ctx, const struct kafka_msg *msg)
@@ -359,6 +506,17 @@ static void lin_message(void *ctx, const struct kafka_msg *msg)
         reject(cl, CL_STATS, "statistics of another k");
     } else if (s->part >= cl->nparts) {
         reject(cl, CL_STATS, "a partition the input does not have");
+    } else if (!cl->lead) {
+        /* Out of memory at the assignment: nothing to hold them in. */
+    } else if (s->base && (!cl->ps[s->part] ||
+                           strcmp(cl->ps[s->part]->owner, s->owner) ||
+                           cl->ps[s->part]->seq != s->base)) {
+        /* Rows changed since a record this leader does not hold (it
+         * missed one, or began after it): the partition's figures stay
+         * as they are until its next whole record. */
+        metric_inc(cl->m.stats_gaps);
+    } else if (stats_rows_take(cl, s->base ? cl->ps[s->part] : NULL, s)) {
+        log_warn("cluster: leader: %s", strerror(ENOMEM));
     } else {
         records_stats_free(cl->ps[s->part]);
         cl->ps[s->part] = s;
@@ -411,12 +569,6 @@ static int lead_publish(struct cluster *cl, int64_t ts, uint64_t events,
     return 0;
 }
 
-/* The group's first W, as a single process's warm-up makes it: NNDSVDa
- * of the profiles, then batch alternating NNLS, on the users of the
- * leader's own partitions (a sample of all users, the partitions being
- * by a hash of the user). From there the group's rounds (members
- * re-solve, the leader refreshes) go on as a single process's do; a
- * random start would leave them in a poorer local minimum. */
 /* A model of its own holding copies of this member's users (the
  * leader's sample of the group). NULL out of memory; *n users. */
 static struct model *sample_model(struct cluster *cl, uint32_t *nusers)
@@ -490,25 +642,6 @@ out:
     return rc;
 }
 
-static int lead_seed(struct cluster *cl)
-{
-    uint32_t n = 0;
-    double c0 = cpu_s();
-    struct model *t = sample_model(cl, &n);
-    int rc;
-    if (!t)
-        return -ENOMEM;
-    if (n < cl->k) {
-        model_free(t);
-        cl->restart_s += cpu_s() - c0;
-        return -EAGAIN; /* too few users of its own: HALS from the start */
-    }
-    model_warm(t);
-    rc = copy_w(cl->lead, t, cl->k);
-    model_free(t);
-    cl->restart_s += cpu_s() - c0;
-    return rc;
-}
 
 /* ---- reading the state topic ------------------------------------------ */
 
@@ -527,6 +660,10 @@ struct scan {
     struct scan_buf cur, best;
     struct records_state marker;
     bool have;
+    /* Off the loop (a trial's read): refusals counted here, reported
+     * by the loop, not through reject(). */
+    bool quiet;
+    unsigned refused;
 };
 
 static void scan_buf_free(struct scan_buf *b)
@@ -546,12 +683,18 @@ static int scan_message(void *ctx, const struct kafka_msg *msg)
     const char *why = NULL;
 
     if (records_state_head(msg->payload, msg->len, &h, &why)) {
-        reject(cl, CL_STATE, why);
+        if (sc->quiet)
+            sc->refused++;
+        else
+            reject(cl, CL_STATE, why);
         return 0;
     }
     if (strcmp(h.cluster, cl->c.group_id) || h.k != cl->k || h.part != sc->p) {
-        reject(cl, CL_STATE,
-               "state of another group, another k or another partition");
+        if (sc->quiet)
+            sc->refused++;
+        else
+            reject(cl, CL_STATE,
+                   "state of another group, another k or another partition");
         return 0;
     }
     if (h.marker) {
@@ -633,22 +776,34 @@ static int import_other(void *ctx, const struct model_user_state *st)
     return model_user_put(o->t, st);
 }
 
-/* Into t, the users of every partition this member does not own, from
- * their last complete state on the state topic (read as a restore reads
- * it, on the member's reader). Only when each one's state holds exactly
- * the events the group's statistics of it count: a state older than the
- * statistics would make the restart's trial on another data set than the
- * group's. 1: every other partition in t (*users of them); 0: some
- * partition's state is missing or behind (t is then partly filled and
- * must be dropped); -errno on a read or import failure. */
-static int read_others(struct cluster *cl, struct model *t, uint64_t *users)
+#define CLUSTER_RESTART_USERS 200000
+#define CLUSTER_IDLE_ROUNDS 5
+#define CLUSTER_LOSS_RES 1e-9
+/* Refreshes a wholesale W waits at most for statistics of it (a member
+ * re-solves its users in a few rounds; one on an older build never). */
+#define CLUSTER_BARRIER_ROUNDS 100
+enum { RS_KEPT, RS_TOOK, RS_LATER, RS_BEGUN };
+/* Into t, the users of every partition p with want[p] != UINT64_MAX
+ * (those this member does not own, and that have users), from their last
+ * complete state on the state topic (read as a restore reads it, on the
+ * member's reader, under its lock). Only when each one's state holds
+ * exactly want[p] events, the events the group's statistics of it count:
+ * a state older than the statistics would make the restart's trial on
+ * another data set than the group's. Runs on libuv's pool (the trial's
+ * worker): it touches nothing of cl but what never changes after the
+ * start (nparts, k, the group's name, the configuration) and the reader.
+ * 1: every such partition in t (*users of them); 0: some partition's
+ * state is missing or behind (t is then partly filled and must be
+ * dropped); -errno on a read or import failure. */
+static int read_others(struct cluster *cl, const uint64_t *want,
+                       struct model *t, uint64_t *users, unsigned *refused,
+                       char *err, size_t errlen)
 {
     struct kafka_read_part *rp = calloc((size_t)cl->nparts, sizeof(*rp));
     struct scan *sc = calloc((size_t)cl->nparts, sizeof(*sc));
     int32_t *at = malloc((size_t)cl->nparts * sizeof(*at));
     struct scans s = {.sc = sc, .at = at};
     size_t m = 0;
-    char err[512];
     int rc = 1;
 
     *users = 0;
@@ -658,17 +813,12 @@ static int read_others(struct cluster *cl, struct model *t, uint64_t *users)
     }
     for (int32_t p = 0; p < cl->nparts; p++) {
         at[p] = -1;
-        if (cl->owned[p])
+        if (want[p] == UINT64_MAX)
             continue;
-        if (!cl->ps[p]) {
-            rc = 0; /* no statistics of it: nothing to compare with */
-            goto out;
-        }
-        if (!cl->ps[p]->users)
-            continue; /* no user: no state is written, none is needed */
         at[p] = (int32_t)m;
         sc[m].cl = cl;
         sc[m].p = p;
+        sc[m].quiet = true;
         rp[m++].partition = p;
     }
     if (!m)
@@ -677,34 +827,36 @@ static int read_others(struct cluster *cl, struct model *t, uint64_t *users)
         rc = -EINVAL;
         goto out;
     }
-    if (kafka_reader_read(cl->reader, rp, m,
-                          (int)cl->c.cfg->cluster.restore_timeout_ms, scan_any,
-                          &s, err, sizeof(err))) {
-        log_warn("cluster: restart: the state topic: %s", err);
+    pthread_mutex_lock(&cl->reader_lock);
+    int r = kafka_reader_read(cl->reader, rp, m,
+                              (int)cl->c.cfg->cluster.restore_timeout_ms,
+                              scan_any, &s, err, errlen);
+    pthread_mutex_unlock(&cl->reader_lock);
+    if (r) {
         rc = -EIO;
         goto out;
     }
     for (size_t j = 0; j < m && rc == 1; j++)
-        if (!sc[j].have || sc[j].marker.events != cl->ps[sc[j].p]->events)
+        if (!sc[j].have || sc[j].marker.events != want[sc[j].p])
             rc = 0;
     for (size_t j = 0; j < m && rc == 1; j++) {
         struct others o = {.cl = cl, .t = t, .p = sc[j].p};
         for (uint32_t i = 0; i < sc[j].best.n && rc == 1; i++) {
             struct records_state h;
             const char *why = NULL;
-            int r = records_state_read(sc[j].best.rec[i], sc[j].best.len[i],
-                                       &h, import_other, &o, &why);
-            if (r) {
-                log_warn("cluster: restart: partition %" PRId32
-                         " state chunk %u: %s",
-                         sc[j].p, i, why ? why : strerror(-r));
-                rc = r;
+            int r2 = records_state_read(sc[j].best.rec[i], sc[j].best.len[i],
+                                        &h, import_other, &o, &why);
+            if (r2) {
+                snprintf(err, errlen, "partition %" PRId32 " state chunk %u: %s",
+                         sc[j].p, i, why ? why : strerror(-r2));
+                rc = r2;
             }
             *users += h.users;
         }
     }
 out:
     for (size_t j = 0; j < m; j++) {
+        *refused += sc[j].refused;
         scan_buf_free(&sc[j].cur);
         scan_buf_free(&sc[j].best);
     }
@@ -712,6 +864,237 @@ out:
     free(sc);
     free(at);
     return rc;
+}
+
+/* The leader's once-offs, the seed of the group's first W and the
+ * restart trial (lead_restart), run on libuv's pool, not on the loop:
+ * the trial reads every other partition's state and refines to
+ * convergence on every user of the group, seconds during which the loop
+ * would neither fold nor send statistics nor follow W. The loop makes
+ * the trial's model (copies of this member's users, the group's W) and
+ * the list of what to read; the worker touches only that, the reader
+ * (under its lock) and what never changes in cl; the loop installs the
+ * result (trial_done) only if it still applies: the same leader's
+ * model, and, for a restart, the group's events unchanged since it
+ * began, as a single process abandons its restart on any fold. While
+ * it runs the leader publishes nothing new (lead_refresh): the W the
+ * trial is measured against stays the group's. */
+enum { TR_SEED, TR_RESTART };
+struct trial {
+    uv_work_t req;
+    struct cluster *cl;
+    int kind;
+    struct model *t;
+    uint32_t n;        /* this member's users in t */
+    uint64_t *want;    /* read_others' list; NULL: t is all */
+    uint64_t gen;      /* cl->lead_gen at the start */
+    uint64_t events;   /* the group's events at the start */
+    double weight;
+    atomic_bool cancel; /* the loop gave up on it: stop early */
+    /* Out: */
+    int rs;            /* RS_* (restart), or 0 / -errno (seed) */
+    uint64_t others;   /* users read from the state topic */
+    unsigned refused;  /* state records refused in the read */
+    double secs, cpu;  /* the worker's wall and CPU seconds */
+    char err[256];
+};
+
+static void trial_free(struct trial *tr)
+{
+    model_free(tr->t);
+    free(tr->want);
+    free(tr);
+}
+
+static void trial_work(uv_work_t *req)
+{
+    struct trial *tr = req->data;
+    struct cluster *cl = tr->cl;
+    struct model *t = tr->t;
+    struct model_stats st;
+    double t0 = mono_s(), c0 = cpu_s();
+
+    tr->rs = RS_KEPT;
+    if (tr->kind == TR_SEED) {
+        model_warm(t);
+        tr->rs = 0;
+        goto out;
+    }
+    if (tr->want) {
+        int rc = read_others(cl, tr->want, t, &tr->others, &tr->refused,
+                             tr->err, sizeof(tr->err));
+        if (rc <= 0) {
+            if (rc < 0 && !tr->err[0])
+                snprintf(tr->err, sizeof(tr->err), "%s", strerror(-rc));
+            tr->rs = rc == 0 ? RS_LATER : RS_KEPT;
+            goto out;
+        }
+    }
+    if ((uint64_t)tr->n + tr->others < cl->k)
+        goto out;
+    /* The users solved against the group's W (the group's rounds
+     * converged it: their loss is the group's), then the restart's
+     * trial against that loss: a seed and its batch rounds, whose W
+     * replaces t's only if clearly lower. The group's rounds, not t's,
+     * carry it on from there. */
+    while (!atomic_load(&tr->cancel) && model_stale_users(t) &&
+           model_refine(t, 1u << 30))
+        ;
+    if (!atomic_load(&tr->cancel) && model_restart_try(t) == 0)
+        for (int round = 0; round < 100000 && !atomic_load(&tr->cancel);
+             round++) {
+            model_refine(t, 1u << 30);
+            model_stats(t, &st);
+            if (st.restarts > 0 || !model_stale_users(t))
+                break; /* taken, or dropped */
+        }
+    model_stats(t, &st);
+    if (st.restarts > 0 && !atomic_load(&tr->cancel))
+        tr->rs = RS_TOOK;
+out:
+    tr->secs = mono_s() - t0;
+    tr->cpu = cpu_s() - c0;
+}
+
+
+static void trial_done(uv_work_t *req, int status);
+static void closed_one(struct cluster *cl);
+
+/* Queues tr on libuv's pool; it is cl's trial until trial_done. */
+static int trial_start(struct cluster *cl, struct trial *tr)
+{
+    tr->req.data = tr;
+    atomic_init(&tr->cancel, false);
+    int rc = uv_queue_work(cl->loop, &tr->req, trial_work, trial_done);
+    if (rc) {
+        trial_free(tr);
+        return rc;
+    }
+    cl->trial = tr;
+    return 0;
+}
+
+/* Gives up on the trial under way, if any: it stops early, and its
+ * result is not installed. */
+static void trial_cancel(struct cluster *cl)
+{
+    if (cl->trial)
+        atomic_store(&cl->trial->cancel, true);
+}
+
+static void trial_done(uv_work_t *req, int status)
+{
+    struct trial *tr = req->data;
+    struct cluster *cl = tr->cl;
+    bool valid = !status && !cl->stopping && cl->leader && cl->lead &&
+                 tr->gen == cl->lead_gen && !atomic_load(&tr->cancel);
+
+    cl->trial = NULL;
+    if (cl->stopping) {
+        trial_free(tr);
+        closed_one(cl);
+        return;
+    }
+    for (unsigned i = 0; i < tr->refused; i++)
+        reject(cl, CL_STATE, "state of another group, another k or another "
+                             "partition, or malformed (read for a restart)");
+    if (tr->kind == TR_SEED) {
+        if (!valid) {
+            log_info("cluster: the seed of W given up: this member no longer "
+                     "leads, or leads anew");
+        } else if (copy_w(cl->lead, tr->t, cl->k) == 0) {
+            cl->stats_new = false;
+            if (lead_publish(cl, wall_ms(), tr->events, tr->weight, 1) == 0) {
+                cl->pub_events = tr->events;
+                cl->pub_loss = 1;
+                cl->barrier = cl->published;
+                cl->barrier_rounds = 0;
+            }
+            log_notice("cluster: the group's first W seeded from %s's %" PRIu32
+                       " users in %.2f s (%.2f CPU s, off the loop)",
+                       cl->owner, tr->n, tr->secs, tr->cpu);
+        } else {
+            log_warn("cluster: seeding W: %s", strerror(ENOMEM));
+        }
+        trial_free(tr);
+        return;
+    }
+    if (!valid) {
+        /* Tried again once the group is quiet or converged again
+         * (restart_events unchanged). */
+        log_info("cluster: restart trial given up after %.2f s: the group's "
+                 "events changed, or the leader did",
+                 tr->secs);
+        trial_free(tr);
+        return;
+    }
+    if (tr->rs == RS_LATER) {
+        cl->restart_retry =
+            mono_s() + cl->c.cfg->checkpoint.interval_ms / 1000.0;
+        log_info("cluster: restart: the other partitions' states are "
+                 "behind their statistics; trying again in %.1f s",
+                 cl->c.cfg->checkpoint.interval_ms / 1000.0);
+        trial_free(tr);
+        return;
+    }
+    cl->restart_events = tr->events;
+    if (tr->err[0])
+        log_warn("cluster: restart: the other partitions' users: %s", tr->err);
+    else
+        log_info("cluster: restart trial on %" PRIu64 " users (%" PRIu32
+                 " of this member, %" PRIu64 " from the state topic) in "
+                 "%.2f s (%.2f CPU s, off the loop): %s",
+                 (uint64_t)tr->n + tr->others, tr->n, tr->others, tr->secs,
+                 tr->cpu, tr->rs == RS_TOOK ? "a better W" : "W kept");
+    if (tr->rs == RS_TOOK && copy_w(cl->lead, tr->t, cl->k) == 0) {
+        log_notice("cluster: a restart on the group's users found a "
+                   "better W; the group goes on from it");
+        if (lead_publish(cl, cl->newest_stats_ts, tr->events, tr->weight, 1) ==
+            0) {
+            cl->pub_events = tr->events;
+            cl->pub_loss = 1;
+            cl->barrier = cl->published;
+            cl->barrier_rounds = 0;
+        }
+    }
+    trial_free(tr);
+}
+
+/* The group's first W, as a single process's warm-up makes it: NNDSVDa
+ * of the profiles, then batch alternating NNLS, on the users of the
+ * leader's own partitions (a sample of all users, the partitions being
+ * by a hash of the user). From there the group's rounds (members
+ * re-solve, the leader refreshes) go on as a single process's do; a
+ * random start would leave them in a poorer local minimum. Begun here,
+ * on the pool (trial_work); -EAGAIN when the leader has too few users
+ * of its own (HALS from the start then). */
+static int lead_seed(struct cluster *cl, uint64_t events, double weight)
+{
+    uint32_t n = 0;
+    double c0 = cpu_s();
+    struct trial *tr = calloc(1, sizeof(*tr));
+    if (!tr)
+        return -ENOMEM;
+    tr->t = sample_model(cl, &n);
+    cl->restart_s += cpu_s() - c0;
+    if (!tr->t) {
+        free(tr);
+        return -ENOMEM;
+    }
+    if (n < cl->k) {
+        trial_free(tr);
+        return -EAGAIN; /* too few users of its own: HALS from the start */
+    }
+    tr->cl = cl;
+    tr->kind = TR_SEED;
+    tr->n = n;
+    tr->gen = cl->lead_gen;
+    tr->events = events;
+    tr->weight = weight;
+    log_info("cluster: seeding the group's first W from this member's %" PRIu32
+             " users, off the loop (%.3f CPU s to copy them)",
+             n, cl->restart_s);
+    return trial_start(cl, tr);
 }
 
 /* At the group's convergence, the escape a single process tries at its
@@ -730,71 +1113,58 @@ out:
  * (members write it every checkpoint.interval). Beyond
  * CLUSTER_RESTART_USERS users in the group, the trial runs on the
  * leader's own users alone, if they are few enough, as before: a large
- * sample's seed is close to the whole data's.
- * RS_TOOK: W replaced; RS_KEPT: tried, W kept; RS_LATER: not tried, the
- * states are behind (try again later). */
-#define CLUSTER_RESTART_USERS 200000
-#define CLUSTER_IDLE_ROUNDS 5
-#define CLUSTER_LOSS_RES 1e-9
-/* Refreshes a wholesale W waits at most for statistics of it (a member
- * re-solves its users in a few rounds; one on an older build never). */
-#define CLUSTER_BARRIER_ROUNDS 100
-enum { RS_KEPT, RS_TOOK, RS_LATER };
-static int lead_restart(struct cluster *cl, uint64_t group_users)
+ * sample's seed is close to the whole data's. The trial itself runs on
+ * the pool (trial_work), its result installed by trial_done.
+ * RS_BEGUN: under way; RS_KEPT: not tried; RS_LATER: not tried, some
+ * other partition has no statistics yet (try again later). */
+static int lead_restart(struct cluster *cl, uint64_t group_users,
+                        uint64_t events, double weight)
 {
     uint32_t n = 0;
-    uint64_t others = 0;
-    struct model *t;
-    struct model_stats st;
-    int took = RS_KEPT;
     bool all = group_users <= CLUSTER_RESTART_USERS;
+    struct trial *tr;
 
     if (!all && model_user_slots(cl->c.model) > CLUSTER_RESTART_USERS)
         return RS_KEPT;
     double c0 = cpu_s();
-    t = sample_model(cl, &n);
-    if (!t)
+    if (!(tr = calloc(1, sizeof(*tr))))
         return RS_KEPT;
     if (all) {
-        int rc = read_others(cl, t, &others);
-        if (rc <= 0) {
-            model_free(t);
-            cl->restart_s += cpu_s() - c0;
-            if (rc < 0)
-                log_warn("cluster: restart: the other partitions' users: %s",
-                         strerror(-rc));
-            return rc == 0 ? RS_LATER : RS_KEPT;
+        if (!(tr->want = malloc((size_t)cl->nparts * sizeof(*tr->want)))) {
+            free(tr);
+            return RS_KEPT;
+        }
+        for (int32_t p = 0; p < cl->nparts; p++) {
+            tr->want[p] = UINT64_MAX;
+            if (cl->owned[p])
+                continue;
+            if (!cl->ps[p]) {
+                trial_free(tr); /* no statistics of it: nothing to compare */
+                return RS_LATER;
+            }
+            if (cl->ps[p]->users) /* no user: no state is written */
+                tr->want[p] = cl->ps[p]->events;
         }
     }
-    if (n + others >= cl->k && copy_w(t, cl->lead, cl->k) == 0) {
-        /* The users solved against the group's W (the group's rounds
-         * converged it: their loss is the group's), then the restart's
-         * trial against that loss: a seed and its batch rounds, whose W
-         * replaces t's only if clearly lower. The group's rounds, not
-         * t's, carry it on from there. */
-        double t0 = mono_s();
-        while (model_stale_users(t) && model_refine(t, 1u << 30))
-            ;
-        if (model_restart_try(t) == 0)
-            for (int round = 0; round < 100000; round++) {
-                model_refine(t, 1u << 30);
-                model_stats(t, &st);
-                if (st.restarts > 0 || !model_stale_users(t))
-                    break; /* taken, or dropped */
-            }
-        model_stats(t, &st);
-        log_info("cluster: restart trial on %" PRIu64 " users (%" PRIu32
-                 " of this member, %" PRIu64 " from the state topic) in "
-                 "%.2f s: %s",
-                 (uint64_t)n + others, n, others, mono_s() - t0,
-                 st.restarts > 0 ? "a better W" : "W kept");
-        if (st.restarts > 0 && copy_w(cl->lead, t, cl->k) == 0)
-            took = RS_TOOK;
+    tr->t = sample_model(cl, &n);
+    if (!tr->t || copy_w(tr->t, cl->lead, cl->k)) {
+        trial_free(tr);
+        cl->restart_s += cpu_s() - c0;
+        return RS_KEPT;
     }
-    model_free(t);
+    tr->cl = cl;
+    tr->kind = TR_RESTART;
+    tr->n = n;
+    tr->gen = cl->lead_gen;
+    tr->events = events;
+    tr->weight = weight;
     cl->restart_s += cpu_s() - c0;
-    return took;
+    log_debug("cluster: restart trial begun, %" PRIu32 " users copied on the "
+              "loop in %.3f CPU s",
+              n, cpu_s() - c0);
+    return trial_start(cl, tr) ? RS_KEPT : RS_BEGUN;
 }
+
 
 /* The group's statistics into the leader's model, W refreshed, the new
  * version out. */
@@ -808,17 +1178,11 @@ static void lead_refresh(struct cluster *cl)
 
     if (!lm || !cl->stats_new)
         return;
+    if (cl->trial && cl->trial->kind == TR_SEED)
+        return; /* no W until the seed's (trial_done) */
     memset(A, 0, sizeof(double) * k * k);
-    for (int32_t p = 0; p < cl->nparts; p++) {
-        const struct records_stats *s = cl->ps[p];
-        if (!s)
-            continue;
-        for (uint32_t i = 0; i < s->nitems; i++)
-            if (model_item_ensure(lm, s->items[i], s->item_lens[i]) < 0) {
-                log_warn("cluster: leader: %s", strerror(ENOMEM));
-                return;
-            }
-    }
+    /* Every row's item has its slot in lm since its record came
+     * (stats_rows_take). */
     size_t need = (size_t)model_item_slots(lm) * k;
     double *B = calloc(need ? need : 1, sizeof(double));
     if (!B) {
@@ -832,9 +1196,9 @@ static void lead_refresh(struct cluster *cl)
         for (size_t q = 0; q < (size_t)k * k; q++)
             A[q] += s->A[q];
         for (uint32_t i = 0; i < s->nitems; i++) {
-            int64_t r = model_item_ensure(lm, s->items[i], s->item_lens[i]);
+            size_t r = s->slot[i];
             for (uint32_t j = 0; j < k; j++)
-                B[(size_t)r * k + j] += s->B[(size_t)i * k + j];
+                B[r * k + j] += s->B[(size_t)i * k + j];
         }
         norm += s->norm;
         weight += s->weight_sum;
@@ -845,6 +1209,20 @@ static void lead_refresh(struct cluster *cl)
     if (!users) {
         free(B);
         return; /* nothing to fit yet */
+    }
+    if (cl->trial) {
+        /* A restart trial under way is measured against the W it began
+         * from: no new version meanwhile, unless the group's events
+         * changed, which gives it up (a single process abandons its
+         * restart on any fold) and the rounds go on. */
+        if (events == cl->trial->events) {
+            free(B);
+            return;
+        }
+        trial_cancel(cl);
+        log_info("cluster: restart trial given up: the group folded %" PRIu64
+                 " more events",
+                 events - cl->trial->events);
     }
     if (cl->barrier) {
         /* A W that replaced the group's wholesale (the seed, a restart)
@@ -876,20 +1254,11 @@ static void lead_refresh(struct cluster *cl)
             free(B);
             return;
         }
-        int rc = lead_seed(cl);
+        int rc = lead_seed(cl, events, weight);
         cl->seeded = true;
         if (rc == 0) {
             free(B);
-            cl->stats_new = false;
-            if (lead_publish(cl, wall_ms(), events, weight, 1) == 0) {
-                cl->pub_events = events;
-                cl->pub_loss = 1;
-                cl->barrier = cl->published;
-                cl->barrier_rounds = 0;
-            }
-            log_notice("cluster: the group's first W seeded from %s's users",
-                       cl->owner);
-            return;
+            return; /* published by trial_done */
         }
         if (rc != -EAGAIN)
             log_warn("cluster: seeding W: %s", strerror(-rc));
@@ -911,7 +1280,6 @@ static void lead_refresh(struct cluster *cl)
     double rel = norm > 0 ? model_stats_loss(lm, norm) / norm : 0;
     size_t wn = (size_t)model_item_slots(lm) * k;
     double gain = cl->pub_loss - rel;
-    bool took = false;
     bool converged =
         events == cl->pub_events && wn == cl->w_prev_n &&
         !(gain > cl->c.cfg->model.params.refine_tol * cl->pub_loss &&
@@ -925,34 +1293,24 @@ static void lead_refresh(struct cluster *cl)
      * their statistics, the try waits a checkpoint.interval, by which
      * every member has written its partitions' state again. */
     if ((converged || cl->idle_rounds >= CLUSTER_IDLE_ROUNDS) && events &&
-        events >= 2 * cl->restart_events && mono_s() >= cl->restart_retry) {
-        int rs = lead_restart(cl, users);
+        events >= 2 * cl->restart_events && mono_s() >= cl->restart_retry &&
+        !cl->trial) {
+        int rs = lead_restart(cl, users, events, weight);
         if (rs == RS_LATER) {
             cl->restart_retry =
                 mono_s() + cl->c.cfg->checkpoint.interval_ms / 1000.0;
-            log_info("cluster: restart: the other partitions' states are "
-                     "behind their statistics; trying again in %.1f s",
+            log_info("cluster: restart: some partition has no statistics "
+                     "yet; trying again in %.1f s",
                      cl->c.cfg->checkpoint.interval_ms / 1000.0);
-        } else {
+        } else if (rs == RS_KEPT) {
             cl->restart_events = events;
         }
-        if (rs == RS_TOOK) {
-            log_notice("cluster: a restart on the group's users found a "
-                       "better W; the group goes on from it");
-            converged = false;
-            rel = 1;
-        }
-        took = rs == RS_TOOK;
     }
     if (converged)
         return;
     if (lead_publish(cl, cl->newest_stats_ts, events, weight, rel) == 0) {
         cl->pub_events = events;
         cl->pub_loss = rel;
-        if (took) {
-            cl->barrier = cl->published;
-            cl->barrier_rounds = 0;
-        }
     }
     (void)parts;
 }
@@ -1004,8 +1362,39 @@ static int stats_scratch(struct cluster *cl)
         double *b = realloc(cl->B, need * sizeof(double));
         if (!b)
             return -ENOMEM;
+        /* Zero, as the rows before it are between partitions. */
+        memset(b + cl->bcap, 0, (need - cl->bcap) * sizeof(double));
         cl->B = b;
         cl->bcap = need;
+    }
+    size_t rows = model_item_slots(cl->c.model) + 1;
+    if (rows > cl->ncap) {
+        uint32_t *t = realloc(cl->touch, rows * sizeof(*t));
+        if (!t)
+            return -ENOMEM;
+        cl->touch = t;
+        uint32_t *mk = realloc(cl->mark, rows * sizeof(*mk));
+        if (!mk)
+            return -ENOMEM;
+        memset(mk + cl->ncap, 0, (rows - cl->ncap) * sizeof(*mk));
+        cl->mark = mk;
+        uint32_t *a = realloc(cl->nslot, rows * sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        cl->nslot = a;
+        uint32_t *d = realloc(cl->drows, rows * sizeof(*d));
+        if (!d)
+            return -ENOMEM;
+        cl->drows = d;
+        uint64_t *h = realloc(cl->nhash, rows * sizeof(*h));
+        if (!h)
+            return -ENOMEM;
+        cl->nhash = h;
+        uint64_t *i = realloc(cl->nidh, rows * sizeof(*i));
+        if (!i)
+            return -ENOMEM;
+        cl->nidh = i;
+        cl->ncap = rows;
     }
     return 0;
 }
@@ -1054,6 +1443,152 @@ static int stats_users(struct cluster *cl)
     return 0;
 }
 
+/* Bits of a row of B_p, and an item's id (FNV-1a). */
+static uint64_t row_hash(const double *r, uint32_t k)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (uint32_t j = 0; j < k; j++) {
+        uint64_t u;
+        memcpy(&u, &r[j], 8);
+        h = (h ^ u) * 0xff51afd7ed558ccdull;
+        h ^= h >> 33;
+    }
+    return h;
+}
+
+static uint64_t id_hash(const char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Partition p's rows in cl->B (model_users_stats) against what its last
+ * record said (cl->sent[p]): the round's non-zero rows into cl->nslot,
+ * nhash, nidh (*n of them), and into cl->drows (*nd) those a delta must
+ * carry. false when the record must be whole (no last record, or a slot
+ * whose item left or changed). */
+static bool stats_delta(struct cluster *cl, int32_t p, uint32_t nt,
+                        uint32_t *n, uint32_t *nd)
+{
+    const struct model *m = cl->c.model;
+    const uint32_t k = cl->k;
+    const struct sent_rows *sp = &cl->sent[p];
+    bool delta = sp->valid && sp->since_whole + 1 < CLUSTER_WHOLE_EVERY &&
+                 mono_s() - sp->whole_at < CLUSTER_WHOLE_INTERVALS *
+                                               cl->c.cfg->cluster.interval_ms /
+                                               1000.0;
+    uint32_t q = 0;
+
+    *n = *nd = 0;
+    /* Only the slots its users hold now (B is zero elsewhere) and those
+     * the last record had, both sorted. */
+    for (uint32_t a = 0; a < nt || q < sp->n;) {
+        uint32_t ta = a < nt ? cl->touch[a] : UINT32_MAX;
+        uint32_t i = q < sp->n && sp->slot[q] < ta ? sp->slot[q] : ta;
+        a += ta == i;
+        size_t len = 0;
+        const char *id = model_item_id(m, i, &len);
+        const double *r = cl->B + (size_t)i * k;
+        bool live = false;
+        for (uint32_t j = 0; id && j < k && !live; j++)
+            live = r[j] != 0;
+        bool was = q < sp->n && sp->slot[q] == i;
+        uint64_t ih = id ? id_hash(id, len) : 0;
+        if (was && (!id || sp->idh[q] != ih))
+            delta = false; /* the item that left cannot be named */
+        if (live) {
+            uint64_t h = row_hash(r, k);
+            cl->nslot[*n] = i;
+            cl->nhash[*n] = h;
+            cl->nidh[(*n)++] = ih;
+            if (!was || sp->hash[q] != h)
+                cl->drows[(*nd)++] = i;
+        } else if (was) {
+            cl->drows[(*nd)++] = i; /* a row of zeros: gone */
+        }
+        q += was;
+    }
+    return delta;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The item slots the users of partition p hold, into cl->touch,
+ * sorted: the only rows of B its statistics can make non-zero. */
+static uint32_t stats_touched(struct cluster *cl, int32_t p)
+{
+    const struct model *m = cl->c.model;
+    uint32_t nt = 0;
+    if (++cl->stamp == 0) { /* wrapped: no slot may look marked */
+        memset(cl->mark, 0, cl->ncap * sizeof(*cl->mark));
+        cl->stamp = 1;
+    }
+    for (size_t x = cl->first[p]; x < cl->first[p + 1]; x++) {
+        const uint32_t *it;
+        const float *va;
+        uint32_t np;
+        if (model_user_profile(m, cl->order[x], &it, &va, &np))
+            continue;
+        for (uint32_t q = 0; q < np; q++)
+            if (cl->mark[it[q]] != cl->stamp) {
+                cl->mark[it[q]] = cl->stamp;
+                cl->touch[nt++] = it[q];
+            }
+    }
+    qsort(cl->touch, nt, sizeof(*cl->touch), u32_cmp);
+    return nt;
+}
+
+/* B back to zero after partition p's record (its touched rows). */
+static void stats_clear(struct cluster *cl, uint32_t nt)
+{
+    for (uint32_t a = 0; a < nt; a++)
+        memset(cl->B + (size_t)cl->touch[a] * cl->k, 0,
+               cl->k * sizeof(double));
+}
+
+/* The rows of partition p's record just sent (stats_delta's), for the
+ * next to be measured against; seq the record's. */
+static int stats_sent_keep(struct cluster *cl, int32_t p, uint32_t n,
+                           uint64_t seq, bool delta)
+{
+    struct sent_rows *sp = &cl->sent[p];
+    if (n > sp->cap) {
+        uint32_t *s = realloc(sp->slot, (size_t)n * sizeof(*s));
+        if (s)
+            sp->slot = s;
+        uint64_t *h = realloc(sp->hash, (size_t)n * sizeof(*h));
+        if (h)
+            sp->hash = h;
+        uint64_t *d = realloc(sp->idh, (size_t)n * sizeof(*d));
+        if (d)
+            sp->idh = d;
+        if (!s || !h || !d) {
+            sp->valid = false;
+            return -ENOMEM;
+        }
+        sp->cap = n;
+    }
+    if (n) {
+        memcpy(sp->slot, cl->nslot, (size_t)n * sizeof(*sp->slot));
+        memcpy(sp->hash, cl->nhash, (size_t)n * sizeof(*sp->hash));
+        memcpy(sp->idh, cl->nidh, (size_t)n * sizeof(*sp->idh));
+    }
+    sp->n = n;
+    sp->seq = seq;
+    sp->since_whole = delta ? sp->since_whole + 1 : 0;
+    if (!delta)
+        sp->whole_at = mono_s();
+    sp->valid = true;
+    return 0;
+}
+
 static void stats_send(struct cluster *cl)
 {
     uint64_t work = model_work(cl->c.model), events = 0;
@@ -1088,16 +1623,22 @@ static void stats_send(struct cluster *cl)
         struct records_stats h;
         int64_t next = -1;
         memset(&h, 0, sizeof(h));
-        if (model_users_stats(cl->c.model, cl->order + cl->first[p],
-                              cl->first[p + 1] - cl->first[p], cl->A, cl->B,
-                              &sums))
+        uint32_t nt = stats_touched(cl, p);
+        if (model_users_stats_add(cl->c.model, cl->order + cl->first[p],
+                                  cl->first[p + 1] - cl->first[p], cl->A,
+                                  cl->B, &sums)) {
+            stats_clear(cl, nt);
             return;
+        }
         ingest_part_get(cl->c.ing, cl->topic, p, &next, &h.events,
                         &h.weight_sum);
         snprintf(h.cluster, sizeof(h.cluster), "%s", cl->c.group_id);
         snprintf(h.owner, sizeof(h.owner), "%s", cl->owner);
         h.part = p;
         h.seq = ++cl->seq;
+        uint32_t nrow = 0, nd = 0;
+        bool delta = stats_delta(cl, p, nt, &nrow, &nd);
+        h.base = delta ? cl->sent[p].seq : 0;
         h.ts = wall_ms();
         h.offset = next;
         h.norm = sums.norm;
@@ -1105,7 +1646,10 @@ static void stats_send(struct cluster *cl)
         h.model_version = cl->solved_version;
         memcpy(h.sizes, sums.sizes, sizeof(h.sizes));
         memcpy(h.mass, sums.mass, sizeof(h.mass));
-        int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B);
+        int rc = records_stats_encode(cl->enc, &h, cl->c.model, cl->A, cl->B,
+                                      delta ? cl->drows : cl->nslot,
+                                      delta ? nd : nrow);
+        stats_clear(cl, nt);
         size_t len;
         const void *data = records_enc_data(cl->enc, &len);
         char key[16];
@@ -1116,9 +1660,15 @@ static void stats_send(struct cluster *cl)
         if (rc) {
             log_warn("cluster: statistics of partition %" PRId32 ": %s", p,
                      strerror(-rc));
+            cl->sent[p].valid = false;
             return; /* all again on the next tick */
         }
+        stats_sent_keep(cl, p, nrow, h.seq, delta);
         metric_inc(cl->m.stats_sent);
+        metric_add(cl->m.rows_sent, delta ? nd : nrow);
+        if (delta)
+            metric_add(cl->m.rows_kept, (double)nrow - nd);
+        metric_add(cl->m.stats_bytes, (double)len);
     }
     cl->sent_work = work;
     cl->sent_events = events;
@@ -1316,9 +1866,13 @@ static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
         log_err("cluster: state: no reader");
         goto out;
     }
+    /* A restart trial's read (read_others) may hold the reader: this
+     * waits for it, a restore's timeout at most. */
+    pthread_mutex_lock(&cl->reader_lock);
     rc = kafka_reader_read(cl->reader, rp, m,
                            (int)cl->c.cfg->cluster.restore_timeout_ms,
                            scan_any, &s, err, sizeof(err));
+    pthread_mutex_unlock(&cl->reader_lock);
     if (rc) {
         log_err("cluster: state: %s", err);
         goto out;
@@ -1346,6 +1900,7 @@ static int restore(struct cluster *cl, struct kafka_part *parts, size_t n)
         rc = 0;
         parts[idx[j]].offset = off;
         cl->owned[sc[j].p] = true;
+        cl->sent[sc[j].p].valid = false; /* its next record whole */
     }
     if (restored)
         log_notice("cluster: %zu partitions restored together: %" PRIu64
@@ -1428,6 +1983,7 @@ void cluster_on_revoke(struct cluster *cl, const struct kafka_part *parts,
             continue;
         ingest_part_set(cl->c.ing, cl->topic, p, -1, 0, 0);
         cl->owned[p] = false;
+        cl->sent[p].valid = false;
         log_info("cluster: partition %" PRId32 " %s: %" PRIu64
                  " users handed on",
                  p, lost ? "lost" : "revoked", d[p]);
@@ -1482,6 +2038,8 @@ static void on_tick(uv_timer_t *t)
     cl->round_end_cpu = cpu_s();
     metric_set(cl->m.round_seconds, cl->round_s);
 gauges:
+    metric_set(cl->m.stall, cl->stall_max);
+    cl->stall_max = 0;
     if (kafka_in_lag(cl->win, lag, 1) >= 1 && lag[0].lag >= 0)
         metric_set(cl->m.version_lag, (double)lag[0].lag);
     if (cl->version)
@@ -1499,6 +2057,29 @@ gauges:
         }
         metric_set(cl->m.members, members);
     }
+}
+
+/* How late the probe came, each time: the loop was busy that long
+ * without coming back to its timers (a fold pass, a round, a blocking
+ * call). The longest since the last gauge is kept for the gauge, the
+ * longest ever in its own. */
+static void on_probe(uv_timer_t *t)
+{
+    struct cluster *cl = t->data;
+    double now = mono_s(), late = now - cl->probe_due;
+    if (cl->probe_due > 0 && late > cl->stall_max)
+        cl->stall_max = late;
+    if (cl->probe_due > 0 && late > 0 &&
+        late > metric_value(cl->m.stall_max))
+        metric_set(cl->m.stall_max, late);
+    /* The same in the loop thread's CPU seconds between two probes: what
+     * the loop itself ran, whatever else the host runs (a lateness of
+     * the clock may be the host's other processes). */
+    double cpu = cpu_s();
+    if (cl->probe_due > 0 && cpu - cl->probe_cpu > metric_value(cl->m.busy_max))
+        metric_set(cl->m.busy_max, cpu - cl->probe_cpu);
+    cl->probe_cpu = cpu;
+    cl->probe_due = now + CLUSTER_PROBE_MS / 1000.0;
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -1560,6 +2141,7 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
         return NULL;
     cl->loop = loop;
     cl->c = *c;
+    pthread_mutex_init(&cl->reader_lock, NULL);
     cl->k = c->cfg->model.params.k;
     cl->topic = c->cfg->input.topic[0];
     cl->enc = records_enc_new();
@@ -1589,6 +2171,30 @@ struct cluster *cluster_new(uv_loop_t *loop, const struct cluster_conf *c)
               "CPU seconds the last round of statistics (and, on the "
               "leader, the refresh of W) took on the loop; the next waits "
               "until the loop has done four times as much other work.");
+    cl->m.stall = gauge(cl, "nmfd_cluster_loop_stall_seconds",
+                        "The longest the loop went without coming back to "
+                        "its timers during the last cluster.interval.");
+    cl->m.stall_max = gauge(cl, "nmfd_cluster_loop_stall_max_seconds",
+                            "The longest the loop went without coming back "
+                            "to its timers since the start.");
+    cl->m.busy_max = gauge(cl, "nmfd_cluster_loop_busy_max_seconds",
+                           "The most CPU seconds the loop thread ran between "
+                           "two turns of its 20 ms probe timer, since the "
+                           "start.");
+    cl->m.stats_bytes = counter(cl, "nmfd_cluster_stats_bytes_total",
+                                "Bytes of partition statistics sent.", NULL);
+    cl->m.rows_sent = counter(cl, "nmfd_cluster_stats_rows_total",
+                              "Rows of B sent in statistics records.", NULL);
+    cl->m.rows_kept = counter(cl, "nmfd_cluster_stats_rows_unchanged_total",
+                              "Rows of B left out of statistics records "
+                              "as unchanged since the partition's last.",
+                              NULL);
+    cl->m.stats_gaps = counter(cl, "nmfd_cluster_stats_gaps_total",
+                               "Statistics records carrying changed rows "
+                               "that the leader could not apply (it does "
+                               "not hold the record they update); the "
+                               "partition waits for its next whole record.",
+                               NULL);
     cl->m.members = gauge(cl, "nmfd_cluster_members",
                           "Members whose statistics the leader holds "
                           "(leader only).");
@@ -1704,7 +2310,8 @@ int cluster_start(struct cluster *cl, char *err, size_t errlen)
     cl->ps = calloc((size_t)n, sizeof(*cl->ps));
     cl->going = calloc((size_t)n, sizeof(*cl->going));
     cl->gone = calloc((size_t)n, sizeof(*cl->gone));
-    if (!cl->owned || !cl->ps || !cl->going || !cl->gone)
+    cl->sent = calloc((size_t)n, sizeof(*cl->sent));
+    if (!cl->owned || !cl->ps || !cl->going || !cl->gone || !cl->sent)
         return -ENOMEM;
     struct kafka_part wp = {cfg->cluster.model_topic, 0,
                             KAFKA_OFFSET_BEGINNING};
@@ -1771,6 +2378,10 @@ int cluster_start(struct cluster *cl, char *err, size_t errlen)
     cl->closing++;
     uv_timer_start(&cl->timer, on_tick, cfg->cluster.interval_ms,
                    cfg->cluster.interval_ms);
+    uv_timer_init(cl->loop, &cl->probe);
+    cl->probe.data = cl;
+    cl->closing++;
+    uv_timer_start(&cl->probe, on_probe, CLUSTER_PROBE_MS, CLUSTER_PROBE_MS);
     log_notice("cluster: member %s of group %s, %d input partitions", cl->owner,
                cl->c.group_id, n);
     return 0;
@@ -1834,6 +2445,11 @@ void cluster_close(struct cluster *cl, void (*done)(void *arg), void *arg)
     cl->stopping = true;
     cl->done = done;
     cl->done_arg = arg;
+    if (cl->trial) {
+        /* Its end (trial_done) counts as one of the handles closed. */
+        trial_cancel(cl);
+        cl->closing++;
+    }
     unsigned open = cl->closing;
     if (!open) {
         done(arg);
@@ -1853,6 +2469,8 @@ void cluster_close(struct cluster *cl, void (*done)(void *arg), void *arg)
     }
     if (!uv_is_closing((uv_handle_t *)&cl->timer) && cl->timer.loop)
         uv_close((uv_handle_t *)&cl->timer, timer_closed);
+    if (!uv_is_closing((uv_handle_t *)&cl->probe) && cl->probe.loop)
+        uv_close((uv_handle_t *)&cl->probe, timer_closed);
 }
 
 void cluster_free(struct cluster *cl)
@@ -1870,9 +2488,22 @@ void cluster_free(struct cluster *cl)
     free(cl->order);
     free(cl->upart);
     free(cl->first);
+    for (int32_t p = 0; cl->sent && p < cl->nparts; p++) {
+        free(cl->sent[p].slot);
+        free(cl->sent[p].hash);
+        free(cl->sent[p].idh);
+    }
+    free(cl->sent);
+    free(cl->nslot);
+    free(cl->drows);
+    free(cl->nhash);
+    free(cl->nidh);
+    free(cl->touch);
+    free(cl->mark);
     free(cl->w_pending);
     free(cl->w_last);
     free(cl->w_prev);
     records_enc_free(cl->enc);
+    pthread_mutex_destroy(&cl->reader_lock);
     free(cl);
 }

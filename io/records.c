@@ -1135,24 +1135,39 @@ static int stats_row_live(const struct model *m, const double *B, uint32_t k,
 
 int records_stats_encode(struct records_enc *e, const struct records_stats *h,
                          const struct model *m, const double *A,
-                         const double *B)
+                         const double *B, const uint32_t *rows,
+                         uint32_t nrows)
 {
     const uint32_t k = model_params(m)->k, islots = model_item_slots(m);
     msgpack_packer pk;
     uint32_t n = 0;
     size_t len;
 
-    for (uint32_t i = 0; i < islots; i++)
-        n += (uint32_t)stats_row_live(m, B, k, i);
+    if (rows) {
+        for (uint32_t q = 0; q < nrows; q++)
+            if (rows[q] >= islots || !model_item_id(m, rows[q], &len))
+                return -EINVAL;
+        n = nrows;
+    } else {
+        for (uint32_t i = 0; i < islots; i++)
+            n += (uint32_t)stats_row_live(m, B, k, i);
+    }
+    /* The rows in the order the record lists them: rows[], or every
+     * live slot. */
+#define STATS_ROWS(q, i)                                                      \
+    for (uint32_t q = 0, i = 0; rows ? q < nrows : q < islots; q++)          \
+        if ((i = rows ? rows[q] : q), rows || stats_row_live(m, B, k, i))
     if ((uint64_t)n * k * 8 > UINT32_MAX)
         return -EFBIG;
     enc_start(e, &pk);
-    if (msgpack_pack_map(&pk, 18) < 0 ||
+    if (msgpack_pack_map(&pk, 19) < 0 ||
         pk_kv_u64(&pk, "v", RECORDS_STATS_VERSION) < 0 ||
         pk_kv_str(&pk, "cluster", h->cluster) < 0 ||
         pk_kv_str(&pk, "owner", h->owner) < 0 || pk_kv_u64(&pk, "k", k) < 0 ||
         pk_kv_i64(&pk, "partition", h->part) < 0 ||
-        pk_kv_u64(&pk, "seq", h->seq) < 0 || pk_kv_i64(&pk, "ts", h->ts) < 0 ||
+        pk_kv_u64(&pk, "seq", h->seq) < 0 ||
+        pk_kv_u64(&pk, "base", h->base) < 0 ||
+        pk_kv_i64(&pk, "ts", h->ts) < 0 ||
         pk_kv_i64(&pk, "offset", h->offset) < 0 ||
         pk_kv_u64(&pk, "events", h->events) < 0 ||
         pk_kv_f64(&pk, "weight_sum", h->weight_sum) < 0 ||
@@ -1170,18 +1185,14 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
         pk_f64_bin(&pk, A, (size_t)k * k) < 0 || pk_key(&pk, "items") < 0 ||
         msgpack_pack_array(&pk, n) < 0)
         return enc_fail(e);
-    for (uint32_t i = 0; i < islots; i++) {
-        if (!stats_row_live(m, B, k, i))
-            continue;
+    STATS_ROWS(q, i) {
         const char *id = model_item_id(m, i, &len);
         if (msgpack_pack_str_with_body(&pk, id, len) < 0)
             return enc_fail(e);
     }
     if (pk_key(&pk, "B") < 0 || msgpack_pack_bin(&pk, (size_t)n * k * 8) < 0)
         return enc_fail(e);
-    for (uint32_t i = 0; i < islots; i++) {
-        if (!stats_row_live(m, B, k, i))
-            continue;
+    STATS_ROWS(q, i) {
         unsigned char tmp[8 * MODEL_K_MAX];
         for (uint32_t j = 0; j < k; j++) {
             uint64_t u;
@@ -1192,6 +1203,7 @@ int records_stats_encode(struct records_enc *e, const struct records_stats *h,
         if (msgpack_pack_bin_body(&pk, tmp, (size_t)k * 8) < 0)
             return enc_fail(e);
     }
+#undef STATS_ROWS
     return 0;
 }
 
@@ -1247,7 +1259,7 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
     const msgpack_object *items;
     const char *dummy;
     size_t end;
-    uint64_t v, k;
+    uint64_t v = 0, k;
     int64_t part;
 
     if (err == NULL)
@@ -1260,7 +1272,10 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
         goto fail;
     }
     if (!obj_u64(obj_get(&root, "v"), &v) || v != RECORDS_STATS_VERSION) {
-        *err = "no version or an unsupported one";
+        *err = v == 2
+                   ? "version 2 (every row, no base: a member of an older "
+                     "build); this build reads version 3"
+                   : "no version or an unsupported one";
         goto fail;
     }
     s = calloc(1, sizeof(*s));
@@ -1282,6 +1297,8 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
     s->k = (uint32_t)k;
     if (!obj_i64(obj_get(&root, "partition"), &part) || part < 0 ||
         part > INT32_MAX || !obj_u64(obj_get(&root, "seq"), &s->seq) ||
+        !obj_u64(obj_get(&root, "base"), &s->base) ||
+        (s->base && s->base >= s->seq) ||
         !obj_i64(obj_get(&root, "ts"), &s->ts) ||
         !obj_i64(obj_get(&root, "offset"), &s->offset) ||
         !obj_u64(obj_get(&root, "events"), &s->events) ||
@@ -1290,7 +1307,7 @@ struct records_stats *records_stats_read(const void *buf, size_t len,
         !obj_u64(obj_get(&root, "users"), &s->users) ||
         !obj_u64(obj_get(&root, "model_version"), &s->model_version) ||
         !isfinite(s->weight_sum) || !isfinite(s->norm) || s->norm < 0) {
-        *err = "partition, seq, ts, offset, events, weight_sum, norm, "
+        *err = "partition, seq, base, ts, offset, events, weight_sum, norm, "
                "users or model_version missing or out of range";
         goto fail;
     }
@@ -1339,6 +1356,7 @@ void records_stats_free(struct records_stats *s)
     free(s->item_lens);
     free(s->A);
     free(s->B);
+    free(s->slot);
     free(s);
 }
 

@@ -178,19 +178,24 @@ int records_dump_json(FILE *out, const void *buf, size_t len, unsigned flags,
  * section 8, docs/snapshot-format.md): the exact A_p, B_p (the rows of
  * the items its users hold) and sums of the users of input partition
  * `part`, complete up to input offset `offset`.
- * {"v":1,"cluster","owner","k","partition","seq","ts","offset","events",
- *  "weight_sum","norm","users","model_version","sizes":[k],
+ * {"v":3,"cluster","owner","k","partition","seq","base","ts","offset",
+ *  "events","weight_sum","norm","users","model_version","sizes":[k],
  *  "mass":bin k f64 LE,"A":bin k*k f64 LE,"items":[n],"B":bin n*k f64 LE}
- * "v" is RECORDS_STATS_VERSION: 2 since "model_version" (a record of 1,
- * which lacks it, is refused: summed, it would let the leader refresh a
- * restart's W from statistics of the W before). */
-#define RECORDS_STATS_VERSION 2
+ * "v" is RECORDS_STATS_VERSION: 3 since "base". A record of base 0 is
+ * whole: its rows are every non-zero row of B_p. One of base b > 0
+ * carries only the rows that changed since the owner's record of seq b
+ * for the same partition (a row of zeros: the item left B_p); the rest
+ * of the record (A, the sums) is whole in both. A reader applies it only
+ * on top of exactly that record. Version 2 (every row each time, no
+ * base) and 1 (no "model_version") are refused. */
+#define RECORDS_STATS_VERSION 3
 struct records_stats {
     char cluster[RECORDS_CLUSTER_MAX];
     char owner[RECORDS_CLUSTER_MAX]; /* the member that sent it */
     uint32_t k;
     int32_t part;
     uint64_t seq;      /* the owner's count of its stats records */
+    uint64_t base;     /* 0: every row; else the seq this one updates */
     int64_t ts;        /* when it was taken, ms */
     int64_t offset;    /* the partition's next input offset */
     uint64_t events;   /* events of the partition folded */
@@ -208,12 +213,19 @@ struct records_stats {
     size_t *item_lens;
     double *A; /* k x k */
     double *B; /* nitems x k */
+    uint32_t *slot; /* the reader's own use (NULL as read; freed) */
 };
-/* Encodes h's fields with A (k x k) and the non-zero rows of B (the
- * model's item slots x k, from model_part_stats). */
+/* Encodes h's fields with A (k x k) and rows of B (the model's item
+ * slots x k, from model_part_stats): with rows NULL, every non-zero row;
+ * else exactly the nrows item slots rows[] (each an item of m; in a
+ * record of base h->base > 0 a row of zeros says the item left B_p; of
+ * base 0 they must be every non-zero row, which the caller that knows
+ * them saves a scan of every slot). -EINVAL for a slot that is no
+ * item. */
 int records_stats_encode(struct records_enc *e, const struct records_stats *h,
                          const struct model *m, const double *A,
-                         const double *B);
+                         const double *B, const uint32_t *rows,
+                         uint32_t nrows);
 /* NULL with *err on anything malformed (a negative or non-finite B, a
  * bin of the wrong length, ...). */
 struct records_stats *records_stats_read(const void *buf, size_t len,

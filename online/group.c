@@ -179,8 +179,9 @@ int model_part_stats(const struct model *m,
     return 0;
 }
 
-int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
-                      double *A, double *B, struct model_part_sums *sums)
+static int users_stats(const struct model *m, const uint32_t *users, size_t n,
+                       double *A, double *B, struct model_part_sums *sums,
+                       int zero_b)
 {
     const uint32_t U = ids_slots(m->uids);
     if (m->p.half_life_ms > 0 || (n && !users))
@@ -188,11 +189,32 @@ int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
     for (size_t i = 0; i < n; i++)
         if (users[i] >= U)
             return -EINVAL;
-    part_zero(m, A, B, sums);
+    if (zero_b) {
+        part_zero(m, A, B, sums);
+    } else {
+        memset(A, 0, (size_t)m->k * m->k * sizeof(double));
+        memset(sums, 0, sizeof(*sums));
+    }
     for (size_t i = 0; i < n; i++)
         if (m->u[users[i]].flags & MODEL_U_LIVE)
             part_add_user(m, users[i], A, B, sums);
     return 0;
+}
+
+int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
+                      double *A, double *B, struct model_part_sums *sums)
+{
+    return users_stats(m, users, n, A, B, sums, 1);
+}
+
+/* B added to, not zeroed: zeroing every item's row for each partition
+ * made a round over P partitions cost P x items however few items each
+ * partition's users hold. */
+int model_users_stats_add(const struct model *m, const uint32_t *users,
+                          size_t n, double *A, double *B,
+                          struct model_part_sums *sums)
+{
+    return users_stats(m, users, n, A, B, sums, 0);
 }
 
 int model_stats_set(struct model *m, const double *A, const double *B)

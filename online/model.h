@@ -438,6 +438,13 @@ int model_part_stats(const struct model *m,
  * slots, or users NULL with n > 0. */
 int model_users_stats(const struct model *m, const uint32_t *users, size_t n,
                       double *A, double *B, struct model_part_sums *sums);
+/* The same, but B is added to, not zeroed first (A and the sums are):
+ * a caller that keeps B zero outside the rows of the users' items, and
+ * clears those after reading them, pays for a partition's users, not
+ * for every item. */
+int model_users_stats_add(const struct model *m, const uint32_t *users,
+                          size_t n, double *A, double *B,
+                          struct model_part_sums *sums);
 /* The leader's model (no users): takes the group's A (k x k) and B (item
  * slots x k), for the next model_refresh. -EINVAL if it holds users or
  * half_life_ms > 0. */

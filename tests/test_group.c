@@ -143,6 +143,56 @@ Test(group, partitions_sum_to_the_model)
     model_free(m);
 }
 
+/* model_users_stats_add adds B to what is there and leaves every row
+ * no listed user holds untouched: on a B of zeros it gives the
+ * partition's statistics bit for bit, and on top of another partition's
+ * the sum of both; A and the sums are the list's alone each time. */
+Test(group, listed_users_add_to_b)
+{
+    struct model *m = model_k(0);
+    fold_planted(m, 11, 20000);
+    const uint32_t U = model_user_slots(m);
+    const size_t nb = (size_t)model_item_slots(m) * K;
+    uint32_t *list = malloc(((size_t)U + 1) * sizeof(*list));
+    double *B = calloc(nb + 1, sizeof(double));
+    cr_assert(list && B);
+    struct pstats ps[2];
+    for (int32_t p = 0; p < 2; p++)
+        take(m, p, &ps[p]);
+    double A[K * K];
+    struct model_part_sums sums;
+    for (int32_t p = 0; p < 2; p++) {
+        size_t n = 0;
+        for (uint32_t u = 0; u < U; u++) {
+            struct model_user_view v;
+            if (!model_user_get(m, u, &v) && part_of(NULL, v.id, v.id_len) == p)
+                list[n++] = u;
+        }
+        cr_assert_eq(model_users_stats_add(m, list, n, A, B, &sums), 0);
+        cr_assert_eq(sums.users, ps[p].sums.users);
+        cr_assert_eq(memcmp(A, ps[p].A, sizeof(A)), 0);
+        if (p == 0)
+            cr_assert_eq(memcmp(B, ps[0].B, nb * sizeof(double)), 0);
+    }
+    /* Added in another order than the two sums apart: equal to the
+     * rounding, and exactly where only one partition has the item. */
+    size_t touched = 0;
+    for (size_t q = 0; q < nb; q++) {
+        double want = ps[0].B[q] + ps[1].B[q];
+        cr_assert_leq(fabs(B[q] - want), 1e-12 * fabs(want), "B[%zu]", q);
+        if (!ps[0].B[q] || !ps[1].B[q])
+            cr_assert_eq(B[q], want, "B[%zu]", q);
+        touched += ps[1].B[q] != 0;
+    }
+    cr_assert_gt(touched, 0);
+    cr_assert_eq(model_users_stats_add(m, NULL, 1, A, B, &sums), -EINVAL);
+    for (int32_t p = 0; p < 2; p++)
+        free(ps[p].B);
+    free(B);
+    free(list);
+    model_free(m);
+}
+
 /* The statistics of a list of user slots are those of the partition the
  * list holds, bit for bit; a dead slot in the list adds nothing; a slot
  * beyond the model's and a NULL list are refused. */

@@ -1307,7 +1307,7 @@ Test(records, state_head_reads_what_the_full_reader_reads)
     model_free(m);
 }
 
-/* ---- a partition's statistics: version 2, with the W they are of ---- */
+/* ---- a partition's statistics: version 3, whole or the rows changed - */
 
 /* The map of buf with key `drop` left out and, when `v` is not 0, "v"
  * set to v: an older or a malformed record made from a good one. */
@@ -1343,7 +1343,7 @@ static void *stats_edit(const void *buf, size_t len, const char *drop,
     return sb.data;
 }
 
-Test(records, stats_carry_the_w_version_and_refuse_version_1)
+Test(records, stats_carry_the_w_version_and_refuse_versions_1_and_2)
 {
     struct model *m = model_small(0);
     struct records_enc *e = records_enc_new();
@@ -1359,7 +1359,7 @@ Test(records, stats_carry_the_w_version_and_refuse_version_1)
                               .model_version = 31};
     snprintf(h.cluster, sizeof(h.cluster), "group-a");
     snprintf(h.owner, sizeof(h.owner), "owner-b");
-    cr_assert_eq(records_stats_encode(e, &h, m, A, B), 0);
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, NULL, 0), 0);
     size_t len;
     const void *buf = records_enc_data(e, &len);
     const char *err = NULL;
@@ -1368,32 +1368,140 @@ Test(records, stats_carry_the_w_version_and_refuse_version_1)
     cr_assert_eq(s->model_version, 31);
     cr_assert_eq(s->users, 7);
     cr_assert_eq(s->A[K * K - 1], K * K);
+    cr_assert_eq(s->base, 0);
     records_stats_free(s);
 
     /* A record of version 1 (an older member: no model_version), one of
-     * version 2 without it, and one of a version to come: refused. */
+     * version 2 (every row, no base: what the build before this one
+     * sends), one without model_version or base, and one of a version to
+     * come: refused, version 2 by name. */
     size_t l1;
     void *old = stats_edit(buf, len, "model_version", 1, &l1);
     err = NULL;
     cr_assert_null(records_stats_read(old, l1, &err));
     cr_assert_str_eq(err, "no version or an unsupported one");
     free(old);
+    void *two = stats_edit(buf, len, "base", 2, &l1);
+    err = NULL;
+    cr_assert_null(records_stats_read(two, l1, &err));
+    cr_assert_not_null(strstr(err, "version 2"), "%s", err);
+    cr_assert_not_null(strstr(err, "reads version 3"), "%s", err);
+    free(two);
     void *none = stats_edit(buf, len, "model_version", 0, &l1);
     err = NULL;
     cr_assert_null(records_stats_read(none, l1, &err));
     cr_assert_not_null(strstr(err, "model_version"), "%s", err);
     free(none);
-    void *next = stats_edit(buf, len, NULL, 3, &l1);
+    void *nobase = stats_edit(buf, len, "base", 0, &l1);
+    err = NULL;
+    cr_assert_null(records_stats_read(nobase, l1, &err));
+    cr_assert_not_null(strstr(err, "base"), "%s", err);
+    free(nobase);
+    void *next = stats_edit(buf, len, NULL, 4, &l1);
     err = NULL;
     cr_assert_null(records_stats_read(next, l1, &err));
     cr_assert_str_eq(err, "no version or an unsupported one");
     free(next);
     /* The edit itself keeps a good record good. */
-    void *same = stats_edit(buf, len, NULL, 2, &l1);
+    void *same = stats_edit(buf, len, NULL, 3, &l1);
     s = records_stats_read(same, l1, &err);
     cr_assert_not_null(s);
     records_stats_free(s);
     free(same);
+    free(B);
+    records_enc_free(e);
+    model_free(m);
+}
+
+/* A record of the rows changed: exactly the rows asked for, a row of
+ * zeros (an item gone) among them, on the base it names; the whole
+ * record beside it carries every non-zero row, the same from the list
+ * of them. A slot that is no item and a base not before the record's
+ * seq are refused. */
+Test(records, stats_delta_carries_only_the_rows_asked_for)
+{
+    struct model *m = model_small(0);
+    struct records_enc *e = records_enc_new();
+    uint32_t M = model_item_slots(m);
+    cr_assert_gt(M, 6);
+    double A[K * K], *B = calloc((size_t)M * K, sizeof(double));
+    for (int q = 0; q < K * K; q++)
+        A[q] = q;
+    for (uint32_t q = 0; q < M * K; q++)
+        B[q] = 1 + q % 5;
+    for (uint32_t j = 0; j < K; j++)
+        B[(size_t)3 * K + j] = 0; /* slot 3: its item left B_p */
+    struct records_stats h = {.k = K, .part = 2, .seq = 12, .base = 0,
+                              .ts = 5, .offset = 40, .events = 40,
+                              .weight_sum = 40, .norm = 1, .users = 7,
+                              .model_version = 3};
+    snprintf(h.cluster, sizeof(h.cluster), "group-a");
+    snprintf(h.owner, sizeof(h.owner), "owner-b");
+    size_t len;
+    const char *err = NULL;
+    uint32_t rows[] = {5, 3, 1};
+
+    h.base = 9;
+    uint32_t bad[] = {1, M};
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, bad, 2), -EINVAL);
+
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, rows, 3), 0);
+    const void *buf = records_enc_data(e, &len);
+    struct records_stats *s = records_stats_read(buf, len, &err);
+    cr_assert_not_null(s, "%s", err ? err : "");
+    cr_assert_eq(s->base, 9);
+    cr_assert_eq(s->seq, 12);
+    cr_assert_eq(s->nitems, 3);
+    for (uint32_t r = 0; r < 3; r++) {
+        size_t il;
+        const char *id = model_item_id(m, rows[r], &il);
+        uint32_t at = s->nitems;
+        for (uint32_t i = 0; i < s->nitems; i++)
+            if (s->item_lens[i] == il && !memcmp(s->items[i], id, il))
+                at = i;
+        cr_assert_lt(at, s->nitems, "row %u missing", rows[r]);
+        for (uint32_t j = 0; j < K; j++)
+            cr_assert_eq(s->B[(size_t)at * K + j], B[(size_t)rows[r] * K + j]);
+    }
+    records_stats_free(s);
+
+    /* The whole record: every non-zero row, slot 3 not among them. */
+    h.base = 0;
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, NULL, 0), 0);
+    buf = records_enc_data(e, &len);
+    s = records_stats_read(buf, len, &err);
+    cr_assert_not_null(s, "%s", err ? err : "");
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < M; i++) {
+        size_t il;
+        live += model_item_id(m, i, &il) && i != 3;
+    }
+    cr_assert_eq(s->nitems, live);
+    records_stats_free(s);
+    /* The same whole record from the list of its rows, byte for byte. */
+    void *whole = malloc(len);
+    memcpy(whole, buf, len);
+    size_t wlen = len;
+    uint32_t *all = malloc(live * sizeof(*all)), na = 0;
+    for (uint32_t i = 0; i < M; i++) {
+        size_t il;
+        if (model_item_id(m, i, &il) && i != 3)
+            all[na++] = i;
+    }
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, all, na), 0);
+    buf = records_enc_data(e, &len);
+    cr_assert_eq(len, wlen);
+    cr_assert_eq(memcmp(buf, whole, len), 0);
+    free(all);
+    free(whole);
+
+    /* A base at or after the record's own seq: refused. */
+    h.base = 12;
+    cr_assert_eq(records_stats_encode(e, &h, m, A, B, rows, 3), 0);
+    buf = records_enc_data(e, &len);
+    err = NULL;
+    cr_assert_null(records_stats_read(buf, len, &err));
+    cr_assert_not_null(strstr(err, "base"), "%s", err);
     free(B);
     records_enc_free(e);
     model_free(m);

@@ -172,9 +172,23 @@ def main():
         k3 = dict(st, k=3, events=10 ** 9, sizes=[0, 0, 0], mass=bytes(24), A=bytes(72),
                   B=bytes(len(st["items"]) * 24))
         prod.produce("nmf.stats", key=b"0", value=msgpack.packb(k3), partition=0)
+        # A record of version 2 (every row, no base: an older build), and
+        # rows changed since a record the leader does not hold (a base it
+        # never saw): refused, and not applied.
+        v2 = {x: y for x, y in st.items() if x != "base"}
+        v2.update(v=2, events=10 ** 9)
+        prod.produce("nmf.stats", key=b"0", value=msgpack.packb(v2), partition=0)
+        gaps = metric(lead.port, "nmfd_cluster_stats_gaps_total") or 0
+        gap = dict(st, base=st["seq"] + 5, seq=st["seq"] + 10, events=10 ** 9)
+        prod.produce("nmf.stats", key=b"0", value=msgpack.packb(gap), partition=0)
         prod.flush(10)
-        wait_for(lambda: rejected(lead.port, "stats") >= 2, 30,
-                 "the leader to refuse both statistics records")
+        wait_for(lambda: rejected(lead.port, "stats") >= 3, 30,
+                 "the leader to refuse the three statistics records")
+        wait_for(lambda: (metric(lead.port, "nmfd_cluster_stats_gaps_total") or 0) > gaps, 30,
+                 "the leader to leave the record of an unknown base aside")
+        check("version 2 (every row, no base" in ps.log(lead.name)
+              or "statistics of another group" in ps.log(lead.name),
+              "the refusal is logged")
         time.sleep(2)
         m = manifest_latest(cb)
         check(m and m["events"] == n_events and m["weight_sum"] == weight,
