@@ -82,6 +82,14 @@ def main():
         ps.produce(brokers, first, extra=["--rate", "6000"])
         wait_for(lambda: folded_all(d.port, FIRST), 60, "the first part folded")
         wait_for(lambda: converged(d.port), 60, "the first model to converge")
+        # The stream has paused short of warmup_events: the refinement
+        # seeds W (model_refine) once a round of it has passed without an
+        # event, which may come after the model first reads as converged;
+        # read too early, the count missed a seed whose checkpoint then
+        # kept the second process from seeding again.
+        wait_for(lambda: (metric(d.port, "nmfd_topic_columns_reseeded") or 0) >= K,
+                 60, "the warm-up's seed once the stream paused")
+        wait_for(lambda: converged(d.port), 60, "the seeded model to converge")
         seeded = metric(d.port, "nmfd_topic_columns_reseeded")
         ck = metric(d.port, "nmfd_checkpoints_total") or 0
         wait_for(lambda: (metric(d.port, "nmfd_checkpoints_total") or 0) >= ck + 2,
